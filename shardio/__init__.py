@@ -1,0 +1,37 @@
+"""shardio: data loading for deep learning from datasets larger than memory.
+
+Storage (adapters, writers, conversion) imports no torch; the torch-facing pieces
+(:class:`ShardedDataset`, :class:`Prefetcher`, samplers) are loaded on first use.
+"""
+
+from __future__ import annotations
+
+import importlib
+from typing import TYPE_CHECKING, Any
+
+from .config import format_size, parse_size
+from .errors import *  # noqa: F403
+from .errors import __all__ as _error_names
+
+__version__ = "0.1.0"
+
+# name -> module that defines it; imported lazily so `import shardio` stays torch-free.
+_LAZY = {
+    "ShardedDataset": "shardio.dataset",
+    "Prefetcher": "shardio.prefetch",
+}
+
+if TYPE_CHECKING:
+    from .dataset import ShardedDataset
+    from .prefetch import Prefetcher
+
+__all__ = [*_error_names, *_LAZY, "parse_size", "format_size", "__version__"]
+
+
+def __getattr__(name: str) -> Any:
+    module = _LAZY.get(name)
+    if module is None:
+        raise AttributeError(f"module 'shardio' has no attribute {name!r}")
+    value = getattr(importlib.import_module(module), name)
+    globals()[name] = value
+    return value

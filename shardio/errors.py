@@ -1,0 +1,85 @@
+"""The ShardioError tree.
+
+Every error a user can see is a :class:`ShardioError` and also the builtin a caller
+would naturally catch (``IndexError`` for a bad index, ``FileNotFoundError`` for a
+missing path, ...), so ``except KeyError`` keeps working around shardio code.
+Messages name the path, index, field or option and what was expected.
+"""
+
+from __future__ import annotations
+
+__all__ = [
+    "ShardioError",
+    "DatasetNotFoundError",
+    "SampleIndexError",
+    "FieldNotFoundError",
+    "UnknownFormatError",
+    "BackendNotInstalledError",
+    "InvalidOptionError",
+    "ManifestError",
+    "SchemaError",
+    "ShardCorruptError",
+    "OutputExistsError",
+    "UnsupportedFeatureError",
+    "VerificationError",
+    "DeviceError",
+]
+
+
+class ShardioError(Exception):
+    """Base class of every error shardio raises on purpose."""
+
+
+class DatasetNotFoundError(ShardioError, FileNotFoundError):
+    """A dataset path or shard file does not exist."""
+
+
+class SampleIndexError(ShardioError, IndexError):
+    """A sample index is outside the dataset."""
+
+
+class FieldNotFoundError(ShardioError, KeyError):
+    """A field name that the dataset does not have."""
+
+    def __str__(self) -> str:  # KeyError would repr() the message and add quotes
+        return str(self.args[0]) if self.args else ""
+
+
+class UnknownFormatError(ShardioError, ValueError):
+    """A path or format name no adapter can read or write."""
+
+
+class BackendNotInstalledError(ShardioError, ImportError):
+    """The optional package a backend needs is not installed."""
+
+
+class InvalidOptionError(ShardioError, ValueError):
+    """An option has a value outside what it accepts."""
+
+
+class ManifestError(ShardioError, ValueError):
+    """A dataset manifest is missing fields, malformed or of an unknown version."""
+
+
+class SchemaError(ShardioError, ValueError):
+    """A sample or batch does not match the dataset's schema."""
+
+
+class ShardCorruptError(ShardioError, OSError):
+    """A shard file is truncated, damaged or disagrees with its manifest."""
+
+
+class OutputExistsError(ShardioError, FileExistsError):
+    """An output path exists and neither overwrite nor resume was asked for."""
+
+
+class UnsupportedFeatureError(ShardioError, ValueError):
+    """Input that shardio understands but cannot convert or read (a dtype, a filter)."""
+
+
+class VerificationError(ShardioError, ValueError):
+    """A dataset does not match its checksums or its source."""
+
+
+class DeviceError(ShardioError, ValueError):
+    """An unknown or unavailable device."""
