@@ -19,11 +19,13 @@ __version__ = "0.1.0"
 _LAZY = {
     "ShardedDataset": "shardio.dataset",
     "Prefetcher": "shardio.prefetch",
+    "ShardSampler": "shardio.sampling",
 }
 
 if TYPE_CHECKING:
     from .dataset import ShardedDataset
     from .prefetch import Prefetcher
+    from .sampling import ShardSampler
 
 __all__ = [*_error_names, *_LAZY, "parse_size", "format_size", "__version__"]
 
