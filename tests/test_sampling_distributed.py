@@ -44,7 +44,15 @@ def _rank_main(rank: int, init_file: str, out_dir: str) -> None:
     try:
         dataset = IndexDataset()
         sampler = ShardSampler(dataset, seed=11, window="6KB")  # rank and world from dist
-        loader = DataLoader(dataset, batch_size=BATCH, sampler=sampler, num_workers=1)
+        # mp.spawn made "spawn" this process's default start method; torchrun's processes
+        # fork their workers, and so does this test (spawning re-imports torch: seconds).
+        loader = DataLoader(
+            dataset,
+            batch_size=BATCH,
+            sampler=sampler,
+            num_workers=1,
+            multiprocessing_context="fork",
+        )
 
         sampler.set_epoch(0)
         epoch0 = _read(loader)
