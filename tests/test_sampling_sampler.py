@@ -322,6 +322,17 @@ def test_malformed_states_are_refused(edit: dict[str, Any], message: str) -> Non
         sampler().load_state_dict(state)
 
 
+def test_a_different_order_for_the_same_settings_is_refused() -> None:
+    """E.g. a numpy or shardio upgrade between the checkpoint and the resume."""
+    state = {**_mid_epoch_state(), "digest": "0123456789abcdef"}
+    resumed = sampler()
+    resumed.load_state_dict(state)
+    with pytest.raises(InvalidOptionError, match="its order differs"):
+        iter(resumed)
+    resumed.set_epoch(1)  # starting another epoch over is fine
+    assert sorted(resumed) == list(range(100))
+
+
 def test_states_that_are_not_sampler_states_are_refused() -> None:
     with pytest.raises(InvalidOptionError, match="missing"):
         sampler().load_state_dict({"version": 1, "epoch": 0})

@@ -12,6 +12,7 @@ never holds more than ``window`` bytes (see :func:`interleave_blocks`).
 
 from __future__ import annotations
 
+import hashlib
 from collections.abc import Sequence
 from typing import Literal
 
@@ -31,6 +32,7 @@ __all__ = [
     "shard_blocks",
     "interleave_blocks",
     "epoch_order",
+    "order_digest",
 ]
 
 OrderName = Literal["random", "sequential", "shard-window"]
@@ -170,3 +172,13 @@ def epoch_order(
             )
         return shard_window_order(layout.lengths, layout.nbytes, window, rng)
     raise InvalidOptionError(f"order should be one of {ORDERS}, but got order={order!r}")
+
+
+def order_digest(order: np.ndarray) -> str:
+    """A short hash of an order, so a resume can check it sees the same order.
+
+    Guards against what the settings cannot show: a numpy or shardio version
+    whose generator or algorithm yields another order for the same seed.
+    """
+    data = np.ascontiguousarray(order).data.cast("B")  # the dtype follows from the length
+    return hashlib.blake2b(data, digest_size=8).hexdigest()

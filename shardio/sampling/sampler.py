@@ -14,7 +14,7 @@ from torch.utils.data import Sampler
 from ..config import parse_size
 from ..errors import InvalidOptionError
 from .layout import ShardedSource, resolve_layout
-from .orders import ORDERS, OrderName, epoch_order
+from .orders import ORDERS, OrderName, epoch_order, order_digest
 from .partition import PARTITIONS, PartitionName, rank_indices, samples_per_rank
 from .state import SamplerState
 
@@ -28,6 +28,7 @@ class _Pass:
     """Progress of one iteration over the sampler."""
 
     start: int
+    digest: str
     yielded: int = 0
     done: bool = False
 
@@ -97,6 +98,7 @@ class ShardSampler(Sampler[int]):
         self.num_samples = samples_per_rank(len(self.layout), self.world_size, self.drop_last)
         self._epoch = 0
         self._resume_at = 0  # offset the next pass starts from (set by load_state_dict)
+        self._resume_digest = ""  # the order a loaded state expects ("" when unchecked)
         self._pass: _Pass | None = None
 
     @property
@@ -111,21 +113,33 @@ class ShardSampler(Sampler[int]):
         """
         epoch = _non_negative_int(epoch, "epoch")
         if epoch != self._epoch:
-            self._resume_at = 0
+            self._resume_at, self._resume_digest = 0, ""
         self._epoch = epoch
         self._pass = None
 
     def indices(self, epoch: int | None = None) -> np.ndarray:
         """This rank's whole order for ``epoch`` (the current epoch by default)."""
         epoch = self._epoch if epoch is None else _non_negative_int(epoch, "epoch")
-        order = epoch_order(self.order, self.layout, self.window, self.seed, epoch)
-        return rank_indices(order, self.rank, self.world_size, self.drop_last, self.partition)
+        return self._share(self._global_order(epoch))
 
     def __iter__(self) -> Iterator[int]:
-        indices = self.indices()
-        progress = _Pass(start=self._resume_at)
-        self._pass, self._resume_at = progress, 0
-        return _iterate(indices, progress)
+        order = self._global_order(self._epoch)
+        digest = order_digest(order)
+        if self._resume_at and self._resume_digest and digest != self._resume_digest:
+            raise InvalidOptionError(
+                f"cannot resume epoch {self._epoch}: its order differs from the one the state "
+                "was saved with, so the remaining indices would be wrong. Was the state saved "
+                "by another numpy or shardio version? Start the epoch over with set_epoch()."
+            )
+        progress = _Pass(start=self._resume_at, digest=digest)
+        self._pass, self._resume_at, self._resume_digest = progress, 0, ""
+        return _iterate(self._share(order), progress)
+
+    def _global_order(self, epoch: int) -> np.ndarray:
+        return epoch_order(self.order, self.layout, self.window, self.seed, epoch)
+
+    def _share(self, order: np.ndarray) -> np.ndarray:
+        return rank_indices(order, self.rank, self.world_size, self.drop_last, self.partition)
 
     def __len__(self) -> int:
         """Indices the current pass yields (or the next one, when none is running)."""
@@ -153,8 +167,9 @@ class ShardSampler(Sampler[int]):
                 raise InvalidOptionError(
                     f"consumed should be 0 before iteration starts, but got consumed={consumed!r}"
                 )
-            offset = self._resume_at
+            offset, digest = self._resume_at, self._resume_digest
         else:
+            digest = progress.digest
             count = progress.yielded
             if consumed is not None:
                 count = _non_negative_int(consumed, "consumed")
@@ -165,7 +180,7 @@ class ShardSampler(Sampler[int]):
                         f"but got consumed={consumed!r}"
                     )
             offset = progress.start + count
-        return self._state(offset).to_dict()
+        return self._state(offset, digest).to_dict()
 
     def load_state_dict(self, state: Mapping[str, Any]) -> None:
         """Resume from :meth:`state_dict`: the next pass yields exactly the rest of its epoch.
@@ -175,7 +190,7 @@ class ShardSampler(Sampler[int]):
         ``partition``, since its remaining indices would not be this sampler's.
         """
         saved = SamplerState.from_dict(state)
-        problems = saved.mismatches(self._state(0))
+        problems = saved.mismatches(self._state(0, ""))
         if problems:
             raise InvalidOptionError(
                 "cannot resume from this sampler state: it was saved with "
@@ -188,10 +203,10 @@ class ShardSampler(Sampler[int]):
                 f"but got offset={saved.offset}"
             )
         self._epoch = _non_negative_int(saved.epoch, "state['epoch']")
-        self._resume_at = saved.offset
+        self._resume_at, self._resume_digest = saved.offset, saved.digest
         self._pass = None
 
-    def _state(self, offset: int) -> SamplerState:
+    def _state(self, offset: int, digest: str) -> SamplerState:
         return SamplerState(
             epoch=self._epoch,
             offset=offset,
@@ -203,6 +218,7 @@ class ShardSampler(Sampler[int]):
             seed=self.seed,
             window=self.window,
             layout=self.layout.fingerprint(),
+            digest=digest,
         )
 
     def __repr__(self) -> str:

@@ -34,6 +34,7 @@ class SamplerState:
     seed: int
     window: int
     layout: str  # ShardLayout.fingerprint()
+    digest: str  # orders.order_digest() of the epoch's global order, "" if not computed
 
     def to_dict(self) -> dict[str, Any]:
         """A plain dict of ints, bools and strings: safe for torch.save and JSON."""
