@@ -74,6 +74,61 @@ class _Layout:
         )
 
 
+class _EnvPool:
+    """Read-only environments shared by every reader of one process.
+
+    LMDB allows one open handle per environment and process, while users open the
+    same file twice (train and validation splits, a pickled copy): readers share a
+    reference-counted handle. The pool is keyed by PID, so a forked child never
+    reuses its parent's handles.
+    """
+
+    def __init__(self) -> None:
+        self._pid = os.getpid()
+        self._envs: dict[tuple[str, bool], tuple[lmdb.Environment, int]] = {}
+
+    def _check_pid(self) -> None:
+        if self._pid != os.getpid():
+            self._envs = {}  # NOTE: inherited handles are dropped, never closed, in the child
+            self._pid = os.getpid()
+
+    def acquire(self, path: str, readahead: bool) -> lmdb.Environment:
+        self._check_pid()
+        data_file, subdir = _data_file(path)
+        key = (os.path.realpath(data_file), readahead)
+        if key in self._envs:
+            env, count = self._envs[key]
+            self._envs[key] = (env, count + 1)
+            return env
+        # lock=False: read-only readers need no lock file and no reader-table slot,
+        # so any number of DataLoader workers can open the environment.
+        env = lmdb.open(
+            path,
+            subdir=subdir,
+            readonly=True,
+            lock=False,
+            readahead=readahead,
+            max_readers=1,
+            max_dbs=0,
+        )
+        self._envs[key] = (env, 1)
+        return env
+
+    def release(self, env: lmdb.Environment) -> None:
+        self._check_pid()
+        for key, (held, count) in list(self._envs.items()):
+            if held is env:
+                if count > 1:
+                    self._envs[key] = (held, count - 1)
+                else:
+                    del self._envs[key]
+                    env.close()
+                return
+
+
+_POOL = _EnvPool()
+
+
 @dataclass
 class _Env:
     env: lmdb.Environment
@@ -105,22 +160,12 @@ class LMDBReader(ShardReader[_Env]):
         return [_data_file(self.path)[0]]
 
     def _open(self) -> _Env:
-        data_file, subdir = _data_file(self.path)
+        data_file, _ = _data_file(self.path)
         if not os.path.exists(data_file):
             raise ShardCorruptError(f"{self.path} is not an LMDB environment: {data_file} is missing")
         readahead = bool(self.backend_options.get("readahead", True))
         try:
-            # lock=False: read-only readers need no lock file and no reader-table slot,
-            # so any number of DataLoader workers can open the environment.
-            env = lmdb.open(
-                self.path,
-                subdir=subdir,
-                readonly=True,
-                lock=False,
-                readahead=readahead,
-                max_readers=1,
-                max_dbs=0,
-            )
+            env = _POOL.acquire(self.path, readahead)
         except lmdb.Error as exc:
             raise ShardCorruptError(f"cannot open LMDB environment {self.path}: {exc}") from exc
         try:
@@ -131,7 +176,7 @@ class LMDBReader(ShardReader[_Env]):
                     return self._open_shardio(env, meta)
                 return self._open_foreign(env, txn)
         except BaseException:
-            env.close()
+            _POOL.release(env)
             raise
 
     def _check_size(self, env: lmdb.Environment, data_file: str) -> None:
@@ -179,7 +224,7 @@ class LMDBReader(ShardReader[_Env]):
         return _Env(env, None, keys, decode)
 
     def _close(self, handle: _Env) -> None:
-        handle.env.close()
+        _POOL.release(handle.env)
 
     def read_many(self, indices: np.ndarray) -> Columns:
         handle = self.handle

@@ -77,7 +77,7 @@ def _foreign_fields(path: str, group: Any, wanted: list[str] | None) -> list[tup
         )
     result = []
     for name, array in chosen.items():
-        dtype = np.dtype(array.dtype) if not hasattr(array.dtype, "to_native_dtype") else array.dtype.to_native_dtype()
+        dtype = np.dtype(array.dtype)
         if dtype.hasobject:
             if array.ndim != 1:
                 raise UnsupportedFeatureError(f"{path}: array {name!r} of objects must be 1-D")
@@ -109,7 +109,7 @@ class ZarrReader(ShardReader[_Group]):
             raise ShardCorruptError(f"cannot open Zarr store {self.path}: {exc}") from exc
         if isinstance(node, zarr.Array):
             name = self.path.rstrip("/").rsplit("/", 1)[-1].removesuffix(".zarr") or "data"
-            columns = {name: _Column(Field(name, node.dtype.to_native_dtype(), node.shape[1:]), node)}
+            columns = {name: _Column(Field(name, np.dtype(node.dtype), node.shape[1:]), node)}
             schema = Schema(tuple(c.field for c in columns.values())).select(
                 self.requested_fields, where=self.path
             )

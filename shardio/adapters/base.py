@@ -216,10 +216,16 @@ class ShardFileWriter(ABC):
 
 # ------------------------------------------------------------------- columns
 def columns_to_samples(columns: Mapping[str, Any], count: int) -> list[Sample]:
-    """Split columns into ``count`` per-sample dicts (array rows are views)."""
+    """Split columns into ``count`` per-sample dicts (array rows are views).
+
+    Rows of array columns stay ``np.ndarray`` (0-d for scalar fields), never numpy
+    scalars, so every array field of a sample has the same type."""
     names = list(columns)
     values = [columns[n] for n in names]
-    return [{n: v[i] for n, v in zip(names, values)} for i in range(count)]
+    return [
+        {n: (v[i, ...] if isinstance(v, np.ndarray) else v[i]) for n, v in zip(names, values)}
+        for i in range(count)
+    ]
 
 
 def samples_to_columns(samples: Sequence[Mapping[str, Any]], schema: Schema) -> Columns:
