@@ -9,7 +9,7 @@ from typing import Any
 import numpy as np
 import torch.utils.data
 
-from .adapters.base import Columns
+from .adapters.base import Columns, columns_to_samples
 from .reader import DatasetReader
 from .schema import Sample, Schema
 
@@ -37,6 +37,8 @@ class ShardedDataset(torch.utils.data.Dataset[Any]):
     ) -> None:
         self.reader = DatasetReader(path, fields=fields, format=format, **options)
         self.transform = transform
+        # torch holds native byte order only: swapped fields are converted on read.
+        self._swapped = [f.name for f in self.reader.schema if not f.variable and not f.dtype.isnative]
 
     # --------------------------------------------------------------- structure
     @property
@@ -76,12 +78,15 @@ class ShardedDataset(torch.utils.data.Dataset[Any]):
 
     # ----------------------------------------------------------------- reading
     def __getitem__(self, index: int) -> Any:
+        return self.__getitems__([index])[0] if self._swapped else self._one(index)
+
+    def _one(self, index: int) -> Any:
         sample = self.reader.read(index)
         return self.transform(sample) if self.transform is not None else sample
 
     def __getitems__(self, indices: Sequence[int]) -> list[Any]:
         """A whole batch, read shard by shard in one backend call each."""
-        samples = self.reader.read_samples(np.asarray(indices, dtype=np.int64))
+        samples = columns_to_samples(self.read_batch(indices), len(indices))
         if self.transform is not None:
             return [self.transform(s) for s in samples]
         return samples
@@ -90,7 +95,11 @@ class ShardedDataset(torch.utils.data.Dataset[Any]):
         """A batch as columns: stacked arrays for fixed fields, lists for variable ones.
 
         The fastest path (no per-sample dicts, no ``transform``)."""
-        return self.reader.read_many(np.asarray(indices, dtype=np.int64))
+        columns = self.reader.read_many(np.asarray(indices, dtype=np.int64))
+        for name in self._swapped:
+            column = columns[name]
+            columns[name] = column.astype(column.dtype.newbyteorder("="))
+        return columns
 
     # ------------------------------------------------------------------- close
     def close(self) -> None:

@@ -268,7 +268,7 @@ class Schema:
             if isinstance(column, np.ndarray):
                 if column.ndim == 0:
                     raise SchemaError(f"field {name!r}: a batch column needs a leading axis")
-                fields.append(cls.infer({name: column[0]}).fields[0])
+                fields.append(Field(str(name), column.dtype, column.shape[1:]))
                 continue
             values = list(column)
             if not values:

@@ -172,6 +172,10 @@ class ZarrReader(ShardReader[_Group]):
                 columns[name] = [values[i] for i in inverse] if reorder else values
                 continue
             data = _gather(column.data, unique)
+            if column.field.dtype.fields is not None and data.dtype == np.uint8:
+                data = data.view(column.field.dtype).reshape(len(unique), *column.field.shape)
+            elif column.field.kind == "array" and data.dtype != column.field.dtype:
+                data = data.astype(column.field.dtype)  # zarr hands back native byte order
             if column.field.kind == "bytes":  # a foreign array of objects
                 values = [v if isinstance(v, bytes) else str(v).encode() for v in data]
                 self.bytes_read += sum(len(v) for v in values)
@@ -208,6 +212,17 @@ def _gather(array: Any, unique: np.ndarray) -> np.ndarray:
     if last - first + 1 == len(unique):
         return np.asarray(array[first : last + 1])
     return np.asarray(array.get_orthogonal_selection((unique,)))
+
+
+def _stored_layout(fld: Field) -> tuple[tuple[int, ...], Any]:
+    """Per-row shape and dtype of a fixed field's array.
+
+    Structured dtypes are stored as raw bytes (a uint8 row per sample) because Zarr v3
+    has no stable specification for them; the schema restores the dtype on read.
+    """
+    if fld.dtype.fields is not None:
+        return (fld.sample_nbytes,), np.uint8
+    return fld.shape, fld.dtype
 
 
 def make_compressors(name: str | None, level: int | None = None) -> Any:
@@ -255,11 +270,12 @@ class ZarrWriter(ShardFileWriter):
                 self._ends[fld.name] = 0
             else:
                 rows = max(1, chunk_bytes // max(1, fld.sample_nbytes))
+                shape, dtype = _stored_layout(fld)
                 self._arrays[fld.name] = self._group.create_array(
                     fld.name,
-                    shape=(0, *fld.shape),
-                    chunks=(rows, *fld.shape),
-                    dtype=fld.dtype,
+                    shape=(0, *shape),
+                    chunks=(rows, *shape),
+                    dtype=dtype,
                     compressors=compressors,
                 )
 
@@ -267,7 +283,10 @@ class ZarrWriter(ShardFileWriter):
         for fld in self.schema:
             column = columns[fld.name]
             if not fld.variable:
-                self._arrays[fld.name].append(np.ascontiguousarray(column, dtype=fld.dtype), axis=0)
+                array = np.ascontiguousarray(column, dtype=fld.dtype)
+                if fld.dtype.fields is not None:
+                    array = array.reshape(count, -1).view(np.uint8)
+                self._arrays[fld.name].append(array, axis=0)
                 continue
             pieces = [np.frombuffer(v, np.uint8) if isinstance(v, bytes) else np.asarray(v, fld.dtype) for v in column]
             lengths = np.array([p.size for p in pieces], dtype=np.int64)

@@ -109,6 +109,11 @@ def detect_format(path: str) -> str:
         for backend in _BACKENDS.values():
             if any(os.path.exists(os.path.join(local, m)) for m in backend.markers):
                 return backend.name
+        if any(e.lstrip(".").startswith("shard-") for e in os.listdir(local)):
+            raise DatasetNotFoundError(
+                f"{path} holds shards but no {MANIFEST_NAME}: the write that made it did not "
+                "finish, so it is not a complete dataset (write it again, or resume the conversion)"
+            )
     elif _has_hdf5_signature(local):
         return "hdf5"
     known = ", ".join(s for b in _BACKENDS.values() for s in b.suffixes)
