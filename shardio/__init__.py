@@ -25,14 +25,26 @@ _LAZY = {
     "Prefetcher": "shardio.prefetch",
     "ShardSampler": "shardio.sampling",
 }
-_EAGER = ["ShardWriter", "DatasetReader", "Schema", "Field", "Manifest"]
 
 if TYPE_CHECKING:
     from .dataset import ShardedDataset
     from .prefetch import Prefetcher
     from .sampling import ShardSampler
 
-__all__ = [*_error_names, *_LAZY, *_EAGER, "parse_size", "format_size", "__version__"]
+__all__ = [
+    *_error_names,
+    "DatasetReader",
+    "Field",
+    "Manifest",
+    "Prefetcher",
+    "Schema",
+    "ShardSampler",
+    "ShardWriter",
+    "ShardedDataset",
+    "__version__",
+    "format_size",
+    "parse_size",
+]
 
 
 def __getattr__(name: str) -> Any:

@@ -38,7 +38,9 @@ class ShardedDataset(torch.utils.data.Dataset[Any]):
         self.reader = DatasetReader(path, fields=fields, format=format, **options)
         self.transform = transform
         # torch holds native byte order only: swapped fields are converted on read.
-        self._swapped = [f.name for f in self.reader.schema if not f.variable and not f.dtype.isnative]
+        self._swapped = [
+            f.name for f in self.reader.schema if not f.variable and not f.dtype.isnative
+        ]
 
     # --------------------------------------------------------------- structure
     @property
@@ -110,5 +112,3 @@ class ShardedDataset(torch.utils.data.Dataset[Any]):
 
     def __exit__(self, *exc: object) -> None:
         self.close()
-
-

@@ -90,8 +90,15 @@ class Manifest:
                     checksum=raw.get("checksum"),
                 )
             except (KeyError, TypeError, ValueError) as exc:
-                raise ManifestError(f"{where}: shard {number} is malformed ({exc!r}): {raw!r:.200}") from None
-            if shard.num_samples < 0 or shard.nbytes < 0 or os.path.isabs(shard.path) or ".." in shard.path.split("/"):
+                raise ManifestError(
+                    f"{where}: shard {number} is malformed ({exc!r}): {raw!r:.200}"
+                ) from None
+            if (
+                shard.num_samples < 0
+                or shard.nbytes < 0
+                or os.path.isabs(shard.path)
+                or ".." in shard.path.split("/")
+            ):
                 raise ManifestError(f"{where}: shard {number} has an invalid entry: {raw!r:.200}")
             shards.append(shard)
         declared = data.get("num_samples")
@@ -109,7 +116,9 @@ class Manifest:
             with open(path, encoding="utf-8") as handle:
                 data = json.load(handle)
         except FileNotFoundError:
-            raise DatasetNotFoundError(f"{directory} is not a shardio dataset: {MANIFEST_NAME} is missing") from None
+            raise DatasetNotFoundError(
+                f"{directory} is not a shardio dataset: {MANIFEST_NAME} is missing"
+            ) from None
         except (json.JSONDecodeError, UnicodeDecodeError) as exc:
             raise ManifestError(f"{path} is not valid JSON: {exc}") from exc
         return cls.from_json(data, where=path)
@@ -123,7 +132,9 @@ class Manifest:
             with fsspec.open(where, "rb", **(storage_options or {})) as handle:
                 data = json.loads(handle.read())
         except FileNotFoundError:
-            raise DatasetNotFoundError(f"{url} is not a shardio dataset: {MANIFEST_NAME} is missing") from None
+            raise DatasetNotFoundError(
+                f"{url} is not a shardio dataset: {MANIFEST_NAME} is missing"
+            ) from None
         except (json.JSONDecodeError, UnicodeDecodeError) as exc:
             raise ManifestError(f"{where} is not valid JSON: {exc}") from exc
         return cls.from_json(data, where=where)

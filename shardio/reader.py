@@ -38,7 +38,9 @@ class DatasetReader:
         **options: Any,
     ) -> None:
         self.path = os.fspath(path)
-        self.fields = None if fields is None else ([fields] if isinstance(fields, str) else list(fields))
+        self.fields = (
+            None if fields is None else ([fields] if isinstance(fields, str) else list(fields))
+        )
         self.verify_sizes = verify_sizes
         self.options = dict(options)
         if storage_options is not None:
@@ -109,7 +111,8 @@ class DatasetReader:
             reader = self._reader_class(path, fields=self.fields, **self.options)
             if len(reader) != info.num_samples:
                 raise ShardCorruptError(
-                    f"shard {path} holds {len(reader)} samples, but the manifest says {info.num_samples}"
+                    f"shard {path} holds {len(reader)} samples, "
+                    f"but the manifest says {info.num_samples}"
                 )
             if reader.schema != self.schema:
                 raise ShardCorruptError(
@@ -172,7 +175,8 @@ class DatasetReader:
 
     def _empty_columns(self) -> Columns:
         return {
-            f.name: [] if f.variable else np.empty((0, *f.shape), dtype=f.dtype) for f in self.schema
+            f.name: [] if f.variable else np.empty((0, *f.shape), dtype=f.dtype)
+            for f in self.schema
         }
 
     # ------------------------------------------------------------------ memory

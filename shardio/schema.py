@@ -32,12 +32,17 @@ def dtype_to_json(dtype: np.dtype) -> Any:
     if dtype.fields is None:
         return dtype.str
     assert dtype.names is not None
-    return {
+    described: dict[str, Any] = {
         "names": list(dtype.names),
         "formats": [dtype_to_json(dtype.fields[n][0]) for n in dtype.names],
         "offsets": [int(dtype.fields[n][1]) for n in dtype.names],
         "itemsize": dtype.itemsize,
     }
+    fields: dict[str, tuple[Any, ...]] = dict(dtype.fields)
+    titles = [fields[n][2] if len(fields[n]) > 2 else None for n in dtype.names]
+    if any(t is not None for t in titles):
+        described["titles"] = titles
+    return described
 
 
 def dtype_from_json(value: Any) -> np.dtype:
@@ -46,14 +51,15 @@ def dtype_from_json(value: Any) -> np.dtype:
         return np.dtype(value)
     if "base" in value:
         return np.dtype((dtype_from_json(value["base"]), tuple(value["shape"])))
-    return np.dtype(
-        {
-            "names": value["names"],
-            "formats": [dtype_from_json(f) for f in value["formats"]],
-            "offsets": value["offsets"],
-            "itemsize": value["itemsize"],
-        }
-    )
+    described = {
+        "names": value["names"],
+        "formats": [dtype_from_json(f) for f in value["formats"]],
+        "offsets": value["offsets"],
+        "itemsize": value["itemsize"],
+    }
+    if "titles" in value:
+        described["titles"] = value["titles"]
+    return np.dtype(described)  # type: ignore[call-overload]
 
 
 @dataclass(frozen=True)
@@ -81,7 +87,7 @@ class Field:
                 f"but got kind={self.kind!r}"
             )
         if self.kind == "bytes":
-            object.__setattr__(self, "dtype", np.dtype(np.uint8))
+            object.__setattr__(self, "dtype", np.dtype(np.uint8))  # bytes are uint8 on disk
         if self.kind != "array" and self.shape:
             raise SchemaError(f"field {self.name!r}: a {self.kind} field has no fixed shape")
         if self.dtype.hasobject:
@@ -239,7 +245,7 @@ class Schema:
         fields = []
         for name, value in sample.items():
             if isinstance(value, (bytes, bytearray, memoryview)):
-                fields.append(Field(str(name), np.uint8, (), "bytes"))
+                fields.append(Field(str(name), np.dtype(np.uint8), (), "bytes"))
             else:
                 array = np.asarray(value)
                 if array.dtype.hasobject:
@@ -262,7 +268,9 @@ class Schema:
         list of bytes a bytes field.
         """
         if not isinstance(batch, Mapping) or not batch:
-            raise SchemaError(f"a batch should be a non-empty dict of field -> column, got {batch!r:.80}")
+            raise SchemaError(
+                f"a batch should be a non-empty dict of field -> column, got {batch!r:.80}"
+            )
         fields = []
         for name, column in batch.items():
             if isinstance(column, np.ndarray):
@@ -273,7 +281,9 @@ class Schema:
             values = list(column)
             if not values:
                 raise SchemaError(f"field {name!r}: cannot infer a schema from an empty column")
-            arrays = [np.asarray(v) for v in values if not isinstance(v, (bytes, bytearray, memoryview))]
+            arrays = [
+                np.asarray(v) for v in values if not isinstance(v, (bytes, bytearray, memoryview))
+            ]
             shapes = {a.shape for a in arrays}
             if len(arrays) == len(values) and len(shapes) > 1 and all(a.ndim == 1 for a in arrays):
                 fields.append(Field(str(name), np.result_type(*arrays), (), "ragged"))

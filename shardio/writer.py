@@ -76,11 +76,15 @@ def prepare_output(path: str, overwrite: bool) -> None:
     """Create the output directory; refuse an existing one unless ``overwrite``."""
     if os.path.lexists(path):
         if not overwrite:
-            raise OutputExistsError(f"output {path} already exists; pass overwrite=True to replace it")
+            raise OutputExistsError(
+                f"output {path} already exists; pass overwrite=True to replace it"
+            )
         if not os.path.isdir(path):
             raise OutputExistsError(f"output {path} exists and is not a directory; remove it first")
         entries = os.listdir(path)
-        foreign = [e for e in entries if e != MANIFEST_NAME and not e.lstrip(".").startswith("shard-")]
+        foreign = [
+            e for e in entries if e != MANIFEST_NAME and not e.lstrip(".").startswith("shard-")
+        ]
         if foreign:
             raise OutputExistsError(
                 f"refusing to overwrite {path}: it holds {foreign[:3]}, which shardio did not write"
@@ -89,10 +93,14 @@ def prepare_output(path: str, overwrite: bool) -> None:
     os.makedirs(path)
 
 
-def validate_columns(batch: Mapping[str, Any], schema: Schema, first: int = 0) -> tuple[Columns, int]:
+def validate_columns(
+    batch: Mapping[str, Any], schema: Schema, first: int = 0
+) -> tuple[Columns, int]:
     """Columns of ``batch`` checked against ``schema``; returns them and the sample count."""
     if not isinstance(batch, Mapping):
-        raise SchemaError(f"a batch should be a dict of field -> column, but got {type(batch).__name__}")
+        raise SchemaError(
+            f"a batch should be a dict of field -> column, but got {type(batch).__name__}"
+        )
     missing = [n for n in schema.names if n not in batch]
     extra = [n for n in batch if n not in schema]
     if missing or extra:
@@ -173,7 +181,9 @@ class ShardWriter:
         self.format = get_backend(format).name
         self.shard_size = parse_size(shard_size, "shard_size")
         if self.shard_size <= 0:
-            raise InvalidOptionError(f"shard_size should be > 0 bytes, but got shard_size={shard_size!r}")
+            raise InvalidOptionError(
+                f"shard_size should be > 0 bytes, but got shard_size={shard_size!r}"
+            )
         self.schema = schema
         self.checksum = checksum
         self.metadata = dict(metadata or {})
@@ -286,7 +296,9 @@ class ShardWriter:
         if self.schema is None:
             self.abort()
             raise SchemaError(f"nothing was written to {self.path} and no schema= was given")
-        self.manifest = Manifest(self.format, self.schema, tuple(self.shards), metadata=self.metadata)
+        self.manifest = Manifest(
+            self.format, self.schema, tuple(self.shards), metadata=self.metadata
+        )
         self.manifest.save(self.path)
         self._closed = True
         return self.manifest

@@ -7,7 +7,7 @@ import pytest
 
 sys.path.insert(0, os.path.dirname(__file__))  # tests/groundtruth.py for spawned workers
 
-from groundtruth import SOURCES, Truth  # noqa: E402
+from groundtruth import SOURCES, Truth
 
 
 @pytest.fixture(params=sorted(SOURCES))

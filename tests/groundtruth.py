@@ -45,7 +45,9 @@ def make_columns(n: int = N, variable: bool = True, seed: int = 0) -> dict[str, 
         "label": np.arange(n, dtype=np.int64) * 3 - 7,
     }
     if variable:
-        columns["blob"] = [bytes(rng.integers(0, 256, size=i % 13, dtype=np.uint8)) for i in range(n)]
+        columns["blob"] = [
+            bytes(rng.integers(0, 256, size=i % 13, dtype=np.uint8)) for i in range(n)
+        ]
         columns["seq"] = [np.arange(i % 5, dtype=np.int32) * (i + 1) for i in range(n)]
     return columns
 
@@ -58,10 +60,14 @@ def write_hdf5(path: str, columns: dict[str, Any]) -> None:
         file.create_group("meta").create_dataset("label", data=columns["label"])
         file.attrs["description"] = "written by h5py"
         if "blob" in columns:
-            blob = file.create_dataset("blob", (len(columns["blob"]),), dtype=h5py.vlen_dtype(np.uint8))
+            blob = file.create_dataset(
+                "blob", (len(columns["blob"]),), dtype=h5py.vlen_dtype(np.uint8)
+            )
             for i, value in enumerate(columns["blob"]):
                 blob[i] = np.frombuffer(value, np.uint8)
-            seq = file.create_dataset("seq", (len(columns["seq"]),), dtype=h5py.vlen_dtype(np.int32))
+            seq = file.create_dataset(
+                "seq", (len(columns["seq"]),), dtype=h5py.vlen_dtype(np.int32)
+            )
             for i, value in enumerate(columns["seq"]):
                 seq[i] = value
 
@@ -73,7 +79,12 @@ def hdf5_truth(directory: str) -> Truth:
     # A variable-length uint8 dataset (how HDF5 users store encoded images) reads as a
     # ragged uint8 field: the file does not say it holds bytes.
     blobs = [np.frombuffer(v, np.uint8) for v in columns["blob"]]
-    renamed = {"image": columns["image"], "meta/label": columns["label"], "blob": blobs, "seq": columns["seq"]}
+    renamed = {
+        "image": columns["image"],
+        "meta/label": columns["label"],
+        "blob": blobs,
+        "seq": columns["seq"],
+    }
     return Truth(renamed, path, variable=("blob", "seq"))
 
 
@@ -90,7 +101,10 @@ def zarr_truth(directory: str) -> Truth:
 # -------------------------------------------------------------------- LMDB
 def shardio_lmdb_value(sample: dict[str, Any], fixed: list[str], variable: list[str]) -> bytes:
     """The documented value layout: uint64 lengths of variable fields, fixed, variable."""
-    pieces = [sample[n] if isinstance(sample[n], bytes) else np.ascontiguousarray(sample[n]).tobytes() for n in variable]
+    pieces = [
+        sample[n] if isinstance(sample[n], bytes) else np.ascontiguousarray(sample[n]).tobytes()
+        for n in variable
+    ]
     header = np.array([len(p) for p in pieces], dtype="<u8").tobytes()
     body = b"".join(np.ascontiguousarray(sample[n]).tobytes() for n in fixed)
     return header + body + b"".join(pieces)
@@ -100,15 +114,26 @@ def schema_json(columns: dict[str, Any]) -> list[dict[str, Any]]:
     fields = []
     for name, column in columns.items():
         if isinstance(column, np.ndarray):
-            fields.append({"name": name, "dtype": column.dtype.str, "shape": list(column.shape[1:]), "kind": "array"})
+            fields.append(
+                {
+                    "name": name,
+                    "dtype": column.dtype.str,
+                    "shape": list(column.shape[1:]),
+                    "kind": "array",
+                }
+            )
         elif isinstance(column[0], bytes):
             fields.append({"name": name, "dtype": "|u1", "shape": [], "kind": "bytes"})
         else:
-            fields.append({"name": name, "dtype": column[0].dtype.str, "shape": [], "kind": "ragged"})
+            fields.append(
+                {"name": name, "dtype": column[0].dtype.str, "shape": [], "kind": "ragged"}
+            )
     return fields
 
 
-def write_shardio_lmdb(path: str, columns: dict[str, Any], schema: list[dict[str, Any]] | None = None) -> None:
+def write_shardio_lmdb(
+    path: str, columns: dict[str, Any], schema: list[dict[str, Any]] | None = None
+) -> None:
     schema = schema or schema_json(columns)
     fixed = [f["name"] for f in schema if f["kind"] == "array"]
     variable = [f["name"] for f in schema if f["kind"] != "array"]
@@ -143,7 +168,10 @@ def foreign_lmdb_truth(directory: str) -> Truth:
     env = lmdb.open(path, map_size=1 << 26)
     with env.begin(write=True) as txn:
         for i in range(N):
-            value = np.int64(columns["label"][i]).tobytes() + columns["image"][i].astype("<f4").tobytes()
+            value = (
+                np.int64(columns["label"][i]).tobytes()
+                + columns["image"][i].astype("<f4").tobytes()
+            )
             txn.put(f"img-{i:06d}".encode(), value)
     env.close()
     truth = {"label": columns["label"], "image": columns["image"]}
@@ -151,7 +179,9 @@ def foreign_lmdb_truth(directory: str) -> Truth:
 
 
 # -------------------------------------------------------------------- raw mmap
-def write_mmap_shard(path: str, columns: dict[str, Any], schema: list[dict[str, Any]] | None = None) -> None:
+def write_mmap_shard(
+    path: str, columns: dict[str, Any], schema: list[dict[str, Any]] | None = None
+) -> None:
     os.makedirs(path)
     schema = schema or schema_json(columns)
     files: dict[str, dict[str, str]] = {}
@@ -187,7 +217,9 @@ def _files_of(path: str) -> list[str]:
     return sorted(os.path.join(d, f) for d, _, names in os.walk(path) for f in names)
 
 
-def write_manifest(directory: str, fmt: str, columns: dict[str, Any], shards: list[tuple[str, int]]) -> None:
+def write_manifest(
+    directory: str, fmt: str, columns: dict[str, Any], shards: list[tuple[str, int]]
+) -> None:
     entries = []
     for name, count in shards:
         files = _files_of(os.path.join(directory, name))
@@ -197,13 +229,21 @@ def write_manifest(directory: str, fmt: str, columns: dict[str, Any], shards: li
             with open(f, "rb") as handle:
                 digest.update(handle.read())
             digest.update(b"\0")
-        entries.append({
-            "path": name,
-            "num_samples": count,
-            "nbytes": sum(os.path.getsize(f) for f in files),
-            "checksum": f"xxh3_128:{digest.hexdigest()}",
-        })
-    manifest = {"shardio_manifest": 1, "format": fmt, "schema": schema_json(columns), "shards": entries, "metadata": {}}
+        entries.append(
+            {
+                "path": name,
+                "num_samples": count,
+                "nbytes": sum(os.path.getsize(f) for f in files),
+                "checksum": f"xxh3_128:{digest.hexdigest()}",
+            }
+        )
+    manifest = {
+        "shardio_manifest": 1,
+        "format": fmt,
+        "schema": schema_json(columns),
+        "shards": entries,
+        "metadata": {},
+    }
     with open(os.path.join(directory, "manifest.json"), "w") as handle:
         json.dump(manifest, handle)
 

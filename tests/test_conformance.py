@@ -130,7 +130,9 @@ def test_dataloader_workers_read_everything(truth: Truth, context: str) -> None:
     ds = open_dataset(truth, fields=fields)
     ds[0]  # a handle opened in the parent must not leak into forked workers
     workers = 2 if context == "fork" else 1
-    loader = DataLoader(ds, batch_size=16, shuffle=False, num_workers=workers, multiprocessing_context=context)
+    loader = DataLoader(
+        ds, batch_size=16, shuffle=False, num_workers=workers, multiprocessing_context=context
+    )
     batches = list(loader)
     for name in fields:
         got = torch.cat([b[name] for b in batches]).numpy()
@@ -140,6 +142,8 @@ def test_dataloader_workers_read_everything(truth: Truth, context: str) -> None:
 def test_default_collate_handles_variable_fields(truth: Truth) -> None:
     if "blob" not in truth.names or not isinstance(truth.columns["blob"][0], bytes):
         pytest.skip("no bytes field in this source")
-    ds = open_dataset(truth, fields=["blob", "label"] if "label" in truth.names else ["blob", "meta/label"])
+    ds = open_dataset(
+        truth, fields=["blob", "label"] if "label" in truth.names else ["blob", "meta/label"]
+    )
     batch = next(iter(DataLoader(ds, batch_size=8)))
     assert batch["blob"] == [truth.sample(i)["blob"] for i in range(8)]

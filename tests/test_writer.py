@@ -68,7 +68,7 @@ def test_error_inside_with_leaves_no_manifest_and_no_partial_shard(tmp_path) -> 
         raise RuntimeError("interrupted")
     assert not (path / "manifest.json").exists()
     assert not [p for p in os.listdir(path) if "partial" in p]
-    with pytest.raises(FileNotFoundError, match="manifest.json"):
+    with pytest.raises(FileNotFoundError, match=r"manifest\.json"):
         ShardedDataset(path)
 
 
@@ -86,7 +86,7 @@ def test_existing_output_is_refused_unless_overwrite(tmp_path) -> None:
 
 def test_overwrite_never_deletes_foreign_files(tmp_path) -> None:
     (tmp_path / "keep.txt").write_text("precious")
-    with pytest.raises(shardio.OutputExistsError, match="keep.txt"):
+    with pytest.raises(shardio.OutputExistsError, match=r"keep\.txt"):
         ShardWriter(tmp_path, overwrite=True)
     assert (tmp_path / "keep.txt").read_text() == "precious"
 
@@ -131,7 +131,10 @@ def test_unknown_format_and_bad_shard_size(tmp_path) -> None:
 
 
 def test_nothing_written_without_schema_is_an_error(tmp_path) -> None:
-    with pytest.raises(shardio.SchemaError, match="nothing was written"), ShardWriter(tmp_path / "d"):
+    with (
+        pytest.raises(shardio.SchemaError, match="nothing was written"),
+        ShardWriter(tmp_path / "d"),
+    ):
         pass
     assert not (tmp_path / "d" / "manifest.json").exists()
 

@@ -57,7 +57,7 @@ def field_for_dataset(name: str, dataset: h5py.Dataset) -> Field:
     vlen = h5py.check_vlen_dtype(dataset.dtype)
     if vlen is not None:
         if vlen in (bytes, str):
-            return Field(name, np.uint8, (), "bytes")
+            return Field(name, np.dtype(np.uint8), (), "bytes")
         base = np.dtype(vlen)
         if base.hasobject:
             raise UnsupportedFeatureError(
@@ -85,7 +85,9 @@ def _foreign_fields(path: str, file: h5py.File, wanted: list[str] | None) -> lis
             if not isinstance(obj, h5py.Dataset):
                 raise SchemaError(f"{path}: {name!r} is a group, not a dataset")
             if obj.ndim == 0:
-                raise SchemaError(f"{path}: dataset {name!r} is a scalar; a field needs a first axis")
+                raise SchemaError(
+                    f"{path}: dataset {name!r} is a scalar; a field needs a first axis"
+                )
             fields.append(field_for_dataset(name, obj))
         candidates = [(f.name, file[f.name]) for f in fields]
     else:
@@ -152,12 +154,16 @@ class HDF5Reader(ShardReader[_File]):
 
     def _open_file(self) -> h5py.File:
         cache: dict[str, Any] = {
-            k: self.backend_options[k] for k in ("rdcc_nbytes", "rdcc_nslots") if k in self.backend_options
+            k: self.backend_options[k]
+            for k in ("rdcc_nbytes", "rdcc_nslots")
+            if k in self.backend_options
         }
         if "://" in self.path and not self.path.startswith("file://"):
             import fsspec
 
-            remote = fsspec.open(self.path, "rb", **self.backend_options.get("storage_options", {})).open()
+            remote = fsspec.open(
+                self.path, "rb", **self.backend_options.get("storage_options", {})
+            ).open()
             return h5py.File(remote, "r", **cache)
         path = self.path.removeprefix("file://")
         return h5py.File(path, "r", locking=False, **cache)
@@ -174,7 +180,10 @@ class HDF5Reader(ShardReader[_File]):
         for fld in self.schema:
             data = _gather(handle.datasets[fld.name], unique)
             if fld.variable:
-                values = [bytes(v) if fld.kind == "bytes" else np.asarray(v, fld.dtype) for v in _as_bytes(data, fld)]
+                values = [
+                    bytes(v) if fld.kind == "bytes" else np.asarray(v, fld.dtype)
+                    for v in _as_bytes(data, fld)
+                ]
                 self.bytes_read += sum(len(v) if isinstance(v, bytes) else v.nbytes for v in values)
                 columns[fld.name] = [values[i] for i in inverse] if reorder else values
             else:
@@ -186,7 +195,10 @@ class HDF5Reader(ShardReader[_File]):
 def _as_bytes(data: np.ndarray, fld: Field) -> list[Any]:
     if fld.kind != "bytes":
         return list(data)
-    return [v.encode() if isinstance(v, str) else (v.tobytes() if isinstance(v, np.ndarray) else v) for v in data]
+    return [
+        v.encode() if isinstance(v, str) else (v.tobytes() if isinstance(v, np.ndarray) else v)
+        for v in data
+    ]
 
 
 def _gather(dataset: h5py.Dataset, unique: np.ndarray) -> np.ndarray:
@@ -209,7 +221,9 @@ class HDF5Writer(ShardFileWriter):
         super().__init__(path, schema, **options)
         self._file = h5py.File(path, "w", locking=False)
         chunk_bytes = int(options.get("chunk_bytes", _DEFAULT_CHUNK_BYTES))
-        filters = {k: options[k] for k in ("compression", "compression_opts", "shuffle") if k in options}
+        filters = {
+            k: options[k] for k in ("compression", "compression_opts", "shuffle") if k in options
+        }
         self._datasets: dict[str, h5py.Dataset] = {}
         for fld in schema:
             if fld.variable:
@@ -238,7 +252,11 @@ class HDF5Writer(ShardFileWriter):
             if fld.variable:
                 values = np.empty(count, dtype=object)
                 for i, value in enumerate(column):
-                    values[i] = np.frombuffer(value, np.uint8) if isinstance(value, bytes) else np.asarray(value, fld.dtype)
+                    values[i] = (
+                        np.frombuffer(value, np.uint8)
+                        if isinstance(value, bytes)
+                        else np.asarray(value, fld.dtype)
+                    )
                 dataset[start:stop] = values
             else:
                 dataset[start:stop] = column

@@ -154,7 +154,9 @@ class LMDBReader(ShardReader[_Env]):
         if keys is not None:
             if isinstance(keys, (str, bytes)):
                 raise InvalidOptionError("keys should be a list of keys, but got a single key")
-            self.backend_options["keys"] = [k.encode() if isinstance(k, str) else bytes(k) for k in keys]
+            self.backend_options["keys"] = [
+                k.encode() if isinstance(k, str) else bytes(k) for k in keys
+            ]
 
     def files(self) -> list[str]:
         return [_data_file(self.path)[0]]
@@ -162,7 +164,9 @@ class LMDBReader(ShardReader[_Env]):
     def _open(self) -> _Env:
         data_file, _ = _data_file(self.path)
         if not os.path.exists(data_file):
-            raise ShardCorruptError(f"{self.path} is not an LMDB environment: {data_file} is missing")
+            raise ShardCorruptError(
+                f"{self.path} is not an LMDB environment: {data_file} is missing"
+            )
         readahead = bool(self.backend_options.get("readahead", True))
         try:
             env = _POOL.acquire(self.path, readahead)
@@ -212,7 +216,7 @@ class LMDBReader(ShardReader[_Env]):
             )
         keys: list[bytes] | None = self.backend_options.get("keys")
         if keys is None:
-            keys = list(txn.cursor().iternext(keys=True, values=False))
+            keys = [bytes(k) for k in txn.cursor().iternext(keys=True, values=False)]
         if not keys:
             raise SchemaError(f"{self.path}: the LMDB environment holds no keys to read")
         first = txn.get(keys[0])
@@ -252,7 +256,9 @@ class LMDBReader(ShardReader[_Env]):
         for name, offset, size in layout.fixed_fields:
             assert fixed is not None
             fld = self.schema[name]
-            block = fixed if size == width else np.ascontiguousarray(fixed[:, offset : offset + size])
+            block = (
+                fixed if size == width else np.ascontiguousarray(fixed[:, offset : offset + size])
+            )
             columns[name] = block.view(fld.dtype).reshape(count, *fld.shape)
         columns.update(variable)
         return {name: columns[name] for name in self.schema.names}
@@ -323,14 +329,20 @@ class LMDBWriter(ShardFileWriter):
             pieces = []
             for fld in self._variable:
                 value = columns[fld.name][row]
-                pieces.append(value if isinstance(value, bytes) else np.ascontiguousarray(value, fld.dtype).tobytes())
+                pieces.append(
+                    value
+                    if isinstance(value, bytes)
+                    else np.ascontiguousarray(value, fld.dtype).tobytes()
+                )
             header = np.array([len(p) for p in pieces], dtype=_LENGTH).tobytes()
             values.append(b"".join((header, fixed[row].tobytes(), *pieces)))
         return values
 
     def append(self, columns: Columns, count: int) -> None:
         assert self._env is not None
-        items = [(encode_key(self.count + i), v) for i, v in enumerate(self._encode(columns, count))]
+        items = [
+            (encode_key(self.count + i), v) for i, v in enumerate(self._encode(columns, count))
+        ]
         while True:
             try:
                 with self._env.begin(write=True) as txn:
@@ -353,5 +365,3 @@ class LMDBWriter(ShardFileWriter):
         lock = os.path.join(self.path, "lock.mdb")
         if os.path.exists(lock):
             os.remove(lock)  # readers open with lock=False; a stale lock file is noise
-
-

@@ -33,7 +33,10 @@ META_NAME = "shardio-mmap.json"
 _FORMAT = "shardio-mmap"
 _VERSION = 1
 _OFFSET_DTYPE = np.dtype("<i8")
-_ADVICE = {"random": getattr(mmap, "MADV_RANDOM", None), "sequential": getattr(mmap, "MADV_SEQUENTIAL", None)}
+_ADVICE = {
+    "random": getattr(mmap, "MADV_RANDOM", None),
+    "sequential": getattr(mmap, "MADV_SEQUENTIAL", None),
+}
 
 
 @dataclass
@@ -75,7 +78,9 @@ def read_meta(path: str) -> dict[str, Any]:
         with open(meta_path, encoding="utf-8") as handle:
             meta = json.load(handle)
     except FileNotFoundError:
-        raise ShardCorruptError(f"{path} is not a shardio mmap shard: {META_NAME} is missing") from None
+        raise ShardCorruptError(
+            f"{path} is not a shardio mmap shard: {META_NAME} is missing"
+        ) from None
     except (json.JSONDecodeError, UnicodeDecodeError) as exc:
         raise ManifestError(f"{meta_path} is not valid JSON: {exc}") from exc
     if not isinstance(meta, dict) or meta.get("format") != _FORMAT:
@@ -211,13 +216,16 @@ class MmapWriter(ShardFileWriter):
             out = self._data[fld.name]
             column = columns[fld.name]
             if not fld.variable:
-                out.write(memoryview(np.ascontiguousarray(column, dtype=fld.dtype)).cast("B"))
+                out.write(np.ascontiguousarray(column, dtype=fld.dtype).tobytes())
                 continue
             lengths = np.empty(count, dtype=np.int64)
             for i, value in enumerate(column):
-                raw = value if isinstance(value, bytes) else np.ascontiguousarray(value, fld.dtype)
-                out.write(raw if isinstance(raw, bytes) else memoryview(raw).cast("B"))
-                lengths[i] = len(raw) if isinstance(raw, bytes) else raw.size
+                if isinstance(value, bytes):
+                    out.write(value)
+                    lengths[i] = len(value)
+                else:
+                    out.write(np.ascontiguousarray(value, fld.dtype).tobytes())
+                    lengths[i] = np.size(value)
             ends = self._ends[fld.name] + np.cumsum(lengths)
             self._offsets[fld.name].append(ends.astype(_OFFSET_DTYPE))
             self._ends[fld.name] = int(ends[-1]) if count else self._ends[fld.name]
@@ -242,5 +250,5 @@ class MmapWriter(ShardFileWriter):
             "schema": self.schema.to_json(),
             "files": self._files,
         }
-        with open(os.path.join(self.path, META_NAME), "w", encoding="utf-8") as handle:
-            json.dump(meta, handle, indent=1)
+        with open(os.path.join(self.path, META_NAME), "w", encoding="utf-8") as meta_file:
+            json.dump(meta, meta_file, indent=1)

@@ -58,11 +58,15 @@ def _storage_options(options: dict[str, Any], path: str) -> dict[str, Any]:
 
 
 def _foreign_fields(path: str, group: Any, wanted: list[str] | None) -> list[tuple[Field, Any]]:
-    arrays = {name: node for name, node in group.members(max_depth=None) if isinstance(node, zarr.Array)}
+    arrays = {
+        name: node for name, node in group.members(max_depth=None) if isinstance(node, zarr.Array)
+    }
     if wanted is not None:
         missing = [n for n in wanted if n not in arrays]
         if missing:
-            raise FieldNotFoundError(f"{path}: no array {missing[0]!r}; arrays are {sorted(arrays)}")
+            raise FieldNotFoundError(
+                f"{path}: no array {missing[0]!r}; arrays are {sorted(arrays)}"
+            )
         chosen = {n: arrays[n] for n in wanted}
     else:
         chosen = {n: a for n, a in arrays.items() if a.ndim >= 1}
@@ -81,7 +85,7 @@ def _foreign_fields(path: str, group: Any, wanted: list[str] | None) -> list[tup
         if dtype.hasobject:
             if array.ndim != 1:
                 raise UnsupportedFeatureError(f"{path}: array {name!r} of objects must be 1-D")
-            result.append((Field(name, np.uint8, (), "bytes"), array))
+            result.append((Field(name, np.dtype(np.uint8), (), "bytes"), array))
         elif array.ndim == 0:
             raise SchemaError(f"{path}: array {name!r} is a scalar; a field needs a first axis")
         else:
@@ -135,11 +139,15 @@ class ZarrReader(ShardReader[_Group]):
         for fld in schema:
             try:
                 if fld.variable:
-                    columns[fld.name] = _Column(fld, group[f"{fld.name}.data"], group[f"{fld.name}.offsets"])
+                    columns[fld.name] = _Column(
+                        fld, group[f"{fld.name}.data"], group[f"{fld.name}.offsets"]
+                    )
                 else:
                     columns[fld.name] = _Column(fld, group[fld.name])
             except KeyError:
-                raise ShardCorruptError(f"{self.path}: the arrays of field {fld.name!r} are missing") from None
+                raise ShardCorruptError(
+                    f"{self.path}: the arrays of field {fld.name!r} are missing"
+                ) from None
         for column in columns.values():
             rows = column.data.shape[0] if column.offsets is None else column.offsets.shape[0] - 1
             if rows < count:
@@ -197,7 +205,10 @@ class ZarrReader(ShardReader[_Group]):
             flat = column.data.get_orthogonal_selection((positions,))
             pieces = np.split(flat, np.cumsum(lengths)[:-1])
         else:
-            pieces = [column.data[s:e] if e > s else np.empty(0, column.field.dtype) for s, e in zip(starts, ends)]
+            pieces = [
+                column.data[s:e] if e > s else np.empty(0, column.field.dtype)
+                for s, e in zip(starts, ends)
+            ]
         self.bytes_read += total * column.field.dtype.itemsize
         if column.field.kind == "bytes":
             return [p.tobytes() for p in pieces]
@@ -250,7 +261,7 @@ class ZarrWriter(ShardFileWriter):
         super().__init__(path, schema, **options)
         compressors = make_compressors(options.get("compressor"), options.get("compression_level"))
         chunk_bytes = int(options.get("chunk_bytes", _DEFAULT_CHUNK_BYTES))
-        self._group = zarr.open_group(path, mode="w-")
+        self._group: Any = zarr.open_group(path, mode="w-")
         self._arrays: dict[str, Any] = {}
         self._ends: dict[str, int] = {}
         for fld in schema:
@@ -263,7 +274,11 @@ class ZarrWriter(ShardFileWriter):
                     compressors=compressors,
                 )
                 offsets = self._group.create_array(
-                    f"{fld.name}.offsets", shape=(1,), chunks=(8192,), dtype="<i8", compressors=compressors
+                    f"{fld.name}.offsets",
+                    shape=(1,),
+                    chunks=(8192,),
+                    dtype="<i8",
+                    compressors=compressors,
                 )
                 offsets[0] = 0
                 self._arrays[f"{fld.name}.offsets"] = offsets
@@ -288,7 +303,10 @@ class ZarrWriter(ShardFileWriter):
                     array = array.reshape(count, -1).view(np.uint8)
                 self._arrays[fld.name].append(array, axis=0)
                 continue
-            pieces = [np.frombuffer(v, np.uint8) if isinstance(v, bytes) else np.asarray(v, fld.dtype) for v in column]
+            pieces = [
+                np.frombuffer(v, np.uint8) if isinstance(v, bytes) else np.asarray(v, fld.dtype)
+                for v in column
+            ]
             lengths = np.array([p.size for p in pieces], dtype=np.int64)
             flat = np.concatenate(pieces) if pieces else np.empty(0, fld.dtype)
             if flat.size:
@@ -302,5 +320,9 @@ class ZarrWriter(ShardFileWriter):
     def close(self) -> None:
         if self._group is None:
             return
-        self._group.attrs[ATTR] = {"version": 1, "count": self.count, "schema": self.schema.to_json()}
+        self._group.attrs[ATTR] = {
+            "version": 1,
+            "count": self.count,
+            "schema": self.schema.to_json(),
+        }
         self._group = None

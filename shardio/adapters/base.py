@@ -8,6 +8,7 @@ opens its own handle there; a pickled reader carries its path and options only.
 
 from __future__ import annotations
 
+import contextlib
 import os
 from abc import ABC, abstractmethod
 from collections.abc import Mapping, Sequence
@@ -121,10 +122,8 @@ class ShardReader(ABC, Generic[HandleT]):
         return state
 
     def __del__(self) -> None:
-        try:
+        with contextlib.suppress(Exception):  # never raise from a finalizer
             self.close()
-        except Exception:  # noqa: S110 - never raise from a finalizer
-            pass
 
     # ----------------------------------------------------------------- reading
     def __len__(self) -> int:
@@ -164,7 +163,7 @@ class ShardReader(ABC, Generic[HandleT]):
         self.reopens += 1
         return ReleaseResult(reopened=True)
 
-    def advise(self, pattern: AccessPattern) -> None:  # noqa: B027 - optional hook
+    def advise(self, pattern: AccessPattern) -> None:
         """Hint the access pattern to the backend (a no-op where it has no use)."""
 
     # ------------------------------------------------------------------- hooks
@@ -208,10 +207,8 @@ class ShardFileWriter(ABC):
 
     def abort(self) -> None:
         """Stop without finishing; the caller removes the partial output."""
-        try:
+        with contextlib.suppress(Exception):  # the partial shard is discarded anyway
             self.close()
-        except Exception:  # noqa: S110 - the partial shard is discarded anyway
-            pass
 
 
 # ------------------------------------------------------------------- columns

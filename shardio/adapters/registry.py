@@ -43,10 +43,42 @@ class Backend:
 _BACKENDS: dict[str, Backend] = {
     b.name: b
     for b in (
-        Backend("lmdb", "shardio.adapters._lmdb", "LMDBReader", "LMDBWriter", "lmdb", (".lmdb", ".mdb"), ("data.mdb",)),
-        Backend("hdf5", "shardio.adapters._hdf5", "HDF5Reader", "HDF5Writer", "h5py", (".h5", ".hdf5", ".hdf", ".he5"), ()),
-        Backend("zarr", "shardio.adapters._zarr", "ZarrReader", "ZarrWriter", "zarr", (".zarr",), ("zarr.json",)),
-        Backend("mmap", "shardio.adapters._mmap", "MmapReader", "MmapWriter", "numpy", (".mmap",), ("shardio-mmap.json",)),
+        Backend(
+            "lmdb",
+            "shardio.adapters._lmdb",
+            "LMDBReader",
+            "LMDBWriter",
+            "lmdb",
+            (".lmdb", ".mdb"),
+            ("data.mdb",),
+        ),
+        Backend(
+            "hdf5",
+            "shardio.adapters._hdf5",
+            "HDF5Reader",
+            "HDF5Writer",
+            "h5py",
+            (".h5", ".hdf5", ".hdf", ".he5"),
+            (),
+        ),
+        Backend(
+            "zarr",
+            "shardio.adapters._zarr",
+            "ZarrReader",
+            "ZarrWriter",
+            "zarr",
+            (".zarr",),
+            ("zarr.json",),
+        ),
+        Backend(
+            "mmap",
+            "shardio.adapters._mmap",
+            "MmapReader",
+            "MmapWriter",
+            "numpy",
+            (".mmap",),
+            ("shardio-mmap.json",),
+        ),
     )
 }
 FORMATS: tuple[str, ...] = tuple(_BACKENDS)
