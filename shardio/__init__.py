@@ -12,6 +12,10 @@ from typing import TYPE_CHECKING, Any
 from .config import format_size, parse_size
 from .errors import *  # noqa: F403
 from .errors import __all__ as _error_names
+from .manifest import Manifest
+from .reader import DatasetReader
+from .schema import Field, Schema
+from .writer import ShardWriter
 
 __version__ = "0.1.0"
 
@@ -27,7 +31,20 @@ if TYPE_CHECKING:
     from .prefetch import Prefetcher
     from .sampling import ShardSampler
 
-__all__ = [*_error_names, *_LAZY, "parse_size", "format_size", "__version__"]
+__all__ = [
+    *_error_names,
+    "DatasetReader",
+    "Field",
+    "Manifest",
+    "Prefetcher",
+    "Schema",
+    "ShardSampler",
+    "ShardWriter",
+    "ShardedDataset",
+    "__version__",
+    "format_size",
+    "parse_size",
+]
 
 
 def __getattr__(name: str) -> Any:

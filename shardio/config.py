@@ -43,7 +43,8 @@ def parse_size(value: int | float | str, option: str = "size") -> int:
     unit = match.group(2).lower() if match else None
     if match is None or unit not in _UNITS:
         raise InvalidOptionError(
-            f"{option} should be a size such as '512MB', '1.5GiB' or 4096, but got {option}={value!r}"
+            f"{option} should be a size such as '512MB', '1.5GiB' or 4096, "
+            f"but got {option}={value!r}"
         )
     return int(float(match.group(1)) * _UNITS[unit])
 

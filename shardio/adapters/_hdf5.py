@@ -1,0 +1,271 @@
+"""HDF5 backend (h5py).
+
+Any HDF5 file reads as a dataset: its datasets that share the first axis become
+fields, named by their path inside the file (``fields=`` picks some). shardio-written
+shards hold one HDF5 dataset per field plus the schema in the root's attributes.
+Variable-length fields are HDF5 variable-length types (bytes, strings, 1-D arrays).
+"""
+
+from __future__ import annotations
+
+import json
+from dataclasses import dataclass
+from typing import Any
+
+import h5py
+import numpy as np
+
+from ..errors import (
+    DatasetNotFoundError,
+    FieldNotFoundError,
+    ManifestError,
+    SchemaError,
+    ShardCorruptError,
+    UnsupportedFeatureError,
+)
+from ..schema import Field, Schema
+from .base import Columns, ShardFileWriter, ShardReader
+
+__all__ = ["HDF5Reader", "HDF5Writer", "SCHEMA_ATTR", "field_for_dataset", "list_datasets"]
+
+SCHEMA_ATTR = "shardio_schema"
+COUNT_ATTR = "shardio_count"
+HDF5_SIGNATURE = b"\x89HDF\r\n\x1a\n"
+_DEFAULT_CHUNK_BYTES = 64 * 1024
+
+
+@dataclass
+class _File:
+    file: h5py.File
+    datasets: dict[str, h5py.Dataset]
+
+
+def list_datasets(group: h5py.Group) -> list[tuple[str, h5py.Dataset]]:
+    """Every dataset below ``group`` with its path, in visiting order."""
+    found: list[tuple[str, h5py.Dataset]] = []
+
+    def visit(name: str, obj: Any) -> None:
+        if isinstance(obj, h5py.Dataset):
+            found.append((name, obj))
+
+    group.visititems(visit)
+    return found
+
+
+def field_for_dataset(name: str, dataset: h5py.Dataset) -> Field:
+    """The shardio field that reads ``dataset`` row by row."""
+    vlen = h5py.check_vlen_dtype(dataset.dtype)
+    if vlen is not None:
+        if vlen in (bytes, str):
+            return Field(name, np.dtype(np.uint8), (), "bytes")
+        base = np.dtype(vlen)
+        if base.hasobject:
+            raise UnsupportedFeatureError(
+                f"dataset {dataset.name!r} has a nested variable-length type {dataset.dtype}"
+            )
+        return Field(name, base, (), "ragged")
+    if h5py.check_ref_dtype(dataset.dtype) is not None or dataset.dtype.hasobject:
+        raise UnsupportedFeatureError(
+            f"dataset {dataset.name!r} holds object references (dtype {dataset.dtype}); "
+            "select other fields with fields=[...]"
+        )
+    return Field(name, dataset.dtype, dataset.shape[1:], "array")
+
+
+def _foreign_fields(path: str, file: h5py.File, wanted: list[str] | None) -> list[Field]:
+    if wanted is not None:
+        fields = []
+        for name in wanted:
+            obj = file.get(name)
+            if obj is None:
+                available = [n for n, _ in list_datasets(file)]
+                raise FieldNotFoundError(
+                    f"{path}: no dataset {name!r}; datasets in the file are {available}"
+                )
+            if not isinstance(obj, h5py.Dataset):
+                raise SchemaError(f"{path}: {name!r} is a group, not a dataset")
+            if obj.ndim == 0:
+                raise SchemaError(
+                    f"{path}: dataset {name!r} is a scalar; a field needs a first axis"
+                )
+            fields.append(field_for_dataset(name, obj))
+        candidates = [(f.name, file[f.name]) for f in fields]
+    else:
+        candidates = [(n, d) for n, d in list_datasets(file) if d.ndim >= 1]
+        if not candidates:
+            raise SchemaError(f"{path} holds no dataset with a first axis to read samples from")
+        fields = [field_for_dataset(n, d) for n, d in candidates]
+    lengths = {n: d.shape[0] for n, d in candidates}
+    if len(set(lengths.values())) > 1:
+        listing = ", ".join(f"{n!r}: {length}" for n, length in lengths.items())
+        raise SchemaError(
+            f"{path}: datasets disagree on their first axis ({listing}); "
+            "pick datasets of one length with fields=[...]"
+        )
+    return fields
+
+
+class HDF5Reader(ShardReader[_File]):
+    """Reads a shardio HDF5 shard or any HDF5 file."""
+
+    format = "hdf5"
+    remote = True
+    options = frozenset({"rdcc_nbytes", "rdcc_nslots", "storage_options"})
+
+    def _open(self) -> _File:
+        try:
+            file = self._open_file()
+        except FileNotFoundError:
+            raise DatasetNotFoundError(f"HDF5 file {self.path} does not exist") from None
+        except OSError as exc:
+            raise ShardCorruptError(f"cannot open HDF5 file {self.path}: {exc}") from exc
+        try:
+            raw = file.attrs.get(SCHEMA_ATTR)
+            if raw is not None:
+                try:
+                    full = Schema.loads(raw)
+                except SchemaError as exc:
+                    raise ManifestError(f"{self.path}: bad {SCHEMA_ATTR} attribute: {exc}") from exc
+                schema = self._select(full)
+                length = int(file.attrs.get(COUNT_ATTR, -1))
+            else:
+                schema = Schema(tuple(_foreign_fields(self.path, file, self.requested_fields)))
+                length = -1
+            datasets = {}
+            for fld in schema:
+                dataset = file.get(fld.name)
+                if not isinstance(dataset, h5py.Dataset):
+                    raise ShardCorruptError(f"{self.path}: dataset {fld.name!r} is missing")
+                datasets[fld.name] = dataset
+            if length < 0:
+                length = next(iter(datasets.values())).shape[0]
+            for name, dataset in datasets.items():
+                if dataset.shape[0] < length:
+                    raise ShardCorruptError(
+                        f"{self.path}: dataset {name!r} has {dataset.shape[0]} rows, "
+                        f"expected {length}"
+                    )
+        except BaseException:
+            file.close()
+            raise
+        self._length = length
+        self._schema = schema
+        return _File(file, datasets)
+
+    def _open_file(self) -> h5py.File:
+        cache: dict[str, Any] = {
+            k: self.backend_options[k]
+            for k in ("rdcc_nbytes", "rdcc_nslots")
+            if k in self.backend_options
+        }
+        if "://" in self.path and not self.path.startswith("file://"):
+            import fsspec
+
+            remote = fsspec.open(
+                self.path, "rb", **self.backend_options.get("storage_options", {})
+            ).open()
+            return h5py.File(remote, "r", **cache)
+        path = self.path.removeprefix("file://")
+        return h5py.File(path, "r", locking=False, **cache)
+
+    def _close(self, handle: _File) -> None:
+        handle.datasets.clear()
+        handle.file.close()
+
+    def read_many(self, indices: np.ndarray) -> Columns:
+        handle = self.handle
+        unique, inverse = np.unique(indices, return_inverse=True)
+        reorder = not (len(unique) == len(indices) and np.array_equal(unique, indices))
+        columns: Columns = {}
+        for fld in self.schema:
+            data = _gather(handle.datasets[fld.name], unique)
+            if fld.variable:
+                values = [
+                    bytes(v) if fld.kind == "bytes" else np.asarray(v, fld.dtype)
+                    for v in _as_bytes(data, fld)
+                ]
+                self.bytes_read += sum(len(v) if isinstance(v, bytes) else v.nbytes for v in values)
+                columns[fld.name] = [values[i] for i in inverse] if reorder else values
+            else:
+                self.bytes_read += data.nbytes
+                columns[fld.name] = data[inverse] if reorder else data
+        return columns
+
+
+def _as_bytes(data: np.ndarray, fld: Field) -> list[Any]:
+    if fld.kind != "bytes":
+        return list(data)
+    return [
+        v.encode() if isinstance(v, str) else (v.tobytes() if isinstance(v, np.ndarray) else v)
+        for v in data
+    ]
+
+
+def _gather(dataset: h5py.Dataset, unique: np.ndarray) -> np.ndarray:
+    """Rows ``unique`` (sorted, distinct) of ``dataset`` in one HDF5 selection."""
+    if len(unique) == 0:
+        return dataset[0:0]
+    first, last = int(unique[0]), int(unique[-1])
+    if last - first + 1 == len(unique):
+        return dataset[first : last + 1]
+    return dataset[unique]
+
+
+class HDF5Writer(ShardFileWriter):
+    """Writes a shardio HDF5 shard: one resizable, chunked dataset per field."""
+
+    format = "hdf5"
+    options = frozenset({"compression", "compression_opts", "shuffle", "chunk_bytes"})
+
+    def __init__(self, path: str, schema: Schema, **options: Any) -> None:
+        super().__init__(path, schema, **options)
+        self._file = h5py.File(path, "w", locking=False)
+        chunk_bytes = int(options.get("chunk_bytes", _DEFAULT_CHUNK_BYTES))
+        filters = {
+            k: options[k] for k in ("compression", "compression_opts", "shuffle") if k in options
+        }
+        self._datasets: dict[str, h5py.Dataset] = {}
+        for fld in schema:
+            if fld.variable:
+                dtype = h5py.vlen_dtype(fld.dtype)
+                rows = max(1, chunk_bytes // 1024)
+                shape: tuple[int, ...] = ()
+            else:
+                dtype = fld.dtype
+                rows = max(1, chunk_bytes // max(1, fld.sample_nbytes))
+                shape = fld.shape
+            self._datasets[fld.name] = self._file.create_dataset(
+                fld.name,
+                shape=(0, *shape),
+                maxshape=(None, *shape),
+                chunks=(rows, *shape),
+                dtype=dtype,
+                **filters,
+            )
+
+    def append(self, columns: Columns, count: int) -> None:
+        start, stop = self.count, self.count + count
+        for fld in self.schema:
+            dataset = self._datasets[fld.name]
+            dataset.resize(stop, axis=0)
+            column = columns[fld.name]
+            if fld.variable:
+                values = np.empty(count, dtype=object)
+                for i, value in enumerate(column):
+                    values[i] = (
+                        np.frombuffer(value, np.uint8)
+                        if isinstance(value, bytes)
+                        else np.asarray(value, fld.dtype)
+                    )
+                dataset[start:stop] = values
+            else:
+                dataset[start:stop] = column
+        self.count = stop
+
+    def close(self) -> None:
+        if not self._file:
+            return
+        self._file.attrs[SCHEMA_ATTR] = json.dumps(self.schema.to_json())
+        self._file.attrs[COUNT_ATTR] = self.count
+        self._file.flush()
+        self._file.close()

@@ -1,0 +1,367 @@
+"""LMDB backend (py-lmdb).
+
+shardio-written environments hold one value per sample under an 8-byte big-endian
+key (the sample's index), plus a ``__shardio__`` key with the schema and count. A
+value is: one little-endian uint64 length per variable field, then every fixed
+field's bytes in schema order, then every variable field's bytes.
+
+Foreign environments (written by other tools) are read with ``decode=`` (value
+bytes -> sample dict), in the order of ``keys=`` or of the database's sorted keys.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+from collections.abc import Callable
+from dataclasses import dataclass
+from typing import Any
+
+import lmdb
+import numpy as np
+
+from ..errors import InvalidOptionError, ManifestError, SchemaError, ShardCorruptError
+from ..schema import Sample, Schema
+from .base import Columns, ShardFileWriter, ShardReader, samples_to_columns
+
+__all__ = ["LMDBReader", "LMDBWriter", "META_KEY", "encode_key"]
+
+META_KEY = b"__shardio__"
+_LENGTH = np.dtype("<u8")
+
+
+def encode_key(index: int) -> bytes:
+    return index.to_bytes(8, "big")
+
+
+def _data_file(path: str) -> tuple[str, bool]:
+    """(data file, subdir flag) of an environment given as a directory or a file."""
+    if os.path.isdir(path):
+        return os.path.join(path, "data.mdb"), True
+    return path, False
+
+
+@dataclass
+class _Layout:
+    """Byte positions of the selected fields inside a shardio value."""
+
+    header: int  # bytes of the variable-length header
+    fixed: int  # bytes of all fixed fields together
+    fixed_fields: list[tuple[str, int, int]]  # (name, offset in fixed block, nbytes)
+    variable_fields: list[tuple[str, int, bool]]  # (name, position in header, is bytes)
+    variable_dtypes: dict[str, np.dtype]
+
+    @classmethod
+    def of(cls, full: Schema, selected: Schema) -> _Layout:
+        variable = [f for f in full if f.variable]
+        fixed_offsets: dict[str, int] = {}
+        offset = 0
+        for fld in full:
+            if not fld.variable:
+                fixed_offsets[fld.name] = offset
+                offset += fld.sample_nbytes
+        positions = {f.name: k for k, f in enumerate(variable)}
+        return cls(
+            header=_LENGTH.itemsize * len(variable),
+            fixed=offset,
+            fixed_fields=[
+                (f.name, fixed_offsets[f.name], f.sample_nbytes) for f in selected if not f.variable
+            ],
+            variable_fields=[
+                (f.name, positions[f.name], f.kind == "bytes") for f in selected if f.variable
+            ],
+            variable_dtypes={f.name: f.dtype for f in selected if f.variable},
+        )
+
+
+class _EnvPool:
+    """Read-only environments shared by every reader of one process.
+
+    LMDB allows one open handle per environment and process, while users open the
+    same file twice (train and validation splits, a pickled copy): readers share a
+    reference-counted handle. The pool is keyed by PID, so a forked child never
+    reuses its parent's handles.
+    """
+
+    def __init__(self) -> None:
+        self._pid = os.getpid()
+        self._envs: dict[tuple[str, bool], tuple[lmdb.Environment, int]] = {}
+
+    def _check_pid(self) -> None:
+        if self._pid != os.getpid():
+            self._envs = {}  # NOTE: inherited handles are dropped, never closed, in the child
+            self._pid = os.getpid()
+
+    def acquire(self, path: str, readahead: bool) -> lmdb.Environment:
+        self._check_pid()
+        data_file, subdir = _data_file(path)
+        key = (os.path.realpath(data_file), readahead)
+        if key in self._envs:
+            env, count = self._envs[key]
+            self._envs[key] = (env, count + 1)
+            return env
+        # lock=False: read-only readers need no lock file and no reader-table slot,
+        # so any number of DataLoader workers can open the environment.
+        env = lmdb.open(
+            path,
+            subdir=subdir,
+            readonly=True,
+            lock=False,
+            readahead=readahead,
+            max_readers=1,
+            max_dbs=0,
+        )
+        self._envs[key] = (env, 1)
+        return env
+
+    def release(self, env: lmdb.Environment) -> None:
+        self._check_pid()
+        for key, (held, count) in list(self._envs.items()):
+            if held is env:
+                if count > 1:
+                    self._envs[key] = (held, count - 1)
+                else:
+                    del self._envs[key]
+                    env.close()
+                return
+
+
+_POOL = _EnvPool()
+
+
+@dataclass
+class _Env:
+    env: lmdb.Environment
+    layout: _Layout | None  # None for a foreign environment
+    keys: list[bytes] | None
+    decode: Callable[[bytes], Sample] | None
+
+
+class LMDBReader(ShardReader[_Env]):
+    """Reads an LMDB environment, shardio-written or foreign (with ``decode=``)."""
+
+    format = "lmdb"
+    options = frozenset({"decode", "keys", "readahead"})
+
+    def __init__(self, path: str, **kwargs: Any) -> None:
+        super().__init__(path, **kwargs)
+        decode = self.backend_options.get("decode")
+        if decode is not None and not callable(decode):
+            raise InvalidOptionError(
+                f"decode should be a callable (value bytes -> sample dict), but got {decode!r}"
+            )
+        keys = self.backend_options.get("keys")
+        if keys is not None:
+            if isinstance(keys, (str, bytes)):
+                raise InvalidOptionError("keys should be a list of keys, but got a single key")
+            self.backend_options["keys"] = [
+                k.encode() if isinstance(k, str) else bytes(k) for k in keys
+            ]
+
+    def files(self) -> list[str]:
+        return [_data_file(self.path)[0]]
+
+    def _open(self) -> _Env:
+        data_file, _ = _data_file(self.path)
+        if not os.path.exists(data_file):
+            raise ShardCorruptError(
+                f"{self.path} is not an LMDB environment: {data_file} is missing"
+            )
+        readahead = bool(self.backend_options.get("readahead", True))
+        try:
+            env = _POOL.acquire(self.path, readahead)
+        except lmdb.Error as exc:
+            raise ShardCorruptError(f"cannot open LMDB environment {self.path}: {exc}") from exc
+        try:
+            self._check_size(env, data_file)
+            with env.begin() as txn:
+                meta = txn.get(META_KEY)
+                if meta is not None:
+                    return self._open_shardio(env, meta)
+                return self._open_foreign(env, txn)
+        except BaseException:
+            _POOL.release(env)
+            raise
+
+    def _check_size(self, env: lmdb.Environment, data_file: str) -> None:
+        needed = (env.info()["last_pgno"] + 1) * env.stat()["psize"]
+        size = os.path.getsize(data_file)
+        if size < needed:
+            raise ShardCorruptError(
+                f"LMDB file {data_file} is truncated: {size} bytes, but its pages need {needed}"
+            )
+
+    def _open_shardio(self, env: lmdb.Environment, meta: bytes) -> _Env:
+        if self.backend_options.get("decode") is not None:
+            raise InvalidOptionError(
+                f"{self.path} was written by shardio and needs no decode=; drop the option"
+            )
+        try:
+            info = json.loads(meta)
+            full = Schema.from_json(info["schema"])
+            count = int(info["count"])
+        except (ValueError, KeyError, TypeError) as exc:
+            raise ManifestError(f"{self.path}: malformed {META_KEY.decode()} entry: {exc}") from exc
+        selected = self._select(full)
+        self._length = count
+        self._schema = selected
+        return _Env(env, _Layout.of(full, selected), None, None)
+
+    def _open_foreign(self, env: lmdb.Environment, txn: lmdb.Transaction) -> _Env:
+        decode = self.backend_options.get("decode")
+        if decode is None:
+            raise SchemaError(
+                f"{self.path} is an LMDB environment not written by shardio; pass decode= "
+                "(a callable: value bytes -> dict of field -> array or bytes) to read it"
+            )
+        keys: list[bytes] | None = self.backend_options.get("keys")
+        if keys is None:
+            keys = [bytes(k) for k in txn.cursor().iternext(keys=True, values=False)]
+        if not keys:
+            raise SchemaError(f"{self.path}: the LMDB environment holds no keys to read")
+        first = txn.get(keys[0])
+        if first is None:
+            raise ShardCorruptError(f"{self.path}: key {keys[0]!r} is not in the database")
+        schema = self._select(Schema.infer(decode(bytes(first))))
+        self._length = len(keys)
+        self._schema = schema
+        return _Env(env, None, keys, decode)
+
+    def _close(self, handle: _Env) -> None:
+        _POOL.release(handle.env)
+
+    def read_many(self, indices: np.ndarray) -> Columns:
+        handle = self.handle
+        if handle.layout is None:
+            return self._read_foreign(handle, indices)
+        layout = handle.layout
+        count = len(indices)
+        fixed = np.empty((count, layout.fixed), dtype=np.uint8) if layout.fixed_fields else None
+        variable: dict[str, list[Any]] = {name: [] for name, _, _ in layout.variable_fields}
+        header, width = layout.header, layout.fixed
+        nbytes = 0
+        with handle.env.begin(buffers=True) as txn:
+            get = txn.get
+            for row, index in enumerate(indices.tolist()):
+                value = get(encode_key(index))
+                if value is None:
+                    raise ShardCorruptError(f"{self.path}: sample {index} is missing")
+                nbytes += len(value)
+                if fixed is not None:
+                    fixed[row] = value[header : header + width]
+                if variable:
+                    self._split_variable(value, layout, variable)
+        self.bytes_read += nbytes
+        columns: Columns = {}
+        for name, offset, size in layout.fixed_fields:
+            assert fixed is not None
+            fld = self.schema[name]
+            block = (
+                fixed if size == width else np.ascontiguousarray(fixed[:, offset : offset + size])
+            )
+            columns[name] = block.view(fld.dtype).reshape(count, *fld.shape)
+        columns.update(variable)
+        return {name: columns[name] for name in self.schema.names}
+
+    @staticmethod
+    def _split_variable(value: memoryview, layout: _Layout, out: dict[str, list[Any]]) -> None:
+        count = layout.header // _LENGTH.itemsize
+        lengths = np.frombuffer(value, dtype=_LENGTH, count=count)
+        starts = layout.header + layout.fixed + np.concatenate(([0], np.cumsum(lengths)))
+        for name, position, is_bytes in layout.variable_fields:
+            piece = value[int(starts[position]) : int(starts[position + 1])]
+            if is_bytes:
+                out[name].append(bytes(piece))
+            else:
+                out[name].append(np.frombuffer(piece, dtype=layout.variable_dtypes[name]).copy())
+
+    def _read_foreign(self, handle: _Env, indices: np.ndarray) -> Columns:
+        assert handle.keys is not None and handle.decode is not None
+        samples = []
+        with handle.env.begin() as txn:
+            for index in indices.tolist():
+                key = handle.keys[index]
+                value = txn.get(key)
+                if value is None:
+                    raise ShardCorruptError(f"{self.path}: key {key!r} is not in the database")
+                self.bytes_read += len(value)
+                samples.append(handle.decode(value))
+        try:
+            return samples_to_columns(samples, self.schema)
+        except KeyError as exc:
+            raise SchemaError(
+                f"{self.path}: decode= returned a sample without field {exc.args[0]!r}"
+            ) from None
+
+
+class LMDBWriter(ShardFileWriter):
+    """Writes a shardio LMDB environment (a directory holding ``data.mdb``)."""
+
+    format = "lmdb"
+    options = frozenset({"map_size"})
+
+    def __init__(self, path: str, schema: Schema, **options: Any) -> None:
+        super().__init__(path, schema, **options)
+        self._map_size = int(options.get("map_size", 1 << 30))
+        self._env: lmdb.Environment | None = lmdb.open(
+            path,
+            map_size=self._map_size,
+            subdir=True,
+            sync=False,
+            metasync=False,
+            readahead=False,
+            meminit=False,
+            max_dbs=0,
+        )
+        self._fixed = [f for f in schema if not f.variable]
+        self._variable = [f for f in schema if f.variable]
+
+    def _encode(self, columns: Columns, count: int) -> list[bytes]:
+        parts = [
+            np.ascontiguousarray(columns[f.name], dtype=f.dtype).reshape(count, -1).view(np.uint8)
+            for f in self._fixed
+        ]
+        fixed = np.concatenate(parts, axis=1) if parts else np.empty((count, 0), np.uint8)
+        if not self._variable:
+            return [row.tobytes() for row in fixed]
+        values = []
+        for row in range(count):
+            pieces = []
+            for fld in self._variable:
+                value = columns[fld.name][row]
+                pieces.append(
+                    value
+                    if isinstance(value, bytes)
+                    else np.ascontiguousarray(value, fld.dtype).tobytes()
+                )
+            header = np.array([len(p) for p in pieces], dtype=_LENGTH).tobytes()
+            values.append(b"".join((header, fixed[row].tobytes(), *pieces)))
+        return values
+
+    def append(self, columns: Columns, count: int) -> None:
+        assert self._env is not None
+        items = [
+            (encode_key(self.count + i), v) for i, v in enumerate(self._encode(columns, count))
+        ]
+        while True:
+            try:
+                with self._env.begin(write=True) as txn:
+                    txn.cursor().putmulti(items, append=True)
+                break
+            except lmdb.MapFullError:
+                self._map_size *= 2
+                self._env.set_mapsize(self._map_size)
+        self.count += count
+
+    def close(self) -> None:
+        if self._env is None:
+            return
+        env, self._env = self._env, None
+        meta = json.dumps({"version": 1, "count": self.count, "schema": self.schema.to_json()})
+        with env.begin(write=True) as txn:
+            txn.put(META_KEY, meta.encode())
+        env.sync(True)
+        env.close()
+        lock = os.path.join(self.path, "lock.mdb")
+        if os.path.exists(lock):
+            os.remove(lock)  # readers open with lock=False; a stale lock file is noise

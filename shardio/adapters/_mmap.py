@@ -1,0 +1,254 @@
+"""Raw mmap backend: shardio's own flat layout, read through ``mmap``.
+
+A shard is a directory::
+
+    shard-00000.mmap/
+        shardio-mmap.json     {"format": "shardio-mmap", "version": 1, "count": N,
+                               "schema": [...], "files": {field: {...}}}
+        000.bin               fixed-size field: N rows of the field's dtype and shape, C order
+        001.data, 001.offsets variable field: concatenated values, and N+1 little-endian
+                              int64 offsets counted in elements (bytes for a bytes field)
+
+Reads gather rows with one numpy fancy-index per field, which copies them out of
+the mapping, so no array handed to a caller pins the mapping.
+"""
+
+from __future__ import annotations
+
+import json
+import mmap
+import os
+from dataclasses import dataclass, field
+from typing import Any, BinaryIO
+
+import numpy as np
+
+from ..errors import ManifestError, ShardCorruptError
+from ..schema import Field, Schema
+from .base import AccessPattern, Columns, ReleaseResult, ShardFileWriter, ShardReader
+
+__all__ = ["MmapReader", "MmapWriter", "META_NAME"]
+
+META_NAME = "shardio-mmap.json"
+_FORMAT = "shardio-mmap"
+_VERSION = 1
+_OFFSET_DTYPE = np.dtype("<i8")
+_ADVICE = {
+    "random": getattr(mmap, "MADV_RANDOM", None),
+    "sequential": getattr(mmap, "MADV_SEQUENTIAL", None),
+}
+
+
+@dataclass
+class _MappedField:
+    field: Field
+    data: np.ndarray
+    offsets: np.ndarray | None = None
+
+
+@dataclass
+class _Mapped:
+    fields: dict[str, _MappedField]
+    maps: list[mmap.mmap] = field(default_factory=list)
+
+
+def _map_file(path: str, dtype: np.dtype, expected: int, maps: list[mmap.mmap]) -> np.ndarray:
+    """Map ``path`` read-only as a 1-D array; refuse a file shorter than ``expected`` bytes."""
+    try:
+        size = os.path.getsize(path)
+    except FileNotFoundError:
+        raise ShardCorruptError(f"shard file {path} is missing") from None
+    if size < expected:
+        # NOTE: reading a mapping past the end of a truncated file raises SIGBUS and
+        # kills the process, so sizes are checked before anything is mapped.
+        raise ShardCorruptError(
+            f"shard file {path} is truncated: {size} bytes, expected {expected}"
+        )
+    if expected == 0:
+        return np.empty(0, dtype=dtype)
+    with open(path, "rb") as handle:
+        mapping = mmap.mmap(handle.fileno(), 0, access=mmap.ACCESS_READ)
+    maps.append(mapping)
+    return np.frombuffer(mapping, dtype=dtype, count=expected // dtype.itemsize)
+
+
+def read_meta(path: str) -> dict[str, Any]:
+    meta_path = os.path.join(path, META_NAME)
+    try:
+        with open(meta_path, encoding="utf-8") as handle:
+            meta = json.load(handle)
+    except FileNotFoundError:
+        raise ShardCorruptError(
+            f"{path} is not a shardio mmap shard: {META_NAME} is missing"
+        ) from None
+    except (json.JSONDecodeError, UnicodeDecodeError) as exc:
+        raise ManifestError(f"{meta_path} is not valid JSON: {exc}") from exc
+    if not isinstance(meta, dict) or meta.get("format") != _FORMAT:
+        raise ManifestError(f"{meta_path}: expected format {_FORMAT!r}, got {meta!r:.100}")
+    if meta.get("version") != _VERSION:
+        raise ManifestError(
+            f"{meta_path}: format version {meta.get('version')!r} is not supported "
+            f"(this shardio reads version {_VERSION})"
+        )
+    if not isinstance(meta.get("count"), int) or meta["count"] < 0:
+        raise ManifestError(f"{meta_path}: 'count' should be a non-negative integer")
+    return meta
+
+
+class MmapReader(ShardReader[_Mapped]):
+    """Reads a raw mmap shard directory."""
+
+    format = "mmap"
+
+    def _open(self) -> _Mapped:
+        meta = read_meta(self.path)
+        count = meta["count"]
+        full = Schema.from_json(meta.get("schema"))
+        schema = self._select(full)
+        files = meta.get("files", {})
+        mapped = _Mapped(fields={})
+        try:
+            for fld in schema:
+                entry = files.get(fld.name)
+                if not isinstance(entry, dict) or "data" not in entry:
+                    raise ManifestError(f"{self.path}/{META_NAME}: no files for field {fld.name!r}")
+                data_path = os.path.join(self.path, entry["data"])
+                if fld.variable:
+                    offsets = _map_file(
+                        os.path.join(self.path, entry["offsets"]),
+                        _OFFSET_DTYPE,
+                        (count + 1) * _OFFSET_DTYPE.itemsize,
+                        mapped.maps,
+                    )
+                    total = int(offsets[-1]) if count else 0
+                    data = _map_file(data_path, fld.dtype, total * fld.dtype.itemsize, mapped.maps)
+                    mapped.fields[fld.name] = _MappedField(fld, data, offsets)
+                else:
+                    flat = _map_file(data_path, fld.dtype, count * fld.sample_nbytes, mapped.maps)
+                    mapped.fields[fld.name] = _MappedField(fld, flat.reshape(count, *fld.shape))
+        except BaseException:
+            self._close(mapped)
+            raise
+        self._length = count
+        self._schema = schema
+        return mapped
+
+    def _close(self, handle: _Mapped) -> None:
+        handle.fields.clear()  # drop the arrays that export each mapping's buffer
+        for mapping in handle.maps:
+            mapping.close()
+        handle.maps.clear()
+
+    def files(self) -> list[str]:
+        meta = read_meta(self.path)
+        names = [META_NAME]
+        for entry in meta.get("files", {}).values():
+            names.extend(entry[k] for k in ("data", "offsets") if k in entry)
+        return [os.path.join(self.path, n) for n in names]
+
+    def read_many(self, indices: np.ndarray) -> Columns:
+        columns: Columns = {}
+        nbytes = 0
+        for name, mapped in self.handle.fields.items():
+            if mapped.offsets is None:
+                column = mapped.data[indices]
+                nbytes += column.nbytes
+                columns[name] = column
+                continue
+            starts = mapped.offsets[indices]
+            ends = mapped.offsets[indices + 1]
+            data = mapped.data
+            if mapped.field.kind == "bytes":
+                values: list[Any] = [data[s:e].tobytes() for s, e in zip(starts, ends)]
+            else:
+                values = [data[s:e].copy() for s, e in zip(starts, ends)]
+            nbytes += int((ends - starts).sum()) * mapped.field.dtype.itemsize
+            columns[name] = values
+        self.bytes_read += nbytes
+        return columns
+
+    # ------------------------------------------------------------------ memory
+    def release_memory(self) -> ReleaseResult:
+        """``madvise(MADV_DONTNEED)`` on every mapping: RSS drops, the page cache stays."""
+        if not self.is_open or not hasattr(mmap, "MADV_DONTNEED"):
+            return super().release_memory()
+        result = ReleaseResult()
+        for mapping in self.handle.maps:
+            # NOTE: safe on a read-only shared file mapping: dropped pages are simply
+            # faulted back in from the page cache (or the file) on the next touch.
+            mapping.madvise(mmap.MADV_DONTNEED)
+            result.advise_calls += 1
+            result.advised_bytes += len(mapping)
+        return result
+
+    def advise(self, pattern: AccessPattern) -> None:
+        advice = _ADVICE.get(pattern)
+        if advice is None:
+            return
+        for mapping in self.handle.maps:
+            mapping.madvise(advice)
+
+
+class MmapWriter(ShardFileWriter):
+    """Writes a raw mmap shard directory by appending to one file per field."""
+
+    format = "mmap"
+
+    def __init__(self, path: str, schema: Schema, **options: Any) -> None:
+        super().__init__(path, schema, **options)
+        os.makedirs(path)
+        self._files: dict[str, dict[str, str]] = {}
+        self._data: dict[str, BinaryIO] = {}
+        self._offsets: dict[str, list[np.ndarray]] = {}
+        self._ends: dict[str, int] = {}
+        for number, fld in enumerate(schema):
+            if fld.variable:
+                names = {"data": f"{number:03d}.data", "offsets": f"{number:03d}.offsets"}
+                self._offsets[fld.name] = [np.zeros(1, dtype=_OFFSET_DTYPE)]
+                self._ends[fld.name] = 0
+            else:
+                names = {"data": f"{number:03d}.bin"}
+            self._files[fld.name] = names
+            self._data[fld.name] = open(os.path.join(path, names["data"]), "wb")  # noqa: SIM115
+
+    def append(self, columns: Columns, count: int) -> None:
+        for fld in self.schema:
+            out = self._data[fld.name]
+            column = columns[fld.name]
+            if not fld.variable:
+                out.write(np.ascontiguousarray(column, dtype=fld.dtype).tobytes())
+                continue
+            lengths = np.empty(count, dtype=np.int64)
+            for i, value in enumerate(column):
+                if isinstance(value, bytes):
+                    out.write(value)
+                    lengths[i] = len(value)
+                else:
+                    out.write(np.ascontiguousarray(value, fld.dtype).tobytes())
+                    lengths[i] = np.size(value)
+            ends = self._ends[fld.name] + np.cumsum(lengths)
+            self._offsets[fld.name].append(ends.astype(_OFFSET_DTYPE))
+            self._ends[fld.name] = int(ends[-1]) if count else self._ends[fld.name]
+        self.count += count
+
+    def close(self) -> None:
+        if not self._data:
+            return
+        for handle in self._data.values():
+            handle.flush()
+            os.fsync(handle.fileno())
+            handle.close()
+        self._data.clear()
+        for name, parts in self._offsets.items():
+            path = os.path.join(self.path, self._files[name]["offsets"])
+            with open(path, "wb") as handle:
+                handle.write(np.concatenate(parts).astype(_OFFSET_DTYPE).tobytes())
+        meta = {
+            "format": _FORMAT,
+            "version": _VERSION,
+            "count": self.count,
+            "schema": self.schema.to_json(),
+            "files": self._files,
+        }
+        with open(os.path.join(self.path, META_NAME), "w", encoding="utf-8") as meta_file:
+            json.dump(meta, meta_file, indent=1)

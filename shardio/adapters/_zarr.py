@@ -1,0 +1,328 @@
+"""Zarr v3 backend (zarr-python 3).
+
+Any Zarr group reads as a dataset: its arrays that share the first axis become
+fields, named by their path in the group. shardio-written shards are groups with
+one array per fixed-size field; a variable-length field is two arrays,
+``<name>.data`` (values concatenated) and ``<name>.offsets`` (N+1 int64, in
+elements). The group's ``shardio`` attribute holds the schema and count.
+Remote URLs (``s3://``, ``gs://``, ...) are read through fsspec.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Any
+
+import numpy as np
+import zarr
+import zarr.codecs
+
+from ..errors import (
+    DatasetNotFoundError,
+    FieldNotFoundError,
+    InvalidOptionError,
+    ManifestError,
+    SchemaError,
+    ShardCorruptError,
+    UnsupportedFeatureError,
+)
+from ..schema import Field, Schema
+from .base import Columns, ShardFileWriter, ShardReader
+
+__all__ = ["ZarrReader", "ZarrWriter", "ATTR", "make_compressors"]
+
+ATTR = "shardio"
+_DEFAULT_CHUNK_BYTES = 256 * 1024
+# Gathering a variable field's values in one selection is worth it until the index
+# array itself grows large; past this many elements values are read range by range.
+_MAX_GATHER_ELEMENTS = 8 * 1024 * 1024
+
+
+@dataclass
+class _Column:
+    field: Field
+    data: Any  # zarr.Array
+    offsets: Any | None = None
+
+
+@dataclass
+class _Group:
+    group: Any
+    columns: dict[str, _Column]
+
+
+def _storage_options(options: dict[str, Any], path: str) -> dict[str, Any]:
+    if "://" in path and not path.startswith("file://"):
+        return {"storage_options": options.get("storage_options") or {}}
+    return {}
+
+
+def _foreign_fields(path: str, group: Any, wanted: list[str] | None) -> list[tuple[Field, Any]]:
+    arrays = {
+        name: node for name, node in group.members(max_depth=None) if isinstance(node, zarr.Array)
+    }
+    if wanted is not None:
+        missing = [n for n in wanted if n not in arrays]
+        if missing:
+            raise FieldNotFoundError(
+                f"{path}: no array {missing[0]!r}; arrays are {sorted(arrays)}"
+            )
+        chosen = {n: arrays[n] for n in wanted}
+    else:
+        chosen = {n: a for n, a in arrays.items() if a.ndim >= 1}
+        if not chosen:
+            raise SchemaError(f"{path} holds no array with a first axis to read samples from")
+    lengths = {n: a.shape[0] for n, a in chosen.items()}
+    if len(set(lengths.values())) > 1:
+        listing = ", ".join(f"{n!r}: {length}" for n, length in lengths.items())
+        raise SchemaError(
+            f"{path}: arrays disagree on their first axis ({listing}); "
+            "pick arrays of one length with fields=[...]"
+        )
+    result = []
+    for name, array in chosen.items():
+        dtype = np.dtype(array.dtype)
+        if dtype.hasobject:
+            if array.ndim != 1:
+                raise UnsupportedFeatureError(f"{path}: array {name!r} of objects must be 1-D")
+            result.append((Field(name, np.dtype(np.uint8), (), "bytes"), array))
+        elif array.ndim == 0:
+            raise SchemaError(f"{path}: array {name!r} is a scalar; a field needs a first axis")
+        else:
+            result.append((Field(name, dtype, array.shape[1:], "array"), array))
+    return result
+
+
+class ZarrReader(ShardReader[_Group]):
+    """Reads a shardio Zarr shard or any Zarr v3 group."""
+
+    format = "zarr"
+    remote = True
+    options = frozenset({"storage_options"})
+
+    def _open(self) -> _Group:
+        try:
+            node = zarr.open(
+                self.path.removeprefix("file://"),
+                mode="r",
+                **_storage_options(self.backend_options, self.path),
+            )
+        except FileNotFoundError:
+            raise DatasetNotFoundError(f"no Zarr group or array at {self.path}") from None
+        except (ValueError, KeyError, TypeError, OSError) as exc:
+            raise ShardCorruptError(f"cannot open Zarr store {self.path}: {exc}") from exc
+        if isinstance(node, zarr.Array):
+            name = self.path.rstrip("/").rsplit("/", 1)[-1].removesuffix(".zarr") or "data"
+            columns = {name: _Column(Field(name, np.dtype(node.dtype), node.shape[1:]), node)}
+            schema = Schema(tuple(c.field for c in columns.values())).select(
+                self.requested_fields, where=self.path
+            )
+            self._length = node.shape[0]
+            self._schema = schema
+            return _Group(node, columns)
+        info = node.attrs.get(ATTR)
+        if info is not None:
+            return self._open_shardio(node, info)
+        fields = _foreign_fields(self.path, node, self.requested_fields)
+        self._schema = Schema(tuple(f for f, _ in fields))
+        self._length = fields[0][1].shape[0]
+        return _Group(node, {f.name: _Column(f, a) for f, a in fields})
+
+    def _open_shardio(self, group: Any, info: Any) -> _Group:
+        try:
+            full = Schema.from_json(info["schema"])
+            count = int(info["count"])
+        except (KeyError, TypeError, ValueError) as exc:
+            raise ManifestError(f"{self.path}: malformed '{ATTR}' attribute: {exc}") from exc
+        schema = self._select(full)
+        columns = {}
+        for fld in schema:
+            try:
+                if fld.variable:
+                    columns[fld.name] = _Column(
+                        fld, group[f"{fld.name}.data"], group[f"{fld.name}.offsets"]
+                    )
+                else:
+                    columns[fld.name] = _Column(fld, group[fld.name])
+            except KeyError:
+                raise ShardCorruptError(
+                    f"{self.path}: the arrays of field {fld.name!r} are missing"
+                ) from None
+        for column in columns.values():
+            rows = column.data.shape[0] if column.offsets is None else column.offsets.shape[0] - 1
+            if rows < count:
+                raise ShardCorruptError(
+                    f"{self.path}: field {column.field.name!r} has {rows} rows, expected {count}"
+                )
+        self._length = count
+        self._schema = schema
+        return _Group(group, columns)
+
+    def _close(self, handle: _Group) -> None:
+        handle.columns.clear()
+
+    def files(self) -> list[str]:
+        import os
+
+        if "://" in self.path and not self.path.startswith("file://"):
+            return []
+        root = self.path.removeprefix("file://")
+        return sorted(os.path.join(d, f) for d, _, names in os.walk(root) for f in names)
+
+    def read_many(self, indices: np.ndarray) -> Columns:
+        handle = self.handle
+        unique, inverse = np.unique(indices, return_inverse=True)
+        reorder = not (len(unique) == len(indices) and np.array_equal(unique, indices))
+        columns: Columns = {}
+        for name, column in handle.columns.items():
+            if column.offsets is not None:
+                values = self._read_variable(column, unique)
+                columns[name] = [values[i] for i in inverse] if reorder else values
+                continue
+            data = _gather(column.data, unique)
+            if column.field.dtype.fields is not None and data.dtype == np.uint8:
+                data = data.view(column.field.dtype).reshape(len(unique), *column.field.shape)
+            elif column.field.kind == "array" and data.dtype != column.field.dtype:
+                data = data.astype(column.field.dtype)  # zarr hands back native byte order
+            if column.field.kind == "bytes":  # a foreign array of objects
+                values = [v if isinstance(v, bytes) else str(v).encode() for v in data]
+                self.bytes_read += sum(len(v) for v in values)
+                columns[name] = [values[i] for i in inverse] if reorder else values
+            else:
+                self.bytes_read += data.nbytes
+                columns[name] = data[inverse] if reorder else data
+        return columns
+
+    def _read_variable(self, column: _Column, unique: np.ndarray) -> list[Any]:
+        offsets = column.offsets
+        starts = _gather(offsets, unique).astype(np.int64)
+        ends = _gather(offsets, unique + 1).astype(np.int64)
+        lengths = ends - starts
+        total = int(lengths.sum())
+        if 0 < total <= _MAX_GATHER_ELEMENTS:
+            positions = np.repeat(starts - np.concatenate(([0], np.cumsum(lengths)[:-1])), lengths)
+            positions += np.arange(total)
+            flat = column.data.get_orthogonal_selection((positions,))
+            pieces = np.split(flat, np.cumsum(lengths)[:-1])
+        else:
+            pieces = [
+                column.data[s:e] if e > s else np.empty(0, column.field.dtype)
+                for s, e in zip(starts, ends)
+            ]
+        self.bytes_read += total * column.field.dtype.itemsize
+        if column.field.kind == "bytes":
+            return [p.tobytes() for p in pieces]
+        return [np.ascontiguousarray(p) for p in pieces]
+
+
+def _gather(array: Any, unique: np.ndarray) -> np.ndarray:
+    """Rows ``unique`` (sorted, distinct) of a Zarr array in one selection."""
+    if len(unique) == 0:
+        return np.asarray(array[0:0])
+    first, last = int(unique[0]), int(unique[-1])
+    if last - first + 1 == len(unique):
+        return np.asarray(array[first : last + 1])
+    return np.asarray(array.get_orthogonal_selection((unique,)))
+
+
+def _stored_layout(fld: Field) -> tuple[tuple[int, ...], Any]:
+    """Per-row shape and dtype of a fixed field's array.
+
+    Structured dtypes are stored as raw bytes (a uint8 row per sample) because Zarr v3
+    has no stable specification for them; the schema restores the dtype on read.
+    """
+    if fld.dtype.fields is not None:
+        return (fld.sample_nbytes,), np.uint8
+    return fld.shape, fld.dtype
+
+
+def make_compressors(name: str | None, level: int | None = None) -> Any:
+    """Zarr v3 compressor codecs for ``name`` (``zstd``, ``blosc``, ``gzip`` or None)."""
+    if name is None or name == "none":
+        return None
+    if name == "zstd":
+        return [zarr.codecs.ZstdCodec(level=3 if level is None else level)]
+    if name == "blosc":
+        return [zarr.codecs.BloscCodec(cname="zstd", clevel=5 if level is None else level)]
+    if name == "gzip":
+        return [zarr.codecs.GzipCodec(level=5 if level is None else level)]
+    raise InvalidOptionError(
+        f"compressor should be one of 'zstd', 'blosc', 'gzip' or None, but got compressor={name!r}"
+    )
+
+
+class ZarrWriter(ShardFileWriter):
+    """Writes a shardio Zarr v3 group."""
+
+    format = "zarr"
+    options = frozenset({"compressor", "compression_level", "chunk_bytes"})
+
+    def __init__(self, path: str, schema: Schema, **options: Any) -> None:
+        super().__init__(path, schema, **options)
+        compressors = make_compressors(options.get("compressor"), options.get("compression_level"))
+        chunk_bytes = int(options.get("chunk_bytes", _DEFAULT_CHUNK_BYTES))
+        self._group: Any = zarr.open_group(path, mode="w-")
+        self._arrays: dict[str, Any] = {}
+        self._ends: dict[str, int] = {}
+        for fld in schema:
+            if fld.variable:
+                self._arrays[f"{fld.name}.data"] = self._group.create_array(
+                    f"{fld.name}.data",
+                    shape=(0,),
+                    chunks=(max(1, chunk_bytes // fld.dtype.itemsize),),
+                    dtype=fld.dtype,
+                    compressors=compressors,
+                )
+                offsets = self._group.create_array(
+                    f"{fld.name}.offsets",
+                    shape=(1,),
+                    chunks=(8192,),
+                    dtype="<i8",
+                    compressors=compressors,
+                )
+                offsets[0] = 0
+                self._arrays[f"{fld.name}.offsets"] = offsets
+                self._ends[fld.name] = 0
+            else:
+                rows = max(1, chunk_bytes // max(1, fld.sample_nbytes))
+                shape, dtype = _stored_layout(fld)
+                self._arrays[fld.name] = self._group.create_array(
+                    fld.name,
+                    shape=(0, *shape),
+                    chunks=(rows, *shape),
+                    dtype=dtype,
+                    compressors=compressors,
+                )
+
+    def append(self, columns: Columns, count: int) -> None:
+        for fld in self.schema:
+            column = columns[fld.name]
+            if not fld.variable:
+                array = np.ascontiguousarray(column, dtype=fld.dtype)
+                if fld.dtype.fields is not None:
+                    array = array.reshape(count, -1).view(np.uint8)
+                self._arrays[fld.name].append(array, axis=0)
+                continue
+            pieces = [
+                np.frombuffer(v, np.uint8) if isinstance(v, bytes) else np.asarray(v, fld.dtype)
+                for v in column
+            ]
+            lengths = np.array([p.size for p in pieces], dtype=np.int64)
+            flat = np.concatenate(pieces) if pieces else np.empty(0, fld.dtype)
+            if flat.size:
+                self._arrays[f"{fld.name}.data"].append(flat.astype(fld.dtype, copy=False), axis=0)
+            ends = self._ends[fld.name] + np.cumsum(lengths)
+            self._arrays[f"{fld.name}.offsets"].append(ends, axis=0)
+            if count:
+                self._ends[fld.name] = int(ends[-1])
+        self.count += count
+
+    def close(self) -> None:
+        if self._group is None:
+            return
+        self._group.attrs[ATTR] = {
+            "version": 1,
+            "count": self.count,
+            "schema": self.schema.to_json(),
+        }
+        self._group = None

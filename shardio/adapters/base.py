@@ -1,0 +1,250 @@
+"""The adapter contract: one reader and one writer per storage backend.
+
+A :class:`ShardReader` reads samples from one shard (a file or directory of its
+backend). Handles are opened lazily in the process that reads and are keyed by
+PID, so a reader pickled into a DataLoader worker, or inherited through ``fork``,
+opens its own handle there; a pickled reader carries its path and options only.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import os
+from abc import ABC, abstractmethod
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass
+from typing import Any, ClassVar, Generic, Literal, TypeVar
+
+import numpy as np
+
+from ..errors import InvalidOptionError
+from ..schema import Sample, Schema
+
+__all__ = [
+    "AccessPattern",
+    "Columns",
+    "ReleaseResult",
+    "ShardReader",
+    "ShardFileWriter",
+    "columns_to_samples",
+    "samples_to_columns",
+    "take_columns",
+]
+
+Columns = dict[str, Any]
+"""A batch by field: a stacked ``np.ndarray`` for array fields, a list for variable ones."""
+
+AccessPattern = Literal["random", "sequential"]
+HandleT = TypeVar("HandleT")
+
+
+@dataclass
+class ReleaseResult:
+    """What one memory release did."""
+
+    advised_bytes: int = 0
+    advise_calls: int = 0
+    reopened: bool = False
+
+
+class ShardReader(ABC, Generic[HandleT]):
+    """Reads one shard of one backend. Subclasses implement the ``_``-prefixed hooks."""
+
+    #: Name used in manifests, ``format=`` options and error messages.
+    format: ClassVar[str]
+    #: Capabilities.
+    writable: ClassVar[bool] = True
+    variable_length: ClassVar[bool] = True
+    remote: ClassVar[bool] = False
+    #: Backend-specific keyword options this reader accepts.
+    options: ClassVar[frozenset[str]] = frozenset()
+
+    def __init__(
+        self,
+        path: str,
+        *,
+        fields: Sequence[str] | None = None,
+        expected_nbytes: int | None = None,
+        **options: Any,
+    ) -> None:
+        unknown = sorted(set(options) - self.options)
+        if unknown:
+            accepted = ", ".join(sorted(self.options)) or "none"
+            raise InvalidOptionError(
+                f"option {unknown[0]}= is not supported by the {self.format} backend "
+                f"(reading {path}); its options are: {accepted}"
+            )
+        self.path = path
+        self.requested_fields = None if fields is None else list(fields)
+        self.expected_nbytes = expected_nbytes
+        self.backend_options = options
+        self._handle: HandleT | None = None
+        self._pid: int | None = None
+        self._length: int | None = None
+        self._schema: Schema | None = None
+        self.bytes_read = 0
+        self.reopens = 0
+
+    # ----------------------------------------------------------------- handles
+    @property
+    def handle(self) -> HandleT:
+        """The open handle of this process, opened on first use after a fork or pickle."""
+        pid = os.getpid()
+        if self._handle is None or self._pid != pid:
+            # NOTE: a handle inherited through fork is dropped without closing it:
+            # closing would act on library state shared with the parent.
+            self._handle = None
+            self._handle = self._open()
+            self._pid = pid
+        return self._handle
+
+    @property
+    def is_open(self) -> bool:
+        return self._handle is not None and self._pid == os.getpid()
+
+    def close(self) -> None:
+        """Close this process's handle; safe to call twice, reopens lazily on next read."""
+        if self._handle is not None and self._pid == os.getpid():
+            handle, self._handle = self._handle, None
+            self._close(handle)
+        self._handle = None
+
+    def __enter__(self) -> ShardReader[HandleT]:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
+    def __getstate__(self) -> dict[str, Any]:
+        state = self.__dict__.copy()
+        state["_handle"] = None
+        state["_pid"] = None
+        return state
+
+    def __del__(self) -> None:
+        with contextlib.suppress(Exception):  # never raise from a finalizer
+            self.close()
+
+    # ----------------------------------------------------------------- reading
+    def __len__(self) -> int:
+        if self._length is None:
+            self.handle  # noqa: B018 - opening reads the length and schema
+        assert self._length is not None
+        return self._length
+
+    @property
+    def schema(self) -> Schema:
+        """Schema of the selected fields."""
+        if self._schema is None:
+            self.handle  # noqa: B018
+        assert self._schema is not None
+        return self._schema
+
+    def read(self, index: int) -> Sample:
+        """One sample by local index (already validated by the caller)."""
+        columns = self.read_many(np.array([index], dtype=np.int64))
+        return columns_to_samples(columns, 1)[0]
+
+    @abstractmethod
+    def read_many(self, indices: np.ndarray) -> Columns:
+        """The samples at local ``indices`` (any order, repeats allowed) as columns,
+        read in one transaction, selection or gather."""
+
+    def files(self) -> list[str]:
+        """The local files that hold this shard's data (for checksums and cache hints)."""
+        return [self.path]
+
+    # ------------------------------------------------------------------ memory
+    def release_memory(self) -> ReleaseResult:
+        """Drop what reading has made resident; the default reopens the handle."""
+        if not self.is_open:
+            return ReleaseResult()
+        self.close()
+        self.reopens += 1
+        return ReleaseResult(reopened=True)
+
+    def advise(self, pattern: AccessPattern) -> None:
+        """Hint the access pattern to the backend (a no-op where it has no use)."""
+
+    # ------------------------------------------------------------------- hooks
+    @abstractmethod
+    def _open(self) -> HandleT:
+        """Open the backend and set ``self._length`` and ``self._schema``."""
+
+    @abstractmethod
+    def _close(self, handle: HandleT) -> None:
+        """Close a handle this process opened."""
+
+    def _select(self, schema: Schema) -> Schema:
+        return schema.select(self.requested_fields, where=self.path)
+
+
+class ShardFileWriter(ABC):
+    """Writes one shard of one backend at ``path``; the caller renames it when done."""
+
+    format: ClassVar[str]
+    options: ClassVar[frozenset[str]] = frozenset()
+
+    def __init__(self, path: str, schema: Schema, **options: Any) -> None:
+        unknown = sorted(set(options) - self.options)
+        if unknown:
+            accepted = ", ".join(sorted(self.options)) or "none"
+            raise InvalidOptionError(
+                f"option {unknown[0]}= is not supported when writing {self.format} "
+                f"(writing {path}); its options are: {accepted}"
+            )
+        self.path = path
+        self.schema = schema
+        self.count = 0
+
+    @abstractmethod
+    def append(self, columns: Columns, count: int) -> None:
+        """Append ``count`` samples given as validated columns."""
+
+    @abstractmethod
+    def close(self) -> None:
+        """Finish the shard: flush, write metadata, release handles."""
+
+    def abort(self) -> None:
+        """Stop without finishing; the caller removes the partial output."""
+        with contextlib.suppress(Exception):  # the partial shard is discarded anyway
+            self.close()
+
+
+# ------------------------------------------------------------------- columns
+def columns_to_samples(columns: Mapping[str, Any], count: int) -> list[Sample]:
+    """Split columns into ``count`` per-sample dicts (array rows are views).
+
+    Rows of array columns stay ``np.ndarray`` (0-d for scalar fields), never numpy
+    scalars, so every array field of a sample has the same type."""
+    names = list(columns)
+    values = [columns[n] for n in names]
+    return [
+        {n: (v[i, ...] if isinstance(v, np.ndarray) else v[i]) for n, v in zip(names, values)}
+        for i in range(count)
+    ]
+
+
+def samples_to_columns(samples: Sequence[Mapping[str, Any]], schema: Schema) -> Columns:
+    """Stack per-sample dicts into columns following ``schema``."""
+    columns: Columns = {}
+    for field in schema:
+        values = [s[field.name] for s in samples]
+        if field.variable:
+            columns[field.name] = values
+        elif values:
+            columns[field.name] = np.stack([np.asarray(v, dtype=field.dtype) for v in values])
+        else:
+            columns[field.name] = np.empty((0, *field.shape), dtype=field.dtype)
+    return columns
+
+
+def take_columns(columns: Mapping[str, Any], order: np.ndarray) -> Columns:
+    """Columns reordered (and possibly repeated) by positions ``order``."""
+    result: Columns = {}
+    for name, column in columns.items():
+        if isinstance(column, np.ndarray):
+            result[name] = column[order]
+        else:
+            result[name] = [column[i] for i in order]
+    return result

@@ -1,0 +1,63 @@
+"""``shardio inspect PATH``: fields, dtypes, shapes, counts, shards and sizes."""
+
+from __future__ import annotations
+
+import argparse
+import json
+from typing import Any
+
+from ..config import format_size
+from ..reader import DatasetReader
+
+
+def add_parser(subparsers: Any) -> None:
+    parser = subparsers.add_parser("inspect", help="describe a dataset: fields, shards, sizes")
+    parser.add_argument(
+        "path", help="a dataset directory, HDF5 file, LMDB environment or Zarr group"
+    )
+    parser.add_argument("--format", help="backend, when the path does not tell")
+    parser.add_argument("--json", action="store_true", help="print JSON instead of a table")
+    parser.set_defaults(run=run)
+
+
+def describe(reader: DatasetReader) -> dict[str, Any]:
+    return {
+        "path": reader.path,
+        "format": reader.format,
+        "sharded": reader.manifest is not None,
+        "num_samples": len(reader),
+        "fields": [
+            {"name": f.name, "kind": f.kind, "dtype": str(f.dtype), "shape": list(f.shape)}
+            for f in reader.schema
+        ],
+        "shards": [
+            {
+                "path": s.path,
+                "num_samples": s.num_samples,
+                "nbytes": s.nbytes,
+                "checksum": s.checksum,
+            }
+            for s in reader.shard_infos
+        ],
+        "nbytes": sum(reader.shard_nbytes),
+    }
+
+
+def run(args: argparse.Namespace) -> int:
+    with DatasetReader(args.path, format=args.format) as reader:
+        info = describe(reader)
+    if args.json:
+        print(json.dumps(info, indent=1))
+        return 0
+    print(
+        f"{info['path']}: {info['format']}, {info['num_samples']} samples, "
+        f"{len(info['shards'])} shard(s), {format_size(info['nbytes'])}"
+    )
+    width = max(len(f["name"]) for f in info["fields"])
+    for f in info["fields"]:
+        shape = "variable" if f["kind"] != "array" else str(tuple(f["shape"]))
+        print(f"  {f['name']:<{width}}  {f['kind']:<6}  {f['dtype']:<10}  {shape}")
+    if info["sharded"]:
+        for s in info["shards"]:
+            print(f"  {s['path']}: {s['num_samples']} samples, {format_size(s['nbytes'])}")
+    return 0

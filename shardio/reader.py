@@ -1,0 +1,209 @@
+"""DatasetReader: a torch-free reader over one file or a sharded dataset directory.
+
+It resolves a path to its adapter, maps global indices onto shards and opens each
+shard's reader on first use. :class:`~shardio.dataset.ShardedDataset` wraps it for
+torch; conversion and verification use it directly without importing torch.
+"""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Sequence
+from typing import Any
+
+import numpy as np
+
+from .adapters.base import Columns, ReleaseResult, ShardReader, columns_to_samples
+from .adapters.registry import SHARDED, detect_format, get_backend, is_remote, reader_class
+from .errors import ShardCorruptError
+from .index import ShardIndex
+from .manifest import Manifest, ShardInfo
+from .schema import Sample, Schema
+from .writer import shard_files
+
+__all__ = ["DatasetReader"]
+
+
+class DatasetReader:
+    """Reads samples by global index from a dataset of one or more shards."""
+
+    def __init__(
+        self,
+        path: str | os.PathLike[str],
+        *,
+        fields: Sequence[str] | None = None,
+        format: str | None = None,
+        storage_options: dict[str, Any] | None = None,
+        verify_sizes: bool = True,
+        **options: Any,
+    ) -> None:
+        self.path = os.fspath(path)
+        self.fields = (
+            None if fields is None else ([fields] if isinstance(fields, str) else list(fields))
+        )
+        self.verify_sizes = verify_sizes
+        self.options = dict(options)
+        if storage_options is not None:
+            self.options["storage_options"] = storage_options
+        fmt = format if format is not None else detect_format(self.path)
+        if fmt != SHARDED:
+            get_backend(fmt)  # validates the name
+        self.manifest: Manifest | None = None
+        self._readers: dict[int, ShardReader[Any]] = {}
+        if fmt == SHARDED:
+            self.manifest = (
+                Manifest.load_remote(self.path, storage_options)
+                if is_remote(self.path)
+                else Manifest.load(self.path)
+            )
+            self.format = self.manifest.format
+            self._reader_class = reader_class(self.format, self.path)
+            self.schema: Schema = self.manifest.schema.select(self.fields, where=self.path)
+            self.shard_infos: tuple[ShardInfo, ...] = self.manifest.shards
+            lengths = [s.num_samples for s in self.shard_infos]
+        else:
+            self.format = fmt
+            self._reader_class = reader_class(fmt, self.path)
+            reader = self._reader_class(self.path, fields=self.fields, **self.options)
+            self._readers[0] = reader
+            self.schema = reader.schema
+            lengths = [len(reader)]
+            self.shard_infos = (ShardInfo(self.path, lengths[0], self._local_nbytes(reader)),)
+        self.index = ShardIndex(lengths)
+
+    @staticmethod
+    def _local_nbytes(reader: ShardReader[Any]) -> int:
+        if is_remote(reader.path):
+            return 0
+        return sum(os.path.getsize(p) for p in reader.files() if os.path.exists(p))
+
+    # --------------------------------------------------------------- structure
+    def __len__(self) -> int:
+        return len(self.index)
+
+    @property
+    def shard_lengths(self) -> tuple[int, ...]:
+        return self.index.lengths
+
+    @property
+    def shard_nbytes(self) -> tuple[int, ...]:
+        return tuple(s.nbytes for s in self.shard_infos)
+
+    @property
+    def shard_paths(self) -> list[str]:
+        if self.manifest is None:
+            return [self.path]
+        return [self._shard_path(s) for s in self.shard_infos]
+
+    def _shard_path(self, info: ShardInfo) -> str:
+        if is_remote(self.path):
+            return f"{self.path.rstrip('/')}/{info.path}"
+        return os.path.join(self.path, info.path)
+
+    def shard(self, number: int) -> ShardReader[Any]:
+        """The reader of shard ``number``, created (and checked) on first use."""
+        reader = self._readers.get(number)
+        if reader is None:
+            info = self.shard_infos[number]
+            path = self._shard_path(info)
+            if self.verify_sizes and not is_remote(path):
+                self._check_shard_size(path, info)
+            reader = self._reader_class(path, fields=self.fields, **self.options)
+            if len(reader) != info.num_samples:
+                raise ShardCorruptError(
+                    f"shard {path} holds {len(reader)} samples, "
+                    f"but the manifest says {info.num_samples}"
+                )
+            if reader.schema != self.schema:
+                raise ShardCorruptError(
+                    f"shard {path} has fields {list(reader.schema.names)} that differ from the "
+                    f"manifest's {list(self.schema.names)}"
+                )
+            self._readers[number] = reader
+        return reader
+
+    @staticmethod
+    def _check_shard_size(path: str, info: ShardInfo) -> None:
+        # NOTE: checked before any mapping: reading an mmap past the end of a truncated
+        # file kills the process with SIGBUS instead of raising.
+        if not os.path.exists(path):
+            raise ShardCorruptError(f"shard {path} listed in the manifest is missing")
+        actual = sum(os.path.getsize(p) for p in shard_files(path))
+        if actual != info.nbytes:
+            raise ShardCorruptError(
+                f"shard {path} has {actual} bytes, but the manifest says {info.nbytes} "
+                "(truncated or modified since it was written)"
+            )
+
+    # ----------------------------------------------------------------- reading
+    def read(self, index: int) -> Sample:
+        shard, local = self.index.locate(index)
+        return self.shard(shard).read(local)
+
+    def read_many(self, indices: Sequence[int] | np.ndarray) -> Columns:
+        """Samples at global ``indices`` as columns, in the order given."""
+        shards, local = self.index.locate_many(indices)
+        count = len(local)
+        if count == 0:
+            return self._empty_columns()
+        first = int(shards[0])
+        if (shards == first).all():
+            return self.shard(first).read_many(local)
+        order = np.argsort(shards, kind="stable")
+        boundaries = np.flatnonzero(np.diff(shards[order])) + 1
+        columns: Columns = {}
+        for positions in np.split(order, boundaries):
+            part = self.shard(int(shards[positions[0]])).read_many(local[positions])
+            for name, column in part.items():
+                if name not in columns:
+                    columns[name] = (
+                        np.empty((count, *column.shape[1:]), dtype=column.dtype)
+                        if isinstance(column, np.ndarray)
+                        else [None] * count
+                    )
+                target = columns[name]
+                if isinstance(target, np.ndarray):
+                    target[positions] = column
+                else:
+                    for position, value in zip(positions.tolist(), column):
+                        target[position] = value
+        return columns
+
+    def read_samples(self, indices: Sequence[int] | np.ndarray) -> list[Sample]:
+        columns = self.read_many(indices)
+        return columns_to_samples(columns, len(indices))
+
+    def _empty_columns(self) -> Columns:
+        return {
+            f.name: [] if f.variable else np.empty((0, *f.shape), dtype=f.dtype)
+            for f in self.schema
+        }
+
+    # ------------------------------------------------------------------ memory
+    @property
+    def open_readers(self) -> list[ShardReader[Any]]:
+        return [r for r in self._readers.values() if r.is_open]
+
+    def release_memory(self) -> ReleaseResult:
+        total = ReleaseResult()
+        for reader in self.open_readers:
+            result = reader.release_memory()
+            total.advise_calls += result.advise_calls
+            total.advised_bytes += result.advised_bytes
+            total.reopened = total.reopened or result.reopened
+        return total
+
+    @property
+    def bytes_read(self) -> int:
+        return sum(r.bytes_read for r in self._readers.values())
+
+    # ------------------------------------------------------------------- close
+    def close(self) -> None:
+        for reader in self._readers.values():
+            reader.close()
+
+    def __enter__(self) -> DatasetReader:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()

@@ -1,0 +1,340 @@
+"""ShardWriter: write samples into a sharded dataset directory of any backend.
+
+Each shard is written under a temporary name and renamed when complete; the
+manifest is written last, atomically. A reader never sees a partial shard, and a
+directory without a manifest is not a dataset.
+"""
+
+from __future__ import annotations
+
+import os
+import shutil
+from collections.abc import Mapping, Sequence
+from typing import Any
+
+import numpy as np
+
+from .adapters.base import Columns, ShardFileWriter, samples_to_columns
+from .adapters.registry import MANIFEST_NAME, get_backend, is_remote, writer_class
+from .checksum import files_nbytes, hash_files
+from .config import parse_size
+from .errors import InvalidOptionError, OutputExistsError, SchemaError, UnsupportedFeatureError
+from .manifest import Manifest, ShardInfo
+from .schema import Sample, Schema
+
+__all__ = [
+    "ShardWriter",
+    "shard_name",
+    "partial_name",
+    "finish_shard",
+    "prepare_output",
+    "validate_columns",
+]
+
+_SUFFIX = {"lmdb": ".lmdb", "hdf5": ".h5", "zarr": ".zarr", "mmap": ".mmap"}
+_ROW_BUFFER = 1024  # samples buffered by write() before they become columns
+_FLUSH_BYTES = 16 * 1024 * 1024  # bytes buffered before a backend append
+
+
+def shard_name(number: int, format: str) -> str:
+    return f"shard-{number:05d}{_SUFFIX[format]}"
+
+
+def partial_name(name: str) -> str:
+    return f".{name}.partial"
+
+
+def shard_files(path: str) -> list[str]:
+    """Every regular file of a shard (a file, or a directory walked recursively)."""
+    if os.path.isfile(path):
+        return [path]
+    return sorted(os.path.join(d, f) for d, _, names in os.walk(path) for f in names)
+
+
+def remove_path(path: str) -> None:
+    if os.path.isdir(path) and not os.path.islink(path):
+        shutil.rmtree(path)
+    elif os.path.lexists(path):
+        os.remove(path)
+
+
+def finish_shard(directory: str, name: str, num_samples: int, checksum: bool = True) -> ShardInfo:
+    """Rename a completed partial shard to ``name`` and describe it for the manifest."""
+    final = os.path.join(directory, name)
+    remove_path(final)
+    os.replace(os.path.join(directory, partial_name(name)), final)
+    files = shard_files(final)
+    return ShardInfo(
+        path=name,
+        num_samples=num_samples,
+        nbytes=files_nbytes(files),
+        checksum=hash_files(files, final) if checksum else None,
+    )
+
+
+def prepare_output(path: str, overwrite: bool) -> None:
+    """Create the output directory; refuse an existing one unless ``overwrite``."""
+    if os.path.lexists(path):
+        if not overwrite:
+            raise OutputExistsError(
+                f"output {path} already exists; pass overwrite=True to replace it"
+            )
+        if not os.path.isdir(path):
+            raise OutputExistsError(f"output {path} exists and is not a directory; remove it first")
+        entries = os.listdir(path)
+        foreign = [
+            e for e in entries if e != MANIFEST_NAME and not e.lstrip(".").startswith("shard-")
+        ]
+        if foreign:
+            raise OutputExistsError(
+                f"refusing to overwrite {path}: it holds {foreign[:3]}, which shardio did not write"
+            )
+        shutil.rmtree(path)
+    os.makedirs(path)
+
+
+def validate_columns(
+    batch: Mapping[str, Any], schema: Schema, first: int = 0
+) -> tuple[Columns, int]:
+    """Columns of ``batch`` checked against ``schema``; returns them and the sample count."""
+    if not isinstance(batch, Mapping):
+        raise SchemaError(
+            f"a batch should be a dict of field -> column, but got {type(batch).__name__}"
+        )
+    missing = [n for n in schema.names if n not in batch]
+    extra = [n for n in batch if n not in schema]
+    if missing or extra:
+        raise SchemaError(
+            f"batch fields {list(batch)} do not match the schema {list(schema.names)}"
+            + (f": missing {missing}" if missing else "")
+            + (f": unexpected {extra}" if extra else "")
+        )
+    counts = {n: len(batch[n]) for n in schema.names}
+    if len(set(counts.values())) > 1:
+        raise SchemaError(f"batch columns differ in length: {counts}")
+    count = next(iter(counts.values()))
+    columns: Columns = {}
+    for fld in schema:
+        column = batch[fld.name]
+        if fld.variable:
+            columns[fld.name] = [
+                fld.validate(v, where=f"sample {first + i}") for i, v in enumerate(column)
+            ]
+            continue
+        array = np.asarray(column)
+        if array.shape[1:] != fld.shape:
+            raise SchemaError(
+                f"samples {first}..{first + count - 1}: field {fld.name!r} expects shape "
+                f"{fld.shape}, but the batch column has shape {array.shape[1:]} per sample"
+            )
+        if array.dtype != fld.dtype:
+            if not np.can_cast(array.dtype, fld.dtype, casting="same_kind"):
+                raise SchemaError(
+                    f"samples {first}..{first + count - 1}: field {fld.name!r} expects dtype "
+                    f"{fld.dtype}, but got {array.dtype}"
+                )
+            array = array.astype(fld.dtype)
+        columns[fld.name] = array
+    return columns, count
+
+
+def _slice_columns(columns: Columns, start: int, stop: int) -> Columns:
+    return {n: c[start:stop] for n, c in columns.items()}
+
+
+def _sample_sizes(columns: Columns, schema: Schema, count: int) -> np.ndarray:
+    sizes = np.full(count, schema.fixed_sample_nbytes, dtype=np.int64)
+    for fld in schema:
+        if fld.variable:
+            sizes += np.fromiter(
+                (len(v) if isinstance(v, bytes) else v.nbytes for v in columns[fld.name]),
+                dtype=np.int64,
+                count=count,
+            )
+    return sizes
+
+
+class ShardWriter:
+    """Writes samples into ``path``, a new dataset directory of shards of ``format``.
+
+    >>> with ShardWriter("out.shardio", format="lmdb", shard_size="256MB") as writer:
+    ...     writer.write({"image": image, "label": np.int64(3)})
+    """
+
+    def __init__(
+        self,
+        path: str | os.PathLike[str],
+        format: str = "mmap",
+        shard_size: int | str = "256MB",
+        *,
+        schema: Schema | None = None,
+        overwrite: bool = False,
+        checksum: bool = True,
+        metadata: Mapping[str, Any] | None = None,
+        **options: Any,
+    ) -> None:
+        self.path = os.fspath(path)
+        if is_remote(self.path):
+            raise UnsupportedFeatureError(
+                f"ShardWriter writes local directories; write locally, then upload {self.path}"
+            )
+        self.format = get_backend(format).name
+        self.shard_size = parse_size(shard_size, "shard_size")
+        if self.shard_size <= 0:
+            raise InvalidOptionError(
+                f"shard_size should be > 0 bytes, but got shard_size={shard_size!r}"
+            )
+        self.schema = schema
+        self.checksum = checksum
+        self.metadata = dict(metadata or {})
+        self.options = options
+        self._writer_class = writer_class(self.format, self.path)
+        prepare_output(self.path, overwrite)
+        self.shards: list[ShardInfo] = []
+        self._rows: list[Sample] = []
+        self._pending: list[Columns] = []
+        self._pending_count = 0
+        self._pending_bytes = 0
+        self._current: ShardFileWriter | None = None
+        self._current_bytes = 0
+        self._written = 0
+        self._closed = False
+        self.manifest: Manifest | None = None
+
+    @property
+    def num_samples(self) -> int:
+        """Samples accepted so far."""
+        return self._written + len(self._rows)
+
+    # ------------------------------------------------------------------- input
+    def write(self, sample: Mapping[str, Any]) -> None:
+        """Add one sample (a dict of field -> array, number or bytes)."""
+        self._check_open()
+        if self.schema is None:
+            self.schema = Schema.infer(sample)
+        if not isinstance(sample, Mapping) or set(sample) != set(self.schema.names):
+            got = list(sample) if isinstance(sample, Mapping) else type(sample).__name__
+            raise SchemaError(
+                f"sample {self.num_samples}: fields {got} do not match the schema "
+                f"{list(self.schema.names)}"
+            )
+        where = f"sample {self.num_samples}"
+        self._rows.append({f.name: f.validate(sample[f.name], where) for f in self.schema})
+        if len(self._rows) >= _ROW_BUFFER:
+            self._flush_rows()
+
+    def write_batch(self, batch: Mapping[str, Any]) -> None:
+        """Add samples given as columns with a leading sample axis (lists for bytes)."""
+        self._check_open()
+        self._flush_rows()
+        if self.schema is None:
+            self.schema = Schema.infer_batch(batch)
+        columns, count = validate_columns(batch, self.schema, first=self._written)
+        self._add_columns(columns, count)
+
+    def _flush_rows(self) -> None:
+        if not self._rows:
+            return
+        assert self.schema is not None
+        rows, self._rows = self._rows, []
+        self._add_columns(samples_to_columns(rows, self.schema), len(rows))
+
+    def _add_columns(self, columns: Columns, count: int) -> None:
+        assert self.schema is not None
+        sizes = _sample_sizes(columns, self.schema, count)
+        start = 0
+        while start < count:
+            room = self.shard_size - self._current_bytes - self._pending_bytes
+            taken = int(np.searchsorted(np.cumsum(sizes[start:]), room, side="right"))
+            if taken == 0:
+                if self._current_bytes + self._pending_bytes > 0:
+                    self._finish_current()
+                    continue
+                taken = 1  # a sample larger than a shard gets a shard of its own
+            stop = start + taken
+            self._pending.append(_slice_columns(columns, start, stop))
+            self._pending_count += taken
+            self._pending_bytes += int(sizes[start:stop].sum())
+            self._written += taken
+            start = stop
+            if self._pending_bytes >= _FLUSH_BYTES:
+                self._flush_pending()
+
+    # ------------------------------------------------------------------ shards
+    def _flush_pending(self) -> None:
+        if not self._pending_count:
+            return
+        assert self.schema is not None
+        if self._current is None:
+            name = shard_name(len(self.shards), self.format)
+            self._current = self._writer_class(
+                os.path.join(self.path, partial_name(name)), self.schema, **self.options
+            )
+        columns = _concat(self._pending, self.schema)
+        self._current.append(columns, self._pending_count)
+        self._current_bytes += self._pending_bytes
+        self._pending, self._pending_count, self._pending_bytes = [], 0, 0
+
+    def _finish_current(self) -> None:
+        self._flush_pending()
+        if self._current is None:
+            return
+        writer, self._current = self._current, None
+        writer.close()
+        name = shard_name(len(self.shards), self.format)
+        self.shards.append(finish_shard(self.path, name, writer.count, self.checksum))
+        self._current_bytes = 0
+
+    # ------------------------------------------------------------------- close
+    def close(self) -> Manifest:
+        """Finish the last shard and write the manifest; returns it."""
+        if self.manifest is not None:
+            return self.manifest
+        self._check_open()
+        self._flush_rows()
+        self._finish_current()
+        if self.schema is None:
+            self.abort()
+            raise SchemaError(f"nothing was written to {self.path} and no schema= was given")
+        self.manifest = Manifest(
+            self.format, self.schema, tuple(self.shards), metadata=self.metadata
+        )
+        self.manifest.save(self.path)
+        self._closed = True
+        return self.manifest
+
+    def abort(self) -> None:
+        """Stop without a manifest; completed shards stay, the partial one is removed."""
+        if self._closed:
+            return
+        self._closed = True
+        if self._current is not None:
+            path = self._current.path
+            self._current.abort()
+            self._current = None
+            remove_path(path)
+
+    def _check_open(self) -> None:
+        if self._closed:
+            raise InvalidOptionError(f"ShardWriter for {self.path} is closed")
+
+    def __enter__(self) -> ShardWriter:
+        return self
+
+    def __exit__(self, exc_type: type[BaseException] | None, *_: object) -> None:
+        if exc_type is None:
+            self.close()
+        else:
+            self.abort()
+
+
+def _concat(parts: Sequence[Columns], schema: Schema) -> Columns:
+    if len(parts) == 1:
+        return parts[0]
+    columns: Columns = {}
+    for fld in schema:
+        if fld.variable:
+            columns[fld.name] = [v for part in parts for v in part[fld.name]]
+        else:
+            columns[fld.name] = np.concatenate([part[fld.name] for part in parts])
+    return columns

@@ -1,0 +1,223 @@
+"""Bad input: each failure is a ShardioError (and the matching builtin) naming what is wrong."""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+import textwrap
+
+import numpy as np
+import pytest
+
+import shardio
+from shardio import ShardedDataset, ShardWriter
+from shardio.adapters import registry
+
+
+def test_missing_path(tmp_path) -> None:
+    with pytest.raises(FileNotFoundError, match=r"nope\.h5") as info:
+        ShardedDataset(tmp_path / "nope.h5")
+    assert isinstance(info.value, shardio.DatasetNotFoundError)
+
+
+def test_unknown_format_names_the_path(tmp_path) -> None:
+    path = tmp_path / "data.csv"
+    path.write_text("a,b\n1,2\n")
+    with pytest.raises(ValueError, match=r"data\.csv") as info:
+        ShardedDataset(path)
+    assert isinstance(info.value, shardio.UnknownFormatError)
+    with pytest.raises(shardio.UnknownFormatError, match="format should be one of"):
+        ShardedDataset(path, format="csv")
+
+
+def test_hdf5_without_suffix_is_found_by_signature(tmp_path) -> None:
+    import h5py
+
+    path = tmp_path / "data.bin"
+    with h5py.File(path, "w") as file:
+        file["x"] = np.arange(5)
+    assert ShardedDataset(path)[4]["x"] == 4
+
+
+def test_missing_backend_package_says_what_to_install() -> None:
+    backend = registry.Backend(
+        "fake", "shardio_missing_module", "R", "W", "fakepkg", (".fake",), ()
+    )
+    with pytest.raises(ImportError, match="pip install fakepkg") as info:
+        registry._load(backend, "R", "data.fake")
+    assert isinstance(info.value, shardio.BackendNotInstalledError)
+
+
+def _dataset(tmp_path, fmt: str = "mmap") -> str:
+    path = str(tmp_path / f"{fmt}.shardio")
+    with ShardWriter(path, format=fmt, shard_size="4KB") as writer:
+        writer.write_batch({"x": np.arange(4000, dtype=np.int64).reshape(1000, 4)})
+    return path
+
+
+def _edit_manifest(path: str, edit) -> None:
+    manifest_path = os.path.join(path, "manifest.json")
+    with open(manifest_path) as handle:
+        data = json.load(handle)
+    edit(data)
+    with open(manifest_path, "w") as handle:
+        json.dump(data, handle)
+
+
+@pytest.mark.parametrize(
+    ("edit", "message"),
+    [
+        (lambda d: d.pop("shards"), "'shards'"),
+        (lambda d: d.update(format="tape"), "'format'"),
+        (lambda d: d.update(shardio_manifest=99), "shardio_manifest"),
+        (lambda d: d["shards"][0].pop("num_samples"), "shard 0"),
+        (lambda d: d["shards"][1].update(path="../../etc/passwd"), "shard 1"),
+        (lambda d: d.update(num_samples=5), "num_samples"),
+        (lambda d: d.update(schema=[{"name": "x"}]), "schema"),
+    ],
+)
+def test_malformed_manifest(tmp_path, edit, message: str) -> None:
+    path = _dataset(tmp_path)
+    _edit_manifest(path, edit)
+    with pytest.raises(ValueError, match=message) as info:
+        ShardedDataset(path)
+    assert isinstance(info.value, shardio.ManifestError)
+    assert "manifest.json" in str(info.value)
+
+
+def test_manifest_that_is_not_json(tmp_path) -> None:
+    path = _dataset(tmp_path)
+    with open(os.path.join(path, "manifest.json"), "w") as handle:
+        handle.write("{not json")
+    with pytest.raises(shardio.ManifestError, match="not valid JSON"):
+        ShardedDataset(path)
+
+
+def test_manifest_count_that_disagrees_with_the_shard(tmp_path) -> None:
+    path = _dataset(tmp_path)
+    _edit_manifest(
+        path,
+        lambda d: (
+            d["shards"][0].update(num_samples=d["shards"][0]["num_samples"] + 1)
+            or d.pop("num_samples")
+        ),
+    )
+    ds = ShardedDataset(path)
+    with pytest.raises(shardio.ShardCorruptError, match="manifest says"):
+        ds[0]
+
+
+def _truncate_first_shard(path: str, fmt: str) -> str:
+    shard = os.path.join(path, sorted(p for p in os.listdir(path) if p.startswith("shard-"))[0])
+    target = {
+        "mmap": os.path.join(shard, "000.bin"),
+        "lmdb": os.path.join(shard, "data.mdb"),
+        "hdf5": shard,
+    }[fmt]
+    with open(target, "r+b") as handle:
+        handle.truncate(os.path.getsize(target) // 2)
+    return shard
+
+
+@pytest.mark.parametrize("fmt", ["mmap", "lmdb", "hdf5"])
+def test_truncated_shard_is_refused_before_it_is_mapped(tmp_path, fmt: str) -> None:
+    path = _dataset(tmp_path, fmt)
+    shard = _truncate_first_shard(path, fmt)
+    ds = ShardedDataset(path)
+    with pytest.raises(OSError, match="truncated") as info:
+        ds[0]
+    assert isinstance(info.value, shardio.ShardCorruptError)
+    assert os.path.basename(shard) in str(info.value)
+
+
+@pytest.mark.parametrize("fmt", ["mmap", "lmdb"])
+def test_truncated_single_shard_without_manifest_does_not_crash(tmp_path, fmt: str) -> None:
+    """Opened directly (no manifest to compare with), reading must raise, not SIGBUS."""
+    path = _dataset(tmp_path, fmt)
+    shard = _truncate_first_shard(path, fmt)
+    script = textwrap.dedent(
+        f"""
+        import shardio
+        try:
+            ds = shardio.ShardedDataset({shard!r})
+            [ds[i] for i in range(len(ds))]
+        except shardio.ShardCorruptError as exc:
+            print("refused:", exc)
+        """
+    )
+    result = subprocess.run(
+        [sys.executable, "-c", script], capture_output=True, text=True, timeout=120
+    )
+    assert result.returncode == 0, result.stderr
+    assert "refused:" in result.stdout and "truncated" in result.stdout
+
+
+@pytest.mark.parametrize("suffix", [".h5", ".lmdb", ".zarr"])
+def test_garbage_file_is_a_clear_error(tmp_path, suffix: str) -> None:
+    path = tmp_path / f"junk{suffix}"
+    if suffix == ".lmdb":
+        path.mkdir()
+        (path / "data.mdb").write_bytes(os.urandom(20000))
+    elif suffix == ".zarr":
+        path.mkdir()
+        (path / "zarr.json").write_text("{broken")
+    else:
+        path.write_bytes(os.urandom(4096))
+    with pytest.raises(shardio.ShardioError, match="junk"):
+        ShardedDataset(path)[0]
+
+
+def test_backend_option_the_backend_does_not_take(tmp_path) -> None:
+    path = _dataset(tmp_path, "hdf5")
+    with pytest.raises(shardio.InvalidOptionError, match="decode") as info:
+        ShardedDataset(path, decode=lambda b: {})[0]
+    assert isinstance(info.value, ValueError)
+
+
+def test_foreign_lmdb_without_decode(tmp_path) -> None:
+    import lmdb
+
+    env = lmdb.open(str(tmp_path / "f.lmdb"))
+    with env.begin(write=True) as txn:
+        txn.put(b"k", b"v")
+    env.close()
+    with pytest.raises(shardio.SchemaError, match="decode="):
+        ShardedDataset(tmp_path / "f.lmdb")
+
+
+def test_foreign_lmdb_with_keys_order(tmp_path) -> None:
+    import lmdb
+
+    env = lmdb.open(str(tmp_path / "f.lmdb"))
+    with env.begin(write=True) as txn:
+        for i in range(5):
+            txn.put(f"k{i}".encode(), np.int64(i * 10).tobytes())
+    env.close()
+    ds = ShardedDataset(
+        tmp_path / "f.lmdb",
+        decode=lambda b: {"v": np.frombuffer(b, np.int64)[0]},
+        keys=["k3", "k0"],
+    )
+    assert len(ds) == 2 and ds[0]["v"] == 30 and ds[1]["v"] == 0
+    with pytest.raises(shardio.ShardCorruptError, match="k9"):
+        ShardedDataset(tmp_path / "f.lmdb", decode=lambda b: {"v": b}, keys=["k0", "k9"])[1]
+
+
+def test_hdf5_datasets_that_disagree_on_length_are_listed(tmp_path) -> None:
+    import h5py
+
+    path = tmp_path / "mixed.h5"
+    with h5py.File(path, "w") as file:
+        file["images"] = np.zeros((10, 2))
+        file["classes"] = np.zeros(3)
+    with pytest.raises(shardio.SchemaError, match=r"'classes': 3, 'images': 10"):
+        ShardedDataset(path)
+    assert len(ShardedDataset(path, fields=["images"])) == 10
+
+
+def test_non_integer_index(tmp_path) -> None:
+    ds = ShardedDataset(_dataset(tmp_path))
+    with pytest.raises(shardio.SampleIndexError, match="integer"):
+        ds["3"]  # type: ignore[index]

@@ -1,0 +1,168 @@
+"""ShardWriter: round trips through every format, shard splitting, atomicity, bad input."""
+
+from __future__ import annotations
+
+import json
+import os
+
+import numpy as np
+import pytest
+from groundtruth import make_columns
+
+import shardio
+from shardio import Field, Schema, ShardedDataset, ShardWriter
+
+FORMATS = ["lmdb", "hdf5", "zarr", "mmap"]
+
+
+@pytest.mark.parametrize("fmt", FORMATS)
+def test_write_batch_round_trip_in_several_shards(tmp_path, fmt: str) -> None:
+    columns = make_columns(n=300)
+    path = tmp_path / "out.shardio"
+    with ShardWriter(path, format=fmt, shard_size="8KB") as writer:
+        writer.write_batch({k: v[:120] for k, v in columns.items()})
+        writer.write_batch({k: v[120:] for k, v in columns.items()})
+    manifest = json.loads((path / "manifest.json").read_text())
+    assert manifest["format"] == fmt
+    assert len(manifest["shards"]) > 3
+    assert all(s["checksum"].startswith("xxh3_128:") for s in manifest["shards"])
+    assert not [p for p in os.listdir(path) if p.endswith(".partial")]
+    ds = ShardedDataset(path)
+    assert len(ds) == 300 and sum(ds.shard_lengths) == 300
+    for i in range(300):
+        sample = ds[i]
+        np.testing.assert_array_equal(sample["image"], columns["image"][i])
+        assert sample["label"] == columns["label"][i]
+        assert sample["blob"] == columns["blob"][i]
+        np.testing.assert_array_equal(sample["seq"], columns["seq"][i])
+
+
+@pytest.mark.parametrize("fmt", FORMATS)
+def test_write_single_samples(tmp_path, fmt: str) -> None:
+    path = tmp_path / "one.shardio"
+    with ShardWriter(path, format=fmt) as writer:
+        for i in range(1500):  # crosses the internal row buffer
+            writer.write({"x": np.full(3, i, np.int32), "name": f"n{i}".encode()})
+    ds = ShardedDataset(path)
+    assert len(ds) == 1500
+    assert ds[1234]["x"].tolist() == [1234] * 3 and ds[1234]["name"] == b"n1234"
+
+
+def test_shard_size_bounds_each_shard(tmp_path) -> None:
+    data = np.zeros((1000, 100), np.uint8)  # 100 bytes a sample
+    with ShardWriter(tmp_path / "s", format="mmap", shard_size=2500) as writer:
+        writer.write_batch({"x": data})
+    assert ShardedDataset(tmp_path / "s").shard_lengths == (25,) * 40
+
+
+def test_sample_larger_than_a_shard_gets_its_own(tmp_path) -> None:
+    with ShardWriter(tmp_path / "s", format="mmap", shard_size=10) as writer:
+        writer.write_batch({"x": np.zeros((3, 100), np.uint8)})
+    assert ShardedDataset(tmp_path / "s").shard_lengths == (1, 1, 1)
+
+
+def test_error_inside_with_leaves_no_manifest_and_no_partial_shard(tmp_path) -> None:
+    path = tmp_path / "broken"
+    with pytest.raises(RuntimeError), ShardWriter(path, format="lmdb", shard_size="4KB") as writer:
+        writer.write_batch({"x": np.zeros((200, 64), np.uint8)})
+        raise RuntimeError("interrupted")
+    assert not (path / "manifest.json").exists()
+    assert not [p for p in os.listdir(path) if "partial" in p]
+    with pytest.raises(FileNotFoundError, match=r"manifest\.json"):
+        ShardedDataset(path)
+
+
+def test_existing_output_is_refused_unless_overwrite(tmp_path) -> None:
+    path = tmp_path / "d"
+    with ShardWriter(path) as writer:
+        writer.write({"x": np.int64(1)})
+    with pytest.raises(FileExistsError, match="overwrite") as info:
+        ShardWriter(path)
+    assert isinstance(info.value, shardio.ShardioError)
+    with ShardWriter(path, overwrite=True) as writer:
+        writer.write({"x": np.int64(2)})
+    assert ShardedDataset(path)[0]["x"] == 2
+
+
+def test_overwrite_never_deletes_foreign_files(tmp_path) -> None:
+    (tmp_path / "keep.txt").write_text("precious")
+    with pytest.raises(shardio.OutputExistsError, match=r"keep\.txt"):
+        ShardWriter(tmp_path, overwrite=True)
+    assert (tmp_path / "keep.txt").read_text() == "precious"
+
+
+@pytest.mark.parametrize(
+    ("sample", "message"),
+    [
+        ({"x": np.zeros(4, np.float32)}, "shape"),
+        ({"x": np.zeros(3, np.float32), "y": 1}, "do not match"),
+        ({"x": np.array(["a", "b", "c"])}, "dtype"),
+    ],
+)
+def test_sample_that_breaks_the_schema_is_refused(tmp_path, sample, message) -> None:
+    with ShardWriter(tmp_path / "d", format="mmap") as writer:
+        writer.write({"x": np.zeros(3, np.float32)})
+        with pytest.raises(shardio.SchemaError, match=message):
+            writer.write(sample)
+    assert len(ShardedDataset(tmp_path / "d")) == 1
+
+
+def test_batch_columns_must_agree_in_length(tmp_path) -> None:
+    with ShardWriter(tmp_path / "d") as writer, pytest.raises(ValueError, match="differ in length"):
+        writer.write_batch({"x": np.zeros(3), "y": np.zeros(4)})
+        writer.write({"x": 1.0, "y": 1.0})
+
+
+def test_explicit_schema_with_a_ragged_field(tmp_path) -> None:
+    schema = Schema((Field("tokens", np.int32, kind="ragged"), Field("id", np.int64)))
+    with ShardWriter(tmp_path / "d", format="lmdb", schema=schema) as writer:
+        writer.write({"tokens": np.arange(5, dtype=np.int32), "id": 0})
+        writer.write({"tokens": np.arange(2, dtype=np.int32), "id": 1})
+    ds = ShardedDataset(tmp_path / "d")
+    assert ds[0]["tokens"].tolist() == [0, 1, 2, 3, 4] and ds[1]["tokens"].tolist() == [0, 1]
+
+
+def test_unknown_format_and_bad_shard_size(tmp_path) -> None:
+    with pytest.raises(ValueError, match="format should be one of") as info:
+        ShardWriter(tmp_path / "a", format="parquet")
+    assert isinstance(info.value, shardio.UnknownFormatError)
+    with pytest.raises(shardio.InvalidOptionError, match="shard_size"):
+        ShardWriter(tmp_path / "b", shard_size="lots")
+
+
+def test_nothing_written_without_schema_is_an_error(tmp_path) -> None:
+    with (
+        pytest.raises(shardio.SchemaError, match="nothing was written"),
+        ShardWriter(tmp_path / "d"),
+    ):
+        pass
+    assert not (tmp_path / "d" / "manifest.json").exists()
+
+
+def test_empty_dataset_with_schema(tmp_path) -> None:
+    schema = Schema((Field("x", np.float32, (2,)),))
+    with ShardWriter(tmp_path / "d", schema=schema):
+        pass
+    ds = ShardedDataset(tmp_path / "d")
+    assert len(ds) == 0 and ds.fields == ("x",)
+    with pytest.raises(IndexError):
+        ds[0]
+
+
+@pytest.mark.parametrize("fmt", FORMATS)
+def test_structured_and_big_endian_dtypes_round_trip(tmp_path, fmt: str) -> None:
+    dtype = np.dtype([("a", ">i4"), ("b", "<f8", (2,))])
+    records = np.zeros(10, dtype)
+    records["a"] = np.arange(10)
+    records["b"] = np.arange(20).reshape(10, 2) / 3
+    big = np.arange(10, dtype=">u2")
+    with ShardWriter(tmp_path / "d", format=fmt) as writer:
+        writer.write_batch({"rec": records, "big": big})
+    stored = shardio.DatasetReader(tmp_path / "d").read_many(range(10))  # as stored
+    assert stored["rec"].dtype == dtype and stored["big"].dtype == big.dtype
+    np.testing.assert_array_equal(stored["rec"], records)
+    np.testing.assert_array_equal(stored["big"], big)
+    ds = ShardedDataset(tmp_path / "d")  # torch-facing: native byte order
+    assert ds[3]["big"].dtype == np.dtype("=u2") and ds[3]["big"] == 3
+    assert ds.read_batch([4])["rec"].dtype.isnative
+    np.testing.assert_array_equal(ds.read_batch(range(10))["rec"], records)
