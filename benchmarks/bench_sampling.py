@@ -13,6 +13,7 @@ Prints samples/s, MB/s and peak RSS per order, and shard-window / random ratios.
 from __future__ import annotations
 
 import argparse
+import inspect
 import json
 import os
 import resource
@@ -88,6 +89,28 @@ class _RssWatcher(threading.Thread):
         return self.peak
 
 
+class _EmulatedBudget:
+    """Stands in for ``ShardedDataset(max_rss=...)`` until the core has it.
+
+    After each batch, when the file-backed RSS has grown by more than the budget,
+    releases the dataset's memory (``madvise(MADV_DONTNEED)`` through
+    ``reader.release_memory()``). With ``evict_page_cache`` it also drops the shard
+    files from the page cache, as on a machine whose RAM cannot hold the dataset.
+    """
+
+    def __init__(self, dataset: Any, budget: int, evict_page_cache: bool, path: Path) -> None:
+        self.dataset, self.budget, self.evict, self.path = dataset, budget, evict_page_cache, path
+        self.baseline = _rss_bytes().get("RssFile", 0)
+        self.releases = 0
+
+    def after_batch(self) -> None:
+        if _rss_bytes().get("RssFile", 0) - self.baseline > self.budget:
+            self.dataset.reader.release_memory()
+            if self.evict:
+                drop_page_cache(self.path)
+            self.releases += 1
+
+
 def read_once(args: argparse.Namespace, order: str) -> dict[str, Any]:
     """One cold read in this process; meant to run in a child (see ``main``)."""
     import torch
@@ -95,15 +118,24 @@ def read_once(args: argparse.Namespace, order: str) -> dict[str, Any]:
 
     from shardio import ShardedDataset, ShardSampler
 
-    dataset = ShardedDataset(args.path, max_rss=args.max_rss)
+    path = Path(args.path)
+    budget_bytes = parse_size(args.max_rss, "max_rss")
+    core_budget = "max_rss" in inspect.signature(ShardedDataset).parameters
+    if core_budget and not args.evict_page_cache:
+        dataset = ShardedDataset(path, max_rss=args.max_rss)
+    else:
+        dataset = ShardedDataset(path)
     sampler: Sampler[int]
     if order == "random":
         sampler = RandomSampler(dataset, generator=torch.Generator().manual_seed(args.seed))
     else:
         sampler = ShardSampler(dataset, order="shard-window", window=args.window, seed=args.seed)
     loader = DataLoader(dataset, batch_size=args.batch_size, sampler=sampler, num_workers=0)
-    drop_page_cache(Path(args.path))
+    drop_page_cache(path)
     before = _rss_bytes()
+    emulated = None
+    if not core_budget or args.evict_page_cache:
+        emulated = _EmulatedBudget(dataset, budget_bytes, args.evict_page_cache, path)
     watcher = _RssWatcher()
     watcher.start()
     samples, checksum = 0, 0
@@ -112,6 +144,8 @@ def read_once(args: argparse.Namespace, order: str) -> dict[str, Any]:
         x = batch["x"]
         samples += len(x)
         checksum += int(x[:, 0].sum())  # touch the data so nothing is skipped
+        if emulated is not None:
+            emulated.after_batch()
         if time.perf_counter() - start > args.seconds:
             break
     elapsed = time.perf_counter() - start
@@ -119,12 +153,15 @@ def read_once(args: argparse.Namespace, order: str) -> dict[str, Any]:
     stats = getattr(dataset, "memory_stats", None)
     return {
         "order": order,
+        "budget": "ShardedDataset(max_rss)" if emulated is None else "emulated",
+        "releases": None if emulated is None else emulated.releases,
         "samples": samples,
         "epoch_fraction": samples / len(dataset),
         "seconds": elapsed,
         "samples_per_s": samples / elapsed,
         "mb_per_s": samples * args.sample_bytes / elapsed / 1e6,
         "rss_before": before.get("VmRSS", 0),
+        "rss_file_before": before.get("RssFile", 0),
         "peak_rss": peak.get("VmRSS", 0),
         "peak_rss_file": peak.get("RssFile", 0),
         "max_rss_kernel": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024,
@@ -148,6 +185,7 @@ def _forwarded(args: argparse.Namespace) -> list[str]:
         f"--batch-size={args.batch_size}",
         f"--sample-bytes={args.sample_bytes}",
         f"--seed={args.seed}",
+        *(["--evict-page-cache"] if args.evict_page_cache else []),
     ]
 
 
@@ -163,6 +201,12 @@ def _parse(argv: list[str] | None) -> argparse.Namespace:
     parser.add_argument("--batch-size", type=int, default=64)
     parser.add_argument("--repeats", type=int, default=2)
     parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument(
+        "--evict-page-cache",
+        action="store_true",
+        help="on each budget release also drop the shards from the page cache "
+        "(a dataset larger than RAM); uses the emulated budget",
+    )
     parser.add_argument("--json", help="also write the results here")
     parser.add_argument("--child", choices=ORDERS, help=argparse.SUPPRESS)
     args = parser.parse_args(argv)
@@ -204,7 +248,8 @@ def main(argv: list[str] | None = None) -> None:
                 f"{result['mb_per_s']:>8.1f} MB/s  peak RSS {format_size(result['peak_rss'])} "
                 f"(file-backed {format_size(result['peak_rss_file'])}, "
                 f"{format_size(result['rss_before'])} before reading)  "
-                f"{result['epoch_fraction']:.0%} of an epoch in {result['seconds']:.1f} s",
+                f"{result['epoch_fraction']:.0%} of an epoch in {result['seconds']:.1f} s, "
+                f"budget {result['budget']} ({result['releases']} releases)",
                 flush=True,
             )
     ratios = []

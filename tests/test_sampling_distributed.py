@@ -1,49 +1,40 @@
-"""Two real processes with the gloo backend read the dataset exactly once between them."""
+"""Two real processes with the gloo backend read a sharded dataset exactly once between them."""
 
 from __future__ import annotations
 
 import json
 from collections import Counter
 from pathlib import Path
+from typing import Any
 
+import numpy as np
 import torch.distributed as dist
 import torch.multiprocessing as mp
-from torch.utils.data import DataLoader, Dataset
+from torch.utils.data import DataLoader
 
+from shardio import ShardedDataset, ShardWriter
 from shardio.sampling import ShardSampler
 
 WORLD = 2
-SHARDS = (60, 40, 90, 60)  # 250 samples: an even split, so no padding
+SAMPLES = 250  # an even split between the ranks, so no padding
 BATCH = 8
 
 
-class IndexDataset(Dataset[int]):
-    """Samples are their own global indices; the layout is what ShardedDataset exposes."""
-
-    shard_lengths = SHARDS
-    shard_nbytes = tuple(n * 100 for n in SHARDS)
-
-    def __len__(self) -> int:
-        return sum(SHARDS)
-
-    def __getitem__(self, index: int) -> int:
-        return index
-
-
-def _read(loader: DataLoader[int], batches: int | None = None) -> list[int]:
+def _read(loader: DataLoader[Any], batches: int | None = None) -> list[int]:
+    """The values of field ``x`` the loader produced: each sample stores its own index."""
     out: list[int] = []
     for step, batch in enumerate(loader):
-        out.extend(batch.tolist())
+        out.extend(batch["x"].tolist())
         if batches is not None and step + 1 == batches:
             break
     return out
 
 
-def _rank_main(rank: int, init_file: str, out_dir: str) -> None:
+def _rank_main(rank: int, init_file: str, out_dir: str, data: str) -> None:
     dist.init_process_group("gloo", init_method=f"file://{init_file}", rank=rank, world_size=WORLD)
     try:
-        dataset = IndexDataset()
-        sampler = ShardSampler(dataset, seed=11, window="6KB")  # rank and world from dist
+        dataset = ShardedDataset(data)
+        sampler = ShardSampler(dataset, seed=11, window="1KB")  # rank and world from dist
         # mp.spawn made "spawn" this process's default start method; torchrun's processes
         # fork their workers, and so does this test (spawning re-imports torch: seconds).
         loader = DataLoader(
@@ -63,12 +54,14 @@ def _rank_main(rank: int, init_file: str, out_dir: str) -> None:
         head = _read(loader, batches=5)
         box = [sampler.state_dict(consumed=len(head)) if rank == 0 else None]
         dist.broadcast_object_list(box, src=0)
-        resumed = ShardSampler(dataset, seed=11, window="6KB")
+        resumed = ShardSampler(dataset, seed=11, window="1KB")
         resumed.load_state_dict(box[0])  # type: ignore[arg-type]
         resumed.set_epoch(1)
         tail = _read(DataLoader(dataset, batch_size=BATCH, sampler=resumed, num_workers=0))
 
         result = {
+            "shards": len(dataset.shard_lengths),
+            "order": sampler.order,
             "rank": sampler.rank,
             "world_size": sampler.world_size,
             "epoch0": epoch0,
@@ -81,11 +74,16 @@ def _rank_main(rank: int, init_file: str, out_dir: str) -> None:
 
 
 def test_two_gloo_ranks_read_every_sample_exactly_once(tmp_path: Path) -> None:
-    mp.spawn(_rank_main, args=(str(tmp_path / "init"), str(tmp_path)), nprocs=WORLD, join=True)
+    data = tmp_path / "data"
+    with ShardWriter(data, format="mmap", shard_size=600) as writer:
+        writer.write_batch({"x": np.arange(SAMPLES)})
+    args = (str(tmp_path / "init"), str(tmp_path), str(data))
+    mp.spawn(_rank_main, args=args, nprocs=WORLD, join=True)
     results = [json.loads((tmp_path / f"rank{r}.json").read_text()) for r in range(WORLD)]
 
     assert [(r["rank"], r["world_size"]) for r in results] == [(0, WORLD), (1, WORLD)]
-    everything = set(range(sum(SHARDS)))
+    assert results[0]["shards"] > 2 and results[0]["order"] == "shard-window"
+    everything = set(range(SAMPLES))
     for epoch in ("epoch0", "epoch1"):
         counts = Counter(i for r in results for i in r[epoch])
         assert set(counts) == everything

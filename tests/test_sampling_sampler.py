@@ -16,6 +16,7 @@ from hypothesis import strategies as st
 from torch.utils.data import DataLoader, Dataset
 
 import shardio
+from shardio import ShardedDataset, ShardWriter
 from shardio.errors import InvalidOptionError, ShardioError
 from shardio.sampling import ORDERS, PARTITIONS, ShardSampler
 
@@ -232,24 +233,38 @@ def test_state_survives_json_and_torch_save(tmp_path: Any) -> None:
 # -- DataLoader ------------------------------------------------------------------
 
 
-def _take(loader: DataLoader[int], batches: int) -> list[int]:
+@pytest.fixture(scope="module")
+def sharded(tmp_path_factory: pytest.TempPathFactory) -> ShardedDataset:
+    """A real raw-mmap dataset of 200 samples in a few shards; sample i stores i."""
+    path = tmp_path_factory.mktemp("sampling") / "data"
+    with ShardWriter(path, format="mmap", shard_size=400) as writer:
+        writer.write_batch({"x": np.arange(200)})
+    return ShardedDataset(path)
+
+
+def window_is_partial(dataset: ShardedDataset, window: int) -> bool:
+    """The window holds less than the dataset, so the order really is shard-window."""
+    return window < sum(dataset.shard_nbytes)
+
+
+def _take(loader: DataLoader[Any], batches: int) -> list[int]:
     out: list[int] = []
-    for batch in loader:
-        out.extend(batch.tolist())
-        if len(out) >= batches * (loader.batch_size or 1):
+    for step, batch in enumerate(loader):
+        out.extend(batch["x"].tolist())
+        if step + 1 == batches:
             break
     return out
 
 
 @pytest.mark.parametrize(("workers_before", "workers_after"), [(2, 0), (0, 2), (2, 1)])
 def test_resume_behind_a_dataloader_when_the_worker_count_changes(
-    workers_before: int, workers_after: int
+    sharded: ShardedDataset, workers_before: int, workers_after: int
 ) -> None:
-    dataset = IndexDataset([40] * 5, bytes_per_sample=10)
-    full = list(ShardSampler(dataset, window=800, seed=7))
+    assert len(sharded.shard_lengths) > 2 and window_is_partial(sharded, 800)
+    full = list(ShardSampler(sharded, window=800, seed=7))
 
-    first = ShardSampler(dataset, window=800, seed=7)
-    loader = DataLoader(dataset, batch_size=8, sampler=first, num_workers=workers_before)
+    first = ShardSampler(sharded, window=800, seed=7)
+    loader = DataLoader(sharded, batch_size=8, sampler=first, num_workers=workers_before)
     head = _take(loader, batches=6)
     state = first.state_dict(consumed=len(head))
     if workers_before:
@@ -257,11 +272,11 @@ def test_resume_behind_a_dataloader_when_the_worker_count_changes(
         assert first.state_dict()["offset"] > len(head)
     del loader
 
-    second = ShardSampler(dataset, window=800, seed=7)
+    second = ShardSampler(sharded, window=800, seed=7)
     second.load_state_dict(state)
-    loader = DataLoader(dataset, batch_size=8, sampler=second, num_workers=workers_after)
+    loader = DataLoader(sharded, batch_size=8, sampler=second, num_workers=workers_after)
     assert len(loader) == (len(full) - len(head) + 7) // 8
-    tail = [i for batch in loader for i in batch.tolist()]
+    tail = _take(loader, batches=len(loader))
     assert head + tail == full
 
 
