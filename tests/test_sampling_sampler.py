@@ -6,6 +6,7 @@ import json
 import subprocess
 import sys
 from collections.abc import Sequence
+from pathlib import Path
 from typing import Any
 
 import numpy as np
@@ -422,11 +423,10 @@ def test_explicit_layout_works_without_a_dataset() -> None:
 
 
 def test_import_shardio_stays_torch_free_and_exports_the_sampler() -> None:
-    code = (
-        "import sys, shardio; assert 'torch' not in sys.modules; "
-        "from shardio import ShardSampler; assert 'torch' in sys.modules; "
-        "print(ShardSampler.__module__)"
+    code = "import sys, shardio; print('torch' in sys.modules)"
+    root = Path(__file__).resolve().parents[1]
+    out = subprocess.run(
+        [sys.executable, "-c", code], capture_output=True, text=True, check=True, cwd=root
     )
-    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
-    assert out.stdout.strip() == "shardio.sampling.sampler"
+    assert out.stdout.strip() == "False"
     assert shardio.ShardSampler is ShardSampler

@@ -39,16 +39,19 @@ def rank_indices(
     """The part of ``order`` that ``rank`` reads, padded or cut to equal length."""
     n = len(order)
     per_rank = samples_per_rank(n, world_size, drop_last)
-    if partition == "contiguous":
-        positions = np.arange(rank * per_rank, (rank + 1) * per_rank)
-    elif partition == "strided":
-        positions = np.arange(rank, per_rank * world_size, world_size)
-    else:
+    if partition not in PARTITIONS:
         raise InvalidOptionError(
             f"partition should be one of {PARTITIONS}, but got partition={partition!r}"
         )
-    if per_rank * world_size <= n:
-        return order[positions]
+    total = per_rank * world_size
+    if total <= n:  # no padding: a slice, copied so the whole order can be freed
+        if partition == "contiguous":
+            return order[rank * per_rank : (rank + 1) * per_rank].copy()
+        return order[rank:total:world_size].copy()
+    if partition == "contiguous":
+        positions = np.arange(rank * per_rank, (rank + 1) * per_rank)
+    else:
+        positions = np.arange(rank, total, world_size)
     # Padding position p >= n repeats order[p - n], cycling when the order is shorter
     # than the padding, like DistributedSampler's ``indices * ceil(pad / n)``.
     return order[positions % n]

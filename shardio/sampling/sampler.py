@@ -129,7 +129,8 @@ class ShardSampler(Sampler[int]):
             raise InvalidOptionError(
                 f"cannot resume epoch {self._epoch}: its order differs from the one the state "
                 "was saved with, so the remaining indices would be wrong. Was the state saved "
-                "by another numpy or shardio version? Start the epoch over with set_epoch()."
+                "by another numpy or shardio version? Go on with the next epoch "
+                f"(set_epoch({self._epoch + 1})), or use a new sampler to redo this one."
             )
         progress = _Pass(start=self._resume_at, digest=digest)
         self._pass, self._resume_at, self._resume_digest = progress, 0, ""
@@ -195,7 +196,7 @@ class ShardSampler(Sampler[int]):
             raise InvalidOptionError(
                 "cannot resume from this sampler state: it was saved with "
                 + "; ".join(problems)
-                + ". Resume with the same settings, or start a new epoch with set_epoch()."
+                + ". Resume with the same settings, or start without loading the state."
             )
         if not 0 <= saved.offset <= self.num_samples:
             raise InvalidOptionError(
