@@ -83,7 +83,7 @@ def shard_blocks(
         fit = np.floor(block_bytes / per_sample)
     block_len = np.where(per_sample > 0, np.clip(fit, 1, np.maximum(shard_len, 1)), shard_len)
     block_len = np.maximum(block_len, 1).astype(np.int64)
-    phase = rng.integers(0, block_len)  # drawn for every shard so the stream never depends on sizes
+    phase = rng.integers(0, block_len)  # one draw per shard, split or not
 
     starts: list[np.ndarray] = []
     for s in np.flatnonzero(shard_len > 0):
