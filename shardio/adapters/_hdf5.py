@@ -110,6 +110,7 @@ class HDF5Reader(ShardReader[_File]):
 
     format = "hdf5"
     remote = True
+    holds_caches = True
     options = frozenset({"rdcc_nbytes", "rdcc_nslots", "storage_options"})
 
     def _open(self) -> _File:

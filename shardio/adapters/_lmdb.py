@@ -21,8 +21,9 @@ import lmdb
 import numpy as np
 
 from ..errors import InvalidOptionError, ManifestError, SchemaError, ShardCorruptError
+from ..memory import ReleaseResult, advise_range, find_mappings, madvise_supported
 from ..schema import Sample, Schema
-from .base import Columns, ShardFileWriter, ShardReader, samples_to_columns
+from .base import AccessPattern, Columns, ShardFileWriter, ShardReader, samples_to_columns
 
 __all__ = ["LMDBReader", "LMDBWriter", "META_KEY", "encode_key"]
 
@@ -135,13 +136,26 @@ class _Env:
     layout: _Layout | None  # None for a foreign environment
     keys: list[bytes] | None
     decode: Callable[[bytes], Sample] | None
+    data_file: str = ""
+    mappings: list[Any] | None = None  # found in /proc/self/maps on first use
+    pread_fd: int | None = None  # the data file, for read_mode="pread"
+
+    def mapped(self) -> list[Any]:
+        if self.mappings is None:
+            # NOTE: py-lmdb reports map_addr as 0, so the map is found by path.
+            self.mappings = find_mappings(self.data_file) if madvise_supported() else []
+        return self.mappings
 
 
 class LMDBReader(ShardReader[_Env]):
     """Reads an LMDB environment, shardio-written or foreign (with ``decode=``)."""
 
     format = "lmdb"
-    options = frozenset({"decode", "keys", "readahead"})
+    maps_files = True
+    #: read_mode="pread" copies fixed-size values with pread from the data file
+    #: instead of through the map, so values add no resident pages (used under a
+    #: memory budget); the B-tree pages a lookup touches are still mapped.
+    options = frozenset({"decode", "keys", "readahead", "read_mode"})
 
     def __init__(self, path: str, **kwargs: Any) -> None:
         super().__init__(path, **kwargs)
@@ -176,9 +190,18 @@ class LMDBReader(ShardReader[_Env]):
             self._check_size(env, data_file)
             with env.begin() as txn:
                 meta = txn.get(META_KEY)
-                if meta is not None:
-                    return self._open_shardio(env, meta)
-                return self._open_foreign(env, txn)
+                opened = (
+                    self._open_shardio(env, meta)
+                    if meta is not None
+                    else self._open_foreign(env, txn)
+                )
+            opened.data_file = data_file
+            if (
+                self.backend_options.get("read_mode", "map") == "pread"
+                and opened.layout is not None
+            ):
+                opened.pread_fd = self._pread_fd(opened)
+            return opened
         except BaseException:
             _POOL.release(env)
             raise
@@ -227,8 +250,39 @@ class LMDBReader(ShardReader[_Env]):
         self._schema = schema
         return _Env(env, None, keys, decode)
 
+    def _pread_fd(self, handle: _Env) -> int | None:
+        """A descriptor of the data file, if values can be found in it by address."""
+        mappings = handle.mapped()
+        # NOTE: LMDB maps data.mdb whole, from offset 0, in one read-only mapping; a
+        # value's address minus the map's start is then its offset in the file.
+        if len(mappings) != 1 or mappings[0].offset != 0:
+            return None
+        return os.open(handle.data_file, os.O_RDONLY)
+
     def _close(self, handle: _Env) -> None:
+        if handle.pread_fd is not None:
+            os.close(handle.pread_fd)
         _POOL.release(handle.env)
+
+    def _drop_pages(self) -> ReleaseResult:
+        """madvise(MADV_DONTNEED) on the environment's map.
+
+        NOTE: safe because the environment is open read-only: a dropped page is
+        re-read from the page cache on its next touch, and nothing is lost.
+        """
+        mappings = self.handle.mapped()
+        if not mappings:
+            return super()._drop_pages()
+        result = ReleaseResult()
+        for mapping in mappings:
+            advise_range(mapping.start, mapping.length, "dontneed")
+            result.advise_calls += 1
+            result.advised_bytes += mapping.length
+        return result
+
+    def advise(self, pattern: AccessPattern) -> None:
+        for mapping in self.handle.mapped():
+            advise_range(mapping.start, mapping.length, pattern)
 
     def read_many(self, indices: np.ndarray) -> Columns:
         handle = self.handle
@@ -242,15 +296,18 @@ class LMDBReader(ShardReader[_Env]):
         nbytes = 0
         with handle.env.begin(buffers=True) as txn:
             get = txn.get
-            for row, index in enumerate(indices.tolist()):
-                value = get(encode_key(index))
-                if value is None:
-                    raise ShardCorruptError(f"{self.path}: sample {index} is missing")
-                nbytes += len(value)
-                if fixed is not None:
-                    fixed[row] = value[header : header + width]
-                if variable:
-                    self._split_variable(value, layout, variable)
+            if handle.pread_fd is not None and fixed is not None and not variable:
+                nbytes = self._pread_values(handle, get, indices, fixed)
+            else:
+                for row, index in enumerate(indices.tolist()):
+                    value = get(encode_key(index))
+                    if value is None:
+                        raise ShardCorruptError(f"{self.path}: sample {index} is missing")
+                    nbytes += len(value)
+                    if fixed is not None:
+                        fixed[row] = value[header : header + width]
+                    if variable:
+                        self._split_variable(value, layout, variable)
         self.bytes_read += nbytes
         columns: Columns = {}
         for name, offset, size in layout.fixed_fields:
@@ -262,6 +319,23 @@ class LMDBReader(ShardReader[_Env]):
             columns[name] = block.view(fld.dtype).reshape(count, *fld.shape)
         columns.update(variable)
         return {name: columns[name] for name in self.schema.names}
+
+    def _pread_values(
+        self, handle: _Env, get: Callable[[bytes], Any], indices: np.ndarray, out: np.ndarray
+    ) -> int:
+        """Copy each value into ``out`` with pread at its offset in the data file."""
+        assert handle.pread_fd is not None and handle.mappings
+        base = handle.mappings[0].start
+        width = out.shape[1]
+        fd = handle.pread_fd
+        for row, index in enumerate(indices.tolist()):
+            value = get(encode_key(index))
+            if value is None:
+                raise ShardCorruptError(f"{self.path}: sample {index} is missing")
+            address = np.frombuffer(value, np.uint8).ctypes.data  # does not touch the page
+            if os.preadv(fd, [out[row].data], address - base) != width:
+                raise ShardCorruptError(f"{self.path}: data file ended inside sample {index}")
+        return width * len(indices)
 
     @staticmethod
     def _split_variable(value: memoryview, layout: _Layout, out: dict[str, list[Any]]) -> None:

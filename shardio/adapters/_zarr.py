@@ -98,6 +98,7 @@ class ZarrReader(ShardReader[_Group]):
 
     format = "zarr"
     remote = True
+    holds_caches = True
     options = frozenset({"storage_options"})
 
     def _open(self) -> _Group:
