@@ -260,6 +260,17 @@ def test_break_stops_the_thread_and_closes_the_loader_then_restarts() -> None:
     assert prefetch_threads() == 0
 
 
+def test_an_error_in_the_loop_body_ends_the_pass() -> None:
+    loader = CountingLoader(50)
+    with pytest.raises(ZeroDivisionError) as excinfo:
+        for batch in Prefetcher(loader, device="cpu"):
+            if batch["i"] == 2:
+                _ = 1 / 0
+    # The traceback (still held here) keeps the loop's frame, but not the iterator.
+    assert excinfo.value is not None
+    assert prefetch_threads() == 0 and loader.closed == 1
+
+
 def test_a_new_pass_ends_the_previous_one() -> None:
     prefetcher = Prefetcher(CountingLoader(30), device="cpu")
     stale = iter(prefetcher)

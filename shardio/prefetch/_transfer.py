@@ -132,7 +132,9 @@ class CudaTransfer:
         self._stream = None
 
     def _record(self) -> torch.cuda.Event:
-        event = torch.cuda.Event()
+        # blocking=True: a fence wait on the read-ahead thread sleeps instead of spinning
+        # on a core the DataLoader workers need.
+        event = torch.cuda.Event(blocking=True)
         event.record(self._stream)
         return event
 

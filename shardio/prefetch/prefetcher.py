@@ -188,11 +188,12 @@ class _PrefetchIterator:
         self._channel.close()
         # NOTE: the join waits for a batch the loader is producing right now (at most one
         # step of the loader); it is what makes "no thread outlives its loop" hold.
-        self._thread.join()
+        if self._thread.ident is not None:  # started
+            self._thread.join()
 
     def __del__(self) -> None:
         # At interpreter exit the daemon thread is left to end with the process.
-        if not sys.is_finalizing():
+        if not sys.is_finalizing() and hasattr(self, "_thread"):
             self.close()
 
 
