@@ -110,7 +110,9 @@ def run(path: str, budget: int | None, epochs: int, workers: int, batch: int) ->
         "samples_per_s": samples / elapsed,
         "mb_per_s": samples * ds.schema["x"].sample_nbytes / elapsed / 1e6,
         "epoch_s": epoch_times,
-        "peak_growth": {("main" if pid == main else f"worker {pid}"): trace.growth(pid) for pid in trace.samples},
+        "peak_growth": {
+            ("main" if pid == main else f"worker {pid}"): trace.growth(pid) for pid in trace.samples
+        },
         "trace": {str(pid): s for pid, s in trace.samples.items()},
     }
 
@@ -127,7 +129,9 @@ def plot(results: dict[str, dict[str, Any]], path: str) -> None:
             for pid, samples in run_result["trace"].items():
                 t = [s[0] for s in samples]
                 rss = [(s[1] - samples[0][1]) / MiB for s in samples]
-                ax.plot(t, rss, label=f"{label} pid {pid}", linestyle="-" if label == "capped" else ":")
+                ax.plot(
+                    t, rss, label=f"{label} pid {pid}", linestyle="-" if label == "capped" else ":"
+                )
         budget = next(r["budget"] for r in runs.values() if r["budget"])
         ax.axhline(budget / MiB, color="red", linewidth=0.8, label="budget")
         ax.set_title(fmt)
@@ -139,7 +143,9 @@ def plot(results: dict[str, dict[str, Any]], path: str) -> None:
 
 
 def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser = argparse.ArgumentParser(
+        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
     parser.add_argument("--size", default="512MB", help="dataset size per backend")
     parser.add_argument("--value", default="64KiB", help="bytes per sample")
     parser.add_argument("--budget", default="512MB", help="max_rss of the capped run")
@@ -147,14 +153,22 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--workers", type=int, default=2)
     parser.add_argument("--batch-size", type=int, default=256)
     parser.add_argument("--formats", default="lmdb,mmap,hdf5,zarr")
-    parser.add_argument("--data", default="bench-out/memory-data", help="where datasets are written")
+    parser.add_argument(
+        "--data", default="bench-out/memory-data", help="where datasets are written"
+    )
     parser.add_argument("--out", default="bench-out/memory", help="JSON and PNG prefix")
     args = parser.parse_args(argv)
-    size, value, budget = parse_size(args.size), parse_size(args.value), parse_size(args.budget, "budget")
+    size, value, budget = (
+        parse_size(args.size),
+        parse_size(args.value),
+        parse_size(args.budget, "budget"),
+    )
     os.makedirs(os.path.dirname(args.out) or ".", exist_ok=True)
-    print(f"machine: {os.cpu_count()} cores, {format_size(psutil.virtual_memory().total)} RAM; "
-          f"dataset {format_size(size)} per backend of {format_size(value)} values; "
-          f"{args.epochs} epochs random order, {args.workers} workers, batch {args.batch_size}")
+    print(
+        f"machine: {os.cpu_count()} cores, {format_size(psutil.virtual_memory().total)} RAM; "
+        f"dataset {format_size(size)} per backend of {format_size(value)} values; "
+        f"{args.epochs} epochs random order, {args.workers} workers, batch {args.batch_size}"
+    )
     results: dict[str, dict[str, Any]] = {}
     for fmt in args.formats.split(","):
         path = os.path.join(args.data, f"{fmt}.shardio")
@@ -165,10 +179,17 @@ def main(argv: list[str] | None = None) -> int:
         capped = run(path, budget, args.epochs, args.workers, args.batch_size)
         results[fmt] = {"uncapped": uncapped, "capped": capped}
         ratio = capped["samples_per_s"] / uncapped["samples_per_s"]
-        print(f"| {fmt} | uncapped | {uncapped['mb_per_s']:.0f} MB/s | "
-              + ", ".join(f"{k} {v / MiB:.0f} MiB" for k, v in uncapped["peak_growth"].items()) + " |")
-        print(f"| {fmt} | max_rss={args.budget} | {capped['mb_per_s']:.0f} MB/s ({ratio:.2f}x) | "
-              + ", ".join(f"{k} {v / MiB:.0f} MiB" for k, v in capped["peak_growth"].items()) + " |", flush=True)
+        print(
+            f"| {fmt} | uncapped | {uncapped['mb_per_s']:.0f} MB/s | "
+            + ", ".join(f"{k} {v / MiB:.0f} MiB" for k, v in uncapped["peak_growth"].items())
+            + " |"
+        )
+        print(
+            f"| {fmt} | max_rss={args.budget} | {capped['mb_per_s']:.0f} MB/s ({ratio:.2f}x) | "
+            + ", ".join(f"{k} {v / MiB:.0f} MiB" for k, v in capped["peak_growth"].items())
+            + " |",
+            flush=True,
+        )
     with open(f"{args.out}.json", "w") as handle:
         json.dump(results, handle)
     try:
