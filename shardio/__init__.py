@@ -13,6 +13,7 @@ from .config import format_size, parse_size
 from .errors import *  # noqa: F403
 from .errors import __all__ as _error_names
 from .manifest import Manifest
+from .memory import MemoryPolicy
 from .reader import DatasetReader
 from .schema import Field, Schema
 from .writer import ShardWriter
@@ -36,6 +37,7 @@ __all__ = [
     "DatasetReader",
     "Field",
     "Manifest",
+    "MemoryPolicy",
     "Prefetcher",
     "Schema",
     "ShardSampler",
