@@ -13,7 +13,6 @@ Prints samples/s, MB/s and peak RSS per order, and shard-window / random ratios.
 from __future__ import annotations
 
 import argparse
-import inspect
 import json
 import os
 import resource
@@ -89,26 +88,25 @@ class _RssWatcher(threading.Thread):
         return self.peak
 
 
-class _EmulatedBudget:
-    """Stands in for ``ShardedDataset(max_rss=...)`` until the core has it.
+class _PageCacheLimit:
+    """Emulates a machine whose RAM holds only ``limit`` bytes of the dataset.
 
-    After each batch, when the file-backed RSS has grown by more than the budget,
-    releases the dataset's memory (``madvise(MADV_DONTNEED)`` through
-    ``reader.release_memory()``). With ``evict_page_cache`` it also drops the shard
-    files from the page cache, as on a machine whose RAM cannot hold the dataset.
+    After each batch, once ``limit`` bytes have been read since the last time, drops
+    every shard file from the page cache. Cruder than the kernel's LRU, and harder
+    on shard-window (it loses its live window too) than on random order.
     """
 
-    def __init__(self, dataset: Any, budget: int, evict_page_cache: bool, path: Path) -> None:
-        self.dataset, self.budget, self.evict, self.path = dataset, budget, evict_page_cache, path
-        self.baseline = _rss_bytes().get("RssFile", 0)
-        self.releases = 0
+    def __init__(self, dataset: Any, limit: int, path: Path) -> None:
+        self.dataset, self.limit, self.path = dataset, limit, path
+        self.mark = 0
+        self.drops = 0
 
     def after_batch(self) -> None:
-        if _rss_bytes().get("RssFile", 0) - self.baseline > self.budget:
-            self.dataset.reader.release_memory()
-            if self.evict:
-                drop_page_cache(self.path)
-            self.releases += 1
+        read = self.dataset.reader.bytes_read
+        if read - self.mark >= self.limit:
+            drop_page_cache(self.path)
+            self.mark = read
+            self.drops += 1
 
 
 def read_once(args: argparse.Namespace, order: str) -> dict[str, Any]:
@@ -119,12 +117,7 @@ def read_once(args: argparse.Namespace, order: str) -> dict[str, Any]:
     from shardio import ShardedDataset, ShardSampler
 
     path = Path(args.path)
-    budget_bytes = parse_size(args.max_rss, "max_rss")
-    core_budget = "max_rss" in inspect.signature(ShardedDataset).parameters
-    if core_budget and not args.evict_page_cache:
-        dataset = ShardedDataset(path, max_rss=args.max_rss)
-    else:
-        dataset = ShardedDataset(path)
+    dataset = ShardedDataset(path, max_rss=args.max_rss)
     sampler: Sampler[int]
     if order == "random":
         sampler = RandomSampler(dataset, generator=torch.Generator().manual_seed(args.seed))
@@ -132,10 +125,10 @@ def read_once(args: argparse.Namespace, order: str) -> dict[str, Any]:
         sampler = ShardSampler(dataset, order="shard-window", window=args.window, seed=args.seed)
     loader = DataLoader(dataset, batch_size=args.batch_size, sampler=sampler, num_workers=0)
     drop_page_cache(path)
+    limit = None
+    if args.page_cache_limit:
+        limit = _PageCacheLimit(dataset, parse_size(args.page_cache_limit), path)
     before = _rss_bytes()
-    emulated = None
-    if not core_budget or args.evict_page_cache:
-        emulated = _EmulatedBudget(dataset, budget_bytes, args.evict_page_cache, path)
     watcher = _RssWatcher()
     watcher.start()
     samples, checksum = 0, 0
@@ -144,29 +137,29 @@ def read_once(args: argparse.Namespace, order: str) -> dict[str, Any]:
         x = batch["x"]
         samples += len(x)
         checksum += int(x[:, 0].sum())  # touch the data so nothing is skipped
-        if emulated is not None:
-            emulated.after_batch()
+        if limit is not None:
+            limit.after_batch()
         if time.perf_counter() - start > args.seconds:
             break
     elapsed = time.perf_counter() - start
     peak = watcher.stop()
-    stats = getattr(dataset, "memory_stats", None)
+    stats = dataset.memory_stats()
     return {
         "order": order,
-        "budget": "ShardedDataset(max_rss)" if emulated is None else "emulated",
-        "releases": None if emulated is None else emulated.releases,
         "samples": samples,
         "epoch_fraction": samples / len(dataset),
         "seconds": elapsed,
         "samples_per_s": samples / elapsed,
         "mb_per_s": samples * args.sample_bytes / elapsed / 1e6,
         "rss_before": before.get("VmRSS", 0),
-        "rss_file_before": before.get("RssFile", 0),
         "peak_rss": peak.get("VmRSS", 0),
         "peak_rss_file": peak.get("RssFile", 0),
+        "peak_growth": stats.get("peak_growth", 0),
+        "releases": stats.get("releases", 0),
+        "page_cache_drops": None if limit is None else limit.drops,
         "max_rss_kernel": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024,
         "checksum": checksum,
-        "memory_stats": stats() if callable(stats) else None,
+        "memory_stats": stats,
     }
 
 
@@ -185,7 +178,7 @@ def _forwarded(args: argparse.Namespace) -> list[str]:
         f"--batch-size={args.batch_size}",
         f"--sample-bytes={args.sample_bytes}",
         f"--seed={args.seed}",
-        *(["--evict-page-cache"] if args.evict_page_cache else []),
+        *([f"--page-cache-limit={args.page_cache_limit}"] if args.page_cache_limit else []),
     ]
 
 
@@ -202,10 +195,10 @@ def _parse(argv: list[str] | None) -> argparse.Namespace:
     parser.add_argument("--repeats", type=int, default=2)
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument(
-        "--evict-page-cache",
-        action="store_true",
-        help="on each budget release also drop the shards from the page cache "
-        "(a dataset larger than RAM); uses the emulated budget",
+        "--page-cache-limit",
+        default=None,
+        help="emulate RAM that holds only this much of the dataset (e.g. 512MB): drop "
+        "the shards from the page cache each time this many bytes have been read",
     )
     parser.add_argument("--json", help="also write the results here")
     parser.add_argument("--child", choices=ORDERS, help=argparse.SUPPRESS)
@@ -234,6 +227,7 @@ def main(argv: list[str] | None = None) -> None:
 
     print(
         f"dataset {format_size(size)} at {path}, max_rss={args.max_rss}, "
+        f"page cache limit {args.page_cache_limit or 'none (all RAM)'}, "
         f"window={format_size(parse_size(args.window))}, cap {args.seconds:.0f} s per read, "
         f"{os.cpu_count()} CPUs"
     )
@@ -249,7 +243,8 @@ def main(argv: list[str] | None = None) -> None:
                 f"(file-backed {format_size(result['peak_rss_file'])}, "
                 f"{format_size(result['rss_before'])} before reading)  "
                 f"{result['epoch_fraction']:.0%} of an epoch in {result['seconds']:.1f} s, "
-                f"budget {result['budget']} ({result['releases']} releases)",
+                f"{result['releases']} budget releases, "
+                f"{result['page_cache_drops']} page-cache drops",
                 flush=True,
             )
     ratios = []
