@@ -91,7 +91,7 @@ class DatasetReader:
 
     def _choose_read_mode(self) -> None:
         """Under a budget, backends that map files copy values with pread instead."""
-        if self.memory_policy is not None and self.format in ("mmap", "lmdb"):
+        if self.memory_policy is not None and self.format in ("mmap", "lmdb", "hdf5"):
             self.options.setdefault("read_mode", "pread")
 
     def _size_caches(self, field_count: int) -> None:

@@ -12,6 +12,7 @@ bytes -> sample dict), in the order of ``keys=`` or of the database's sorted key
 from __future__ import annotations
 
 import json
+import mmap
 import os
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -142,6 +143,8 @@ class _Env:
     mappings: list[Any] | None = None  # found in /proc/self/maps on first use
     pread_fd: int | None = None  # the data file, for read_mode="pread"
     offsets: np.ndarray | None = None  # (N, 2): offset and length of each value in data.mdb
+    own_map: mmap.mmap | None = None  # data.mdb mapped by shardio, read at those offsets
+    view: np.ndarray | None = None  # own_map as uint8
 
     def mapped(self) -> list[Any]:
         if self.mappings is None:
@@ -155,9 +158,10 @@ class LMDBReader(ShardReader[_Env]):
 
     format = "lmdb"
     maps_files = True
-    #: read_mode="pread" reads shardio-written values with pread at the positions the
-    #: writer recorded (OFFSETS_NAME), instead of through LMDB's map, so reading adds
-    #: no resident pages (used under a memory budget).
+    #: shardio-written values are read at the positions the writer recorded
+    #: (OFFSETS_NAME), without a B-tree walk per value: from shardio's own map of
+    #: data.mdb, or with read_mode="pread" with pread, which maps no page at all
+    #: (the mode under a memory budget).
     options = frozenset({"decode", "keys", "readahead", "read_mode"})
 
     def __init__(self, path: str, **kwargs: Any) -> None:
@@ -201,10 +205,18 @@ class LMDBReader(ShardReader[_Env]):
                     else self._open_foreign(env, txn)
                 )
             opened.data_file = data_file
-            if self.backend_options.get("read_mode", "map") == "pread" and opened.layout:
+            if opened.layout:
                 opened.offsets = self._load_offsets(env)
-                if opened.offsets is not None:
-                    opened.pread_fd = os.open(data_file, os.O_RDONLY)
+            if opened.offsets is not None:
+                fd = os.open(data_file, os.O_RDONLY)
+                if self.backend_options.get("read_mode", "map") == "pread":
+                    opened.pread_fd = fd
+                else:
+                    try:
+                        opened.own_map = mmap.mmap(fd, 0, access=mmap.ACCESS_READ)
+                    finally:
+                        os.close(fd)
+                    opened.view = np.frombuffer(opened.own_map, np.uint8)
             return opened
         except BaseException:
             _POOL.release(env)
@@ -282,6 +294,9 @@ class LMDBReader(ShardReader[_Env]):
     def _close(self, handle: _Env) -> None:
         if handle.pread_fd is not None:
             os.close(handle.pread_fd)
+        handle.view = None  # releases the buffer export, so the map can close
+        if handle.own_map is not None:
+            handle.own_map.close()
         _POOL.release(handle.env)
 
     def _drop_pages(self) -> ReleaseResult:
@@ -356,11 +371,22 @@ class LMDBReader(ShardReader[_Env]):
         fixed: np.ndarray | None,
         variable: dict[str, list[Any]],
     ) -> int:
-        """pread each value at its recorded position: no B-tree walk, no mapped page,
-        so reading adds nothing to RSS (the read mode under a memory budget)."""
-        assert handle.offsets is not None and handle.pread_fd is not None and handle.layout
-        layout, fd = handle.layout, handle.pread_fd
+        """Copy each value from its recorded position, without walking LMDB's B-tree:
+        from shardio's own map of data.mdb, or with pread (no page mapped at all, the
+        read mode under a memory budget)."""
+        assert handle.offsets is not None and handle.layout is not None
+        layout = handle.layout
         positions = handle.offsets[indices]
+        if handle.view is not None:
+            view, start, stop = handle.view, layout.header, layout.header + layout.fixed
+            for row, (offset, length) in enumerate(positions.tolist()):
+                if fixed is not None:
+                    fixed[row] = view[offset + start : offset + stop]
+                if variable:
+                    self._split_variable(view[offset : offset + length].data, layout, variable)
+            return int(positions[:, 1].sum())
+        fd = handle.pread_fd
+        assert fd is not None
         for row, (offset, length) in enumerate(positions.tolist()):
             if fixed is not None and not variable:
                 if os.preadv(fd, [fixed[row].data], offset + layout.header) != layout.fixed:
