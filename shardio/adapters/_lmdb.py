@@ -11,6 +11,7 @@ bytes -> sample dict), in the order of ``keys=`` or of the database's sorted key
 
 from __future__ import annotations
 
+import itertools
 import json
 import mmap
 import os
@@ -131,6 +132,15 @@ class _EnvPool:
 
 
 _POOL = _EnvPool()
+
+
+@dataclass
+class _Target:
+    """Output rows of one fixed field, and where its bytes sit inside a value."""
+
+    offset: int  # within the fixed block
+    size: int
+    rows: np.ndarray  # (count, size) uint8
 
 
 @dataclass
@@ -325,31 +335,32 @@ class LMDBReader(ShardReader[_Env]):
             return self._read_foreign(handle, indices)
         layout = handle.layout
         count = len(indices)
-        fixed = np.empty((count, layout.fixed), dtype=np.uint8) if layout.fixed_fields else None
+        # Each selected fixed field's bytes go straight into its own output rows.
+        targets = [
+            _Target(offset, size, np.empty((count, size), dtype=np.uint8))
+            for _, offset, size in layout.fixed_fields
+        ]
         variable: dict[str, list[Any]] = {name: [] for name, _, _ in layout.variable_fields}
         if handle.offsets is not None:
-            self.bytes_read += self._read_by_offsets(handle, indices, fixed, variable)
+            self.bytes_read += self._read_by_offsets(handle, indices, targets, variable)
         else:
-            self.bytes_read += self._read_through_map(handle, indices, fixed, variable)
-        columns: Columns = {}
-        for name, offset, size in layout.fixed_fields:
-            assert fixed is not None
+            self.bytes_read += self._read_through_map(handle, indices, targets, variable)
+        columns: Columns = dict(variable)
+        for (name, _, _), target in zip(layout.fixed_fields, targets):
             fld = self.schema[name]
-            block = fixed if size == layout.fixed else fixed[:, offset : offset + size].copy()
-            columns[name] = block.view(fld.dtype).reshape(count, *fld.shape)
-        columns.update(variable)
+            columns[name] = target.rows.view(fld.dtype).reshape(count, *fld.shape)
         return {name: columns[name] for name in self.schema.names}
 
     def _read_through_map(
         self,
         handle: _Env,
         indices: np.ndarray,
-        fixed: np.ndarray | None,
+        targets: list[_Target],
         variable: dict[str, list[Any]],
     ) -> int:
-        """One read transaction; each value copied out of the map."""
+        """One read transaction; each value copied out of LMDB's map."""
         assert handle.layout is not None
-        header, width = handle.layout.header, handle.layout.fixed
+        header = handle.layout.header
         nbytes = 0
         with handle.env.begin(buffers=True) as txn:
             get = txn.get
@@ -358,8 +369,9 @@ class LMDBReader(ShardReader[_Env]):
                 if value is None:
                     raise ShardCorruptError(f"{self.path}: sample {index} is missing")
                 nbytes += len(value)
-                if fixed is not None:
-                    fixed[row] = value[header : header + width]
+                for target in targets:
+                    start = header + target.offset
+                    target.rows[row] = value[start : start + target.size]
                 if variable:
                     self._split_variable(value, handle.layout, variable)
         return nbytes
@@ -368,7 +380,7 @@ class LMDBReader(ShardReader[_Env]):
         self,
         handle: _Env,
         indices: np.ndarray,
-        fixed: np.ndarray | None,
+        targets: list[_Target],
         variable: dict[str, list[Any]],
     ) -> int:
         """Copy each value from its recorded position, without walking LMDB's B-tree:
@@ -377,29 +389,41 @@ class LMDBReader(ShardReader[_Env]):
         assert handle.offsets is not None and handle.layout is not None
         layout = handle.layout
         positions = handle.offsets[indices]
-        if handle.view is not None:
-            view, start, stop = handle.view, layout.header, layout.header + layout.fixed
+        view = handle.view
+        if view is not None:
             for row, (offset, length) in enumerate(positions.tolist()):
-                if fixed is not None:
-                    fixed[row] = view[offset + start : offset + stop]
+                for target in targets:
+                    start = offset + layout.header + target.offset
+                    target.rows[row] = view[start : start + target.size]
                 if variable:
                     self._split_variable(view[offset : offset + length].data, layout, variable)
             return int(positions[:, 1].sum())
         fd = handle.pread_fd
         assert fd is not None
+        # Fields stored side by side are read by one scattering preadv per sample.
+        adjacent = all(a.offset + a.size == b.offset for a, b in itertools.pairwise(targets))
         for row, (offset, length) in enumerate(positions.tolist()):
-            if fixed is not None and not variable:
-                if os.preadv(fd, [fixed[row].data], offset + layout.header) != layout.fixed:
+            if variable or not adjacent:
+                value = os.pread(fd, length, offset)
+                if len(value) != length:
                     raise ShardCorruptError(
                         f"{self.path}: data.mdb ends inside sample {indices[row]}"
                     )
-                continue
-            value = os.pread(fd, length, offset)
-            if len(value) != length:
-                raise ShardCorruptError(f"{self.path}: data.mdb ends inside sample {indices[row]}")
-            if fixed is not None:
-                fixed[row] = np.frombuffer(value, np.uint8, layout.fixed, layout.header)
-            self._split_variable(memoryview(value), layout, variable)
+                for target in targets:
+                    start = layout.header + target.offset
+                    target.rows[row] = np.frombuffer(value, np.uint8, target.size, start)
+                self._split_variable(memoryview(value), layout, variable)
+            elif targets:
+                wanted = sum(t.size for t in targets)
+                got = os.preadv(
+                    fd,
+                    [t.rows[row].data for t in targets],
+                    offset + layout.header + targets[0].offset,
+                )
+                if got != wanted:
+                    raise ShardCorruptError(
+                        f"{self.path}: data.mdb ends inside sample {indices[row]}"
+                    )
         return int(positions[:, 1].sum())
 
     @staticmethod
