@@ -82,7 +82,7 @@ def test_live_blocks_never_exceed_the_window(
     assert live.max() <= max(window, nbytes.max()) + 1e-6
 
 
-@settings(max_examples=50)
+@settings(max_examples=200)
 @given(
     st.lists(st.integers(1, 40), min_size=2, max_size=40),
     st.integers(1, 100),
@@ -118,6 +118,12 @@ def test_blocks_cut_shards_into_contiguous_pieces(
         assert end <= shard_end[shard]  # a block never spans two shards
         per_sample = nbytes[shard] / lengths[shard]
         assert size <= max(block_bytes, per_sample) + 1e-6
+
+
+def test_a_shard_that_fits_a_block_stays_whole() -> None:
+    for epoch in range(10):
+        starts, lengths, _ = shard_blocks([5, 3], [50, 30], 50, epoch_rng(0, epoch))
+        assert starts.tolist() == [0, 5] and lengths.tolist() == [5, 3]
 
 
 def test_blocks_move_between_epochs() -> None:

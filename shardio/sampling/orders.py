@@ -87,8 +87,11 @@ def shard_blocks(
 
     starts: list[np.ndarray] = []
     for s in np.flatnonzero(shard_len > 0):
-        first = phase[s] if phase[s] > 0 else block_len[s]
-        cuts = np.arange(first, shard_len[s], block_len[s], dtype=np.int64)
+        if block_len[s] >= shard_len[s]:  # the shard fits in one block: keep it whole
+            cuts = np.zeros(0, dtype=np.int64)
+        else:
+            first = phase[s] if phase[s] > 0 else block_len[s]
+            cuts = np.arange(first, shard_len[s], block_len[s], dtype=np.int64)
         starts.append(shard_start[s] + np.concatenate(([0], cuts)))
     if not starts:
         empty = np.zeros(0, dtype=np.int64)
