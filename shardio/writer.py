@@ -62,11 +62,18 @@ def remove_path(path: str) -> None:
         os.remove(path)
 
 
-def finish_shard(directory: str, name: str, num_samples: int, checksum: bool = True) -> ShardInfo:
-    """Rename a completed partial shard to ``name`` and describe it for the manifest."""
+def finish_shard(
+    directory: str,
+    name: str,
+    num_samples: int,
+    checksum: bool = True,
+    partial: str | None = None,
+) -> ShardInfo:
+    """Rename a completed partial shard (``partial``, by default :func:`partial_name`)
+    to ``name`` and describe it for the manifest."""
     final = os.path.join(directory, name)
     remove_path(final)
-    os.replace(os.path.join(directory, partial_name(name)), final)
+    os.replace(os.path.join(directory, partial or partial_name(name)), final)
     files = shard_files(final)
     return ShardInfo(
         path=name,

@@ -19,6 +19,7 @@ import contextlib
 import math
 import os
 import time
+import uuid
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from typing import Any
@@ -35,10 +36,11 @@ from ..errors import (
 )
 from ..manifest import Manifest, ShardInfo
 from ..writer import foreign_entries, remove_path, shard_files, shard_name
+from . import run as runner
 from .plan import Plan, ShardTask, estimate_sample_nbytes, make_plan
 from .progress import Progress, progress_mode
 from .record import PROGRESS_NAME, ProgressRecord
-from .run import ShardJob, disk_error, run_dask, run_processes, run_serial
+from .run import ShardJob, disk_error
 from .source import Skipped, Source, open_source
 
 __all__ = ["convert", "ConvertResult", "FORMAT_ALIASES", "writer_options_for"]
@@ -193,13 +195,14 @@ def _convert(
     messages: list[str],
 ) -> ConvertResult:
     record = ProgressRecord(dst_path)
+    run_id = uuid.uuid4().hex[:12]
     shards = dict(done)
     remaining = [t for t in plan.tasks if t.number not in done]
     try:
         if remaining:
             with contextlib.suppress(FileNotFoundError):
                 os.remove(os.path.join(dst_path, MANIFEST_NAME))
-        record.start(settings, done)
+        record.start(settings, done, run_id)
     except OSError as exc:
         raise _write_failure(exc, dst_path) from exc
     display = Progress(
@@ -228,7 +231,9 @@ def _convert(
         else:
             display.shard_done(task.num_samples, estimate)
 
-    job = ShardJob(source, dst_path, plan.format, options, _block_rows(plan, source, options))
+    job = ShardJob(
+        source, dst_path, plan.format, options, _block_rows(plan, source, options), run_id
+    )
     try:
         if remaining:
             _run(job, remaining, workers, client, scheduler, on_done, display.advance)
@@ -277,19 +282,17 @@ def _run(
     on_block: Callable[[int, int], None],
 ) -> None:
     if client is not None or scheduler is not None:
-        from .run import dask_client
-
-        dask, owned = dask_client(client, scheduler)
+        dask, owned = runner.dask_client(client, scheduler)
         try:
-            run_dask(job, tasks, dask, on_done)
+            runner.run_dask(job, tasks, dask, on_done)
         finally:
             if owned:
                 dask.close()
     elif workers > 1:
         job.source.close()  # workers open their own handles
-        run_processes(job, tasks, workers, on_done)
+        runner.run_processes(job, tasks, workers, on_done)
     else:
-        run_serial(job, tasks, on_done, on_block)
+        runner.run_serial(job, tasks, on_done, on_block)
 
 
 # ------------------------------------------------------------------- options
@@ -354,6 +357,10 @@ def writer_options_for(
                 f"compressor applies to zarr and hdf5 output; {fmt} stores samples "
                 f"uncompressed, but got compressor={compressor!r}"
             )
+    if fmt == "hdf5":
+        # NOTE: built in memory, so a full disk cannot leave the HDF5 library in a state
+        # that crashes the interpreter at exit (see HDF5Writer).
+        options["in_memory"] = True
     options.update(extra or {})
     accepted = writer_class(fmt).options
     unknown = sorted(set(options) - accepted)

@@ -34,9 +34,11 @@ class ProgressRecord:
     def exists(self) -> bool:
         return os.path.exists(self.path)
 
-    def start(self, settings: dict[str, Any], shards: dict[int, ShardInfo]) -> None:
-        """Replace the record with ``settings`` and the shards already complete."""
-        lines = [json.dumps({"shardio_progress": _VERSION, "settings": settings})]
+    def start(self, settings: dict[str, Any], shards: dict[int, ShardInfo], run_id: str) -> None:
+        """Replace the record with ``settings``, the id of the run now writing, and
+        the shards already complete."""
+        header = {"shardio_progress": _VERSION, "run": run_id, "settings": settings}
+        lines = [json.dumps(header)]
         lines.extend(json.dumps(_entry(n, info)) for n, info in sorted(shards.items()))
         temporary = f"{self.path}.tmp-{os.getpid()}"
         with open(temporary, "w", encoding="utf-8") as handle:
@@ -55,6 +57,16 @@ class ProgressRecord:
             os.fsync(descriptor)
         finally:
             os.close(descriptor)
+
+    def run_id(self) -> str | None:
+        """The id of the run that last started writing, from the record's first line."""
+        try:
+            with open(self.path, encoding="utf-8") as handle:
+                header = json.loads(handle.readline())
+        except (OSError, ValueError):
+            return None
+        run = header.get("run") if isinstance(header, dict) else None
+        return run if isinstance(run, str) else None
 
     def load(self) -> tuple[dict[str, Any], dict[int, ShardInfo]] | None:
         """(settings, shards recorded as complete), or None without a readable record."""

@@ -20,6 +20,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from ..adapters.registry import writer_class
+from ..config import format_size
 from ..errors import (
     BackendNotInstalledError,
     InvalidOptionError,
@@ -30,13 +31,25 @@ from ..errors import (
 from ..manifest import ShardInfo
 from ..writer import finish_shard, partial_name, remove_path, shard_name
 from .plan import ShardTask, columns_nbytes
+from .record import ProgressRecord
 from .source import Source
 
-__all__ = ["ShardJob", "write_shard", "run_serial", "run_processes", "run_dask", "disk_error"]
+__all__ = [
+    "ShardJob",
+    "SupersededError",
+    "write_shard",
+    "run_serial",
+    "run_processes",
+    "run_dask",
+    "disk_error",
+]
 
 OnDone = Callable[[ShardTask, ShardInfo], None]
 OnBlock = Callable[[int, int], None]
 
+_LOW_SPACE_BYTES = 64 * 1024 * 1024
+#: How long to try reaching a Dask scheduler given by address.
+CONNECT_TIMEOUT = "20s"
 _DISK_ERRNOS = {errno.ENOSPC, errno.EDQUOT, errno.EFBIG, errno.EROFS}
 _DISK_MESSAGES = (
     "No space left on device",
@@ -55,6 +68,8 @@ class ShardJob:
     format: str
     options: dict[str, Any] = field(default_factory=dict)
     block_rows: int = 1024
+    #: Identifies this run of the conversion; see :func:`write_shard`.
+    run_id: str = ""
 
 
 def disk_error(exc: BaseException) -> str | None:
@@ -74,14 +89,21 @@ def disk_error(exc: BaseException) -> str | None:
 
 
 def write_shard(job: ShardJob, task: ShardTask, on_block: OnBlock | None = None) -> ShardInfo:
-    """Write shard ``task.number`` under its temporary name, then rename it.
+    """Write shard ``task.number`` under a temporary name of this run, then rename it.
 
     On any failure the partial shard is removed and the error raised; a full disk
     becomes :class:`~shardio.errors.OutputWriteError` naming the shard.
+
+    NOTE: a task of an abandoned run can outlive its coordinator (a Dask worker
+    finishes a task whose conversion already failed and was resumed). Partial names
+    carry the run's id, and the rename only happens while the progress record still
+    names this run, so such a task never touches the resumed run's shards.
     """
     name = shard_name(task.number, job.format)
-    partial = os.path.join(job.output, partial_name(name))
-    remove_path(partial)  # left by a run that was killed
+    partial_entry = f"{partial_name(name)}-{job.run_id}" if job.run_id else partial_name(name)
+    partial = os.path.join(job.output, partial_entry)
+    _check_current(job, name)
+    remove_path(partial)
     source, schema = job.source, job.source.schema
     writer = None
     try:
@@ -95,25 +117,62 @@ def write_shard(job: ShardJob, task: ShardTask, on_block: OnBlock | None = None)
         writer.close()
         count = writer.count
         writer = None
-        return finish_shard(job.output, name, count)
+        _check_current(job, name)
+        return finish_shard(job.output, name, count, partial=partial_entry)
     except BaseException as exc:
+        failure = _write_failure(exc, job.output, name)  # before cleanup frees space
         if writer is not None:
             writer.abort()
         with contextlib.suppress(OSError):
             remove_path(partial)
-        if isinstance(exc, ShardioError) or not isinstance(exc, Exception):
-            raise
-        reason = disk_error(exc)
-        if reason is not None:
-            raise OutputWriteError(
-                f"writing shard {name} into {job.output} failed: {reason}; free space (or "
-                "choose another output) and rerun with resume=True (--resume)"
-            ) from exc
-        if isinstance(exc, OSError):
-            raise OutputWriteError(f"writing shard {name} into {job.output} failed: {exc}") from exc
+        if failure is not None:
+            raise failure from exc
         raise
     finally:
         source.close()
+
+
+class SupersededError(ShardioError, RuntimeError):
+    """A shard task whose conversion run was abandoned and has been resumed since."""
+
+
+def _check_current(job: ShardJob, name: str) -> None:
+    if job.run_id and ProgressRecord(job.output).run_id() != job.run_id:
+        raise SupersededError(
+            f"shard {name} of {job.output} was not written: the conversion run that asked "
+            "for it has ended"
+        )
+
+
+def _write_failure(exc: BaseException, output: str, name: str) -> OutputWriteError | None:
+    """The clear error for a failure writing shard ``name``, or None to re-raise ``exc``."""
+    if isinstance(exc, ShardioError) or not isinstance(exc, Exception):
+        return None
+    reason = disk_error(exc)
+    backend = type(exc).__module__.split(".")[0] in ("lmdb", "h5py", "zarr", "numcodecs")
+    if reason is None and not (isinstance(exc, OSError) or backend):
+        return None  # a bug, not an I/O failure: keep its traceback
+    if reason is None:
+        # NOTE: LMDB reports a short write (how a full disk shows up there) as EIO, so
+        # an unexplained failure with next to no free space is taken for a full disk.
+        free = free_bytes(output)
+        if free is not None and free < _LOW_SPACE_BYTES:
+            reason = f"No space left on device ({format_size(free)} free; the write failed: {exc})"
+    if reason is not None:
+        return OutputWriteError(
+            f"writing shard {name} into {output} failed: {reason}; free space (or choose "
+            "another output) and rerun with resume=True (--resume)"
+        )
+    return OutputWriteError(f"writing shard {name} into {output} failed: {exc}")
+
+
+def free_bytes(path: str) -> int | None:
+    """Bytes available to this user on the file system holding ``path``."""
+    try:
+        stat = os.statvfs(path)
+    except (OSError, AttributeError):
+        return None
+    return int(stat.f_bavail * stat.f_frsize)
 
 
 def _read(source: Source, start: int, stop: int) -> Any:
@@ -152,7 +211,8 @@ def run_processes(job: ShardJob, tasks: Sequence[ShardTask], workers: int, on_do
     """Write the shards in ``workers`` local processes (started with spawn).
 
     NOTE: spawn, not fork: the coordinator has had the source open, and a forked
-    child would inherit HDF5 library state it must not share.
+    child would inherit HDF5 library state it must not share. As with any spawned
+    worker, a script calling this needs the ``if __name__ == "__main__":`` guard.
     """
     import multiprocessing
 
@@ -212,7 +272,7 @@ def dask_client(client: Any, scheduler: str | None) -> tuple[Any, bool]:
         return client, False
     assert scheduler is not None
     try:
-        return distributed.Client(scheduler, timeout="20s", set_as_default=False), True
+        return distributed.Client(scheduler, timeout=CONNECT_TIMEOUT, set_as_default=False), True
     except (OSError, TimeoutError, ValueError) as exc:
         raise InvalidOptionError(
             f"cannot reach the Dask scheduler at scheduler={scheduler!r}: {exc}"
@@ -233,7 +293,7 @@ def run_dask(job: ShardJob, tasks: Sequence[ShardTask], client: Any, on_done: On
     pending = set(futures)
     failure: BaseException | None = None
     try:
-        for future in distributed.as_completed(list(futures)):
+        for future in distributed.as_completed(list(futures), loop=client.loop):
             pending.discard(future)
             if future.status == "cancelled":
                 continue
