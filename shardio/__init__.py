@@ -13,6 +13,7 @@ from .config import format_size, parse_size
 from .errors import *  # noqa: F403
 from .errors import __all__ as _error_names
 from .manifest import Manifest
+from .memory import MemoryPolicy
 from .reader import DatasetReader
 from .schema import Field, Schema
 from .writer import ShardWriter
@@ -42,6 +43,7 @@ __all__ = [
     "DatasetReader",
     "Field",
     "Manifest",
+    "MemoryPolicy",
     "Prefetcher",
     "Schema",
     "ShardSampler",

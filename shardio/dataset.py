@@ -24,6 +24,9 @@ class ShardedDataset(torch.utils.data.Dataset[Any]):
     batch, which reads it in one transaction, selection or gather per shard.
     Backend options (``decode=``, ``keys=`` for foreign LMDB, ``rdcc_nbytes=`` for
     HDF5, ``storage_options=`` for remote URLs) pass through to the adapter.
+
+    ``max_rss="512MB"`` (or ``memory_policy=MemoryPolicy(...)``) caps the memory that
+    reading adds in each process that reads, DataLoader workers included.
     """
 
     def __init__(
@@ -104,6 +107,11 @@ class ShardedDataset(torch.utils.data.Dataset[Any]):
         return columns
 
     # ------------------------------------------------------------------- close
+    def memory_stats(self) -> dict[str, Any]:
+        """This process's RSS (total, file-backed, anonymous), growth over its baseline,
+        bytes read, and the advise calls and reopens the memory budget made."""
+        return self.reader.memory_stats()
+
     def close(self) -> None:
         self.reader.close()
 

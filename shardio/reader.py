@@ -13,15 +13,25 @@ from typing import Any
 
 import numpy as np
 
-from .adapters.base import Columns, ReleaseResult, ShardReader, columns_to_samples
+from .adapters.base import (
+    AccessPattern,
+    Columns,
+    ShardReader,
+    columns_to_samples,
+    concat_columns,
+)
 from .adapters.registry import SHARDED, detect_format, get_backend, is_remote, reader_class
 from .errors import ShardCorruptError
 from .index import ShardIndex
 from .manifest import Manifest, ShardInfo
+from .memory import MemoryGuard, MemoryPolicy, ReleaseKind, ReleaseResult
 from .schema import Sample, Schema
 from .writer import shard_files
 
 __all__ = ["DatasetReader"]
+
+_SMALL_SAMPLE = 32 * 1024
+_WORST_FAULT_BYTES = 2 * 1024 * 1024
 
 
 class DatasetReader:
@@ -35,6 +45,8 @@ class DatasetReader:
         format: str | None = None,
         storage_options: dict[str, Any] | None = None,
         verify_sizes: bool = True,
+        max_rss: int | str | None = None,
+        memory_policy: MemoryPolicy | None = None,
         **options: Any,
     ) -> None:
         self.path = os.fspath(path)
@@ -45,6 +57,8 @@ class DatasetReader:
         self.options = dict(options)
         if storage_options is not None:
             self.options["storage_options"] = storage_options
+        self.memory_policy = MemoryPolicy.resolve(max_rss, memory_policy)
+        self.guard = MemoryGuard(self.memory_policy, self.release_memory)
         fmt = format if format is not None else detect_format(self.path)
         if fmt != SHARDED:
             get_backend(fmt)  # validates the name
@@ -58,18 +72,35 @@ class DatasetReader:
             )
             self.format = self.manifest.format
             self._reader_class = reader_class(self.format, self.path)
+            self._size_caches(len(self.manifest.schema))
+            self._choose_read_mode()
             self.schema: Schema = self.manifest.schema.select(self.fields, where=self.path)
             self.shard_infos: tuple[ShardInfo, ...] = self.manifest.shards
             lengths = [s.num_samples for s in self.shard_infos]
         else:
             self.format = fmt
             self._reader_class = reader_class(fmt, self.path)
+            self._size_caches(len(self.fields) if self.fields else 4)
+            self._choose_read_mode()
             reader = self._reader_class(self.path, fields=self.fields, **self.options)
             self._readers[0] = reader
             self.schema = reader.schema
             lengths = [len(reader)]
             self.shard_infos = (ShardInfo(self.path, lengths[0], self._local_nbytes(reader)),)
         self.index = ShardIndex(lengths)
+
+    def _choose_read_mode(self) -> None:
+        """Under a budget, backends that map files copy values with pread instead."""
+        if self.memory_policy is not None and self.format in ("mmap", "lmdb"):
+            self.options.setdefault("read_mode", "pread")
+
+    def _size_caches(self, field_count: int) -> None:
+        """Under a budget, size HDF5's per-dataset chunk cache from it (unless given)."""
+        policy = self.memory_policy
+        if policy is None or self.format != "hdf5" or "rdcc_nbytes" in self.options:
+            return
+        share = policy.max_rss // (8 * max(1, field_count))
+        self.options["rdcc_nbytes"] = int(min(max(share, 64 * 1024), 16 * 1024 * 1024))
 
     @staticmethod
     def _local_nbytes(reader: ShardReader[Any]) -> int:
@@ -138,7 +169,12 @@ class DatasetReader:
     # ----------------------------------------------------------------- reading
     def read(self, index: int) -> Sample:
         shard, local = self.index.locate(index)
-        return self.shard(shard).read(local)
+        reader = self.shard(shard)
+        before = reader.bytes_read
+        sample = reader.read(local)
+        if self.memory_policy is not None:
+            self.guard.after_read(reader.bytes_read - before)
+        return sample
 
     def read_many(self, indices: Sequence[int] | np.ndarray) -> Columns:
         """Samples at global ``indices`` as columns, in the order given."""
@@ -148,12 +184,45 @@ class DatasetReader:
             return self._empty_columns()
         first = int(shards[0])
         if (shards == first).all():
-            return self.shard(first).read_many(local)
+            return self._read_shard(first, local)
+        return self._gather_shards(shards, local)
+
+    def _read_shard(self, number: int, local: np.ndarray) -> Columns:
+        reader = self.shard(number)
+        if len(local) > 1:
+            reader.hint_access(self._access_pattern(local))
+        if self.memory_policy is None:
+            return reader.read_many(local)
+        step = len(local)
+        if reader.touches_mapped_pages:
+            # NOTE: one touched page can map a whole large folio (up to 2 MiB) of the
+            # page cache, so a batch is read in pieces with an RSS check between them.
+            step = max(4, self.memory_policy.max_rss // (4 * _WORST_FAULT_BYTES))
+        parts = []
+        for start in range(0, len(local), step):
+            before = reader.bytes_read
+            parts.append(reader.read_many(local[start : start + step]))
+            self.guard.after_read(reader.bytes_read - before)
+        return parts[0] if len(parts) == 1 else concat_columns(parts)
+
+    def _access_pattern(self, local: np.ndarray) -> AccessPattern:
+        access = self.memory_policy.access if self.memory_policy is not None else "auto"
+        if access != "auto":
+            return access
+        if bool(np.all(np.diff(local) == 1)):
+            return "sequential"
+        # Random reads of small samples waste readahead; large ones need it, since
+        # readahead turns many page faults into one I/O.
+        sample_bytes = self.schema.fixed_sample_nbytes or _SMALL_SAMPLE
+        return "random" if sample_bytes < _SMALL_SAMPLE else "normal"
+
+    def _gather_shards(self, shards: np.ndarray, local: np.ndarray) -> Columns:
+        count = len(local)
         order = np.argsort(shards, kind="stable")
         boundaries = np.flatnonzero(np.diff(shards[order])) + 1
         columns: Columns = {}
         for positions in np.split(order, boundaries):
-            part = self.shard(int(shards[positions[0]])).read_many(local[positions])
+            part = self._read_shard(int(shards[positions[0]]), local[positions])
             for name, column in part.items():
                 if name not in columns:
                     columns[name] = (
@@ -184,18 +253,23 @@ class DatasetReader:
     def open_readers(self) -> list[ShardReader[Any]]:
         return [r for r in self._readers.values() if r.is_open]
 
-    def release_memory(self) -> ReleaseResult:
+    def release_memory(self, kind: ReleaseKind = "advise") -> ReleaseResult:
+        """Ask every open shard reader to release what reading made resident."""
         total = ReleaseResult()
         for reader in self.open_readers:
-            result = reader.release_memory()
-            total.advise_calls += result.advise_calls
-            total.advised_bytes += result.advised_bytes
-            total.reopened = total.reopened or result.reopened
+            total += reader.release_memory(kind)
         return total
 
     @property
     def bytes_read(self) -> int:
         return sum(r.bytes_read for r in self._readers.values())
+
+    def memory_stats(self) -> dict[str, Any]:
+        """RSS of this process (total, file-backed, anonymous), its growth over the
+        baseline, bytes read, and the advise calls and reopens the budget made."""
+        stats = self.guard.stats().as_dict()
+        stats["bytes_read"] = self.bytes_read
+        return stats
 
     # ------------------------------------------------------------------- close
     def close(self) -> None:

@@ -9,12 +9,12 @@ from __future__ import annotations
 
 import os
 import shutil
-from collections.abc import Mapping, Sequence
+from collections.abc import Mapping
 from typing import Any
 
 import numpy as np
 
-from .adapters.base import Columns, ShardFileWriter, samples_to_columns
+from .adapters.base import Columns, ShardFileWriter, concat_columns, samples_to_columns
 from .adapters.registry import MANIFEST_NAME, get_backend, is_remote, writer_class
 from .checksum import files_nbytes, hash_files
 from .config import parse_size
@@ -294,7 +294,7 @@ class ShardWriter:
             self._current = self._writer_class(
                 os.path.join(self.path, partial_name(name)), self.schema, **self.options
             )
-        columns = _concat(self._pending, self.schema)
+        columns = self._pending[0] if len(self._pending) == 1 else concat_columns(self._pending)
         self._current.append(columns, self._pending_count)
         self._current_bytes += self._pending_bytes
         self._pending, self._pending_count, self._pending_bytes = [], 0, 0
@@ -350,15 +350,3 @@ class ShardWriter:
             self.close()
         else:
             self.abort()
-
-
-def _concat(parts: Sequence[Columns], schema: Schema) -> Columns:
-    if len(parts) == 1:
-        return parts[0]
-    columns: Columns = {}
-    for fld in schema:
-        if fld.variable:
-            columns[fld.name] = [v for part in parts for v in part[fld.name]]
-        else:
-            columns[fld.name] = np.concatenate([part[fld.name] for part in parts])
-    return columns

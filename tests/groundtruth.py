@@ -57,7 +57,8 @@ def write_hdf5(path: str, columns: dict[str, Any]) -> None:
     """A plain HDF5 file as other tools write it: nested group, vlen types."""
     with h5py.File(path, "w") as file:
         file.create_dataset("image", data=columns["image"], chunks=(8, 4, 5), compression="gzip")
-        file.create_group("meta").create_dataset("label", data=columns["label"])
+        # Uncompressed and chunked: read as raw chunk bytes.
+        file.create_group("meta").create_dataset("label", data=columns["label"], chunks=(8,))
         file.attrs["description"] = "written by h5py"
         if "blob" in columns:
             blob = file.create_dataset(
@@ -93,7 +94,8 @@ def zarr_truth(directory: str) -> Truth:
     columns = make_columns(variable=False)
     path = os.path.join(directory, "plain.zarr")
     group = zarr.open_group(path, mode="w")
-    group.create_array("image", data=columns["image"], chunks=(10, 4, 5))
+    # One array uncompressed (read as chunk files), one with zarr's default codecs.
+    group.create_array("image", data=columns["image"], chunks=(10, 4, 5), compressors=None)
     group.create_group("meta").create_array("label", data=columns["label"], chunks=(16,))
     return Truth({"image": columns["image"], "meta/label": columns["label"]}, path)
 

@@ -38,6 +38,42 @@ def test_write_batch_round_trip_in_several_shards(tmp_path, fmt: str) -> None:
 
 
 @pytest.mark.parametrize("fmt", FORMATS)
+@pytest.mark.parametrize("compressed", [False, True])
+def test_random_batches_read_back(tmp_path, fmt: str, compressed: bool) -> None:
+    """Batched reads gather rows across chunks (raw chunk reads and decoded chunks)."""
+    data = np.arange(3000 * 6, dtype=np.int32).reshape(3000, 6)
+    options = {}
+    if compressed and fmt == "hdf5":
+        options = {"compression": "gzip"}
+    elif compressed and fmt == "zarr":
+        options = {"compressor": "zstd"}
+    with ShardWriter(tmp_path / "d", format=fmt, shard_size="40KB", **options) as writer:
+        writer.write_batch({"x": data})
+    ds = ShardedDataset(tmp_path / "d")
+    rng = np.random.default_rng(0)
+    for _ in range(5):
+        batch = rng.integers(0, 3000, 300)
+        np.testing.assert_array_equal(ds.read_batch(batch)["x"], data[batch])
+
+
+def test_unwritten_chunks_read_as_fill_values(tmp_path) -> None:
+    import h5py
+    import zarr
+
+    with h5py.File(tmp_path / "sparse.h5", "w") as file:
+        dataset = file.create_dataset("x", shape=(100, 3), chunks=(10, 3), dtype="f4", fillvalue=7)
+        dataset[0:10] = 1
+    group = zarr.open_group(tmp_path / "sparse.zarr", mode="w")
+    array = group.create_array(
+        "x", shape=(100, 3), chunks=(10, 3), dtype="f4", fill_value=7, compressors=None
+    )
+    array[0:10] = 1
+    for path in (tmp_path / "sparse.h5", tmp_path / "sparse.zarr"):
+        got = ShardedDataset(path).read_batch([3, 55, 99, 0])["x"]
+        np.testing.assert_array_equal(got[:, 0], [1, 7, 7, 1])
+
+
+@pytest.mark.parametrize("fmt", FORMATS)
 def test_write_single_samples(tmp_path, fmt: str) -> None:
     path = tmp_path / "one.shardio"
     with ShardWriter(path, format=fmt) as writer:

@@ -39,6 +39,7 @@ _DEFAULT_CHUNK_BYTES = 64 * 1024
 class _File:
     file: h5py.File
     datasets: dict[str, h5py.Dataset]
+    raw_chunks: dict[str, bool]  # per field: chunks hold plain values (see _gather)
 
 
 def list_datasets(group: h5py.Group) -> list[tuple[str, h5py.Dataset]]:
@@ -111,6 +112,7 @@ class HDF5Reader(ShardReader[_File]):
 
     format = "hdf5"
     remote = True
+    holds_caches = True
     options = frozenset({"rdcc_nbytes", "rdcc_nslots", "storage_options"})
 
     def _open(self) -> _File:
@@ -151,7 +153,7 @@ class HDF5Reader(ShardReader[_File]):
             raise
         self._length = length
         self._schema = schema
-        return _File(file, datasets)
+        return _File(file, datasets, {n: _reads_raw_chunks(d) for n, d in datasets.items()})
 
     def _open_file(self) -> h5py.File:
         cache: dict[str, Any] = {
@@ -167,7 +169,15 @@ class HDF5Reader(ShardReader[_File]):
             ).open()
             return h5py.File(remote, "r", **cache)
         path = self.path.removeprefix("file://")
-        return h5py.File(path, "r", locking=False, **cache)
+        try:
+            # Read-only shards need no lock, and locks fail on many network filesystems.
+            return h5py.File(path, "r", locking=False, **cache)
+        except OSError as exc:
+            if "locking flag" not in str(exc):
+                raise
+            # The file is already open in this process with the default locking (a
+            # user's own h5py.File): HDF5 insists on the same flag.
+            return h5py.File(path, "r", **cache)
 
     def _close(self, handle: _File) -> None:
         handle.datasets.clear()
@@ -179,7 +189,7 @@ class HDF5Reader(ShardReader[_File]):
         reorder = not (len(unique) == len(indices) and np.array_equal(unique, indices))
         columns: Columns = {}
         for fld in self.schema:
-            data = _gather(handle.datasets[fld.name], unique)
+            data = _gather(handle.datasets[fld.name], unique, handle.raw_chunks[fld.name])
             if fld.variable:
                 values = [
                     bytes(v) if fld.kind == "bytes" else np.asarray(v, fld.dtype)
@@ -202,14 +212,53 @@ def _as_bytes(data: np.ndarray, fld: Field) -> list[Any]:
     ]
 
 
-def _gather(dataset: h5py.Dataset, unique: np.ndarray) -> np.ndarray:
-    """Rows ``unique`` (sorted, distinct) of ``dataset`` in one HDF5 selection."""
+def _reads_raw_chunks(dataset: h5py.Dataset) -> bool:
+    """True when a chunk's stored bytes are its values: chunked, no filters, whole rows."""
+    return (
+        dataset.chunks is not None
+        and dataset.id.get_create_plist().get_nfilters() == 0
+        and tuple(dataset.chunks[1:]) == tuple(dataset.shape[1:])
+        and dataset.dtype.kind in "biuf"
+        and dataset.dtype.fields is None
+    )
+
+
+def _gather(dataset: h5py.Dataset, unique: np.ndarray, raw: bool) -> np.ndarray:
+    """Rows ``unique`` (sorted, distinct) of ``dataset``, reading each chunk once.
+
+    h5py's own fancy indexing (``dataset[list]``) builds one hyperslab per row and can
+    take a second for 256 rows, so rows are read chunk by chunk instead: the raw chunk
+    bytes where they are the values, else one slice per chunk touched.
+    """
     if len(unique) == 0:
         return dataset[0:0]
     first, last = int(unique[0]), int(unique[-1])
     if last - first + 1 == len(unique):
         return dataset[first : last + 1]
-    return dataset[unique]
+    # h5py properties cost an HDF5 call each: read them once, not per chunk.
+    chunks, dtype, shape = dataset.chunks, dataset.dtype, dataset.shape
+    rows = chunks[0] if chunks is not None else 1
+    groups = unique // rows
+    starts = np.flatnonzero(np.diff(groups, prepend=-1))
+    ends = np.append(starts[1:], len(unique))
+    out = np.empty((len(unique), *shape[1:]), dtype=dtype)
+    trailing = (0,) * (len(shape) - 1)
+    read_chunk = dataset.id.read_direct_chunk
+    for start, end in zip(starts.tolist(), ends.tolist()):
+        wanted = unique[start:end]
+        if raw:
+            base = int(groups[start]) * rows
+            try:
+                _, data = read_chunk((base, *trailing))
+            except (KeyError, RuntimeError, OSError):  # an unallocated chunk: fill values
+                out[start:end] = dataset[wanted[0] : wanted[-1] + 1][wanted - wanted[0]]
+                continue
+            block = np.frombuffer(data, dtype=dtype).reshape(chunks)
+            out[start:end] = block[wanted - base]
+        else:
+            low = int(wanted[0])
+            out[start:end] = dataset[low : int(wanted[-1]) + 1][wanted - low]
+    return out
 
 
 class HDF5Writer(ShardFileWriter):

@@ -21,12 +21,15 @@ import lmdb
 import numpy as np
 
 from ..errors import InvalidOptionError, ManifestError, SchemaError, ShardCorruptError
+from ..memory import ReleaseResult, advise_range, find_mappings, madvise_supported
 from ..schema import Sample, Schema
-from .base import Columns, ShardFileWriter, ShardReader, samples_to_columns
+from .base import AccessPattern, Columns, ShardFileWriter, ShardReader, samples_to_columns
 
 __all__ = ["LMDBReader", "LMDBWriter", "META_KEY", "encode_key"]
 
 META_KEY = b"__shardio__"
+#: Sidecar in the environment's directory: each sample's (offset, length) in data.mdb.
+OFFSETS_NAME = "shardio-offsets.npy"
 _LENGTH = np.dtype("<u8")
 
 
@@ -135,13 +138,27 @@ class _Env:
     layout: _Layout | None  # None for a foreign environment
     keys: list[bytes] | None
     decode: Callable[[bytes], Sample] | None
+    data_file: str = ""
+    mappings: list[Any] | None = None  # found in /proc/self/maps on first use
+    pread_fd: int | None = None  # the data file, for read_mode="pread"
+    offsets: np.ndarray | None = None  # (N, 2): offset and length of each value in data.mdb
+
+    def mapped(self) -> list[Any]:
+        if self.mappings is None:
+            # NOTE: py-lmdb reports map_addr as 0, so the map is found by path.
+            self.mappings = find_mappings(self.data_file) if madvise_supported() else []
+        return self.mappings
 
 
 class LMDBReader(ShardReader[_Env]):
     """Reads an LMDB environment, shardio-written or foreign (with ``decode=``)."""
 
     format = "lmdb"
-    options = frozenset({"decode", "keys", "readahead"})
+    maps_files = True
+    #: read_mode="pread" reads shardio-written values with pread at the positions the
+    #: writer recorded (OFFSETS_NAME), instead of through LMDB's map, so reading adds
+    #: no resident pages (used under a memory budget).
+    options = frozenset({"decode", "keys", "readahead", "read_mode"})
 
     def __init__(self, path: str, **kwargs: Any) -> None:
         super().__init__(path, **kwargs)
@@ -159,7 +176,9 @@ class LMDBReader(ShardReader[_Env]):
             ]
 
     def files(self) -> list[str]:
-        return [_data_file(self.path)[0]]
+        data_file, subdir = _data_file(self.path)
+        offsets = os.path.join(self.path, OFFSETS_NAME)
+        return [data_file, offsets] if subdir and os.path.exists(offsets) else [data_file]
 
     def _open(self) -> _Env:
         data_file, _ = _data_file(self.path)
@@ -176,9 +195,17 @@ class LMDBReader(ShardReader[_Env]):
             self._check_size(env, data_file)
             with env.begin() as txn:
                 meta = txn.get(META_KEY)
-                if meta is not None:
-                    return self._open_shardio(env, meta)
-                return self._open_foreign(env, txn)
+                opened = (
+                    self._open_shardio(env, meta)
+                    if meta is not None
+                    else self._open_foreign(env, txn)
+                )
+            opened.data_file = data_file
+            if self.backend_options.get("read_mode", "map") == "pread" and opened.layout:
+                opened.offsets = self._load_offsets(env)
+                if opened.offsets is not None:
+                    opened.pread_fd = os.open(data_file, os.O_RDONLY)
+            return opened
         except BaseException:
             _POOL.release(env)
             raise
@@ -227,8 +254,55 @@ class LMDBReader(ShardReader[_Env]):
         self._schema = schema
         return _Env(env, None, keys, decode)
 
+    @property
+    def touches_mapped_pages(self) -> bool:
+        return self.handle.offsets is None  # values read by offset never touch the map
+
+    def _load_offsets(self, env: lmdb.Environment) -> np.ndarray | None:
+        """The writer's table of value positions, if present and still true of the file."""
+        path = os.path.join(self.path, OFFSETS_NAME)
+        if not os.path.exists(path):
+            return None
+        try:
+            offsets = np.load(path, allow_pickle=False)
+        except (OSError, ValueError):
+            return None
+        if offsets.shape != (len(self), 2):
+            return None
+        # NOTE: a copied or compacted environment moves values; a stale table would
+        # return wrong bytes silently, so the first and last values are compared.
+        with env.begin() as txn, open(_data_file(self.path)[0], "rb") as handle:
+            for index in sorted({0, len(self) - 1}) if len(self) else []:
+                offset, length = (int(x) for x in offsets[index])
+                handle.seek(offset)
+                if handle.read(length) != txn.get(encode_key(index)):
+                    return None
+        return offsets
+
     def _close(self, handle: _Env) -> None:
+        if handle.pread_fd is not None:
+            os.close(handle.pread_fd)
         _POOL.release(handle.env)
+
+    def _drop_pages(self) -> ReleaseResult:
+        """madvise(MADV_DONTNEED) on the environment's map.
+
+        NOTE: safe because the environment is open read-only: a dropped page is
+        re-read from the page cache on its next touch, and nothing is lost.
+        """
+        mappings = self.handle.mapped()
+        if not mappings:
+            return super()._drop_pages()
+        result = ReleaseResult()
+        for mapping in mappings:
+            advise_range(mapping.start, mapping.length, "dontneed")
+            result.advise_calls += 1
+            result.advised_bytes += mapping.length
+        return result
+
+    def advise(self, pattern: AccessPattern) -> None:
+        for mapping in self.handle.mapped():
+            advise_range(mapping.start, mapping.length, pattern)
 
     def read_many(self, indices: np.ndarray) -> Columns:
         handle = self.handle
@@ -238,7 +312,29 @@ class LMDBReader(ShardReader[_Env]):
         count = len(indices)
         fixed = np.empty((count, layout.fixed), dtype=np.uint8) if layout.fixed_fields else None
         variable: dict[str, list[Any]] = {name: [] for name, _, _ in layout.variable_fields}
-        header, width = layout.header, layout.fixed
+        if handle.offsets is not None:
+            self.bytes_read += self._read_by_offsets(handle, indices, fixed, variable)
+        else:
+            self.bytes_read += self._read_through_map(handle, indices, fixed, variable)
+        columns: Columns = {}
+        for name, offset, size in layout.fixed_fields:
+            assert fixed is not None
+            fld = self.schema[name]
+            block = fixed if size == layout.fixed else fixed[:, offset : offset + size].copy()
+            columns[name] = block.view(fld.dtype).reshape(count, *fld.shape)
+        columns.update(variable)
+        return {name: columns[name] for name in self.schema.names}
+
+    def _read_through_map(
+        self,
+        handle: _Env,
+        indices: np.ndarray,
+        fixed: np.ndarray | None,
+        variable: dict[str, list[Any]],
+    ) -> int:
+        """One read transaction; each value copied out of the map."""
+        assert handle.layout is not None
+        header, width = handle.layout.header, handle.layout.fixed
         nbytes = 0
         with handle.env.begin(buffers=True) as txn:
             get = txn.get
@@ -250,18 +346,35 @@ class LMDBReader(ShardReader[_Env]):
                 if fixed is not None:
                     fixed[row] = value[header : header + width]
                 if variable:
-                    self._split_variable(value, layout, variable)
-        self.bytes_read += nbytes
-        columns: Columns = {}
-        for name, offset, size in layout.fixed_fields:
-            assert fixed is not None
-            fld = self.schema[name]
-            block = (
-                fixed if size == width else np.ascontiguousarray(fixed[:, offset : offset + size])
-            )
-            columns[name] = block.view(fld.dtype).reshape(count, *fld.shape)
-        columns.update(variable)
-        return {name: columns[name] for name in self.schema.names}
+                    self._split_variable(value, handle.layout, variable)
+        return nbytes
+
+    def _read_by_offsets(
+        self,
+        handle: _Env,
+        indices: np.ndarray,
+        fixed: np.ndarray | None,
+        variable: dict[str, list[Any]],
+    ) -> int:
+        """pread each value at its recorded position: no B-tree walk, no mapped page,
+        so reading adds nothing to RSS (the read mode under a memory budget)."""
+        assert handle.offsets is not None and handle.pread_fd is not None and handle.layout
+        layout, fd = handle.layout, handle.pread_fd
+        positions = handle.offsets[indices]
+        for row, (offset, length) in enumerate(positions.tolist()):
+            if fixed is not None and not variable:
+                if os.preadv(fd, [fixed[row].data], offset + layout.header) != layout.fixed:
+                    raise ShardCorruptError(
+                        f"{self.path}: data.mdb ends inside sample {indices[row]}"
+                    )
+                continue
+            value = os.pread(fd, length, offset)
+            if len(value) != length:
+                raise ShardCorruptError(f"{self.path}: data.mdb ends inside sample {indices[row]}")
+            if fixed is not None:
+                fixed[row] = np.frombuffer(value, np.uint8, layout.fixed, layout.header)
+            self._split_variable(memoryview(value), layout, variable)
+        return int(positions[:, 1].sum())
 
     @staticmethod
     def _split_variable(value: memoryview, layout: _Layout, out: dict[str, list[Any]]) -> None:
@@ -368,3 +481,37 @@ class LMDBWriter(ShardFileWriter):
         lock = os.path.join(self.path, "lock.mdb")
         if os.path.exists(lock):
             os.remove(lock)  # readers open with lock=False; a stale lock file is noise
+        write_offsets(self.path, self.count)
+
+
+def write_offsets(path: str, count: int) -> bool:
+    """Record where each value of a finished environment lies in data.mdb.
+
+    Readers under a memory budget pread values there instead of faulting LMDB's map
+    into the process. Returns False where the positions cannot be learned (no /proc).
+    """
+    if not madvise_supported():
+        return False
+    data_file = os.path.join(path, "data.mdb")
+    env = lmdb.open(path, subdir=True, readonly=True, lock=False, max_dbs=0)
+    try:
+        mappings = find_mappings(data_file)
+        # NOTE: LMDB maps data.mdb whole, from offset 0, in one read-only mapping, so
+        # a value's address minus the map's start is its offset in the file.
+        if len(mappings) != 1 or mappings[0].offset != 0:
+            return False
+        base = mappings[0].start
+        offsets = np.empty((count, 2), dtype=np.int64)
+        with env.begin(buffers=True) as txn:
+            for index in range(count):
+                value = txn.get(encode_key(index))
+                if value is None:
+                    raise ShardCorruptError(f"{path}: sample {index} was not written")
+                offsets[index] = (np.frombuffer(value, np.uint8).ctypes.data - base, len(value))
+    finally:
+        env.close()
+    temporary = os.path.join(path, f".{OFFSETS_NAME}.tmp")
+    with open(temporary, "wb") as handle:
+        np.save(handle, offsets)
+    os.replace(temporary, os.path.join(path, OFFSETS_NAME))
+    return True

@@ -23,9 +23,10 @@ from typing import Any, BinaryIO
 
 import numpy as np
 
-from ..errors import ManifestError, ShardCorruptError
+from ..errors import InvalidOptionError, ManifestError, ShardCorruptError
+from ..memory import ReleaseResult
 from ..schema import Field, Schema
-from .base import AccessPattern, Columns, ReleaseResult, ShardFileWriter, ShardReader
+from .base import AccessPattern, Columns, ShardFileWriter, ShardReader
 
 __all__ = ["MmapReader", "MmapWriter", "META_NAME"]
 
@@ -36,24 +37,26 @@ _OFFSET_DTYPE = np.dtype("<i8")
 _ADVICE = {
     "random": getattr(mmap, "MADV_RANDOM", None),
     "sequential": getattr(mmap, "MADV_SEQUENTIAL", None),
+    "normal": getattr(mmap, "MADV_NORMAL", None),
 }
 
 
 @dataclass
 class _MappedField:
     field: Field
-    data: np.ndarray
+    data: np.ndarray | None  # the mapped values, or None when read with pread
     offsets: np.ndarray | None = None
+    fd: int | None = None  # the data file, when read with pread
 
 
 @dataclass
 class _Mapped:
     fields: dict[str, _MappedField]
     maps: list[mmap.mmap] = field(default_factory=list)
+    fds: list[int] = field(default_factory=list)
 
 
-def _map_file(path: str, dtype: np.dtype, expected: int, maps: list[mmap.mmap]) -> np.ndarray:
-    """Map ``path`` read-only as a 1-D array; refuse a file shorter than ``expected`` bytes."""
+def _check_size(path: str, expected: int) -> None:
     try:
         size = os.path.getsize(path)
     except FileNotFoundError:
@@ -64,12 +67,38 @@ def _map_file(path: str, dtype: np.dtype, expected: int, maps: list[mmap.mmap]) 
         raise ShardCorruptError(
             f"shard file {path} is truncated: {size} bytes, expected {expected}"
         )
+
+
+def _open_fd(path: str, expected: int, fds: list[int]) -> int:
+    _check_size(path, expected)
+    fd = os.open(path, os.O_RDONLY)
+    fds.append(fd)
+    return fd
+
+
+def _pread_into(fd: int, buffer: np.ndarray, offset: int, path: str) -> None:
+    if os.preadv(fd, [buffer.data], offset) != buffer.nbytes:
+        raise ShardCorruptError(f"shard file {path} ended early (truncated while open?)")
+
+
+def _map_file(path: str, dtype: np.dtype, expected: int, maps: list[mmap.mmap]) -> np.ndarray:
+    """Map ``path`` read-only as a 1-D array; refuse a file shorter than ``expected`` bytes."""
+    _check_size(path, expected)
     if expected == 0:
         return np.empty(0, dtype=dtype)
     with open(path, "rb") as handle:
         mapping = mmap.mmap(handle.fileno(), 0, access=mmap.ACCESS_READ)
     maps.append(mapping)
     return np.frombuffer(mapping, dtype=dtype, count=expected // dtype.itemsize)
+
+
+def _read_mode(options: dict[str, Any], path: str) -> str:
+    mode = options.get("read_mode", "map")
+    if mode not in ("map", "pread"):
+        raise InvalidOptionError(
+            f"read_mode should be 'map' or 'pread', but got read_mode={mode!r} (reading {path})"
+        )
+    return str(mode)
 
 
 def read_meta(path: str) -> dict[str, Any]:
@@ -99,8 +128,17 @@ class MmapReader(ShardReader[_Mapped]):
     """Reads a raw mmap shard directory."""
 
     format = "mmap"
+    maps_files = True
+    #: read_mode="pread" copies values with pread instead of through the mapping, so
+    #: reading adds no resident pages (used under a memory budget).
+    options = frozenset({"read_mode"})
+
+    @property
+    def touches_mapped_pages(self) -> bool:
+        return _read_mode(self.backend_options, self.path) != "pread"
 
     def _open(self) -> _Mapped:
+        pread = _read_mode(self.backend_options, self.path) == "pread"
         meta = read_meta(self.path)
         count = meta["count"]
         full = Schema.from_json(meta.get("schema"))
@@ -120,9 +158,16 @@ class MmapReader(ShardReader[_Mapped]):
                         (count + 1) * _OFFSET_DTYPE.itemsize,
                         mapped.maps,
                     )
-                    total = int(offsets[-1]) if count else 0
-                    data = _map_file(data_path, fld.dtype, total * fld.dtype.itemsize, mapped.maps)
-                    mapped.fields[fld.name] = _MappedField(fld, data, offsets)
+                    size = (int(offsets[-1]) if count else 0) * fld.dtype.itemsize
+                    if pread:
+                        fd = _open_fd(data_path, size, mapped.fds)
+                        mapped.fields[fld.name] = _MappedField(fld, None, offsets, fd)
+                    else:
+                        data = _map_file(data_path, fld.dtype, size, mapped.maps)
+                        mapped.fields[fld.name] = _MappedField(fld, data, offsets)
+                elif pread:
+                    fd = _open_fd(data_path, count * fld.sample_nbytes, mapped.fds)
+                    mapped.fields[fld.name] = _MappedField(fld, None, None, fd)
                 else:
                     flat = _map_file(data_path, fld.dtype, count * fld.sample_nbytes, mapped.maps)
                     mapped.fields[fld.name] = _MappedField(fld, flat.reshape(count, *fld.shape))
@@ -138,6 +183,9 @@ class MmapReader(ShardReader[_Mapped]):
         for mapping in handle.maps:
             mapping.close()
         handle.maps.clear()
+        for fd in handle.fds:
+            os.close(fd)
+        handle.fds.clear()
 
     def files(self) -> list[str]:
         meta = read_meta(self.path)
@@ -151,15 +199,17 @@ class MmapReader(ShardReader[_Mapped]):
         nbytes = 0
         for name, mapped in self.handle.fields.items():
             if mapped.offsets is None:
-                column = mapped.data[indices]
+                column = self._read_fixed(mapped, indices)
                 nbytes += column.nbytes
                 columns[name] = column
                 continue
             starts = mapped.offsets[indices]
             ends = mapped.offsets[indices + 1]
             data = mapped.data
-            if mapped.field.kind == "bytes":
-                values: list[Any] = [data[s:e].tobytes() for s, e in zip(starts, ends)]
+            if data is None:
+                values = self._pread_variable(mapped, starts, ends)
+            elif mapped.field.kind == "bytes":
+                values = [data[s:e].tobytes() for s, e in zip(starts, ends)]
             else:
                 values = [data[s:e].copy() for s, e in zip(starts, ends)]
             nbytes += int((ends - starts).sum()) * mapped.field.dtype.itemsize
@@ -167,11 +217,40 @@ class MmapReader(ShardReader[_Mapped]):
         self.bytes_read += nbytes
         return columns
 
+    def _read_fixed(self, mapped: _MappedField, indices: np.ndarray) -> np.ndarray:
+        if mapped.data is not None:
+            return mapped.data[indices]  # one gather, copied out of the mapping
+        assert mapped.fd is not None
+        fld = mapped.field
+        out = np.empty((len(indices), *fld.shape), dtype=fld.dtype)
+        rows = out.reshape(len(indices), -1).view(np.uint8)
+        size = fld.sample_nbytes
+        first = int(indices[0]) if len(indices) else 0
+        if len(indices) > 1 and bool(np.all(np.diff(indices) == 1)):
+            _pread_into(mapped.fd, rows, first * size, self.path)  # a run: one read
+            return out
+        for row, index in enumerate(indices.tolist()):
+            _pread_into(mapped.fd, rows[row], index * size, self.path)
+        return out
+
+    def _pread_variable(
+        self, mapped: _MappedField, starts: np.ndarray, ends: np.ndarray
+    ) -> list[Any]:
+        assert mapped.fd is not None
+        itemsize = mapped.field.dtype.itemsize
+        values: list[Any] = []
+        for start, end in zip(starts.tolist(), ends.tolist()):
+            value = np.empty(end - start, dtype=mapped.field.dtype)
+            if end > start:
+                _pread_into(mapped.fd, value, start * itemsize, self.path)
+            values.append(value.tobytes() if mapped.field.kind == "bytes" else value)
+        return values
+
     # ------------------------------------------------------------------ memory
-    def release_memory(self) -> ReleaseResult:
+    def _drop_pages(self) -> ReleaseResult:
         """``madvise(MADV_DONTNEED)`` on every mapping: RSS drops, the page cache stays."""
-        if not self.is_open or not hasattr(mmap, "MADV_DONTNEED"):
-            return super().release_memory()
+        if not hasattr(mmap, "MADV_DONTNEED"):
+            return super()._drop_pages()
         result = ReleaseResult()
         for mapping in self.handle.maps:
             # NOTE: safe on a read-only shared file mapping: dropped pages are simply

@@ -12,21 +12,21 @@ import contextlib
 import os
 from abc import ABC, abstractmethod
 from collections.abc import Mapping, Sequence
-from dataclasses import dataclass
 from typing import Any, ClassVar, Generic, Literal, TypeVar
 
 import numpy as np
 
 from ..errors import InvalidOptionError
+from ..memory import ReleaseKind, ReleaseResult
 from ..schema import Sample, Schema
 
 __all__ = [
     "AccessPattern",
     "Columns",
-    "ReleaseResult",
     "ShardReader",
     "ShardFileWriter",
     "columns_to_samples",
+    "concat_columns",
     "samples_to_columns",
     "take_columns",
 ]
@@ -34,17 +34,8 @@ __all__ = [
 Columns = dict[str, Any]
 """A batch by field: a stacked ``np.ndarray`` for array fields, a list for variable ones."""
 
-AccessPattern = Literal["random", "sequential"]
+AccessPattern = Literal["random", "sequential", "normal"]
 HandleT = TypeVar("HandleT")
-
-
-@dataclass
-class ReleaseResult:
-    """What one memory release did."""
-
-    advised_bytes: int = 0
-    advise_calls: int = 0
-    reopened: bool = False
 
 
 class ShardReader(ABC, Generic[HandleT]):
@@ -56,6 +47,10 @@ class ShardReader(ABC, Generic[HandleT]):
     writable: ClassVar[bool] = True
     variable_length: ClassVar[bool] = True
     remote: ClassVar[bool] = False
+    #: Memory: the backend maps files into the process (RSS grows with pages read),
+    #: or holds library caches that only a reopen drops.
+    maps_files: ClassVar[bool] = False
+    holds_caches: ClassVar[bool] = False
     #: Backend-specific keyword options this reader accepts.
     options: ClassVar[frozenset[str]] = frozenset()
 
@@ -84,6 +79,7 @@ class ShardReader(ABC, Generic[HandleT]):
         self._schema: Schema | None = None
         self.bytes_read = 0
         self.reopens = 0
+        self._advised: AccessPattern | None = None
 
     # ----------------------------------------------------------------- handles
     @property
@@ -108,6 +104,7 @@ class ShardReader(ABC, Generic[HandleT]):
             handle, self._handle = self._handle, None
             self._close(handle)
         self._handle = None
+        self._advised = None
 
     def __enter__(self) -> ShardReader[HandleT]:
         return self
@@ -155,16 +152,38 @@ class ShardReader(ABC, Generic[HandleT]):
         return [self.path]
 
     # ------------------------------------------------------------------ memory
-    def release_memory(self) -> ReleaseResult:
-        """Drop what reading has made resident; the default reopens the handle."""
+    def release_memory(self, kind: ReleaseKind = "advise") -> ReleaseResult:
+        """Drop what reading has made resident: mapped pages (``advise``), or every
+        handle (``reopen``), or the handles of cache-holding backends (``reopen-caches``)."""
         if not self.is_open:
+            return ReleaseResult()
+        if kind == "advise" and self.maps_files:
+            return self._drop_pages()
+        if kind == "reopen-caches" and not self.holds_caches:
             return ReleaseResult()
         self.close()
         self.reopens += 1
-        return ReleaseResult(reopened=True)
+        return ReleaseResult(reopens=1)
+
+    @property
+    def touches_mapped_pages(self) -> bool:
+        """True when reading faults pages of a file mapping into this process."""
+        return self.maps_files
+
+    def _drop_pages(self) -> ReleaseResult:
+        """madvise(MADV_DONTNEED) on this reader's mappings; backends that map files override."""
+        self.close()
+        self.reopens += 1
+        return ReleaseResult(reopens=1)
+
+    def hint_access(self, pattern: AccessPattern) -> None:
+        """Tell the backend how it is read, once per pattern change and open handle."""
+        if pattern != self._advised:
+            self.advise(pattern)
+            self._advised = pattern
 
     def advise(self, pattern: AccessPattern) -> None:
-        """Hint the access pattern to the backend (a no-op where it has no use)."""
+        """Apply an access-pattern hint (a no-op where the backend has no use for one)."""
 
     # ------------------------------------------------------------------- hooks
     @abstractmethod
@@ -236,6 +255,17 @@ def samples_to_columns(samples: Sequence[Mapping[str, Any]], schema: Schema) -> 
             columns[field.name] = np.stack([np.asarray(v, dtype=field.dtype) for v in values])
         else:
             columns[field.name] = np.empty((0, *field.shape), dtype=field.dtype)
+    return columns
+
+
+def concat_columns(parts: Sequence[Mapping[str, Any]]) -> Columns:
+    """Columns of several batches joined in order."""
+    columns: Columns = {}
+    for name, first in parts[0].items():
+        if isinstance(first, np.ndarray):
+            columns[name] = np.concatenate([part[name] for part in parts])
+        else:
+            columns[name] = [value for part in parts for value in part[name]]
     return columns
 
 

@@ -1,0 +1,172 @@
+"""``shardio bench PATH``: loader throughput and RSS over time, with plots."""
+
+from __future__ import annotations
+
+import argparse
+import shlex
+import sys
+from typing import Any
+
+from ..errors import InvalidOptionError
+
+_EXAMPLES = """examples:
+  shardio bench train.shardio --workers 0,2 --batch-size 256 --epochs 3 --order random \\
+      --max-rss 512MB --json out.json --plot out.png
+  shardio bench train.h5 --compare raw     # the same reads through the raw h5py loop
+  shardio bench train.shardio --cold       # each epoch from a cold page cache
+"""
+
+
+def add_parser(subparsers: Any) -> None:
+    parser = subparsers.add_parser(
+        "bench",
+        help="measure loader throughput and RSS over time",
+        description="Read a dataset through a torch DataLoader in every configuration asked "
+        "for, sampling RSS in the main process and each worker, and report samples/s, MB/s, "
+        "epoch times, peak RSS and its growth, and the fraction of the machine's ceiling.",
+        epilog=_EXAMPLES,
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
+    parser.add_argument(
+        "path", help="a dataset directory, HDF5 file, LMDB environment or Zarr group"
+    )
+    parser.add_argument(
+        "--workers", default="0", help="DataLoader worker counts, comma-separated (default 0)"
+    )
+    parser.add_argument("--batch-size", default="256", help="samples per batch (default 256)")
+    parser.add_argument("--epochs", default="3", help="epochs per configuration (default 3)")
+    parser.add_argument("--order", default="random", help="random or sequential (default random)")
+    parser.add_argument(
+        "--samples", default=None, help="samples read per epoch (default: the whole dataset)"
+    )
+    parser.add_argument(
+        "--max-rss",
+        default=None,
+        help="memory budget per process, e.g. 512MB; a list such as none,512MB compares "
+        "runs without and with it",
+    )
+    parser.add_argument(
+        "--compare",
+        choices=["raw"],
+        default=None,
+        help="raw: also run the backend library's hand-written loop on the same indices",
+    )
+    parser.add_argument(
+        "--cold", action="store_true", help="start every epoch from a cold page cache"
+    )
+    parser.add_argument(
+        "--no-warm",
+        action="store_true",
+        help="leave the page cache as found (default: read the files once first when they fit)",
+    )
+    parser.add_argument("--json", metavar="FILE", help="write the report as JSON")
+    parser.add_argument("--plot", metavar="FILE", help="draw RSS over time and throughput to a PNG")
+    parser.add_argument(
+        "--interval", default="0.02", help="seconds between RSS samples (default 0.02)"
+    )
+    parser.add_argument("--seed", default="0", help="seed of the random order (default 0)")
+    parser.add_argument("--no-ceiling", action="store_true", help="skip the ceiling measurements")
+    parser.add_argument("--quiet", action="store_true", help="no progress bar")
+    parser.set_defaults(run=run)
+
+
+def _int(value: str, option: str, minimum: int) -> int:
+    try:
+        number = int(value)
+    except (TypeError, ValueError):
+        raise InvalidOptionError(
+            f"{option} should be an integer, but got {option}={value!r}"
+        ) from None
+    if number < minimum:
+        raise InvalidOptionError(f"{option} should be >= {minimum}, but got {option}={number}")
+    return number
+
+
+def _workers(text: str) -> tuple[int, ...]:
+    parts = [p.strip() for p in str(text).split(",") if p.strip()]
+    if not parts:
+        raise InvalidOptionError(
+            f"--workers should list worker counts such as 0,2, but got {text!r}"
+        )
+    return tuple(_int(p, "--workers", 0) for p in parts)
+
+
+def _budgets(text: str | None) -> tuple[str | None, ...]:
+    if text is None:
+        return (None,)
+    parts = [p.strip() for p in text.split(",") if p.strip()]
+    return tuple(None if p.lower() in ("none", "0", "off") else p for p in parts) or (None,)
+
+
+def config_from_args(args: argparse.Namespace) -> Any:
+    from ..bench.runner import BenchConfig
+
+    if args.order not in ("random", "sequential"):
+        raise InvalidOptionError(
+            f"--order should be random or sequential, but got --order={args.order!r}"
+        )
+    try:
+        interval = float(args.interval)
+    except ValueError:
+        raise InvalidOptionError(
+            f"--interval should be seconds, but got {args.interval!r}"
+        ) from None
+    return BenchConfig(
+        workers=_workers(args.workers),
+        batch_size=_int(args.batch_size, "--batch-size", 1),
+        epochs=_int(args.epochs, "--epochs", 1),
+        order=args.order,
+        max_rss=_budgets(args.max_rss),  # type: ignore[arg-type]  # parsed by BenchConfig
+        cache="cold" if args.cold else ("asis" if args.no_warm else "warm"),
+        compare_raw=args.compare == "raw",
+        samples=None if args.samples is None else _int(args.samples, "--samples", 1),
+        interval=interval,
+        seed=_int(args.seed, "--seed", 0),
+        ceiling=not args.no_ceiling,
+    )
+
+
+def _command(args: argparse.Namespace) -> str:
+    """The command line that reproduces this run (options as given)."""
+    words = ["shardio", "bench", args.path]
+    for option, value in (
+        ("--workers", args.workers),
+        ("--batch-size", args.batch_size),
+        ("--epochs", args.epochs),
+        ("--order", args.order),
+        ("--samples", args.samples),
+        ("--max-rss", args.max_rss),
+        ("--compare", args.compare),
+        ("--seed", args.seed),
+    ):
+        if value is not None:
+            words += [option, str(value)]
+    words += [flag for flag, on in (("--cold", args.cold), ("--no-warm", args.no_warm)) if on]
+    return " ".join(shlex.quote(w) for w in words)
+
+
+def run(args: argparse.Namespace) -> int:
+    from ..bench import report as reports
+    from ..bench.runner import run_bench
+
+    config = config_from_args(args)
+    if args.plot:
+        reports.require_matplotlib()  # fail before measuring, not after
+    progress = None
+    if not args.quiet:
+        from tqdm import tqdm
+
+        def progress(name: str, total: int) -> Any:
+            return tqdm(
+                total=total, desc=name, unit="sample", unit_scale=True, file=sys.stderr, leave=False
+            )
+
+    result = run_bench(args.path, config, progress=progress, command=_command(args))
+    print(reports.format_table(result))
+    if args.json:
+        reports.write_json(result, args.json)
+        print(f"wrote {args.json}")
+    if args.plot:
+        reports.write_plot(result, args.plot)
+        print(f"wrote {args.plot}")
+    return 0

@@ -1,0 +1,24 @@
+"""Resident-memory accounting and budgets (stdlib + ctypes only).
+
+The mechanism that releases memory (madvise on a mapping, reopening a file, sizing
+a cache) lives in the adapter that owns it; this package holds the measurement and
+the policy: when to release, and how much reading may add.
+"""
+
+from .advise import Mapping, advise_range, find_mappings, madvise_supported
+from .policy import MemoryGuard, MemoryPolicy, MemoryStats, ReleaseKind, ReleaseResult
+from .rss import RssInfo, read_rss
+
+__all__ = [
+    "Mapping",
+    "MemoryGuard",
+    "MemoryPolicy",
+    "MemoryStats",
+    "ReleaseKind",
+    "ReleaseResult",
+    "RssInfo",
+    "advise_range",
+    "find_mappings",
+    "madvise_supported",
+    "read_rss",
+]

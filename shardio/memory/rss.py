@@ -1,0 +1,40 @@
+"""Read a process's resident set size, split into file-backed and anonymous parts."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+__all__ = ["RssInfo", "read_rss"]
+
+_KEYS = {
+    b"VmRSS:": "rss",
+    b"RssAnon:": "anon",
+    b"RssFile:": "file",
+    b"RssShmem:": "shmem",
+    b"VmHWM:": "peak",
+}
+
+
+@dataclass(frozen=True)
+class RssInfo:
+    """Bytes resident: total, anonymous (heap, caches), file-backed (mapped files), shared."""
+
+    rss: int
+    anon: int
+    file: int
+    shmem: int
+    peak: int
+
+
+def read_rss(pid: int | str = "self") -> RssInfo | None:
+    """RSS of ``pid`` from ``/proc/PID/status``; ``None`` where /proc is absent (macOS)."""
+    values = {"rss": 0, "anon": 0, "file": 0, "shmem": 0, "peak": 0}
+    try:
+        with open(f"/proc/{pid}/status", "rb") as handle:
+            for line in handle:
+                key = _KEYS.get(line.split(None, 1)[0]) if line else None
+                if key is not None:
+                    values[key] = int(line.split()[1]) * 1024  # reported in kB
+    except (FileNotFoundError, ProcessLookupError, PermissionError):
+        return None
+    return RssInfo(**values)
