@@ -489,3 +489,26 @@ def test_cli_verify_bad_path(tmp_path, capsys) -> None:
     assert main(["verify", str(tmp_path / "nope")]) == 2
     err = capsys.readouterr().err.strip()
     assert err.startswith("shardio verify: error:") and "manifest.json" in err
+
+
+def test_remote_hdf5_source_through_fsspec(tmp_path) -> None:
+    import fsspec
+
+    local = tmp_path / "p.h5"
+    data = write_plain(str(local), n=50)
+    with fsspec.open("memory://bucket/p.h5", "wb") as handle:
+        handle.write(local.read_bytes())
+    result = shardio.convert("memory://bucket/p.h5", tmp_path / "out", format="raw")
+    assert result.num_samples == 50
+    np.testing.assert_array_equal(read_all(str(tmp_path / "out"))["x"], data)
+    with pytest.raises(shardio.UnsupportedFeatureError, match="convert locally"):
+        shardio.convert(local, "memory://bucket/out", format="raw")
+
+
+def test_cli_inspect_shows_where_a_dataset_came_from(tmp_path, rich, capsys) -> None:
+    src, _ = rich
+    shardio.convert(src, tmp_path / "out", format="raw")
+    assert main(["inspect", str(tmp_path / "out")]) == 0
+    out = capsys.readouterr().out
+    assert f"converted from {src}" in out
+    assert "skipped 'scalar': is a scalar" in out

@@ -87,8 +87,12 @@ class Progress:
                 smoothing=0.1,
             )
             self._bar.set_postfix_str(self._postfix(), refresh=False)
-        elif mode == "log" and (done_shards or done_samples):
-            self._print(f"{label}: resuming; {done_shards}/{total_shards} shards already complete")
+        elif mode == "log":
+            resumed = f"; {done_shards} already complete" if done_shards else ""
+            self._print(
+                f"{label}: {total_shards} shards, {total_samples} samples, "
+                f"{format_size(self.total_bytes)}{resumed}"
+            )
 
     # ----------------------------------------------------------------- updates
     def advance(self, samples: int, nbytes: int) -> None:

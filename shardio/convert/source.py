@@ -214,9 +214,11 @@ class HDF5Source(Source):
         fields: Sequence[str] | None = None,
         split_compound: bool = False,
         skip_unsupported: bool = False,
+        storage_options: dict[str, Any] | None = None,
     ) -> None:
         self.path = path
         self.split_compound = split_compound
+        self.storage_options = dict(storage_options or {})
         self._pid: int | None = None
         self._handle: _Open | None = None
         self._plugins = False
@@ -252,7 +254,8 @@ class HDF5Source(Source):
             if is_remote(self.path):
                 import fsspec
 
-                return h5py.File(fsspec.open(self.path, "rb").open(), "r", **cache)
+                remote = fsspec.open(self.path, "rb", **self.storage_options).open()
+                return h5py.File(remote, "r", **cache)
             return h5py.File(self.path.removeprefix("file://"), "r", locking=False, **cache)
         except FileNotFoundError:
             raise DatasetNotFoundError(f"HDF5 file {self.path} does not exist") from None
@@ -316,10 +319,10 @@ class HDF5Source(Source):
         skipped.extend(Skipped(e.name, e.unsupported) for e in bad if e.unsupported is not None)
         skipped.extend(Skipped(e.name, e.skip) for e in entries if e.skip is not None)
         specs: list[_Spec] = []
+        names: set[str] = set()
         for entry in entries:
-            if entry.spec is not None and entry.spec.field.name not in {
-                s.field.name for s in specs
-            }:
+            if entry.spec is not None and entry.spec.field.name not in names:
+                names.add(entry.spec.field.name)  # a field asked for twice is read once
                 specs.append(entry.spec)
         if not specs:
             listing = "; ".join(str(s) for s in skipped) or "it holds no datasets"
@@ -361,8 +364,6 @@ class HDF5Source(Source):
 
     def _classify(self, path: str, dataset: Any, split: bool | None = None) -> list[_Entry]:
         """The fields ``dataset`` becomes, or why it is skipped or unsupported."""
-        import h5py
-
         split = self.split_compound if split is None else split
         if dataset.shape is None:
             return [_Entry(path, path, skip="has an empty dataspace (no values)")]
@@ -405,12 +406,7 @@ class HDF5Source(Source):
                     "as separate fields",
                 )
             ]
-        entry = _member_entry(path, path, None, dtype, rows)
-        if h5py.check_ref_dtype(dtype) is not None:
-            entry.unsupported = (
-                f"holds object references (dtype {dtype}), which mean nothing outside the file"
-            )
-        return [entry]
+        return [_member_entry(path, path, None, dtype, rows)]
 
     def _missing_filters(self, dataset: Any) -> list[str]:
         import h5py
@@ -725,12 +721,13 @@ def open_source(
     fmt = format if format is not None else detect_format(location)
     if fmt != "shardio":
         get_backend(fmt)
-    if fmt == "hdf5" and not options:
+    if fmt == "hdf5" and set(options or {}) <= {"storage_options"}:
         return HDF5Source(
             location,
             fields=fields,
             split_compound=split_compound,
             skip_unsupported=skip_unsupported,
+            storage_options=(options or {}).get("storage_options"),
         )
     try:
         return ReaderSource(
