@@ -169,7 +169,7 @@ def convert(
         lock, done = _prepare_output(dst_path, settings, plan, resume, overwrite, messages.append)
         try:
             return _convert(
-                source, src_path, dst_path, plan, settings, options, done, lock, started,
+                source, src_path, dst_path, plan, settings, options, done, started,
                 workers=workers, client=client, scheduler=scheduler, mode=mode,
                 messages=messages,
             )  # fmt: skip
@@ -185,7 +185,6 @@ def _convert(
     settings: dict[str, Any],
     options: dict[str, Any],
     done: dict[int, ShardInfo],
-    lock: int,
     started: float,
     *,
     workers: int,
