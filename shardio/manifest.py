@@ -2,13 +2,13 @@
 
 from __future__ import annotations
 
-import json
 import os
 from dataclasses import dataclass, field
 from typing import Any
 
 from .adapters.registry import FORMATS, MANIFEST_NAME
 from .errors import DatasetNotFoundError, ManifestError, SchemaError
+from .jsonio import read_json, write_json_atomic
 from .schema import Schema
 
 __all__ = ["MANIFEST_VERSION", "ShardInfo", "Manifest", "write_json_atomic"]
@@ -113,14 +113,11 @@ class Manifest:
     def load(cls, directory: str) -> Manifest:
         path = os.path.join(directory, MANIFEST_NAME)
         try:
-            with open(path, encoding="utf-8") as handle:
-                data = json.load(handle)
+            data = read_json(path)
         except FileNotFoundError:
             raise DatasetNotFoundError(
                 f"{directory} is not a shardio dataset: {MANIFEST_NAME} is missing"
             ) from None
-        except (json.JSONDecodeError, UnicodeDecodeError) as exc:
-            raise ManifestError(f"{path} is not valid JSON: {exc}") from exc
         return cls.from_json(data, where=path)
 
     @classmethod
@@ -129,30 +126,13 @@ class Manifest:
 
         where = f"{url.rstrip('/')}/{MANIFEST_NAME}"
         try:
-            with fsspec.open(where, "rb", **(storage_options or {})) as handle:
-                data = json.loads(handle.read())
+            data = read_json(where, lambda p: fsspec.open(p, "rb", **(storage_options or {})))
         except FileNotFoundError:
             raise DatasetNotFoundError(
                 f"{url} is not a shardio dataset: {MANIFEST_NAME} is missing"
             ) from None
-        except (json.JSONDecodeError, UnicodeDecodeError) as exc:
-            raise ManifestError(f"{where} is not valid JSON: {exc}") from exc
         return cls.from_json(data, where=where)
 
     def save(self, directory: str) -> None:
         """Write atomically: readers see the old manifest or the new one, never a part."""
         write_json_atomic(os.path.join(directory, MANIFEST_NAME), self.to_json())
-
-
-def write_json_atomic(path: str, data: Any) -> None:
-    temporary = f"{path}.tmp-{os.getpid()}"
-    with open(temporary, "w", encoding="utf-8") as handle:
-        json.dump(data, handle, indent=1)
-        handle.flush()
-        os.fsync(handle.fileno())
-    os.replace(temporary, path)
-    directory = os.open(os.path.dirname(os.path.abspath(path)), os.O_RDONLY)
-    try:
-        os.fsync(directory)
-    finally:
-        os.close(directory)

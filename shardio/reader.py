@@ -21,7 +21,7 @@ from .adapters.base import (
     concat_columns,
 )
 from .adapters.registry import SHARDED, detect_format, get_backend, is_remote, reader_class
-from .errors import ShardCorruptError
+from .errors import ShardCorruptError, UnsupportedFeatureError
 from .index import ShardIndex
 from .manifest import Manifest, ShardInfo
 from .memory import MemoryGuard, MemoryPolicy, ReleaseKind, ReleaseResult
@@ -59,7 +59,7 @@ class DatasetReader:
             self.options["storage_options"] = storage_options
         self.memory_policy = MemoryPolicy.resolve(max_rss, memory_policy)
         self.guard = MemoryGuard(self.memory_policy, self.release_memory)
-        fmt = format if format is not None else detect_format(self.path)
+        fmt = format if format is not None else detect_format(self.path, storage_options)
         if fmt != SHARDED:
             get_backend(fmt)  # validates the name
         self.manifest: Manifest | None = None
@@ -72,6 +72,7 @@ class DatasetReader:
             )
             self.format = self.manifest.format
             self._reader_class = reader_class(self.format, self.path)
+            self._check_remote()
             self._size_caches(len(self.manifest.schema))
             self._choose_read_mode()
             self.schema: Schema = self.manifest.schema.select(self.fields, where=self.path)
@@ -80,6 +81,7 @@ class DatasetReader:
         else:
             self.format = fmt
             self._reader_class = reader_class(fmt, self.path)
+            self._check_remote()
             self._size_caches(len(self.fields) if self.fields else 4)
             self._choose_read_mode()
             reader = self._reader_class(self.path, fields=self.fields, **self.options)
@@ -89,9 +91,16 @@ class DatasetReader:
             self.shard_infos = (ShardInfo(self.path, lengths[0], self._local_nbytes(reader)),)
         self.index = ShardIndex(lengths)
 
+    def _check_remote(self) -> None:
+        if is_remote(self.path) and not self._reader_class.remote:
+            raise UnsupportedFeatureError(
+                f"the {self.format} backend reads local files only, but got {self.path}; "
+                "copy the dataset to local disk, or convert it to zarr or hdf5 shards"
+            )
+
     def _choose_read_mode(self) -> None:
         """Under a budget, backends that map files copy values with pread instead."""
-        if self.memory_policy is not None and self.format in ("mmap", "lmdb"):
+        if self.memory_policy is not None and self.format in ("mmap", "lmdb", "hdf5"):
             self.options.setdefault("read_mode", "pread")
 
     def _size_caches(self, field_count: int) -> None:

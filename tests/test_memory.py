@@ -54,11 +54,14 @@ class Watchdog:
         self._stop = threading.Event()
         self._thread = threading.Thread(target=self._run, daemon=True)
 
+    def sample(self) -> None:
+        info = read_rss()
+        assert info is not None
+        self.peak = max(self.peak, info.rss - self.baseline)
+
     def _run(self) -> None:
         while not self._stop.is_set():
-            info = read_rss()
-            assert info is not None
-            self.peak = max(self.peak, info.rss - self.baseline)
+            self.sample()
             time.sleep(0.02)
 
     def __enter__(self) -> Watchdog:
@@ -66,6 +69,7 @@ class Watchdog:
         return self
 
     def __exit__(self, *exc: object) -> None:
+        self.sample()  # the end state counts even if the thread was starved
         self._stop.set()
         self._thread.join()
 

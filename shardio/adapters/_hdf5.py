@@ -9,8 +9,9 @@ Variable-length fields are HDF5 variable-length types (bytes, strings, 1-D array
 from __future__ import annotations
 
 import json
+import mmap
 import os
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any
 
 import h5py
@@ -24,6 +25,7 @@ from ..errors import (
     ShardCorruptError,
     UnsupportedFeatureError,
 )
+from ..memory import ReleaseResult
 from ..schema import Field, Schema
 from .base import Columns, ShardFileWriter, ShardReader
 
@@ -36,10 +38,55 @@ _DEFAULT_CHUNK_BYTES = 64 * 1024
 
 
 @dataclass
+class _RowTable:
+    """Where each row of an unfiltered dataset lies in the file."""
+
+    rows: int  # rows per chunk (all rows, for a contiguous dataset)
+    row_bytes: int
+    offsets: np.ndarray  # byte offset of each chunk in the file; -1 where unallocated
+
+    def positions(self, rows: np.ndarray) -> np.ndarray | None:
+        starts = self.offsets[rows // self.rows]
+        if (starts < 0).any():
+            return None
+        return starts + (rows % self.rows) * self.row_bytes
+
+    @classmethod
+    def of(cls, dataset: h5py.Dataset) -> _RowTable | None:
+        """The table of a dataset whose stored bytes are its values, else None."""
+        if dataset.id.get_create_plist().get_nfilters() or dataset.dtype.kind not in "biuf":
+            return None
+        row_bytes = int(np.prod(dataset.shape[1:], dtype=np.int64)) * dataset.dtype.itemsize
+        if dataset.chunks is None:
+            offset = dataset.id.get_offset()  # None until a contiguous dataset is written
+            return (
+                None
+                if offset is None
+                else cls(max(1, dataset.shape[0]), row_bytes, np.array([offset]))
+            )
+        if tuple(dataset.chunks[1:]) != tuple(dataset.shape[1:]) or not hasattr(
+            dataset.id, "chunk_iter"
+        ):
+            return None
+        rows = dataset.chunks[0]
+        offsets = np.full(-(-dataset.shape[0] // rows), -1, dtype=np.int64)
+
+        def record(info: Any) -> None:
+            offsets[info.chunk_offset[0] // rows] = info.byte_offset
+
+        dataset.id.chunk_iter(record)
+        return cls(rows, row_bytes, offsets)
+
+
+@dataclass
 class _File:
     file: h5py.File
     datasets: dict[str, h5py.Dataset]
     raw_chunks: dict[str, bool]  # per field: chunks hold plain values (see _gather)
+    tables: dict[str, _RowTable | None] = field(default_factory=dict)
+    own_map: mmap.mmap | None = None  # the file mapped by shardio, read at table positions
+    view: np.ndarray | None = None
+    fd: int | None = None  # the file, for read_mode="pread"
 
 
 def list_datasets(group: h5py.Group) -> list[tuple[str, h5py.Dataset]]:
@@ -113,7 +160,16 @@ class HDF5Reader(ShardReader[_File]):
     format = "hdf5"
     remote = True
     holds_caches = True
-    options = frozenset({"rdcc_nbytes", "rdcc_nslots", "storage_options"})
+    maps_files = True
+    #: Unfiltered datasets (contiguous, or chunked by whole rows) are read at their
+    #: rows' positions in the file, found once when opened, bypassing a per-chunk
+    #: HDF5 call: through shardio's own map of the file, or with read_mode="pread"
+    #: with pread (no page mapped: the mode under a memory budget).
+    options = frozenset({"rdcc_nbytes", "rdcc_nslots", "storage_options", "read_mode"})
+
+    @property
+    def touches_mapped_pages(self) -> bool:
+        return self.handle.view is not None
 
     def _open(self) -> _File:
         try:
@@ -153,7 +209,27 @@ class HDF5Reader(ShardReader[_File]):
             raise
         self._length = length
         self._schema = schema
-        return _File(file, datasets, {n: _reads_raw_chunks(d) for n, d in datasets.items()})
+        opened = _File(file, datasets, {n: _reads_raw_chunks(d) for n, d in datasets.items()})
+        if "://" not in self.path or self.path.startswith("file://"):
+            self._locate_rows(opened)
+        return opened
+
+    def _locate_rows(self, opened: _File) -> None:
+        opened.tables = {
+            f.name: None if f.variable else _RowTable.of(opened.datasets[f.name])
+            for f in self.schema
+        }
+        if not any(opened.tables.values()):
+            return
+        fd = os.open(self.path.removeprefix("file://"), os.O_RDONLY)
+        if self.backend_options.get("read_mode", "map") == "pread":
+            opened.fd = fd
+            return
+        try:
+            opened.own_map = mmap.mmap(fd, 0, access=mmap.ACCESS_READ)
+        finally:
+            os.close(fd)
+        opened.view = np.frombuffer(opened.own_map, np.uint8)
 
     def _open_file(self) -> h5py.File:
         cache: dict[str, Any] = {
@@ -181,7 +257,43 @@ class HDF5Reader(ShardReader[_File]):
 
     def _close(self, handle: _File) -> None:
         handle.datasets.clear()
+        handle.view = None
+        if handle.own_map is not None:
+            handle.own_map.close()
+        if handle.fd is not None:
+            os.close(handle.fd)
         handle.file.close()
+
+    def _drop_pages(self) -> ReleaseResult:
+        """madvise(MADV_DONTNEED) on shardio's map of the file; else reopen."""
+        handle = self.handle
+        if handle.own_map is None or not hasattr(mmap, "MADV_DONTNEED"):
+            return super()._drop_pages()
+        handle.own_map.madvise(mmap.MADV_DONTNEED)
+        return ReleaseResult(advise_calls=1, advised_bytes=len(handle.own_map))
+
+    def _read_located(self, handle: _File, name: str, unique: np.ndarray) -> np.ndarray | None:
+        """Rows read at their file positions, or None where the table cannot serve them."""
+        table = handle.tables.get(name)
+        if table is None or len(unique) < 2:
+            return None
+        positions = table.positions(unique)
+        if positions is None:
+            return None
+        fld = self.schema[name]
+        out = np.empty((len(unique), *fld.shape), dtype=handle.datasets[name].dtype)
+        rows = out.reshape(len(unique), -1).view(np.uint8)
+        size = table.row_bytes
+        if handle.view is not None:
+            view = handle.view
+            for row, position in enumerate(positions.tolist()):
+                rows[row] = view[position : position + size]
+            return out
+        assert handle.fd is not None
+        for row, position in enumerate(positions.tolist()):
+            if os.preadv(handle.fd, [rows[row].data], position) != size:
+                raise ShardCorruptError(f"{self.path}: the file ends inside {name!r} row")
+        return out
 
     def read_many(self, indices: np.ndarray) -> Columns:
         handle = self.handle
@@ -189,7 +301,9 @@ class HDF5Reader(ShardReader[_File]):
         reorder = not (len(unique) == len(indices) and np.array_equal(unique, indices))
         columns: Columns = {}
         for fld in self.schema:
-            data = _gather(handle.datasets[fld.name], unique, handle.raw_chunks[fld.name])
+            data = self._read_located(handle, fld.name, unique)
+            if data is None:
+                data = _gather(handle.datasets[fld.name], unique, handle.raw_chunks[fld.name])
             if fld.variable:
                 values = [
                     bytes(v) if fld.kind == "bytes" else np.asarray(v, fld.dtype)
@@ -244,16 +358,24 @@ def _gather(dataset: h5py.Dataset, unique: np.ndarray, raw: bool) -> np.ndarray:
     out = np.empty((len(unique), *shape[1:]), dtype=dtype)
     trailing = (0,) * (len(shape) - 1)
     read_chunk = dataset.id.read_direct_chunk
+    if raw:
+        # Chunks are read into memory we own: straight into the output row where a
+        # chunk is one row, else into one reused buffer.
+        out_rows = out.reshape(len(unique), -1).view(np.uint8)
+        scratch = np.empty(int(np.prod(chunks)) * dtype.itemsize, dtype=np.uint8)
+        block = scratch.view(dtype).reshape(chunks)
     for start, end in zip(starts.tolist(), ends.tolist()):
         wanted = unique[start:end]
         if raw:
             base = int(groups[start]) * rows
             try:
-                _, data = read_chunk((base, *trailing))
-            except (KeyError, RuntimeError, OSError):  # an unallocated chunk: fill values
+                if rows == 1:
+                    read_chunk((base, *trailing), out=out_rows[start])
+                    continue
+                read_chunk((base, *trailing), out=scratch)
+            except (KeyError, RuntimeError, OSError, ValueError):  # unallocated: fill values
                 out[start:end] = dataset[wanted[0] : wanted[-1] + 1][wanted - wanted[0]]
                 continue
-            block = np.frombuffer(data, dtype=dtype).reshape(chunks)
             out[start:end] = block[wanted - base]
         else:
             low = int(wanted[0])

@@ -11,7 +11,9 @@ bytes -> sample dict), in the order of ``keys=`` or of the database's sorted key
 
 from __future__ import annotations
 
+import itertools
 import json
+import mmap
 import os
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -133,6 +135,15 @@ _POOL = _EnvPool()
 
 
 @dataclass
+class _Target:
+    """Output rows of one fixed field, and where its bytes sit inside a value."""
+
+    offset: int  # within the fixed block
+    size: int
+    rows: np.ndarray  # (count, size) uint8
+
+
+@dataclass
 class _Env:
     env: lmdb.Environment
     layout: _Layout | None  # None for a foreign environment
@@ -142,6 +153,8 @@ class _Env:
     mappings: list[Any] | None = None  # found in /proc/self/maps on first use
     pread_fd: int | None = None  # the data file, for read_mode="pread"
     offsets: np.ndarray | None = None  # (N, 2): offset and length of each value in data.mdb
+    own_map: mmap.mmap | None = None  # data.mdb mapped by shardio, read at those offsets
+    view: np.ndarray | None = None  # own_map as uint8
 
     def mapped(self) -> list[Any]:
         if self.mappings is None:
@@ -155,9 +168,10 @@ class LMDBReader(ShardReader[_Env]):
 
     format = "lmdb"
     maps_files = True
-    #: read_mode="pread" reads shardio-written values with pread at the positions the
-    #: writer recorded (OFFSETS_NAME), instead of through LMDB's map, so reading adds
-    #: no resident pages (used under a memory budget).
+    #: shardio-written values are read at the positions the writer recorded
+    #: (OFFSETS_NAME), without a B-tree walk per value: from shardio's own map of
+    #: data.mdb, or with read_mode="pread" with pread, which maps no page at all
+    #: (the mode under a memory budget).
     options = frozenset({"decode", "keys", "readahead", "read_mode"})
 
     def __init__(self, path: str, **kwargs: Any) -> None:
@@ -201,10 +215,18 @@ class LMDBReader(ShardReader[_Env]):
                     else self._open_foreign(env, txn)
                 )
             opened.data_file = data_file
-            if self.backend_options.get("read_mode", "map") == "pread" and opened.layout:
+            if opened.layout:
                 opened.offsets = self._load_offsets(env)
-                if opened.offsets is not None:
-                    opened.pread_fd = os.open(data_file, os.O_RDONLY)
+            if opened.offsets is not None:
+                fd = os.open(data_file, os.O_RDONLY)
+                if self.backend_options.get("read_mode", "map") == "pread":
+                    opened.pread_fd = fd
+                else:
+                    try:
+                        opened.own_map = mmap.mmap(fd, 0, access=mmap.ACCESS_READ)
+                    finally:
+                        os.close(fd)
+                    opened.view = np.frombuffer(opened.own_map, np.uint8)
             return opened
         except BaseException:
             _POOL.release(env)
@@ -282,6 +304,9 @@ class LMDBReader(ShardReader[_Env]):
     def _close(self, handle: _Env) -> None:
         if handle.pread_fd is not None:
             os.close(handle.pread_fd)
+        handle.view = None  # releases the buffer export, so the map can close
+        if handle.own_map is not None:
+            handle.own_map.close()
         _POOL.release(handle.env)
 
     def _drop_pages(self) -> ReleaseResult:
@@ -310,31 +335,32 @@ class LMDBReader(ShardReader[_Env]):
             return self._read_foreign(handle, indices)
         layout = handle.layout
         count = len(indices)
-        fixed = np.empty((count, layout.fixed), dtype=np.uint8) if layout.fixed_fields else None
+        # Each selected fixed field's bytes go straight into its own output rows.
+        targets = [
+            _Target(offset, size, np.empty((count, size), dtype=np.uint8))
+            for _, offset, size in layout.fixed_fields
+        ]
         variable: dict[str, list[Any]] = {name: [] for name, _, _ in layout.variable_fields}
         if handle.offsets is not None:
-            self.bytes_read += self._read_by_offsets(handle, indices, fixed, variable)
+            self.bytes_read += self._read_by_offsets(handle, indices, targets, variable)
         else:
-            self.bytes_read += self._read_through_map(handle, indices, fixed, variable)
-        columns: Columns = {}
-        for name, offset, size in layout.fixed_fields:
-            assert fixed is not None
+            self.bytes_read += self._read_through_map(handle, indices, targets, variable)
+        columns: Columns = dict(variable)
+        for (name, _, _), target in zip(layout.fixed_fields, targets):
             fld = self.schema[name]
-            block = fixed if size == layout.fixed else fixed[:, offset : offset + size].copy()
-            columns[name] = block.view(fld.dtype).reshape(count, *fld.shape)
-        columns.update(variable)
+            columns[name] = target.rows.view(fld.dtype).reshape(count, *fld.shape)
         return {name: columns[name] for name in self.schema.names}
 
     def _read_through_map(
         self,
         handle: _Env,
         indices: np.ndarray,
-        fixed: np.ndarray | None,
+        targets: list[_Target],
         variable: dict[str, list[Any]],
     ) -> int:
-        """One read transaction; each value copied out of the map."""
+        """One read transaction; each value copied out of LMDB's map."""
         assert handle.layout is not None
-        header, width = handle.layout.header, handle.layout.fixed
+        header = handle.layout.header
         nbytes = 0
         with handle.env.begin(buffers=True) as txn:
             get = txn.get
@@ -343,8 +369,9 @@ class LMDBReader(ShardReader[_Env]):
                 if value is None:
                     raise ShardCorruptError(f"{self.path}: sample {index} is missing")
                 nbytes += len(value)
-                if fixed is not None:
-                    fixed[row] = value[header : header + width]
+                for target in targets:
+                    start = header + target.offset
+                    target.rows[row] = value[start : start + target.size]
                 if variable:
                     self._split_variable(value, handle.layout, variable)
         return nbytes
@@ -353,27 +380,50 @@ class LMDBReader(ShardReader[_Env]):
         self,
         handle: _Env,
         indices: np.ndarray,
-        fixed: np.ndarray | None,
+        targets: list[_Target],
         variable: dict[str, list[Any]],
     ) -> int:
-        """pread each value at its recorded position: no B-tree walk, no mapped page,
-        so reading adds nothing to RSS (the read mode under a memory budget)."""
-        assert handle.offsets is not None and handle.pread_fd is not None and handle.layout
-        layout, fd = handle.layout, handle.pread_fd
+        """Copy each value from its recorded position, without walking LMDB's B-tree:
+        from shardio's own map of data.mdb, or with pread (no page mapped at all, the
+        read mode under a memory budget)."""
+        assert handle.offsets is not None and handle.layout is not None
+        layout = handle.layout
         positions = handle.offsets[indices]
+        view = handle.view
+        if view is not None:
+            for row, (offset, length) in enumerate(positions.tolist()):
+                for target in targets:
+                    start = offset + layout.header + target.offset
+                    target.rows[row] = view[start : start + target.size]
+                if variable:
+                    self._split_variable(view[offset : offset + length].data, layout, variable)
+            return int(positions[:, 1].sum())
+        fd = handle.pread_fd
+        assert fd is not None
+        # Fields stored side by side are read by one scattering preadv per sample.
+        adjacent = all(a.offset + a.size == b.offset for a, b in itertools.pairwise(targets))
         for row, (offset, length) in enumerate(positions.tolist()):
-            if fixed is not None and not variable:
-                if os.preadv(fd, [fixed[row].data], offset + layout.header) != layout.fixed:
+            if variable or not adjacent:
+                value = os.pread(fd, length, offset)
+                if len(value) != length:
                     raise ShardCorruptError(
                         f"{self.path}: data.mdb ends inside sample {indices[row]}"
                     )
-                continue
-            value = os.pread(fd, length, offset)
-            if len(value) != length:
-                raise ShardCorruptError(f"{self.path}: data.mdb ends inside sample {indices[row]}")
-            if fixed is not None:
-                fixed[row] = np.frombuffer(value, np.uint8, layout.fixed, layout.header)
-            self._split_variable(memoryview(value), layout, variable)
+                for target in targets:
+                    start = layout.header + target.offset
+                    target.rows[row] = np.frombuffer(value, np.uint8, target.size, start)
+                self._split_variable(memoryview(value), layout, variable)
+            elif targets:
+                wanted = sum(t.size for t in targets)
+                got = os.preadv(
+                    fd,
+                    [t.rows[row].data for t in targets],
+                    offset + layout.header + targets[0].offset,
+                )
+                if got != wanted:
+                    raise ShardCorruptError(
+                        f"{self.path}: data.mdb ends inside sample {indices[row]}"
+                    )
         return int(positions[:, 1].sum())
 
     @staticmethod

@@ -24,6 +24,7 @@ from typing import Any, BinaryIO
 import numpy as np
 
 from ..errors import InvalidOptionError, ManifestError, ShardCorruptError
+from ..jsonio import read_json
 from ..memory import ReleaseResult
 from ..schema import Field, Schema
 from .base import AccessPattern, Columns, ShardFileWriter, ShardReader
@@ -104,14 +105,11 @@ def _read_mode(options: dict[str, Any], path: str) -> str:
 def read_meta(path: str) -> dict[str, Any]:
     meta_path = os.path.join(path, META_NAME)
     try:
-        with open(meta_path, encoding="utf-8") as handle:
-            meta = json.load(handle)
+        meta = read_json(meta_path)
     except FileNotFoundError:
         raise ShardCorruptError(
             f"{path} is not a shardio mmap shard: {META_NAME} is missing"
         ) from None
-    except (json.JSONDecodeError, UnicodeDecodeError) as exc:
-        raise ManifestError(f"{meta_path} is not valid JSON: {exc}") from exc
     if not isinstance(meta, dict) or meta.get("format") != _FORMAT:
         raise ManifestError(f"{meta_path}: expected format {_FORMAT!r}, got {meta!r:.100}")
     if meta.get("version") != _VERSION:

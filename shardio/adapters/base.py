@@ -38,6 +38,15 @@ AccessPattern = Literal["random", "sequential", "normal"]
 HandleT = TypeVar("HandleT")
 
 
+def _check_options(given: Mapping[str, Any], accepted: frozenset[str], where: str) -> None:
+    unknown = sorted(set(given) - accepted)
+    if unknown:
+        listing = ", ".join(sorted(accepted)) or "none"
+        raise InvalidOptionError(
+            f"option {unknown[0]}= is not supported {where}; its options are: {listing}"
+        )
+
+
 class ShardReader(ABC, Generic[HandleT]):
     """Reads one shard of one backend. Subclasses implement the ``_``-prefixed hooks."""
 
@@ -62,13 +71,7 @@ class ShardReader(ABC, Generic[HandleT]):
         expected_nbytes: int | None = None,
         **options: Any,
     ) -> None:
-        unknown = sorted(set(options) - self.options)
-        if unknown:
-            accepted = ", ".join(sorted(self.options)) or "none"
-            raise InvalidOptionError(
-                f"option {unknown[0]}= is not supported by the {self.format} backend "
-                f"(reading {path}); its options are: {accepted}"
-            )
+        _check_options(options, self.options, f"by the {self.format} backend (reading {path})")
         self.path = path
         self.requested_fields = None if fields is None else list(fields)
         self.expected_nbytes = expected_nbytes
@@ -205,13 +208,7 @@ class ShardFileWriter(ABC):
     options: ClassVar[frozenset[str]] = frozenset()
 
     def __init__(self, path: str, schema: Schema, **options: Any) -> None:
-        unknown = sorted(set(options) - self.options)
-        if unknown:
-            accepted = ", ".join(sorted(self.options)) or "none"
-            raise InvalidOptionError(
-                f"option {unknown[0]}= is not supported when writing {self.format} "
-                f"(writing {path}); its options are: {accepted}"
-            )
+        _check_options(options, self.options, f"when writing {self.format} (writing {path})")
         self.path = path
         self.schema = schema
         self.count = 0

@@ -123,11 +123,11 @@ def writer_class(name: str, path: str | None = None) -> Any:
     return _load(backend, backend.writer, path)
 
 
-def detect_format(path: str) -> str:
+def detect_format(path: str, storage_options: dict[str, Any] | None = None) -> str:
     """The format of ``path``: a backend name, or ``"shardio"`` for a dataset directory."""
     stripped = path.rstrip("/")
     if is_remote(path):
-        return _detect_remote(stripped)
+        return _detect_remote(stripped, storage_options or {})
     local = stripped.removeprefix("file://")
     if not os.path.exists(local):
         raise DatasetNotFoundError(f"no dataset at {path}: the path does not exist")
@@ -169,10 +169,10 @@ def _has_hdf5_signature(path: str) -> bool:
     return False
 
 
-def _detect_remote(url: str) -> str:
+def _detect_remote(url: str, storage_options: dict[str, Any]) -> str:
     import fsspec
 
-    fs, root = fsspec.core.url_to_fs(url)
+    fs, root = fsspec.core.url_to_fs(url, **storage_options)
     if fs.exists(f"{root}/{MANIFEST_NAME}"):
         return SHARDED
     lowered = url.lower()

@@ -280,31 +280,44 @@ def dask_client(client: Any, scheduler: str | None) -> tuple[Any, bool]:
 
 
 def run_dask(job: ShardJob, tasks: Sequence[ShardTask], client: Any, on_done: OnDone) -> None:
-    """Write the shards as tasks of a Dask cluster whose workers see ``job.output``."""
+    """Write the shards as tasks of a Dask cluster whose workers see ``job.output``.
+
+    At most two tasks per worker are in flight. After a failure nothing new is
+    submitted and the tasks already running are waited for (and recorded when they
+    succeed): Dask cannot stop a running task, and one left behind would still be
+    writing when the conversion is resumed. Only an interrupt (Ctrl-C) leaves without
+    waiting; the run id fence in :func:`write_shard` keeps such tasks harmless.
+    """
     import distributed
 
     token = uuid.uuid4().hex[:12]
-    futures: dict[Any, ShardTask] = {}
-    for task in tasks:
-        future = client.submit(
-            write_shard, job, task, key=f"shardio-convert-{token}-{task.number:06d}", pure=False
-        )
-        futures[future] = task
-    pending = set(futures)
+    workers = len(client.scheduler_info().get("workers", {}))
+    window = max(2, 2 * workers)
+    queue = list(tasks)
+    running: dict[Any, ShardTask] = {}
+    finished = distributed.as_completed(loop=client.loop)
+
+    def submit() -> None:
+        task = queue.pop(0)
+        key = f"shardio-convert-{token}-{task.number:06d}"
+        future = client.submit(write_shard, job, task, key=key, pure=False)
+        running[future] = task
+        finished.add(future)
+
+    for _ in range(min(window, len(queue))):
+        submit()
     failure: BaseException | None = None
     try:
-        for future in distributed.as_completed(list(futures), loop=client.loop):
-            pending.discard(future)
-            if future.status == "cancelled":
-                continue
+        for future in finished:
+            task = running.pop(future)
             if future.status == "error":
-                if failure is None:
-                    failure = future.exception()
-                    client.cancel(list(pending))
-                continue
-            on_done(futures[future], future.result())
+                failure = failure or future.exception()
+            elif future.status == "finished":
+                on_done(task, future.result())
+            if failure is None and queue:
+                submit()
     except BaseException:
-        client.cancel(list(pending))
+        client.cancel(list(running))
         raise
     if failure is not None:
         raise failure

@@ -1,0 +1,23 @@
+"""Samplers that only need shard lengths: shard-aware shuffling, rank partitioning, resume.
+
+Layering: this package duck-types the dataset (``len``, ``shard_lengths``,
+``shard_nbytes``) and never imports the dataset or adapter modules.
+"""
+
+from __future__ import annotations
+
+from .layout import ShardedSource, ShardLayout
+from .orders import ORDERS, epoch_order
+from .partition import PARTITIONS, rank_indices, samples_per_rank
+from .sampler import ShardSampler
+
+__all__ = [
+    "ShardSampler",
+    "ShardedSource",
+    "ShardLayout",
+    "ORDERS",
+    "PARTITIONS",
+    "epoch_order",
+    "rank_indices",
+    "samples_per_rank",
+]

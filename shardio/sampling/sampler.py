@@ -1,0 +1,290 @@
+"""ShardSampler: shard-aware shuffling, rank partitioning and exact mid-epoch resume."""
+
+from __future__ import annotations
+
+import operator
+from collections.abc import Iterable, Iterator, Mapping
+from dataclasses import dataclass
+from typing import Any
+
+import numpy as np
+import torch.distributed as dist
+from torch.utils.data import Sampler
+
+from ..config import parse_size
+from ..errors import InvalidOptionError
+from .layout import ShardedSource, resolve_layout
+from .orders import ORDERS, OrderName, epoch_order, order_digest
+from .partition import PARTITIONS, PartitionName, rank_indices, samples_per_rank
+from .state import SamplerState
+
+__all__ = ["ShardSampler"]
+
+_CHUNK = 8192  # indices converted to Python ints at a time while iterating
+
+
+@dataclass
+class _Pass:
+    """Progress of one iteration over the sampler."""
+
+    start: int
+    digest: str
+    yielded: int = 0
+    done: bool = False
+
+
+class ShardSampler(Sampler[int]):
+    """Yields this rank's indices of a (sharded) dataset, one epoch at a time.
+
+    Args:
+        data_source: a dataset with ``len()``; its ``shard_lengths`` and
+            ``shard_nbytes`` (as on :class:`shardio.ShardedDataset`) enable the
+            ``shard-window`` order. May be omitted when ``shard_lengths`` is given.
+        shuffle: shuffle each epoch (``False`` means ``order="sequential"``).
+        order: ``"shard-window"`` (default when shuffling a dataset with known shard
+            sizes), ``"random"`` (a full permutation) or ``"sequential"``.
+        seed: with the epoch, the only source of randomness; the same on every rank.
+        window: bytes the ``shard-window`` order keeps live at once, e.g. ``"1GB"``.
+        rank, world_size: this process's place among the readers; taken from
+            ``torch.distributed`` when it is initialized, else 0 and 1.
+        drop_last: cut the order to a multiple of ``world_size`` instead of padding it
+            by repeating indices, as :class:`~torch.utils.data.DistributedSampler`.
+        partition: ``"contiguous"`` (one run of the order per rank: ranks read
+            different windows) or ``"strided"`` (every ``world_size``-th index, as
+            DistributedSampler; ranks read the same windows at the same time).
+        shard_lengths, shard_nbytes: explicit layout, overriding the dataset's.
+
+    The order of an epoch is a pure function of (seed, epoch, rank, world size and
+    the layout). ``state_dict(consumed=n)`` saves the position; see
+    :meth:`state_dict` for how to count ``n`` behind a DataLoader that prefetches.
+    """
+
+    def __init__(
+        self,
+        data_source: ShardedSource | Any | None = None,
+        *,
+        shuffle: bool = True,
+        order: OrderName | None = None,
+        seed: int = 0,
+        window: int | str = "1GB",
+        rank: int | None = None,
+        world_size: int | None = None,
+        drop_last: bool = False,
+        partition: PartitionName = "contiguous",
+        shard_lengths: Iterable[int] | None = None,
+        shard_nbytes: Iterable[int] | None = None,
+    ) -> None:
+        super().__init__()
+        self.layout = resolve_layout(data_source, shard_lengths, shard_nbytes)
+        self.order: OrderName = _resolve_order(order, shuffle, self.layout.nbytes is not None)
+        if self.order == "shard-window" and self.layout.nbytes is None:
+            raise InvalidOptionError(
+                "order='shard-window' needs the bytes of every shard: pass a ShardedDataset "
+                "or shard_nbytes=, or use order='random'"
+            )
+        self.seed = _non_negative_int(seed, "seed")
+        self.window = parse_size(window, "window")
+        if self.window <= 0:
+            raise InvalidOptionError(
+                f"window should be a size such as '1GB', but got window={window!r}"
+            )
+        self.rank, self.world_size = _resolve_rank(rank, world_size)
+        self.drop_last = bool(drop_last)
+        if partition not in PARTITIONS:
+            raise InvalidOptionError(
+                f"partition should be one of {PARTITIONS}, but got partition={partition!r}"
+            )
+        self.partition: PartitionName = partition
+        self.num_samples = samples_per_rank(len(self.layout), self.world_size, self.drop_last)
+        self._epoch = 0
+        self._resume_at = 0  # offset the next pass starts from (set by load_state_dict)
+        self._resume_digest = ""  # the order a loaded state expects ("" when unchecked)
+        self._pass: _Pass | None = None
+
+    @property
+    def epoch(self) -> int:
+        return self._epoch
+
+    def set_epoch(self, epoch: int) -> None:
+        """Select the epoch the next pass yields.
+
+        Setting the epoch a loaded state belongs to keeps its resume position, so
+        ``load_state_dict(...)`` followed by the usual ``set_epoch(epoch)`` resumes.
+        """
+        epoch = _non_negative_int(epoch, "epoch")
+        if epoch != self._epoch:
+            self._resume_at, self._resume_digest = 0, ""
+        self._epoch = epoch
+        self._pass = None
+
+    def indices(self, epoch: int | None = None) -> np.ndarray:
+        """This rank's whole order for ``epoch`` (the current epoch by default)."""
+        epoch = self._epoch if epoch is None else _non_negative_int(epoch, "epoch")
+        return self._share(self._global_order(epoch))
+
+    def __iter__(self) -> Iterator[int]:
+        order = self._global_order(self._epoch)
+        digest = order_digest(order)
+        if self._resume_at and self._resume_digest and digest != self._resume_digest:
+            raise InvalidOptionError(
+                f"cannot resume epoch {self._epoch}: its order differs from the one the state "
+                "was saved with, so the remaining indices would be wrong. Was the state saved "
+                "by another numpy or shardio version? Go on with the next epoch "
+                f"(set_epoch({self._epoch + 1})), or use a new sampler to redo this one."
+            )
+        progress = _Pass(start=self._resume_at, digest=digest)
+        self._pass, self._resume_at, self._resume_digest = progress, 0, ""
+        return _iterate(self._share(order), progress)
+
+    def _global_order(self, epoch: int) -> np.ndarray:
+        return epoch_order(self.order, self.layout, self.window, self.seed, epoch)
+
+    def _share(self, order: np.ndarray) -> np.ndarray:
+        return rank_indices(order, self.rank, self.world_size, self.drop_last, self.partition)
+
+    def __len__(self) -> int:
+        """Indices the current pass yields (or the next one, when none is running)."""
+        if self._pass is not None and not self._pass.done:
+            return self.num_samples - self._pass.start
+        return self.num_samples - self._resume_at
+
+    def state_dict(self, consumed: int | None = None) -> dict[str, Any]:
+        """The position in the epoch, to save in a checkpoint.
+
+        ``consumed`` is how many samples the training loop has taken from the
+        DataLoader since the current pass over it began (e.g. batches received times
+        the batch size). Pass it whenever the DataLoader has workers: they prefetch,
+        so the sampler has already yielded indices the loop has not seen yet. Left
+        out, the count of yielded indices is used, which is exact only when the
+        loop iterates the sampler directly or through a DataLoader with
+        ``num_workers=0``.
+
+        Every rank consumes the same number of samples, so the state of rank 0 can be
+        loaded on every rank.
+        """
+        progress = self._pass
+        if progress is None:
+            if consumed not in (None, 0):
+                raise InvalidOptionError(
+                    f"consumed should be 0 before iteration starts, but got consumed={consumed!r}"
+                )
+            offset, digest = self._resume_at, self._resume_digest
+        else:
+            digest = progress.digest
+            count = progress.yielded
+            if consumed is not None:
+                count = _non_negative_int(consumed, "consumed")
+                if count > progress.yielded:
+                    raise InvalidOptionError(
+                        "consumed should count the samples taken since the current pass "
+                        f"began, at most the {progress.yielded} indices it has yielded, "
+                        f"but got consumed={consumed!r}"
+                    )
+            offset = progress.start + count
+        return self._state(offset, digest).to_dict()
+
+    def load_state_dict(self, state: Mapping[str, Any]) -> None:
+        """Resume from :meth:`state_dict`: the next pass yields exactly the rest of its epoch.
+
+        Raises :class:`~shardio.InvalidOptionError` when the state was saved with a
+        different dataset, world size, seed, order, window, ``drop_last`` or
+        ``partition``, since its remaining indices would not be this sampler's.
+        """
+        saved = SamplerState.from_dict(state)
+        problems = saved.mismatches(self._state(0, ""))
+        if problems:
+            raise InvalidOptionError(
+                "cannot resume from this sampler state: it was saved with "
+                + "; ".join(problems)
+                + ". Resume with the same settings, or start without loading the state."
+            )
+        if not 0 <= saved.offset <= self.num_samples:
+            raise InvalidOptionError(
+                f"state['offset'] should be between 0 and {self.num_samples}, "
+                f"but got offset={saved.offset}"
+            )
+        self._epoch = _non_negative_int(saved.epoch, "state['epoch']")
+        self._resume_at, self._resume_digest = saved.offset, saved.digest
+        self._pass = None
+
+    def _state(self, offset: int, digest: str) -> SamplerState:
+        return SamplerState(
+            epoch=self._epoch,
+            offset=offset,
+            dataset_len=len(self.layout),
+            world_size=self.world_size,
+            drop_last=self.drop_last,
+            partition=self.partition,
+            order=self.order,
+            seed=self.seed,
+            window=self.window,
+            layout=self.layout.fingerprint(),
+            digest=digest,
+        )
+
+    def __repr__(self) -> str:
+        return (
+            f"{type(self).__name__}(len={len(self.layout)}, order={self.order!r}, "
+            f"seed={self.seed}, window={self.window}, rank={self.rank}, "
+            f"world_size={self.world_size}, epoch={self._epoch})"
+        )
+
+
+def _iterate(indices: np.ndarray, progress: _Pass) -> Iterator[int]:
+    for start in range(progress.start, len(indices), _CHUNK):
+        for index in indices[start : start + _CHUNK].tolist():
+            progress.yielded += 1
+            yield index
+    progress.done = True
+
+
+def _resolve_order(order: str | None, shuffle: bool, sizes_known: bool) -> OrderName:
+    if order is None:
+        if not shuffle:
+            return "sequential"
+        return "shard-window" if sizes_known else "random"
+    if order not in ORDERS:
+        raise InvalidOptionError(f"order should be one of {ORDERS}, but got order={order!r}")
+    if not shuffle and order != "sequential":
+        raise InvalidOptionError(
+            f"order={order!r} shuffles, but got shuffle=False: "
+            "pass shuffle=True or order='sequential'"
+        )
+    return order
+
+
+def _resolve_rank(rank: int | None, world_size: int | None) -> tuple[int, int]:
+    if dist.is_available() and dist.is_initialized():
+        rank = dist.get_rank() if rank is None else rank
+        world_size = dist.get_world_size() if world_size is None else world_size
+    elif (rank is None) != (world_size is None):
+        raise InvalidOptionError(
+            "rank and world_size should be given together when torch.distributed is not "
+            f"initialized, but got rank={rank!r}, world_size={world_size!r}"
+        )
+    elif rank is None or world_size is None:
+        rank, world_size = 0, 1
+    world_size = _non_negative_int(world_size, "world_size")
+    rank = _non_negative_int(rank, "rank")
+    if world_size < 1:
+        raise InvalidOptionError(f"world_size should be >= 1, but got world_size={world_size}")
+    if rank >= world_size:
+        raise InvalidOptionError(
+            f"rank should be in [0, {world_size - 1}] for world_size={world_size}, "
+            f"but got rank={rank}"
+        )
+    return rank, world_size
+
+
+def _non_negative_int(value: Any, option: str) -> int:
+    try:
+        if isinstance(value, bool):
+            raise TypeError
+        number = operator.index(value)
+    except TypeError:
+        raise InvalidOptionError(
+            f"{option} should be an integer >= 0, but got {option}={value!r}"
+        ) from None
+    if number < 0:
+        raise InvalidOptionError(f"{option} should be an integer >= 0, but got {option}={value!r}")
+    return number
