@@ -25,9 +25,15 @@ _LAZY = {
     "ShardedDataset": "shardio.dataset",
     "Prefetcher": "shardio.prefetch",
     "ShardSampler": "shardio.sampling",
+    "verify": "shardio.convert",
 }
+# name -> module that *is* the export: the package shardio.convert is callable as
+# convert() (see its docstring), so the attribute is the same object either way.
+_LAZY_MODULES = {"convert": "shardio.convert"}
 
 if TYPE_CHECKING:
+    from .convert import verify
+    from .convert.converter import convert
     from .dataset import ShardedDataset
     from .prefetch import Prefetcher
     from .sampling import ShardSampler
@@ -44,12 +50,16 @@ __all__ = [
     "ShardWriter",
     "ShardedDataset",
     "__version__",
+    "convert",
     "format_size",
     "parse_size",
+    "verify",
 ]
 
 
 def __getattr__(name: str) -> Any:
+    if name in _LAZY_MODULES:
+        return importlib.import_module(_LAZY_MODULES[name])
     module = _LAZY.get(name)
     if module is None:
         raise AttributeError(f"module 'shardio' has no attribute {name!r}")

@@ -23,6 +23,7 @@ __all__ = [
     "UnsupportedFeatureError",
     "VerificationError",
     "DeviceError",
+    "OutputWriteError",
 ]
 
 
@@ -83,3 +84,7 @@ class VerificationError(ShardioError, ValueError):
 
 class DeviceError(ShardioError, ValueError):
     """An unknown or unavailable device."""
+
+
+class OutputWriteError(ShardioError, OSError):
+    """Writing output failed: the disk is full, a quota is reached, or the path is read-only."""

@@ -29,6 +29,10 @@ __all__ = [
     "finish_shard",
     "prepare_output",
     "validate_columns",
+    "shard_files",
+    "remove_path",
+    "is_own_entry",
+    "foreign_entries",
 ]
 
 _SUFFIX = {"lmdb": ".lmdb", "hdf5": ".h5", "zarr": ".zarr", "mmap": ".mmap"}
@@ -58,11 +62,18 @@ def remove_path(path: str) -> None:
         os.remove(path)
 
 
-def finish_shard(directory: str, name: str, num_samples: int, checksum: bool = True) -> ShardInfo:
-    """Rename a completed partial shard to ``name`` and describe it for the manifest."""
+def finish_shard(
+    directory: str,
+    name: str,
+    num_samples: int,
+    checksum: bool = True,
+    partial: str | None = None,
+) -> ShardInfo:
+    """Rename a completed partial shard (``partial``, by default :func:`partial_name`)
+    to ``name`` and describe it for the manifest."""
     final = os.path.join(directory, name)
     remove_path(final)
-    os.replace(os.path.join(directory, partial_name(name)), final)
+    os.replace(os.path.join(directory, partial or partial_name(name)), final)
     files = shard_files(final)
     return ShardInfo(
         path=name,
@@ -70,6 +81,22 @@ def finish_shard(directory: str, name: str, num_samples: int, checksum: bool = T
         nbytes=files_nbytes(files),
         checksum=hash_files(files, final) if checksum else None,
     )
+
+
+def is_own_entry(name: str) -> bool:
+    """True for what shardio writes into a dataset directory: the manifest (and its
+    temporary), shards, partial shards and hidden ``.shardio-*`` bookkeeping files."""
+    return (
+        name == MANIFEST_NAME
+        or name.startswith(f"{MANIFEST_NAME}.tmp-")
+        or name.lstrip(".").startswith("shard-")
+        or name.startswith(".shardio-")
+    )
+
+
+def foreign_entries(path: str) -> list[str]:
+    """Entries of directory ``path`` that shardio did not write, sorted."""
+    return sorted(e for e in os.listdir(path) if not is_own_entry(e))
 
 
 def prepare_output(path: str, overwrite: bool) -> None:
@@ -81,10 +108,7 @@ def prepare_output(path: str, overwrite: bool) -> None:
             )
         if not os.path.isdir(path):
             raise OutputExistsError(f"output {path} exists and is not a directory; remove it first")
-        entries = os.listdir(path)
-        foreign = [
-            e for e in entries if e != MANIFEST_NAME and not e.lstrip(".").startswith("shard-")
-        ]
+        foreign = foreign_entries(path)
         if foreign:
             raise OutputExistsError(
                 f"refusing to overwrite {path}: it holds {foreign[:3]}, which shardio did not write"

@@ -384,14 +384,25 @@ def _gather(dataset: h5py.Dataset, unique: np.ndarray, raw: bool) -> np.ndarray:
 
 
 class HDF5Writer(ShardFileWriter):
-    """Writes a shardio HDF5 shard: one resizable, chunked dataset per field."""
+    """Writes a shardio HDF5 shard: one resizable, chunked dataset per field.
+
+    ``in_memory=True`` builds the file in memory and writes its image with plain
+    Python I/O on close. NOTE: when a write fails inside the HDF5 library (a full
+    disk), the library is left in a state that segfaults at interpreter exit; with
+    the file built in memory, a full disk is an ordinary ``OSError`` and the process
+    survives. It costs about twice the shard's size in memory while closing.
+    """
 
     format = "hdf5"
-    options = frozenset({"compression", "compression_opts", "shuffle", "chunk_bytes"})
+    options = frozenset({"compression", "compression_opts", "shuffle", "chunk_bytes", "in_memory"})
 
     def __init__(self, path: str, schema: Schema, **options: Any) -> None:
         super().__init__(path, schema, **options)
-        self._file = h5py.File(path, "w", locking=False)
+        self._in_memory = bool(options.get("in_memory", False))
+        if self._in_memory:
+            self._file = h5py.File(path, "w", driver="core", backing_store=False)
+        else:
+            self._file = h5py.File(path, "w", locking=False)
         chunk_bytes = int(options.get("chunk_bytes", _DEFAULT_CHUNK_BYTES))
         filters = {
             k: options[k] for k in ("compression", "compression_opts", "shuffle") if k in options
@@ -440,4 +451,16 @@ class HDF5Writer(ShardFileWriter):
         self._file.attrs[SCHEMA_ATTR] = json.dumps(self.schema.to_json())
         self._file.attrs[COUNT_ATTR] = self.count
         self._file.flush()
+        image = self._file.id.get_file_image() if self._in_memory else None
         self._file.close()
+        if image is not None:
+            with open(self.path, "wb") as handle:
+                handle.write(image)
+                handle.flush()
+                os.fsync(handle.fileno())
+
+    def abort(self) -> None:
+        if self._in_memory and self._file:
+            self._file.close()  # nothing reached the disk
+            return
+        super().abort()

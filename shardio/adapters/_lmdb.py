@@ -466,6 +466,9 @@ class LMDBWriter(ShardFileWriter):
     def __init__(self, path: str, schema: Schema, **options: Any) -> None:
         super().__init__(path, schema, **options)
         self._map_size = int(options.get("map_size", 1 << 30))
+        # NOTE: meminit=True (LMDB zeroes unused page space). With meminit=False pages
+        # carry leftover heap memory into the file: shards would differ byte for byte
+        # between runs (breaking reproducible checksums) and leak process memory.
         self._env: lmdb.Environment | None = lmdb.open(
             path,
             map_size=self._map_size,
@@ -473,7 +476,7 @@ class LMDBWriter(ShardFileWriter):
             sync=False,
             metasync=False,
             readahead=False,
-            meminit=False,
+            meminit=True,
             max_dbs=0,
         )
         self._fixed = [f for f in schema if not f.variable]

@@ -293,7 +293,7 @@ class MmapWriter(ShardFileWriter):
             out = self._data[fld.name]
             column = columns[fld.name]
             if not fld.variable:
-                out.write(np.ascontiguousarray(column, dtype=fld.dtype).tobytes())
+                out.write(np.ascontiguousarray(column, dtype=fld.dtype).data)  # no copy
                 continue
             lengths = np.empty(count, dtype=np.int64)
             for i, value in enumerate(column):

@@ -18,6 +18,7 @@ from typing import Any
 import numpy as np
 import zarr
 import zarr.codecs
+import zarr.storage
 
 from ..errors import (
     DatasetNotFoundError,
@@ -341,48 +342,178 @@ def make_compressors(name: str | None, level: int | None = None) -> Any:
     )
 
 
+def _chunk_encoder(array: Any) -> Any:
+    """A function encoding one chunk (a C-order array) as zarr-python reads it back for
+    ``array``, or None when its codecs are not the plain ones shardio creates.
+
+    NOTE: the codecs are read back from the array's own metadata: bytes (little
+    endian), then at most one of zstd (the numcodecs implementation zarr-python calls,
+    so chunks are byte for byte zarr-python's) or gzip (written with a zero timestamp:
+    gzip headers otherwise carry the time of writing, and the same data would give
+    different checksums on every run). Anything else goes through zarr-python.
+    """
+    import gzip
+
+    import numcodecs
+
+    codecs = list(array.metadata.codecs)
+    if not codecs or not isinstance(codecs[0], zarr.codecs.BytesCodec):
+        return None
+    endian = getattr(codecs[0].endian, "value", codecs[0].endian)
+    if endian not in (None, "little"):
+        return None
+    rest = codecs[1:]
+    if not rest:
+        return lambda chunk: chunk
+    if len(rest) > 1:
+        return None
+    codec = rest[0]
+    if isinstance(codec, zarr.codecs.ZstdCodec):
+        return numcodecs.Zstd(level=codec.level, checksum=codec.checksum).encode
+    if isinstance(codec, zarr.codecs.GzipCodec):
+        level = codec.level
+        return lambda chunk: gzip.compress(chunk.tobytes(), compresslevel=level, mtime=0)
+    return None
+
+
+class _ChunkAppender:
+    """Appends rows to a local Zarr array by writing whole chunks' files directly.
+
+    zarr-python pays about a millisecond of Python per chunk on top of compression;
+    with small chunks (good for random reads) that dominates writing. Chunks are
+    encoded here, in a few threads (the compressors release the GIL), and stored
+    under the array's chunk keys; the last one is padded with the fill value, as
+    zarr-python stores edge chunks.
+    """
+
+    def __init__(self, array: Any, directory: str, encode: Any, pool: Any) -> None:
+        self.array = array
+        self.directory = directory
+        self.encode = encode
+        self.pool = pool
+        self.rows = int(array.chunks[0])
+        self.row_shape = tuple(array.shape[1:])
+        self.dtype = np.dtype(array.dtype)
+        self.pending: list[np.ndarray] = []
+        self.pending_rows = 0
+        self.written = 0  # rows stored in whole chunks
+        self.futures: list[Any] = []
+
+    def add(self, block: np.ndarray) -> None:
+        if not len(block):
+            return
+        self.pending.append(block)
+        self.pending_rows += len(block)
+        full = self.pending_rows // self.rows
+        if not full:
+            return
+        rows = self._take_pending()
+        for k in range(full):
+            self._submit(rows[k * self.rows : (k + 1) * self.rows])
+        rest = rows[full * self.rows :]
+        self.pending = [rest] if len(rest) else []
+        self.pending_rows = len(rest)
+        self._collect(wait_all=False)
+
+    def _take_pending(self) -> np.ndarray:
+        return np.concatenate(self.pending) if len(self.pending) > 1 else self.pending[0]
+
+    def _submit(self, chunk: np.ndarray) -> None:
+        number = self.written // self.rows
+        self.futures.append(self.pool.submit(self._store, number, chunk))
+        self.written += self.rows
+
+    def _store(self, number: int, chunk: np.ndarray) -> None:
+        key = self.array.metadata.encode_chunk_key((number,) + (0,) * len(self.row_shape))
+        path = os.path.join(self.directory, *key.split("/"))
+        os.makedirs(os.path.dirname(path), exist_ok=True)
+        data = np.ascontiguousarray(chunk, dtype=self.dtype.newbyteorder("<"))
+        with open(path, "wb") as handle:
+            handle.write(self.encode(data))
+
+    def _collect(self, wait_all: bool) -> None:
+        """Raise the first failure of a chunk write; bound the chunks in flight."""
+        running = []
+        for future in self.futures:
+            if future.done():
+                future.result()
+            else:
+                running.append(future)
+        self.futures = running
+        limit = 0 if wait_all else 64
+        while len(self.futures) > limit:
+            self.futures.pop(0).result()
+
+    def finish(self) -> None:
+        """Store the last, padded chunk and set the array's length."""
+        total = self.written + self.pending_rows
+        if self.pending_rows:
+            padded = np.full((self.rows, *self.row_shape), self.array.fill_value, self.dtype)
+            padded[: self.pending_rows] = self._take_pending()
+            self._submit(padded)
+            self.pending, self.pending_rows = [], 0
+        self._collect(wait_all=True)
+        self.array.resize((total, *self.row_shape))
+
+
 class ZarrWriter(ShardFileWriter):
-    """Writes a shardio Zarr v3 group."""
+    """Writes a shardio Zarr v3 group.
+
+    On a local store with plain codecs (none, zstd, gzip) chunks are written directly
+    (see :class:`_ChunkAppender`): zstd and uncompressed chunks are the files
+    zarr-python writes, and every chunk is the same bytes on every run.
+    """
 
     format = "zarr"
     options = frozenset({"compressor", "compression_level", "chunk_bytes"})
 
     def __init__(self, path: str, schema: Schema, **options: Any) -> None:
         super().__init__(path, schema, **options)
-        compressors = make_compressors(options.get("compressor"), options.get("compression_level"))
+        from concurrent.futures import ThreadPoolExecutor
+
+        self._compressors = make_compressors(
+            options.get("compressor"), options.get("compression_level")
+        )
         chunk_bytes = int(options.get("chunk_bytes", _DEFAULT_CHUNK_BYTES))
         self._group: Any = zarr.open_group(path, mode="w-")
+        self._local = isinstance(self._group.store, zarr.storage.LocalStore)
+        self._pool = ThreadPoolExecutor(max_workers=min(4, os.cpu_count() or 1))
         self._arrays: dict[str, Any] = {}
+        self._direct: dict[str, _ChunkAppender] = {}
         self._ends: dict[str, int] = {}
         for fld in schema:
             if fld.variable:
-                self._arrays[f"{fld.name}.data"] = self._group.create_array(
-                    f"{fld.name}.data",
-                    shape=(0,),
-                    chunks=(max(1, chunk_bytes // fld.dtype.itemsize),),
-                    dtype=fld.dtype,
-                    compressors=compressors,
-                )
-                offsets = self._group.create_array(
-                    f"{fld.name}.offsets",
-                    shape=(1,),
-                    chunks=(8192,),
-                    dtype="<i8",
-                    compressors=compressors,
-                )
-                offsets[0] = 0
-                self._arrays[f"{fld.name}.offsets"] = offsets
+                rows = max(1, chunk_bytes // fld.dtype.itemsize)
+                self._create(f"{fld.name}.data", (), fld.dtype, rows)
+                self._create(f"{fld.name}.offsets", (), np.dtype("<i8"), 8192)
+                self._append(f"{fld.name}.offsets", np.zeros(1, dtype="<i8"))
                 self._ends[fld.name] = 0
             else:
-                rows = max(1, chunk_bytes // max(1, fld.sample_nbytes))
                 shape, dtype = _stored_layout(fld)
-                self._arrays[fld.name] = self._group.create_array(
-                    fld.name,
-                    shape=(0, *shape),
-                    chunks=(rows, *shape),
-                    dtype=dtype,
-                    compressors=compressors,
+                self._create(
+                    fld.name, shape, dtype, max(1, chunk_bytes // max(1, fld.sample_nbytes))
                 )
+
+    def _create(self, name: str, shape: tuple[int, ...], dtype: Any, rows: int) -> None:
+        array = self._group.create_array(
+            name,
+            shape=(0, *shape),
+            chunks=(rows, *shape),
+            dtype=dtype,
+            compressors=self._compressors,
+        )
+        self._arrays[name] = array
+        encode = _chunk_encoder(array) if self._local and 0 not in shape else None
+        if encode is not None:
+            directory = os.path.join(self.path, *name.split("/"))
+            self._direct[name] = _ChunkAppender(array, directory, encode, self._pool)
+
+    def _append(self, name: str, rows: np.ndarray) -> None:
+        appender = self._direct.get(name)
+        if appender is not None:
+            appender.add(rows)
+        elif len(rows):
+            self._arrays[name].append(rows, axis=0)
 
     def append(self, columns: Columns, count: int) -> None:
         for fld in self.schema:
@@ -391,7 +522,7 @@ class ZarrWriter(ShardFileWriter):
                 array = np.ascontiguousarray(column, dtype=fld.dtype)
                 if fld.dtype.fields is not None:
                     array = array.reshape(count, -1).view(np.uint8)
-                self._arrays[fld.name].append(array, axis=0)
+                self._append(fld.name, array)
                 continue
             pieces = [
                 np.frombuffer(v, np.uint8) if isinstance(v, bytes) else np.asarray(v, fld.dtype)
@@ -399,10 +530,9 @@ class ZarrWriter(ShardFileWriter):
             ]
             lengths = np.array([p.size for p in pieces], dtype=np.int64)
             flat = np.concatenate(pieces) if pieces else np.empty(0, fld.dtype)
-            if flat.size:
-                self._arrays[f"{fld.name}.data"].append(flat.astype(fld.dtype, copy=False), axis=0)
+            self._append(f"{fld.name}.data", flat.astype(fld.dtype, copy=False))
             ends = self._ends[fld.name] + np.cumsum(lengths)
-            self._arrays[f"{fld.name}.offsets"].append(ends, axis=0)
+            self._append(f"{fld.name}.offsets", ends)
             if count:
                 self._ends[fld.name] = int(ends[-1])
         self.count += count
@@ -410,9 +540,18 @@ class ZarrWriter(ShardFileWriter):
     def close(self) -> None:
         if self._group is None:
             return
+        try:
+            for appender in self._direct.values():
+                appender.finish()
+        finally:
+            self._pool.shutdown(wait=True)
         self._group.attrs[ATTR] = {
             "version": 1,
             "count": self.count,
             "schema": self.schema.to_json(),
         }
         self._group = None
+
+    def abort(self) -> None:
+        self._pool.shutdown(wait=True, cancel_futures=True)
+        self._group = None  # the caller removes the partial shard

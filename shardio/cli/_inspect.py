@@ -40,6 +40,22 @@ def describe(reader: DatasetReader) -> dict[str, Any]:
             for s in reader.shard_infos
         ],
         "nbytes": sum(reader.shard_nbytes),
+        "conversion": _conversion(reader),
+    }
+
+
+def _conversion(reader: DatasetReader) -> dict[str, Any] | None:
+    """Where a converted dataset came from and what was left out (see shardio convert)."""
+    if reader.manifest is None:
+        return None
+    conversion = reader.manifest.metadata.get("conversion")
+    if not isinstance(conversion, dict):
+        return None
+    return {
+        "source": conversion.get("source"),
+        "split_compound": conversion.get("split_compound", False),
+        "skipped": conversion.get("skipped", []),
+        "notes": conversion.get("notes", []),
     }
 
 
@@ -60,4 +76,9 @@ def run(args: argparse.Namespace) -> int:
     if info["sharded"]:
         for s in info["shards"]:
             print(f"  {s['path']}: {s['num_samples']} samples, {format_size(s['nbytes'])}")
+    conversion = info["conversion"]
+    if conversion:
+        print(f"  converted from {conversion['source']}")
+        for skipped in conversion["skipped"]:
+            print(f"  skipped {skipped.get('name')!r}: {skipped.get('reason')}")
     return 0
