@@ -221,3 +221,18 @@ def test_non_integer_index(tmp_path) -> None:
     ds = ShardedDataset(_dataset(tmp_path))
     with pytest.raises(shardio.SampleIndexError, match="integer"):
         ds["3"]  # type: ignore[index]
+
+
+def test_big_endian_variable_length_arrays_read_their_values(tmp_path) -> None:
+    """h5py labels big-endian vlen elements as native without swapping them."""
+    import h5py
+
+    path = tmp_path / "be.h5"
+    values = [np.array([-3, 1, 256], dtype=">i2"), np.array([7], dtype=">i2")]
+    with h5py.File(path, "w") as file:
+        dataset = file.create_dataset("seq", (2,), dtype=h5py.vlen_dtype(np.dtype(">i2")))
+        for i, value in enumerate(values):
+            dataset[i] = value
+    ds = ShardedDataset(path)
+    assert ds[0]["seq"].tolist() == [-3, 1, 256]
+    assert [list(v) for v in ds.read_batch([1, 0])["seq"]] == [[7], [-3, 1, 256]]

@@ -8,9 +8,11 @@ Variable-length fields are HDF5 variable-length types (bytes, strings, 1-D array
 
 from __future__ import annotations
 
+import functools
 import json
 import mmap
 import os
+import sys
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -29,7 +31,14 @@ from ..memory import ReleaseResult
 from ..schema import Field, Schema
 from .base import Columns, ShardFileWriter, ShardReader
 
-__all__ = ["HDF5Reader", "HDF5Writer", "SCHEMA_ATTR", "field_for_dataset", "list_datasets"]
+__all__ = [
+    "vlen_reads_unswapped",
+    "HDF5Reader",
+    "HDF5Writer",
+    "SCHEMA_ATTR",
+    "field_for_dataset",
+    "list_datasets",
+]
 
 SCHEMA_ATTR = "shardio_schema"
 COUNT_ATTR = "shardio_count"
@@ -99,6 +108,21 @@ def list_datasets(group: h5py.Group) -> list[tuple[str, h5py.Dataset]]:
 
     group.visititems(visit)
     return found
+
+
+@functools.lru_cache(maxsize=1)
+def vlen_reads_unswapped() -> bool:
+    """Whether h5py hands back variable-length arrays of a non-native element type
+    with the file's bytes labelled as native (h5py 3.x does: big-endian int16 1
+    reads as 256). Tested once on an in-memory file, so a fixed h5py is not undone."""
+    foreign = np.dtype(">i2") if sys.byteorder == "little" else np.dtype("<i2")
+    with h5py.File(
+        f"shardio-vlen-probe-{os.getpid()}", "w", driver="core", backing_store=False
+    ) as file:
+        dataset = file.create_dataset("v", (1,), dtype=h5py.vlen_dtype(foreign))
+        dataset[0] = np.array([1], dtype=foreign)
+        value = np.asarray(dataset[0])
+    return bool(value.dtype.isnative and value[0] != 1)
 
 
 def field_for_dataset(name: str, dataset: h5py.Dataset) -> Field:
@@ -305,8 +329,11 @@ class HDF5Reader(ShardReader[_File]):
             if data is None:
                 data = _gather(handle.datasets[fld.name], unique, handle.raw_chunks[fld.name])
             if fld.variable:
+                relabel = fld.kind == "ragged" and not fld.dtype.isnative and vlen_reads_unswapped()
                 values = [
-                    bytes(v) if fld.kind == "bytes" else np.asarray(v, fld.dtype)
+                    bytes(v)
+                    if fld.kind == "bytes"
+                    else (np.asarray(v).view(fld.dtype) if relabel else np.asarray(v, fld.dtype))
                     for v in _as_bytes(data, fld)
                 ]
                 self.bytes_read += sum(len(v) if isinstance(v, bytes) else v.nbytes for v in values)

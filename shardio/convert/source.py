@@ -13,9 +13,7 @@ torch without a byte swap on every read.
 from __future__ import annotations
 
 import contextlib
-import functools
 import os
-import sys
 from abc import ABC, abstractmethod
 from collections.abc import Sequence
 from dataclasses import dataclass, field
@@ -463,7 +461,9 @@ class HDF5Source(Source):
                 block = dataset[0:0] if count == 0 else dataset[selection]
                 blocks[spec.dataset] = block
             value = block if spec.member is None else block[spec.member]
-            if spec.foreign_vlen is not None and _vlen_reads_unswapped():
+            from ..adapters._hdf5 import vlen_reads_unswapped
+
+            if spec.foreign_vlen is not None and vlen_reads_unswapped():
                 value = [np.asarray(v).view(spec.foreign_vlen) for v in value]
             columns[spec.field.name] = _to_field(value, spec.field, count)
         return columns
@@ -479,23 +479,6 @@ def _to_field(value: Any, fld: Field, count: int) -> Any:
         return [np.ascontiguousarray(v, dtype=fld.dtype).reshape(-1) for v in value]
     array = np.ascontiguousarray(value, dtype=fld.dtype)
     return array.reshape(count, *fld.shape)
-
-
-@functools.lru_cache(maxsize=1)
-def _vlen_reads_unswapped() -> bool:
-    """Whether h5py hands back variable-length arrays of a non-native element type
-    with the file's bytes labelled as native (h5py 3.x does: big-endian int16 1
-    reads as 256). Tested once on an in-memory file, so a fixed h5py is not undone."""
-    import h5py
-
-    foreign = np.dtype(">i2") if sys.byteorder == "little" else np.dtype("<i2")
-    with h5py.File(
-        f"shardio-vlen-probe-{os.getpid()}", "w", driver="core", backing_store=False
-    ) as file:
-        dataset = file.create_dataset("v", (1,), dtype=h5py.vlen_dtype(foreign))
-        dataset[0] = np.array([1], dtype=foreign)
-        value = np.asarray(dataset[0])
-    return bool(value.dtype.isnative and value[0] != 1)
 
 
 def _get(file: Any, name: str) -> Any:
