@@ -26,7 +26,7 @@ from shardio.bench import (
 from shardio.bench.cache import COLD_FRACTION, resident_bytes
 from shardio.bench.report import JSON_KEYS, RUN_KEYS, format_table
 from shardio.bench.synthetic import write_synthetic
-from shardio.errors import InvalidOptionError, ShardioError
+from shardio.errors import InvalidOptionError
 
 FORMATS = ("lmdb", "hdf5", "zarr", "mmap")
 MiB = 2**20
@@ -289,15 +289,6 @@ def test_plot_is_a_png(small: str, tmp_path: Any) -> None:
     target = tmp_path / "plot.png"
     write_plot(report, target)
     assert target.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
-
-
-def test_a_budget_without_memory_support_is_a_clear_error(small: str) -> None:
-    from shardio.bench import supports_memory_budget
-
-    if supports_memory_budget():
-        pytest.skip("this shardio has the memory budget")
-    with pytest.raises(ShardioError, match="no memory budget yet"):
-        run_bench(small, BenchConfig(max_rss=("64MB",), ceiling=False))
 
 
 def test_synthetic_data_is_identical_across_backends(tmp_path: Any) -> None:

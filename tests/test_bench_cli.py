@@ -97,14 +97,3 @@ def test_plot_without_matplotlib(
     assert code == 2
     _one_error_line(capsys, "matplotlib", "pip install")
     assert not (tmp_path / "p.png").exists()
-
-
-def test_max_rss_without_a_budget_in_this_shardio(
-    dataset: str, capsys: pytest.CaptureFixture[str]
-) -> None:
-    from shardio.bench import supports_memory_budget
-
-    if supports_memory_budget():
-        pytest.skip("this shardio has the memory budget")
-    assert main(["bench", dataset, "--max-rss", "512MB", "--quiet"]) == 2
-    _one_error_line(capsys, "no memory budget yet")

@@ -28,7 +28,6 @@ from .runner import (
     machine_info,
     open_dataset,
     run_bench,
-    supports_memory_budget,
 )
 
 __all__ = [
@@ -58,7 +57,6 @@ __all__ = [
     "require_matplotlib",
     "run_bench",
     "sequential_read_bandwidth",
-    "supports_memory_budget",
     "write_json",
     "write_plot",
 ]

@@ -10,7 +10,6 @@ gets, while a sampler thread records RSS in the main process and in every worker
 from __future__ import annotations
 
 import gc
-import inspect
 import math
 import os
 import platform
@@ -37,7 +36,6 @@ __all__ = [
     "machine_info",
     "open_dataset",
     "run_bench",
-    "supports_memory_budget",
 ]
 
 Order = Literal["random", "sequential"]
@@ -232,24 +230,12 @@ class BenchReport:
 
 
 # ------------------------------------------------------------------ datasets
-def supports_memory_budget() -> bool:
-    """Whether this shardio's ShardedDataset takes ``max_rss=`` (the memory budget)."""
-    from .. import ShardedDataset
-
-    parameters = inspect.signature(ShardedDataset.__init__).parameters
-    return "max_rss" in parameters or hasattr(ShardedDataset, "memory_stats")
-
-
 def open_dataset(path: str, max_rss: int | None = None) -> Any:
     """``ShardedDataset(path)``, with ``max_rss=`` when a budget is asked for."""
     from .. import ShardedDataset
 
     if max_rss is None:
         return ShardedDataset(path)
-    if not supports_memory_budget():
-        raise UnsupportedFeatureError(
-            "this shardio has no memory budget yet: --max-rss needs ShardedDataset(max_rss=...)"
-        )
     return ShardedDataset(path, max_rss=max_rss)
 
 
@@ -353,8 +339,6 @@ def run_bench(
     probe.close()  # opening shards to list their files opened handles: LMDB allows one each
     if config.compare_raw:
         raw_reader(probe)  # refuses a backend or dataset the raw loop cannot read, early
-    if any(b is not None for b in config.max_rss) and not supports_memory_budget():
-        open_dataset(path, config.max_rss[-1] or 1)  # raises the "no budget yet" error
     if config.cache == "cold" and not hasattr(os, "posix_fadvise"):
         raise UnsupportedFeatureError("a cold cache needs os.posix_fadvise (Linux has it)")
     orders = epoch_orders(len(probe), config)
