@@ -1,0 +1,182 @@
+"""Head-wise 8-bit quantization of saved activations, with running scale estimates.
+
+Each group (one per attention head, or one per block of channels) has a running minimum
+and range, updated by exponential moving average during training (as in Mesa), never by
+gradient.  Codes are rounded stochastically so that dequantized values are unbiased.
+"""
+
+from __future__ import annotations
+
+import random
+from dataclasses import dataclass
+from typing import Literal
+
+import torch
+from torch import Tensor, nn
+
+from ..errors import InvalidOptionError
+
+__all__ = ["Layout", "Packed", "HeadwiseQuantizer", "LEVELS"]
+
+Layout = Literal["heads", "channels"]
+LEVELS = 255  # uint8 codes 0..255
+_MIN_RANGE = 1e-8
+
+
+@dataclass(frozen=True)
+class Packed:
+    """An activation kept for backward: uint8 codes plus a step and minimum per group."""
+
+    codes: Tensor
+    step: Tensor
+    minimum: Tensor
+
+
+class HeadwiseQuantizer(nn.Module):
+    """Quantize tensors to 8 bits with one (minimum, range) estimate per group.
+
+    ``layout="heads"``: tensors shaped ``(B, H, ...)``, one group per head (dim 1).
+    ``layout="channels"``: tensors shaped ``(..., C)``, the last dim split into ``groups``
+    equal blocks of channels.
+    """
+
+    running_min: Tensor
+    running_range: Tensor
+    initialized: Tensor
+
+    def __init__(
+        self,
+        groups: int,
+        layout: Layout,
+        momentum: float = 0.9,
+        stochastic: bool = True,
+        seed: int = 0,
+    ) -> None:
+        super().__init__()
+        if groups < 1:
+            raise InvalidOptionError(
+                f"groups should be a positive integer, but got groups={groups}"
+            )
+        if layout not in ("heads", "channels"):
+            raise InvalidOptionError(
+                f"layout should be 'heads' or 'channels', but got layout={layout!r}"
+            )
+        if not 0.0 <= momentum < 1.0:
+            raise InvalidOptionError(f"momentum should be in [0, 1), but got momentum={momentum}")
+        self.groups = groups
+        self.layout: Layout = layout
+        self.momentum = momentum
+        self.stochastic = stochastic
+        self.seed = seed
+        self.register_buffer("running_min", torch.zeros(groups))
+        self.register_buffer("running_range", torch.ones(groups))
+        self.register_buffer("initialized", torch.zeros((), dtype=torch.bool))
+        self._offsets = random.Random(seed)
+
+    def extra_repr(self) -> str:
+        return f"groups={self.groups}, layout={self.layout!r}, momentum={self.momentum}"
+
+    # -- public -----------------------------------------------------------------
+    @torch.no_grad()
+    def pack(self, x: Tensor) -> Packed:
+        """Update the running estimates (in training) and return ``x`` as 8-bit codes."""
+        grouped = self._grouped(x)
+        if self.training or not bool(self.initialized):
+            self._update(grouped)
+        step = (self.running_range.clamp(min=_MIN_RANGE) / LEVELS).to(x.dtype)
+        minimum = self.running_min.to(x.dtype)
+        shape = self._stat_shape(grouped)
+        # t = (x - min) / step + u, truncated: with u ~ U[0, 1) this is stochastic
+        # rounding (u = 0.5 gives round-to-nearest).
+        offset = 0.0 if self.stochastic else 0.5
+        scaled = torch.empty(grouped.shape, dtype=x.dtype, device=x.device)
+        torch.addcmul(
+            (offset - minimum / step).view(shape), grouped, (1.0 / step).view(shape), out=scaled
+        )
+        if self.stochastic:
+            self._add_uniform_noise(scaled.view(-1))
+        codes = scaled.clamp_(0, LEVELS).to(torch.uint8)  # truncation == floor here
+        return Packed(codes.view(x.shape), step, minimum)
+
+    def unpack(self, packed: Packed, dtype: torch.dtype) -> Tensor:
+        """The dequantized activation, in ``dtype``."""
+        codes = self._grouped(packed.codes)
+        shape = self._stat_shape(codes)
+        values = torch.addcmul(
+            packed.minimum.to(dtype).view(shape), codes.to(dtype), packed.step.to(dtype).view(shape)
+        )
+        return values.view(packed.codes.shape)
+
+    # -- internals --------------------------------------------------------------
+    def _grouped(self, x: Tensor) -> Tensor:
+        """``x`` viewed so that the group axis is explicit (dim 1 or dim -2)."""
+        if self.layout == "heads":
+            if x.dim() < 2 or x.shape[1] != self.groups:
+                raise InvalidOptionError(
+                    f"a 'heads' quantizer with {self.groups} groups expects a tensor shaped "
+                    f"(B, {self.groups}, ...), but got shape {tuple(x.shape)}"
+                )
+            return x
+        channels = x.shape[-1]
+        if channels % self.groups:
+            raise InvalidOptionError(
+                f"a 'channels' quantizer with {self.groups} groups expects a last dimension "
+                f"divisible by {self.groups}, but got shape {tuple(x.shape)}"
+            )
+        return x.reshape(*x.shape[:-1], self.groups, channels // self.groups)
+
+    def _group_dim(self, grouped: Tensor) -> int:
+        return 1 if self.layout == "heads" else grouped.dim() - 2
+
+    def _stat_shape(self, grouped: Tensor) -> list[int]:
+        shape = [1] * grouped.dim()
+        shape[self._group_dim(grouped)] = self.groups
+        return shape
+
+    def _update(self, grouped: Tensor) -> None:
+        group_dim = self._group_dim(grouped)
+        dims = tuple(d for d in range(grouped.dim()) if d != group_dim)
+        low = grouped.amin(dim=dims).float()
+        spread = grouped.amax(dim=dims).float() - low
+        if not bool(self.initialized):
+            self.running_min.copy_(low)
+            self.running_range.copy_(spread)
+            self.initialized.fill_(True)
+            return
+        self.running_min.lerp_(low, 1.0 - self.momentum)
+        self.running_range.lerp_(spread, 1.0 - self.momentum)
+
+    def _add_uniform_noise(self, flat: Tensor) -> None:
+        """Add U[0, 1) noise to ``flat`` in place.
+
+        NOTE: drawing a fresh uniform per element cost more than the rest of the
+        quantization on the CPU, so the noise is read from a fixed table of uniforms at
+        a random offset per chunk.  Each value is uniform, so rounding stays unbiased;
+        only elements a table apart within one chunk could share noise, and none do.
+        """
+        table = _noise_table(flat.device, flat.dtype)
+        for start in range(0, flat.numel(), _NOISE_CHUNK):
+            chunk = flat[start : start + _NOISE_CHUNK]
+            offset = self._offsets.randrange(_NOISE_TABLE - _NOISE_CHUNK)
+            chunk.add_(table[offset : offset + chunk.numel()])
+
+
+_NOISE_TABLE = 1 << 22
+_NOISE_CHUNK = 1 << 20
+_noise_tables: dict[tuple[torch.device, torch.dtype], Tensor] = {}
+
+
+def _noise_table(device: torch.device, dtype: torch.dtype) -> Tensor:
+    """A fixed table of U[0, 1) values per device and dtype, made on first use."""
+    key = (device, dtype)
+    table = _noise_tables.get(key)
+    if table is None:
+        # Its own generator: making the table never shifts the data order or init.
+        generator = torch.Generator(device=device)
+        generator.manual_seed(_NOISE_SEED)
+        table = torch.rand(_NOISE_TABLE, generator=generator, device=device).to(dtype)
+        _noise_tables[key] = table
+    return table
+
+
+_NOISE_SEED = 0x5EED
