@@ -139,3 +139,19 @@ class TestSavedBytesCounter:
         assert counter.nbytes == 2 * 256 * 4 and counter.tensors == 2
         out.backward()
         torch.testing.assert_close(a.grad, (a.exp() * b.exp()).detach())
+
+
+def test_sdpa_exact_baseline_computes_the_same_and_keeps_no_score_matrix() -> None:
+    torch.manual_seed(0)
+    matmul = ReferenceTransformer(CONFIG, quantize=False)
+    sdpa = ReferenceTransformer(ModelConfig(**{**CONFIG.to_dict(), "exact_attention": "sdpa"}))
+    sdpa.load_state_dict(matmul.state_dict())
+    sdpa.quantize = False
+    tokens, labels = batch()
+    torch.testing.assert_close(sdpa(tokens), matmul(tokens), rtol=1e-4, atol=1e-5)
+    kept = {
+        name: saved_activation_bytes(lambda m=m: F.cross_entropy(m(tokens), labels))
+        for name, m in (("matmul", matmul), ("sdpa", sdpa))
+    }
+    scores = CONFIG.n_layers * 8 * CONFIG.n_heads * 64 * 64 * 4  # one fp32 N x N per head
+    assert kept["matmul"] - kept["sdpa"] >= 0.9 * scores

@@ -185,3 +185,18 @@ class TestQuantizer:
         options: dict[str, object] = {"groups": 2, "layout": "heads", **kwargs}
         with pytest.raises(ShardioError, match=str(next(iter(kwargs)))):
             HeadwiseQuantizer(**options)  # type: ignore[arg-type]
+
+
+def test_running_estimates_travel_with_the_state_dict() -> None:
+    trained = HeadwiseQuantizer(2, "channels")
+    trained.pack(torch.tensor([[0.0, 2.0, -4.0, 4.0]]))
+    fresh = HeadwiseQuantizer(2, "channels")
+    fresh.pack(torch.tensor([[0.0, 100.0, 0.0, 100.0]]))  # initialised differently
+    fresh.load_state_dict(trained.state_dict())
+    fresh.eval()
+    x = torch.tensor([[1.0, 1.5, 0.0, 2.0]])
+    assert torch.equal(fresh.pack(x).codes, trained.eval().pack(x).codes)
+    untrained = HeadwiseQuantizer(2, "channels")
+    fresh.load_state_dict(untrained.state_dict())  # back to "not initialised"
+    fresh.pack(torch.tensor([[0.0, 8.0, 0.0, 1.0]]))  # first batch sets the range again
+    torch.testing.assert_close(fresh.running_range, torch.tensor([8.0, 1.0]))

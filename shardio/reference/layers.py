@@ -8,11 +8,13 @@ whole model with :func:`set_quantize`.
 from __future__ import annotations
 
 import math
+from typing import Literal
 
 import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
+from ..errors import InvalidOptionError
 from .ops import (
     quantized_attention,
     quantized_gelu,
@@ -24,6 +26,7 @@ from .ops import (
 from .quant import HeadwiseQuantizer
 
 __all__ = [
+    "ExactKernel",
     "QuantModule",
     "QuantLinear",
     "QuantGELU",
@@ -33,6 +36,8 @@ __all__ = [
     "QuantAttention",
     "set_quantize",
 ]
+
+ExactKernel = Literal["matmul", "sdpa"]
 
 
 class QuantModule(nn.Module):
@@ -120,13 +125,22 @@ class QuantAttention(QuantModule):
     ``fused=True`` (the default) keeps q, k, v and the probabilities once each; the
     unfused path chains :class:`QuantMatMul`, :class:`QuantSoftmax` and
     :class:`QuantMatMul`, which keeps the probabilities twice (the softmax output and the
-    second matmul's input are quantized separately).
+    second matmul's input are quantized separately).  With ``quantize=False``,
+    ``exact_kernel`` picks plain matmul-softmax-matmul or torch's fused
+    ``scaled_dot_product_attention``, which keeps no N x N matrix at all.
     """
 
-    def __init__(self, heads: int, fused: bool = True, seed: int = 0) -> None:
+    def __init__(
+        self, heads: int, fused: bool = True, exact_kernel: ExactKernel = "matmul", seed: int = 0
+    ) -> None:
         super().__init__()
+        if exact_kernel not in ("matmul", "sdpa"):
+            raise InvalidOptionError(
+                f"exact_kernel should be 'matmul' or 'sdpa', but got exact_kernel={exact_kernel!r}"
+            )
         self.quantize = True
         self.fused = fused
+        self.exact_kernel: ExactKernel = exact_kernel
         self.scores = QuantMatMul(heads, seed=seed)
         self.softmax = QuantSoftmax(heads, seed=seed + 2)
         self.mix = QuantMatMul(heads, seed=seed + 3)
@@ -141,6 +155,8 @@ class QuantAttention(QuantModule):
                 self.softmax.quantizer,
             )
             return quantized_attention(q, k, v, scale, quantizers)
+        if not self.quantize and self.exact_kernel == "sdpa":
+            return F.scaled_dot_product_attention(q, k, v)
         if not self.quantize:
             probs = torch.softmax((q @ k.transpose(-2, -1)) * scale, dim=-1)
             return probs @ v

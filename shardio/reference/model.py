@@ -12,7 +12,14 @@ from dataclasses import asdict, dataclass
 from torch import Tensor, nn
 
 from ..errors import InvalidOptionError
-from .layers import QuantAttention, QuantGELU, QuantLayerNorm, QuantLinear, set_quantize
+from .layers import (
+    ExactKernel,
+    QuantAttention,
+    QuantGELU,
+    QuantLayerNorm,
+    QuantLinear,
+    set_quantize,
+)
 
 __all__ = ["ModelConfig", "ReferenceTransformer"]
 
@@ -29,6 +36,7 @@ class ModelConfig:
     n_layers: int = 4
     mlp_ratio: int = 4
     fused_attention: bool = True
+    exact_attention: ExactKernel = "matmul"
     seed: int = 0
 
     def __post_init__(self) -> None:
@@ -36,6 +44,10 @@ class ModelConfig:
             value = getattr(self, name)
             if isinstance(value, bool) or not isinstance(value, int) or value < 1:
                 raise InvalidOptionError(f"{name} should be a positive integer, but got {value!r}")
+        if self.exact_attention not in ("matmul", "sdpa"):
+            raise InvalidOptionError(
+                f"exact_attention should be 'matmul' or 'sdpa', but got {self.exact_attention!r}"
+            )
         if self.d_model % self.n_heads:
             raise InvalidOptionError(
                 f"d_model should be divisible by n_heads, but got d_model={self.d_model}, "
@@ -53,7 +65,9 @@ class _Block(nn.Module):
         self.heads = h
         self.norm1 = QuantLayerNorm(d, h, seed=seed)
         self.qkv = QuantLinear(d, 3 * d, h, seed=seed + 1)
-        self.attention = QuantAttention(h, fused=cfg.fused_attention, seed=seed + 2)
+        self.attention = QuantAttention(
+            h, fused=cfg.fused_attention, exact_kernel=cfg.exact_attention, seed=seed + 2
+        )
         self.proj = QuantLinear(d, d, h, seed=seed + 6)
         self.norm2 = QuantLayerNorm(d, h, seed=seed + 7)
         self.fc1 = QuantLinear(d, cfg.mlp_ratio * d, h, seed=seed + 8)

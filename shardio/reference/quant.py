@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import random
 from dataclasses import dataclass
-from typing import Literal
+from typing import Any, Literal
 
 import torch
 from torch import Tensor, nn
@@ -72,6 +72,8 @@ class HeadwiseQuantizer(nn.Module):
         self.register_buffer("running_range", torch.ones(groups))
         self.register_buffer("initialized", torch.zeros((), dtype=torch.bool))
         self._offsets = random.Random(seed)
+        # Mirrors `initialized` on the host, so a CUDA step does not sync to read it.
+        self._ready = False
 
     def extra_repr(self) -> str:
         return f"groups={self.groups}, layout={self.layout!r}, momentum={self.momentum}"
@@ -81,7 +83,7 @@ class HeadwiseQuantizer(nn.Module):
     def pack(self, x: Tensor) -> Packed:
         """Update the running estimates (in training) and return ``x`` as 8-bit codes."""
         grouped = self._grouped(x)
-        if self.training or not bool(self.initialized):
+        if self.training or not self._is_ready():
             self._update(grouped)
         step = (self.running_range.clamp(min=_MIN_RANGE) / LEVELS).to(x.dtype)
         minimum = self.running_min.to(x.dtype)
@@ -125,6 +127,15 @@ class HeadwiseQuantizer(nn.Module):
             )
         return x.reshape(*x.shape[:-1], self.groups, channels // self.groups)
 
+    def _is_ready(self) -> bool:
+        if not self._ready:
+            self._ready = bool(self.initialized)
+        return self._ready
+
+    def _load_from_state_dict(self, *args: Any, **kwargs: Any) -> None:
+        super()._load_from_state_dict(*args, **kwargs)
+        self._ready = False  # read `initialized` again
+
     def _group_dim(self, grouped: Tensor) -> int:
         return 1 if self.layout == "heads" else grouped.dim() - 2
 
@@ -138,10 +149,11 @@ class HeadwiseQuantizer(nn.Module):
         dims = tuple(d for d in range(grouped.dim()) if d != group_dim)
         low = grouped.amin(dim=dims).float()
         spread = grouped.amax(dim=dims).float() - low
-        if not bool(self.initialized):
+        if not self._is_ready():
             self.running_min.copy_(low)
             self.running_range.copy_(spread)
             self.initialized.fill_(True)
+            self._ready = True
             return
         self.running_min.lerp_(low, 1.0 - self.momentum)
         self.running_range.lerp_(spread, 1.0 - self.momentum)
