@@ -92,9 +92,9 @@ class HeadwiseQuantizer(nn.Module):
         # rounding (u = 0.5 gives round-to-nearest).
         offset = 0.0 if self.stochastic else 0.5
         scaled = torch.empty(grouped.shape, dtype=x.dtype, device=x.device)
-        torch.addcmul(
-            (offset - minimum / step).view(shape), grouped, (1.0 / step).view(shape), out=scaled
-        )
+        # mul + add_ rather than addcmul: broadcasting addcmul is several times slower.
+        torch.mul(grouped, (1.0 / step).view(shape), out=scaled)
+        scaled.add_((offset - minimum / step).view(shape))
         if self.stochastic:
             self._add_uniform_noise(scaled.view(-1))
         codes = scaled.clamp_(0, LEVELS).to(torch.uint8)  # truncation == floor here
@@ -104,9 +104,8 @@ class HeadwiseQuantizer(nn.Module):
         """The dequantized activation, in ``dtype``."""
         codes = self._grouped(packed.codes)
         shape = self._stat_shape(codes)
-        values = torch.addcmul(
-            packed.minimum.to(dtype).view(shape), codes.to(dtype), packed.step.to(dtype).view(shape)
-        )
+        values = codes.to(dtype)
+        values.mul_(packed.step.to(dtype).view(shape)).add_(packed.minimum.to(dtype).view(shape))
         return values.view(packed.codes.shape)
 
     # -- internals --------------------------------------------------------------
