@@ -1,0 +1,333 @@
+"""The ``shardio demo`` job: synthetic shards -> DataLoader + Prefetcher -> quantized training.
+
+:func:`run_demo` writes the majority-token task (:mod:`.data`) into shards with
+``ShardWriter`` (or takes a user's token dataset), reads it back through
+``ShardedDataset``, ``ShardSampler``, a ``DataLoader`` with workers and the
+``Prefetcher``, and trains the reference transformer with 8-bit saved activations,
+printing loss, throughput, time waiting for data, RSS and saved-activation bytes.
+"""
+
+from __future__ import annotations
+
+import math
+import os
+import tempfile
+import time
+from collections.abc import Callable, Iterator, Sequence
+from contextlib import contextmanager
+from dataclasses import dataclass, field
+
+import torch
+import torch.nn.functional as F
+
+from .. import ShardedDataset, format_size
+from ..errors import DeviceError, InvalidOptionError, OutputWriteError
+from ..memory import read_rss
+from .data import LABEL, TOKENS, MajorityTask, TokenSpec, inspect_token_dataset, write_token_dataset
+from .model import ModelConfig, ReferenceTransformer
+from .saved import saved_activation_bytes
+from .train import Batch, LogRecord, evaluate, heldout_batches, make_feed, train
+
+__all__ = ["DemoConfig", "DemoRun", "DemoSummary", "run_demo", "default_device"]
+
+Printer = Callable[[str], None]
+_SYNTHETIC_NAME = "majority.shardio"
+
+
+@dataclass(frozen=True)
+class DemoConfig:
+    """Options of ``shardio demo``; the defaults finish in a few minutes on 2 CPU cores."""
+
+    data: str | None = None  # a user's token dataset; None: the synthetic task
+    workdir: str | None = None  # where the synthetic shards are kept; None: a temporary dir
+    device: str | None = None  # None: "cuda" when available, else "cpu"
+    steps: int = 300
+    batch_size: int = 32
+    workers: int = 2
+    seed: int = 0
+    exact: bool = False  # train without quantization
+    compare: bool = False  # train quantized and exact, report both
+    log_every: int = 25
+    lr: float = 3e-3
+    num_samples: int = 8192  # synthetic training samples
+    heldout: int = 1024  # held-out samples (at most a fifth of a user's dataset)
+    shards: int = 4
+    format: str = "mmap"
+    d_model: int = 128
+    n_heads: int = 4
+    n_layers: int = 4
+    task: MajorityTask = field(default_factory=MajorityTask)
+
+    def __post_init__(self) -> None:
+        for name in ("steps", "batch_size", "log_every", "num_samples", "heldout", "shards"):
+            if getattr(self, name) < 1:
+                raise InvalidOptionError(
+                    f"{name} should be >= 1, but got {name}={getattr(self, name)}"
+                )
+        for name in ("workers", "seed"):
+            if getattr(self, name) < 0:
+                raise InvalidOptionError(
+                    f"{name} should be >= 0, but got {name}={getattr(self, name)}"
+                )
+        if self.exact and self.compare:
+            raise InvalidOptionError("exact and compare exclude each other: compare runs both")
+
+
+@dataclass(frozen=True)
+class DemoRun:
+    """One training run: quantized or exact."""
+
+    quantize: bool
+    train_loss: float
+    heldout_loss: float
+    heldout_accuracy: float
+    samples_per_s: float
+    wait_fraction: float
+    seconds: float
+
+
+@dataclass(frozen=True)
+class DemoSummary:
+    """Everything the demo measured."""
+
+    path: str
+    spec: TokenSpec
+    device: str
+    saved_bytes_quantized: int
+    saved_bytes_exact: int
+    runs: tuple[DemoRun, ...]
+    chance_loss: float
+    seconds: float
+
+
+def default_device() -> str:
+    """``"cuda"`` when a CUDA device is present, else ``"cpu"``."""
+    return "cuda" if torch.cuda.is_available() else "cpu"
+
+
+def _check_device(name: str) -> torch.device:
+    """A CUDA device asked for on a machine without CUDA is an error, not a fallback."""
+    try:
+        device = torch.device(name)
+    except RuntimeError:
+        raise DeviceError(
+            f"device should be 'cpu', 'cuda' or 'cuda:N', but got device={name!r}"
+        ) from None
+    if device.type == "cuda" and not torch.cuda.is_available():
+        raise DeviceError(f"device={name!r} was asked for, but this machine has no CUDA device")
+    if device.type == "cuda" and (device.index or 0) >= torch.cuda.device_count():
+        raise DeviceError(
+            f"device should be one of this machine's {torch.cuda.device_count()} CUDA "
+            f"device(s), but got device={name!r}"
+        )
+    if device.type not in ("cpu", "cuda"):
+        raise DeviceError(f"device should be 'cpu', 'cuda' or 'cuda:N', but got device={name!r}")
+    return device
+
+
+def _rss() -> str:
+    info = read_rss()
+    return "n/a" if info is None else format_size(info.rss)
+
+
+@contextmanager
+def _dataset_path(config: DemoConfig, out: Printer) -> Iterator[str]:
+    """The dataset to train on: the user's, or the synthetic task written into shards
+    (kept in ``workdir`` when one is given, else in a temporary directory)."""
+    if config.data is not None:
+        yield config.data
+    elif config.workdir is not None:
+        try:
+            os.makedirs(config.workdir, exist_ok=True)
+        except OSError as exc:
+            raise OutputWriteError(f"cannot create --workdir {config.workdir}: {exc}") from None
+        yield _write_synthetic(config, os.path.join(config.workdir, _SYNTHETIC_NAME), out)
+    else:
+        with tempfile.TemporaryDirectory(prefix="shardio-demo-") as tmp:
+            yield _write_synthetic(config, os.path.join(tmp, _SYNTHETIC_NAME), out)
+
+
+def _write_synthetic(config: DemoConfig, path: str, out: Printer) -> str:
+    start = time.perf_counter()
+    data = config.task.generate(config.num_samples + config.heldout, config.seed)
+    manifest = write_token_dataset(
+        path, data, format=config.format, num_shards=config.shards, overwrite=True
+    )
+    nbytes = sum(s.nbytes for s in manifest.shards)
+    out(
+        f"wrote {len(data)} samples of the majority-token task (vocab {config.task.vocab_size}, "
+        f"length {config.task.seq_len}) into {len(manifest.shards)} {manifest.format} shards "
+        f"({format_size(nbytes)}) at {path} in {time.perf_counter() - start:.1f} s"
+    )
+    return path
+
+
+def _measure_saved(cfg: ModelConfig, batch: Batch) -> tuple[int, int]:
+    """Bytes saved for backward by one forward pass on ``batch``: (8-bit, exact)."""
+    model = ReferenceTransformer(cfg, quantize=True).to(batch[TOKENS].device)
+    tokens, labels = batch[TOKENS], batch[LABEL]
+
+    def forward() -> torch.Tensor:
+        return F.cross_entropy(model(tokens), labels)
+
+    quantized = saved_activation_bytes(forward)
+    model.quantize = False
+    return quantized, saved_activation_bytes(forward)
+
+
+def _saved_text(quantized: int, exact: int) -> str:
+    ratio = quantized / exact if exact else float("nan")
+    return f"{format_size(quantized)} 8-bit vs {format_size(exact)} exact ({ratio:.2f}x)"
+
+
+def _log_line(record: LogRecord, saved: str) -> str:
+    width = len(str(record.steps))
+    return (
+        f"step {record.step:>{width}}/{record.steps}  loss {record.loss:.4f}  "
+        f"{record.samples_per_s:7.0f} samples/s  waiting for data {record.wait_fraction:6.1%}  "
+        f"rss {_rss():>9}  saved activations {saved}"
+    )
+
+
+def _train_once(
+    config: DemoConfig,
+    dataset: ShardedDataset,
+    cfg: ModelConfig,
+    quantize: bool,
+    device: torch.device,
+    heldout: Sequence[Batch],
+    saved: str,
+    out: Printer,
+) -> DemoRun:
+    """Train a freshly initialised model (same seed every run) and evaluate it."""
+    torch.manual_seed(config.seed)
+    model = ReferenceTransformer(cfg, quantize=quantize).to(device)
+    feed = make_feed(
+        dataset,
+        num_train=len(dataset) - _heldout_count(config, len(dataset)),
+        batch_size=config.batch_size,
+        workers=config.workers,
+        seed=config.seed,
+        device=device,
+    )
+    out(f"training {'with 8-bit' if quantize else 'with exact'} saved activations")
+    try:
+        result = train(
+            model,
+            feed,
+            steps=config.steps,
+            lr=config.lr,
+            log_every=config.log_every,
+            on_log=lambda record: out(_log_line(record, saved)),
+            waited=lambda: feed.wait_seconds,
+        )
+    finally:
+        feed.close()
+    loss, accuracy = evaluate(model, heldout)
+    return DemoRun(
+        quantize,
+        result.final_loss,
+        loss,
+        accuracy,
+        result.samples_per_s,
+        result.wait_fraction,
+        result.seconds,
+    )
+
+
+def _heldout_count(config: DemoConfig, num_samples: int) -> int:
+    """Samples kept out of training at the end of the dataset."""
+    if config.data is None:
+        return config.heldout
+    return max(1, min(config.heldout, num_samples // 5))
+
+
+def _summary_lines(summary: DemoSummary, floor: float | None) -> list[str]:
+    lines = []
+    for run in summary.runs:
+        kind = "8-bit" if run.quantize else "exact"
+        lines.append(
+            f"{kind:>5}: final training loss {run.train_loss:.4f}, held-out loss "
+            f"{run.heldout_loss:.4f}, held-out accuracy {run.heldout_accuracy:.1%}, "
+            f"{run.samples_per_s:.0f} samples/s, waiting for data {run.wait_fraction:.1%}, "
+            f"{run.seconds:.1f} s"
+        )
+    bound = f"; best possible held-out loss {floor:.4f}" if floor is not None else ""
+    lines.append(
+        f"chance loss ln({summary.spec.num_classes}) = {summary.chance_loss:.4f}{bound}; "
+        f"peak rss {_peak_rss()}; total {summary.seconds:.1f} s"
+    )
+    if len(summary.runs) == 2:
+        a, b = (r.heldout_loss for r in summary.runs)
+        lines.append(f"held-out loss 8-bit / exact = {a / b:.4f}")
+    return lines
+
+
+def _heldout_floor(task: MajorityTask, heldout: Sequence[Batch]) -> float:
+    tokens = torch.cat([b[TOKENS] for b in heldout]).cpu().numpy()
+    labels = torch.cat([b[LABEL] for b in heldout]).cpu().numpy()
+    return task.best_loss(tokens, labels)
+
+
+def _peak_rss() -> str:
+    info = read_rss()
+    return "n/a" if info is None else format_size(info.peak)
+
+
+def run_demo(config: DemoConfig, out: Printer = print) -> DemoSummary:
+    """Run the demo end to end, printing progress through ``out``; returns the figures."""
+    start = time.perf_counter()
+    device = _check_device(config.device or default_device())
+    with _dataset_path(config, out) as path:
+        spec = inspect_token_dataset(path)
+        with ShardedDataset(path) as dataset:
+            return _run_on(config, dataset, spec, device, start, out)
+
+
+def _run_on(
+    config: DemoConfig,
+    dataset: ShardedDataset,
+    spec: TokenSpec,
+    device: torch.device,
+    start: float,
+    out: Printer,
+) -> DemoSummary:
+    cfg = ModelConfig(
+        vocab_size=spec.vocab_size,
+        num_classes=spec.num_classes,
+        max_len=spec.seq_len,
+        d_model=config.d_model,
+        n_heads=config.n_heads,
+        n_layers=config.n_layers,
+        seed=config.seed,
+    )
+    first_heldout = len(dataset) - _heldout_count(config, len(dataset))
+    heldout = heldout_batches(dataset, first_heldout, config.batch_size, device)
+    quantized, exact = _measure_saved(cfg, heldout[0])
+    saved = _saved_text(quantized, exact)
+    out(
+        f"dataset {dataset.path}: {len(dataset)} samples ({first_heldout} train, "
+        f"{len(dataset) - first_heldout} held out) in {len(dataset.shard_lengths)} shard(s), "
+        f"read by ShardSampler + DataLoader({config.workers} workers) + Prefetcher({device})"
+    )
+    out(
+        f"model: d_model {cfg.d_model}, {cfg.n_layers} layers, {cfg.n_heads} heads, "
+        f"sequence length {cfg.max_len}, {cfg.num_classes} classes; saved activations "
+        f"for backward per step (batch of {len(heldout[0][LABEL])}): {saved}"
+    )
+    modes = (True, False) if config.compare else ((False,) if config.exact else (True,))
+    runs = tuple(_train_once(config, dataset, cfg, q, device, heldout, saved, out) for q in modes)
+    summary = DemoSummary(
+        dataset.path,
+        spec,
+        str(device),
+        quantized,
+        exact,
+        runs,
+        math.log(spec.num_classes),
+        time.perf_counter() - start,
+    )
+    floor = None if config.data is not None else _heldout_floor(config.task, heldout)
+    for line in _summary_lines(summary, floor):
+        out(line)
+    return summary

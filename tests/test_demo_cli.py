@@ -1,0 +1,193 @@
+"""``shardio demo``: progress lines, summary, --data validation, and no torch for --help."""
+
+from __future__ import annotations
+
+import os
+import re
+import subprocess
+import sys
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+
+from shardio import ShardedDataset, ShardWriter
+from shardio.cli import build_parser, main
+from shardio.reference.data import MajorityTask, write_token_dataset
+from shardio.reference.demo import DemoConfig
+
+ROOT = Path(__file__).resolve().parent.parent
+TINY = ["--steps", "4", "--log-every", "2", "--batch-size", "16", "--workers", "1"]
+
+STEP_LINE = re.compile(
+    r"^step +(\d+)/4  loss (\d+\.\d+) +(\d+) samples/s  waiting for data +(\d+\.\d)%  "
+    r"rss +\d+(\.\d+)? [KMG]iB  saved activations \S+ [KMG]iB 8-bit vs \S+ [KMG]iB exact "
+    r"\((0\.\d\d)x\)$"
+)
+
+
+def _run(args: list[str], capsys: pytest.CaptureFixture[str]) -> tuple[int, str, str]:
+    code = main(["demo", *args])
+    captured = capsys.readouterr()
+    return code, captured.out, captured.err
+
+
+def test_demo_prints_progress_and_a_summary(capsys: pytest.CaptureFixture[str]) -> None:
+    code, out, err = _run([*TINY, "--samples", "256"], capsys)
+    assert code == 0, err
+    steps = [m for m in map(STEP_LINE.match, out.splitlines()) if m]
+    assert [int(m.group(1)) for m in steps] == [2, 4], out
+    assert all(float(m.group(6)) < 0.5 for m in steps)  # 8-bit saves well under half
+    assert "4 mmap shards" in out and "256 train, 1024 held out" in out
+    summary = re.search(
+        r"8-bit: final training loss (\d+\.\d+), held-out loss (\d+\.\d+), "
+        r"held-out accuracy (\d+\.\d)%",
+        out,
+    )
+    assert summary is not None, out
+    assert "chance loss ln(16) = 2.7726; best possible held-out loss" in out
+    written = re.search(r"shards \(.*\) at (\S+) in", out)
+    assert written is not None and not os.path.exists(written.group(1))  # temp dir removed
+
+
+def test_demo_compare_reports_both_runs(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    code, out, err = _run(
+        [*TINY, "--samples", "128", "--compare", "--workers", "0", "--workdir", str(tmp_path)],
+        capsys,
+    )
+    assert code == 0, err
+    assert "training with 8-bit" in out and "training with exact" in out
+    assert re.search(r"^exact: final training loss", out, re.M)
+    assert re.search(r"held-out loss 8-bit / exact = \d+\.\d+", out)
+    with ShardedDataset(tmp_path / "majority.shardio") as kept:  # --workdir keeps the shards
+        assert len(kept) == 128 + 1024 and len(kept.shard_lengths) == 4
+
+
+def test_demo_reuses_its_workdir(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    args = ["--steps", "1", "--samples", "64", "--workers", "0", "--workdir", str(tmp_path)]
+    assert _run(args, capsys)[0] == 0
+    assert _run([*args, "--seed", "1"], capsys)[0] == 0  # the earlier shards are replaced
+    assert sorted(os.listdir(tmp_path)) == ["majority.shardio"]
+
+
+def test_demo_trains_on_a_users_dataset(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    task = MajorityTask(vocab_size=8, seq_len=12)
+    data = task.generate(200, seed=5)
+    path = tmp_path / "user.shardio"
+    write_token_dataset(path, data, format="lmdb", num_shards=2)
+    code, out, err = _run([*TINY, "--data", str(path)], capsys)
+    assert code == 0, err
+    assert f"dataset {path}: 200 samples (160 train, 40 held out) in 2 shard(s)" in out
+    assert "sequence length 12, 8 classes" in out
+    assert "chance loss ln(8) = 2.0794" in out
+    assert "best possible" not in out  # the noise floor is known for the synthetic task only
+
+
+def test_demo_missing_data_path(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    missing = tmp_path / "nowhere.shardio"
+    code, _, err = _run(["--data", str(missing)], capsys)
+    assert code == 2
+    assert len(err.strip().splitlines()) == 1 and str(missing) in err, err
+    assert err.startswith("shardio demo: error:")
+
+
+def _write(path: Path, columns: dict[str, np.ndarray]) -> None:
+    with ShardWriter(path, format="mmap") as writer:
+        writer.write_batch(columns)
+
+
+TOKENS = np.zeros((8, 6), dtype=np.int64)
+LABELS = np.zeros(8, dtype=np.int64)
+
+
+@pytest.mark.parametrize(
+    ("columns", "field", "words"),
+    [
+        ({"tokens": TOKENS, "y": LABELS}, "label", "missing"),
+        ({"ids": TOKENS, "label": LABELS}, "tokens", "missing"),
+        ({"tokens": TOKENS.astype(np.float32), "label": LABELS}, "tokens", "float32"),
+        ({"tokens": np.zeros((8, 2, 3), np.int64), "label": LABELS}, "tokens", "(2, 3)"),
+        ({"tokens": TOKENS, "label": np.zeros((8, 2), np.int64)}, "label", "(2,)"),
+        ({"tokens": TOKENS - 1, "label": LABELS}, "tokens", "negative"),
+    ],
+    ids=["no-label", "no-tokens", "float-tokens", "2d-tokens", "vector-label", "negative"],
+)
+def test_demo_rejects_a_dataset_with_wrong_fields(
+    tmp_path: Path,
+    capsys: pytest.CaptureFixture[str],
+    columns: dict[str, np.ndarray],
+    field: str,
+    words: str,
+) -> None:
+    path = tmp_path / "bad.shardio"
+    _write(path, columns)
+    code, out, err = _run(["--data", str(path)], capsys)
+    assert code == 2, out
+    line = err.strip()
+    assert len(line.splitlines()) == 1 and "Traceback" not in err
+    assert str(path) in line and f"'{field}'" in line and words in line, line
+
+
+@pytest.mark.skipif(torch.cuda.is_available(), reason="checks the no-CUDA error")
+@pytest.mark.parametrize("device", ["cuda", "cuda:1", "tpu", "cdua"])
+def test_demo_rejects_unavailable_devices(device: str, capsys: pytest.CaptureFixture[str]) -> None:
+    code, _, err = _run(["--device", device], capsys)
+    assert code == 2 and "device" in err and device in err, err
+
+
+@pytest.mark.gpu
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA device")
+def test_demo_trains_on_cuda(capsys: pytest.CaptureFixture[str]) -> None:
+    code, out, err = _run([*TINY, "--samples", "256", "--device", "cuda"], capsys)
+    assert code == 0, err
+    assert "Prefetcher(cuda)" in out and "8-bit: final training loss" in out
+
+
+def test_demo_rejects_bad_numbers(capsys: pytest.CaptureFixture[str]) -> None:
+    code, _, err = _run(["--steps", "0"], capsys)
+    assert code == 2 and "steps" in err
+    with pytest.raises(SystemExit) as exc:
+        main(["demo", "--exact", "--compare"])
+    assert exc.value.code == 2
+
+
+def test_cli_defaults_are_the_library_defaults() -> None:
+    args = build_parser().parse_args(["demo"])
+    config = DemoConfig()
+    for name in ("steps", "batch_size", "workers", "seed", "log_every", "exact", "compare"):
+        assert getattr(args, name) == getattr(config, name), name
+    assert args.samples == config.num_samples
+
+
+def test_cli_parser_does_not_import_torch() -> None:
+    code = (
+        "import sys; from shardio.cli import build_parser; build_parser(); "
+        "print('torch' in sys.modules)"
+    )
+    env = {**os.environ, "PYTHONPATH": str(ROOT)}
+    result = subprocess.run(
+        [sys.executable, "-c", code], capture_output=True, text=True, cwd=ROOT, env=env
+    )
+    assert result.returncode == 0, result.stderr
+    assert result.stdout.strip() == "False"
+
+
+def test_shardio_help_lists_demo_without_importing_torch() -> None:
+    code = (
+        "import sys, contextlib, io\n"
+        "from shardio.cli import build_parser, main\n"
+        "buffer = io.StringIO()\n"
+        "with contextlib.redirect_stdout(buffer):\n"
+        "    try:\n"
+        "        main(['demo', '--help'])\n"
+        "    except SystemExit:\n"
+        "        pass\n"
+        "print('--compare' in buffer.getvalue(), 'torch' in sys.modules)\n"
+    )
+    env = {**os.environ, "PYTHONPATH": str(ROOT)}
+    result = subprocess.run(
+        [sys.executable, "-c", code], capture_output=True, text=True, cwd=ROOT, env=env
+    )
+    assert result.returncode == 0, result.stderr
+    assert result.stdout.split() == ["True", "False"]
