@@ -59,6 +59,12 @@ def inputs_for(
         return torch.randn(*shape, generator=gen) * scale + scale / 2
 
     head_dim = width // HEADS
+    if kind.startswith("attention"):
+        # q and k of std up to 2 give attention logits of std up to ~16: peaked, but not
+        # saturated.  With saturated rows (one-hot probabilities) the exact gradient
+        # vanishes and the relative error of any 8-bit copy of P is unbounded; see
+        # docs/reference.md.
+        scale = 0.1 + (scale - 0.1) * 1.9 / 7.9
     if kind in ("linear", "gelu", "layer_norm"):
         return [randn(batch, length, width)]
     if kind == "softmax":
@@ -85,7 +91,7 @@ TOLERANCE = {
 
 
 @pytest.mark.parametrize("kind", sorted(MODULES))
-@settings(max_examples=15, deadline=None)
+@settings(max_examples=15, deadline=None, derandomize=True)
 @given(
     batch=st.integers(1, 4),
     length=st.integers(8, 48),

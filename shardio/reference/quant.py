@@ -8,6 +8,8 @@ gradient.  Codes are rounded stochastically so that dequantized values are unbia
 from __future__ import annotations
 
 import random
+import threading
+from collections.abc import Iterator
 from dataclasses import dataclass
 from typing import Any, Literal
 
@@ -87,25 +89,31 @@ class HeadwiseQuantizer(nn.Module):
             self._update(grouped)
         step = (self.running_range.clamp(min=_MIN_RANGE) / LEVELS).to(x.dtype)
         minimum = self.running_min.to(x.dtype)
-        shape = self._stat_shape(grouped)
+        rows = self._rows(grouped)
+        shape = self._stat_shape(rows)
         # t = (x - min) / step + u, truncated: with u ~ U[0, 1) this is stochastic
         # rounding (u = 0.5 gives round-to-nearest).
-        offset = 0.0 if self.stochastic else 0.5
-        scaled = torch.empty(grouped.shape, dtype=x.dtype, device=x.device)
-        # mul + add_ rather than addcmul: broadcasting addcmul is several times slower.
-        torch.mul(grouped, (1.0 / step).view(shape), out=scaled)
-        scaled.add_((offset - minimum / step).view(shape))
-        if self.stochastic:
-            self._add_uniform_noise(scaled.view(-1))
-        codes = scaled.clamp_(0, LEVELS).to(torch.uint8)  # truncation == floor here
+        inverse = (1.0 / step).view(shape)
+        bias = ((0.0 if self.stochastic else 0.5) - minimum / step).view(shape)
+        codes = torch.empty(rows.shape, dtype=torch.uint8, device=x.device)
+        for source, target in _chunks(rows, codes):
+            scaled = _scratch(source)
+            # mul + add_ rather than addcmul: broadcasting addcmul is several times slower.
+            torch.mul(source, inverse, out=scaled).add_(bias)
+            if self.stochastic:
+                self._add_uniform_noise(scaled.view(-1))
+            target.copy_(scaled.clamp_(0, LEVELS))  # truncation == floor here
         return Packed(codes.view(x.shape), step, minimum)
 
     def unpack(self, packed: Packed, dtype: torch.dtype) -> Tensor:
         """The dequantized activation, in ``dtype``."""
-        codes = self._grouped(packed.codes)
-        shape = self._stat_shape(codes)
-        values = codes.to(dtype)
-        values.mul_(packed.step.to(dtype).view(shape)).add_(packed.minimum.to(dtype).view(shape))
+        rows = self._rows(self._grouped(packed.codes))
+        shape = self._stat_shape(rows)
+        step = packed.step.to(dtype).view(shape)
+        minimum = packed.minimum.to(dtype).view(shape)
+        values = torch.empty(rows.shape, dtype=dtype, device=rows.device)
+        for codes, target in _chunks(rows, values):
+            target.copy_(codes).mul_(step).add_(minimum)
         return values.view(packed.codes.shape)
 
     # -- internals --------------------------------------------------------------
@@ -134,6 +142,12 @@ class HeadwiseQuantizer(nn.Module):
     def _load_from_state_dict(self, *args: Any, **kwargs: Any) -> None:
         super()._load_from_state_dict(*args, **kwargs)
         self._ready = False  # read `initialized` again
+
+    def _rows(self, grouped: Tensor) -> Tensor:
+        """``grouped`` with one leading dim to cut into chunks: (B, H, ...) or (M, G, c)."""
+        if self.layout == "heads":
+            return grouped
+        return grouped.reshape(-1, *grouped.shape[-2:])
 
     def _group_dim(self, grouped: Tensor) -> int:
         return 1 if self.layout == "heads" else grouped.dim() - 2
@@ -172,6 +186,35 @@ class HeadwiseQuantizer(nn.Module):
             chunk.add_(table[offset : offset + chunk.numel()])
 
 
+def _chunks(source: Tensor, target: Tensor) -> Iterator[tuple[Tensor, Tensor]]:
+    """Matching slices of ``source`` and ``target`` along dim 0.
+
+    NOTE: on the CPU the passes of (de)quantization run chunk by chunk through a small
+    scratch buffer that stays in cache; one fresh full-size fp32 temporary per call cost
+    more in page faults than the arithmetic.  On CUDA the whole tensor is one chunk.
+    """
+    if source.device.type == "cuda" or source.numel() <= _CHUNK:
+        yield source, target
+        return
+    per_row = max(1, source.numel() // max(1, source.shape[0]))
+    step = max(1, _CHUNK // per_row)
+    for start in range(0, source.shape[0], step):
+        yield source[start : start + step], target[start : start + step]
+
+
+def _scratch(like: Tensor) -> Tensor:
+    """A float buffer shaped like ``like``: reused per thread on the CPU, fresh on CUDA."""
+    if like.device.type == "cuda":
+        return torch.empty(like.shape, dtype=like.dtype, device=like.device)
+    buffer: Tensor | None = getattr(_local, "scratch", None)
+    if buffer is None or buffer.numel() < like.numel() or buffer.dtype != like.dtype:
+        buffer = torch.empty(like.numel(), dtype=like.dtype)
+        _local.scratch = buffer
+    return buffer[: like.numel()].view(like.shape)
+
+
+_CHUNK = 1 << 19
+_local = threading.local()
 _NOISE_TABLE = 1 << 22
 _NOISE_CHUNK = 1 << 20
 _noise_tables: dict[tuple[torch.device, torch.dtype], Tensor] = {}
