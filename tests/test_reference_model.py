@@ -155,3 +155,30 @@ def test_sdpa_exact_baseline_computes_the_same_and_keeps_no_score_matrix() -> No
     }
     scores = CONFIG.n_layers * 8 * CONFIG.n_heads * 64 * 64 * 4  # one fp32 N x N per head
     assert kept["matmul"] - kept["sdpa"] >= 0.9 * scores
+
+
+@pytest.mark.gpu
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA device")
+def test_on_cuda_the_gradient_matches_the_cpu_one_and_less_memory_is_kept() -> None:
+    torch.manual_seed(0)
+    model = ReferenceTransformer(CONFIG, quantize=False)
+    tokens, labels = batch()
+    exact_cpu = flat_grads(model, tokens, labels)
+    model = model.cuda()
+    tokens, labels = tokens.cuda(), labels.cuda()
+    exact = flat_grads(model, tokens, labels)
+    torch.testing.assert_close(exact.cpu(), exact_cpu, rtol=1e-3, atol=1e-5)
+    model.quantize = True
+    quantized = flat_grads(model, tokens, labels)
+    assert F.cosine_similarity(exact, quantized, dim=0).item() > 0.999
+
+    def kept_after_forward(quantize: bool) -> int:
+        model.quantize = quantize
+        torch.cuda.synchronize()
+        base = torch.cuda.memory_allocated()
+        loss = F.cross_entropy(model(tokens), labels)
+        kept = torch.cuda.memory_allocated() - base
+        loss.backward()
+        return kept
+
+    assert kept_after_forward(True) <= 0.5 * kept_after_forward(False)
