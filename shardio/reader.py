@@ -7,6 +7,7 @@ torch; conversion and verification use it directly without importing torch.
 
 from __future__ import annotations
 
+import functools
 import os
 from collections.abc import Sequence
 from typing import Any
@@ -59,6 +60,7 @@ class DatasetReader:
             self.options["storage_options"] = storage_options
         self.memory_policy = MemoryPolicy.resolve(max_rss, memory_policy)
         self.guard = MemoryGuard(self.memory_policy, self.release_memory)
+        self._unchecked_bytes = 0  # read by map-free readers since the last guard check
         fmt = format if format is not None else detect_format(self.path, storage_options)
         if fmt != SHARDED:
             get_backend(fmt)  # validates the name
@@ -193,8 +195,15 @@ class DatasetReader:
             return self._empty_columns()
         first = int(shards[0])
         if (shards == first).all():
-            return self._read_shard(first, local)
-        return self._gather_shards(shards, local)
+            columns = self._read_shard(first, local)
+        else:
+            columns = self._gather_shards(shards, local)
+        if self._unchecked_bytes:
+            # Readers that map no pages are checked once per call, not once per shard:
+            # a batch spread over many shards would otherwise read /proc per shard.
+            self.guard.after_read(self._unchecked_bytes)
+            self._unchecked_bytes = 0
+        return columns
 
     def _read_shard(self, number: int, local: np.ndarray) -> Columns:
         reader = self.shard(number)
@@ -202,11 +211,14 @@ class DatasetReader:
             reader.hint_access(self._access_pattern(local))
         if self.memory_policy is None:
             return reader.read_many(local)
-        step = len(local)
-        if reader.touches_mapped_pages:
-            # NOTE: one touched page can map a whole large folio (up to 2 MiB) of the
-            # page cache, so a batch is read in pieces with an RSS check between them.
-            step = max(4, self.memory_policy.max_rss // (4 * _WORST_FAULT_BYTES))
+        if not reader.touches_mapped_pages:
+            before = reader.bytes_read
+            columns = reader.read_many(local)
+            self._unchecked_bytes += reader.bytes_read - before
+            return columns
+        # NOTE: one touched page can map a whole large folio (up to 2 MiB) of the page
+        # cache, so a batch is read in pieces with an RSS check between them.
+        step = max(4, self.memory_policy.max_rss // (4 * _WORST_FAULT_BYTES))
         parts = []
         for start in range(0, len(local), step):
             before = reader.bytes_read
@@ -220,6 +232,10 @@ class DatasetReader:
             return access
         if bool(np.all(np.diff(local) == 1)):
             return "sequential"
+        return self._random_pattern
+
+    @functools.cached_property
+    def _random_pattern(self) -> AccessPattern:
         # Random reads of small samples waste readahead; large ones need it, since
         # readahead turns many page faults into one I/O.
         sample_bytes = self.schema.fixed_sample_nbytes or _SMALL_SAMPLE

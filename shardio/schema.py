@@ -7,6 +7,7 @@ raw shard's metadata), so a reader needs nothing else to decode samples.
 from __future__ import annotations
 
 import json
+import math
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass
 from typing import Any, Literal
@@ -103,7 +104,7 @@ class Field:
         """Bytes of one sample of a fixed-size field (0 for variable fields)."""
         if self.variable:
             return 0
-        return int(self.dtype.itemsize * int(np.prod(self.shape, dtype=np.int64)))
+        return self.dtype.itemsize * math.prod(self.shape)  # math.prod: on the read path
 
     def to_json(self) -> dict[str, Any]:
         return {
