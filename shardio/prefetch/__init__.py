@@ -6,6 +6,7 @@ iterable of batches.
 
 from __future__ import annotations
 
+from ._device import resolve_device
 from .prefetcher import Prefetcher, PrefetchStats
 
-__all__ = ["Prefetcher", "PrefetchStats"]
+__all__ = ["Prefetcher", "PrefetchStats", "resolve_device"]

@@ -13,14 +13,17 @@ __all__ = ["resolve_device"]
 _EXPECTED = "'cpu', 'cuda' or 'cuda:N'"
 
 
-def resolve_device(device: str | torch.device | int | None) -> torch.device:
+def resolve_device(
+    device: str | torch.device | int | None, *, fallback_to_cpu: bool = True
+) -> torch.device:
     """The device batches go to.
 
     ``None`` picks the current CUDA device when there is one, else the CPU.  An int is
     a CUDA index, as in ``torch.cuda.set_device``.  Asking for CUDA on a machine without
-    it falls back to the CPU with a warning, so one script runs on a laptop and a GPU
-    node; a device that cannot exist (a typo, an index past the last GPU, another
-    backend) raises :class:`~shardio.errors.DeviceError`.
+    it falls back to the CPU with a warning (so one script runs on a laptop and a GPU
+    node), or raises with ``fallback_to_cpu=False``; a device that cannot exist (a typo,
+    an index past the last GPU, another backend) raises
+    :class:`~shardio.errors.DeviceError`.
     """
     if device is None:
         return _cuda_device(None) if torch.cuda.is_available() else torch.device("cpu")
@@ -34,10 +37,12 @@ def resolve_device(device: str | torch.device | int | None) -> torch.device:
         return torch.device("cpu")
     if parsed.type != "cuda":
         raise DeviceError(
-            f"the Prefetcher moves batches to the CPU or a CUDA GPU, so device should be "
+            f"shardio moves batches to the CPU or a CUDA GPU, so device should be "
             f"{_EXPECTED}, but got device={device!r}"
         )
     if not torch.cuda.is_available():
+        if not fallback_to_cpu:
+            raise DeviceError(f"device={device!r} was asked for, but this machine has no CUDA")
         warnings.warn(
             f"device={device!r} was asked for but CUDA is not available; the Prefetcher "
             "falls back to device='cpu' and batches stay in host memory",

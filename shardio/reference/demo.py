@@ -21,14 +21,15 @@ import torch
 import torch.nn.functional as F
 
 from .. import ShardedDataset, format_size
-from ..errors import DeviceError, InvalidOptionError, OutputWriteError
+from ..errors import InvalidOptionError, OutputWriteError
 from ..memory import read_rss
+from ..prefetch import resolve_device
 from .data import LABEL, TOKENS, MajorityTask, TokenSpec, inspect_token_dataset, write_token_dataset
 from .model import ModelConfig, ReferenceTransformer
 from .saved import saved_activation_bytes
 from .train import Batch, LogRecord, evaluate, heldout_batches, make_feed, train
 
-__all__ = ["DemoConfig", "DemoRun", "DemoSummary", "run_demo", "default_device"]
+__all__ = ["DemoConfig", "DemoRun", "DemoSummary", "run_demo"]
 
 Printer = Callable[[str], None]
 _SYNTHETIC_NAME = "majority.shardio"
@@ -98,31 +99,6 @@ class DemoSummary:
     runs: tuple[DemoRun, ...]
     chance_loss: float
     seconds: float
-
-
-def default_device() -> str:
-    """``"cuda"`` when a CUDA device is present, else ``"cpu"``."""
-    return "cuda" if torch.cuda.is_available() else "cpu"
-
-
-def _check_device(name: str) -> torch.device:
-    """A CUDA device asked for on a machine without CUDA is an error, not a fallback."""
-    try:
-        device = torch.device(name)
-    except RuntimeError:
-        raise DeviceError(
-            f"device should be 'cpu', 'cuda' or 'cuda:N', but got device={name!r}"
-        ) from None
-    if device.type == "cuda" and not torch.cuda.is_available():
-        raise DeviceError(f"device={name!r} was asked for, but this machine has no CUDA device")
-    if device.type == "cuda" and (device.index or 0) >= torch.cuda.device_count():
-        raise DeviceError(
-            f"device should be one of this machine's {torch.cuda.device_count()} CUDA "
-            f"device(s), but got device={name!r}"
-        )
-    if device.type not in ("cpu", "cuda"):
-        raise DeviceError(f"device should be 'cpu', 'cuda' or 'cuda:N', but got device={name!r}")
-    return device
 
 
 def _rss() -> str:
@@ -277,7 +253,8 @@ def _peak_rss() -> str:
 def run_demo(config: DemoConfig, out: Printer = print) -> DemoSummary:
     """Run the demo end to end, printing progress through ``out``; returns the figures."""
     start = time.perf_counter()
-    device = _check_device(config.device or default_device())
+    # None: CUDA when present. CUDA asked for on a machine without it is an error here.
+    device = resolve_device(config.device, fallback_to_cpu=False)
     with _dataset_path(config, out) as path:
         spec = inspect_token_dataset(path)
         with ShardedDataset(path) as dataset:
