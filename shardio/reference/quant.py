@@ -84,12 +84,11 @@ class HeadwiseQuantizer(nn.Module):
     @torch.no_grad()
     def pack(self, x: Tensor) -> Packed:
         """Update the running estimates (in training) and return ``x`` as 8-bit codes."""
-        grouped = self._grouped(x)
+        rows = self._rows(x)
         if self.training or not self._is_ready():
-            self._update(grouped)
+            self._update(rows)
         step = (self.running_range.clamp(min=_MIN_RANGE) / LEVELS).to(x.dtype)
         minimum = self.running_min.to(x.dtype)
-        rows = self._rows(grouped)
         shape = self._stat_shape(rows)
         # t = (x - min) / step + u, truncated: with u ~ U[0, 1) this is stochastic
         # rounding (u = 0.5 gives round-to-nearest).
@@ -107,7 +106,7 @@ class HeadwiseQuantizer(nn.Module):
 
     def unpack(self, packed: Packed, dtype: torch.dtype) -> Tensor:
         """The dequantized activation, in ``dtype``."""
-        rows = self._rows(self._grouped(packed.codes))
+        rows = self._rows(packed.codes)
         shape = self._stat_shape(rows)
         step = packed.step.to(dtype).view(shape)
         minimum = packed.minimum.to(dtype).view(shape)
@@ -117,8 +116,9 @@ class HeadwiseQuantizer(nn.Module):
         return values.view(packed.codes.shape)
 
     # -- internals --------------------------------------------------------------
-    def _grouped(self, x: Tensor) -> Tensor:
-        """``x`` viewed so that the group axis is explicit (dim 1 or dim -2)."""
+    def _rows(self, x: Tensor) -> Tensor:
+        """``x`` viewed with the groups on dim 1 and one leading dim to cut into chunks:
+        ``(B, H, ...)`` for 'heads', ``(M, G, C // G)`` for 'channels'."""
         if self.layout == "heads":
             if x.dim() < 2 or x.shape[1] != self.groups:
                 raise InvalidOptionError(
@@ -132,7 +132,7 @@ class HeadwiseQuantizer(nn.Module):
                 f"a 'channels' quantizer with {self.groups} groups expects a last dimension "
                 f"divisible by {self.groups}, but got shape {tuple(x.shape)}"
             )
-        return x.reshape(*x.shape[:-1], self.groups, channels // self.groups)
+        return x.reshape(-1, self.groups, channels // self.groups)
 
     def _is_ready(self) -> bool:
         if not self._ready:
@@ -143,25 +143,13 @@ class HeadwiseQuantizer(nn.Module):
         super()._load_from_state_dict(*args, **kwargs)
         self._ready = False  # read `initialized` again
 
-    def _rows(self, grouped: Tensor) -> Tensor:
-        """``grouped`` with one leading dim to cut into chunks: (B, H, ...) or (M, G, c)."""
-        if self.layout == "heads":
-            return grouped
-        return grouped.reshape(-1, *grouped.shape[-2:])
+    def _stat_shape(self, rows: Tensor) -> list[int]:
+        return [1, self.groups] + [1] * (rows.dim() - 2)
 
-    def _group_dim(self, grouped: Tensor) -> int:
-        return 1 if self.layout == "heads" else grouped.dim() - 2
-
-    def _stat_shape(self, grouped: Tensor) -> list[int]:
-        shape = [1] * grouped.dim()
-        shape[self._group_dim(grouped)] = self.groups
-        return shape
-
-    def _update(self, grouped: Tensor) -> None:
-        group_dim = self._group_dim(grouped)
-        dims = tuple(d for d in range(grouped.dim()) if d != group_dim)
-        low = grouped.amin(dim=dims).float()
-        spread = grouped.amax(dim=dims).float() - low
+    def _update(self, rows: Tensor) -> None:
+        dims = (0, *range(2, rows.dim()))
+        low = rows.amin(dim=dims).float()
+        spread = rows.amax(dim=dims).float() - low
         if not self._is_ready():
             self.running_min.copy_(low)
             self.running_range.copy_(spread)
