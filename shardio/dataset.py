@@ -106,6 +106,14 @@ class ShardedDataset(torch.utils.data.Dataset[Any]):
             columns[name] = column.astype(column.dtype.newbyteorder("="))
         return columns
 
+    def readahead(self, start: int, stop: int) -> int:
+        """Ask the OS to start reading samples ``[start, stop)`` into the page cache.
+
+        Returns at once with the bytes hinted (0 where the data is remote or the
+        backend cannot tell where samples lie). :class:`~shardio.ShardSampler` calls
+        it for the blocks its ``shard-window`` order is about to read."""
+        return self.reader.readahead(start, stop)
+
     # ------------------------------------------------------------------- close
     def memory_stats(self) -> dict[str, Any]:
         """This process's RSS (total, file-backed, anonymous), growth over its baseline,

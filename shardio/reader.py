@@ -25,7 +25,14 @@ from .adapters.registry import SHARDED, detect_format, get_backend, is_remote, r
 from .errors import ShardCorruptError, UnsupportedFeatureError
 from .index import ShardIndex
 from .manifest import Manifest, ShardInfo
-from .memory import MemoryGuard, MemoryPolicy, ReleaseKind, ReleaseResult
+from .memory import (
+    MemoryGuard,
+    MemoryPolicy,
+    Readahead,
+    ReleaseKind,
+    ReleaseResult,
+    readahead_supported,
+)
 from .schema import Sample, Schema
 from .writer import shard_files
 
@@ -61,6 +68,8 @@ class DatasetReader:
         self.memory_policy = MemoryPolicy.resolve(max_rss, memory_policy)
         self.guard = MemoryGuard(self.memory_policy, self.release_memory)
         self._unchecked_bytes = 0  # read by map-free readers since the last guard check
+        self._readahead = Readahead()
+        self.readahead_bytes = 0
         fmt = format if format is not None else detect_format(self.path, storage_options)
         if fmt != SHARDED:
             get_backend(fmt)  # validates the name
@@ -273,6 +282,31 @@ class DatasetReader:
             for f in self.schema
         }
 
+    def readahead(self, start: int, stop: int) -> int:
+        """Ask the OS to start reading samples ``[start, stop)`` into the page cache.
+
+        A hint that returns at once, for a caller that knows what is read next (the
+        ``shard-window`` order of :class:`~shardio.ShardSampler`). The page cache is
+        shared, so a hint given here also serves DataLoader workers, and it adds
+        nothing to any process's RSS. Returns the bytes hinted: 0 for remote data,
+        on platforms without ``posix_fadvise``, and for backends that cannot tell
+        where samples lie (see :meth:`ShardReader.byte_ranges`).
+        """
+        start, stop = max(0, int(start)), min(int(stop), len(self))
+        if stop <= start or is_remote(self.path) or not readahead_supported():
+            return 0
+        starts = self.index.starts
+        first = int(np.searchsorted(starts, start, side="right")) - 1
+        last = int(np.searchsorted(starts, stop - 1, side="right")) - 1
+        hinted = 0
+        for number in range(first, last + 1):
+            offset = int(starts[number])
+            lo, hi = max(start, offset) - offset, min(stop, int(starts[number + 1])) - offset
+            if hi > lo:
+                hinted += self._readahead.hint(self.shard(number).byte_ranges(lo, hi))
+        self.readahead_bytes += hinted
+        return hinted
+
     # ------------------------------------------------------------------ memory
     @property
     def open_readers(self) -> list[ShardReader[Any]]:
@@ -294,12 +328,14 @@ class DatasetReader:
         baseline, bytes read, and the advise calls and reopens the budget made."""
         stats = self.guard.stats().as_dict()
         stats["bytes_read"] = self.bytes_read
+        stats["readahead_bytes"] = self.readahead_bytes
         return stats
 
     # ------------------------------------------------------------------- close
     def close(self) -> None:
         for reader in self._readers.values():
             reader.close()
+        self._readahead.close()
 
     def __enter__(self) -> DatasetReader:
         return self

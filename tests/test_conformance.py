@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 import pickle
 from typing import Any
 
@@ -64,6 +65,23 @@ def test_batched_read_equals_single_reads(truth: Truth) -> None:
         else:
             want = np.stack([truth.sample(i)[name] for i in indices])
             np.testing.assert_array_equal(columns[name], want)
+
+
+def test_readahead_ranges_lie_inside_the_shard_files(truth: Truth) -> None:
+    ds = open_dataset(truth, fields=truth.names)
+    n = len(ds)
+    for start, stop in ((0, n), (n // 3, n // 3 + 2), (n - 1, n)):
+        for shard, length in enumerate(ds.shard_lengths):
+            first = int(ds.reader.index.starts[shard])
+            lo, hi = max(0, start - first), min(length, stop - first)
+            if hi <= lo:
+                continue
+            for path, offset, size in ds.reader.shard(shard).byte_ranges(lo, hi):
+                assert offset >= 0 and size > 0
+                assert offset + size <= os.path.getsize(path), path
+    # A hint reads nothing back: the samples are the same after it.
+    ds.readahead(0, n)
+    assert_sample_equal(ds[n - 1], truth.sample(n - 1))
 
 
 def test_empty_batch(truth: Truth) -> None:

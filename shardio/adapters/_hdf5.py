@@ -27,9 +27,9 @@ from ..errors import (
     ShardCorruptError,
     UnsupportedFeatureError,
 )
-from ..memory import ReleaseResult
+from ..memory import FileRange, ReleaseResult
 from ..schema import Field, Schema
-from .base import Columns, ShardFileWriter, ShardReader
+from .base import Columns, ShardFileWriter, ShardReader, coalesce_ranges
 
 __all__ = [
     "vlen_reads_unswapped",
@@ -44,6 +44,8 @@ SCHEMA_ATTR = "shardio_schema"
 COUNT_ATTR = "shardio_count"
 HDF5_SIGNATURE = b"\x89HDF\r\n\x1a\n"
 _DEFAULT_CHUNK_BYTES = 64 * 1024
+#: Chunks this close in the file (B-tree nodes between them) are hinted as one range.
+_HINT_GAP = 64 * 1024
 
 
 @dataclass
@@ -53,6 +55,16 @@ class _RowTable:
     rows: int  # rows per chunk (all rows, for a contiguous dataset)
     row_bytes: int
     offsets: np.ndarray  # byte offset of each chunk in the file; -1 where unallocated
+
+    def spans(self, start: int, stop: int) -> tuple[np.ndarray, np.ndarray]:
+        """File offsets and lengths of rows ``[start, stop)``, one span per chunk."""
+        chunks = np.arange(start // self.rows, (stop - 1) // self.rows + 1, dtype=np.int64)
+        first = np.maximum(start, chunks * self.rows)
+        last = np.minimum(stop, (chunks + 1) * self.rows)
+        base = self.offsets[chunks]
+        allocated = base >= 0  # unallocated chunks read as fill values: nothing to read
+        offsets = base + (first - chunks * self.rows) * self.row_bytes
+        return offsets[allocated], ((last - first) * self.row_bytes)[allocated]
 
     def positions(self, rows: np.ndarray) -> np.ndarray | None:
         starts = self.offsets[rows // self.rows]
@@ -287,6 +299,15 @@ class HDF5Reader(ShardReader[_File]):
         if handle.fd is not None:
             os.close(handle.fd)
         handle.file.close()
+
+    def byte_ranges(self, start: int, stop: int) -> list[FileRange]:
+        tables = [t for t in self.handle.tables.values() if t is not None]
+        if not tables or stop <= start:
+            return []
+        spans = [table.spans(start, stop) for table in tables]
+        offsets = np.concatenate([o for o, _ in spans])
+        lengths = np.concatenate([n for _, n in spans])
+        return coalesce_ranges(self.path.removeprefix("file://"), offsets, lengths, _HINT_GAP)
 
     def _drop_pages(self) -> ReleaseResult:
         """madvise(MADV_DONTNEED) on shardio's map of the file; else reopen."""

@@ -23,15 +23,24 @@ import lmdb
 import numpy as np
 
 from ..errors import InvalidOptionError, ManifestError, SchemaError, ShardCorruptError
-from ..memory import ReleaseResult, advise_range, find_mappings, madvise_supported
+from ..memory import FileRange, ReleaseResult, advise_range, find_mappings, madvise_supported
 from ..schema import Sample, Schema
-from .base import AccessPattern, Columns, ShardFileWriter, ShardReader, samples_to_columns
+from .base import (
+    AccessPattern,
+    Columns,
+    ShardFileWriter,
+    ShardReader,
+    coalesce_ranges,
+    samples_to_columns,
+)
 
 __all__ = ["LMDBReader", "LMDBWriter", "META_KEY", "encode_key"]
 
 META_KEY = b"__shardio__"
 #: Sidecar in the environment's directory: each sample's (offset, length) in data.mdb.
 OFFSETS_NAME = "shardio-offsets.npy"
+#: Values this close in data.mdb (page headers, keys between them) are hinted as one range.
+_HINT_GAP = 64 * 1024
 _LENGTH = np.dtype("<u8")
 
 
@@ -279,6 +288,13 @@ class LMDBReader(ShardReader[_Env]):
     @property
     def touches_mapped_pages(self) -> bool:
         return self.handle.offsets is None  # values read by offset never touch the map
+
+    def byte_ranges(self, start: int, stop: int) -> list[FileRange]:
+        handle = self.handle
+        if handle.offsets is None or stop <= start:
+            return []
+        part = handle.offsets[start:stop]
+        return coalesce_ranges(handle.data_file, part[:, 0], part[:, 1], gap=_HINT_GAP)
 
     def _load_offsets(self, env: lmdb.Environment) -> np.ndarray | None:
         """The writer's table of value positions, if present and still true of the file."""

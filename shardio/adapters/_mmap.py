@@ -25,7 +25,7 @@ import numpy as np
 
 from ..errors import InvalidOptionError, ManifestError, ShardCorruptError
 from ..jsonio import read_json
-from ..memory import ReleaseResult
+from ..memory import FileRange, ReleaseResult
 from ..schema import Field, Schema
 from .base import AccessPattern, Columns, ShardFileWriter, ShardReader
 
@@ -45,6 +45,7 @@ _ADVICE = {
 @dataclass
 class _MappedField:
     field: Field
+    path: str  # the data file
     data: np.ndarray | None  # the mapped values, or None when read with pread
     offsets: np.ndarray | None = None
     fd: int | None = None  # the data file, when read with pread
@@ -159,16 +160,18 @@ class MmapReader(ShardReader[_Mapped]):
                     size = (int(offsets[-1]) if count else 0) * fld.dtype.itemsize
                     if pread:
                         fd = _open_fd(data_path, size, mapped.fds)
-                        mapped.fields[fld.name] = _MappedField(fld, None, offsets, fd)
+                        mapped.fields[fld.name] = _MappedField(fld, data_path, None, offsets, fd)
                     else:
                         data = _map_file(data_path, fld.dtype, size, mapped.maps)
-                        mapped.fields[fld.name] = _MappedField(fld, data, offsets)
+                        mapped.fields[fld.name] = _MappedField(fld, data_path, data, offsets)
                 elif pread:
                     fd = _open_fd(data_path, count * fld.sample_nbytes, mapped.fds)
-                    mapped.fields[fld.name] = _MappedField(fld, None, None, fd)
+                    mapped.fields[fld.name] = _MappedField(fld, data_path, None, None, fd)
                 else:
                     flat = _map_file(data_path, fld.dtype, count * fld.sample_nbytes, mapped.maps)
-                    mapped.fields[fld.name] = _MappedField(fld, flat.reshape(count, *fld.shape))
+                    mapped.fields[fld.name] = _MappedField(
+                        fld, data_path, flat.reshape(count, *fld.shape)
+                    )
         except BaseException:
             self._close(mapped)
             raise
@@ -191,6 +194,18 @@ class MmapReader(ShardReader[_Mapped]):
         for entry in meta.get("files", {}).values():
             names.extend(entry[k] for k in ("data", "offsets") if k in entry)
         return [os.path.join(self.path, n) for n in names]
+
+    def byte_ranges(self, start: int, stop: int) -> list[FileRange]:
+        ranges = []
+        for mapped in self.handle.fields.values():
+            if mapped.offsets is None:
+                size = mapped.field.sample_nbytes
+                ranges.append((mapped.path, start * size, (stop - start) * size))
+            else:
+                itemsize = mapped.field.dtype.itemsize
+                first, last = (int(x) for x in mapped.offsets[[start, stop]])
+                ranges.append((mapped.path, first * itemsize, (last - first) * itemsize))
+        return [r for r in ranges if r[2] > 0]
 
     def read_many(self, indices: np.ndarray) -> Columns:
         columns: Columns = {}

@@ -11,6 +11,7 @@ Remote URLs (``s3://``, ``gs://``, ...) are read through fsspec.
 from __future__ import annotations
 
 import asyncio
+import itertools
 import os
 from dataclasses import dataclass
 from typing import Any
@@ -29,6 +30,7 @@ from ..errors import (
     ShardCorruptError,
     UnsupportedFeatureError,
 )
+from ..memory import FileRange
 from ..schema import Field, Schema
 from .base import Columns, ShardFileWriter, ShardReader
 
@@ -176,6 +178,20 @@ class ZarrReader(ShardReader[_Group]):
         root = self.path.removeprefix("file://")
         return sorted(os.path.join(d, f) for d, _, names in os.walk(root) for f in names)
 
+    def byte_ranges(self, start: int, stop: int) -> list[FileRange]:
+        if stop <= start:
+            return []
+        ranges: list[FileRange] = []
+        for column in self.handle.columns.values():
+            if column.offsets is None:
+                ranges += _stored_files(column.data, start, stop)
+                continue
+            ranges += _stored_files(column.offsets, start, stop + 1)
+            first, last = int(column.offsets[start]), int(column.offsets[stop])
+            if last > first:
+                ranges += _stored_files(column.data, first, last)
+        return ranges
+
     def read_many(self, indices: np.ndarray) -> Columns:
         handle = self.handle
         unique, inverse = np.unique(indices, return_inverse=True)
@@ -275,6 +291,28 @@ class _RawChunks:
         except FileNotFoundError:  # never written: the fill value
             return np.full(self.chunks, self.fill, dtype=self.dtype)
         return np.frombuffer(data, dtype=self.dtype).reshape(self.chunks)
+
+
+def _stored_files(array: Any, first: int, last: int) -> list[FileRange]:
+    """The whole stored objects (chunk or shard files) holding rows ``[first, last)`` of
+    an array in a local store; empty for other stores."""
+    root = getattr(array.store_path.store, "root", None)
+    if root is None:
+        return []
+    grid = array.shards or array.chunks  # a sharded array stores one object per shard
+    rows = grid[0]
+    others = [range(-(-size // step)) for size, step in zip(array.shape[1:], grid[1:])]
+    found: list[FileRange] = []
+    for chunk in range(first // rows, (last - 1) // rows + 1):
+        for rest in itertools.product(*others):
+            key = array.metadata.encode_chunk_key((chunk, *rest))
+            path = os.path.join(str(root), array.path, key)
+            try:
+                size = os.path.getsize(path)
+            except OSError:  # never written: read as the fill value
+                continue
+            found.append((path, 0, size))
+    return found
 
 
 def _gather(array: Any, unique: np.ndarray, raw: _RawChunks | None = None) -> np.ndarray:

@@ -17,7 +17,7 @@ from typing import Any, ClassVar, Generic, Literal, TypeVar
 import numpy as np
 
 from ..errors import InvalidOptionError
-from ..memory import ReleaseKind, ReleaseResult
+from ..memory import FileRange, ReleaseKind, ReleaseResult
 from ..schema import Sample, Schema
 
 __all__ = [
@@ -25,6 +25,7 @@ __all__ = [
     "Columns",
     "ShardReader",
     "ShardFileWriter",
+    "coalesce_ranges",
     "columns_to_samples",
     "concat_columns",
     "samples_to_columns",
@@ -154,6 +155,13 @@ class ShardReader(ABC, Generic[HandleT]):
         """The local files that hold this shard's data (for checksums and cache hints)."""
         return [self.path]
 
+    def byte_ranges(self, start: int, stop: int) -> list[FileRange]:
+        """The local file ranges that hold samples ``[start, stop)``, for readahead hints.
+
+        Empty where the backend cannot tell (remote stores, compressed HDF5 datasets,
+        LMDB environments without shardio's offsets table): those get no hint."""
+        return []
+
     # ------------------------------------------------------------------ memory
     def release_memory(self, kind: ReleaseKind = "advise") -> ReleaseResult:
         """Drop what reading has made resident: mapped pages (``advise``), or every
@@ -228,6 +236,29 @@ class ShardFileWriter(ABC):
 
 
 # ------------------------------------------------------------------- columns
+def coalesce_ranges(
+    path: str, offsets: np.ndarray, lengths: np.ndarray, gap: int = 0
+) -> list[FileRange]:
+    """Ranges of one file in file order, merged where at most ``gap`` bytes apart.
+
+    A small ``gap`` turns values separated by page headers (LMDB, HDF5 chunks) into
+    one range: reading a few bytes more is cheaper than one more hint."""
+    keep = lengths > 0
+    offsets, lengths = offsets[keep].astype(np.int64), lengths[keep].astype(np.int64)
+    if not len(offsets):
+        return []
+    order = np.argsort(offsets, kind="stable")
+    offsets = offsets[order]
+    ends = np.maximum.accumulate(offsets + lengths[order])
+    breaks = np.flatnonzero(offsets[1:] > ends[:-1] + gap) + 1
+    firsts = np.concatenate(([0], breaks))
+    lasts = np.concatenate((breaks, [len(offsets)])) - 1
+    return [
+        (path, int(offsets[a]), int(ends[b] - offsets[a]))
+        for a, b in zip(firsts.tolist(), lasts.tolist(), strict=True)
+    ]
+
+
 def columns_to_samples(columns: Mapping[str, Any], count: int) -> list[Sample]:
     """Split columns into ``count`` per-sample dicts (array rows are views).
 

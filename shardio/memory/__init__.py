@@ -6,14 +6,17 @@ the policy: when to release, and how much reading may add.
 """
 
 from .advise import Mapping, advise_range, find_mappings, madvise_supported
+from .pagecache import FileRange, Readahead, readahead_supported
 from .policy import MemoryGuard, MemoryPolicy, MemoryStats, ReleaseKind, ReleaseResult
 from .rss import RssInfo, read_rss
 
 __all__ = [
+    "FileRange",
     "Mapping",
     "MemoryGuard",
     "MemoryPolicy",
     "MemoryStats",
+    "Readahead",
     "ReleaseKind",
     "ReleaseResult",
     "RssInfo",
@@ -21,4 +24,5 @@ __all__ = [
     "find_mappings",
     "madvise_supported",
     "read_rss",
+    "readahead_supported",
 ]

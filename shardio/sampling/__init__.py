@@ -1,7 +1,8 @@
 """Samplers that only need shard lengths: shard-aware shuffling, rank partitioning, resume.
 
 Layering: this package duck-types the dataset (``len``, ``shard_lengths``,
-``shard_nbytes``) and never imports the dataset or adapter modules.
+``shard_nbytes``, and ``readahead(start, stop)`` where present) and never imports
+the dataset or adapter modules.
 """
 
 from __future__ import annotations

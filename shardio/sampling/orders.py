@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import hashlib
 from collections.abc import Sequence
+from dataclasses import dataclass
 from typing import Literal
 
 import numpy as np
@@ -29,8 +30,11 @@ __all__ = [
     "sequential_order",
     "random_order",
     "shard_window_order",
+    "shard_window_plan",
     "shard_blocks",
     "interleave_blocks",
+    "EpochPlan",
+    "epoch_plan",
     "epoch_order",
     "order_digest",
 ]
@@ -112,11 +116,29 @@ def shard_window_order(
 
     A full random permutation when the window holds the whole dataset.
     """
+    return shard_window_plan(lengths, nbytes, window, rng).indices
+
+
+@dataclass(frozen=True)
+class EpochPlan:
+    """An epoch's order and, for ``shard-window``, the blocks it reads together."""
+
+    indices: np.ndarray
+    #: Sorted global first index of each block; block ``b`` is
+    #: ``[block_starts[b], block_starts[b + 1])`` (the last one ends at the dataset's
+    #: end). ``None`` where the order has no blocks.
+    block_starts: np.ndarray | None = None
+
+
+def shard_window_plan(
+    lengths: Sequence[int], nbytes: Sequence[int], window: int, rng: np.random.Generator
+) -> EpochPlan:
+    """:func:`shard_window_order` with the blocks it cut (for readahead)."""
     n = int(sum(lengths))
     if n == 0 or window >= sum(nbytes):
-        return random_order(n, rng)
+        return EpochPlan(random_order(n, rng))
     starts, block_len, block_bytes = shard_blocks(lengths, nbytes, window / BLOCKS_PER_WINDOW, rng)
-    return interleave_blocks(starts, block_len, block_bytes, window, rng)
+    return EpochPlan(interleave_blocks(starts, block_len, block_bytes, window, rng), starts)
 
 
 def interleave_blocks(
@@ -163,19 +185,26 @@ def epoch_order(
     order: OrderName, layout: ShardLayout, window: int, seed: int, epoch: int
 ) -> np.ndarray:
     """The global order of one epoch, identical on every rank."""
+    return epoch_plan(order, layout, window, seed, epoch).indices
+
+
+def epoch_plan(
+    order: OrderName, layout: ShardLayout, window: int, seed: int, epoch: int
+) -> EpochPlan:
+    """:func:`epoch_order` with the blocks of a ``shard-window`` order."""
     n = len(layout)
     if order == "sequential":
-        return sequential_order(n)
+        return EpochPlan(sequential_order(n))
     rng = epoch_rng(seed, epoch)
     if order == "random":
-        return random_order(n, rng)
+        return EpochPlan(random_order(n, rng))
     if order == "shard-window":
         if layout.nbytes is None:
             raise InvalidOptionError(
                 "order='shard-window' needs the bytes of every shard: pass a ShardedDataset "
                 "or shard_nbytes=, or use order='random'"
             )
-        return shard_window_order(layout.lengths, layout.nbytes, window, rng)
+        return shard_window_plan(layout.lengths, layout.nbytes, window, rng)
     raise InvalidOptionError(f"order should be one of {ORDERS}, but got order={order!r}")
 
 

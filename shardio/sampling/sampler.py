@@ -14,8 +14,9 @@ from torch.utils.data import Sampler
 from ..config import parse_size
 from ..errors import InvalidOptionError
 from .layout import ShardedSource, resolve_layout
-from .orders import ORDERS, OrderName, epoch_order, order_digest
+from .orders import BLOCKS_PER_WINDOW, ORDERS, OrderName, epoch_plan, order_digest
 from .partition import PARTITIONS, PartitionName, rank_indices, samples_per_rank
+from .readahead import BlockReadahead, Hint
 from .state import SamplerState
 
 __all__ = ["ShardSampler"]
@@ -53,6 +54,10 @@ class ShardSampler(Sampler[int]):
             different windows) or ``"strided"`` (every ``world_size``-th index, as
             DistributedSampler; ranks read the same windows at the same time).
         shard_lengths, shard_nbytes: explicit layout, overriding the dataset's.
+        readahead: in the ``shard-window`` order, ask the OS to read each block into
+            the page cache shortly before its first sample is yielded, through the
+            dataset's ``readahead(start, stop)`` (as on ShardedDataset); ignored for
+            other orders and datasets without that method.
 
     The order of an epoch is a pure function of (seed, epoch, rank, world size and
     the layout). ``state_dict(consumed=n)`` saves the position; see
@@ -73,6 +78,7 @@ class ShardSampler(Sampler[int]):
         partition: PartitionName = "contiguous",
         shard_lengths: Iterable[int] | None = None,
         shard_nbytes: Iterable[int] | None = None,
+        readahead: bool = True,
     ) -> None:
         super().__init__()
         self.layout = resolve_layout(data_source, shard_lengths, shard_nbytes)
@@ -96,6 +102,8 @@ class ShardSampler(Sampler[int]):
             )
         self.partition: PartitionName = partition
         self.num_samples = samples_per_rank(len(self.layout), self.world_size, self.drop_last)
+        hint = getattr(data_source, "readahead", None) if readahead else None
+        self._hint: Hint | None = hint if callable(hint) else None
         self._epoch = 0
         self._resume_at = 0  # offset the next pass starts from (set by load_state_dict)
         self._resume_digest = ""  # the order a loaded state expects ("" when unchecked)
@@ -123,7 +131,8 @@ class ShardSampler(Sampler[int]):
         return self._share(self._global_order(epoch))
 
     def __iter__(self) -> Iterator[int]:
-        order = self._global_order(self._epoch)
+        plan = epoch_plan(self.order, self.layout, self.window, self.seed, self._epoch)
+        order = plan.indices
         digest = order_digest(order)
         if self._resume_at and self._resume_digest and digest != self._resume_digest:
             raise InvalidOptionError(
@@ -134,10 +143,25 @@ class ShardSampler(Sampler[int]):
             )
         progress = _Pass(start=self._resume_at, digest=digest)
         self._pass, self._resume_at, self._resume_digest = progress, 0, ""
-        return _iterate(self._share(order), progress)
+        indices = self._share(order)
+        readahead = None
+        if self._hint is not None and plan.block_starts is not None:
+            readahead = BlockReadahead(
+                indices, plan.block_starts, len(self.layout), self._hint, self._lookahead()
+            )
+        return _iterate(indices, progress, readahead)
 
     def _global_order(self, epoch: int) -> np.ndarray:
-        return epoch_order(self.order, self.layout, self.window, self.seed, epoch)
+        return epoch_plan(self.order, self.layout, self.window, self.seed, epoch).indices
+
+    def _lookahead(self) -> int:
+        """Indices of this rank that span about two blocks' bytes of the order."""
+        total = self.layout.total_nbytes or 0
+        per_sample = max(total / max(len(self.layout), 1), 1.0)
+        ahead = 2 * self.window / BLOCKS_PER_WINDOW / per_sample
+        if self.partition == "strided":  # this rank reads one index in world_size
+            ahead /= self.world_size
+        return max(1, int(ahead))
 
     def _share(self, order: np.ndarray) -> np.ndarray:
         return rank_indices(order, self.rank, self.world_size, self.drop_last, self.partition)
@@ -230,9 +254,14 @@ class ShardSampler(Sampler[int]):
         )
 
 
-def _iterate(indices: np.ndarray, progress: _Pass) -> Iterator[int]:
-    for start in range(progress.start, len(indices), _CHUNK):
-        for index in indices[start : start + _CHUNK].tolist():
+def _iterate(
+    indices: np.ndarray, progress: _Pass, readahead: BlockReadahead | None = None
+) -> Iterator[int]:
+    step = _CHUNK if readahead is None else min(_CHUNK, readahead.step)
+    for start in range(progress.start, len(indices), step):
+        if readahead is not None:
+            readahead.advance(start)
+        for index in indices[start : start + step].tolist():
             progress.yielded += 1
             yield index
     progress.done = True

@@ -1,0 +1,65 @@
+"""Readahead for the shard-window order: hint each block shortly before it is read.
+
+Within a block the order is random, so the kernel's own readahead (which follows
+sequential reads) never starts, and every small sample would be one disk read. A
+block is contiguous on disk, so hinting it as a whole turns those reads into a few
+large sequential ones, queued while the blocks before it are still being read.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+
+import numpy as np
+
+__all__ = ["BlockReadahead", "Hint"]
+
+Hint = Callable[[int, int], object]
+"""``hint(start, stop)``: read global indices ``[start, stop)`` ahead (ShardedDataset.readahead)."""
+
+
+class BlockReadahead:
+    """Hints every block of an order once, ``lookahead`` indices before its first sample.
+
+    Args:
+        indices: the order this process yields (its rank's share).
+        block_starts: sorted first global index of each block; blocks tile the dataset.
+        total: the dataset's length (where the last block ends).
+        hint: called as ``hint(start, stop)`` for each block.
+        lookahead: how many indices ahead of the current position to look.
+    """
+
+    def __init__(
+        self,
+        indices: np.ndarray,
+        block_starts: np.ndarray,
+        total: int,
+        hint: Hint,
+        lookahead: int,
+    ) -> None:
+        self.indices = indices
+        self.starts = np.asarray(block_starts, dtype=np.int64)
+        self.stops = np.append(self.starts[1:], total)
+        self.hint = hint
+        self.lookahead = max(1, int(lookahead))
+        self.hinted = np.zeros(len(self.starts), dtype=bool)
+        self._upto = 0  # positions below this have been looked at
+
+    @property
+    def step(self) -> int:
+        """How often (in indices) :meth:`advance` should be called to keep ahead."""
+        return max(1, self.lookahead // 4)
+
+    def advance(self, position: int) -> None:
+        """Hint the blocks whose first sample at or after ``position`` is within reach."""
+        target = min(len(self.indices), position + self.lookahead)
+        start = max(self._upto, position)
+        if target <= start:
+            return
+        ahead = self.indices[start:target]
+        blocks = np.unique(np.searchsorted(self.starts, ahead, side="right") - 1)
+        new = blocks[~self.hinted[blocks]]
+        self.hinted[new] = True
+        self._upto = target
+        for block in new.tolist():
+            self.hint(int(self.starts[block]), int(self.stops[block]))
