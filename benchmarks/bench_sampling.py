@@ -130,7 +130,9 @@ def read_once(args: argparse.Namespace, order: str) -> dict[str, Any]:
             seed=args.seed,
             readahead=order == "shard-window",
         )
-    loader = DataLoader(dataset, batch_size=args.batch_size, sampler=sampler, num_workers=0)
+    loader = DataLoader(
+        dataset, batch_size=args.batch_size, sampler=sampler, num_workers=args.workers
+    )
     drop_page_cache(path)
     limit = None
     if args.page_cache_limit:
@@ -184,6 +186,7 @@ def _forwarded(args: argparse.Namespace) -> list[str]:
         f"--window={args.window}",
         f"--seconds={args.seconds}",
         f"--batch-size={args.batch_size}",
+        f"--workers={args.workers}",
         f"--sample-bytes={args.sample_bytes}",
         f"--seed={args.seed}",
         *([f"--page-cache-limit={args.page_cache_limit}"] if args.page_cache_limit else []),
@@ -208,6 +211,7 @@ def _parse(argv: list[str] | None) -> argparse.Namespace:
     parser.add_argument("--window", default=None, help="shard-window bytes (max_rss / 2)")
     parser.add_argument("--seconds", type=float, default=60.0, help="cap per read")
     parser.add_argument("--batch-size", type=int, default=64)
+    parser.add_argument("--workers", type=int, default=0, help="DataLoader workers")
     parser.add_argument("--repeats", type=int, default=2)
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument(
@@ -245,6 +249,7 @@ def main(argv: list[str] | None = None) -> None:
         f"dataset {format_size(size)} at {path}, max_rss={args.max_rss}, "
         f"page cache limit {args.page_cache_limit or 'none (all RAM)'}, "
         f"window={format_size(parse_size(args.window))}, cap {args.seconds:.0f} s per read, "
+        f"{args.workers} DataLoader workers, "
         f"{os.cpu_count()} CPUs"
     )
     results: list[dict[str, Any]] = []
