@@ -20,6 +20,7 @@ from .adapters.base import (
     ShardReader,
     columns_to_samples,
     concat_columns,
+    is_run,
 )
 from .adapters.registry import SHARDED, detect_format, get_backend, is_remote, reader_class
 from .errors import ShardCorruptError, UnsupportedFeatureError
@@ -84,8 +85,9 @@ class DatasetReader:
             self.format = self.manifest.format
             self._reader_class = reader_class(self.format, self.path)
             self._check_remote()
-            self._size_caches(len(self.manifest.schema))
-            self._choose_read_mode()
+            field_count = len(self.fields) if self.fields else len(self.manifest.schema)
+            self._size_caches(field_count)
+            self._choose_read_mode(len(self.manifest.shards), field_count)
             self.schema: Schema = self.manifest.schema.select(self.fields, where=self.path)
             self.shard_infos: tuple[ShardInfo, ...] = self.manifest.shards
             lengths = [s.num_samples for s in self.shard_infos]
@@ -94,7 +96,7 @@ class DatasetReader:
             self._reader_class = reader_class(fmt, self.path)
             self._check_remote()
             self._size_caches(len(self.fields) if self.fields else 4)
-            self._choose_read_mode()
+            self._choose_read_mode(1, len(self.fields) if self.fields else 4)
             reader = self._reader_class(self.path, fields=self.fields, **self.options)
             self._readers[0] = reader
             self.schema = reader.schema
@@ -109,10 +111,18 @@ class DatasetReader:
                 "copy the dataset to local disk, or convert it to zarr or hdf5 shards"
             )
 
-    def _choose_read_mode(self) -> None:
-        """Under a budget, backends that map files copy values with pread instead."""
-        if self.memory_policy is not None and self.format in ("mmap", "lmdb", "hdf5"):
-            self.options.setdefault("read_mode", "pread")
+    def _choose_read_mode(self, shard_count: int, field_count: int) -> None:
+        """Under a budget, backends that map files copy values with pread instead.
+
+        Raw mmap fields small enough that all their files together stay within 1/16
+        of the budget (labels, say) remain mapped: a syscall per row costs more."""
+        policy = self.memory_policy
+        if policy is None or self.format not in ("mmap", "lmdb", "hdf5"):
+            return
+        self.options.setdefault("read_mode", "pread")
+        if self.format == "mmap":
+            share = policy.max_rss // (16 * max(1, shard_count) * max(1, field_count))
+            self.options.setdefault("map_below", share)
 
     def _size_caches(self, field_count: int) -> None:
         """Under a budget, size HDF5's per-dataset chunk cache from it (unless given)."""
@@ -239,7 +249,7 @@ class DatasetReader:
         access = self.memory_policy.access if self.memory_policy is not None else "auto"
         if access != "auto":
             return access
-        if bool(np.all(np.diff(local) == 1)):
+        if is_run(local):
             return "sequential"
         return self._random_pattern
 

@@ -241,3 +241,27 @@ def test_cache_holding_backends_reopen_and_read_the_same(tmp_path, fmt: str) -> 
     for batch in random_batches(len(ds), epochs=2, batch=128):
         np.testing.assert_array_equal(ds.read_batch(batch)["x"], data[batch])
     assert ds.memory_stats()["reopens"] > 0
+
+
+def test_small_mmap_fields_stay_mapped_under_a_budget(tmp_path) -> None:
+    """Labels are read through the mapping (a syscall per row would cost more than the
+    pages they can add); large fields with pread; both read back exactly."""
+    rng = np.random.default_rng(3)
+    data = rng.integers(0, 255, (2000, 4096), dtype=np.uint8)
+    labels = np.arange(2000, dtype=np.int64) * 7
+    with ShardWriter(tmp_path / "ds", format="mmap", shard_size="2MB") as writer:
+        writer.write_batch({"x": data, "label": labels})
+    budget = 64 * 2**20
+    ds = ShardedDataset(tmp_path / "ds", max_rss=budget)
+    shards = len(ds.shard_lengths)
+    assert ds.reader.options["map_below"] == budget // (16 * shards * 2)
+    fields = ds.reader.shard(0).handle.fields
+    assert fields["label"].data is not None and fields["label"].fd is None
+    assert fields["x"].data is None and fields["x"].fd is not None
+    order = rng.permutation(2000)
+    columns = ds.read_batch(order)
+    np.testing.assert_array_equal(columns["label"], labels[order])
+    np.testing.assert_array_equal(columns["x"], data[order])
+    strict = ShardedDataset(tmp_path / "ds", max_rss=budget, map_below=0)
+    assert strict.reader.shard(0).handle.fields["label"].data is None
+    np.testing.assert_array_equal(strict.read_batch(order)["label"], labels[order])

@@ -27,7 +27,7 @@ from ..errors import InvalidOptionError, ManifestError, ShardCorruptError
 from ..jsonio import read_json
 from ..memory import FileRange, ReleaseResult
 from ..schema import Field, Schema
-from .base import AccessPattern, Columns, ShardFileWriter, ShardReader
+from .base import AccessPattern, Columns, ShardFileWriter, ShardReader, is_run
 
 __all__ = ["MmapReader", "MmapWriter", "META_NAME"]
 
@@ -129,8 +129,10 @@ class MmapReader(ShardReader[_Mapped]):
     format = "mmap"
     maps_files = True
     #: read_mode="pread" copies values with pread instead of through the mapping, so
-    #: reading adds no resident pages (used under a memory budget).
-    options = frozenset({"read_mode"})
+    #: reading adds no resident pages (used under a memory budget); fixed-size fields
+    #: whose file is at most map_below bytes (labels, say) stay mapped even then: one
+    #: syscall per row would cost more than the few pages they can ever add.
+    options = frozenset({"read_mode", "map_below"})
 
     @property
     def touches_mapped_pages(self) -> bool:
@@ -138,6 +140,7 @@ class MmapReader(ShardReader[_Mapped]):
 
     def _open(self) -> _Mapped:
         pread = _read_mode(self.backend_options, self.path) == "pread"
+        map_below = int(self.backend_options.get("map_below", 0))
         meta = read_meta(self.path)
         count = meta["count"]
         full = Schema.from_json(meta.get("schema"))
@@ -164,7 +167,7 @@ class MmapReader(ShardReader[_Mapped]):
                     else:
                         data = _map_file(data_path, fld.dtype, size, mapped.maps)
                         mapped.fields[fld.name] = _MappedField(fld, data_path, data, offsets)
-                elif pread:
+                elif pread and count * fld.sample_nbytes > map_below:
                     fd = _open_fd(data_path, count * fld.sample_nbytes, mapped.fds)
                     mapped.fields[fld.name] = _MappedField(fld, data_path, None, None, fd)
                 else:
@@ -235,15 +238,22 @@ class MmapReader(ShardReader[_Mapped]):
             return mapped.data[indices]  # one gather, copied out of the mapping
         assert mapped.fd is not None
         fld = mapped.field
-        out = np.empty((len(indices), *fld.shape), dtype=fld.dtype)
-        rows = out.reshape(len(indices), -1).view(np.uint8)
-        size = fld.sample_nbytes
-        first = int(indices[0]) if len(indices) else 0
-        if len(indices) > 1 and bool(np.all(np.diff(indices) == 1)):
-            _pread_into(mapped.fd, rows, first * size, self.path)  # a run: one read
+        count, size = len(indices), fld.sample_nbytes
+        out = np.empty((count, *fld.shape), dtype=fld.dtype)
+        if count == 0 or size == 0:
             return out
-        for row, index in enumerate(indices.tolist()):
-            _pread_into(mapped.fd, rows[row], index * size, self.path)
+        if is_run(indices):
+            _pread_into(mapped.fd, out, int(indices[0]) * size, self.path)  # one read
+            return out
+        # NOTE: the per-row loop is the hot path under a budget: memoryview slices and
+        # precomputed offsets keep it at one preadv call per row and little else.
+        view = out.reshape(-1).view(np.uint8).data
+        fd, preadv = mapped.fd, os.preadv
+        for start, offset in zip(range(0, count * size, size), (indices * size).tolist()):
+            if preadv(fd, [view[start : start + size]], offset) != size:
+                raise ShardCorruptError(
+                    f"shard file {mapped.path} ended early (truncated while open?)"
+                )
         return out
 
     def _pread_variable(

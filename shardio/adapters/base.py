@@ -28,6 +28,7 @@ __all__ = [
     "coalesce_ranges",
     "columns_to_samples",
     "concat_columns",
+    "is_run",
     "samples_to_columns",
     "take_columns",
 ]
@@ -236,6 +237,18 @@ class ShardFileWriter(ABC):
 
 
 # ------------------------------------------------------------------- columns
+def is_run(indices: np.ndarray) -> bool:
+    """True when ``indices`` are ascending and consecutive (``k, k + 1, ...``).
+
+    The test on the ends comes first: random batches fail it without a pass over them."""
+    count = len(indices)
+    return (
+        count > 0
+        and int(indices[-1]) - int(indices[0]) == count - 1
+        and bool(np.all(np.diff(indices) == 1))
+    )
+
+
 def coalesce_ranges(
     path: str, offsets: np.ndarray, lengths: np.ndarray, gap: int = 0
 ) -> list[FileRange]:
