@@ -295,20 +295,21 @@ def test_each_rank_hints_the_blocks_it_reads(partition: str) -> None:
         check_schedule(source, yielded, lookahead_slack=sampler._lookahead() + 1)
 
 
-def test_dataloader_workers_read_correct_data_behind_hints(tmp_path: Path) -> None:
-    data = write(tmp_path / "ds", "mmap", 2000, 256, shard_size="64KB")
+@pytest.mark.parametrize("fmt", ["mmap", "lmdb", "hdf5", "zarr"])
+def test_dataloader_workers_read_correct_data_behind_hints(tmp_path: Path, fmt: str) -> None:
+    """The main process opens shards to hint them; forked workers of later epochs
+    inherit those handles and must still open and read their own."""
+    data = write(tmp_path / "ds", fmt, 2000, 256, shard_size="64KB")
     ds = ShardedDataset(tmp_path / "ds", max_rss="256MB")
     sampler = ShardSampler(ds, window="96KB", seed=0)
-    loader = DataLoader(ds, batch_size=50, sampler=sampler, num_workers=2)
+    loader = DataLoader(
+        ds, batch_size=50, sampler=sampler, num_workers=2, multiprocessing_context="fork"
+    )
     seen = []
     for epoch in range(2):
         sampler.set_epoch(epoch)
-        for batch in loader:
-            x = batch["x"].numpy()
-            for row in x:
-                seen.append(row)
-    got = np.stack(seen)
+        seen.extend(batch["x"].numpy() for batch in loader)
     expected = np.concatenate([data[sampler.indices(e)] for e in range(2)])
-    assert np.array_equal(got, expected)
-    if readahead_supported():
-        assert ds.memory_stats()["readahead_bytes"] == 2 * data.nbytes  # the main process hinted
+    assert np.array_equal(np.concatenate(seen), expected)
+    if readahead_supported() and fmt != "zarr":  # zarr: hinted bytes are whole chunk files
+        assert ds.memory_stats()["readahead_bytes"] >= 2 * data.nbytes
