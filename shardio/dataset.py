@@ -110,8 +110,9 @@ class ShardedDataset(torch.utils.data.Dataset[Any]):
         """Ask the OS to start reading samples ``[start, stop)`` into the page cache.
 
         Returns at once with the bytes hinted (0 where the data is remote or the
-        backend cannot tell where samples lie). :class:`~shardio.ShardSampler` calls
-        it for the blocks its ``shard-window`` order is about to read."""
+        backend cannot tell where samples lie); the pages it brings in count in no
+        process's RSS. :class:`~shardio.ShardSampler` calls it for the blocks its
+        ``shard-window`` order is about to read."""
         return self.reader.readahead(start, stop)
 
     # ------------------------------------------------------------------- close

@@ -29,9 +29,9 @@ from .manifest import Manifest, ShardInfo
 from .memory import (
     MemoryGuard,
     MemoryPolicy,
-    Readahead,
     ReleaseKind,
     ReleaseResult,
+    hint_ranges,
     readahead_supported,
 )
 from .schema import Sample, Schema
@@ -69,7 +69,6 @@ class DatasetReader:
         self.memory_policy = MemoryPolicy.resolve(max_rss, memory_policy)
         self.guard = MemoryGuard(self.memory_policy, self.release_memory)
         self._unchecked_bytes = 0  # read by map-free readers since the last guard check
-        self._readahead = Readahead()
         self.readahead_bytes = 0
         fmt = format if format is not None else detect_format(self.path, storage_options)
         if fmt != SHARDED:
@@ -114,8 +113,9 @@ class DatasetReader:
     def _choose_read_mode(self, shard_count: int, field_count: int) -> None:
         """Under a budget, backends that map files copy values with pread instead.
 
-        Raw mmap fields small enough that all their files together stay within 1/16
-        of the budget (labels, say) remain mapped: a syscall per row costs more."""
+        Raw mmap fields whose file in every shard is at most 1/16 of the budget divided
+        by shards and fields (labels, say) remain mapped, so all such fields together
+        map at most 1/16 of the budget: a system call per row would cost more."""
         policy = self.memory_policy
         if policy is None or self.format not in ("mmap", "lmdb", "hdf5"):
             return
@@ -297,10 +297,11 @@ class DatasetReader:
 
         A hint that returns at once, for a caller that knows what is read next (the
         ``shard-window`` order of :class:`~shardio.ShardSampler`). The page cache is
-        shared, so a hint given here also serves DataLoader workers, and it adds
-        nothing to any process's RSS. Returns the bytes hinted: 0 for remote data,
-        on platforms without ``posix_fadvise``, and for backends that cannot tell
-        where samples lie (see :meth:`ShardReader.byte_ranges`).
+        shared, so a hint given here also serves DataLoader workers; the pages it
+        brings in count in no process's RSS. A shard this process has not opened is
+        opened to learn where its samples lie and closed again. Returns the bytes
+        hinted: 0 for remote data, on platforms without ``posix_fadvise``, and for
+        backends that cannot tell where samples lie (see ``ShardReader.byte_ranges``).
         """
         start, stop = max(0, int(start)), min(int(stop), len(self))
         if stop <= start or is_remote(self.path) or not readahead_supported():
@@ -312,8 +313,16 @@ class DatasetReader:
         for number in range(first, last + 1):
             offset = int(starts[number])
             lo, hi = max(start, offset) - offset, min(stop, int(starts[number + 1])) - offset
-            if hi > lo:
-                hinted += self._readahead.hint(self.shard(number).byte_ranges(lo, hi))
+            if hi <= lo:
+                continue
+            known = self._readers.get(number)
+            was_open = known is not None and known.is_open
+            reader = self.shard(number)
+            try:
+                hinted += hint_ranges(reader.byte_ranges(lo, hi))
+            finally:
+                if not was_open:
+                    reader.close()  # this process may only hint: hold no handles for it
         self.readahead_bytes += hinted
         return hinted
 
@@ -345,7 +354,6 @@ class DatasetReader:
     def close(self) -> None:
         for reader in self._readers.values():
             reader.close()
-        self._readahead.close()
 
     def __enter__(self) -> DatasetReader:
         return self

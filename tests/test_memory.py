@@ -265,3 +265,7 @@ def test_small_mmap_fields_stay_mapped_under_a_budget(tmp_path) -> None:
     strict = ShardedDataset(tmp_path / "ds", max_rss=budget, map_below=0)
     assert strict.reader.shard(0).handle.fields["label"].data is None
     np.testing.assert_array_equal(strict.read_batch(order)["label"], labels[order])
+    given = ShardedDataset(tmp_path / "ds", max_rss=budget, map_below="4MB")
+    assert given.reader.shard(0).handle.fields["x"].data is not None  # 2 MB files: mapped
+    with pytest.raises(shardio.InvalidOptionError, match="map_below"):
+        ShardedDataset(tmp_path / "ds", max_rss=budget, map_below="lots")[0]

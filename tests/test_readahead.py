@@ -17,7 +17,7 @@ from torch.utils.data import DataLoader, Dataset
 from shardio import ShardedDataset, ShardSampler, ShardWriter
 from shardio.adapters.base import coalesce_ranges
 from shardio.bench.cache import drop_cache, resident_bytes
-from shardio.memory import Readahead, readahead_supported
+from shardio.memory import hint_ranges, readahead_supported
 from shardio.memory.pagecache import READAHEAD_PIECE
 from shardio.sampling.orders import epoch_plan
 
@@ -154,6 +154,20 @@ def test_zarr_ranges_are_the_chunk_files_of_the_rows(tmp_path: Path) -> None:
     assert {Path(f).relative_to(path).parts[-2] for f, _, _ in ranges} == {"1", "2", "3", "4"}
 
 
+def test_zarr_variable_and_empty_fields(tmp_path: Path) -> None:
+    values = [bytes([i]) * (i % 5 + 1) for i in range(60)]
+    with ShardWriter(tmp_path / "ds", format="zarr") as writer:
+        for i, value in enumerate(values):
+            writer.write({"blob": value, "empty": np.zeros(0, np.float32), "y": np.int64(i)})
+    ds = ShardedDataset(tmp_path / "ds")
+    ranges = ds.reader.shard(0).byte_ranges(10, 50)
+    names = {Path(f).relative_to(tmp_path / "ds").parts[1] for f, _, _ in ranges}
+    assert {"blob.data", "blob.offsets", "y"} <= names
+    assert "empty" not in names  # a zero-width field stores nothing to hint
+    assert ds.readahead(0, 60) > 0
+    assert ds[42]["blob"] == values[42]
+
+
 def test_readahead_clamps_and_counts(tmp_path: Path) -> None:
     write(tmp_path / "ds", "mmap", 300, 40, shard_size="4KB")
     ds = ShardedDataset(tmp_path / "ds")
@@ -171,10 +185,8 @@ def test_hint_reads_a_long_range_into_the_page_cache(tmp_path: Path) -> None:
     path.write_bytes(os.urandom(size))
     cold([str(path)])
     offset, length = 4 * 1024 * 1024, 16 * 1024 * 1024
-    hints = Readahead()
-    assert hints.hint([(str(path), offset, length)]) == length
+    assert hint_ranges([(str(path), offset, length)]) == length
     resident = wait_resident(str(path), length)
-    hints.close()
     assert length <= resident < size
     assert length > READAHEAD_PIECE
 
@@ -196,8 +208,18 @@ def test_dataset_readahead_fills_the_page_cache_across_shards(tmp_path: Path) ->
 
 
 def test_hint_skips_missing_files(tmp_path: Path) -> None:
-    hints = Readahead()
-    assert hints.hint([(str(tmp_path / "gone.bin"), 0, 100)]) == 0
+    assert hint_ranges([(str(tmp_path / "gone.bin"), 0, 100)]) == 0
+
+
+def test_readahead_leaves_no_shard_open_in_a_process_that_only_hints(tmp_path: Path) -> None:
+    write(tmp_path / "ds", "mmap", 300, 40, shard_size="4KB")
+    ds = ShardedDataset(tmp_path / "ds", max_rss="64MB")
+    ds.readahead(0, 300)
+    assert ds.reader.open_readers == []
+    ds.read_batch([5, 200])  # a reader opened for reading stays open through hints
+    opened = len(ds.reader.open_readers)
+    ds.readahead(0, 300)
+    assert len(ds.reader.open_readers) == opened > 0
 
 
 # ------------------------------------------------------------------ sampler
@@ -260,6 +282,20 @@ def test_readahead_never_changes_the_order() -> None:
     without = ShardSampler(RecordingSource([300] * 5), window=10_000, seed=1, readahead=False)
     assert list(with_hints) == list(without)
     assert without._hint is None
+
+
+def test_a_failing_hint_warns_once_and_never_stops_the_epoch() -> None:
+    class Failing(RecordingSource):
+        def readahead(self, start: int, stop: int) -> int:
+            super().readahead(start, stop)
+            raise OSError("too many open files")
+
+    source = Failing([300] * 5)
+    sampler = ShardSampler(source, window=10_000, seed=4)
+    with pytest.warns(RuntimeWarning, match="readahead hint .* failed"):
+        yielded = list(sampler)
+    assert sorted(yielded) == list(range(1500))
+    assert len(source.hints) == 1  # off for the rest of the pass after the failure
 
 
 @pytest.mark.parametrize("options", [{"order": "random"}, {"shuffle": False}, {"readahead": False}])

@@ -23,6 +23,7 @@ from typing import Any, BinaryIO
 
 import numpy as np
 
+from ..config import parse_size
 from ..errors import InvalidOptionError, ManifestError, ShardCorruptError
 from ..jsonio import read_json
 from ..memory import FileRange, ReleaseResult
@@ -103,6 +104,19 @@ def _read_mode(options: dict[str, Any], path: str) -> str:
     return str(mode)
 
 
+def _map_below(options: dict[str, Any], path: str) -> int:
+    value = options.get("map_below", 0)
+    try:
+        return parse_size(value, "map_below")
+    except InvalidOptionError as exc:
+        raise InvalidOptionError(f"{exc} (reading {path})") from None
+
+
+def _in_pages(nbytes: int) -> int:
+    """What mapping ``nbytes`` of a file can cost in RSS: whole pages."""
+    return -(-nbytes // mmap.PAGESIZE) * mmap.PAGESIZE
+
+
 def read_meta(path: str) -> dict[str, Any]:
     meta_path = os.path.join(path, META_NAME)
     try:
@@ -140,7 +154,7 @@ class MmapReader(ShardReader[_Mapped]):
 
     def _open(self) -> _Mapped:
         pread = _read_mode(self.backend_options, self.path) == "pread"
-        map_below = int(self.backend_options.get("map_below", 0))
+        map_below = _map_below(self.backend_options, self.path)
         meta = read_meta(self.path)
         count = meta["count"]
         full = Schema.from_json(meta.get("schema"))
@@ -167,7 +181,7 @@ class MmapReader(ShardReader[_Mapped]):
                     else:
                         data = _map_file(data_path, fld.dtype, size, mapped.maps)
                         mapped.fields[fld.name] = _MappedField(fld, data_path, data, offsets)
-                elif pread and count * fld.sample_nbytes > map_below:
+                elif pread and _in_pages(count * fld.sample_nbytes) > map_below:
                     fd = _open_fd(data_path, count * fld.sample_nbytes, mapped.fds)
                     mapped.fields[fld.name] = _MappedField(fld, data_path, None, None, fd)
                 else:
@@ -249,7 +263,8 @@ class MmapReader(ShardReader[_Mapped]):
         # precomputed offsets keep it at one preadv call per row and little else.
         view = out.reshape(-1).view(np.uint8).data
         fd, preadv = mapped.fd, os.preadv
-        for start, offset in zip(range(0, count * size, size), (indices * size).tolist()):
+        offsets = (indices.astype(np.int64, copy=False) * size).tolist()
+        for start, offset in zip(range(0, count * size, size), offsets):
             if preadv(fd, [view[start : start + size]], offset) != size:
                 raise ShardCorruptError(
                     f"shard file {mapped.path} ended early (truncated while open?)"

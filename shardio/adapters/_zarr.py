@@ -187,7 +187,7 @@ class ZarrReader(ShardReader[_Group]):
                 ranges += _stored_files(column.data, start, stop)
                 continue
             ranges += _stored_files(column.offsets, start, stop + 1)
-            first, last = int(column.offsets[start]), int(column.offsets[stop])
+            first, last = (int(x) for x in column.offsets.get_coordinate_selection([start, stop]))
             if last > first:
                 ranges += _stored_files(column.data, first, last)
         return ranges
@@ -297,7 +297,7 @@ def _stored_files(array: Any, first: int, last: int) -> list[FileRange]:
     """The whole stored objects (chunk or shard files) holding rows ``[first, last)`` of
     an array in a local store; empty for other stores."""
     root = getattr(array.store_path.store, "root", None)
-    if root is None:
+    if root is None or 0 in array.shape:
         return []
     grid = array.shards or array.chunks  # a sharded array stores one object per shard
     rows = grid[0]

@@ -6,7 +6,7 @@ the policy: when to release, and how much reading may add.
 """
 
 from .advise import Mapping, advise_range, find_mappings, madvise_supported
-from .pagecache import FileRange, Readahead, readahead_supported
+from .pagecache import FileRange, hint_ranges, readahead_supported
 from .policy import MemoryGuard, MemoryPolicy, MemoryStats, ReleaseKind, ReleaseResult
 from .rss import RssInfo, read_rss
 
@@ -16,12 +16,12 @@ __all__ = [
     "MemoryGuard",
     "MemoryPolicy",
     "MemoryStats",
-    "Readahead",
     "ReleaseKind",
     "ReleaseResult",
     "RssInfo",
     "advise_range",
     "find_mappings",
+    "hint_ranges",
     "madvise_supported",
     "read_rss",
     "readahead_supported",

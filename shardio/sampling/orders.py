@@ -119,7 +119,7 @@ def shard_window_order(
     return shard_window_plan(lengths, nbytes, window, rng).indices
 
 
-@dataclass(frozen=True)
+@dataclass(frozen=True, eq=False)
 class EpochPlan:
     """An epoch's order and, for ``shard-window``, the blocks it reads together."""
 

@@ -8,6 +8,7 @@ large sequential ones, queued while the blocks before it are still being read.
 
 from __future__ import annotations
 
+import warnings
 from collections.abc import Callable
 
 import numpy as np
@@ -43,6 +44,7 @@ class BlockReadahead:
         self.hint = hint
         self.lookahead = max(1, int(lookahead))
         self.hinted = np.zeros(len(self.starts), dtype=bool)
+        self.disabled = False
         self._upto = 0  # positions below this have been looked at
 
     @property
@@ -54,7 +56,7 @@ class BlockReadahead:
         """Hint the blocks whose first sample at or after ``position`` is within reach."""
         target = min(len(self.indices), position + self.lookahead)
         start = max(self._upto, position)
-        if target <= start:
+        if target <= start or self.disabled:
             return
         ahead = self.indices[start:target]
         blocks = np.unique(np.searchsorted(self.starts, ahead, side="right") - 1)
@@ -62,4 +64,25 @@ class BlockReadahead:
         self.hinted[new] = True
         self._upto = target
         for block in new.tolist():
-            self.hint(int(self.starts[block]), int(self.stops[block]))
+            if not self._hint(int(self.starts[block]), int(self.stops[block])):
+                return
+
+    def _hint(self, start: int, stop: int) -> bool:
+        """One hint; False (and no more hints this pass) if it failed.
+
+        A hint only makes reads faster, so its failure must not stop training: the
+        read of those samples reports any real problem itself."""
+        if self.disabled:
+            return False
+        try:
+            self.hint(start, stop)
+        except Exception as error:  # any failure of an optional speed-up
+            self.disabled = True
+            warnings.warn(
+                f"readahead hint for samples [{start}, {stop}) failed ({error!r}); "
+                "reading on without readahead for the rest of this pass",
+                RuntimeWarning,
+                stacklevel=2,
+            )
+            return False
+        return True
