@@ -203,7 +203,7 @@ class ZarrReader(ShardReader[_Group]):
                 columns[name] = [values[i] for i in inverse] if reorder else values
                 continue
             data = _gather(column.data, unique, column.raw)
-            if column.field.dtype.fields is not None and data.dtype == np.uint8:
+            if _stored_as_bytes(column.field) and data.dtype == np.uint8:
                 data = data.view(column.field.dtype).reshape(len(unique), *column.field.shape)
             elif column.field.kind == "array" and data.dtype != column.field.dtype:
                 data = data.astype(column.field.dtype)  # zarr hands back native byte order
@@ -354,13 +354,19 @@ def _fetch_concurrently(array: Any, spans: list[tuple[int, int]]) -> list[np.nda
     return [np.asarray(block) for block in sync(fetch())]
 
 
+def _stored_as_bytes(fld: Field) -> bool:
+    """Structured, fixed-length bytes and string dtypes have no stable Zarr v3
+    specification (zarr-python warns that other readers may not read them)."""
+    return fld.dtype.fields is not None or fld.dtype.kind in "SUV"
+
+
 def _stored_layout(fld: Field) -> tuple[tuple[int, ...], Any]:
     """Per-row shape and dtype of a fixed field's array.
 
-    Structured dtypes are stored as raw bytes (a uint8 row per sample) because Zarr v3
-    has no stable specification for them; the schema restores the dtype on read.
+    Dtypes without a stable Zarr v3 specification are stored as raw bytes (a uint8
+    row per sample); the schema restores the dtype on read.
     """
-    if fld.dtype.fields is not None:
+    if _stored_as_bytes(fld):
         return (fld.sample_nbytes,), np.uint8
     return fld.shape, fld.dtype
 
@@ -558,7 +564,7 @@ class ZarrWriter(ShardFileWriter):
             column = columns[fld.name]
             if not fld.variable:
                 array = np.ascontiguousarray(column, dtype=fld.dtype)
-                if fld.dtype.fields is not None:
+                if _stored_as_bytes(fld):
                     array = array.reshape(count, -1).view(np.uint8)
                 self._append(fld.name, array)
                 continue
