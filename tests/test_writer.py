@@ -225,3 +225,20 @@ def test_zarr_stores_bytes_and_string_dtypes_as_raw_bytes(tmp_path) -> None:
     np.testing.assert_array_equal(batch["code"], codes[[2, 0, 1]])
     np.testing.assert_array_equal(batch["name"], names[[2, 0, 1]])
     assert ds[1]["name"] == "name" and ds[0]["code"] == b"ab"
+
+
+def test_zarr_shards_with_native_bytes_arrays_still_read(tmp_path, monkeypatch) -> None:
+    """Shards written before bytes dtypes were stored as raw rows hold S arrays."""
+    import warnings
+
+    from shardio.adapters import _zarr
+
+    codes = np.array([b"ab", b"xyz12345", b""], dtype="S8")
+    with monkeypatch.context() as patch, warnings.catch_warnings():
+        warnings.simplefilter("ignore")  # zarr-python's unstable-spec warning, as back then
+        patch.setattr(_zarr, "_stored_as_bytes", lambda fld: fld.dtype.fields is not None)
+        with ShardWriter(tmp_path / "ds", format="zarr") as writer:
+            writer.write_batch({"code": codes})
+    ds = ShardedDataset(tmp_path / "ds")
+    assert ds.reader.shard(0).handle.columns["code"].data.dtype == np.dtype("S8")
+    np.testing.assert_array_equal(ds.read_batch([1, 2, 0])["code"], codes[[1, 2, 0]])
