@@ -225,11 +225,16 @@ class _ReadAhead:
 
 
 def _close_iterator(iterator: Iterator[Any] | None) -> None:
-    """Run a generator's cleanup now, on the thread that ran it.
+    """Run a generator's cleanup, or stop a DataLoader's workers, now.
 
-    A DataLoader iterator shuts its workers down when its last reference goes, which is
-    on return from :meth:`_ReadAhead.run`.
+    A DataLoader iterator stops its workers only when it is garbage collected, and an
+    exception forwarded from a worker holds the iterator's frames in its traceback,
+    which can put that off for as long as the caller keeps the exception (or until the
+    cyclic collector runs). Persistent workers belong to the loader and are left alone.
     """
     close = getattr(iterator, "close", None)
     if callable(close):
         close()
+    shutdown = getattr(iterator, "_shutdown_workers", None)
+    if callable(shutdown) and not getattr(iterator, "_persistent_workers", False):
+        shutdown()
