@@ -189,7 +189,10 @@ class DatasetReader:
         # file kills the process with SIGBUS instead of raising.
         if not os.path.exists(path):
             raise ShardCorruptError(f"shard {path} listed in the manifest is missing")
-        actual = sum(os.path.getsize(p) for p in shard_files(path))
+        try:
+            actual = sum(os.path.getsize(p) for p in shard_files(path))
+        except OSError as exc:
+            raise ShardCorruptError(f"cannot read shard {path}: {exc}") from exc
         if actual != info.nbytes:
             raise ShardCorruptError(
                 f"shard {path} has {actual} bytes, but the manifest says {info.nbytes} "

@@ -52,7 +52,15 @@ def shard_files(path: str) -> list[str]:
     """Every regular file of a shard (a file, or a directory walked recursively)."""
     if os.path.isfile(path):
         return [path]
-    return sorted(os.path.join(d, f) for d, _, names in os.walk(path) for f in names)
+    # os.walk skips directories it cannot list unless told otherwise: a shard would then
+    # look empty (0 bytes, no files to hash) when the real problem is, say, EMFILE.
+    return sorted(
+        os.path.join(d, f) for d, _, names in os.walk(path, onerror=_raise) for f in names
+    )
+
+
+def _raise(error: OSError) -> None:
+    raise error
 
 
 def remove_path(path: str) -> None:

@@ -236,3 +236,29 @@ def test_big_endian_variable_length_arrays_read_their_values(tmp_path) -> None:
     ds = ShardedDataset(path)
     assert ds[0]["seq"].tolist() == [-3, 1, 256]
     assert [list(v) for v in ds.read_batch([1, 0])["seq"]] == [[7], [-3, 1, 256]]
+
+
+def test_exhausted_file_descriptors_are_named_not_read_as_an_empty_shard(tmp_path) -> None:
+    """Listing a shard directory under EMFILE once looked like a 0-byte shard."""
+    with ShardWriter(tmp_path / "ds", format="mmap", shard_size="4KB") as writer:
+        writer.write_batch({"x": np.zeros((100, 100), np.uint8)})
+    script = f"""
+import os, resource, shardio
+ds = shardio.ShardedDataset({str(tmp_path / "ds")!r})
+resource.setrlimit(resource.RLIMIT_NOFILE, (64, 64))
+held = []
+try:
+    while True:
+        held.append(os.open(os.devnull, os.O_RDONLY))
+except OSError:
+    pass
+try:
+    ds[99]
+except shardio.ShardioError as error:
+    print(type(error).__name__, error)
+"""
+    out = subprocess.run(
+        [sys.executable, "-c", script], capture_output=True, text=True, check=True, timeout=120
+    ).stdout
+    assert out.startswith("ShardCorruptError cannot read shard"), out
+    assert "Too many open files" in out and "0 bytes" not in out
