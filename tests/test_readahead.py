@@ -133,11 +133,29 @@ def test_hdf5_ranges_hold_exactly_the_rows(tmp_path: Path, chunks: tuple[int, in
     assert b"".join(read_range(*r) for r in ranges) == data[5:70].tobytes()
 
 
-def test_compressed_hdf5_gets_no_ranges(tmp_path: Path) -> None:
+@pytest.mark.parametrize("dtype", ["uint8", "S4"])
+def test_compressed_hdf5_ranges_are_the_stored_chunks(tmp_path: Path, dtype: str) -> None:
     path = tmp_path / "gzip.h5"
+    data = (
+        rows(100, 32).astype(dtype)
+        if dtype != "S4"
+        else np.array([b"ab%02d" % i for i in range(100)])
+    )
+    chunks = (10, 16) if dtype == "uint8" else (10,)
     with h5py.File(path, "w") as file:
-        file.create_dataset("x", data=rows(100, 32), chunks=(10, 32), compression="gzip")
-    assert ShardedDataset(path).reader.shard(0).byte_ranges(0, 50) == []
+        file.create_dataset("x", data=data, chunks=chunks, compression="gzip")
+    with h5py.File(path, "r") as file:
+        expected = set()
+        for row in range(10, 50, 10):  # rows 15..45 lie in row chunks 1..4
+            for col in range(0, 32, 16) if dtype == "uint8" else [None]:
+                coord = (row, col) if col is not None else (row,)
+                info = file["x"].id.get_chunk_info_by_coord(coord)
+                expected.add((info.byte_offset, info.size))
+    ranges = ShardedDataset(path).reader.shard(0).byte_ranges(15, 45)
+    covered = [(o, n) for _, o, n in ranges]
+    for offset, size in expected:
+        assert any(o <= offset and offset + size <= o + n for o, n in covered), (offset, size)
+    assert sum(n for _, n in covered) < path.stat().st_size  # not the whole file
 
 
 def test_zarr_ranges_are_the_chunk_files_of_the_rows(tmp_path: Path) -> None:

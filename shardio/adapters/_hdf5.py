@@ -100,6 +100,47 @@ class _RowTable:
 
 
 @dataclass
+class _ChunkExtents:
+    """Where each stored chunk of a chunked dataset lies in the file, filters or not
+    (a compressed chunk's bytes are not its rows, but they are what a read fetches)."""
+
+    rows: int  # rows per chunk
+    first_rows: np.ndarray  # first row of each stored chunk, ascending
+    offsets: np.ndarray
+    sizes: np.ndarray
+
+    def spans(self, start: int, stop: int) -> tuple[np.ndarray, np.ndarray]:
+        """File offsets and sizes of the chunks holding rows ``[start, stop)``."""
+        lo = int(np.searchsorted(self.first_rows, start - self.rows + 1, side="left"))
+        hi = int(np.searchsorted(self.first_rows, stop - 1, side="right"))
+        return self.offsets[lo:hi], self.sizes[lo:hi]
+
+    @classmethod
+    def of(cls, dataset: h5py.Dataset) -> _ChunkExtents | None:
+        if dataset.chunks is None or not hasattr(dataset.id, "chunk_iter"):
+            return None
+        found: list[tuple[int, int, int]] = []
+
+        def record(info: Any) -> None:
+            found.append((info.chunk_offset[0], info.byte_offset, info.size))
+
+        dataset.id.chunk_iter(record)
+        table = np.array(sorted(found), dtype=np.int64).reshape(-1, 3)
+        return cls(int(dataset.chunks[0]), table[:, 0], table[:, 1], table[:, 2])
+
+
+def _hint_source(dataset: h5py.Dataset) -> _RowTable | _ChunkExtents | None:
+    """What tells readahead where a fixed field's rows lie, for any dtype and filter."""
+    if dataset.chunks is not None:
+        return _ChunkExtents.of(dataset)
+    offset = dataset.id.get_offset()  # None until a contiguous dataset is written
+    if offset is None or not dataset.shape:
+        return None
+    row_bytes = int(np.prod(dataset.shape[1:], dtype=np.int64)) * dataset.dtype.itemsize
+    return _RowTable(max(1, dataset.shape[0]), row_bytes, np.array([offset]))
+
+
+@dataclass
 class _File:
     file: h5py.File
     datasets: dict[str, h5py.Dataset]
@@ -108,6 +149,7 @@ class _File:
     own_map: mmap.mmap | None = None  # the file mapped by shardio, read at table positions
     view: np.ndarray | None = None
     fd: int | None = None  # the file, for read_mode="pread"
+    hints: dict[str, _RowTable | _ChunkExtents | None] | None = None  # built on first use
 
 
 def list_datasets(group: h5py.Group) -> list[tuple[str, h5py.Dataset]]:
@@ -301,10 +343,18 @@ class HDF5Reader(ShardReader[_File]):
         handle.file.close()
 
     def byte_ranges(self, start: int, stop: int) -> list[FileRange]:
-        tables = [t for t in self.handle.tables.values() if t is not None]
-        if not tables or stop <= start:
+        if stop <= start or ("://" in self.path and not self.path.startswith("file://")):
             return []
-        spans = [table.spans(start, stop) for table in tables]
+        handle = self.handle
+        if handle.hints is None:  # chunk_iter over every chunk: only for readers that hint
+            handle.hints = {
+                f.name: handle.tables.get(f.name) or _hint_source(handle.datasets[f.name])
+                for f in self.schema
+                if not f.variable
+            }
+        spans = [source.spans(start, stop) for source in handle.hints.values() if source]
+        if not spans:
+            return []
         offsets = np.concatenate([o for o, _ in spans])
         lengths = np.concatenate([n for _, n in spans])
         return coalesce_ranges(self.path.removeprefix("file://"), offsets, lengths, _HINT_GAP)

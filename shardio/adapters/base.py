@@ -159,8 +159,8 @@ class ShardReader(ABC, Generic[HandleT]):
     def byte_ranges(self, start: int, stop: int) -> list[FileRange]:
         """The local file ranges that hold samples ``[start, stop)``, for readahead hints.
 
-        Empty where the backend cannot tell (remote stores, compressed HDF5 datasets,
-        LMDB environments without shardio's offsets table): those get no hint."""
+        Empty where the backend cannot tell (remote stores, variable-length HDF5
+        fields, LMDB environments without shardio's offsets table): no hint there."""
         return []
 
     # ------------------------------------------------------------------ memory
