@@ -34,11 +34,13 @@ ORDERS = ("shard-window", "shard-window-no-readahead", "random")
 _ROWS_PER_WRITE = 4096
 
 
-def write_dataset(path: Path, n_samples: int, sample_bytes: int, shard_size: int) -> None:
-    """A raw-mmap dataset of ``n_samples`` rows of ``sample_bytes`` bytes each."""
+def write_dataset(
+    path: Path, n_samples: int, sample_bytes: int, shard_size: int, fmt: str = "mmap"
+) -> None:
+    """A dataset of ``n_samples`` rows of ``sample_bytes`` bytes each, in format ``fmt``."""
     from shardio import ShardWriter
 
-    with ShardWriter(path, format="mmap", shard_size=shard_size) as writer:
+    with ShardWriter(path, format=fmt, shard_size=shard_size) as writer:
         for start in range(0, n_samples, _ROWS_PER_WRITE):
             rows = min(_ROWS_PER_WRITE, n_samples - start)
             x = (np.arange(rows * sample_bytes, dtype=np.int64) + start) % 251
@@ -207,6 +209,9 @@ def _parse(argv: list[str] | None) -> argparse.Namespace:
     parser.add_argument("--size", default="2GB", help="dataset bytes")
     parser.add_argument("--sample-bytes", type=int, default=4096)
     parser.add_argument("--shard-size", default="64MB")
+    parser.add_argument(
+        "--format", default="mmap", help="backend of the dataset written (mmap, lmdb, hdf5, zarr)"
+    )
     parser.add_argument("--max-rss", default="256MB", help="ShardedDataset memory budget")
     parser.add_argument("--window", default=None, help="shard-window bytes (max_rss / 2)")
     parser.add_argument("--seconds", type=float, default=60.0, help="cap per read")
@@ -242,8 +247,11 @@ def main(argv: list[str] | None = None) -> None:
     path = Path(args.path)
     if not path.exists():
         n_samples = size // args.sample_bytes
-        print(f"writing {n_samples} samples of {args.sample_bytes} B to {path} ...", flush=True)
-        write_dataset(path, n_samples, args.sample_bytes, parse_size(args.shard_size))
+        print(
+            f"writing {n_samples} samples of {args.sample_bytes} B ({args.format}) to {path}",
+            flush=True,
+        )
+        write_dataset(path, n_samples, args.sample_bytes, parse_size(args.shard_size), args.format)
 
     print(
         f"dataset {format_size(size)} at {path}, max_rss={args.max_rss}, "

@@ -85,7 +85,7 @@ class DatasetReader:
             self._reader_class = reader_class(self.format, self.path)
             self._check_remote()
             field_count = len(self.fields) if self.fields else len(self.manifest.schema)
-            self._size_caches(field_count)
+            self._size_caches(len(self.manifest.shards), field_count)
             self._choose_read_mode(len(self.manifest.shards), field_count)
             self.schema: Schema = self.manifest.schema.select(self.fields, where=self.path)
             self.shard_infos: tuple[ShardInfo, ...] = self.manifest.shards
@@ -94,7 +94,7 @@ class DatasetReader:
             self.format = fmt
             self._reader_class = reader_class(fmt, self.path)
             self._check_remote()
-            self._size_caches(len(self.fields) if self.fields else 4)
+            self._size_caches(1, len(self.fields) if self.fields else 4)
             self._choose_read_mode(1, len(self.fields) if self.fields else 4)
             reader = self._reader_class(self.path, fields=self.fields, **self.options)
             self._readers[0] = reader
@@ -124,12 +124,15 @@ class DatasetReader:
             share = policy.max_rss // (16 * max(1, shard_count) * max(1, field_count))
             self.options.setdefault("map_below", share)
 
-    def _size_caches(self, field_count: int) -> None:
-        """Under a budget, size HDF5's per-dataset chunk cache from it (unless given)."""
+    def _size_caches(self, shard_count: int, field_count: int) -> None:
+        """Under a budget, size HDF5's chunk caches from it (unless given).
+
+        Every open file has one cache per dataset, so all of them together get 1/8 of
+        the budget (at least 64 KiB each, at most 16 MiB)."""
         policy = self.memory_policy
         if policy is None or self.format != "hdf5" or "rdcc_nbytes" in self.options:
             return
-        share = policy.max_rss // (8 * max(1, field_count))
+        share = policy.max_rss // (8 * max(1, shard_count) * max(1, field_count))
         self.options["rdcc_nbytes"] = int(min(max(share, 64 * 1024), 16 * 1024 * 1024))
 
     @staticmethod

@@ -269,3 +269,22 @@ def test_small_mmap_fields_stay_mapped_under_a_budget(tmp_path) -> None:
     assert given.reader.shard(0).handle.fields["x"].data is not None  # 2 MB files: mapped
     with pytest.raises(shardio.InvalidOptionError, match="map_below"):
         ShardedDataset(tmp_path / "ds", max_rss=budget, map_below="lots")[0]
+
+
+def test_hdf5_chunk_caches_share_the_budget_across_shards(tmp_path) -> None:
+    """Each open file has a chunk cache per dataset: 32 shards with 16 MiB caches once
+    grew a 256 MB budget's process by 530 MiB. All caches together get 1/8 of it."""
+    with ShardWriter(tmp_path / "ds", format="hdf5", shard_size="64KB") as writer:
+        writer.write_batch({"x": np.arange(20 * 1024 * 16, dtype=np.int32).reshape(-1, 64)})
+    budget = 64 * 2**20
+    ds = ShardedDataset(tmp_path / "ds", max_rss=budget)
+    shards = len(ds.shard_lengths)
+    assert shards >= 20
+    cache = ds.reader.options["rdcc_nbytes"]
+    assert cache == max(64 * 1024, budget // (8 * shards))
+    assert cache * shards <= budget // 8
+    # One row from each of many shards (a random batch over many shards) reads right.
+    first_rows = [int(s) for s in ds.reader.index.starts[:-1]]
+    np.testing.assert_array_equal(
+        ds.read_batch(first_rows)["x"][:, 0], np.array(first_rows, dtype=np.int32) * 64
+    )

@@ -370,7 +370,7 @@ class HDF5Reader(ShardReader[_File]):
     def _read_located(self, handle: _File, name: str, unique: np.ndarray) -> np.ndarray | None:
         """Rows read at their file positions, or None where the table cannot serve them."""
         table = handle.tables.get(name)
-        if table is None or len(unique) < 2:
+        if table is None:
             return None
         positions = table.positions(unique)
         if positions is None:
