@@ -27,6 +27,8 @@ class ShardedDataset(torch.utils.data.Dataset[Any]):
 
     ``max_rss="512MB"`` (or ``memory_policy=MemoryPolicy(...)``) caps the memory that
     reading adds in each process that reads, DataLoader workers included.
+    ``max_open_shards`` caps the shards a process keeps open (by default an eighth of
+    its file-descriptor limit); the least recently used one is closed first.
     """
 
     def __init__(

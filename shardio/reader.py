@@ -34,6 +34,7 @@ from .memory import (
     hint_ranges,
     readahead_supported,
 )
+from .openlimit import RecentlyUsed, resolve_open_limit
 from .schema import Sample, Schema
 from .writer import shard_files
 
@@ -56,6 +57,7 @@ class DatasetReader:
         verify_sizes: bool = True,
         max_rss: int | str | None = None,
         memory_policy: MemoryPolicy | None = None,
+        max_open_shards: int | None = None,
         **options: Any,
     ) -> None:
         self.path = os.fspath(path)
@@ -75,6 +77,7 @@ class DatasetReader:
             get_backend(fmt)  # validates the name
         self.manifest: Manifest | None = None
         self._readers: dict[int, ShardReader[Any]] = {}
+        self._recent = RecentlyUsed(resolve_open_limit(max_open_shards))
         if fmt == SHARDED:
             self.manifest = (
                 Manifest.load_remote(self.path, storage_options)
@@ -165,7 +168,13 @@ class DatasetReader:
         return os.path.join(self.path, info.path)
 
     def shard(self, number: int) -> ShardReader[Any]:
-        """The reader of shard ``number``, created (and checked) on first use."""
+        """The reader of shard ``number``, created (and checked) on first use.
+
+        At most ``max_open_shards`` readers stay open in a process: using one more
+        closes the least recently used (it reopens on its next use)."""
+        evicted = self._recent.use(number)
+        if evicted is not None and evicted in self._readers:
+            self._readers[evicted].close()
         reader = self._readers.get(number)
         if reader is None:
             info = self.shard_infos[number]
@@ -329,6 +338,7 @@ class DatasetReader:
             finally:
                 if not was_open:
                     reader.close()  # this process may only hint: hold no handles for it
+                    self._recent.forget(number)
         self.readahead_bytes += hinted
         return hinted
 

@@ -262,3 +262,33 @@ except shardio.ShardioError as error:
     ).stdout
     assert out.startswith("ShardCorruptError cannot read shard"), out
     assert "Too many open files" in out and "0 bytes" not in out
+
+
+def test_many_shards_under_a_small_descriptor_limit_read_by_closing_old_ones(tmp_path) -> None:
+    """300 shards, random batches, a process allowed 64 descriptors: readers beyond
+    max_open_shards are closed least recently used first, and every read is right."""
+    with ShardWriter(tmp_path / "ds", format="mmap", shard_size="1KB") as writer:
+        writer.write_batch({"x": np.arange(300 * 16 * 8, dtype=np.int64).reshape(300 * 16, 8)})
+    script = f"""
+import resource, numpy as np, shardio
+resource.setrlimit(resource.RLIMIT_NOFILE, (64, 64))
+ds = shardio.ShardedDataset({str(tmp_path / "ds")!r}, max_rss="64MB")
+assert len(ds.shard_lengths) >= 300, len(ds.shard_lengths)
+rng = np.random.default_rng(0)
+for _ in range(20):
+    batch = rng.integers(0, len(ds), 200)
+    assert np.array_equal(ds.read_batch(batch)["x"][:, 0], batch * 8)
+print(len(ds.reader.open_readers))
+"""
+    out = subprocess.run(
+        [sys.executable, "-c", script], capture_output=True, text=True, timeout=120
+    )
+    assert out.returncode == 0, out.stderr[-2000:]
+    assert 0 < int(out.stdout) <= 16  # max(16, 64 // 8)
+
+
+def test_max_open_shards_is_checked() -> None:
+    with pytest.raises(shardio.InvalidOptionError, match="max_open_shards"):
+        from shardio.openlimit import resolve_open_limit
+
+        resolve_open_limit(0)

@@ -1,0 +1,65 @@
+"""How many shards a process keeps open at once, and which to close first.
+
+Every open shard holds file descriptors (and mappings); a dataset of thousands of
+shards read in random order would otherwise open all of them in every DataLoader
+worker and fail with "Too many open files". Readers closed here reopen lazily.
+"""
+
+from __future__ import annotations
+
+import os
+from collections import OrderedDict
+
+from .errors import InvalidOptionError
+
+__all__ = ["RecentlyUsed", "default_open_limit", "resolve_open_limit"]
+
+
+def default_open_limit() -> int:
+    """An eighth of this process's file-descriptor limit (a shard holds up to about
+    three), at least 16; 128 where the limit cannot be read."""
+    try:
+        import resource
+
+        soft, _ = resource.getrlimit(resource.RLIMIT_NOFILE)
+    except (ImportError, OSError, ValueError):
+        return 128
+    if soft == resource.RLIM_INFINITY:
+        return 8192
+    return max(16, soft // 8)
+
+
+def resolve_open_limit(value: int | None) -> int:
+    if value is None:
+        return default_open_limit()
+    if isinstance(value, bool) or not isinstance(value, int) or value < 1:
+        raise InvalidOptionError(
+            f"max_open_shards should be an integer >= 1, but got max_open_shards={value!r}"
+        )
+    return value
+
+
+class RecentlyUsed:
+    """Keys in order of last use, at most ``limit`` of them, counted per process."""
+
+    def __init__(self, limit: int) -> None:
+        self.limit = limit
+        self._keys: OrderedDict[int, None] = OrderedDict()
+        self._pid = os.getpid()
+
+    def use(self, key: int) -> int | None:
+        """Mark ``key`` used now; returns the least recently used key beyond the limit."""
+        keys = self._keys
+        if self._pid != os.getpid():  # after fork nothing is open here yet
+            keys.clear()
+            self._pid = os.getpid()
+        if key in keys:
+            keys.move_to_end(key)
+            return None
+        keys[key] = None
+        if len(keys) > self.limit:
+            return keys.popitem(last=False)[0]
+        return None
+
+    def forget(self, key: int) -> None:
+        self._keys.pop(key, None)
