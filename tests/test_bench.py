@@ -25,6 +25,7 @@ from shardio.bench import (
 )
 from shardio.bench.cache import COLD_FRACTION, resident_bytes
 from shardio.bench.report import JSON_KEYS, RUN_KEYS, format_table
+from shardio.bench.runner import epoch_plans
 from shardio.bench.synthetic import write_synthetic
 from shardio.errors import InvalidOptionError
 
@@ -260,6 +261,37 @@ def test_sequential_order_and_sample_limit(small: str) -> None:
     (run,) = run_bench(small, config).runs
     assert run.samples == 250
     assert [e.samples for e in run.epochs] == [250]
+
+
+def test_shard_window_order_is_the_samplers_with_readahead(tmp_path: Any) -> None:
+    from shardio import ShardSampler
+
+    path = write_synthetic(str(tmp_path / "sw"), "mmap", 600, 1024, shard_size="64KB")
+    config = BenchConfig(
+        order="shard-window",
+        window="128KB",
+        epochs=2,
+        batch_size=50,
+        ceiling=False,
+        compare_raw=True,
+    )
+    assert config.window == 128_000
+    assert BenchConfig(order="shard-window", max_rss=(None, "64MB")).window == 32_000_000
+    report = run_bench(path, config)
+    shardio_run, raw_run = report.runs
+    assert [e.samples for e in shardio_run.epochs] == [600, 600]
+    assert [e.samples for e in raw_run.epochs] == [600, 600]
+    assert shardio_run.order == raw_run.order == "shard-window"
+    assert shardio_run.memory_stats is not None
+    if hasattr(os, "posix_fadvise"):  # every block hinted once per epoch, by shardio only
+        assert shardio_run.memory_stats["readahead_bytes"] == 2 * 600 * 1024
+    ds = ShardedDataset(path)
+    sampler = ShardSampler(ds, order="shard-window", window=128_000, seed=0)
+    plans = epoch_plans(ds, config)
+    for epoch, plan in enumerate(plans):
+        assert plan.indices.tolist() == sampler.indices(epoch).tolist()
+    with pytest.raises(InvalidOptionError, match="window"):
+        BenchConfig(order="shard-window", window="lots")
 
 
 def test_json_report_has_the_documented_keys(small: str, tmp_path: Any) -> None:

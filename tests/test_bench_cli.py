@@ -49,6 +49,21 @@ def test_bench_writes_table_json_and_plot(
     assert out_png.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
 
 
+def test_bench_shard_window_order_from_the_command_line(dataset: str, tmp_path: Any) -> None:
+    out_json = tmp_path / "sw.json"
+    code = main(
+        [
+            "bench", dataset, "--order", "shard-window", "--window", "64KB", "--epochs", "1",
+            "--json", str(out_json), "--quiet", "--no-ceiling",
+        ]
+    )  # fmt: skip
+    assert code == 0
+    data = json.loads(out_json.read_text())
+    assert data["config"]["order"] == "shard-window" and data["config"]["window"] == 64_000
+    assert "--order shard-window --window 64KB" in data["command"]
+    assert data["runs"][0]["epochs"][0]["samples"] == data["dataset"]["num_samples"]
+
+
 def test_bench_cold_says_the_cache_was_dropped(
     dataset: str, capsys: pytest.CaptureFixture[str]
 ) -> None:
@@ -74,7 +89,7 @@ def test_path_that_is_not_a_dataset(tmp_path: Any, capsys: pytest.CaptureFixture
         ("--workers", "0,x", ("--workers", "integer")),
         ("--batch-size", "0", ("--batch-size", ">= 1", "0")),
         ("--epochs", "0", ("--epochs",)),
-        ("--order", "backwards", ("--order", "random or sequential")),
+        ("--order", "backwards", ("--order", "random, sequential or shard-window")),
         ("--max-rss", "lots", ("max_rss", "512MB")),
     ],
 )

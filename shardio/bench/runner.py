@@ -17,7 +17,7 @@ import tempfile
 import time
 from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass, field
-from typing import Any, Literal
+from typing import TYPE_CHECKING, Any, Literal
 
 import numpy as np
 
@@ -27,6 +27,10 @@ from .cache import CacheState, cache_state, dataset_files, drop_cache
 from .ceiling import Ceiling, measure_ceiling
 from .raw import raw_reader
 from .rss import RssSampler, RssSeries, WorkerRssInit, _jsonable, collect_samples, collect_stats
+
+if TYPE_CHECKING:  # the sampling package imports torch: loaded when a run starts
+    from ..sampling.orders import EpochPlan
+    from ..sampling.readahead import Hint
 
 __all__ = [
     "BenchConfig",
@@ -38,7 +42,8 @@ __all__ = [
     "run_bench",
 ]
 
-Order = Literal["random", "sequential"]
+Order = Literal["random", "sequential", "shard-window"]
+_ORDERS = ("random", "sequential", "shard-window")
 CacheMode = Literal["warm", "cold", "asis"]
 
 
@@ -58,6 +63,8 @@ class BenchConfig:
     seed: int = 0
     ceiling: bool = True
     ceiling_bytes: int = 1024**3  # most bytes read to measure the disk ceiling
+    #: Bytes live at once in the shard-window order; None: half the smallest budget, or 1 GB.
+    window: int | str | None = None
 
     def __post_init__(self) -> None:
         workers = tuple(int(w) for w in self.workers)
@@ -71,9 +78,9 @@ class BenchConfig:
             value = getattr(self, name)
             if isinstance(value, bool) or not isinstance(value, int) or value < 1:
                 raise InvalidOptionError(f"{name} should be an integer >= 1, but got {value!r}")
-        if self.order not in ("random", "sequential"):
+        if self.order not in _ORDERS:
             raise InvalidOptionError(
-                f"order should be 'random' or 'sequential', but got order={self.order!r}"
+                f"order should be one of {_ORDERS}, but got order={self.order!r}"
             )
         if self.cache not in ("warm", "cold", "asis"):
             raise InvalidOptionError(
@@ -87,6 +94,14 @@ class BenchConfig:
         object.__setattr__(self, "max_rss", budgets or (None,))
         if any(b == 0 for b in budgets):
             raise InvalidOptionError("max_rss should be > 0 bytes (or none for no budget)")
+        if self.window is None:
+            limits = [b for b in budgets if b is not None]
+            window = min(limits) // 2 if limits else 10**9
+        else:
+            window = parse_size(self.window, "window")
+        if window <= 0:
+            raise InvalidOptionError(f"window should be > 0 bytes, but got window={self.window!r}")
+        object.__setattr__(self, "window", window)
 
     def to_json(self) -> dict[str, Any]:
         return {
@@ -94,6 +109,7 @@ class BenchConfig:
             "batch_size": self.batch_size,
             "epochs": self.epochs,
             "order": self.order,
+            "window": self.window if self.order == "shard-window" else None,
             "max_rss": list(self.max_rss),
             "cache": self.cache,
             "compare_raw": self.compare_raw,
@@ -246,20 +262,39 @@ def _torch_data() -> Any:
 
 
 class _EpochSampler:
-    """Yields the precomputed order of the current epoch (set with :meth:`set_epoch`)."""
+    """Yields the precomputed order of the current epoch (set with :meth:`set_epoch`),
+    hinting shard-window blocks to the page cache when given ``readahead``, as
+    :class:`~shardio.ShardSampler` does."""
 
-    def __init__(self, orders: Sequence[np.ndarray]) -> None:
-        self.orders = orders
+    def __init__(
+        self,
+        plans: Sequence[EpochPlan],
+        readahead: Hint | None = None,
+        lookahead: int = 1,
+        total: int = 0,
+    ) -> None:
+        self.plans = plans
+        self.readahead = readahead
+        self.lookahead = lookahead
+        self.total = total
         self.epoch = 0
 
     def set_epoch(self, epoch: int) -> None:
         self.epoch = epoch
 
     def __iter__(self) -> Iterator[int]:
-        return iter(self.orders[self.epoch].tolist())
+        from ..sampling.readahead import BlockReadahead, hinted
+
+        plan = self.plans[self.epoch]
+        if self.readahead is None or plan.block_starts is None:
+            return iter(plan.indices.tolist())
+        blocks = BlockReadahead(
+            plan.indices, plan.block_starts, self.total, self.readahead, self.lookahead
+        )
+        return hinted(plan.indices, blocks)
 
     def __len__(self) -> int:
-        return len(self.orders[self.epoch])
+        return len(self.plans[self.epoch].indices)
 
 
 class _RawDataset:
@@ -289,7 +324,7 @@ class _WorkerMemoryStats:
 
 
 def epoch_orders(num_samples: int, config: BenchConfig) -> list[np.ndarray]:
-    """The indices each epoch reads, identical for every configuration of a run."""
+    """The indices each epoch reads in the random or sequential order."""
     rng = np.random.default_rng(config.seed)
     count = num_samples if config.samples is None else min(config.samples, num_samples)
     orders = []
@@ -299,6 +334,24 @@ def epoch_orders(num_samples: int, config: BenchConfig) -> list[np.ndarray]:
         else:
             orders.append(np.arange(count, dtype=np.int64))
     return orders
+
+
+def epoch_plans(probe: Any, config: BenchConfig) -> list[EpochPlan]:
+    """What each epoch reads, identical for every configuration of a run; shard-window
+    epochs are ShardSampler's (same seed and window), with their blocks."""
+    from ..sampling.layout import ShardLayout
+    from ..sampling.orders import EpochPlan, epoch_plan
+
+    if config.order != "shard-window":
+        return [EpochPlan(order) for order in epoch_orders(len(probe), config)]
+    layout = ShardLayout(tuple(probe.shard_lengths), tuple(probe.shard_nbytes))
+    count = len(probe) if config.samples is None else min(config.samples, len(probe))
+    assert isinstance(config.window, int)
+    plans = []
+    for epoch in range(config.epochs):
+        plan = epoch_plan("shard-window", layout, config.window, config.seed, epoch)
+        plans.append(EpochPlan(plan.indices[:count].astype(np.int64), plan.block_starts))
+    return plans
 
 
 def batch_nbytes(batch: Any) -> int:
@@ -341,7 +394,7 @@ def run_bench(
         raw_reader(probe)  # refuses a backend or dataset the raw loop cannot read, early
     if config.cache == "cold" and not hasattr(os, "posix_fadvise"):
         raise UnsupportedFeatureError("a cold cache needs os.posix_fadvise (Linux has it)")
-    orders = epoch_orders(len(probe), config)
+    plans = epoch_plans(probe, config)
     report = BenchReport(
         path=path,
         format=probe.format,
@@ -367,7 +420,7 @@ def run_bench(
                         workers,
                         budget,
                         config,
-                        orders,
+                        plans,
                         files,
                         directory,
                         progress,
@@ -382,7 +435,7 @@ def run_bench(
                         workers,
                         None,
                         config,
-                        orders,
+                        plans,
                         files,
                         directory,
                         progress,
@@ -423,7 +476,7 @@ def _run_one(
     workers: int,
     budget: int | None,
     config: BenchConfig,
-    orders: list[np.ndarray],
+    plans: list[EpochPlan],
     files: Sequence[str],
     directory: str,
     progress: Progress | None,
@@ -434,8 +487,16 @@ def _run_one(
     dataset: Any = open_dataset(path, budget) if loader_kind == "shardio" else None
     if dataset is None:
         dataset = _RawDataset(raw_reader(probe))
+    from ..sampling.readahead import lookahead_indices
+
     has_stats = hasattr(dataset, "memory_stats")
-    sampler = _EpochSampler(orders)
+    readahead = getattr(dataset, "readahead", None)  # shardio only: raw loops get none
+    sampler = _EpochSampler(
+        plans,
+        readahead,
+        lookahead_indices(int(config.window or 0), int(sum(probe.shard_nbytes)), len(probe)),
+        len(probe),
+    )
     cold = config.cache == "cold"
     init = WorkerRssInit(
         directory, label, config.interval, stats=_WorkerMemoryStats() if has_stats else None
@@ -450,7 +511,7 @@ def _run_one(
         # their pages in the page cache, where posix_fadvise cannot drop them.
         persistent_workers=workers > 0 and not cold,
     )
-    total = sum(len(o) for o in orders)
+    total = sum(len(p.indices) for p in plans)
     bar = progress(_run_name(loader_kind, workers, budget), total) if progress else None
     epochs: list[EpochResult] = []
     main = RssSampler(config.interval).start()

@@ -35,7 +35,18 @@ def add_parser(subparsers: Any) -> None:
     )
     parser.add_argument("--batch-size", default="256", help="samples per batch (default 256)")
     parser.add_argument("--epochs", default="3", help="epochs per configuration (default 3)")
-    parser.add_argument("--order", default="random", help="random or sequential (default random)")
+    parser.add_argument(
+        "--order",
+        default="random",
+        help="random, sequential or shard-window (ShardSampler's, with its readahead; "
+        "default random)",
+    )
+    parser.add_argument(
+        "--window",
+        default=None,
+        help="shard-window bytes live at once, e.g. 256MB (default: half the smallest "
+        "--max-rss, else 1GB)",
+    )
     parser.add_argument(
         "--samples", default=None, help="samples read per epoch (default: the whole dataset)"
     )
@@ -101,9 +112,9 @@ def _budgets(text: str | None) -> tuple[str | None, ...]:
 def config_from_args(args: argparse.Namespace) -> Any:
     from ..bench.runner import BenchConfig
 
-    if args.order not in ("random", "sequential"):
+    if args.order not in ("random", "sequential", "shard-window"):
         raise InvalidOptionError(
-            f"--order should be random or sequential, but got --order={args.order!r}"
+            f"--order should be random, sequential or shard-window, but got --order={args.order!r}"
         )
     try:
         interval = float(args.interval)
@@ -123,6 +134,7 @@ def config_from_args(args: argparse.Namespace) -> Any:
         interval=interval,
         seed=_int(args.seed, "--seed", 0),
         ceiling=not args.no_ceiling,
+        window=args.window,
     )
 
 
@@ -134,6 +146,7 @@ def _command(args: argparse.Namespace) -> str:
         ("--batch-size", args.batch_size),
         ("--epochs", args.epochs),
         ("--order", args.order),
+        ("--window", args.window),
         ("--samples", args.samples),
         ("--max-rss", args.max_rss),
         ("--compare", args.compare),

@@ -9,14 +9,31 @@ large sequential ones, queued while the blocks before it are still being read.
 from __future__ import annotations
 
 import warnings
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 
 import numpy as np
 
-__all__ = ["BlockReadahead", "Hint"]
+from .orders import BLOCKS_PER_WINDOW
+
+__all__ = ["BlockReadahead", "Hint", "hinted", "lookahead_indices"]
 
 Hint = Callable[[int, int], object]
 """``hint(start, stop)``: read global indices ``[start, stop)`` ahead (ShardedDataset.readahead)."""
+
+
+def lookahead_indices(window: int, total_nbytes: int, count: int, stride: int = 1) -> int:
+    """How many indices ahead to look: about two blocks' bytes of the order, for a
+    process that reads one index in ``stride`` of it."""
+    per_sample = max(total_nbytes / max(count, 1), 1.0)
+    return max(1, int(2 * window / BLOCKS_PER_WINDOW / per_sample / max(stride, 1)))
+
+
+def hinted(indices: np.ndarray, readahead: BlockReadahead) -> Iterator[int]:
+    """Yield ``indices``, hinting the blocks coming up as it goes."""
+    step = readahead.step
+    for start in range(0, len(indices), step):
+        readahead.advance(start)
+        yield from indices[start : start + step].tolist()
 
 
 class BlockReadahead:

@@ -14,9 +14,9 @@ from torch.utils.data import Sampler
 from ..config import parse_size
 from ..errors import InvalidOptionError
 from .layout import ShardedSource, resolve_layout
-from .orders import BLOCKS_PER_WINDOW, ORDERS, OrderName, epoch_plan, order_digest
+from .orders import ORDERS, OrderName, epoch_plan, order_digest
 from .partition import PARTITIONS, PartitionName, rank_indices, samples_per_rank
-from .readahead import BlockReadahead, Hint
+from .readahead import BlockReadahead, Hint, lookahead_indices
 from .state import SamplerState
 
 __all__ = ["ShardSampler"]
@@ -156,12 +156,10 @@ class ShardSampler(Sampler[int]):
 
     def _lookahead(self) -> int:
         """Indices of this rank that span about two blocks' bytes of the order."""
-        total = self.layout.total_nbytes or 0
-        per_sample = max(total / max(len(self.layout), 1), 1.0)
-        ahead = 2 * self.window / BLOCKS_PER_WINDOW / per_sample
-        if self.partition == "strided":  # this rank reads one index in world_size
-            ahead /= self.world_size
-        return max(1, int(ahead))
+        stride = self.world_size if self.partition == "strided" else 1
+        return lookahead_indices(
+            self.window, self.layout.total_nbytes or 0, len(self.layout), stride
+        )
 
     def _share(self, order: np.ndarray) -> np.ndarray:
         return rank_indices(order, self.rank, self.world_size, self.drop_last, self.partition)
