@@ -10,6 +10,7 @@ gets, while a sampler thread records RSS in the main process and in every worker
 from __future__ import annotations
 
 import gc
+import itertools
 import math
 import os
 import platform
@@ -283,15 +284,15 @@ class _EpochSampler:
         self.epoch = epoch
 
     def __iter__(self) -> Iterator[int]:
-        from ..sampling.readahead import BlockReadahead, hinted
+        from ..sampling.readahead import BlockReadahead, order_chunks
 
         plan = self.plans[self.epoch]
-        if self.readahead is None or plan.block_starts is None:
-            return iter(plan.indices.tolist())
-        blocks = BlockReadahead(
-            plan.indices, plan.block_starts, self.total, self.readahead, self.lookahead
-        )
-        return hinted(plan.indices, blocks)
+        blocks = None
+        if self.readahead is not None and plan.block_starts is not None:
+            blocks = BlockReadahead(
+                plan.indices, plan.block_starts, self.total, self.readahead, self.lookahead
+            )
+        return itertools.chain.from_iterable(order_chunks(plan.indices, blocks))
 
     def __len__(self) -> int:
         return len(self.plans[self.epoch].indices)
@@ -323,10 +324,14 @@ class _WorkerMemoryStats:
         return _jsonable(info.dataset.memory_stats())
 
 
+def _epoch_samples(num_samples: int, config: BenchConfig) -> int:
+    return num_samples if config.samples is None else min(config.samples, num_samples)
+
+
 def epoch_orders(num_samples: int, config: BenchConfig) -> list[np.ndarray]:
     """The indices each epoch reads in the random or sequential order."""
     rng = np.random.default_rng(config.seed)
-    count = num_samples if config.samples is None else min(config.samples, num_samples)
+    count = _epoch_samples(num_samples, config)
     orders = []
     for _ in range(config.epochs):
         if config.order == "random":
@@ -345,7 +350,7 @@ def epoch_plans(probe: Any, config: BenchConfig) -> list[EpochPlan]:
     if config.order != "shard-window":
         return [EpochPlan(order) for order in epoch_orders(len(probe), config)]
     layout = ShardLayout(tuple(probe.shard_lengths), tuple(probe.shard_nbytes))
-    count = len(probe) if config.samples is None else min(config.samples, len(probe))
+    count = _epoch_samples(len(probe), config)
     assert isinstance(config.window, int)
     plans = []
     for epoch in range(config.epochs):

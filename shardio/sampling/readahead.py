@@ -15,7 +15,7 @@ import numpy as np
 
 from .orders import BLOCKS_PER_WINDOW
 
-__all__ = ["BlockReadahead", "Hint", "hinted", "lookahead_indices"]
+__all__ = ["BlockReadahead", "Hint", "lookahead_indices", "order_chunks"]
 
 Hint = Callable[[int, int], object]
 """``hint(start, stop)``: read global indices ``[start, stop)`` ahead (ShardedDataset.readahead)."""
@@ -28,12 +28,16 @@ def lookahead_indices(window: int, total_nbytes: int, count: int, stride: int = 
     return max(1, int(2 * window / BLOCKS_PER_WINDOW / per_sample / max(stride, 1)))
 
 
-def hinted(indices: np.ndarray, readahead: BlockReadahead) -> Iterator[int]:
-    """Yield ``indices``, hinting the blocks coming up as it goes."""
-    step = readahead.step
-    for start in range(0, len(indices), step):
-        readahead.advance(start)
-        yield from indices[start : start + step].tolist()
+def order_chunks(
+    indices: np.ndarray, readahead: BlockReadahead | None, start: int = 0, chunk: int = 8192
+) -> Iterator[list[int]]:
+    """``indices[start:]`` as lists of Python ints, at most ``chunk`` at a time, hinting
+    the blocks coming up before each list when ``readahead`` is given."""
+    step = chunk if readahead is None else min(chunk, readahead.step)
+    for begin in range(start, len(indices), step):
+        if readahead is not None:
+            readahead.advance(begin)
+        yield indices[begin : begin + step].tolist()
 
 
 class BlockReadahead:

@@ -14,9 +14,9 @@ from torch.utils.data import Sampler
 from ..config import parse_size
 from ..errors import InvalidOptionError
 from .layout import ShardedSource, resolve_layout
-from .orders import ORDERS, OrderName, epoch_plan, order_digest
+from .orders import ORDERS, EpochPlan, OrderName, epoch_plan, order_digest
 from .partition import PARTITIONS, PartitionName, rank_indices, samples_per_rank
-from .readahead import BlockReadahead, Hint, lookahead_indices
+from .readahead import BlockReadahead, Hint, lookahead_indices, order_chunks
 from .state import SamplerState
 
 __all__ = ["ShardSampler"]
@@ -128,10 +128,10 @@ class ShardSampler(Sampler[int]):
     def indices(self, epoch: int | None = None) -> np.ndarray:
         """This rank's whole order for ``epoch`` (the current epoch by default)."""
         epoch = self._epoch if epoch is None else _non_negative_int(epoch, "epoch")
-        return self._share(self._global_order(epoch))
+        return self._share(self._plan(epoch).indices)
 
     def __iter__(self) -> Iterator[int]:
-        plan = epoch_plan(self.order, self.layout, self.window, self.seed, self._epoch)
+        plan = self._plan(self._epoch)
         order = plan.indices
         digest = order_digest(order)
         if self._resume_at and self._resume_digest and digest != self._resume_digest:
@@ -151,8 +151,8 @@ class ShardSampler(Sampler[int]):
             )
         return _iterate(indices, progress, readahead)
 
-    def _global_order(self, epoch: int) -> np.ndarray:
-        return epoch_plan(self.order, self.layout, self.window, self.seed, epoch).indices
+    def _plan(self, epoch: int) -> EpochPlan:
+        return epoch_plan(self.order, self.layout, self.window, self.seed, epoch)
 
     def _lookahead(self) -> int:
         """Indices of this rank that span about two blocks' bytes of the order."""
@@ -255,11 +255,8 @@ class ShardSampler(Sampler[int]):
 def _iterate(
     indices: np.ndarray, progress: _Pass, readahead: BlockReadahead | None = None
 ) -> Iterator[int]:
-    step = _CHUNK if readahead is None else min(_CHUNK, readahead.step)
-    for start in range(progress.start, len(indices), step):
-        if readahead is not None:
-            readahead.advance(start)
-        for index in indices[start : start + step].tolist():
+    for chunk in order_chunks(indices, readahead, progress.start, _CHUNK):
+        for index in chunk:
             progress.yielded += 1
             yield index
     progress.done = True
