@@ -60,6 +60,3 @@ class RecentlyUsed:
         if len(keys) > self.limit:
             return keys.popitem(last=False)[0]
         return None
-
-    def forget(self, key: int) -> None:
-        self._keys.pop(key, None)

@@ -88,8 +88,7 @@ class DatasetReader:
             self._reader_class = reader_class(self.format, self.path)
             self._check_remote()
             field_count = len(self.fields) if self.fields else len(self.manifest.schema)
-            self._size_caches(len(self.manifest.shards), field_count)
-            self._choose_read_mode(len(self.manifest.shards), field_count)
+            self._fit_budget(len(self.manifest.shards), field_count)
             self.schema: Schema = self.manifest.schema.select(self.fields, where=self.path)
             self.shard_infos: tuple[ShardInfo, ...] = self.manifest.shards
             lengths = [s.num_samples for s in self.shard_infos]
@@ -97,8 +96,7 @@ class DatasetReader:
             self.format = fmt
             self._reader_class = reader_class(fmt, self.path)
             self._check_remote()
-            self._size_caches(1, len(self.fields) if self.fields else 4)
-            self._choose_read_mode(1, len(self.fields) if self.fields else 4)
+            self._fit_budget(1, len(self.fields) if self.fields else 4)
             reader = self._reader_class(self.path, fields=self.fields, **self.options)
             self._readers[0] = reader
             self.schema = reader.schema
@@ -113,30 +111,24 @@ class DatasetReader:
                 "copy the dataset to local disk, or convert it to zarr or hdf5 shards"
             )
 
-    def _choose_read_mode(self, shard_count: int, field_count: int) -> None:
-        """Under a budget, backends that map files copy values with pread instead.
+    def _fit_budget(self, shard_count: int, field_count: int) -> None:
+        """Backend options that keep reading under the budget (options given win).
 
-        Raw mmap fields whose file in every shard is at most 1/16 of the budget divided
-        by shards and fields (labels, say) remain mapped, so all such fields together
-        map at most 1/16 of the budget: a system call per row would cost more."""
+        Backends that map files copy values with pread instead. What every (shard,
+        field) pair may hold is a share of the budget: raw mmap fields whose file is at
+        most 1/16 of it (labels, say) remain mapped, since a system call per row would
+        cost more; HDF5's chunk caches, one per dataset in every open file, get 1/8
+        (each at least 64 KiB, at most 16 MiB)."""
         policy = self.memory_policy
         if policy is None or self.format not in ("mmap", "lmdb", "hdf5"):
             return
         self.options.setdefault("read_mode", "pread")
+        per_pair = policy.max_rss // (max(1, shard_count) * max(1, field_count))
         if self.format == "mmap":
-            share = policy.max_rss // (16 * max(1, shard_count) * max(1, field_count))
-            self.options.setdefault("map_below", share)
-
-    def _size_caches(self, shard_count: int, field_count: int) -> None:
-        """Under a budget, size HDF5's chunk caches from it (unless given).
-
-        Every open file has one cache per dataset, so all of them together get 1/8 of
-        the budget (at least 64 KiB each, at most 16 MiB)."""
-        policy = self.memory_policy
-        if policy is None or self.format != "hdf5" or "rdcc_nbytes" in self.options:
-            return
-        share = policy.max_rss // (8 * max(1, shard_count) * max(1, field_count))
-        self.options["rdcc_nbytes"] = int(min(max(share, 64 * 1024), 16 * 1024 * 1024))
+            self.options.setdefault("map_below", per_pair // 16)
+        if self.format == "hdf5":
+            cache = min(max(per_pair // 8, 64 * 1024), 16 * 1024 * 1024)
+            self.options.setdefault("rdcc_nbytes", cache)
 
     @staticmethod
     def _local_nbytes(reader: ShardReader[Any]) -> int:
@@ -175,6 +167,11 @@ class DatasetReader:
         evicted = self._recent.use(number)
         if evicted is not None and evicted in self._readers:
             self._readers[evicted].close()
+        return self._shard_reader(number)
+
+    def _shard_reader(self, number: int) -> ShardReader[Any]:
+        """The reader of shard ``number``, created and checked on first use, without
+        counting as a use (see :meth:`shard`)."""
         reader = self._readers.get(number)
         if reader is None:
             info = self.shard_infos[number]
@@ -332,13 +329,12 @@ class DatasetReader:
                 continue
             known = self._readers.get(number)
             was_open = known is not None and known.is_open
-            reader = self.shard(number)
+            reader = self._shard_reader(number)  # a hint is not a use: nothing is evicted
             try:
                 hinted += hint_ranges(reader.byte_ranges(lo, hi))
             finally:
                 if not was_open:
                     reader.close()  # this process may only hint: hold no handles for it
-                    self._recent.forget(number)
         self.readahead_bytes += hinted
         return hinted
 
