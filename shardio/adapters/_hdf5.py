@@ -73,18 +73,20 @@ class _RowTable:
         return starts + (rows % self.rows) * self.row_bytes
 
     @classmethod
+    def contiguous(cls, dataset: h5py.Dataset) -> _RowTable | None:
+        """The table of a contiguous dataset, whatever its dtype (one "chunk" of all rows)."""
+        offset = dataset.id.get_offset()  # None until a contiguous dataset is written
+        if offset is None or not dataset.shape:
+            return None
+        return cls(max(1, dataset.shape[0]), _row_bytes(dataset), np.array([offset]))
+
+    @classmethod
     def of(cls, dataset: h5py.Dataset) -> _RowTable | None:
         """The table of a dataset whose stored bytes are its values, else None."""
         if dataset.id.get_create_plist().get_nfilters() or dataset.dtype.kind not in "biuf":
             return None
-        row_bytes = int(np.prod(dataset.shape[1:], dtype=np.int64)) * dataset.dtype.itemsize
         if dataset.chunks is None:
-            offset = dataset.id.get_offset()  # None until a contiguous dataset is written
-            return (
-                None
-                if offset is None
-                else cls(max(1, dataset.shape[0]), row_bytes, np.array([offset]))
-            )
+            return cls.contiguous(dataset)
         if tuple(dataset.chunks[1:]) != tuple(dataset.shape[1:]) or not hasattr(
             dataset.id, "chunk_iter"
         ):
@@ -96,7 +98,7 @@ class _RowTable:
             offsets[info.chunk_offset[0] // rows] = info.byte_offset
 
         dataset.id.chunk_iter(record)
-        return cls(rows, row_bytes, offsets)
+        return cls(rows, _row_bytes(dataset), offsets)
 
 
 @dataclass
@@ -133,11 +135,11 @@ def _hint_source(dataset: h5py.Dataset) -> _RowTable | _ChunkExtents | None:
     """What tells readahead where a fixed field's rows lie, for any dtype and filter."""
     if dataset.chunks is not None:
         return _ChunkExtents.of(dataset)
-    offset = dataset.id.get_offset()  # None until a contiguous dataset is written
-    if offset is None or not dataset.shape:
-        return None
-    row_bytes = int(np.prod(dataset.shape[1:], dtype=np.int64)) * dataset.dtype.itemsize
-    return _RowTable(max(1, dataset.shape[0]), row_bytes, np.array([offset]))
+    return _RowTable.contiguous(dataset)
+
+
+def _row_bytes(dataset: h5py.Dataset) -> int:
+    return int(np.prod(dataset.shape[1:], dtype=np.int64)) * dataset.dtype.itemsize
 
 
 @dataclass
