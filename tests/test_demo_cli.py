@@ -160,17 +160,22 @@ def test_cli_defaults_are_the_library_defaults() -> None:
     assert args.samples == config.num_samples
 
 
-def test_cli_parser_does_not_import_torch() -> None:
-    code = (
-        "import sys; from shardio.cli import build_parser; build_parser(); "
-        "print('torch' in sys.modules)"
-    )
+def run_python(code: str) -> str:
+    """stdout of ``code`` in a fresh interpreter (so torch is not yet imported)."""
     env = {**os.environ, "PYTHONPATH": str(ROOT)}
     result = subprocess.run(
         [sys.executable, "-c", code], capture_output=True, text=True, cwd=ROOT, env=env
     )
     assert result.returncode == 0, result.stderr
-    assert result.stdout.strip() == "False"
+    return result.stdout
+
+
+def test_cli_parser_does_not_import_torch() -> None:
+    code = (
+        "import sys; from shardio.cli import build_parser; build_parser(); "
+        "print('torch' in sys.modules)"
+    )
+    assert run_python(code).strip() == "False"
 
 
 def test_shardio_help_lists_demo_without_importing_torch() -> None:
@@ -185,9 +190,4 @@ def test_shardio_help_lists_demo_without_importing_torch() -> None:
         "        pass\n"
         "print('--compare' in buffer.getvalue(), 'torch' in sys.modules)\n"
     )
-    env = {**os.environ, "PYTHONPATH": str(ROOT)}
-    result = subprocess.run(
-        [sys.executable, "-c", code], capture_output=True, text=True, cwd=ROOT, env=env
-    )
-    assert result.returncode == 0, result.stderr
-    assert result.stdout.split() == ["True", "False"]
+    assert run_python(code).split() == ["True", "False"]
