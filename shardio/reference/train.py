@@ -42,9 +42,15 @@ Batch = Mapping[str, Tensor]
 
 def collate_tokens(samples: Sequence[Mapping[str, np.ndarray]]) -> dict[str, Tensor]:
     """Stack samples into ``{"tokens": int64 (B, N), "label": int64 (B,)}``."""
-    tokens = np.stack([s[TOKENS] for s in samples]).astype(np.int64, copy=False)
-    labels = np.array([s[LABEL] for s in samples], dtype=np.int64)
-    return {TOKENS: torch.from_numpy(tokens), LABEL: torch.from_numpy(labels)}
+    return _token_batch(np.stack([s[TOKENS] for s in samples]), [s[LABEL] for s in samples])
+
+
+def _token_batch(tokens: Any, labels: Any) -> dict[str, Tensor]:
+    """A batch of ``tokens`` (B, N) and ``labels`` (B,) as int64 tensors."""
+    return {
+        TOKENS: torch.from_numpy(np.asarray(tokens, dtype=np.int64)),
+        LABEL: torch.from_numpy(np.asarray(labels, dtype=np.int64)),
+    }
 
 
 def loss_of(model: nn.Module, batch: Batch) -> Tensor:
@@ -119,10 +125,7 @@ def heldout_batches(
     for first in range(start, len(dataset), batch_size):
         indices = np.arange(first, min(first + batch_size, len(dataset)))
         columns = dataset.read_batch(indices)
-        batch = {
-            TOKENS: torch.as_tensor(np.asarray(columns[TOKENS], dtype=np.int64)),
-            LABEL: torch.as_tensor(np.asarray(columns[LABEL], dtype=np.int64)),
-        }
+        batch = _token_batch(columns[TOKENS], columns[LABEL])
         batches.append({k: v.to(device) for k, v in batch.items()})
     return batches
 
