@@ -101,9 +101,12 @@ class DemoSummary:
     seconds: float
 
 
-def _rss() -> str:
+def _rss(peak: bool = False) -> str:
+    """This process's RSS now (or its peak so far), for the log."""
     info = read_rss()
-    return "n/a" if info is None else format_size(info.rss)
+    if info is None:
+        return "n/a"
+    return format_size(info.peak if peak else info.rss)
 
 
 @contextmanager
@@ -231,7 +234,7 @@ def _summary_lines(summary: DemoSummary, floor: float | None) -> list[str]:
     bound = f"; best possible held-out loss {floor:.4f}" if floor is not None else ""
     lines.append(
         f"chance loss ln({summary.spec.num_classes}) = {summary.chance_loss:.4f}{bound}; "
-        f"peak rss {_peak_rss()}; total {summary.seconds:.1f} s"
+        f"peak rss {_rss(peak=True)}; total {summary.seconds:.1f} s"
     )
     if len(summary.runs) == 2:
         a, b = (r.heldout_loss for r in summary.runs)
@@ -243,11 +246,6 @@ def _heldout_floor(task: MajorityTask, heldout: Sequence[Batch]) -> float:
     tokens = torch.cat([b[TOKENS] for b in heldout]).cpu().numpy()
     labels = torch.cat([b[LABEL] for b in heldout]).cpu().numpy()
     return task.best_loss(tokens, labels)
-
-
-def _peak_rss() -> str:
-    info = read_rss()
-    return "n/a" if info is None else format_size(info.peak)
 
 
 def run_demo(config: DemoConfig, out: Printer = print) -> DemoSummary:
