@@ -11,10 +11,12 @@ bytes -> sample dict), in the order of ``keys=`` or of the database's sorted key
 
 from __future__ import annotations
 
+import contextlib
 import itertools
 import json
 import mmap
 import os
+import threading
 from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
@@ -91,53 +93,68 @@ class _Layout:
 class _EnvPool:
     """Read-only environments shared by every reader of one process.
 
-    LMDB allows one open handle per environment and process, while users open the
-    same file twice (train and validation splits, a pickled copy): readers share a
-    reference-counted handle. The pool is keyed by PID, so a forked child never
-    reuses its parent's handles.
+    py-lmdb refuses to open one environment twice in a process, while users open the
+    same file twice (train and validation splits, a notebook cell run again, a
+    pickled copy): readers share a reference-counted handle, keyed by the data
+    file's identity (device, inode), so two paths to one file share it too.
+
+    NOTE: a forked child inherits the parent's open environments, and py-lmdb's
+    registry of them, which makes the child's own open fail. The child closes the
+    inherited environments before opening any: they are read-only and opened
+    without a lock file, so closing one only unmaps the child's copy of the map and
+    closes its copies of the descriptors; the parent's are untouched.
     """
 
     def __init__(self) -> None:
         self._pid = os.getpid()
-        self._envs: dict[tuple[str, bool], tuple[lmdb.Environment, int]] = {}
+        self._lock = threading.Lock()
+        self._envs: dict[tuple[int, int], tuple[lmdb.Environment, int]] = {}
 
-    def _check_pid(self) -> None:
-        if self._pid != os.getpid():
-            self._envs = {}  # NOTE: inherited handles are dropped, never closed, in the child
-            self._pid = os.getpid()
+    def _forget_inherited(self) -> None:
+        if self._pid == os.getpid():
+            return
+        inherited, self._envs = self._envs, {}
+        self._pid = os.getpid()
+        for env, _ in inherited.values():
+            with contextlib.suppress(lmdb.Error):
+                env.close()
 
     def acquire(self, path: str, readahead: bool) -> lmdb.Environment:
-        self._check_pid()
+        """The environment at ``path``; the first opener's ``readahead`` applies to all."""
         data_file, subdir = _data_file(path)
-        key = (os.path.realpath(data_file), readahead)
-        if key in self._envs:
-            env, count = self._envs[key]
-            self._envs[key] = (env, count + 1)
+        stat = os.stat(data_file)
+        key = (stat.st_dev, stat.st_ino)
+        with self._lock:
+            self._forget_inherited()
+            if key in self._envs:
+                env, count = self._envs[key]
+                self._envs[key] = (env, count + 1)
+                return env
+            # lock=False: read-only readers need no lock file and no reader-table slot,
+            # so any number of DataLoader workers can open the environment.
+            env = lmdb.open(
+                path,
+                subdir=subdir,
+                readonly=True,
+                lock=False,
+                readahead=readahead,
+                max_readers=1,
+                max_dbs=0,
+            )
+            self._envs[key] = (env, 1)
             return env
-        # lock=False: read-only readers need no lock file and no reader-table slot,
-        # so any number of DataLoader workers can open the environment.
-        env = lmdb.open(
-            path,
-            subdir=subdir,
-            readonly=True,
-            lock=False,
-            readahead=readahead,
-            max_readers=1,
-            max_dbs=0,
-        )
-        self._envs[key] = (env, 1)
-        return env
 
     def release(self, env: lmdb.Environment) -> None:
-        self._check_pid()
-        for key, (held, count) in list(self._envs.items()):
-            if held is env:
-                if count > 1:
-                    self._envs[key] = (held, count - 1)
-                else:
-                    del self._envs[key]
-                    env.close()
-                return
+        with self._lock:
+            self._forget_inherited()
+            for key, (held, count) in list(self._envs.items()):
+                if held is env:
+                    if count > 1:
+                        self._envs[key] = (held, count - 1)
+                    else:
+                        del self._envs[key]
+                        env.close()
+                    return
 
 
 _POOL = _EnvPool()
