@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import os
 import shutil
-from collections.abc import Mapping
+from collections.abc import Collection, Mapping
 from typing import Any
 
 import numpy as np
@@ -48,14 +48,19 @@ def partial_name(name: str) -> str:
     return f".{name}.partial"
 
 
-def shard_files(path: str) -> list[str]:
-    """Every regular file of a shard (a file, or a directory walked recursively)."""
+def shard_files(path: str, transient: Collection[str] = ()) -> list[str]:
+    """Every regular file of a shard (a file, or a directory walked recursively),
+    less files a backend library may add after writing (``transient`` names, such as
+    LMDB's ``lock.mdb``)."""
     if os.path.isfile(path):
         return [path]
     # os.walk skips directories it cannot list unless told otherwise: a shard would then
     # look empty (0 bytes, no files to hash) when the real problem is, say, EMFILE.
     return sorted(
-        os.path.join(d, f) for d, _, names in os.walk(path, onerror=_raise) for f in names
+        os.path.join(d, f)
+        for d, _, names in os.walk(path, onerror=_raise)
+        for f in names
+        if f not in transient
     )
 
 

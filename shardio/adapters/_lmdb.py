@@ -181,6 +181,19 @@ class _Env:
     offsets: np.ndarray | None = None  # (N, 2): offset and length of each value in data.mdb
     own_map: mmap.mmap | None = None  # data.mdb mapped by shardio, read at those offsets
     view: np.ndarray | None = None  # own_map as uint8
+    guard_fd: int | None = None  # the data file, to notice a truncation before a mapped read
+    mapped_size: int = 0
+
+    def check_unchanged(self) -> None:
+        """Raise before a mapped read of a data file truncated since it was opened.
+
+        NOTE: a mapped page past the end of a truncated file raises SIGBUS, which
+        kills the process; a truncation between this fstat and the copy still faults."""
+        if self.guard_fd is not None and os.fstat(self.guard_fd).st_size < self.mapped_size:
+            raise ShardCorruptError(
+                f"{self.data_file} was truncated while open: "
+                f"{os.fstat(self.guard_fd).st_size} bytes, expected {self.mapped_size}"
+            )
 
     def mapped(self) -> list[Any]:
         if self.mappings is None:
@@ -199,6 +212,8 @@ class LMDBReader(ShardReader[_Env]):
     #: data.mdb, or with read_mode="pread" with pread, which maps no page at all
     #: (the mode under a memory budget).
     options = frozenset({"decode", "keys", "readahead", "read_mode"})
+    #: Opening an environment with lmdb.open() and its default lock=True creates it.
+    transient_files = frozenset({"lock.mdb"})
 
     def __init__(self, path: str, **kwargs: Any) -> None:
         super().__init__(path, **kwargs)
@@ -253,6 +268,8 @@ class LMDBReader(ShardReader[_Env]):
                     finally:
                         os.close(fd)
                     opened.view = np.frombuffer(opened.own_map, np.uint8)
+            opened.guard_fd = os.open(data_file, os.O_RDONLY)
+            opened.mapped_size = os.fstat(opened.guard_fd).st_size
             return opened
         except BaseException:
             _POOL.release(env)
@@ -319,11 +336,20 @@ class LMDBReader(ShardReader[_Env]):
         if not os.path.exists(path):
             return None
         try:
-            offsets = np.load(path, allow_pickle=False)
+            # Mapped first: a damaged header claiming a huge shape fails here instead of
+            # allocating what it claims.
+            table = np.load(path, mmap_mode="r", allow_pickle=False)
+            if table.shape != (len(self), 2) or table.dtype.kind not in "iu":
+                return None
+            offsets = np.array(table, dtype=np.int64)
         except (OSError, ValueError):
             return None
-        if offsets.shape != (len(self), 2):
-            return None
+        del table
+        size = os.path.getsize(_data_file(self.path)[0])
+        if len(offsets) and (
+            (offsets < 0).any() or bool((offsets[:, 0] + offsets[:, 1] > size).any())
+        ):
+            return None  # stale or damaged: values are found through LMDB's own B-tree
         # NOTE: a copied or compacted environment moves values; a stale table would
         # return wrong bytes silently, so the first and last values are compared.
         with env.begin() as txn, open(_data_file(self.path)[0], "rb") as handle:
@@ -337,6 +363,9 @@ class LMDBReader(ShardReader[_Env]):
     def _close(self, handle: _Env) -> None:
         if handle.pread_fd is not None:
             os.close(handle.pread_fd)
+        if handle.guard_fd is not None:
+            os.close(handle.guard_fd)
+            handle.guard_fd = None
         handle.view = None  # releases the buffer export, so the map can close
         if handle.own_map is not None:
             handle.own_map.close()
@@ -364,6 +393,8 @@ class LMDBReader(ShardReader[_Env]):
 
     def read_many(self, indices: np.ndarray) -> Columns:
         handle = self.handle
+        if handle.pread_fd is None:
+            handle.check_unchanged()
         if handle.layout is None:
             return self._read_foreign(handle, indices)
         layout = handle.layout

@@ -64,6 +64,9 @@ class ShardReader(ABC, Generic[HandleT]):
     holds_caches: ClassVar[bool] = False
     #: Backend-specific keyword options this reader accepts.
     options: ClassVar[frozenset[str]] = frozenset()
+    #: Files the backend's own library may create in a shard after it was written
+    #: (not part of its size or checksum).
+    transient_files: ClassVar[frozenset[str]] = frozenset()
 
     def __init__(
         self,
@@ -71,10 +74,14 @@ class ShardReader(ABC, Generic[HandleT]):
         *,
         fields: Sequence[str] | None = None,
         expected_nbytes: int | None = None,
+        allow_external: bool = False,
         **options: Any,
     ) -> None:
         _check_options(options, self.options, f"by the {self.format} backend (reading {path})")
         self.path = path
+        #: Read data that metadata places outside the shard (HDF5 external storage and
+        #: virtual datasets, files named by path in shard metadata); refused by default.
+        self.allow_external = allow_external
         self.requested_fields = None if fields is None else list(fields)
         self.expected_nbytes = expected_nbytes
         self.backend_options = options

@@ -107,6 +107,10 @@ def verify(
         len(manifest.shards),
         manifest.num_samples,
     )
+    try:
+        manifest.check_directory(location)
+    except ShardioError as exc:
+        report.problems.append(Problem(None, str(exc)))
     source = None
     if against is not None:
         source = _open_against(manifest, os.fspath(against), source_format, source_options, report)
@@ -226,7 +230,7 @@ def _check_shard(
     path = os.path.join(location, info.path)
     if not os.path.exists(path):
         return [Problem(info.path, "is missing")]
-    files = shard_files(path)
+    files = shard_files(path, reader.transient_files)
     nbytes = files_nbytes(files)
     if nbytes != info.nbytes:
         state = "truncated" if nbytes < info.nbytes else "larger than written"
@@ -419,11 +423,13 @@ def _probe_main(
             comparison = _Comparison(source, manifest.schema, report)
         problems = _read_shard(reader, manifest, number, start, comparison, None)
         if not problems:
-            detail = "compare equal to the source" if against else "decode"
+            detail = "decodes and equals the source" if against else "decodes"
             problems = [
                 Problem(
                     manifest.shards[number].path,
-                    f"its samples still {detail}: the damage is outside the sample data",
+                    f"its bytes differ from what was written, yet every sample still {detail}: "
+                    "the damage is in bytes no check here can attribute (a value that still "
+                    "decodes, padding or metadata); treat the shard as corrupt",
                 )
             ]
     except Exception as exc:
