@@ -23,6 +23,7 @@ from typing import Any
 
 import lmdb
 import numpy as np
+import xxhash
 
 from ..errors import InvalidOptionError, ManifestError, SchemaError, ShardCorruptError
 from ..memory import FileRange, ReleaseResult, advise_range, find_mappings, madvise_supported
@@ -341,10 +342,17 @@ class LMDBReader(ShardReader[_Env]):
             table = np.load(path, mmap_mode="r", allow_pickle=False)
             if table.shape != (len(self), 2) or table.dtype.kind not in "iu":
                 return None
+            end = table.offset + table.nbytes
             offsets = np.array(table, dtype=np.int64)
+            del table
+            with open(path, "rb") as handle:
+                handle.seek(end)
+                trailer = handle.read()
         except (OSError, ValueError):
             return None
-        del table
+        # The writer appends the table's digest (tables written before it have none).
+        if trailer and trailer != xxhash.xxh3_64_digest(offsets.tobytes()):
+            return None  # damaged: values are found through LMDB's own B-tree
         size = os.path.getsize(_data_file(self.path)[0])
         if len(offsets) and (
             (offsets < 0).any() or bool((offsets[:, 0] + offsets[:, 1] > size).any())
@@ -627,5 +635,6 @@ def write_offsets(path: str, count: int) -> bool:
     temporary = os.path.join(path, f".{OFFSETS_NAME}.tmp")
     with open(temporary, "wb") as handle:
         np.save(handle, offsets)
+        handle.write(xxhash.xxh3_64_digest(offsets.tobytes()))  # checked by readers
     os.replace(temporary, os.path.join(path, OFFSETS_NAME))
     return True
