@@ -8,6 +8,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from .adapters.registry import FORMATS, MANIFEST_NAME
+from .checksum import BLOCK_BYTES
 from .errors import DatasetNotFoundError, ManifestError, SchemaError
 from .jsonio import read_json, write_json_atomic
 from .schema import Schema
@@ -64,7 +65,26 @@ def _shard_from_json(raw: Any, number: int, where: str) -> ShardInfo:
             f"{where}: shard {number} ({path}) claims {count} samples in {nbytes} bytes, "
             "more than its files can hold"
         )
-    return ShardInfo(path=path, num_samples=count, nbytes=nbytes, checksum=checksum)
+    return ShardInfo(
+        path, count, nbytes, checksum, _blocks_from_json(raw.get("blocks"), path, where)
+    )
+
+
+def _blocks_from_json(raw: Any, path: str, where: str) -> dict[str, str] | None:
+    if raw is None:
+        return None
+    files = raw.get("files") if isinstance(raw, dict) else None
+    if (
+        not isinstance(raw, dict)
+        or raw.get("block_bytes") != BLOCK_BYTES
+        or not isinstance(files, dict)
+        or not all(isinstance(k, str) and isinstance(v, str) for k, v in files.items())
+    ):
+        raise ManifestError(
+            f"{where}: shard {path} 'blocks' should map file names to block digests of "
+            f"{BLOCK_BYTES} bytes, but got {raw!r:.80}"
+        )
+    return dict(files)
 
 
 def _check_shard_order(shards: list[ShardInfo], where: str) -> None:
@@ -92,14 +112,24 @@ class ShardInfo:
     num_samples: int
     nbytes: int
     checksum: str | None = None
+    #: Per-block digests of each file by path inside the shard (see shardio.checksum).
+    blocks: dict[str, str] | None = None
 
     def to_json(self) -> dict[str, Any]:
-        return {
+        described: dict[str, Any] = {
             "path": self.path,
             "num_samples": self.num_samples,
             "nbytes": self.nbytes,
             "checksum": self.checksum,
         }
+        if self.blocks is not None:
+            described["blocks"] = {"block_bytes": BLOCK_BYTES, "files": self.blocks}
+        return described
+
+    @classmethod
+    def from_json(cls, raw: Any, number: int, where: str) -> ShardInfo:
+        """Entry ``number`` of a manifest, checked: a damaged one raises ManifestError."""
+        return _shard_from_json(raw, number, where)
 
 
 @dataclass(frozen=True)
@@ -148,7 +178,7 @@ class Manifest:
         raw_shards = data.get("shards")
         if not isinstance(raw_shards, list):
             raise ManifestError(f"{where}: 'shards' should be a list")
-        shards = [_shard_from_json(raw, number, where) for number, raw in enumerate(raw_shards)]
+        shards = [ShardInfo.from_json(raw, n, where) for n, raw in enumerate(raw_shards)]
         _check_shard_order(shards, where)
         declared = data.get("num_samples")
         metadata = data.get("metadata")

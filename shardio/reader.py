@@ -24,8 +24,9 @@ from .adapters.base import (
     is_run,
 )
 from .adapters.registry import SHARDED, detect_format, get_backend, is_remote, reader_class
-from .errors import ShardCorruptError, ShardioError, UnsupportedFeatureError
+from .errors import InvalidOptionError, ShardCorruptError, ShardioError, UnsupportedFeatureError
 from .index import ShardIndex
+from .integrity import ShardCheck, VerifyMode, check_mode
 from .manifest import Manifest, ShardInfo
 from .memory import (
     MemoryGuard,
@@ -37,7 +38,7 @@ from .memory import (
 )
 from .openlimit import RecentlyUsed, resolve_open_limit
 from .schema import Sample, Schema
-from .writer import shard_files
+from .writer import shard_files_as_written
 
 __all__ = ["DatasetReader"]
 
@@ -85,10 +86,13 @@ class DatasetReader:
         memory_policy: MemoryPolicy | None = None,
         max_open_shards: int | None = None,
         allow_external: bool = False,
+        verify: VerifyMode = "off",
         **options: Any,
     ) -> None:
         self.path = os.fspath(path)
         self.allow_external = bool(allow_external)
+        self.verify = check_mode(verify)
+        self._checks: dict[int, ShardCheck] = {}
         self.fields = (
             None if fields is None else ([fields] if isinstance(fields, str) else list(fields))
         )
@@ -133,6 +137,45 @@ class DatasetReader:
                 lengths = [len(reader)]
             self.shard_infos = (ShardInfo(self.path, lengths[0], self._local_nbytes(reader)),)
         self.index = ShardIndex(lengths)
+        if self.verify != "off":
+            self._check_verifiable()
+
+    def _check_verifiable(self) -> None:
+        if self.manifest is None or is_remote(self.path):
+            raise InvalidOptionError(
+                f"verify={self.verify!r} checks shards against the digests their writer "
+                f"recorded, which {self.path} has none of: it needs a local dataset "
+                "directory written by shardio (shardio convert makes one)"
+            )
+        recorded = "checksum" if self.verify == "open" else "blocks"
+        missing = [s.path for s in self.shard_infos if getattr(s, recorded) is None]
+        if missing:
+            raise InvalidOptionError(
+                f"verify={self.verify!r} needs the {recorded} of every shard, but "
+                f"{self.path}'s manifest has none for {missing[:3]} (written with "
+                "checksum=False, or by an older shardio); write it again, or use "
+                + ("verify='off'" if self.verify == "open" else "verify='open'")
+            )
+
+    def _shard_check(self, number: int, reader: ShardReader[Any]) -> ShardCheck:
+        check = self._checks.get(number)
+        if check is None:
+            info = self.shard_infos[number]
+            assert info.checksum is not None
+            files = shard_files_as_written(reader.path, info.nbytes, reader.transient_files)
+            check = ShardCheck(reader.path, files, info.checksum, info.blocks)
+            self._checks[number] = check
+        return check
+
+    def _check_integrity(self, number: int, reader: ShardReader[Any], local: np.ndarray) -> None:
+        """Raise before handing out values of a shard that is not as written."""
+        check = self._shard_check(number, reader)
+        if check.complete:
+            return
+        if self.verify == "open":
+            check.check_whole()
+        else:
+            check.check_ranges(reader.value_ranges(local))
 
     def _check_remote(self) -> None:
         if is_remote(self.path) and not self._reader_class.remote:
@@ -257,7 +300,8 @@ class DatasetReader:
         if not os.path.exists(path):
             raise ShardCorruptError(f"shard {path} listed in the manifest is missing")
         try:
-            actual = sum(os.path.getsize(p) for p in shard_files(path, transient))
+            files = shard_files_as_written(path, info.nbytes, transient)
+            actual = sum(os.path.getsize(p) for p in files)
         except OSError as exc:
             raise ShardCorruptError(f"cannot read shard {path}: {exc}") from exc
         if actual != info.nbytes:
@@ -272,6 +316,8 @@ class DatasetReader:
         reader = self.shard(shard)
         before = reader.bytes_read
         with _as_corrupt(reader.path):
+            if self.verify != "off":
+                self._check_integrity(shard, reader, np.array([local], dtype=np.int64))
             sample = reader.read(local)
         if self.memory_policy is not None:
             self.guard.after_read(reader.bytes_read - before)
@@ -298,6 +344,8 @@ class DatasetReader:
     def _read_shard(self, number: int, local: np.ndarray) -> Columns:
         reader = self.shard(number)
         with _as_corrupt(reader.path):
+            if self.verify != "off":
+                self._check_integrity(number, reader, local)
             return self._read_open_shard(reader, local)
 
     def _read_open_shard(self, reader: ShardReader[Any], local: np.ndarray) -> Columns:

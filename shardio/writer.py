@@ -16,7 +16,7 @@ import numpy as np
 
 from .adapters.base import Columns, ShardFileWriter, concat_columns, samples_to_columns
 from .adapters.registry import MANIFEST_NAME, get_backend, is_remote, writer_class
-from .checksum import files_nbytes, hash_files
+from .checksum import files_nbytes, hash_shard
 from .config import parse_size
 from .errors import InvalidOptionError, OutputExistsError, SchemaError, UnsupportedFeatureError
 from .manifest import Manifest, ShardInfo
@@ -30,6 +30,7 @@ __all__ = [
     "prepare_output",
     "validate_columns",
     "shard_files",
+    "shard_files_as_written",
     "remove_path",
     "is_own_entry",
     "foreign_entries",
@@ -64,6 +65,18 @@ def shard_files(path: str, transient: Collection[str] = ()) -> list[str]:
     )
 
 
+def shard_files_as_written(path: str, nbytes: int, transient: Collection[str]) -> list[str]:
+    """The files of a shard that make up the ``nbytes`` recorded for it: without the
+    ``transient`` files a library added since, or with them where they were there
+    when the shard was recorded."""
+    files = shard_files(path, transient)
+    if transient and sum(os.path.getsize(p) for p in files) != nbytes:
+        every = shard_files(path)
+        if sum(os.path.getsize(p) for p in every) == nbytes:
+            return every
+    return files
+
+
 def _raise(error: OSError) -> None:
     raise error
 
@@ -88,11 +101,13 @@ def finish_shard(
     remove_path(final)
     os.replace(os.path.join(directory, partial or partial_name(name)), final)
     files = shard_files(final)
+    digest, blocks = hash_shard(files, final) if checksum else (None, None)
     return ShardInfo(
         path=name,
         num_samples=num_samples,
         nbytes=files_nbytes(files),
-        checksum=hash_files(files, final) if checksum else None,
+        checksum=digest,
+        blocks=blocks,
     )
 
 

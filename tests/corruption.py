@@ -156,13 +156,13 @@ def _edit_manifest(path: str, edit: str) -> None:
         json.dump(manifest, handle)
 
 
-def read_back(path: str) -> str:
+def read_back(path: str, verify: str = "off") -> str:
     """``held``, ``wrong`` or ``other:<type>`` for one damaged dataset."""
     from shardio import ShardedDataset, ShardioError
 
     want = truth()
     try:
-        ds = ShardedDataset(path)
+        ds = ShardedDataset(path, verify=verify)
         if len(ds) != N:
             return "wrong"
         batch = ds.read_batch(np.arange(N)[::-1])
@@ -179,23 +179,26 @@ def read_back(path: str) -> str:
     return "held" if same else "wrong"
 
 
-def run_cases(format: str, seed: int, flips: int, cuts: int) -> None:
-    """In the child: one JSON line per case, written as soon as it is known."""
+def run_cases(format: str, seed: int, flips: int, cuts: int, skip: int, verify: str) -> None:
+    """In the child: one JSON line per case, written as soon as it is known; the
+    first ``skip`` cases ran in an earlier child (that crashed)."""
     pristine = tempfile.mkdtemp()
     source = os.path.join(pristine, "ds")
     write(source, format)
-    for case in cases(format, seed, flips, cuts):
+    for case in cases(format, seed, flips, cuts)[skip:]:
         work = tempfile.mkdtemp()
         path = os.path.join(work, "ds")
         shutil.copytree(source, path, symlinks=True)
         print(json.dumps({"case": case.__dict__}), flush=True)
         damage(path, case)
-        print(json.dumps({"outcome": read_back(path)}), flush=True)
+        print(json.dumps({"outcome": read_back(path, verify)}), flush=True)
         shutil.rmtree(work)
     shutil.rmtree(pristine)
 
 
-def campaign(format: str, seed: int = 0, flips: int = 40, cuts: int = 10) -> list[tuple[Case, str]]:
+def campaign(
+    format: str, seed: int = 0, flips: int = 40, cuts: int = 10, verify: str = "off"
+) -> list[tuple[Case, str]]:
     """Every case of one format with its outcome; a crash ends the child, and its
     case is counted as ``signal`` before the rest run in a new child."""
     results: list[tuple[Case, str]] = []
@@ -204,7 +207,7 @@ def campaign(format: str, seed: int = 0, flips: int = 40, cuts: int = 10) -> lis
     while True:
         command = [sys.executable, __file__, "--child", format, str(seed), str(flips), str(cuts)]
         child = subprocess.run(
-            [*command, str(done)], capture_output=True, text=True, env=env, check=False
+            [*command, str(done), verify], capture_output=True, text=True, env=env, check=False
         )
         pending: Case | None = None
         for line in child.stdout.splitlines():
@@ -231,27 +234,16 @@ def summarize(results: list[tuple[Case, str]]) -> Counter[str]:
 if __name__ == "__main__":
     if len(sys.argv) > 1 and sys.argv[1] == "--child":
         fmt, seed, flips, cuts, skip = sys.argv[2], *map(int, sys.argv[3:7])
-        all_cases = cases(fmt, seed, flips, cuts)
-        # Cases already run by an earlier child (that crashed) are skipped.
-        pristine = tempfile.mkdtemp()
-        source = os.path.join(pristine, "ds")
-        write(source, fmt)
-        for case in all_cases[skip:]:
-            work = tempfile.mkdtemp()
-            path = os.path.join(work, "ds")
-            shutil.copytree(source, path, symlinks=True)
-            print(json.dumps({"case": case.__dict__}), flush=True)
-            damage(path, case)
-            print(json.dumps({"outcome": read_back(path)}), flush=True)
-            shutil.rmtree(work)
+        run_cases(fmt, seed, flips, cuts, skip, sys.argv[7])
         sys.exit(0)
-    total: Counter[str] = Counter()
-    for fmt in FORMATS:
-        found = campaign(fmt)
-        counts = summarize(found)
-        total += counts
-        print(fmt, dict(counts))
-        for case, outcome in found:
-            if outcome != "held":
-                print("   ", outcome, case)
-    print("all", dict(total), "cases:", sum(total.values()))
+    for mode in ("off", "first-read"):
+        total: Counter[str] = Counter()
+        for fmt in FORMATS:
+            found = campaign(fmt, verify=mode)
+            counts = summarize(found)
+            total += counts
+            print(f"verify={mode}", fmt, dict(counts))
+            for case, outcome in found:
+                if outcome != "held":
+                    print("   ", outcome, case)
+        print(f"verify={mode} all", dict(total), "cases:", sum(total.values()))

@@ -25,9 +25,9 @@ def test_corruption_campaign(format: str) -> None:
         (case, outcome)
         for case, outcome in results
         if outcome != "held"
-        # Without verify= (issue 20 item 3, not built yet) no backend checks value bytes
-        # on read: a flip inside a value reads back flipped. verify() and the manifest's
-        # checksums see every one. Manifests and LMDB offsets tables are checked in full.
+        # With verify="off" (the default) no backend checks value bytes on read: a flip
+        # inside a value reads back flipped (verify= and verify() see every one).
+        # Manifests and LMDB offsets tables are checked in full.
         and not (
             outcome == "wrong"
             and case.kind == "flip"
@@ -35,6 +35,14 @@ def test_corruption_campaign(format: str) -> None:
         )
     ]
     assert unexpected == []
+
+
+@pytest.mark.parametrize("format", FORMATS)
+def test_every_flip_is_caught_with_verify_first_read(format: str) -> None:
+    results = campaign(format, seed=2, flips=12, cuts=0, verify="first-read")
+    flips = [outcome for case, outcome in results if case.kind == "flip"]
+    assert len(flips) == 12
+    assert [o for _, o in results if o != "held"] == []
 
 
 def _dataset(tmp_path, format: str = "mmap") -> str:

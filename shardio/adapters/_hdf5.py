@@ -27,6 +27,7 @@ from ..errors import (
     ShardCorruptError,
     UnsupportedFeatureError,
 )
+from ..integrity import ValueRanges
 from ..memory import FileRange, ReleaseResult
 from ..schema import Field, Schema
 from .base import Columns, ShardFileWriter, ShardReader, coalesce_ranges
@@ -388,6 +389,17 @@ class HDF5Reader(ShardReader[_File]):
         if handle.fd is not None:
             os.close(handle.fd)
         handle.file.close()
+
+    def value_ranges(self, indices: np.ndarray) -> ValueRanges | None:
+        handle = self.handle
+        ranges = []
+        for fld in self.schema:
+            table = handle.tables.get(fld.name)
+            positions = None if table is None else table.positions(indices)
+            if table is None or positions is None:
+                return None  # stored through HDF5's own layout: the whole file is checked
+            ranges.append((self.path, positions, np.full(len(indices), table.row_bytes)))
+        return ranges
 
     def byte_ranges(self, start: int, stop: int) -> list[FileRange]:
         if stop <= start or ("://" in self.path and not self.path.startswith("file://")):

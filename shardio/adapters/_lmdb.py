@@ -26,6 +26,7 @@ import numpy as np
 import xxhash
 
 from ..errors import InvalidOptionError, ManifestError, SchemaError, ShardCorruptError
+from ..integrity import ValueRanges
 from ..memory import FileRange, ReleaseResult, advise_range, find_mappings, madvise_supported
 from ..schema import Sample, Schema
 from .base import (
@@ -108,7 +109,8 @@ class _EnvPool:
 
     def __init__(self) -> None:
         self._pid = os.getpid()
-        self._lock = threading.Lock()
+        # Reentrant: a reader collected while an environment opens releases its own.
+        self._lock = threading.RLock()
         self._envs: dict[tuple[int, int], tuple[lmdb.Environment, int]] = {}
 
     def _forget_inherited(self) -> None:
@@ -323,6 +325,13 @@ class LMDBReader(ShardReader[_Env]):
     @property
     def touches_mapped_pages(self) -> bool:
         return self.handle.offsets is None  # values read by offset never touch the map
+
+    def value_ranges(self, indices: np.ndarray) -> ValueRanges | None:
+        handle = self.handle
+        if handle.offsets is None:
+            return None  # values found through the B-tree: the whole shard is checked
+        positions = handle.offsets[indices]
+        return [(handle.data_file, positions[:, 0], positions[:, 1])]
 
     def byte_ranges(self, start: int, stop: int) -> list[FileRange]:
         handle = self.handle

@@ -26,6 +26,7 @@ import numpy as np
 
 from ..config import parse_size
 from ..errors import InvalidOptionError, ManifestError, ShardCorruptError
+from ..integrity import ValueRanges
 from ..jsonio import read_json
 from ..memory import FileRange, ReleaseResult
 from ..schema import Field, Schema
@@ -52,6 +53,7 @@ class _MappedField:
     data: np.ndarray | None  # the mapped values, or None when read with pread
     offsets: np.ndarray | None = None
     fd: int | None = None  # the data file, when read with pread
+    offsets_path: str = ""
 
 
 @dataclass
@@ -206,8 +208,9 @@ class MmapReader(ShardReader[_Mapped]):
                     raise ManifestError(f"{self.path}/{META_NAME}: no files for field {fld.name!r}")
                 data_path = self._member(entry, "data", fld.name)
                 if fld.variable:
+                    offsets_path = self._member(entry, "offsets", fld.name)
                     offsets = _map_file(
-                        self._member(entry, "offsets", fld.name),
+                        offsets_path,
                         _OFFSET_DTYPE,
                         (count + 1) * _OFFSET_DTYPE.itemsize,
                         mapped,
@@ -215,10 +218,14 @@ class MmapReader(ShardReader[_Mapped]):
                     size = _checked_offsets(offsets, count, fld, data_path)
                     if pread:
                         fd = _open_fd(data_path, size, mapped.fds)
-                        mapped.fields[fld.name] = _MappedField(fld, data_path, None, offsets, fd)
+                        mapped.fields[fld.name] = _MappedField(
+                            fld, data_path, None, offsets, fd, offsets_path
+                        )
                     else:
                         data = _map_file(data_path, fld.dtype, size, mapped)
-                        mapped.fields[fld.name] = _MappedField(fld, data_path, data, offsets)
+                        mapped.fields[fld.name] = _MappedField(
+                            fld, data_path, data, offsets, None, offsets_path
+                        )
                 elif pread and _in_pages(count * fld.sample_nbytes) > map_below:
                     fd = _open_fd(data_path, count * fld.sample_nbytes, mapped.fds)
                     mapped.fields[fld.name] = _MappedField(fld, data_path, None, None, fd)
@@ -266,6 +273,20 @@ class MmapReader(ShardReader[_Mapped]):
         for entry in meta.get("files", {}).values():
             names.extend(entry[k] for k in ("data", "offsets") if k in entry)
         return [os.path.join(self.path, n) for n in names]
+
+    def value_ranges(self, indices: np.ndarray) -> ValueRanges:
+        ranges: list[tuple[str, np.ndarray, np.ndarray]] = []
+        rows = indices.astype(np.int64, copy=False)
+        for mapped in self.handle.fields.values():
+            if mapped.offsets is None:
+                size = mapped.field.sample_nbytes
+                ranges.append((mapped.path, rows * size, np.full(len(rows), size)))
+                continue
+            itemsize = mapped.field.dtype.itemsize
+            starts, ends = mapped.offsets[rows], mapped.offsets[rows + 1]
+            ranges.append((mapped.offsets_path, rows * 8, np.full(len(rows), 16)))
+            ranges.append((mapped.path, starts * itemsize, (ends - starts) * itemsize))
+        return ranges
 
     def byte_ranges(self, start: int, stop: int) -> list[FileRange]:
         ranges = []

@@ -17,6 +17,7 @@ from typing import Any, ClassVar, Generic, Literal, TypeVar
 import numpy as np
 
 from ..errors import InvalidOptionError
+from ..integrity import ValueRanges
 from ..memory import FileRange, ReleaseKind, ReleaseResult
 from ..schema import Sample, Schema
 
@@ -162,6 +163,12 @@ class ShardReader(ABC, Generic[HandleT]):
     def files(self) -> list[str]:
         """The local files that hold this shard's data (for checksums and cache hints)."""
         return [self.path]
+
+    def value_ranges(self, indices: np.ndarray) -> ValueRanges | None:
+        """Where the values of samples ``indices`` lie in the local files, per file, for
+        ``verify="first-read"``; None where the backend cannot tell cheaply (then the
+        whole shard is checked on its first read)."""
+        return None
 
     def byte_ranges(self, start: int, stop: int) -> list[FileRange]:
         """The local file ranges that hold samples ``[start, stop)``, for readahead hints.

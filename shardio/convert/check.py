@@ -25,10 +25,11 @@ from ..adapters.base import Columns
 from ..adapters.registry import is_remote
 from ..checksum import files_nbytes, hash_files
 from ..errors import ShardioError, UnsupportedFeatureError, VerificationError
+from ..integrity import ShardCheck
 from ..manifest import Manifest, ShardInfo
 from ..reader import DatasetReader
 from ..schema import Field, Schema
-from ..writer import shard_files
+from ..writer import shard_files_as_written
 from .progress import Progress, progress_mode
 from .source import Source, open_source
 
@@ -230,7 +231,7 @@ def _check_shard(
     path = os.path.join(location, info.path)
     if not os.path.exists(path):
         return [Problem(info.path, "is missing")]
-    files = shard_files(path, reader.transient_files)
+    files = shard_files_as_written(path, info.nbytes, reader.transient_files)
     nbytes = files_nbytes(files)
     if nbytes != info.nbytes:
         state = "truncated" if nbytes < info.nbytes else "larger than written"
@@ -245,9 +246,11 @@ def _check_shard(
     if info.checksum is not None:
         actual = hash_files(files, path)
         if actual != info.checksum:
+            places = ShardCheck(path, files, info.checksum, info.blocks).damaged_blocks()
+            where = f"; damaged: {', '.join(places)}" if places else ""
             problem = Problem(
                 info.path,
-                f"is corrupt: its checksum is {actual}, the manifest says {info.checksum}",
+                f"is corrupt: its checksum is {actual}, the manifest says {info.checksum}" + where,
             )
             return [problem, *_probe(location, number, start, source)]
     return _read_shard(reader, manifest, number, start, source, report)
