@@ -295,7 +295,6 @@ def _mid_epoch_state(**options: Any) -> dict[str, Any]:
     ("saved", "current", "named"),
     [
         ({}, {"n_shards": 5}, "dataset_len=100"),
-        ({"rank": 0, "world_size": 2}, {"rank": 0, "world_size": 4}, "world_size=2"),
         ({"seed": 1}, {"seed": 2}, "seed=1"),
         ({"window": 500}, {"window": 700}, "window=500"),
         ({"drop_last": True}, {}, "drop_last=True"),
