@@ -105,7 +105,7 @@ class ShardSampler(Sampler[int]):
             )
         self.partition: PartitionName = partition
         self.num_samples = samples_per_rank(len(self.layout), self.world_size, self.drop_last)
-        self._fingerprint = self.layout.fingerprint()
+        self._fingerprint = self.layout.fingerprint()  # asked for at every state_dict()
         hint = getattr(data_source, "readahead", None) if readahead else None
         self._hint: Hint | None = hint if callable(hint) else None
         self._epoch = 0

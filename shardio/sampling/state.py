@@ -15,7 +15,7 @@ from __future__ import annotations
 
 import operator
 from collections.abc import Mapping
-from dataclasses import asdict, dataclass, fields
+from dataclasses import dataclass, fields
 from itertools import pairwise
 from typing import Any
 
@@ -49,7 +49,9 @@ class SamplerState:
     def to_dict(self) -> dict[str, Any]:
         """A plain dict of ints, bools, strings and a list of ints: safe for torch.save
         and JSON."""
-        state = {"version": STATE_VERSION, **asdict(self)}
+        # Not dataclasses.asdict: it deep-copies every value, and StatefulDataLoader
+        # asks for a state at every batch.
+        state = {"version": STATE_VERSION, **{name: getattr(self, name) for name in _FIELDS}}
         state["consumed_runs"] = list(self.consumed_runs)
         return state
 
@@ -98,6 +100,9 @@ class SamplerState:
             for name in compared
             if getattr(self, name) != getattr(current, name)
         ]
+
+
+_FIELDS = tuple(f.name for f in fields(SamplerState))
 
 
 def _parse(name: str, kind: str, value: Any) -> Any:
