@@ -243,7 +243,7 @@ def test_a_changed_order_is_refused_at_another_world_size_too() -> None:
     resumed = ranks([10, 10], 3, window=500)[0]
     resumed.load_state_dict({**state, "digest": "0123456789abcdef"})
     with pytest.raises(StateMismatchError, match="its order differs"):
-        iter(resumed)
+        next(iter(resumed))
 
 
 @pytest.mark.parametrize(

@@ -343,7 +343,7 @@ def test_a_different_order_for_the_same_settings_is_refused() -> None:
     resumed = sampler()
     resumed.load_state_dict(state)
     with pytest.raises(InvalidOptionError, match="its order differs"):
-        iter(resumed)
+        next(iter(resumed))  # the order is built, and checked, on the first next()
     resumed.set_epoch(1)  # starting another epoch over is fine
     assert sorted(resumed) == list(range(100))
 

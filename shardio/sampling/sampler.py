@@ -138,21 +138,28 @@ class ShardSampler(Sampler[int]):
         return self._share(self._plan(epoch).indices)
 
     def __iter__(self) -> Iterator[int]:
-        plan = self._plan(self._epoch)
+        # The order is built on the first next(), not here: torchdata's StatefulDataLoader
+        # calls iter() once before it loads a state and once after, and building an
+        # order of 10M samples twice would double the time to the first batch.
+        progress = _Pass(start=self._resume_at, digest=self._resume_digest, consumed=self._consumed)
+        self._pass, self._resume_at, self._resume_digest = progress, 0, ""
+        return self._run(progress, self._epoch)
+
+    def _run(self, progress: _Pass, epoch: int) -> Iterator[int]:
+        plan = self._plan(epoch)
         order, block_starts = plan.indices, plan.block_starts
         digest = order_digest(order)
-        resuming = self._resume_at or len(self._consumed)
-        if resuming and self._resume_digest and digest != self._resume_digest:
+        resuming = progress.start or len(progress.consumed)
+        if resuming and progress.digest and digest != progress.digest:
             raise StateMismatchError(
-                f"cannot resume epoch {self._epoch}: its order differs from the one the state "
+                f"cannot resume epoch {epoch}: its order differs from the one the state "
                 "was saved with, so the remaining indices would be wrong. Was the state saved "
                 "by another numpy or shardio version? Go on with the next epoch "
-                f"(set_epoch({self._epoch + 1})), or use a new sampler to redo this one."
+                f"(set_epoch({epoch + 1})), or use a new sampler to redo this one."
             )
-        progress = _Pass(start=self._resume_at, digest=digest, consumed=self._consumed)
-        self._pass, self._resume_at, self._resume_digest = progress, 0, ""
+        progress.digest = digest
         indices = pass_share(
-            order, self._consumed, self.rank, self.world_size, self.drop_last, self.partition
+            order, progress.consumed, self.rank, self.world_size, self.drop_last, self.partition
         )
         del order, plan  # only this rank's share stays in memory while iterating
         readahead = None
@@ -160,7 +167,7 @@ class ShardSampler(Sampler[int]):
             readahead = BlockReadahead(
                 indices, block_starts, len(self.layout), self._hint, self._lookahead()
             )
-        return _iterate(indices, progress, readahead)
+        yield from _iterate(indices, progress, readahead)
 
     def _plan(self, epoch: int) -> EpochPlan:
         return epoch_plan(self.order, self.layout, self.window, self.seed, epoch)
