@@ -7,6 +7,7 @@ raw-mmap dataset. Real gloo process groups are in test_sampling_distributed.py.
 
 from __future__ import annotations
 
+import itertools
 from collections import Counter
 from typing import Any
 
@@ -21,6 +22,7 @@ from torchdata.stateful_dataloader import StatefulDataLoader
 from shardio import ShardedDataset, ShardWriter, StateMismatchError
 from shardio.errors import InvalidOptionError
 from shardio.sampling import ORDERS, PARTITIONS, ShardSampler, epoch_order, find_sampler_state
+from shardio.sampling.elastic import complement, normalize_runs
 from shardio.sampling.orders import epoch_plan
 
 BYTES_PER_SAMPLE = 100
@@ -158,6 +160,17 @@ def test_a_state_resumes_at_any_world_size_reading_each_sample_once(
         s.set_epoch(epoch + 1)
         t.set_epoch(epoch + 1)
         assert list(t) == list(s)
+
+
+@given(st.lists(st.tuples(st.integers(0, 40), st.integers(0, 40)), max_size=8))
+def test_runs_are_normalized_and_complemented_like_sets(pairs: list[tuple[int, int]]) -> None:
+    runs = normalize_runs(pairs)
+    as_set = {i for a, b in pairs for i in range(a, b)}
+    assert {i for a, b in runs.tolist() for i in range(a, b)} == as_set
+    flat = runs.reshape(-1).tolist()
+    assert all(x < y for x, y in itertools.pairwise(flat))  # sorted, disjoint, not adjacent
+    rest = complement(runs, 40)
+    assert {i for a, b in rest.tolist() for i in range(a, b)} == set(range(40)) - as_set
 
 
 def test_the_global_order_does_not_depend_on_the_world_size() -> None:
