@@ -24,6 +24,7 @@ __all__ = [
     "VerificationError",
     "DeviceError",
     "OutputWriteError",
+    "StateMismatchError",
 ]
 
 
@@ -88,3 +89,7 @@ class DeviceError(ShardioError, ValueError):
 
 class OutputWriteError(ShardioError, OSError):
     """Writing output failed: the disk is full, a quota is reached, or the path is read-only."""
+
+
+class StateMismatchError(InvalidOptionError):
+    """A saved (sampler) state belongs to another dataset or order than the one loading it."""
