@@ -281,7 +281,7 @@ def discover(
         )
     chosen, others = _choose(path, readable, dim, layout)
     specs = _unique_specs(e.spec for e in chosen)
-    left = [Skipped(e.name, _axis_reason(e, chosen[0])) for e in others] + skipped
+    left = [Skipped(e.name, _axis_reason(e, chosen[0], layout)) for e in others] + skipped
     summary = left_out = None
     if left:
         summary = _chosen_line(path, chosen, layout)
@@ -674,7 +674,9 @@ def _anndata_obs_axis(name: str) -> bool:
     return name == "X" or top in ("obs", "obsm", "layers")
 
 
-def _axis_reason(entry: _Entry, chosen: _Entry) -> str:
+def _axis_reason(entry: _Entry, chosen: _Entry, layout: str) -> str:
+    if layout == "anndata" and entry.rows == chosen.rows:
+        return "is not one row per cell (AnnData: only X, obs, obsm and layers are)"
     if entry.axis and entry.axis != chosen.axis:
         return f"has dimension {entry.axis!r} first, not {chosen.axis!r}"
     return f"has {entry.rows} rows, not {chosen.rows}"

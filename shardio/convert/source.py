@@ -106,6 +106,8 @@ class Source(ABC):
     skipped: tuple[Skipped, ...] = ()
     notes: tuple[str, ...] = ()
     split_compound: bool = False
+    #: The HDF5 group whose datasets are the fields (named relative to it), if any.
+    group: str | None = None
 
     @abstractmethod
     def read(self, start: int, stop: int) -> Columns:
@@ -152,6 +154,7 @@ class HDF5Source(Source):
     ) -> None:
         self.path = path
         self.split_compound = split_compound
+        self.group = group
         self.storage_options = dict(storage_options or {})
         self._pid: int | None = None
         self._handle: _Open | None = None
