@@ -96,7 +96,11 @@ def write_anndata(path: str, *, sparse: bool, n_obs: int = 40, n_vars: int = 60)
             _encoding(file.create_group(name), "dict", "0.1.0")
         uns = file.create_group("uns")
         _encoding(uns, "dict", "0.1.0")
-        _encoding(_strings(uns, "cell_type_colors", ["#1f77b4", "#ff7f0e", "#2ca02c"]), "string-array", "0.2.0")
+        _encoding(
+            _strings(uns, "cell_type_colors", ["#1f77b4", "#ff7f0e", "#2ca02c"]),
+            "string-array",
+            "0.2.0",
+        )
         uns.create_dataset("n_neighbors", data=15)
     return {
         "X": x,
@@ -135,7 +139,11 @@ def write_netcdf4(path: str, *, times: int = 10, lats: int = 10, lons: int = 6) 
         nv = file.create_dataset("nv", shape=(2,), dtype="f4")
         nv.make_scale(f"{NETCDF_DIM}         2")
         scales["nv"] = nv
-        for name, dims in (("temp", ("time", "lat", "lon")), ("time_bnds", ("time", "nv")), ("lat_weights", ("lat",))):
+        for name, dims in (
+            ("temp", ("time", "lat", "lon")),
+            ("time_bnds", ("time", "nv")),
+            ("lat_weights", ("lat",)),
+        ):
             dataset = file.create_dataset(name, data=values[name], compression="gzip")
             for axis, dim in enumerate(dims):
                 dataset.dims[axis].attach_scale(scales[dim])

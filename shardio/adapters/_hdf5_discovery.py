@@ -246,8 +246,8 @@ def discover(
     root, prefix = _root(file, path, group)
     layout = _layout(file, root, group)
     if fields is not None:
-        entries = [_requested(file, root, prefix, path, name, split_compound) for name in fields]
-        specs = _unique_specs(e.spec for es in entries for e in es)
+        requested = [_requested(file, root, prefix, path, name, split_compound) for name in fields]
+        specs = _unique_specs(e.spec for es in requested for e in es)
         lengths = {s.field.name: _rows(file, s) for s in specs}
         if len(set(lengths.values())) > 1:
             listing = ", ".join(f"{n!r}: {length}" for n, length in lengths.items())
@@ -264,18 +264,25 @@ def discover(
     ]
     bad = [e for e in entries if e.unsupported is not None]
     if bad and not skip_unsupported:
-        problems = "; ".join(f"{e.name!r} {e.unsupported}" for e in bad)
+        reasons: dict[str, list[str]] = {}
+        for entry in bad:
+            reasons.setdefault(str(entry.unsupported), []).append(repr(entry.name))
+        problems = "; ".join(
+            f"{names[0]} {reason}" if len(names) == 1 else f"{', '.join(names)}: {reason}"
+            for reason, names in reasons.items()
+        )
         advice = _advice(bad)
         hint = (
             "pass skip_unsupported=True (--skip-unsupported) to leave them out, or "
             "fields=[...] (--fields) to choose datasets"
         )
         raise UnsupportedFeatureError(f"cannot read {path}: {problems}; {advice}{hint}")
-    skipped.extend(Skipped(e.name, f"{e.unsupported}; {_advice([e])}".rstrip("; ")) for e in bad)
+    skipped.extend(Skipped(e.name, str(e.unsupported)) for e in bad)
     skipped.extend(Skipped(e.name, e.skip) for e in entries if e.skip is not None)
     readable = [e for e in entries if e.spec is not None]
     if not readable:
         listing = "; ".join(str(s) for s in skipped) or "it holds no datasets"
+        listing += f"; {_advice(bad).removesuffix('; ')}" if _advice(bad) else ""
         raise SchemaError(
             f"{path} holds no dataset with a first axis to read samples from ({listing})"
         )

@@ -415,7 +415,11 @@ def _probe(location: str, number: int, start: int, source: _Comparison | None) -
 
 
 def _probe_main(
-    sender: Any, location: str, number: int, start: int, against: tuple[str, bool, str | None] | None
+    sender: Any,
+    location: str,
+    number: int,
+    start: int,
+    against: tuple[str, bool, str | None] | None,
 ) -> None:
     """In the child: the problems found decoding shard ``number``, sent to the parent."""
     problems: list[Problem]
