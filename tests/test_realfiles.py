@@ -252,3 +252,28 @@ def test_pytables_shipped_files_open_or_are_refused_with_a_reason() -> None:
     print(f"opened {len(opened)}: {opened}")
     print(f"refused {len(refused)}:", *refused, sep="\n  ")
     assert len(opened) > len(refused)
+
+
+def test_old_anndata_sparse_layout_reads_as_dense_rows(tmp_path) -> None:
+    """anndata before 0.8 marked CSR groups with h5sparse_format and h5sparse_shape."""
+    dense = np.zeros((5, 4), dtype=np.float32)
+    dense[[0, 2, 2, 4], [1, 0, 3, 3]] = [1, 2, 3, 4]
+    path = tmp_path / "old.h5ad"
+    with h5py.File(path, "w") as file:
+        x = file.create_group("X")
+        x.attrs["h5sparse_format"] = "csr"
+        x.attrs["h5sparse_shape"] = np.array([5, 4])
+        x["data"] = np.array([1, 2, 3, 4], dtype=np.float32)
+        x["indices"] = np.array([1, 0, 3, 3], dtype=np.int32)
+        x["indptr"] = np.array([0, 1, 1, 3, 3, 4])
+    reader, _ = _open(path)
+    np.testing.assert_array_equal(_read_all(reader)["X"], dense)
+    np.testing.assert_array_equal(reader.read_many(np.array([4, 2]))["X"], dense[[4, 2]])
+
+
+def test_group_on_a_shardio_shard_is_refused(tmp_path) -> None:
+    path = tmp_path / "frame.h5"
+    write_pandas_table(str(path))
+    shardio.convert(path, tmp_path / "out", format="hdf5")
+    with pytest.raises(shardio.InvalidOptionError, match=r"shardio shard: group= \(--group\)"):
+        shardio.ShardedDataset(tmp_path / "out", group="df")[0]

@@ -23,6 +23,7 @@ import numpy as np
 from ..errors import (
     DatasetNotFoundError,
     FieldsChosenWarning,
+    InvalidOptionError,
     ManifestError,
     SchemaError,
     ShardCorruptError,
@@ -219,6 +220,12 @@ class HDF5Reader(ShardReader[_File]):
                 schema = self._select(full)
                 length = int(file.attrs.get(COUNT_ATTR, -1))
                 specs: dict[str, FieldSpec] = {}
+                chosen = [k for k in ("group", "dim") if self.backend_options.get(k)]
+                if chosen:
+                    raise InvalidOptionError(
+                        f"{self.path} is a shardio shard: {chosen[0]}= (--{chosen[0]}) selects "
+                        "datasets of a file shardio did not write; use fields= (--fields)"
+                    )
             else:
                 found = discover(
                     file,

@@ -196,7 +196,10 @@ class SparseRows:
         self.data = group["data"]
         self.indices = group["indices"]
         self.indptr = group["indptr"]
-        self.shape = tuple(int(s) for s in group.attrs["shape"])
+        shape = group.attrs.get("shape", group.attrs.get("h5sparse_shape"))  # anndata < 0.8
+        if shape is None:
+            raise KeyError(f"{group.name} has no shape attribute")
+        self.shape = tuple(int(s) for s in shape)
         self.dtype = self.data.dtype
         self.name = group.name
 
