@@ -119,7 +119,7 @@ class Discovery:
         return Schema(tuple(s.field for s in self.specs))
 
 
-@dataclass
+@dataclass(eq=False)  # entries compare by identity: the same dataset may appear twice
 class _Entry:
     """One candidate field: readable (spec), skipped, or unsupported."""
 
@@ -669,13 +669,18 @@ def _choose(
         if obs:
             rows = obs[0].rows
             chosen = [e for e in obs if e.rows == rows]
-            return chosen, [e for e in entries if e not in chosen]
+            return chosen, _others(entries, chosen)
     groups: dict[tuple[str, int], list[_Entry]] = {}
     for entry in entries:
         groups.setdefault((entry.axis, entry.rows), []).append(entry)
     key = max(groups, key=lambda k: (len({e.dataset for e in groups[k]}), k[1]))
     chosen = groups[key]
-    return chosen, [e for e in entries if e not in chosen]
+    return chosen, _others(entries, chosen)
+
+
+def _others(entries: list[_Entry], chosen: list[_Entry]) -> list[_Entry]:
+    taken = {id(e) for e in chosen}
+    return [e for e in entries if id(e) not in taken]
 
 
 def _anndata_obs_axis(name: str) -> bool:
