@@ -277,3 +277,19 @@ def test_group_on_a_shardio_shard_is_refused(tmp_path) -> None:
     shardio.convert(path, tmp_path / "out", format="hdf5")
     with pytest.raises(shardio.InvalidOptionError, match=r"shardio shard: group= \(--group\)"):
         shardio.ShardedDataset(tmp_path / "out", group="df")[0]
+
+
+def test_compound_with_string_member_reads_split(tmp_path) -> None:
+    """As conversion: left out with the option named, and read member by member with it."""
+    kind = np.dtype([("id", "<i8"), ("name", h5py.string_dtype())])
+    path = tmp_path / "c.h5"
+    with h5py.File(path, "w") as file:
+        file.create_dataset("table", data=np.array([(i, f"n{i}") for i in range(10)], kind))
+        file["other"] = np.arange(10.0)
+    reader, lines = _open(path)
+    assert reader.schema.names == ("other",) and "split_compound" in lines[1]
+    split, _ = _open(path, split_compound=True)
+    assert split.schema.names == ("other", "table/id", "table/name")
+    columns = split.read_many(np.array([9, 2]))
+    assert columns["table/name"] == [b"n9", b"n2"]
+    np.testing.assert_array_equal(columns["table/id"], [9, 2])

@@ -184,7 +184,8 @@ class HDF5Reader(ShardReader[_File]):
     A file without a shardio schema is read on the fields
     :func:`~shardio.adapters._hdf5_discovery.discover` finds: ``group=`` reads the
     datasets under one group (named relative to it), ``dim=`` those along one netCDF
-    dimension. Each dataset left out is named in a :class:`FieldsChosenWarning`.
+    dimension, ``split_compound=True`` reads each member of a compound dataset as a
+    field. Each dataset left out is named in a :class:`FieldsChosenWarning`.
     """
 
     format = "hdf5"
@@ -196,7 +197,15 @@ class HDF5Reader(ShardReader[_File]):
     #: HDF5 call: through shardio's own map of the file, or with read_mode="pread"
     #: with pread (no page mapped: the mode under a memory budget).
     options = frozenset(
-        {"rdcc_nbytes", "rdcc_nslots", "storage_options", "read_mode", "group", "dim"}
+        {
+            "rdcc_nbytes",
+            "rdcc_nslots",
+            "storage_options",
+            "read_mode",
+            "group",
+            "dim",
+            "split_compound",
+        }
     )
 
     @property
@@ -233,6 +242,7 @@ class HDF5Reader(ShardReader[_File]):
                     fields=self.requested_fields,
                     group=self.backend_options.get("group"),
                     dim=self.backend_options.get("dim"),
+                    split_compound=bool(self.backend_options.get("split_compound", False)),
                 )
                 _announce(found)
                 schema, length = found.schema, found.num_samples

@@ -247,7 +247,7 @@ def discover(
     that share a first axis (ties: the longer axis). ``dim`` picks a netCDF dimension.
     """
     root, prefix = _root(file, path, group)
-    layout = _layout(file, root, group)
+    layout = _layout(file, group)
     if fields is not None:
         requested = [_requested(file, root, prefix, path, name, split_compound) for name in fields]
         specs = _unique_specs(e.spec for es in requested for e in es)
@@ -314,24 +314,14 @@ def _root(file: h5py.File, path: str, group: str | None) -> tuple[h5py.Group, st
     return obj, f"{name}/"
 
 
-def _layout(file: h5py.File, root: h5py.Group, group: str | None) -> str:
-    encoding = _attr(file, "encoding-type")
-    if encoding == "anndata":
+def _layout(file: h5py.File, group: str | None) -> str:
+    """``anndata`` (read per cell), ``netcdf4`` or ``hdf5``. PyTables and pandas tables
+    need no layout of their own: their ``TABLE`` datasets and ``_i_*`` groups tell."""
+    if _attr(file, "encoding-type") == "anndata":
         return "anndata" if group is None else "anndata-group"
     if "_NCProperties" in file.attrs:
         return "netcdf4"
-    if _attr(root, "pandas_type") or any(_attr(o, "pandas_type") for o in _children(root)):
-        return "pandas"
-    if _attr(file, "CLASS") == "GROUP" and "PYTABLES_FORMAT_VERSION" in file.attrs:
-        return "pytables"
     return "hdf5"
-
-
-def _children(group: h5py.Group) -> list[Any]:
-    try:
-        return [group[n] for n in group if isinstance(group.get(n, getlink=True), h5py.HardLink)]
-    except (KeyError, OSError, ValueError, RuntimeError):
-        return []
 
 
 def _attr(obj: Any, name: str) -> str | None:
@@ -465,9 +455,8 @@ def _classify(name: str, obj: Any, split: bool, layout: str) -> list[_Entry]:
             _Entry(
                 name,
                 name,
-                unsupported=f"has a compound type {dtype} with variable-length or reference "
-                "members; pass split_compound=True (--split-compound) to store its members "
-                "as separate fields",
+                unsupported="is a compound with variable-length or reference members: "
+                f"split_compound=True (--split-compound) makes each a field (dtype {dtype})",
             )
         ]
     else:
@@ -719,4 +708,4 @@ def _listing(left: list[Skipped]) -> str:
 
 def _short(reason: str) -> str:
     reason = reason.removeprefix("is ").removeprefix("has ")
-    return reason if len(reason) <= 48 else reason[:45].rstrip() + "..."
+    return reason if len(reason) <= 80 else reason[:77].rstrip() + "..."
