@@ -30,7 +30,8 @@ from ..errors import (
 )
 from ..memory import FileRange, ReleaseResult
 from ..schema import Field, Schema
-from ._hdf5_discovery import Discovery, FieldSpec, SparseRows, discover, load_filters, open_spec
+from ._hdf5_discovery import Discovery, FieldSpec, SparseRows, discover, open_spec
+from ._hdf5_filters import load_filters
 from .base import Columns, ShardFileWriter, ShardReader, coalesce_ranges
 
 __all__ = [

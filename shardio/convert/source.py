@@ -23,7 +23,8 @@ import numpy as np
 import xxhash
 
 from ..adapters._hdf5 import vlen_reads_unswapped
-from ..adapters._hdf5_discovery import FieldSpec, Skipped, discover, load_filters, open_spec
+from ..adapters._hdf5_discovery import FieldSpec, Skipped, discover, open_spec
+from ..adapters._hdf5_filters import load_filters
 from ..adapters.base import Columns
 from ..adapters.registry import detect_format, get_backend, is_remote
 from ..errors import (
