@@ -25,6 +25,8 @@ __all__ = [
     "DeviceError",
     "OutputWriteError",
     "StateMismatchError",
+    "ShardioWarning",
+    "FieldsChosenWarning",
 ]
 
 
@@ -93,3 +95,15 @@ class OutputWriteError(ShardioError, OSError):
 
 class StateMismatchError(InvalidOptionError):
     """A saved (sampler) state belongs to another dataset or order than the one loading it."""
+
+
+class ShardioWarning(UserWarning):
+    """Base class of the warnings shardio gives."""
+
+
+class FieldsChosenWarning(ShardioWarning):
+    """A file was read on some of its datasets: which, and which were left out.
+
+    Given once per process and file (``warnings.simplefilter("ignore",
+    FieldsChosenWarning)`` silences it; ``fields=`` picks the datasets instead).
+    """
