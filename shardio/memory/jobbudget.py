@@ -114,7 +114,7 @@ class JobBudget:
         self.limit = limit
         self.margin = margin
         self.in_use: int | None = None
-        self.reopen_every: int | str | None = None  # MemoryPolicy's, as given
+        self.reopen_every: int | None = None  # MemoryPolicy's, as given
 
     @classmethod
     def parse(cls, value: str, margin: int | str | None = None) -> JobBudget | None:
