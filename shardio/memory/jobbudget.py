@@ -14,7 +14,9 @@ from __future__ import annotations
 import logging
 import os
 import warnings
+import weakref
 from dataclasses import dataclass
+from typing import Any
 
 from ..config import format_size, parse_size
 from ..errors import InvalidOptionError
@@ -105,9 +107,12 @@ def split_job_budget(
 
 class JobBudget:
     """A job-wide budget: its limit, its margin, and (once reading starts) what the
-    main process holds. The figure in use is taken once, in the main process or, where
-    a DataLoader worker reads first, from its parent, and travels with the policy
-    into forked and spawned workers."""
+    main process holds.
+
+    The figure in use is taken once in the main process: at its first read, or just
+    before it forks its first worker, or when it pickles the budget for a spawned
+    one, whichever comes first; it travels with the policy into every worker, so all
+    of them split the same figure."""
 
     def __init__(self, spec: str, limit: JobLimit | None, margin: int | None = None) -> None:
         self.spec = spec
@@ -115,6 +120,20 @@ class JobBudget:
         self.margin = margin
         self.in_use: int | None = None
         self.reopen_every: int | None = None  # MemoryPolicy's, as given
+        if limit is not None:
+            _UNFIXED.add(self)
+
+    def fix_in_use(self) -> None:
+        """Take what this (the main) process holds now as the job's figure in use."""
+        if self.in_use is None:
+            info = read_rss()
+            self.in_use = info.rss if info is not None else 0
+        _UNFIXED.discard(self)
+
+    def __getstate__(self) -> dict[str, Any]:
+        if self.limit is not None:
+            self.fix_in_use()  # pickled for a spawned worker: fixed before it starts
+        return dict(self.__dict__)
 
     @classmethod
     def parse(cls, value: str, margin: int | str | None = None) -> JobBudget | None:
@@ -150,8 +169,11 @@ class JobBudget:
         worker, ``None`` in the main process; ``baseline`` its RSS at its start."""
         assert self.limit is not None
         if self.in_use is None:
+            # Not fixed by the main process (a fork server started the worker): its
+            # parent's figure now is the nearest there is.
             main = read_rss(os.getppid()) if worker is not None else None
             self.in_use = main.rss if main is not None else baseline
+        _UNFIXED.discard(self)
         split = split_job_budget(
             self.limit.nbytes,
             self.in_use,
@@ -172,6 +194,20 @@ class JobBudget:
             format_size(split.share),
         )
         return split
+
+
+#: Budgets whose figure in use is not yet taken; all are fixed before this process
+#: forks (the first DataLoader worker), so that every worker splits the same figure.
+_UNFIXED: weakref.WeakSet[JobBudget] = weakref.WeakSet()
+
+
+def _fix_before_fork() -> None:
+    for budget in list(_UNFIXED):
+        budget.fix_in_use()
+
+
+if hasattr(os, "register_at_fork"):
+    os.register_at_fork(before=_fix_before_fork)
 
 
 def warn_no_limit() -> None:

@@ -15,7 +15,12 @@ import re
 from collections.abc import Iterator, Mapping
 from dataclasses import dataclass
 
-__all__ = ["JobLimit", "find_job_limit", "job_limits"]
+__all__ = ["PROC_ROOT", "FS_ROOT", "JobLimit", "find_job_limit", "job_limits"]
+
+#: Where ``self/cgroup`` and ``self/mountinfo`` are read, and the prefix of the mount
+#: points they name, where a caller passes none (tests point them at fake trees).
+PROC_ROOT = "/proc"
+FS_ROOT = "/"
 
 #: SLURM states memory in megabytes of 2**20 bytes (``--mem=32G`` -> 32768).
 _SLURM_UNIT = 2**20
@@ -33,21 +38,24 @@ class JobLimit:
 
 
 def find_job_limit(
-    environ: Mapping[str, str] | None = None, proc: str = "/proc", root: str = "/"
+    environ: Mapping[str, str] | None = None, proc: str | None = None, root: str | None = None
 ) -> JobLimit | None:
     """The lowest limit that applies to this process, or ``None`` where none is set.
 
     ``environ`` defaults to ``os.environ``; ``proc`` is where ``self/cgroup`` and
-    ``self/mountinfo`` are read; ``root`` prefixes the mount points they name."""
+    ``self/mountinfo`` are read (:data:`PROC_ROOT`); ``root`` prefixes the mount
+    points they name (:data:`FS_ROOT`)."""
     found = job_limits(environ, proc, root)
     return min(found, key=lambda limit: limit.nbytes) if found else None
 
 
 def job_limits(
-    environ: Mapping[str, str] | None = None, proc: str = "/proc", root: str = "/"
+    environ: Mapping[str, str] | None = None, proc: str | None = None, root: str | None = None
 ) -> list[JobLimit]:
     """Every limit that applies, in the order of the sources (see the module doc)."""
     env = os.environ if environ is None else environ
+    proc = PROC_ROOT if proc is None else proc
+    root = FS_ROOT if root is None else root
     limits = list(_slurm_limits(env))
     mounts = _cgroup_mounts(proc)
     for version, memory_file in ((2, "memory.max"), (1, "memory.limit_in_bytes")):
