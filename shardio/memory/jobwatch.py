@@ -119,14 +119,16 @@ class JobWatch:
 
     def check(self) -> JobUsage:
         usage = JobUsage.sample(self.main_pid)
-        self.last = usage
+        first_check = self.last is None
         for process in usage.processes:
-            self._first_rss.setdefault(process.pid, process.rss)
+            # A process started since the first check grew from nothing.
+            self._first_rss.setdefault(process.pid, process.rss if first_check else 0)
         near = usage.rss >= WARN_FRACTION * self.limit
         if near and not self._warned:
             self.warnings += 1
             logger.warning("shardio: %s", self._describe(usage))
         self._warned = near
+        self.last = usage
         return usage
 
     def _describe(self, usage: JobUsage) -> str:
