@@ -245,3 +245,31 @@ def test_4gb_over_two_epochs_by_two_workers_fits_a_1_5gb_cgroup(
         f"{run.peak_rss / MiB:.0f} MiB (PSS {run.peak_pss / MiB:.0f}); no budget "
         f"{control.peak_rss / MiB:.0f} MiB (PSS {control.peak_pss / MiB:.0f})"
     )
+
+
+def test_workers_in_a_real_cgroup_split_its_limit(make_memory_cgroup, tmp_path) -> None:
+    """The default-suite variant: the limit is found through the kernel's own
+    /proc/self/cgroup, mountinfo and limit file, and split between two workers. (A
+    scaled-down copy of the 4 GB run would not be much cheaper: three torch
+    processes and the margin need about 1.1 GiB, so the data must exceed that.)"""
+    limit = 1536 * MiB
+    cgroup = make_memory_cgroup(limit)
+    path = str(tmp_path / "d.shardio")
+    count = write_dataset(path, 32 * MiB)
+    run = run_job(path, "auto", 1, 2, cgroup)
+    assert run.returncode == 0, run.stderr[-3000:]
+    assert run.result["sum"] == expected_sum(count, 1)
+    processes = run.result["processes"]
+    assert len(processes) == 2
+    in_use = {stats["job_in_use"] for stats in processes}
+    assert len(in_use) == 1
+    slot = (limit - in_use.pop() - 256 * MiB) // 3
+    for stats in processes:
+        assert stats["job_limit"] == limit
+        limit_file = "memory.max" if cgroup.version == 2 else "memory.limit_in_bytes"
+        assert stats["job_limit_source"] == (
+            f"cgroup v{cgroup.version} {limit_file} at {cgroup.directory / limit_file}"
+        )
+        assert stats["budget"] == slot - stats["baseline_rss"]
+        assert stats["job_processes"] == 3
+    assert run.peak_rss < limit
