@@ -245,3 +245,21 @@ def test_a_worker_without_room_fails_with_the_reason(small, monkeypatch) -> None
     ds = ShardedDataset(small, max_rss=f"total:{total}")
     with pytest.raises(shardio.InvalidOptionError, match="fewer workers"):
         run_loader(ds, 4)
+
+
+def test_the_job_warning_reaches_memory_stats(small, caplog) -> None:
+    """A job whose main process grows past 90% of the limit after reading starts."""
+    caplog.set_level(logging.WARNING, logger="shardio")
+    total = int((read_rss().rss + 32 * MiB) / 0.9)  # warns 32 MiB above the RSS now
+    policy = MemoryPolicy(max_rss=f"total:{total}", job_margin="8MB")
+    ds = ShardedDataset(small, memory_policy=policy)
+    ds.read_batch([0])
+    assert ds.memory_stats()["job_warnings"] == 0
+    ballast = np.ones(64 * MiB, dtype=np.uint8)
+    stats = ds.memory_stats()
+    assert stats["job_warnings"] == 1
+    assert stats["job_rss"] >= 0.9 * total
+    (record,) = [r for r in caplog.records if r.levelno == logging.WARNING]
+    assert f"the main process pid {os.getpid()} grew most" in record.getMessage()
+    del ballast
+    ds.close()

@@ -20,8 +20,9 @@ __all__ = ["JOB_CHECK_SECONDS", "WARN_FRACTION", "JobUsage", "JobWatch", "Proces
 
 logger = logging.getLogger("shardio")
 
-#: Seconds between two samples of the job by one process: reading smaps_rollup of
-#: every process walks their page tables, cheap but not free.
+#: Seconds between two samples of the job (each of N reading processes samples every
+#: N times this): reading smaps_rollup of every process walks their page tables,
+#: cheap but not free.
 JOB_CHECK_SECONDS = 2.0
 #: The share of the limit at which the RSS sum is reported as nearing it.
 WARN_FRACTION = 0.9

@@ -21,7 +21,7 @@ from ..config import parse_size
 from ..errors import InvalidOptionError
 from .advise import madvise_supported
 from .jobbudget import JobBudget, WorkerInfo, warn_no_limit
-from .jobwatch import JobWatch
+from .jobwatch import JOB_CHECK_SECONDS, JobWatch
 from .rss import RssInfo, read_rss
 
 __all__ = ["MemoryGuard", "MemoryPolicy", "MemoryStats", "ReleaseResult", "ReleaseKind"]
@@ -208,7 +208,8 @@ class MemoryGuard:
                 split = policy.job.for_process(worker, baseline.rss if baseline else 0)
                 policy = policy.for_share(split.share)
                 main_pid = os.getppid() if worker is not None else pid
-                watch = JobWatch(main_pid, split.limit)
+                # Each of the job's processes samples it: together about every 2 s.
+                watch = JobWatch(main_pid, split.limit, JOB_CHECK_SECONDS * (split.workers + 1))
             stats = MemoryStats(pid=pid, budget=policy.max_rss if policy else None)
             if baseline is not None:
                 stats.baseline_rss, stats.baseline_file = baseline.rss, baseline.file
