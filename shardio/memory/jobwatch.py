@@ -2,8 +2,10 @@
 
 RSS counts a page shared by N processes N times (SLURM's RSS accounting adds RSS this
 way); PSS counts it once, split between them (closer to what a cgroup charges). A
-:class:`JobWatch` samples both from /proc at most every few seconds and warns once
-the RSS sum nears the job's limit, naming the process that grew most.
+:class:`JobWatch` samples the RSS from /proc at most every few seconds and warns once
+the sum nears the job's limit, naming the process that grew most. PSS costs more to
+read (smaps_rollup walks a process's page tables: 10-20 ms for a process with torch
+loaded), so it is read on request, at most every ``JOB_CHECK_SECONDS``.
 """
 
 from __future__ import annotations
@@ -51,13 +53,13 @@ class JobUsage:
         return None if any(v is None for v in values) else sum(v or 0 for v in values)
 
     @classmethod
-    def sample(cls, main_pid: int) -> JobUsage:
-        """RSS and PSS of ``main_pid`` and its child processes, read now."""
+    def sample(cls, main_pid: int, pss: bool = True) -> JobUsage:
+        """RSS (and PSS unless ``pss=False``) of ``main_pid`` and its child processes."""
         found = []
         for pid in (main_pid, *child_pids(main_pid)):
             info = read_rss(pid)
             if info is not None:  # a worker may exit between listing and reading
-                found.append(ProcessMemory(pid, info.rss, read_pss(pid)))
+                found.append(ProcessMemory(pid, info.rss, read_pss(pid) if pss else None))
         return cls(tuple(found))
 
 
@@ -105,9 +107,11 @@ class JobWatch:
         self.limit = limit
         self.interval = interval
         self.last: JobUsage | None = None
+        self.last_pss: int | None = None
         self.warnings = 0
         self._first_rss: dict[int, int] = {}
         self._next = 0.0
+        self._next_pss = 0.0
         self._warned = False
 
     def maybe_check(self) -> JobUsage | None:
@@ -118,8 +122,14 @@ class JobWatch:
         self._next = now + self.interval
         return self.check()
 
-    def check(self) -> JobUsage:
-        usage = JobUsage.sample(self.main_pid)
+    def check(self, pss: bool = False) -> JobUsage:
+        """A sample now; with ``pss=True`` PSS too, unless read less than ``interval``
+        seconds ago (then the last PSS figure stands)."""
+        now = time.monotonic()
+        pss = pss and now >= self._next_pss
+        usage = JobUsage.sample(self.main_pid, pss=pss)
+        if pss:
+            self.last_pss, self._next_pss = usage.pss, now + self.interval
         first_check = self.last is None
         for process in usage.processes:
             # A process started since the first check grew from nothing.
@@ -127,18 +137,20 @@ class JobWatch:
         near = usage.rss >= WARN_FRACTION * self.limit
         if near and not self._warned:
             self.warnings += 1
-            logger.warning("shardio: %s", self._describe(usage))
+            described = usage if pss else JobUsage.sample(self.main_pid)  # with PSS
+            logger.warning("shardio: %s", self._describe(described))
         self._warned = near
         self.last = usage
         return usage
 
     def _describe(self, usage: JobUsage) -> str:
-        grown = max(usage.processes, key=lambda p: p.rss - self._first_rss[p.pid])
+        grown = max(usage.processes, key=lambda p: p.rss - self._first_rss.get(p.pid, 0))
         role = "the main process" if grown.pid == self.main_pid else "DataLoader worker"
         pss = "unknown" if usage.pss is None else format_size(usage.pss)
         return (
             f"the job's RSS, summed over {len(usage.processes)} processes, is "
             f"{format_size(usage.rss)} (PSS {pss}), {usage.rss / self.limit:.0%} of its "
             f"{format_size(self.limit)} limit; {role} pid {grown.pid} grew most: by "
-            f"{format_size(grown.rss - self._first_rss[grown.pid])} to {format_size(grown.rss)}"
+            f"{format_size(grown.rss - self._first_rss.get(grown.pid, 0))} to "
+            f"{format_size(grown.rss)}"
         )

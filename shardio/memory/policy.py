@@ -285,7 +285,7 @@ class MemoryGuard:
     def _record_job(self, state: _State) -> None:
         assert state.watch is not None and state.watch.last is not None
         usage, stats = state.watch.last, state.stats
-        stats.job_rss, stats.job_pss = usage.rss, usage.pss
+        stats.job_rss, stats.job_pss = usage.rss, state.watch.last_pss
         stats.job_processes, stats.job_warnings = len(usage.processes), state.watch.warnings
 
     def stats(self) -> MemoryStats:
@@ -296,6 +296,6 @@ class MemoryGuard:
             self._record(info)
         state = self.state
         if state.watch is not None:
-            state.watch.check()
+            state.watch.check(pss=True)
             self._record_job(state)
         return state.stats
