@@ -117,6 +117,13 @@ def test_bad_total_names_the_option(value: str) -> None:
         MemoryPolicy(max_rss=value)
 
 
+def test_a_margin_without_a_job_budget_is_an_error() -> None:
+    with pytest.raises(shardio.InvalidOptionError, match="job_margin applies to a job budget"):
+        MemoryPolicy(max_rss="512MB", job_margin="1GB")
+    with pytest.raises(shardio.InvalidOptionError, match="job_margin"):
+        MemoryPolicy(max_rss="total:8GB", job_margin="lots")
+
+
 def test_auto_without_a_limit_warns_and_reads_without_a_budget(small) -> None:
     with pytest.warns(RuntimeWarning, match=r"found no memory limit.*without a memory budget"):
         ds = ShardedDataset(small, max_rss="auto")

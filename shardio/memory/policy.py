@@ -83,6 +83,11 @@ class MemoryPolicy:
                 # No limit found: no budget (resolve() warns and returns None).
                 share = job.provisional_share() if job.limit is not None else sys.maxsize
                 object.__setattr__(self, "max_rss", share)
+        if self.job_margin is not None and self.job is None:
+            raise InvalidOptionError(
+                "job_margin applies to a job budget, max_rss='auto' or 'total:SIZE', "
+                f"but got max_rss={self.max_rss!r}"
+            )
         object.__setattr__(self, "max_rss", parse_size(self.max_rss, "max_rss"))
         if self.max_rss <= 0:
             raise InvalidOptionError(f"max_rss should be > 0 bytes, but got max_rss={self.max_rss}")
@@ -125,7 +130,7 @@ class MemoryPolicy:
     def for_share(self, share: int) -> MemoryPolicy:
         """This policy with ``max_rss=share`` (a process's part of a job budget)."""
         reopen = self.job.reopen_every if self.job is not None else self.reopen_every
-        return replace(self, max_rss=share, reopen_every=reopen, job=None)
+        return replace(self, max_rss=share, reopen_every=reopen, job=None, job_margin=None)
 
 
 @dataclass
