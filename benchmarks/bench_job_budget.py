@@ -2,9 +2,10 @@
 
 Writes a synthetic LMDB dataset (``--size``, 64 KiB values), then reads ``--epochs``
 epochs in random order through a DataLoader with ``--workers`` workers, once without a
-budget and once with ``max_rss=--budget`` (``"total:1536MiB"`` by default, split like
-``"auto"``; pass ``auto`` inside a job with a limit), back to back from the same page
-cache. A monitor thread sums RSS over the main process and its workers every 50 ms (as
+budget, once with ``max_rss=--budget`` (``"total:1536MiB"`` by default, split like
+``"auto"``; pass ``auto`` inside a job with a limit) and once with a per-process
+``max_rss=--per-process`` near the share that gives (which isolates what the job
+accounting costs), back to back from the same page cache. A monitor thread sums RSS over the main process and its workers every 50 ms (as
 SLURM's RSS accounting does) and PSS every second; prints the split chosen, the peak
 sums and the throughput ratio budget / none.
 
@@ -119,6 +120,11 @@ def main(argv: list[str] | None = None) -> int:
     )
     parser.add_argument("--size", default="1GB", help="dataset size")
     parser.add_argument("--budget", default="total:1536MiB", help="max_rss of the budget run")
+    parser.add_argument(
+        "--per-process",
+        default="170MiB",
+        help="max_rss of a third run: a per-process budget near the job budget's share",
+    )
     parser.add_argument("--epochs", type=int, default=2)
     parser.add_argument("--workers", type=int, default=2)
     parser.add_argument("--batch-size", type=int, default=64)
@@ -137,9 +143,9 @@ def main(argv: list[str] | None = None) -> int:
     )
     results = [
         run(args.data, budget, args.epochs, args.workers, args.batch_size)
-        for budget in (None, args.budget)
+        for budget in (None, args.budget, args.per_process)
     ]
-    none, capped = results
+    none, capped = results[:2]
     for result in results:
         print(
             f"| {result['budget'] or 'none'} | {result['mb_per_s']:.0f} MB/s | "
