@@ -5,9 +5,10 @@ epochs in random order through a DataLoader with ``--workers`` workers, once wit
 budget, once with ``max_rss=--budget`` (``"total:1536MiB"`` by default, split like
 ``"auto"``; pass ``auto`` inside a job with a limit) and once with a per-process
 ``max_rss=--per-process`` near the share that gives (which isolates what the job
-accounting costs), back to back from the same page cache. A monitor thread sums RSS over the main process and its workers every 50 ms (as
-SLURM's RSS accounting does) and PSS every second; prints the split chosen, the peak
-sums and the throughput ratio budget / none.
+accounting costs), back to back from the same page cache. A monitor thread sums RSS
+over the main process and its workers every 50 ms (as SLURM's RSS accounting does) and
+PSS every second; prints the split chosen, the peak sums and each run's throughput
+against the run without a budget.
 
     python benchmarks/bench_job_budget.py --size 4GB --out bench-out/job-budget.json
 """
