@@ -110,8 +110,8 @@ class JobBudget:
     main process holds.
 
     The figure in use is taken once in the main process: at its first read, or just
-    before it forks its first worker, or when it pickles the budget for a spawned
-    one, whichever comes first; it travels with the policy into every worker, so all
+    before its first fork (a DataLoader's first worker), or when it pickles the budget
+    for a spawned worker, whichever comes first; it travels with the policy into every worker, so all
     of them split the same figure."""
 
     def __init__(self, spec: str, limit: JobLimit | None, margin: int | None = None) -> None:
@@ -169,7 +169,7 @@ class JobBudget:
         worker, ``None`` in the main process; ``baseline`` its RSS at its start."""
         assert self.limit is not None
         if self.in_use is None:
-            # Not fixed by the main process (a fork server started the worker): its
+            # Not fixed by the main process (the policy was made in this worker): the
             # parent's figure now is the nearest there is.
             main = read_rss(os.getppid()) if worker is not None else None
             self.in_use = main.rss if main is not None else baseline
