@@ -77,17 +77,20 @@ def _try_v2(limit: int, name: str) -> MemoryCgroup | str:
     own = _own_dir(2, mount)
     if own is None:
         return f"this process's cgroup v2 lies outside the mount at {mount[1]}"
-    controllers = (own / "cgroup.controllers").read_text().split()
+    try:
+        controllers = (own / "cgroup.controllers").read_text().split()
+    except OSError as exc:
+        return f"cannot read the controllers of cgroup v2 {own}: {exc}"
     if "memory" not in controllers:
         return (
             f"cgroup v2 at {own} offers the controllers {' '.join(controllers) or '(none)'}, "
             "not memory (the memory controller is bound to a v1 hierarchy)"
         )
-    if "memory" not in (own / "cgroup.subtree_control").read_text().split():
-        try:
+    try:
+        if "memory" not in (own / "cgroup.subtree_control").read_text().split():
             (own / "cgroup.subtree_control").write_text("+memory")
-        except OSError as exc:
-            return f"cannot enable memory for children of {own}: {exc}"
+    except OSError as exc:
+        return f"cannot enable the memory controller for children of {own}: {exc}"
     child = own / name
     try:
         child.mkdir()

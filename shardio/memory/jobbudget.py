@@ -111,8 +111,8 @@ class JobBudget:
 
     The figure in use is taken once in the main process: at its first read, or just
     before its first fork (a DataLoader's first worker), or when it pickles the budget
-    for a spawned worker, whichever comes first; it travels with the policy into every worker, so all
-    of them split the same figure."""
+    for a spawned worker, whichever comes first; it travels with the policy into every
+    worker, so all of them split the same figure."""
 
     def __init__(self, spec: str, limit: JobLimit | None, margin: int | None = None) -> None:
         self.spec = spec
