@@ -148,9 +148,15 @@ def main(argv: list[str] | None = None) -> int:
     budgets = (None, args.budget, args.per_process)
     # Rounds interleave the runs, so that a change in the shared machine's load
     # falls on every run alike; each ratio is taken within its round.
+    # The order rotates from round to round: a run that follows the one without a
+    # budget pays for tearing down its mappings of the whole dataset.
     rounds = []
-    for _ in range(args.repeats):
-        results = [run(args.data, b, args.epochs, args.workers, args.batch_size) for b in budgets]
+    for round_number in range(args.repeats):
+        order = [(i + round_number) % len(budgets) for i in range(len(budgets))]
+        done = {
+            i: run(args.data, budgets[i], args.epochs, args.workers, args.batch_size) for i in order
+        }
+        results = [done[i] for i in range(len(budgets))]
         none = results[0]["mb_per_s"]
         for result in results:
             result["ratio"] = result["mb_per_s"] / none
