@@ -10,6 +10,7 @@ import numpy as np
 import torch.utils.data
 
 from .adapters.base import Columns, columns_to_samples
+from .loaderinfo import dataloader_worker
 from .reader import DatasetReader
 from .schema import Sample, Schema
 
@@ -26,7 +27,8 @@ class ShardedDataset(torch.utils.data.Dataset[Any]):
     HDF5, ``storage_options=`` for remote URLs) pass through to the adapter.
 
     ``max_rss="512MB"`` (or ``memory_policy=MemoryPolicy(...)``) caps the memory that
-    reading adds in each process that reads, DataLoader workers included.
+    reading adds in each process that reads, DataLoader workers included;
+    ``max_rss="auto"`` (or ``"total:32GB"``) splits the job's memory between them.
     ``max_open_shards`` caps the shards a process keeps open (by default an eighth of
     its file-descriptor limit); the least recently used one is closed first.
 
@@ -48,6 +50,7 @@ class ShardedDataset(torch.utils.data.Dataset[Any]):
         **options: Any,
     ) -> None:
         self.reader = DatasetReader(path, fields=fields, format=format, **options)
+        self.reader.guard.worker_info = dataloader_worker  # splits max_rss="auto"
         self.transform = transform
         # torch holds native byte order only: swapped fields are converted on read.
         self._swapped = [

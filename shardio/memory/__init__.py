@@ -6,12 +6,20 @@ the policy: when to release, and how much reading may add.
 """
 
 from .advise import Mapping, advise_range, find_mappings, madvise_supported
+from .jobbudget import JobBudget, JobSplit, split_job_budget
+from .joblimit import JobLimit, find_job_limit, job_limits
+from .jobwatch import JobUsage, JobWatch
 from .pagecache import FileRange, hint_ranges, readahead_supported
 from .policy import MemoryGuard, MemoryPolicy, MemoryStats, ReleaseKind, ReleaseResult
-from .rss import RssInfo, read_rss
+from .rss import RssInfo, read_pss, read_rss
 
 __all__ = [
     "FileRange",
+    "JobBudget",
+    "JobLimit",
+    "JobSplit",
+    "JobUsage",
+    "JobWatch",
     "Mapping",
     "MemoryGuard",
     "MemoryPolicy",
@@ -20,9 +28,13 @@ __all__ = [
     "ReleaseResult",
     "RssInfo",
     "advise_range",
+    "find_job_limit",
     "find_mappings",
     "hint_ranges",
+    "job_limits",
     "madvise_supported",
+    "read_pss",
     "read_rss",
     "readahead_supported",
+    "split_job_budget",
 ]

@@ -11,14 +11,17 @@ check measures RSS itself.
 from __future__ import annotations
 
 import os
+import sys
 import warnings
 from collections.abc import Callable
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass, field, replace
 from typing import Any, Literal
 
 from ..config import parse_size
 from ..errors import InvalidOptionError
 from .advise import madvise_supported
+from .jobbudget import JobBudget, WorkerInfo, warn_no_limit
+from .jobwatch import JOB_CHECK_SECONDS, JobWatch
 from .rss import RssInfo, read_rss
 
 __all__ = ["MemoryGuard", "MemoryPolicy", "MemoryStats", "ReleaseResult", "ReleaseKind"]
@@ -46,10 +49,14 @@ class ReleaseResult:
 
 @dataclass(frozen=True)
 class MemoryPolicy:
-    """A per-process budget for the memory that reading adds.
+    """A budget for the memory that reading adds, per process or for the whole job.
 
     ``max_rss``: bytes of file-backed pages and library caches reading may add over
-    the process's baseline (``"512MB"``). ``check_every``: read calls between RSS
+    the process's baseline (``"512MB"``); or ``"auto"``: the job's limit (SLURM or
+    cgroup) split between the main process and each DataLoader worker; or
+    ``"total:8GB"``: that figure split the same way (see docs/memory.md).
+    ``job_margin``: what a job budget keeps free (default: a tenth of the limit, at
+    least 256 MiB). ``check_every``: read calls between RSS
     checks (a batch is one call). ``release``: ``"auto"`` (madvise where the backend
     maps files, else reopen), ``"advise"`` or ``"reopen"``. ``access``: hint the
     kernel ``"random"`` or ``"sequential"`` access, or detect it per batch (``"auto"``).
@@ -62,8 +69,25 @@ class MemoryPolicy:
     release: Literal["auto", "advise", "reopen"] = "auto"
     access: Access = "auto"
     reopen_every: int | None = None
+    job_margin: int | str | None = None
+    #: The job-wide budget behind ``"auto"`` / ``"total:SIZE"`` (``max_rss`` is then
+    #: the main process's share while it reads alone, until the first read).
+    job: JobBudget | None = field(default=None, compare=False)
 
     def __post_init__(self) -> None:
+        if isinstance(self.max_rss, str) and self.job is None:
+            job = JobBudget.parse(self.max_rss, self.job_margin)
+            if job is not None:
+                job.reopen_every = self.reopen_every  # as given: each share sets its own
+                object.__setattr__(self, "job", job)
+                # No limit found: no budget (resolve() warns and returns None).
+                share = job.provisional_share() if job.limit is not None else sys.maxsize
+                object.__setattr__(self, "max_rss", share)
+        if self.job_margin is not None and self.job is None:
+            raise InvalidOptionError(
+                "job_margin applies to a job budget, max_rss='auto' or 'total:SIZE', "
+                f"but got max_rss={self.max_rss!r}"
+            )
         object.__setattr__(self, "max_rss", parse_size(self.max_rss, "max_rss"))
         if self.max_rss <= 0:
             raise InvalidOptionError(f"max_rss should be > 0 bytes, but got max_rss={self.max_rss}")
@@ -96,9 +120,17 @@ class MemoryPolicy:
             raise InvalidOptionError(
                 f"memory_policy should be a shardio.MemoryPolicy, but got {type(policy).__name__}"
             )
-        if max_rss is None:
-            return policy
-        return cls(max_rss=max_rss)  # type: ignore[arg-type]  # parsed in __post_init__
+        if max_rss is not None:
+            policy = cls(max_rss=max_rss)  # type: ignore[arg-type]  # parsed in __post_init__
+        if policy is not None and policy.job is not None and policy.job.limit is None:
+            warn_no_limit()
+            return None
+        return policy
+
+    def for_share(self, share: int) -> MemoryPolicy:
+        """This policy with ``max_rss=share`` (a process's part of a job budget)."""
+        reopen = self.job.reopen_every if self.job is not None else self.reopen_every
+        return replace(self, max_rss=share, reopen_every=reopen, job=None, job_margin=None)
 
 
 @dataclass
@@ -121,6 +153,16 @@ class MemoryStats:
     advised_bytes: int = 0
     reopens: int = 0
     measured: bool = True
+    # A job budget (max_rss="auto" or "total:SIZE"): the split, and the last job sample.
+    job_limit: int | None = None
+    job_limit_source: str | None = None
+    job_in_use: int | None = None
+    job_margin: int | None = None
+    workers: int | None = None
+    job_rss: int | None = None
+    job_pss: int | None = None
+    job_processes: int | None = None
+    job_warnings: int = 0
 
     def as_dict(self) -> dict[str, Any]:
         return asdict(self)
@@ -130,6 +172,8 @@ class MemoryStats:
 class _State:
     pid: int
     baseline: RssInfo | None
+    policy: MemoryPolicy | None = None  # this process's: a job budget's share applied
+    watch: JobWatch | None = None
     calls: int = 0
     bytes_since_reopen: int = 0
     stats: MemoryStats = field(default_factory=lambda: MemoryStats(pid=0, budget=None))
@@ -140,12 +184,18 @@ _warned_unmeasured = False
 
 class MemoryGuard:
     """Enforces a policy in whichever process reads; a forked or spawned worker
-    starts its own accounting from its own baseline."""
+    starts its own accounting from its own baseline, and takes its share of a job
+    budget then. ``worker_info`` tells a DataLoader worker's ``(id, num_workers)``
+    (set by the torch layer; storage never imports torch)."""
 
     def __init__(
-        self, policy: MemoryPolicy | None, release: Callable[[ReleaseKind], ReleaseResult]
+        self,
+        policy: MemoryPolicy | None,
+        release: Callable[[ReleaseKind], ReleaseResult],
+        worker_info: Callable[[], WorkerInfo | None] | None = None,
     ) -> None:
         self.policy = policy
+        self.worker_info = worker_info
         self._release = release
         self._state: _State | None = None
 
@@ -157,11 +207,23 @@ class MemoryGuard:
         pid = os.getpid()
         if self._state is None or self._state.pid != pid:
             baseline = read_rss()
-            stats = MemoryStats(pid=pid, budget=self.policy.max_rss if self.policy else None)
+            policy, watch, split = self.policy, None, None
+            if policy is not None and policy.job is not None and policy.job.limit is not None:
+                worker = self.worker_info() if self.worker_info is not None else None
+                split = policy.job.for_process(worker, baseline.rss if baseline else 0)
+                policy = policy.for_share(split.share)
+                main_pid = os.getppid() if worker is not None else pid
+                # Each of the job's processes samples it: together about every 2 s.
+                watch = JobWatch(main_pid, split.limit, JOB_CHECK_SECONDS * (split.workers + 1))
+            stats = MemoryStats(pid=pid, budget=policy.max_rss if policy else None)
             if baseline is not None:
                 stats.baseline_rss, stats.baseline_file = baseline.rss, baseline.file
             stats.measured = baseline is not None
-            self._state = _State(pid, baseline, stats=stats)
+            if split is not None:
+                stats.job_limit, stats.job_limit_source = split.limit, split.source
+                stats.job_in_use, stats.job_margin = split.in_use, split.margin
+                stats.workers = split.workers
+            self._state = _State(pid, baseline, policy, watch, stats=stats)
         return self._state
 
     def start(self) -> None:
@@ -174,7 +236,9 @@ class MemoryGuard:
         state.stats.bytes_read += nbytes
         state.bytes_since_reopen += nbytes
         state.calls += 1
-        policy = self.policy
+        policy = state.policy
+        if state.watch is not None and state.watch.maybe_check() is not None:
+            self._record_job(state)
         if policy is None or state.calls % policy.check_every:
             return
         assert policy.reopen_every is not None
@@ -223,9 +287,20 @@ class MemoryGuard:
                 stacklevel=4,
             )
 
+    def _record_job(self, state: _State) -> None:
+        assert state.watch is not None and state.watch.last is not None
+        usage, stats = state.watch.last, state.stats
+        stats.job_rss, stats.job_pss = usage.rss, state.watch.last_pss
+        stats.job_processes, stats.job_warnings = len(usage.processes), state.watch.warnings
+
     def stats(self) -> MemoryStats:
-        """Current figures for this process (RSS read now)."""
+        """Current figures for this process (RSS read now, and the job's where a job
+        budget applies)."""
         info = read_rss()
         if info is not None:
             self._record(info)
-        return self.state.stats
+        state = self.state
+        if state.watch is not None:
+            state.watch.check(pss=True)
+            self._record_job(state)
+        return state.stats

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
-__all__ = ["RssInfo", "read_rss"]
+__all__ = ["RssInfo", "read_pss", "read_rss"]
 
 _KEYS = {
     b"VmRSS:": "rss",
@@ -38,3 +38,17 @@ def read_rss(pid: int | str = "self") -> RssInfo | None:
     except (FileNotFoundError, ProcessLookupError, PermissionError):
         return None
     return RssInfo(**values)
+
+
+def read_pss(pid: int | str = "self") -> int | None:
+    """Proportional set size of ``pid`` from ``/proc/PID/smaps_rollup``: each shared
+    page counts 1/N in each of the N processes mapping it, so PSS adds up over a job.
+    ``None`` where the file is missing (macOS, kernels before 4.14) or unreadable."""
+    try:
+        with open(f"/proc/{pid}/smaps_rollup", "rb") as handle:
+            for line in handle:
+                if line.startswith(b"Pss:"):
+                    return int(line.split()[1]) * 1024
+    except (FileNotFoundError, ProcessLookupError, PermissionError):
+        return None
+    return None
