@@ -1,0 +1,462 @@
+"""From a trace's records to figures and a verdict: what bounds the loop, and what would
+change it, in words with the arithmetic."""
+
+from __future__ import annotations
+
+import math
+import statistics
+from collections import defaultdict
+from collections.abc import Sequence
+from dataclasses import asdict, dataclass, field
+from typing import TYPE_CHECKING, Any
+
+from .records import MAIN_PROCESS, BatchRecord, MemorySample
+
+if TYPE_CHECKING:
+    from .tracer import Trace
+
+__all__ = ["Finding", "TraceSummary", "WorkerSummary", "format_report", "summarize"]
+
+DATA_BOUND_WAIT = 0.15
+"""The loop is data-bound when it waits at least this fraction of its time."""
+SLOW_WORKER_RATIO = 1.5
+"""A worker is slow when its median load is this many times the other workers' median."""
+MEMORY_GROWTH_BYTES = 32 * 2**20
+MEMORY_GROWTH_FRACTION = 0.10
+"""A process's RSS grows when it rises by both this many bytes and this fraction."""
+_MIB = 2**20
+
+
+@dataclass
+class WorkerSummary:
+    """One worker's loads, and how long the loop waited on its batches."""
+
+    worker: int
+    batches: int
+    load_median: float
+    load_max: float
+    loop_wait: float
+
+
+@dataclass
+class MemorySummary:
+    """One process's RSS from its first sample to its last (and a dataset's budget figures)."""
+
+    process: str
+    samples: int
+    first: int
+    last: int
+    peak: int
+    seconds: float
+    stats: dict[str, Any] = field(default_factory=dict)
+
+    @property
+    def growth(self) -> int:
+        return self.last - self.first
+
+
+@dataclass
+class Finding:
+    """One thing the trace shows: ``kind`` is data-bound, compute-bound, slow-worker,
+    memory-growth, slow-copy or slowest-rank."""
+
+    kind: str
+    text: str
+
+
+@dataclass
+class TraceSummary:
+    """The trace in figures. Times are seconds; the first batch of each pass is start-up
+    (workers starting, the first loads), kept out of the steady-state figures."""
+
+    source: str
+    num_workers: int | None
+    batches: int
+    passes: int
+    startup: float
+    loop_seconds: float
+    wait_seconds: float
+    wait_fraction: float
+    ready_fraction: float | None
+    batches_per_s: float | None
+    samples_per_s: float | None
+    load_median: float | None
+    step_median: float | None
+    copy_median: float | None
+    transit_median: float | None  # load end in the worker -> the loop has the batch
+    stall_period: int | None
+    workers: list[WorkerSummary]
+    memory: list[MemorySummary]
+    findings: list[Finding]
+    rank: int | None = None
+    ranks: list[dict[str, Any]] | None = None
+
+    @property
+    def verdict(self) -> str:
+        return self.findings[0].text if self.findings else "no batches traced"
+
+    @property
+    def bound(self) -> str | None:
+        """``"data-bound"`` or ``"compute-bound"`` (None before any batch)."""
+        for finding in self.findings:
+            if finding.kind in ("data-bound", "compute-bound"):
+                return finding.kind
+        return None
+
+    def as_dict(self) -> dict[str, Any]:
+        out = asdict(self)
+        out["verdict"], out["bound"] = self.verdict, self.bound
+        return out
+
+
+def summarize(trace: Trace) -> TraceSummary:
+    records = trace.records
+    passes = _by_pass(records)
+    steady = [r for run in passes for r in run[1:]]
+    startup = sum(run[0].wait for run in passes)
+    loop_seconds = sum(_span(run) for run in passes)
+    wait_seconds = sum(r.wait for r in steady)
+    spans = [(len(run) - 1, run[-1].got - run[0].got) for run in passes if len(run) > 1]
+    between = sum(s for _, s in spans)
+    batches_per_s = sum(n for n, _ in spans) / between if between > 0 else None
+    samples = [r.samples for r in steady if r.samples is not None]
+    samples_per_s = None
+    if batches_per_s is not None and samples and len(samples) == len(steady):
+        samples_per_s = batches_per_s * statistics.fmean(samples)
+    known = [r for r in steady if r.load_end is not None]
+    summary = TraceSummary(
+        source=trace.source.description,
+        num_workers=trace.source.num_workers,
+        batches=len(records),
+        passes=len(passes),
+        startup=startup,
+        loop_seconds=loop_seconds,
+        wait_seconds=wait_seconds,
+        wait_fraction=wait_seconds / loop_seconds if loop_seconds > 0 else 0.0,
+        ready_fraction=sum(r.ready for r in known) / len(known) if known else None,
+        batches_per_s=batches_per_s,
+        samples_per_s=samples_per_s,
+        load_median=_median(r.load for r in records),
+        step_median=_median(r.step for r in records),
+        copy_median=_median(r.copy for r in records),
+        transit_median=_median(r.got - (r.load_end or r.got) for r in known if r.wait > 0.001),
+        stall_period=stall_period(records),
+        workers=_workers(records),
+        memory=_memory(trace.memory),
+        findings=[],
+        rank=trace.rank,
+        ranks=trace.ranks,
+    )
+    summary.findings = _findings(summary)
+    return summary
+
+
+# ---------------------------------------------------------------------- figures
+def _by_pass(records: Sequence[BatchRecord]) -> list[list[BatchRecord]]:
+    runs: dict[int, list[BatchRecord]] = defaultdict(list)
+    for record in records:
+        runs[record.pass_index].append(record)
+    return [runs[k] for k in sorted(runs)]
+
+
+def _span(run: list[BatchRecord]) -> float:
+    """The pass's steady time: from the first batch in hand to the last step's end."""
+    last = run[-1]
+    end = last.step_end if last.step_end is not None else last.got
+    return end - run[0].got
+
+
+def _median(values: Any) -> float | None:
+    present = [v for v in values if v is not None]
+    return statistics.median(present) if present else None
+
+
+def stall_period(records: Sequence[BatchRecord]) -> int | None:
+    """Batches between the loop's long waits, when they repeat at a regular interval.
+
+    A long wait is one over a third of the longest steady wait (and over a millisecond).
+    With n workers each taking longer than n steps, every worker's batch comes late once
+    per round, so a long wait at batch i is followed by one at batch i + n: the period is
+    the n for which that holds most often (for at least three quarters of the long
+    waits; the smallest such n on a tie).
+    """
+    steady = [r for run in _by_pass(records) for r in run[1:]]
+    if not steady:
+        return None
+    longest = max(r.wait for r in steady)
+    if longest < 0.001:
+        return None
+    long_at = {r.index for r in steady if r.wait > max(longest / 3, 0.001)}
+    last = max(r.index for r in steady)
+    best: tuple[float, int] | None = None
+    for period in range(1, min(64, last) + 1):
+        checkable = [i for i in long_at if i + period <= last]
+        if len(checkable) < 3:
+            break
+        share = sum(i + period in long_at for i in checkable) / len(checkable)
+        if share >= 0.75 and (best is None or share > best[0]):
+            best = (share, period)
+    return None if best is None else best[1]
+
+
+def _workers(records: Sequence[BatchRecord]) -> list[WorkerSummary]:
+    firsts = {run[0].index for run in _by_pass(records)}  # start-up, not the worker's doing
+    per: dict[int, list[BatchRecord]] = defaultdict(list)
+    for record in records:
+        if record.worker is not None and record.worker != MAIN_PROCESS:
+            per[record.worker].append(record)
+    out = []
+    for worker in sorted(per):
+        loads = [r.load for r in per[worker] if r.load is not None]
+        out.append(
+            WorkerSummary(
+                worker=worker,
+                batches=len(per[worker]),
+                load_median=statistics.median(loads) if loads else 0.0,
+                load_max=max(loads) if loads else 0.0,
+                loop_wait=sum(r.wait for r in per[worker] if r.index not in firsts),
+            )
+        )
+    return out
+
+
+def _memory(samples: Sequence[MemorySample]) -> list[MemorySummary]:
+    per: dict[str, list[MemorySample]] = defaultdict(list)
+    for sample in samples:
+        per[sample.process].append(sample)
+    out = []
+    for process in sorted(per, key=lambda p: (p != "main", len(p), p)):
+        series = sorted(per[process], key=lambda s: s.t)
+        out.append(
+            MemorySummary(
+                process=process,
+                samples=len(series),
+                first=series[0].rss,
+                last=series[-1].rss,
+                peak=max(s.rss for s in series),
+                seconds=series[-1].t - series[0].t,
+                stats=series[-1].stats,
+            )
+        )
+    return out
+
+
+# ---------------------------------------------------------------------- verdicts
+def _findings(s: TraceSummary) -> list[Finding]:
+    if s.batches == 0:
+        return []
+    bound = _bound(s)
+    findings = [bound]
+    slow = _slow_worker(s)
+    if slow is not None:
+        # A slow worker that makes the loop wait is the cause; name it first.
+        findings.insert(0 if bound.kind == "data-bound" else 1, slow)
+    if s.copy_median is not None and s.step_median and s.copy_median > s.step_median:
+        findings.append(
+            Finding(
+                "slow-copy",
+                f"the device copy takes {secs(s.copy_median)} per batch, longer than a "
+                f"{secs(s.step_median)} step: smaller batches on the host (a narrower dtype) "
+                f"or pinned memory would shorten it",
+            )
+        )
+    findings.extend(_memory_growth(s))
+    if s.ranks:
+        findings.append(_slowest_rank(s.ranks))
+    return findings
+
+
+def _bound(s: TraceSummary) -> Finding:
+    waited = f"the loop waited {pct(s.wait_fraction)} of the time"
+    load, step, workers = s.load_median, s.step_median, s.num_workers
+    if s.wait_fraction < DATA_BOUND_WAIT:
+        text = f"compute-bound: {waited}"
+        if load is not None and step:
+            text += f"; {_supply(workers, load)} against {rate(1 / step)} steps/s"
+        return Finding("compute-bound", text + "; a faster step, not more workers, would help")
+    text = f"data-bound: {waited}"
+    if load is None or not step:  # no per-worker detail, or no step time to compare
+        if s.batches_per_s and step:
+            text += (
+                f": batches arrive at {rate(s.batches_per_s)}/s against "
+                f"{rate(1 / step)} steps/s ({secs(step)} per step)"
+            )
+        return Finding("data-bound", text)
+    needed = max((workers or 0) + 1, math.ceil(load / step - 0.1))
+    if workers == 0:
+        text += (
+            f"; batches load in the training loop's process (num_workers=0), "
+            f"{secs(load)} each against a {secs(step)} step; about {needed} workers "
+            f"would keep up"
+        )
+    elif workers and workers / load < 1 / step:
+        text += (
+            f"; {_supply(workers, load)} against {rate(1 / step)} steps/s; about {needed} "
+            f"workers, or loads under {secs(workers * step)}, would keep up"
+        )
+    else:
+        text += f" although {_supply(workers, load)} would keep up with {rate(1 / step)} steps/s"
+        if s.transit_median is not None:
+            text += (
+                f": a batch takes {secs(s.transit_median)} from the end of its load to the "
+                f"loop (large batches through the queue, a busy main process, or too few "
+                f"cores for the workers)"
+            )
+    return Finding("data-bound", text)
+
+
+def _supply(workers: int | None, load: float) -> str:
+    if not workers:
+        return f"loading at {secs(load)} per batch = {rate(1 / load)} batches/s"
+    return f"{workers} workers x {secs(load)} per batch = {rate(workers / load)} batches/s"
+
+
+def _slow_worker(s: TraceSummary) -> Finding | None:
+    busy = [w for w in s.workers if w.batches >= 2]
+    if len(busy) < 2:
+        return None
+    worst: tuple[float, WorkerSummary, float] | None = None
+    for worker in busy:
+        others = statistics.median(w.load_median for w in busy if w is not worker)
+        if worker.load_median > SLOW_WORKER_RATIO * others and worker.load_median - others > 0.002:
+            ratio = worker.load_median / others if others > 0 else math.inf
+            if worst is None or ratio > worst[0]:
+                worst = (ratio, worker, others)
+    if worst is None:
+        return None
+    _, worker, others = worst
+    text = (
+        f"worker {worker.worker} is slow: {secs(worker.load_median)} per batch against "
+        f"{secs(others)} on the other {len(busy) - 1} workers"
+    )
+    if s.wait_seconds > 0:
+        share = worker.loop_wait / s.wait_seconds
+        text += f"; {pct(share)} of the loop's waiting was for its batches"
+    return Finding("slow-worker", text)
+
+
+def _memory_growth(s: TraceSummary) -> list[Finding]:
+    out = []
+    for memory in s.memory:
+        if memory.samples < 3 or memory.seconds <= 0:
+            continue
+        if memory.growth >= max(MEMORY_GROWTH_BYTES, MEMORY_GROWTH_FRACTION * memory.first):
+            out.append(
+                Finding(
+                    "memory-growth",
+                    f"memory grows in the {memory.process}: RSS {memory.first / _MIB:.0f} -> "
+                    f"{memory.last / _MIB:.0f} MiB in {secs(memory.seconds)} "
+                    f"(+{memory.growth / _MIB / memory.seconds:.1f} MiB/s)",
+                )
+            )
+    return out
+
+
+def _slowest_rank(ranks: list[dict[str, Any]]) -> Finding:
+    slowest = max(ranks, key=lambda r: r["wait_seconds"])
+    others = [r for r in ranks if r is not slowest]
+    other_wait = statistics.median(r["wait_fraction"] for r in others) if others else 0.0
+    return Finding(
+        "slowest-rank",
+        f"rank {slowest['rank']} is the slowest: its loop waited {pct(slowest['wait_fraction'])} "
+        f"of the time ({secs(slowest['wait_seconds'])}) against {pct(other_wait)} on the other "
+        f"{len(others)} rank(s); {slowest['verdict']}",
+    )
+
+
+# ---------------------------------------------------------------------- words
+def secs(seconds: float) -> str:
+    if seconds >= 1:
+        return f"{seconds:.1f} s"
+    if seconds >= 0.1:
+        return f"{seconds:.2f} s"
+    if seconds >= 0.001:
+        return f"{seconds * 1000:.3g} ms"
+    return f"{seconds * 1e6:.0f} us"
+
+
+def rate(per_second: float) -> str:
+    return f"{per_second:.0f}" if per_second >= 10 else f"{per_second:.1f}"
+
+
+def pct(fraction: float) -> str:
+    return f"{100 * fraction:.0f}%"
+
+
+def format_report(s: TraceSummary) -> str:
+    if s.batches == 0:
+        return "no batches traced: iterate the trace (for batch in tr) or the loader inside `with`"
+    lines = [
+        f"{i}. {f.text}" if len(s.findings) > 1 else f.text for i, f in enumerate(s.findings, 1)
+    ]
+    lines.append("")
+    lines.append(
+        f"{s.source}: {s.batches} batches in {s.passes} pass(es); the first batch of a pass "
+        f"took {secs(s.startup / max(s.passes, 1))} (start-up)"
+    )
+    per = [
+        f"{name} {secs(value)}"
+        for name, value in (
+            ("load (in the worker)", s.load_median),
+            ("device copy", s.copy_median),
+            ("step", s.step_median),
+        )
+        if value is not None
+    ]
+    if per:
+        lines.append("per batch (median): " + ", ".join(per))
+    line = f"loop: {secs(s.loop_seconds)}, of which waiting {secs(s.wait_seconds)}"
+    line += f" ({pct(s.wait_fraction)})"
+    if s.batches_per_s is not None:
+        line += f"; {rate(s.batches_per_s)} batches/s"
+    if s.samples_per_s is not None:
+        line += f", {s.samples_per_s:,.0f} samples/s"
+    lines.append(line)
+    if s.ready_fraction is not None:
+        lines.append(
+            f"data readiness: {pct(s.ready_fraction)} of batches were waiting when asked for"
+        )
+    if s.stall_period == 1:
+        lines.append("the loop waits for every batch")
+    elif s.stall_period is not None:
+        lines.append(f"the loop stalls every {s.stall_period} batches")
+    if s.workers:
+        lines.append("")
+        lines.append("worker  batches  load median  load max  loop waited on it")
+        for w in s.workers:
+            lines.append(
+                f"{w.worker:>6}  {w.batches:>7}  {secs(w.load_median):>11}  "
+                f"{secs(w.load_max):>8}  {secs(w.loop_wait):>17}"
+            )
+    if s.memory:
+        lines.append("")
+        lines.append("process     RSS first -> last (peak) MiB" + "  budget" * _any_stats(s))
+        for m in s.memory:
+            line = (
+                f"{m.process:<10}  {m.first / _MIB:8.0f} -> {m.last / _MIB:.0f} "
+                f"({m.peak / _MIB:.0f})"
+            )
+            if m.stats:
+                line += "  " + _budget(m.stats)
+            lines.append(line)
+    if s.ranks:
+        lines.append("")
+        lines.append("rank  batches  waiting  verdict")
+        for r in s.ranks:
+            lines.append(
+                f"{r['rank']:>4}  {r['batches']:>7}  {pct(r['wait_fraction']):>7}  {r['bound']}"
+            )
+    return "\n".join(lines)
+
+
+def _any_stats(s: TraceSummary) -> bool:
+    return any(m.stats for m in s.memory)
+
+
+def _budget(stats: dict[str, Any]) -> str:
+    budget = stats.get("budget")
+    limit = "no budget" if not budget else f"budget {budget / _MIB:.0f} MiB"
+    return (
+        f"{limit}, growth {stats.get('growth', 0) / _MIB:.0f} MiB, "
+        f"{stats.get('releases', 0)} releases, {stats.get('reopens', 0)} reopens"
+    )
