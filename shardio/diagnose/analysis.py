@@ -10,6 +10,7 @@ from collections.abc import Sequence
 from dataclasses import asdict, dataclass, field
 from typing import TYPE_CHECKING, Any
 
+from ..config import format_size
 from .records import MAIN_PROCESS, BatchRecord, MemorySample
 
 if TYPE_CHECKING:
@@ -85,6 +86,8 @@ class TraceSummary:
     copy_median: float | None
     transit_median: float | None  # load end in the worker -> the loop has the batch
     stall_period: int | None
+    workers_to_keep_up: int | None  # workers that would supply a batch per step
+    load_to_keep_up: float | None  # the load per batch at which these workers keep up
     workers: list[WorkerSummary]
     memory: list[MemorySummary]
     findings: list[Finding]
@@ -141,12 +144,18 @@ def summarize(trace: Trace) -> TraceSummary:
         copy_median=_median(r.copy for r in records),
         transit_median=_median(r.got - (r.load_end or r.got) for r in known if r.wait > 0.001),
         stall_period=stall_period(records),
+        workers_to_keep_up=None,
+        load_to_keep_up=None,
         workers=_workers(records),
         memory=_memory(trace.memory),
         findings=[],
         rank=trace.rank,
         ranks=trace.ranks,
     )
+    load, step, workers = summary.load_median, summary.step_median, summary.num_workers
+    if load is not None and step and workers is not None:
+        summary.workers_to_keep_up = max(1, math.ceil(load / step - 0.1))
+        summary.load_to_keep_up = workers * step if workers else None
     summary.findings = _findings(summary)
     return summary
 
@@ -282,7 +291,7 @@ def _bound(s: TraceSummary) -> Finding:
                 f"{rate(1 / step)} steps/s ({secs(step)} per step)"
             )
         return Finding("data-bound", text)
-    needed = max((workers or 0) + 1, math.ceil(load / step - 0.1))
+    needed = max((workers or 0) + 1, s.workers_to_keep_up or 1)
     if workers == 0:
         text += (
             f"; batches load in the training loop's process (num_workers=0), "
@@ -292,7 +301,7 @@ def _bound(s: TraceSummary) -> Finding:
     elif workers and workers / load < 1 / step:
         text += (
             f"; {_supply(workers, load)} against {rate(1 / step)} steps/s; about {needed} "
-            f"workers, or loads under {secs(workers * step)}, would keep up"
+            f"workers, or loads under {secs(s.load_to_keep_up or 0)}, would keep up"
         )
     else:
         text += f" although {_supply(workers, load)} would keep up with {rate(1 / step)} steps/s"
@@ -455,7 +464,7 @@ def _any_stats(s: TraceSummary) -> bool:
 
 def _budget(stats: dict[str, Any]) -> str:
     budget = stats.get("budget")
-    limit = "no budget" if not budget else f"budget {budget / _MIB:.0f} MiB"
+    limit = "no budget" if not budget else f"budget {format_size(budget)}"
     return (
         f"{limit}, growth {stats.get('growth', 0) / _MIB:.0f} MiB, "
         f"{stats.get('releases', 0)} releases, {stats.get('reopens', 0)} reopens"
