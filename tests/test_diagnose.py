@@ -35,7 +35,7 @@ def _run(tr: Trace, step: float) -> list[Any]:
 @pytest.mark.filterwarnings("ignore:This DataLoader will create 7 worker processes")
 def test_seven_slow_workers_stall_every_seven_batches_and_are_data_bound(tmp_path: Path) -> None:
     # The case scaled down 5x: 7 workers, 2 s -> 0.4 s per batch, 100 ms -> 20 ms steps.
-    workers, load, step, rounds = 7, 0.4, 0.02, 4
+    workers, load, step, rounds = 7, 0.4, 0.02, 5
     loader = DataLoader(
         SleepyBatches(workers * rounds * 2, load),
         batch_size=2,
@@ -62,7 +62,7 @@ def test_seven_slow_workers_stall_every_seven_batches_and_are_data_bound(tmp_pat
     assert summary.stall_period == workers
     # Each round of 7 batches after the first takes a load (0.4 s) of which 7 steps
     # (0.14 s) are work: the loop waits the rest, about 0.26 s, in every round.
-    round_waits = [sum(r.wait for r in records[k : k + workers]) for k in range(7, 28, 7)]
+    round_waits = [sum(r.wait for r in records[k : k + workers]) for k in range(7, 35, 7)]
     assert min(round_waits) > 0.5 * (load - workers * step), round_waits
     assert summary.bound == "data-bound"
     assert summary.wait_fraction > 0.3
@@ -77,11 +77,11 @@ def test_seven_slow_workers_stall_every_seven_batches_and_are_data_bound(tmp_pat
 
 
 def test_fast_loader_with_a_slow_step_is_compute_bound() -> None:
-    loader = DataLoader(SleepyBatches(40, 0.005), batch_size=2, num_workers=2)
+    loader = DataLoader(SleepyBatches(30, 0.005), batch_size=2, num_workers=2)
     with trace(loader) as tr:
-        _run(tr, 0.05)
+        _run(tr, 0.1)
     summary = tr.summary()
-    assert summary.batches == 20
+    assert summary.batches == 15
     assert summary.bound == "compute-bound", tr.report() + str([r.wait for r in tr.records])
     assert summary.wait_fraction < 0.15
     assert tr.report().startswith("compute-bound: the loop waited")
@@ -134,7 +134,7 @@ def test_spawn_persistent_workers_two_passes_and_an_early_break() -> None:
     loader = DataLoader(
         SleepyBatches(16, 0.001),
         batch_size=2,
-        num_workers=2,
+        num_workers=1,  # spawning re-imports torch: seconds per worker
         multiprocessing_context="spawn",
         persistent_workers=True,
     )
@@ -146,15 +146,13 @@ def test_spawn_persistent_workers_two_passes_and_an_early_break() -> None:
     assert torch.cat(first).flatten().tolist() == list(range(16))
     assert len(tr.records) == 8 + 3 and tr.passes == 2
     pids = {p: {r.pid for r in tr.records if r.pass_index == p} for p in (0, 1)}
-    assert pids[0] == pids[1] and len(pids[0]) == 2  # the same persistent workers
+    assert pids[0] == pids[1] and len(pids[0]) == 1  # the same persistent workers
     assert tr.records[-1].step_end is not None  # the break ended the last step
     assert tr.source.twin._iterator is None  # type: ignore[attr-defined]  # workers stopped
 
 
 def test_iterable_dataset_split_by_worker_init_fn() -> None:
-    loader = DataLoader(
-        Counting(0, 40), batch_size=4, num_workers=2, worker_init_fn=split_range
-    )
+    loader = DataLoader(Counting(0, 40), batch_size=4, num_workers=2, worker_init_fn=split_range)
     with trace(loader) as tr:
         batches = _run(tr, 0.0)
     assert sorted(torch.cat(batches).tolist()) == list(range(40))

@@ -200,7 +200,7 @@ def stall_period(records: Sequence[BatchRecord]) -> int | None:
     best: tuple[float, int] | None = None
     for period in range(1, min(64, last) + 1):
         checkable = [i for i in long_at if i + period <= last]
-        if len(checkable) < 3:
+        if len(checkable) < 2:
             break
         share = sum(i + period in long_at for i in checkable) / len(checkable)
         if share >= 0.75 and (best is None or share > best[0]):
@@ -257,9 +257,10 @@ def _findings(s: TraceSummary) -> list[Finding]:
     bound = _bound(s)
     findings = [bound]
     slow = _slow_worker(s)
-    if slow is not None:
+    # Behind a slow step a slow worker costs little unless it is far behind the others.
+    if slow is not None and (bound.kind == "data-bound" or slow[1] >= 2 * SLOW_WORKER_RATIO):
         # A slow worker that makes the loop wait is the cause; name it first.
-        findings.insert(0 if bound.kind == "data-bound" else 1, slow)
+        findings.insert(0 if bound.kind == "data-bound" else 1, slow[0])
     if s.copy_median is not None and s.step_median and s.copy_median > s.step_median:
         findings.append(
             Finding(
@@ -320,20 +321,20 @@ def _supply(workers: int | None, load: float) -> str:
     return f"{workers} workers x {secs(load)} per batch = {rate(workers / load)} batches/s"
 
 
-def _slow_worker(s: TraceSummary) -> Finding | None:
+def _slow_worker(s: TraceSummary) -> tuple[Finding, float] | None:
     busy = [w for w in s.workers if w.batches >= 2]
     if len(busy) < 2:
         return None
     worst: tuple[float, WorkerSummary, float] | None = None
     for worker in busy:
         others = statistics.median(w.load_median for w in busy if w is not worker)
-        if worker.load_median > SLOW_WORKER_RATIO * others and worker.load_median - others > 0.002:
+        if worker.load_median > SLOW_WORKER_RATIO * others and worker.load_median - others > 0.005:
             ratio = worker.load_median / others if others > 0 else math.inf
             if worst is None or ratio > worst[0]:
                 worst = (ratio, worker, others)
     if worst is None:
         return None
-    _, worker, others = worst
+    ratio, worker, others = worst
     text = (
         f"worker {worker.worker} is slow: {secs(worker.load_median)} per batch against "
         f"{secs(others)} on the other {len(busy) - 1} workers"
@@ -341,7 +342,7 @@ def _slow_worker(s: TraceSummary) -> Finding | None:
     if s.wait_seconds > 0:
         share = worker.loop_wait / s.wait_seconds
         text += f"; {pct(share)} of the loop's waiting was for its batches"
-    return Finding("slow-worker", text)
+    return Finding("slow-worker", text), ratio
 
 
 def _memory_growth(s: TraceSummary) -> list[Finding]:
@@ -395,9 +396,7 @@ def pct(fraction: float) -> str:
 def format_report(s: TraceSummary) -> str:
     if s.batches == 0:
         return "no batches traced: iterate the trace (for batch in tr) or the loader inside `with`"
-    lines = [
-        f"{i}. {f.text}" if len(s.findings) > 1 else f.text for i, f in enumerate(s.findings, 1)
-    ]
+    lines = [s.findings[0].text] + [f"also: {f.text}" for f in s.findings[1:]]
     lines.append("")
     lines.append(
         f"{s.source}: {s.batches} batches in {s.passes} pass(es); the first batch of a pass "
