@@ -78,7 +78,8 @@ class TraceSummary:
     loop_seconds: float
     wait_seconds: float
     wait_fraction: float
-    ready_fraction: float | None
+    ready_fraction: float | None  # batches there when the loop asked (waits under 1 ms)
+    loaded_fraction: float | None  # batches loaded in their worker before the loop asked
     batches_per_s: float | None
     samples_per_s: float | None
     load_median: float | None
@@ -136,7 +137,8 @@ def summarize(trace: Trace) -> TraceSummary:
         loop_seconds=loop_seconds,
         wait_seconds=wait_seconds,
         wait_fraction=wait_seconds / loop_seconds if loop_seconds > 0 else 0.0,
-        ready_fraction=sum(r.ready for r in known) / len(known) if known else None,
+        ready_fraction=sum(r.ready for r in steady) / len(steady) if steady else None,
+        loaded_fraction=sum(r.loaded_in_time for r in known) / len(known) if known else None,
         batches_per_s=batches_per_s,
         samples_per_s=samples_per_s,
         load_median=_median(r.load for r in records),

@@ -170,7 +170,7 @@ def plot_sweep(
     rate_axes.set_xticks(positions, [str(v) for v in values])
     rate_axes.set_xlabel(setting)
     rate_axes.set_ylabel("samples/s", color=LOAD)
-    rate_axes.set_ylim(0, max([*rates, 1.0]) * 1.2)
+    rate_axes.set_ylim(0, max([*rates, 1.0]) * 1.3)
     rate_axes.grid(alpha=0.3)
     wait_axes = rate_axes.twinx()
     wait_axes.plot(
@@ -179,7 +179,7 @@ def plot_sweep(
     wait_axes.set_ylabel("loop waiting (% of the time)", color=WAIT)
     wait_axes.set_ylim(0, 105)
     lines = rate_axes.get_lines()[:1] + wait_axes.get_lines()
-    rate_axes.legend(lines, [line.get_label() for line in lines], loc="upper left", fontsize=8)
+    rate_axes.legend(lines, [line.get_label() for line in lines], loc="best", fontsize=8)
     rate_axes.set_title(f"What if: samples/s against {setting}", fontsize=11)
     figure.tight_layout()
     figure.savefig(path, dpi=110)

@@ -10,7 +10,10 @@ from __future__ import annotations
 from dataclasses import asdict, dataclass, field
 from typing import Any
 
-__all__ = ["BatchRecord", "LoadTiming", "MemorySample", "MAIN_PROCESS"]
+__all__ = ["BatchRecord", "LoadTiming", "MemorySample", "MAIN_PROCESS", "READY_WAIT"]
+
+READY_WAIT = 0.001
+"""A batch the loop got within this many seconds of asking was ready (data readiness)."""
 
 MAIN_PROCESS = -1
 """The worker id of batches loaded in the training loop's process (``num_workers=0``)."""
@@ -80,7 +83,12 @@ class BatchRecord:
 
     @property
     def ready(self) -> bool:
-        """Whether the batch was already waiting when the loop asked for it."""
+        """Whether the batch was there when the loop asked (it waited under a millisecond)."""
+        return self.wait < READY_WAIT
+
+    @property
+    def loaded_in_time(self) -> bool:
+        """Whether the batch had finished loading (and copying) before the loop asked."""
         done = self.copy_end if self.copy_end is not None else self.load_end
         return done is not None and done <= self.ask
 
