@@ -78,8 +78,8 @@ class TraceSummary:
     loop_seconds: float
     wait_seconds: float
     wait_fraction: float
-    ready_fraction: float | None  # batches there when the loop asked (waits under 1 ms)
-    loaded_fraction: float | None  # batches loaded in their worker before the loop asked
+    ready_fraction: float | None  # batches ready when the loop asked (BatchRecord.ready)
+    prompt_fraction: float | None  # batches the loop had within 1 ms of asking
     batches_per_s: float | None
     samples_per_s: float | None
     load_median: float | None
@@ -138,7 +138,7 @@ def summarize(trace: Trace) -> TraceSummary:
         wait_seconds=wait_seconds,
         wait_fraction=wait_seconds / loop_seconds if loop_seconds > 0 else 0.0,
         ready_fraction=sum(r.ready for r in steady) / len(steady) if steady else None,
-        loaded_fraction=sum(r.loaded_in_time for r in known) / len(known) if known else None,
+        prompt_fraction=sum(r.prompt for r in steady) / len(steady) if steady else None,
         batches_per_s=batches_per_s,
         samples_per_s=samples_per_s,
         load_median=_median(r.load for r in records),
@@ -422,10 +422,17 @@ def format_report(s: TraceSummary) -> str:
     if s.samples_per_s is not None:
         line += f", {s.samples_per_s:,.0f} samples/s"
     lines.append(line)
-    if s.ready_fraction is not None:
-        lines.append(
-            f"data readiness: {pct(s.ready_fraction)} of batches were waiting when asked for"
-        )
+    if s.ready_fraction is not None and s.prompt_fraction is not None:
+        if s.load_median is None:
+            lines.append(
+                f"data readiness: {pct(s.prompt_fraction)} of batches reached the loop "
+                f"within 1 ms of asking"
+            )
+        else:
+            lines.append(
+                f"data readiness: {pct(s.ready_fraction)} of batches were loaded before the "
+                f"loop asked; {pct(s.prompt_fraction)} reached it within 1 ms"
+            )
     if s.stall_period == 1:
         lines.append("the loop waits for every batch")
     elif s.stall_period is not None:

@@ -81,7 +81,7 @@ def plot_timeline(trace: Trace, summary: TraceSummary, path: str | os.PathLike[s
         end = max(end, r.got - t0)
     for (row, color), spans in bars.items():
         timeline.broken_barh(
-            spans, (row - 0.38, 0.76), facecolors=color, edgecolors="white", linewidth=0.4
+            spans, (row - 0.38, 0.76), facecolors=color, edgecolors="white", linewidth=0.3
         )
     # Batch numbers on the loads wide enough to hold them: which batch came from where.
     for r in records:

@@ -13,7 +13,7 @@ from typing import Any
 __all__ = ["BatchRecord", "LoadTiming", "MemorySample", "MAIN_PROCESS", "READY_WAIT"]
 
 READY_WAIT = 0.001
-"""A batch the loop got within this many seconds of asking was ready (data readiness)."""
+"""Seconds within which a batch counts as handed over at once."""
 
 MAIN_PROCESS = -1
 """The worker id of batches loaded in the training loop's process (``num_workers=0``)."""
@@ -83,14 +83,15 @@ class BatchRecord:
 
     @property
     def ready(self) -> bool:
-        """Whether the batch was there when the loop asked (it waited under a millisecond)."""
-        return self.wait < READY_WAIT
+        """Whether the batch was ready when the loop asked: loaded (and copied) before it
+        asked, or, where nothing is known of its loading, handed over within READY_WAIT."""
+        done = self.copy_end if self.copy_end is not None else self.load_end
+        return self.prompt if done is None else done <= self.ask
 
     @property
-    def loaded_in_time(self) -> bool:
-        """Whether the batch had finished loading (and copying) before the loop asked."""
-        done = self.copy_end if self.copy_end is not None else self.load_end
-        return done is not None and done <= self.ask
+    def prompt(self) -> bool:
+        """Whether the loop had the batch within READY_WAIT of asking."""
+        return self.wait < READY_WAIT
 
     def as_dict(self) -> dict[str, Any]:
         return asdict(self)
