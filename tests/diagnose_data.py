@@ -70,3 +70,18 @@ def split_range(worker_id: int) -> None:
     per = -(-(dataset.stop - dataset.start) // info.num_workers)
     start = dataset.start + worker_id * per
     dataset.start, dataset.stop = start, min(start + per, dataset.stop)
+
+
+class Failing(Dataset[Any]):
+    """Raises on sample ``bad``."""
+
+    def __init__(self, n: int, bad: int) -> None:
+        self.n, self.bad = n, bad
+
+    def __len__(self) -> int:
+        return self.n
+
+    def __getitem__(self, index: int) -> torch.Tensor:
+        if index == self.bad:
+            raise ValueError(f"sample {index} is damaged")
+        return torch.tensor([index])

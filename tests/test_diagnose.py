@@ -6,7 +6,9 @@ end late, so intervals are checked against [sleep, sleep + a generous slack].
 
 from __future__ import annotations
 
+import ast
 import json
+import multiprocessing
 import time
 from pathlib import Path
 from typing import Any
@@ -14,7 +16,7 @@ from typing import Any
 import numpy as np
 import pytest
 import torch
-from diagnose_data import Counting, Leaky, SleepyBatches, split_range
+from diagnose_data import Counting, Failing, Leaky, SleepyBatches, split_range
 from torch.utils.data import DataLoader
 
 from shardio import InvalidOptionError, Prefetcher, ShardedDataset, ShardWriter, trace
@@ -271,3 +273,53 @@ def test_bad_arguments_name_the_option() -> None:
 def test_report_before_any_batch() -> None:
     tr = trace([])
     assert tr.report().startswith("no batches traced")
+
+
+def test_an_early_break_stops_the_workers_at_once() -> None:
+    loader = DataLoader(SleepyBatches(40, 0.001), batch_size=2, num_workers=2)
+    before = set(multiprocessing.active_children())
+    with trace(loader) as tr:
+        for n, _ in enumerate(loader):
+            if n == 3:
+                break
+        assert set(multiprocessing.active_children()) - before == set()  # joined
+        assert len(tr.records) == 4
+        assert tr.records[-1].step_end is not None
+        assert len(list(loader)) == 20  # a second pass after the break reads everything
+    assert len(tr.records) == 24 and tr.passes == 2
+
+
+def test_a_worker_error_reaches_the_loop_as_torch_raises_it() -> None:
+    loader = DataLoader(Failing(20, bad=13), batch_size=2, num_workers=2)
+    with pytest.raises(ValueError, match="sample 13 is damaged"), trace(loader) as tr:
+        for _ in tr:
+            pass
+    assert len(tr.records) == 6  # batches 0-5; batch 6 holds sample 13
+    assert type(loader) is DataLoader
+
+
+def test_layering_nothing_below_the_cli_imports_diagnose() -> None:
+    package = Path(__file__).parent.parent / "shardio"
+    for module in package.rglob("*.py"):
+        relative = module.relative_to(package).as_posix()
+        if relative.startswith(("diagnose/", "cli/")) or relative == "__init__.py":
+            continue
+        for node in ast.walk(ast.parse(module.read_text())):
+            if isinstance(node, ast.ImportFrom):
+                assert "diagnose" not in (node.module or ""), f"{relative} imports diagnose"
+            elif isinstance(node, ast.Import):
+                assert not any("diagnose" in a.name for a in node.names), relative
+
+
+@pytest.mark.gpu
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA device")
+def test_cuda_prefetcher_chain_with_pinned_memory_records_the_copy(tmp_path: Path) -> None:
+    loader = DataLoader(SleepyBatches(64, 0.002), batch_size=8, num_workers=2, pin_memory=True)
+    prefetcher = Prefetcher(loader, device="cuda")
+    with trace(prefetcher) as tr:
+        values = [int(v) for batch in prefetcher for v in batch.flatten().cpu()]
+    assert values == list(range(64))
+    for r in tr.records:
+        assert r.worker in (0, 1) and r.copy is not None and r.copy >= 0
+    tr.plot(tmp_path / "cuda.png")
+    _check_png(tmp_path / "cuda.png")
