@@ -85,7 +85,7 @@ class TraceSummary:
     load_median: float | None
     step_median: float | None
     copy_median: float | None
-    transit_median: float | None  # load end in the worker -> the loop has the batch
+    handover_median: float | None  # the loop's wait for a batch loaded before it asked
     stall_period: int | None
     workers_to_keep_up: int | None  # workers that would supply a batch per step
     load_to_keep_up: float | None  # the load per batch at which these workers keep up
@@ -144,7 +144,9 @@ def summarize(trace: Trace) -> TraceSummary:
         load_median=_median(r.load for r in records),
         step_median=_median(r.step for r in records),
         copy_median=_median(r.copy for r in records),
-        transit_median=_median(r.got - (r.load_end or r.got) for r in known if r.wait > 0.001),
+        handover_median=_median(
+            r.wait for r in known if r.load_end is not None and r.load_end <= r.ask
+        ),
         stall_period=stall_period(records),
         workers_to_keep_up=None,
         load_to_keep_up=None,
@@ -301,20 +303,31 @@ def _bound(s: TraceSummary) -> Finding:
             f"{secs(load)} each against a {secs(step)} step; about {needed} workers "
             f"would keep up"
         )
-    elif workers and workers / load < 1 / step:
+    elif workers and not _lost_in_transit(s, workers / load, 1 / step):
         text += (
             f"; {_supply(workers, load)} against {rate(1 / step)} steps/s; about {needed} "
             f"workers, or loads under {secs(s.load_to_keep_up or 0)}, would keep up"
         )
     else:
-        text += f" although {_supply(workers, load)} would keep up with {rate(1 / step)} steps/s"
-        if s.transit_median is not None:
+        supply = (workers or 1) / load
+        text += f", but not on loading: {_supply(workers, load)}"
+        if supply >= 1 / step:
+            text += f" would keep up with {rate(1 / step)} steps/s"
+        elif s.batches_per_s is not None:
+            text += f" while batches reached the loop at {rate(s.batches_per_s)}/s"
+        if s.handover_median is not None:
             text += (
-                f": a batch takes {secs(s.transit_median)} from the end of its load to the "
-                f"loop (large batches through the queue, a busy main process, or too few "
-                f"cores for the workers)"
+                f"; even a batch loaded before the loop asked took {secs(s.handover_median)} "
+                f"to reach it (passing through the workers' queue, a busy main process, or "
+                f"too few cores for the workers and the loop)"
             )
     return Finding("data-bound", text)
+
+
+def _lost_in_transit(s: TraceSummary, supply: float, demand: float) -> bool:
+    """Whether the loop waits for batches already loaded: the workers load faster than
+    the loop steps, or batches reach the loop at under half the rate they are loaded."""
+    return supply >= demand or (s.batches_per_s is not None and s.batches_per_s < 0.5 * supply)
 
 
 def _supply(workers: int | None, load: float) -> str:
