@@ -156,7 +156,7 @@ def summarize(trace: Trace) -> TraceSummary:
         rank=trace.rank,
         ranks=trace.ranks,
     )
-    load, step, workers = summary.load_median, summary.step_median, summary.num_workers
+    load, step, workers = pacing_load(summary), summary.step_median, summary.num_workers
     if load is not None and step and workers is not None:
         summary.workers_to_keep_up = max(1, math.ceil(load / step - 0.1))
         summary.load_to_keep_up = workers * step if workers else None
@@ -282,7 +282,7 @@ def _findings(s: TraceSummary) -> list[Finding]:
 
 def _bound(s: TraceSummary) -> Finding:
     waited = f"the loop waited {pct(s.wait_fraction)} of the time"
-    load, step, workers = s.load_median, s.step_median, s.num_workers
+    load, step, workers = pacing_load(s), s.step_median, s.num_workers
     if s.wait_fraction < DATA_BOUND_WAIT:
         text = f"compute-bound: {waited}"
         if load is not None and step:
@@ -322,6 +322,17 @@ def _bound(s: TraceSummary) -> Finding:
                 f"too few cores for the workers and the loop)"
             )
     return Finding("data-bound", text)
+
+
+def pacing_load(s: TraceSummary) -> float | None:
+    """The load time that paces the workers: the slowest worker's median.
+
+    Workers take batches in turn (an in-order DataLoader hands them out round-robin and
+    waits for each in order), so n workers supply n batches per slowest load.
+    """
+    if s.workers:
+        return max(w.load_median for w in s.workers)
+    return s.load_median
 
 
 def _lost_in_transit(s: TraceSummary, supply: float, demand: float) -> bool:

@@ -79,7 +79,10 @@ def plot_timeline(trace: Trace, summary: TraceSummary, path: str | os.PathLike[s
             name = "loading (main)" if r.worker == MAIN_PROCESS else f"worker {r.worker}"
             bars[(row_of[name], LOAD)].append((r.load_start - t0, r.load_end - r.load_start))
         end = max(end, r.got - t0)
+    visible = end / 600  # about a pixel: a 10 us copy still shows as a tick
     for (row, color), spans in bars.items():
+        if color in (LOAD, COPY):
+            spans = [(start, max(width, visible)) for start, width in spans]
         timeline.broken_barh(
             spans, (row - 0.38, 0.76), facecolors=color, edgecolors="white", linewidth=0.3
         )

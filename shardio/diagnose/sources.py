@@ -7,7 +7,9 @@
 - any other iterable of batches: iterated as is (main-loop detail: waits and steps).
 
 A new loader kind gets per-stage detail by adding a source here and a case in
-:func:`make_source`.
+:func:`make_source`; until then it is traced as any iterable (``shardio.Loader``, the
+thread-based loader, starts that way: its threads could tag batches as the DataLoader
+twin's workers do).
 """
 
 from __future__ import annotations

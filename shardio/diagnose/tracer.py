@@ -91,18 +91,21 @@ class Trace:
             self._in_hand = None
 
     def _record(self, pass_index: int, ask: float, got: float, fetched: Fetched) -> None:
-        record = BatchRecord(index=len(self.records), pass_index=pass_index, ask=ask, got=got)
+        record = BatchRecord(
+            index=len(self.records),
+            pass_index=pass_index,
+            ask=ask,
+            got=got,
+            copy_start=fetched.copy_start,
+            copy_end=fetched.copy_end,
+        )
         timing = fetched.timing
         if timing is not None:
             record.worker, record.pid, record.samples = timing.worker, timing.pid, timing.samples
-            record.load_start, record.load_end, record.arrive = (
-                timing.start,
-                timing.end,
-                timing.arrive,
-            )
+            record.load_start, record.load_end = timing.start, timing.end
+            record.arrive = timing.arrive
             if timing.memory is not None:
                 self.memory.append(timing.memory)
-        record.copy_start, record.copy_end = fetched.copy_start, fetched.copy_end
         self.records.append(record)
         self._in_hand = record
         if got - self._memory_at >= self.memory_interval:
