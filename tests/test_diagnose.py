@@ -9,6 +9,7 @@ from __future__ import annotations
 import ast
 import json
 import multiprocessing
+import re
 import time
 from pathlib import Path
 from typing import Any
@@ -22,7 +23,7 @@ from torch.utils.data import DataLoader
 from shardio import InvalidOptionError, Prefetcher, ShardedDataset, ShardWriter, trace
 from shardio.diagnose import Trace
 
-LATE = 0.25  # seconds a sleep may overrun on a loaded machine
+LATE = 0.5  # seconds a sleep may overrun on a loaded machine (medians are held closer)
 torch.set_num_threads(1)
 
 
@@ -37,7 +38,7 @@ def _run(tr: Trace, step: float) -> list[Any]:
 @pytest.mark.filterwarnings("ignore:This DataLoader will create 7 worker processes")
 def test_seven_slow_workers_stall_every_seven_batches_and_are_data_bound(tmp_path: Path) -> None:
     # The case scaled down 5x: 7 workers, 2 s -> 0.4 s per batch, 100 ms -> 20 ms steps.
-    workers, load, step, rounds = 7, 0.4, 0.02, 5
+    workers, load, step, rounds = 7, 0.4, 0.02, 8
     loader = DataLoader(
         SleepyBatches(workers * rounds * 2, load),
         batch_size=2,
@@ -54,18 +55,24 @@ def test_seven_slow_workers_stall_every_seven_batches_and_are_data_bound(tmp_pat
     loads = np.array([r.load for r in records])
     steps = np.array([r.step for r in records])
     assert loads.min() >= load and loads.max() < load + LATE, loads
-    assert steps.min() >= step and np.median(steps) < step + LATE / 5, steps
+    assert np.median(loads) < load * 1.15, loads
+    assert steps.min() >= step and np.median(steps) < step * 1.5, steps
     for r in records:
         assert r.load_start is not None and r.load_end is not None and r.arrive is not None
         assert r.load_end <= r.arrive <= r.got + 1e-3  # loaded, then taken off the queue
         assert r.samples == 2
 
     summary = tr.summary()
-    assert summary.stall_period == workers
-    # Each round of 7 batches after the first takes a load (0.4 s) of which 7 steps
-    # (0.14 s) are work: the loop waits the rest, about 0.26 s, in every round.
-    round_waits = [sum(r.wait for r in records[k : k + workers]) for k in range(7, 35, 7)]
-    assert min(round_waits) > 0.5 * (load - workers * step), round_waits
+    waits = [round(r.wait, 3) for r in records]
+    assert summary.stall_period == workers, waits
+    # A round of 7 batches takes a load (0.4 s) of which 7 steps (0.14 s) are work: the
+    # loop waits the rest, about 0.26 s, in every round once the workers are in step.
+    assert summary.step_median is not None
+    expected = load - workers * summary.step_median
+    round_waits = [
+        sum(r.wait for r in records[k : k + workers]) for k in range(14, workers * rounds, 7)
+    ]
+    assert min(round_waits) > 0.4 * expected, (round_waits, waits)
     assert summary.bound == "data-bound"
     assert summary.wait_fraction > 0.3
     assert summary.ready_fraction is not None and summary.ready_fraction < 0.95
@@ -73,7 +80,8 @@ def test_seven_slow_workers_stall_every_seven_batches_and_are_data_bound(tmp_pat
     assert summary.load_to_keep_up == pytest.approx(workers * step, rel=0.5)
     report = tr.report()
     assert report.startswith("data-bound: the loop waited")
-    assert "7 workers x 0.4" in report and "would keep up" in report
+    assert re.search(r"; 7 workers x 0\.[456]\d s per batch = 1\d batches/s against", report)
+    assert "would keep up" in report
     assert "the loop stalls every 7 batches" in report
     assert type(loader) is DataLoader  # the with block put the loader back as it was
 

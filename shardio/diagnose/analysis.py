@@ -187,29 +187,28 @@ def _median(values: Any) -> float | None:
 def stall_period(records: Sequence[BatchRecord]) -> int | None:
     """Batches between the loop's long waits, when they repeat at a regular interval.
 
-    A long wait is one over a third of the longest steady wait (and over a millisecond).
     With n workers each taking longer than n steps, every worker's batch comes late once
-    per round, so a long wait at batch i is followed by one at batch i + n: the period is
-    the n for which that holds most often (for at least three quarters of the long
-    waits; the smallest such n on a tie).
+    per round, so the loop's waits repeat every n batches. The period is the smallest lag
+    at which the series of waits correlates with itself nearly as well as at the best lag
+    (a correlation of at least 0.4); None when the waits show no such rhythm. A loop that
+    waits long for most batches has a period of 1.
     """
-    steady = [r for run in _by_pass(records) for r in run[1:]]
-    if not steady:
+    import numpy as np
+
+    waits = np.array([r.wait for run in _by_pass(records) for r in run[1:]])
+    if len(waits) < 6 or waits.max() < 0.001:
         return None
-    longest = max(r.wait for r in steady)
-    if longest < 0.001:
+    if np.mean(waits > waits.max() / 3) > 0.5:
+        return 1
+    scores: dict[int, float] = {}
+    for lag in range(2, min(64, len(waits) // 2) + 1):
+        head, tail = waits[:-lag], waits[lag:]
+        if head.std() > 0 and tail.std() > 0:
+            scores[lag] = float(np.corrcoef(head, tail)[0, 1])
+    if not scores or max(scores.values()) < 0.4:
         return None
-    long_at = {r.index for r in steady if r.wait > max(longest / 3, 0.001)}
-    last = max(r.index for r in steady)
-    best: tuple[float, int] | None = None
-    for period in range(1, min(64, last) + 1):
-        checkable = [i for i in long_at if i + period <= last]
-        if len(checkable) < 2:
-            break
-        share = sum(i + period in long_at for i in checkable) / len(checkable)
-        if share >= 0.75 and (best is None or share > best[0]):
-            best = (share, period)
-    return None if best is None else best[1]
+    best = max(scores.values())
+    return min(lag for lag, score in scores.items() if score >= 0.8 * best)
 
 
 def _workers(records: Sequence[BatchRecord]) -> list[WorkerSummary]:
@@ -457,7 +456,9 @@ def format_report(s: TraceSummary) -> str:
                 f"data readiness: {pct(s.ready_fraction)} of batches were loaded before the "
                 f"loop asked; {pct(s.prompt_fraction)} reached it within 1 ms"
             )
-    if s.stall_period == 1:
+    if s.bound != "data-bound":
+        pass  # a rhythm in short waits says nothing about the bottleneck
+    elif s.stall_period == 1:
         lines.append("the loop waits for every batch")
     elif s.stall_period is not None:
         lines.append(f"the loop stalls every {s.stall_period} batches")
