@@ -23,8 +23,9 @@ DATA_BOUND_WAIT = 0.15
 SLOW_WORKER_RATIO = 1.5
 """A worker is slow when its median load is this many times the other workers' median."""
 MEMORY_GROWTH_BYTES = 32 * 2**20
-MEMORY_GROWTH_FRACTION = 0.10
-"""A process's RSS grows when it rises by both this many bytes and this fraction."""
+"""A process's RSS grows when it rises by this many bytes, and keeps rising: the median of
+each third of its samples above the one before (a one-off allocation at the start is a
+step, not growth)."""
 _MIB = 2**20
 
 
@@ -49,6 +50,7 @@ class MemorySummary:
     last: int
     peak: int
     seconds: float
+    rising: bool = False  # each third of the samples higher than the one before
     stats: dict[str, Any] = field(default_factory=dict)
 
     @property
@@ -239,6 +241,9 @@ def _memory(samples: Sequence[MemorySample]) -> list[MemorySummary]:
     out = []
     for process in sorted(per, key=lambda p: (p != "main", len(p), p)):
         series = sorted(per[process], key=lambda s: s.t)
+        third = len(series) // 3
+        thirds = [series[:third], series[third:-third], series[-third:]] if third else []
+        levels = [statistics.median(s.rss for s in part) for part in thirds]
         out.append(
             MemorySummary(
                 process=process,
@@ -247,6 +252,7 @@ def _memory(samples: Sequence[MemorySample]) -> list[MemorySummary]:
                 last=series[-1].rss,
                 peak=max(s.rss for s in series),
                 seconds=series[-1].t - series[0].t,
+                rising=bool(levels) and levels[0] < levels[1] < levels[2],
                 stats=series[-1].stats,
             )
         )
@@ -375,7 +381,7 @@ def _memory_growth(s: TraceSummary) -> list[Finding]:
     for memory in s.memory:
         if memory.samples < 3 or memory.seconds <= 0:
             continue
-        if memory.growth >= max(MEMORY_GROWTH_BYTES, MEMORY_GROWTH_FRACTION * memory.first):
+        if memory.growth >= MEMORY_GROWTH_BYTES and memory.rising:
             out.append(
                 Finding(
                     "memory-growth",
