@@ -3,6 +3,7 @@ DataLoader workers can import them)."""
 
 from __future__ import annotations
 
+import mmap
 import time
 from collections.abc import Iterator, Sequence
 from typing import Any
@@ -37,7 +38,7 @@ class Leaky(Dataset[Any]):
 
     def __init__(self, n: int, leak: int) -> None:
         self.n, self.leak = n, leak
-        self.kept: list[bytes] = []
+        self.kept: list[mmap.mmap] = []
 
     def __len__(self) -> int:
         return self.n
@@ -45,7 +46,11 @@ class Leaky(Dataset[Any]):
     def __getitem__(self, index: int) -> torch.Tensor:
         info = get_worker_info()
         if info is not None and info.id == 0:
-            self.kept.append(b"x" * self.leak)  # written, so resident
+            # Fresh anonymous pages, written so they are resident. (A malloc could reuse
+            # heap the forked worker inherited already resident, and RSS would not move.)
+            kept = mmap.mmap(-1, self.leak)
+            kept.write(b"x" * self.leak)
+            self.kept.append(kept)
         time.sleep(0.005)
         return torch.tensor([index])
 
