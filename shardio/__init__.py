@@ -26,6 +26,7 @@ _LAZY = {
     "Prefetcher": "shardio.prefetch",
     "ShardSampler": "shardio.sampling",
     "verify": "shardio.convert",
+    "trace": "shardio.diagnose",
 }
 # name -> module that *is* the export: the package shardio.convert is callable as
 # convert() (see its docstring), so the attribute is the same object either way.
@@ -35,6 +36,7 @@ if TYPE_CHECKING:
     from .convert import verify
     from .convert.converter import convert
     from .dataset import ShardedDataset
+    from .diagnose import trace
     from .prefetch import Prefetcher
     from .sampling import ShardSampler
 
@@ -53,6 +55,7 @@ __all__ = [
     "convert",
     "format_size",
     "parse_size",
+    "trace",
     "verify",
 ]
 

@@ -22,6 +22,7 @@ _COMMANDS = (
     "shardio.cli._convert",
     "shardio.cli._verify",
     "shardio.cli._bench",
+    "shardio.cli._diagnose",
     "shardio.cli._demo",
 )
 
