@@ -24,6 +24,7 @@ __all__ = [
     "VerificationError",
     "DeviceError",
     "OutputWriteError",
+    "RemoteReadError",
 ]
 
 
@@ -88,3 +89,8 @@ class DeviceError(ShardioError, ValueError):
 
 class OutputWriteError(ShardioError, OSError):
     """Writing output failed: the disk is full, a quota is reached, or the path is read-only."""
+
+
+class RemoteReadError(ShardioError, OSError):
+    """Reading a remote URL failed: the server is unreachable, stopped answering within
+    the timeouts, or kept failing through the retries."""

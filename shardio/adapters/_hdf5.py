@@ -23,11 +23,13 @@ from ..errors import (
     DatasetNotFoundError,
     FieldNotFoundError,
     ManifestError,
+    RemoteReadError,
     SchemaError,
     ShardCorruptError,
     UnsupportedFeatureError,
 )
 from ..memory import FileRange, ReleaseResult
+from ..remote import open_remote, remote_errors
 from ..schema import Field, Schema
 from .base import Columns, ShardFileWriter, ShardReader, coalesce_ranges
 
@@ -256,6 +258,8 @@ class HDF5Reader(ShardReader[_File]):
             file = self._open_file()
         except FileNotFoundError:
             raise DatasetNotFoundError(f"HDF5 file {self.path} does not exist") from None
+        except RemoteReadError:
+            raise
         except OSError as exc:
             raise ShardCorruptError(f"cannot open HDF5 file {self.path}: {exc}") from exc
         try:
@@ -318,12 +322,9 @@ class HDF5Reader(ShardReader[_File]):
             if k in self.backend_options
         }
         if "://" in self.path and not self.path.startswith("file://"):
-            import fsspec
-
-            remote = fsspec.open(
-                self.path, "rb", **self.backend_options.get("storage_options", {})
-            ).open()
-            return h5py.File(remote, "r", **cache)
+            remote = open_remote(self.path, self.backend_options.get("storage_options"))
+            with remote_errors(self.path):
+                return h5py.File(remote, "r", **cache)
         path = self.path.removeprefix("file://")
         try:
             # Read-only shards need no lock, and locks fail on many network filesystems.

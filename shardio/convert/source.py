@@ -28,12 +28,14 @@ from ..errors import (
     DatasetNotFoundError,
     FieldNotFoundError,
     InvalidOptionError,
+    RemoteReadError,
     SchemaError,
     ShardCorruptError,
     ShardioError,
     UnsupportedFeatureError,
 )
 from ..reader import DatasetReader
+from ..remote import open_remote, remote_errors
 from ..schema import Field, Schema
 
 __all__ = [
@@ -250,13 +252,14 @@ class HDF5Source(Source):
         cache = {"rdcc_nbytes": _CHUNK_CACHE_BYTES, "rdcc_w0": 1.0}
         try:
             if is_remote(self.path):
-                import fsspec
-
-                remote = fsspec.open(self.path, "rb", **self.storage_options).open()
-                return h5py.File(remote, "r", **cache)
+                remote = open_remote(self.path, self.storage_options)
+                with remote_errors(self.path):
+                    return h5py.File(remote, "r", **cache)
             return h5py.File(self.path.removeprefix("file://"), "r", locking=False, **cache)
         except FileNotFoundError:
             raise DatasetNotFoundError(f"HDF5 file {self.path} does not exist") from None
+        except RemoteReadError:
+            raise
         except OSError as exc:
             raise ShardCorruptError(f"cannot open HDF5 file {self.path}: {exc}") from exc
 
