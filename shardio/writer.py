@@ -18,8 +18,15 @@ from .adapters.base import Columns, ShardFileWriter, concat_columns, samples_to_
 from .adapters.registry import MANIFEST_NAME, get_backend, is_remote, writer_class
 from .checksum import files_nbytes, hash_files
 from .config import parse_size
-from .errors import InvalidOptionError, OutputExistsError, SchemaError, UnsupportedFeatureError
+from .errors import (
+    InvalidOptionError,
+    OutputExistsError,
+    OutputWriteError,
+    SchemaError,
+    UnsupportedFeatureError,
+)
 from .manifest import Manifest, ShardInfo
+from .outputlock import lock_output
 from .schema import Sample, Schema
 
 __all__ = [
@@ -121,8 +128,22 @@ def prepare_output(path: str, overwrite: bool) -> None:
             raise OutputExistsError(
                 f"refusing to overwrite {path}: it holds {foreign[:3]}, which shardio did not write"
             )
-        shutil.rmtree(path)
-    os.makedirs(path)
+        lock = lock_output(path, "overwrite")  # a conversion in progress keeps its output
+        try:
+            shutil.rmtree(path)
+        except OSError as exc:
+            raise _unwritable(path, exc) from exc
+        finally:
+            os.close(lock)
+    try:
+        os.makedirs(path)
+    except OSError as exc:
+        raise _unwritable(path, exc) from exc
+
+
+def _unwritable(path: str, exc: OSError) -> OutputWriteError:
+    reason = exc.strerror or str(exc)
+    return OutputWriteError(f"cannot write the dataset directory {path}: {reason}")
 
 
 def validate_columns(
