@@ -232,3 +232,13 @@ def test_every_error_class_is_rebuilt_from_one_message() -> None:
             wrapper.reraise()
         assert type(caught.value) is cls
         assert "s3://bucket/key" in str(caught.value)
+
+
+def test_a_damaged_remote_file_is_not_a_remote_fault(server, tmp_path) -> None:
+    junk = tmp_path / "junk.h5"
+    junk.write_bytes(b"not an HDF5 file at all" * 100)
+    server.put(str(junk), "junk.h5")
+    url = f"s3://{BUCKET}/junk.h5"
+    with pytest.raises(shardio.ShardCorruptError, match=r"junk\.h5") as caught:
+        shardio.ShardedDataset(url, storage_options=server.options())[0]
+    assert not isinstance(caught.value, shardio.RemoteReadError)

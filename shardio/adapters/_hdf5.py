@@ -29,7 +29,7 @@ from ..errors import (
     UnsupportedFeatureError,
 )
 from ..memory import FileRange, ReleaseResult
-from ..remote import open_remote, remote_errors
+from ..remote import open_remote
 from ..schema import Field, Schema
 from .base import Columns, ShardFileWriter, ShardReader, coalesce_ranges
 
@@ -322,9 +322,9 @@ class HDF5Reader(ShardReader[_File]):
             if k in self.backend_options
         }
         if "://" in self.path and not self.path.startswith("file://"):
+            # Faults while h5py reads raise RemoteReadError from the file object itself.
             remote = open_remote(self.path, self.backend_options.get("storage_options"))
-            with remote_errors(self.path):
-                return h5py.File(remote, "r", **cache)
+            return h5py.File(remote, "r", **cache)
         path = self.path.removeprefix("file://")
         try:
             # Read-only shards need no lock, and locks fail on many network filesystems.

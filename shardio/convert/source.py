@@ -35,7 +35,7 @@ from ..errors import (
     UnsupportedFeatureError,
 )
 from ..reader import DatasetReader
-from ..remote import open_remote, remote_errors
+from ..remote import open_remote
 from ..schema import Field, Schema
 
 __all__ = [
@@ -253,8 +253,7 @@ class HDF5Source(Source):
         try:
             if is_remote(self.path):
                 remote = open_remote(self.path, self.storage_options)
-                with remote_errors(self.path):
-                    return h5py.File(remote, "r", **cache)
+                return h5py.File(remote, "r", **cache)
             return h5py.File(self.path.removeprefix("file://"), "r", locking=False, **cache)
         except FileNotFoundError:
             raise DatasetNotFoundError(f"HDF5 file {self.path} does not exist") from None
