@@ -133,8 +133,8 @@ def _hdf5_file(server: Server, tmp_path) -> tuple[str, np.ndarray]:
 
     data = np.arange(4096 * 64, dtype=np.int64).reshape(4096, 64)  # 2 MiB
     local = str(tmp_path / "plain.h5")
-    with h5py.File(local, "w") as file:
-        file["x"] = data
+    with h5py.File(local, "w") as file:  # whole-row chunks: read chunk by chunk
+        file.create_dataset("x", data=data, chunks=(256, 64))
     server.put(local, "plain.h5")
     return f"s3://{BUCKET}/plain.h5", data
 

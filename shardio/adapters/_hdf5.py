@@ -474,6 +474,8 @@ def _gather(dataset: h5py.Dataset, unique: np.ndarray, raw: bool) -> np.ndarray:
                     read_chunk((base, *trailing), out=out_rows[start])
                     continue
                 read_chunk((base, *trailing), out=scratch)
+            except RemoteReadError:  # a network fault, not an unallocated chunk
+                raise
             except (KeyError, RuntimeError, OSError, ValueError):  # unallocated: fill values
                 out[start:end] = dataset[wanted[0] : wanted[-1] + 1][wanted - wanted[0]]
                 continue
