@@ -1,7 +1,8 @@
 """The lock on a dataset directory being written, and who holds it.
 
-A conversion holds an exclusive ``flock`` on its output directory until it ends (the
-kernel drops it when the process dies, so a crashed run leaves no stale lock).
+A conversion or a :class:`~shardio.writer.ShardWriter` holds an exclusive ``flock`` on
+its output directory until it ends (the kernel drops it when the process dies, so a
+crashed run leaves no stale lock).
 Anything about to delete or rewrite that directory takes the same lock first.
 """
 
@@ -29,8 +30,9 @@ def lock_output(directory: str, action: str = "write into") -> int:
         holder = lock_holder(directory)
         who = f"process {holder}" if holder is not None else "another process"
         raise OutputExistsError(
-            f"refusing to {action} {directory}: another conversion is writing into it ({who} "
-            "holds its lock, an flock on the directory); wait for it to finish or stop it first"
+            f"refusing to {action} {directory}: another conversion or ShardWriter is writing "
+            f"into it ({who} holds its lock, an flock on the directory); wait for it to "
+            "finish or stop it first"
         ) from None
     except (ImportError, OSError):
         pass

@@ -243,6 +243,7 @@ class ShardWriter:
         self.options = options
         self._writer_class = writer_class(self.format, self.path)
         prepare_output(self.path, overwrite)
+        self._lock: int | None = lock_output(self.path)  # released by close() or abort()
         self.shards: list[ShardInfo] = []
         self._rows: list[Sample] = []
         self._pending: list[Columns] = []
@@ -354,6 +355,7 @@ class ShardWriter:
         )
         self.manifest.save(self.path)
         self._closed = True
+        self._unlock()
         return self.manifest
 
     def abort(self) -> None:
@@ -361,11 +363,23 @@ class ShardWriter:
         if self._closed:
             return
         self._closed = True
-        if self._current is not None:
-            path = self._current.path
-            self._current.abort()
-            self._current = None
-            remove_path(path)
+        try:
+            if self._current is not None:
+                path = self._current.path
+                self._current.abort()
+                self._current = None
+                remove_path(path)
+        finally:
+            self._unlock()
+
+    def _unlock(self) -> None:
+        lock = getattr(self, "_lock", None)  # absent when __init__ failed before taking it
+        if lock is not None:
+            self._lock = None
+            os.close(lock)
+
+    def __del__(self) -> None:  # a writer dropped without close() frees its directory
+        self._unlock()
 
     def _check_open(self) -> None:
         if self._closed:

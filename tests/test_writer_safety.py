@@ -152,3 +152,17 @@ def test_shard_writer_overwrite_on_a_read_only_file_system(tmp_path) -> None:
     assert result.stdout.startswith("OutputWriteError:"), result.stdout + result.stderr
     assert str(out) in result.stdout and "Read-only file system" in result.stdout
     assert len(DatasetReader(out)) == 50
+
+
+def test_an_open_shard_writer_holds_the_lock_until_closed(tmp_path) -> None:
+    source = tmp_path / "src.shardio"
+    _dataset(source)
+    out = tmp_path / "out.shardio"
+    writer = ShardWriter(out, format="mmap", shard_size="512B")
+    writer.write_batch({"x": np.zeros((30, 3), np.int64)})
+    with pytest.raises(shardio.OutputExistsError, match=f"process {os.getpid()}"):
+        shardio.convert(source, out, format="mmap", overwrite=True)
+    with pytest.raises(shardio.OutputExistsError, match="lock"):
+        ShardWriter(out, format="mmap", overwrite=True)
+    assert writer.close().num_samples == 30
+    assert shardio.convert(source, out, format="mmap", overwrite=True).num_samples == 50
