@@ -32,6 +32,7 @@ __all__ = [
     "HTTP_TIMEOUTS",
     "GuardedFile",
     "filesystem",
+    "is_fault",
     "open_remote",
     "remote_errors",
     "storage_options_for",
@@ -61,7 +62,7 @@ _FAULT_MODULES = (
 )
 
 
-def protocol(url: str) -> str:
+def _protocol(url: str) -> str:
     return url.split("://", 1)[0].lower() if "://" in url else "file"
 
 
@@ -72,7 +73,7 @@ def storage_options_for(url: str, given: dict[str, Any] | None) -> dict[str, Any
     merge key by key, the user's value winning; deeper values (``retries``) are
     replaced whole, so a user's retry config is never mixed with the default one."""
     given = dict(given or {})
-    defaults = _defaults(protocol(url))
+    defaults = _defaults(_protocol(url))
     merged = {**defaults, **given}
     for key, value in defaults.items():
         if isinstance(value, dict) and isinstance(given.get(key), dict):
@@ -94,15 +95,11 @@ def _defaults(name: str) -> dict[str, Any]:
     return {}
 
 
-def filesystem(
-    url: str, storage_options: dict[str, Any] | None, *, asynchronous: bool = False
-) -> tuple[Any, str]:
+def filesystem(url: str, storage_options: dict[str, Any] | None) -> tuple[Any, str]:
     """The fsspec file system and path of ``url``, with shardio's defaults applied."""
     import fsspec.core
 
     options = storage_options_for(url, storage_options)
-    if asynchronous:
-        options["asynchronous"] = True
     with remote_errors(url):
         fs, path = fsspec.core.url_to_fs(url, **options)
     return tune(fs, url), path
@@ -110,7 +107,7 @@ def filesystem(
 
 def tune(fs: Any, url: str) -> Any:
     """``fs`` with shardio's retry policy (see the module docstring); returns it."""
-    if protocol(url) in ("s3", "s3a") and hasattr(fs, "retries"):
+    if _protocol(url) in ("s3", "s3a") and hasattr(fs, "retries"):
         # NOTE: s3fs retries read timeouts itself, nested twice for a range read,
         # around botocore's retries: 5 x 5 x attempts x read_timeout when frozen.
         # Leaving it to botocore's config keeps one knob and one bound.
