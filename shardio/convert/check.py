@@ -400,11 +400,16 @@ def _probe(location: str, number: int, start: int, source: _Comparison | None) -
 
 def _child_environment() -> dict[str, str]:
     """This environment, with the directory this shardio is imported from first on
-    PYTHONPATH, so the child imports the same shardio."""
+    PYTHONPATH (unless it is site-packages, which the child has anyway and which must
+    not come before the standard library), so the child imports the same shardio."""
+    import sysconfig
+
     root = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
     environment = dict(os.environ)
-    paths = [root, *filter(None, environment.get("PYTHONPATH", "").split(os.pathsep))]
-    environment["PYTHONPATH"] = os.pathsep.join(paths)
+    site = {os.path.abspath(sysconfig.get_paths()[k]) for k in ("purelib", "platlib")}
+    if root not in site:
+        paths = [root, *filter(None, environment.get("PYTHONPATH", "").split(os.pathsep))]
+        environment["PYTHONPATH"] = os.pathsep.join(paths)
     return environment
 
 
