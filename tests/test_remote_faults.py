@@ -14,7 +14,7 @@ import socket
 import subprocess
 import sys
 import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 
 import numpy as np
@@ -139,17 +139,25 @@ def _hdf5_file(server: Server, tmp_path) -> tuple[str, np.ndarray]:
     return f"s3://{BUCKET}/plain.h5", data
 
 
-def _open(kind: str, server: Server, tmp_path) -> tuple[shardio.ShardedDataset, str, np.ndarray]:
-    url, data = (_zarr_dataset if kind == "zarr" else _hdf5_file)(server, tmp_path)
-    # A small block size: each HDF5 read past the first block is a new request.
-    ds = shardio.ShardedDataset(url, storage_options=server.options(default_block_size=4096))
-    return ds, url, data
+def _open_both(server: Server, tmp_path) -> list[tuple[shardio.ShardedDataset, str, np.ndarray]]:
+    """A sharded Zarr dataset and a chunked HDF5 file over S3, each read once."""
+    opened = []
+    for make in (_zarr_dataset, _hdf5_file):
+        url, data = make(server, tmp_path)
+        # A small block size: each HDF5 read past the first block is a new request.
+        ds = shardio.ShardedDataset(url, storage_options=server.options(default_block_size=4096))
+        np.testing.assert_array_equal(ds.read_batch([0, 1])["x"], data[[0, 1]])
+        opened.append((ds, url, data))
+    return opened
 
 
-def _expect_remote_error(read, url: str) -> tuple[shardio.RemoteReadError, float]:
+def _expect_remote_error(
+    url: str, read: Callable[..., object], *args: object, **kwargs: object
+) -> tuple[shardio.RemoteReadError, float]:
+    """The RemoteReadError of ``read(*args, **kwargs)``, raised within the bound."""
     started = time.monotonic()
     with pytest.raises(shardio.RemoteReadError) as caught:
-        read()
+        read(*args, **kwargs)
     elapsed = time.monotonic() - started
     assert url.removeprefix("s3://") in str(caught.value)
     assert elapsed < BOUND_S, f"the read failed after {elapsed:.1f} s, over {BOUND_S} s"
@@ -157,46 +165,47 @@ def _expect_remote_error(read, url: str) -> tuple[shardio.RemoteReadError, float
 
 
 @pytest.mark.parametrize("how", ["kill", "stop"])
-@pytest.mark.parametrize("kind", ["zarr", "hdf5"])
-def test_read_after_server_fault_raises_remote_error(server, tmp_path, kind, how) -> None:
-    ds, url, data = _open(kind, server, tmp_path)
+def test_read_after_server_fault_raises_remote_error(server, tmp_path, how) -> None:
+    opened = _open_both(server, tmp_path)
     try:
-        np.testing.assert_array_equal(ds.read_batch([0, 1])["x"], data[[0, 1]])
         server.stop(how)
-        error, _ = _expect_remote_error(lambda: ds.read_batch([len(data) - 1]), url)
-        assert isinstance(error, OSError)
-        assert error.__cause__ is not None  # the botocore or aiohttp fault, chained
+        for ds, url, data in opened:
+            error, _ = _expect_remote_error(url, ds.read_batch, [len(data) - 1])
+            assert isinstance(error, OSError)
+            assert error.__cause__ is not None  # the botocore or aiohttp fault, chained
     finally:
-        ds.close()
+        for ds, _, _ in opened:
+            ds.close()
 
 
 @pytest.mark.parametrize("how", ["kill", "stop"])
 def test_open_after_server_fault_raises_remote_error(server, tmp_path, how) -> None:
     url, _ = _zarr_dataset(server, tmp_path)
     server.stop(how)
-    _expect_remote_error(lambda: shardio.ShardedDataset(url, storage_options=server.options()), url)
+    _expect_remote_error(url, shardio.ShardedDataset, url, storage_options=server.options())
 
 
 @pytest.mark.parametrize("how", ["kill", "stop"])
-@pytest.mark.parametrize("kind", ["zarr", "hdf5"])
-def test_dataloader_workers_raise_remote_error(server, tmp_path, kind, how) -> None:
+def test_dataloader_workers_raise_remote_error(server, tmp_path, how) -> None:
     torch.set_num_threads(1)
-    ds, url, data = _open(kind, server, tmp_path)
+    opened = _open_both(server, tmp_path)
     try:
-        # One batch per worker, so no worker is still reading when the loader shuts down.
-        loader = torch.utils.data.DataLoader(
-            ds, batch_size=len(data) // 2, num_workers=2, prefetch_factor=1
-        )
-        batches = iter(loader)
-        server.stop(how)
-        try:
-            error, _ = _expect_remote_error(lambda: next(batches), url)
-        finally:
-            # Now, not at garbage collection (the traceback holds the iterator).
-            batches._shutdown_workers()  # type: ignore[attr-defined]
-        assert "worker process" in str(error)  # torch names the worker; the class survives
+        server.stop(how)  # before the workers start: none can read before the fault
+        for ds, url, data in opened:
+            # One batch per worker, so no worker is still reading at the shutdown.
+            loader = torch.utils.data.DataLoader(
+                ds, batch_size=len(data) // 2, num_workers=2, prefetch_factor=1
+            )
+            batches = iter(loader)
+            try:
+                error, _ = _expect_remote_error(url, next, batches)
+            finally:
+                # Now, not at garbage collection (the traceback holds the iterator).
+                batches._shutdown_workers()  # type: ignore[attr-defined]
+            assert "worker process" in str(error)  # torch names the worker; the class survives
     finally:
-        ds.close()
+        for ds, _, _ in opened:
+            ds.close()
 
 
 def test_user_options_override_the_defaults() -> None:
