@@ -19,12 +19,12 @@ __all__ = [
     "ManifestError",
     "SchemaError",
     "ShardCorruptError",
+    "RemoteReadError",
     "OutputExistsError",
     "UnsupportedFeatureError",
     "VerificationError",
     "DeviceError",
     "OutputWriteError",
-    "RemoteReadError",
 ]
 
 
@@ -71,6 +71,11 @@ class ShardCorruptError(ShardioError, OSError):
     """A shard file is truncated, damaged or disagrees with its manifest."""
 
 
+class RemoteReadError(ShardioError, OSError):
+    """Reading a remote URL failed: the server is unreachable, stopped answering within
+    the timeouts, or kept failing through the retries."""
+
+
 class OutputExistsError(ShardioError, FileExistsError):
     """An output path exists and neither overwrite nor resume was asked for."""
 
@@ -89,8 +94,3 @@ class DeviceError(ShardioError, ValueError):
 
 class OutputWriteError(ShardioError, OSError):
     """Writing output failed: the disk is full, a quota is reached, or the path is read-only."""
-
-
-class RemoteReadError(ShardioError, OSError):
-    """Reading a remote URL failed: the server is unreachable, stopped answering within
-    the timeouts, or kept failing through the retries."""
