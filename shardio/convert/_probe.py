@@ -40,13 +40,13 @@ def main(argv: Sequence[str] | None = None) -> int:
     # (a library's noise, from Python or C) is moved to standard error.
     result = os.fdopen(os.dup(1), "w", encoding="utf-8")
     os.dup2(2, 1)
-    against = request["against"]
+    against = request["against"]  # a tuple sent as a JSON list
     _probe_main(
         _JsonSender(result),
         request["location"],
         request["number"],
         request["start"],
-        None if against is None else (against[0], bool(against[1])),
+        None if against is None else tuple(against),
     )
     return 0
 
