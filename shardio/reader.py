@@ -7,9 +7,10 @@ torch; conversion and verification use it directly without importing torch.
 
 from __future__ import annotations
 
+import contextlib
 import functools
 import os
-from collections.abc import Sequence
+from collections.abc import Iterator, Sequence
 from typing import Any
 
 import numpy as np
@@ -23,8 +24,9 @@ from .adapters.base import (
     is_run,
 )
 from .adapters.registry import SHARDED, detect_format, get_backend, is_remote, reader_class
-from .errors import ShardCorruptError, UnsupportedFeatureError
+from .errors import InvalidOptionError, ShardCorruptError, ShardioError, UnsupportedFeatureError
 from .index import ShardIndex
+from .integrity import ShardCheck, VerifyMode, check_mode
 from .manifest import Manifest, ShardInfo
 from .memory import (
     MemoryGuard,
@@ -36,9 +38,34 @@ from .memory import (
 )
 from .openlimit import RecentlyUsed, resolve_open_limit
 from .schema import Sample, Schema
-from .writer import shard_files
+from .writer import shard_files_as_written
 
 __all__ = ["DatasetReader"]
+
+
+@contextlib.contextmanager
+def _as_corrupt(path: str) -> Iterator[None]:
+    """Errors a backend library raises on damaged files become a ShardCorruptError
+    naming the shard (ShardioErrors, memory errors and interrupts pass through)."""
+    try:
+        yield
+    except (ShardioError, MemoryError):
+        raise
+    except Exception as exc:
+        raise ShardCorruptError(
+            f"shard {path} cannot be read: {type(exc).__name__}: {exc}"
+        ) from exc
+
+
+def _links_below(path: str) -> list[str]:
+    """Symbolic links inside a shard directory (files and directories)."""
+    if not os.path.isdir(path) or os.path.islink(path):
+        return []
+    found = []
+    for directory, names, files in os.walk(path):
+        found += [os.path.join(directory, n) for n in names + files]
+    return [p for p in found if os.path.islink(p)]
+
 
 _SMALL_SAMPLE = 32 * 1024
 _WORST_FAULT_BYTES = 2 * 1024 * 1024
@@ -58,9 +85,14 @@ class DatasetReader:
         max_rss: int | str | None = None,
         memory_policy: MemoryPolicy | None = None,
         max_open_shards: int | None = None,
+        allow_external: bool = False,
+        verify: VerifyMode = "off",
         **options: Any,
     ) -> None:
         self.path = os.fspath(path)
+        self.allow_external = bool(allow_external)
+        self.verify = check_mode(verify)
+        self._checks: dict[int, ShardCheck] = {}
         self.fields = (
             None if fields is None else ([fields] if isinstance(fields, str) else list(fields))
         )
@@ -79,11 +111,12 @@ class DatasetReader:
         self._readers: dict[int, ShardReader[Any]] = {}
         self._recent = RecentlyUsed(resolve_open_limit(max_open_shards))
         if fmt == SHARDED:
-            self.manifest = (
-                Manifest.load_remote(self.path, storage_options)
-                if is_remote(self.path)
-                else Manifest.load(self.path)
-            )
+            if is_remote(self.path):
+                self.manifest = Manifest.load_remote(self.path, storage_options)
+            else:
+                self.manifest = Manifest.load(self.path)
+                if verify_sizes:  # verify() checks files itself, and reports instead
+                    self.manifest.check_directory(self.path)
             self.format = self.manifest.format
             self._reader_class = reader_class(self.format, self.path)
             self._check_remote()
@@ -97,12 +130,52 @@ class DatasetReader:
             self._reader_class = reader_class(fmt, self.path)
             self._check_remote()
             self._fit_budget(1, len(self.fields) if self.fields else 4)
-            reader = self._reader_class(self.path, fields=self.fields, **self.options)
+            reader = self._reader_class(self.path, fields=self.fields, **self._reader_options)
             self._readers[0] = reader
-            self.schema = reader.schema
-            lengths = [len(reader)]
+            with _as_corrupt(self.path):
+                self.schema = reader.schema
+                lengths = [len(reader)]
             self.shard_infos = (ShardInfo(self.path, lengths[0], self._local_nbytes(reader)),)
         self.index = ShardIndex(lengths)
+        if self.verify != "off":
+            self._check_verifiable()
+
+    def _check_verifiable(self) -> None:
+        if self.manifest is None or is_remote(self.path):
+            raise InvalidOptionError(
+                f"verify={self.verify!r} checks shards against the digests their writer "
+                f"recorded, which {self.path} has none of: it needs a local dataset "
+                "directory written by shardio (shardio convert makes one)"
+            )
+        recorded = "checksum" if self.verify == "open" else "blocks"
+        missing = [s.path for s in self.shard_infos if getattr(s, recorded) is None]
+        if missing:
+            raise InvalidOptionError(
+                f"verify={self.verify!r} needs the {recorded} of every shard, but "
+                f"{self.path}'s manifest has none for {missing[:3]} (written with "
+                "checksum=False, or by an older shardio); write it again, or use "
+                + ("verify='off'" if self.verify == "open" else "verify='open'")
+            )
+
+    def _shard_check(self, number: int, reader: ShardReader[Any]) -> ShardCheck:
+        check = self._checks.get(number)
+        if check is None:
+            info = self.shard_infos[number]
+            assert info.checksum is not None
+            files = shard_files_as_written(reader.path, info.nbytes, reader.transient_files)
+            check = ShardCheck(reader.path, files, info.checksum, info.blocks)
+            self._checks[number] = check
+        return check
+
+    def _check_integrity(self, number: int, reader: ShardReader[Any], local: np.ndarray) -> None:
+        """Raise before handing out values of a shard that is not as written."""
+        check = self._shard_check(number, reader)
+        if check.complete:
+            return
+        if self.verify == "open":
+            check.check_whole()
+        else:
+            check.check_ranges(reader.value_ranges(local))
 
     def _check_remote(self) -> None:
         if is_remote(self.path) and not self._reader_class.remote:
@@ -176,15 +249,18 @@ class DatasetReader:
         if reader is None:
             info = self.shard_infos[number]
             path = self._shard_path(info)
-            if self.verify_sizes and not is_remote(path):
-                self._check_shard_size(path, info)
-            reader = self._reader_class(path, fields=self.fields, **self.options)
-            if len(reader) != info.num_samples:
+            if not is_remote(path):
+                self._check_contained(path)
+                if self.verify_sizes:
+                    self._check_shard_size(path, info, self._reader_class.transient_files)
+            reader = self._reader_class(path, fields=self.fields, **self._reader_options)
+            with _as_corrupt(path):
+                length, schema = len(reader), reader.schema
+            if length != info.num_samples:
                 raise ShardCorruptError(
-                    f"shard {path} holds {len(reader)} samples, "
-                    f"but the manifest says {info.num_samples}"
+                    f"shard {path} holds {length} samples, but the manifest says {info.num_samples}"
                 )
-            if reader.schema != self.schema:
+            if schema != self.schema:
                 raise ShardCorruptError(
                     f"shard {path} has fields {list(reader.schema.names)} that differ from the "
                     f"manifest's {list(self.schema.names)}"
@@ -192,14 +268,40 @@ class DatasetReader:
             self._readers[number] = reader
         return reader
 
+    @property
+    def transient_files(self) -> frozenset[str]:
+        """File names the backend's library may add to a shard after it was written."""
+        return frozenset(self._reader_class.transient_files)
+
+    @property
+    def _reader_options(self) -> dict[str, Any]:
+        if not self.allow_external:
+            return self.options
+        return {**self.options, "allow_external": True}
+
+    def _check_contained(self, path: str) -> None:
+        """Refuse a shard that is, or holds, a link to a file outside the dataset
+        directory (unless ``allow_external=True``): a dataset reads its own files only."""
+        if self.allow_external:
+            return
+        root = os.path.realpath(self.path)
+        for candidate in [path, *_links_below(path)]:
+            target = os.path.realpath(candidate)
+            if os.path.commonpath([root, target]) != root:
+                raise ShardCorruptError(
+                    f"shard {path}: {candidate} leads to {target}, outside the dataset "
+                    f"directory {self.path}; pass allow_external=True to read it anyway"
+                )
+
     @staticmethod
-    def _check_shard_size(path: str, info: ShardInfo) -> None:
+    def _check_shard_size(path: str, info: ShardInfo, transient: frozenset[str]) -> None:
         # NOTE: checked before any mapping: reading an mmap past the end of a truncated
         # file kills the process with SIGBUS instead of raising.
         if not os.path.exists(path):
             raise ShardCorruptError(f"shard {path} listed in the manifest is missing")
         try:
-            actual = sum(os.path.getsize(p) for p in shard_files(path))
+            files = shard_files_as_written(path, info.nbytes, transient)
+            actual = sum(os.path.getsize(p) for p in files)
         except OSError as exc:
             raise ShardCorruptError(f"cannot read shard {path}: {exc}") from exc
         if actual != info.nbytes:
@@ -213,7 +315,10 @@ class DatasetReader:
         shard, local = self.index.locate(index)
         reader = self.shard(shard)
         before = reader.bytes_read
-        sample = reader.read(local)
+        with _as_corrupt(reader.path):
+            if self.verify != "off":
+                self._check_integrity(shard, reader, np.array([local], dtype=np.int64))
+            sample = reader.read(local)
         if self.memory_policy is not None:
             self.guard.after_read(reader.bytes_read - before)
         return sample
@@ -238,6 +343,12 @@ class DatasetReader:
 
     def _read_shard(self, number: int, local: np.ndarray) -> Columns:
         reader = self.shard(number)
+        with _as_corrupt(reader.path):
+            if self.verify != "off":
+                self._check_integrity(number, reader, local)
+            return self._read_open_shard(reader, local)
+
+    def _read_open_shard(self, reader: ShardReader[Any], local: np.ndarray) -> Columns:
         if len(local) > 1:
             reader.hint_access(self._access_pattern(local))
         if self.memory_policy is None:

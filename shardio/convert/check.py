@@ -27,11 +27,17 @@ import numpy as np
 from ..adapters.base import Columns
 from ..adapters.registry import is_remote
 from ..checksum import files_nbytes, hash_files
-from ..errors import ShardioError, UnsupportedFeatureError, VerificationError
+from ..errors import (
+    DatasetNotFoundError,
+    ShardioError,
+    UnsupportedFeatureError,
+    VerificationError,
+)
+from ..integrity import ShardCheck
 from ..manifest import Manifest, ShardInfo
 from ..reader import DatasetReader
 from ..schema import Field, Schema
-from ..writer import shard_files
+from ..writer import shard_files_as_written
 from .progress import Progress, progress_mode
 from .source import Source, open_source
 
@@ -103,6 +109,12 @@ def verify(
     location = os.fspath(path)
     if is_remote(location):
         raise UnsupportedFeatureError(f"verify reads local datasets, but got {location!r}")
+    if os.path.isfile(location):
+        raise DatasetNotFoundError(
+            f"{location} is a file, not a shardio dataset directory: verify checks a "
+            "converted dataset against its manifest; `shardio inspect` shows whether a file "
+            "reads, and `shardio verify DST --against SRC` compares a conversion with its source"
+        )
     manifest = Manifest.load(location)
     report = VerifyReport(
         location,
@@ -110,6 +122,10 @@ def verify(
         len(manifest.shards),
         manifest.num_samples,
     )
+    try:
+        manifest.check_directory(location)
+    except ShardioError as exc:
+        report.problems.append(Problem(None, str(exc)))
     source = None
     if against is not None:
         source = _open_against(manifest, os.fspath(against), source_format, source_options, report)
@@ -152,13 +168,14 @@ def _open_against(
     report: VerifyReport,
 ) -> _Comparison | None:
     conversion = manifest.metadata.get("conversion") or {}
+    recorded = {"group": conversion["group"]} if conversion.get("group") else {}
     try:
         source = open_source(
             against,
             fields=list(manifest.schema.names),
             format=source_format,
             split_compound=bool(conversion.get("split_compound", False)),
-            options=source_options,
+            options={**recorded, **(source_options or {})} or None,
         )
     except ShardioError as exc:
         report.problems.append(Problem(None, f"cannot compare with {against}: {exc}"))
@@ -229,7 +246,7 @@ def _check_shard(
     path = os.path.join(location, info.path)
     if not os.path.exists(path):
         return [Problem(info.path, "is missing")]
-    files = shard_files(path)
+    files = shard_files_as_written(path, info.nbytes, reader.transient_files)
     nbytes = files_nbytes(files)
     if nbytes != info.nbytes:
         state = "truncated" if nbytes < info.nbytes else "larger than written"
@@ -244,9 +261,11 @@ def _check_shard(
     if info.checksum is not None:
         actual = hash_files(files, path)
         if actual != info.checksum:
+            places = ShardCheck(path, files, info.checksum, info.blocks).damaged_blocks()
+            where = f"; damaged: {', '.join(places)}" if places else ""
             problem = Problem(
                 info.path,
-                f"is corrupt: its checksum is {actual}, the manifest says {info.checksum}",
+                f"is corrupt: its checksum is {actual}, the manifest says {info.checksum}" + where,
             )
             return [problem, *_probe(location, number, start, source)]
     return _read_shard(reader, manifest, number, start, source, report)
@@ -375,7 +394,7 @@ def _probe(location: str, number: int, start: int, source: _Comparison | None) -
     info_path = Manifest.load(location).shards[number].path
     against = None
     if source is not None:
-        against = (source.source.path, source.source.split_compound)
+        against = (source.source.path, source.source.split_compound, source.source.group)
     request = {"location": location, "number": number, "start": start, "against": against}
     completed = subprocess.run(
         [sys.executable, "-m", "shardio.convert._probe", json.dumps(request)],
@@ -422,7 +441,11 @@ def _problems(output: bytes) -> list[Problem] | None:
 
 
 def _probe_main(
-    sender: Any, location: str, number: int, start: int, against: tuple[str, bool] | None
+    sender: Any,
+    location: str,
+    number: int,
+    start: int,
+    against: tuple[str, bool, str | None] | None,
 ) -> None:
     """In the child: the problems found decoding shard ``number``, sent to the parent."""
     problems: list[Problem]
@@ -433,16 +456,21 @@ def _probe_main(
         if against is not None:
             report = VerifyReport(location)
             source = open_source(
-                against[0], fields=list(manifest.schema.names), split_compound=against[1]
+                against[0],
+                fields=list(manifest.schema.names),
+                split_compound=against[1],
+                options=None if against[2] is None else {"group": against[2]},
             )
             comparison = _Comparison(source, manifest.schema, report)
         problems = _read_shard(reader, manifest, number, start, comparison, None)
         if not problems:
-            detail = "compare equal to the source" if against else "decode"
+            detail = "decodes and equals the source" if against else "decodes"
             problems = [
                 Problem(
                     manifest.shards[number].path,
-                    f"its samples still {detail}: the damage is outside the sample data",
+                    f"its bytes differ from what was written, yet every sample still {detail}: "
+                    "the damage is in bytes no check here can attribute (a value that still "
+                    "decodes, padding or metadata); treat the shard as corrupt",
                 )
             ]
     except Exception as exc:
