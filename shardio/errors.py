@@ -19,6 +19,7 @@ __all__ = [
     "ManifestError",
     "SchemaError",
     "ShardCorruptError",
+    "RemoteReadError",
     "OutputExistsError",
     "UnsupportedFeatureError",
     "VerificationError",
@@ -71,6 +72,11 @@ class SchemaError(ShardioError, ValueError):
 
 class ShardCorruptError(ShardioError, OSError):
     """A shard file is truncated, damaged or disagrees with its manifest."""
+
+
+class RemoteReadError(ShardioError, OSError):
+    """Reading a remote URL failed: the server is unreachable, stopped answering within
+    the timeouts, or kept failing through the retries."""
 
 
 class OutputExistsError(ShardioError, FileExistsError):

@@ -11,6 +11,7 @@ from .adapters.registry import FORMATS, MANIFEST_NAME
 from .checksum import BLOCK_BYTES
 from .errors import DatasetNotFoundError, ManifestError, SchemaError
 from .jsonio import read_json, write_json_atomic
+from .remote import open_remote, remote_errors
 from .schema import Schema
 
 __all__ = ["MANIFEST_VERSION", "ShardInfo", "Manifest", "write_json_atomic"]
@@ -207,11 +208,10 @@ class Manifest:
 
     @classmethod
     def load_remote(cls, url: str, storage_options: dict[str, Any] | None = None) -> Manifest:
-        import fsspec
-
         where = f"{url.rstrip('/')}/{MANIFEST_NAME}"
         try:
-            data = read_json(where, lambda p: fsspec.open(p, "rb", **(storage_options or {})))
+            with remote_errors(where):
+                data = read_json(where, lambda p: open_remote(p, storage_options))
         except FileNotFoundError:
             raise DatasetNotFoundError(
                 f"{url} is not a shardio dataset: {MANIFEST_NAME} is missing"

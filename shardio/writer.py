@@ -18,8 +18,15 @@ from .adapters.base import Columns, ShardFileWriter, concat_columns, samples_to_
 from .adapters.registry import MANIFEST_NAME, get_backend, is_remote, writer_class
 from .checksum import files_nbytes, hash_shard
 from .config import parse_size
-from .errors import InvalidOptionError, OutputExistsError, SchemaError, UnsupportedFeatureError
+from .errors import (
+    InvalidOptionError,
+    OutputExistsError,
+    OutputWriteError,
+    SchemaError,
+    UnsupportedFeatureError,
+)
 from .manifest import Manifest, ShardInfo
+from .outputlock import lock_output
 from .schema import Sample, Schema
 
 __all__ = [
@@ -141,8 +148,22 @@ def prepare_output(path: str, overwrite: bool) -> None:
             raise OutputExistsError(
                 f"refusing to overwrite {path}: it holds {foreign[:3]}, which shardio did not write"
             )
-        shutil.rmtree(path)
-    os.makedirs(path)
+        lock = lock_output(path, "overwrite")  # a conversion in progress keeps its output
+        try:
+            shutil.rmtree(path)
+        except OSError as exc:
+            raise _unwritable(path, exc) from exc
+        finally:
+            os.close(lock)
+    try:
+        os.makedirs(path)
+    except OSError as exc:
+        raise _unwritable(path, exc) from exc
+
+
+def _unwritable(path: str, exc: OSError) -> OutputWriteError:
+    reason = exc.strerror or str(exc)
+    return OutputWriteError(f"cannot write the dataset directory {path}: {reason}")
 
 
 def validate_columns(
@@ -242,6 +263,7 @@ class ShardWriter:
         self.options = options
         self._writer_class = writer_class(self.format, self.path)
         prepare_output(self.path, overwrite)
+        self._lock: int | None = lock_output(self.path)  # released by close() or abort()
         self.shards: list[ShardInfo] = []
         self._rows: list[Sample] = []
         self._pending: list[Columns] = []
@@ -353,6 +375,7 @@ class ShardWriter:
         )
         self.manifest.save(self.path)
         self._closed = True
+        self._unlock()
         return self.manifest
 
     def abort(self) -> None:
@@ -360,11 +383,23 @@ class ShardWriter:
         if self._closed:
             return
         self._closed = True
-        if self._current is not None:
-            path = self._current.path
-            self._current.abort()
-            self._current = None
-            remove_path(path)
+        try:
+            if self._current is not None:
+                path = self._current.path
+                self._current.abort()
+                self._current = None
+                remove_path(path)
+        finally:
+            self._unlock()
+
+    def _unlock(self) -> None:
+        lock = getattr(self, "_lock", None)  # absent when __init__ failed before taking it
+        if lock is not None:
+            self._lock = None
+            os.close(lock)
+
+    def __del__(self) -> None:  # a writer dropped without close() frees its directory
+        self._unlock()
 
     def _check_open(self) -> None:
         if self._closed:

@@ -25,12 +25,14 @@ from ..errors import (
     FieldsChosenWarning,
     InvalidOptionError,
     ManifestError,
+    RemoteReadError,
     SchemaError,
     ShardCorruptError,
     UnsupportedFeatureError,
 )
 from ..integrity import ValueRanges
 from ..memory import FileRange, ReleaseResult
+from ..remote import open_remote
 from ..schema import Field, Schema
 from ._hdf5_discovery import Discovery, FieldSpec, SparseRows, discover, open_spec
 from ._hdf5_filters import load_filters
@@ -267,6 +269,8 @@ class HDF5Reader(ShardReader[_File]):
             file = self._open_file()
         except FileNotFoundError:
             raise DatasetNotFoundError(f"HDF5 file {self.path} does not exist") from None
+        except RemoteReadError:
+            raise
         except OSError as exc:
             raise ShardCorruptError(f"cannot open HDF5 file {self.path}: {exc}") from exc
         try:
@@ -359,11 +363,8 @@ class HDF5Reader(ShardReader[_File]):
             if k in self.backend_options
         }
         if "://" in self.path and not self.path.startswith("file://"):
-            import fsspec
-
-            remote = fsspec.open(
-                self.path, "rb", **self.backend_options.get("storage_options", {})
-            ).open()
+            # Faults while h5py reads raise RemoteReadError from the file object itself.
+            remote = open_remote(self.path, self.backend_options.get("storage_options"))
             return h5py.File(remote, "r", **cache)
         path = self.path.removeprefix("file://")
         try:
@@ -538,6 +539,8 @@ def _gather(dataset: h5py.Dataset | SparseRows, unique: np.ndarray, raw: bool) -
                     read_chunk((base, *trailing), out=out_rows[start])
                     continue
                 read_chunk((base, *trailing), out=scratch)
+            except RemoteReadError:  # a network fault, not an unallocated chunk
+                raise
             except (KeyError, RuntimeError, OSError, ValueError):  # unallocated: fill values
                 out[start:end] = dataset[wanted[0] : wanted[-1] + 1][wanted - wanted[0]]
                 continue

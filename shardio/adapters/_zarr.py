@@ -13,6 +13,7 @@ from __future__ import annotations
 import asyncio
 import itertools
 import os
+from collections.abc import AsyncIterator
 from dataclasses import dataclass
 from typing import Any
 
@@ -26,11 +27,13 @@ from ..errors import (
     FieldNotFoundError,
     InvalidOptionError,
     ManifestError,
+    RemoteReadError,
     SchemaError,
     ShardCorruptError,
     UnsupportedFeatureError,
 )
 from ..memory import FileRange
+from ..remote import remote_errors, storage_options_for, tune
 from ..schema import Field, Schema
 from .base import Columns, ShardFileWriter, ShardReader
 
@@ -61,10 +64,52 @@ class _Group:
     columns: dict[str, _Column]
 
 
-def _storage_options(options: dict[str, Any], path: str) -> dict[str, Any]:
-    if "://" in path and not path.startswith("file://"):
-        return {"storage_options": options.get("storage_options") or {}}
-    return {}
+def _store(path: str, options: dict[str, Any]) -> Any:
+    """What ``zarr.open`` reads: a local path, or for a URL a store with shardio's
+    remote defaults whose faults raise :class:`RemoteReadError` naming the URL."""
+    if "://" not in path or path.startswith("file://"):
+        return path.removeprefix("file://")
+    given = options.get("storage_options")
+    with remote_errors(path):
+        store = zarr.storage.FsspecStore.from_url(
+            path, storage_options=storage_options_for(path, given), read_only=True
+        )
+    tune(store.fs, path)
+    return _RemoteStore(store, path)
+
+
+class _RemoteStore(zarr.storage.WrapperStore[Any]):
+    """An fsspec store whose reads raise :class:`RemoteReadError` on a network fault."""
+
+    def __init__(self, store: Any, url: str) -> None:
+        super().__init__(store)
+        self.url = url
+
+    async def get(self, key: str, prototype: Any, byte_range: Any = None) -> Any:
+        with remote_errors(f"{self.url.rstrip('/')}/{key}"):
+            return await self._store.get(key, prototype, byte_range)
+
+    async def get_partial_values(self, prototype: Any, key_ranges: Any) -> Any:
+        with remote_errors(self.url):
+            return await self._store.get_partial_values(prototype, key_ranges)
+
+    async def exists(self, key: str) -> bool:
+        with remote_errors(f"{self.url.rstrip('/')}/{key}"):
+            return bool(await self._store.exists(key))
+
+    def list_dir(self, prefix: str) -> AsyncIterator[str]:
+        return self._listed(self._store.list_dir(prefix))
+
+    def list_prefix(self, prefix: str) -> AsyncIterator[str]:
+        return self._listed(self._store.list_prefix(prefix))
+
+    def list(self) -> AsyncIterator[str]:
+        return self._listed(self._store.list())
+
+    async def _listed(self, items: AsyncIterator[str]) -> AsyncIterator[str]:
+        with remote_errors(self.url):
+            async for item in items:
+                yield item
 
 
 def _foreign_fields(path: str, group: Any, wanted: list[str] | None) -> list[tuple[Field, Any]]:
@@ -113,13 +158,11 @@ class ZarrReader(ShardReader[_Group]):
 
     def _open(self) -> _Group:
         try:
-            node = zarr.open(
-                self.path.removeprefix("file://"),
-                mode="r",
-                **_storage_options(self.backend_options, self.path),
-            )
+            node = zarr.open(_store(self.path, self.backend_options), mode="r")
         except FileNotFoundError:
             raise DatasetNotFoundError(f"no Zarr group or array at {self.path}") from None
+        except RemoteReadError:
+            raise
         except (ValueError, KeyError, TypeError, OSError) as exc:
             raise ShardCorruptError(f"cannot open Zarr store {self.path}: {exc}") from exc
         if isinstance(node, zarr.Array):

@@ -12,6 +12,7 @@ from dataclasses import dataclass
 from typing import Any
 
 from ..errors import BackendNotInstalledError, DatasetNotFoundError, UnknownFormatError
+from ..remote import filesystem, remote_errors
 
 __all__ = [
     "FORMATS",
@@ -170,17 +171,16 @@ def _has_hdf5_signature(path: str) -> bool:
 
 
 def _detect_remote(url: str, storage_options: dict[str, Any]) -> str:
-    import fsspec
-
-    fs, root = fsspec.core.url_to_fs(url, **storage_options)
-    if fs.exists(f"{root}/{MANIFEST_NAME}"):
-        return SHARDED
-    lowered = url.lower()
-    for backend in _BACKENDS.values():
-        if lowered.endswith(backend.suffixes):
-            return backend.name
-    if fs.exists(f"{root}/zarr.json"):
-        return "zarr"
-    if not fs.exists(root):
-        raise DatasetNotFoundError(f"no dataset at {url}: the object does not exist")
+    fs, root = filesystem(url, storage_options)
+    with remote_errors(url):
+        if fs.exists(f"{root}/{MANIFEST_NAME}"):
+            return SHARDED
+        lowered = url.lower()
+        for backend in _BACKENDS.values():
+            if lowered.endswith(backend.suffixes):
+                return backend.name
+        if fs.exists(f"{root}/zarr.json"):
+            return "zarr"
+        if not fs.exists(root):
+            raise DatasetNotFoundError(f"no dataset at {url}: the object does not exist")
     raise UnknownFormatError(f"cannot tell the format of {url}; pass format= to say which")

@@ -13,8 +13,11 @@ LMDB, say) is reported as such instead of taking the interpreter down.
 
 from __future__ import annotations
 
+import json
 import os
 import signal
+import subprocess
+import sys
 import time
 from dataclasses import dataclass, field
 from typing import Any
@@ -383,33 +386,26 @@ def _value_equal(a: Any, b: Any) -> bool:
 
 # --------------------------------------------------------------------- probe
 def _probe(location: str, number: int, start: int, source: _Comparison | None) -> list[Problem]:
-    """Decode (and compare) a shard whose checksum failed, in a child process."""
-    import multiprocessing
+    """Decode (and compare) a shard whose checksum failed, in a child process.
 
+    The child is a fresh interpreter (``python -m shardio.convert._probe``), not a
+    multiprocessing spawn, which would import the caller's ``__main__`` again and fail
+    in a script without an ``if __name__ == "__main__":`` guard."""
     info_path = Manifest.load(location).shards[number].path
     against = None
     if source is not None:
         against = (source.source.path, source.source.split_compound, source.source.group)
-    context = multiprocessing.get_context("spawn")
-    receiver, sender = context.Pipe(duplex=False)
-    process = context.Process(
-        target=_probe_main, args=(sender, location, number, start, against), daemon=True
+    request = {"location": location, "number": number, "start": start, "against": against}
+    completed = subprocess.run(
+        [sys.executable, "-m", "shardio.convert._probe", json.dumps(request)],
+        stdout=subprocess.PIPE,
+        env=_child_environment(),
+        check=False,
     )
-    process.start()
-    sender.close()
-    result: list[Problem] | None = None
-    try:
-        while process.is_alive() or receiver.poll():
-            if receiver.poll(0.2):
-                result = receiver.recv()
-                break
-    except EOFError:
-        result = None
-    process.join()
-    receiver.close()
+    result = _problems(completed.stdout) if completed.returncode == 0 else None
     if result is not None:
         return result
-    code = process.exitcode or 0
+    code = completed.returncode
     if code < 0:
         try:
             name = signal.Signals(-code).name
@@ -419,6 +415,29 @@ def _probe(location: str, number: int, start: int, source: _Comparison | None) -
     else:
         cause = f"made the reader exit with status {code}"
     return [Problem(info_path, f"reading its samples {cause}; the shard is corrupt")]
+
+
+def _child_environment() -> dict[str, str]:
+    """This environment, with the directory this shardio is imported from first on
+    PYTHONPATH (unless it is site-packages, which the child has anyway and which must
+    not come before the standard library), so the child imports the same shardio."""
+    import sysconfig
+
+    root = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+    environment = dict(os.environ)
+    site = {os.path.abspath(sysconfig.get_paths()[k]) for k in ("purelib", "platlib")}
+    if root not in site:
+        paths = [root, *filter(None, environment.get("PYTHONPATH", "").split(os.pathsep))]
+        environment["PYTHONPATH"] = os.pathsep.join(paths)
+    return environment
+
+
+def _problems(output: bytes) -> list[Problem] | None:
+    """The problems a probe child wrote, or None if it wrote none that parse."""
+    try:
+        return [Problem(**item) for item in json.loads(output)]
+    except (ValueError, TypeError):
+        return None
 
 
 def _probe_main(

@@ -35,6 +35,7 @@ from ..errors import (
     UnsupportedFeatureError,
 )
 from ..manifest import Manifest, ShardInfo
+from ..outputlock import lock_output
 from ..writer import foreign_entries, remove_path, shard_files, shard_name
 from . import run as runner
 from .plan import Plan, ShardTask, estimate_sample_nbytes, make_plan
@@ -442,19 +443,7 @@ def _conversion_metadata(source: Source, src_path: str, settings: dict[str, Any]
 # -------------------------------------------------------------------- output
 def _lock(directory: str) -> int:
     """An open descriptor of ``directory`` holding an exclusive flock on it."""
-    descriptor = os.open(directory, os.O_RDONLY)
-    try:
-        import fcntl
-
-        fcntl.flock(descriptor, fcntl.LOCK_EX | fcntl.LOCK_NB)
-    except BlockingIOError:
-        os.close(descriptor)
-        raise OutputExistsError(
-            f"another conversion is writing into {directory}; wait for it to finish"
-        ) from None
-    except (ImportError, OSError):
-        pass  # a platform or file system without flock: go on unlocked
-    return descriptor
+    return lock_output(directory)
 
 
 def _prepare_output(
@@ -492,12 +481,15 @@ def _prepare_output(
         keep = {info.path for info in done.values()}
         keep.add(MANIFEST_NAME)  # removed only if shards are to be written
         keep.add(PROGRESS_NAME)
-        for entry in os.listdir(dst):
-            if entry not in keep:
-                remove_path(os.path.join(dst, entry))
-        if overwrite:
-            with contextlib.suppress(FileNotFoundError):
-                os.remove(os.path.join(dst, MANIFEST_NAME))
+        try:
+            for entry in os.listdir(dst):
+                if entry not in keep:
+                    remove_path(os.path.join(dst, entry))
+            if overwrite:
+                with contextlib.suppress(FileNotFoundError):
+                    os.remove(os.path.join(dst, MANIFEST_NAME))
+        except OSError as exc:  # a read-only file system, a directory without write access
+            raise _write_failure(exc, dst) from exc
     except BaseException:
         os.close(lock)
         raise

@@ -30,10 +30,12 @@ from ..adapters.registry import detect_format, get_backend, is_remote
 from ..errors import (
     DatasetNotFoundError,
     InvalidOptionError,
+    RemoteReadError,
     ShardCorruptError,
     ShardioError,
 )
 from ..reader import DatasetReader
+from ..remote import open_remote
 from ..schema import Field, Schema
 
 __all__ = [
@@ -193,13 +195,13 @@ class HDF5Source(Source):
         cache = {"rdcc_nbytes": _CHUNK_CACHE_BYTES, "rdcc_w0": 1.0}
         try:
             if is_remote(self.path):
-                import fsspec
-
-                remote = fsspec.open(self.path, "rb", **self.storage_options).open()
+                remote = open_remote(self.path, self.storage_options)
                 return h5py.File(remote, "r", **cache)
             return h5py.File(self.path.removeprefix("file://"), "r", locking=False, **cache)
         except FileNotFoundError:
             raise DatasetNotFoundError(f"HDF5 file {self.path} does not exist") from None
+        except RemoteReadError:
+            raise
         except OSError as exc:
             raise ShardCorruptError(f"cannot open HDF5 file {self.path}: {exc}") from exc
 
