@@ -113,7 +113,7 @@ class Loader:
         for index in indices:
             try:
                 self.dataset[index]
-            except Exception:  # noqa: BLE001 - looking for the failing sample only
+            except Exception:
                 failing = index
                 break
         where = getattr(self.dataset, "path", type(self.dataset).__name__)
