@@ -26,6 +26,7 @@ import argparse
 import multiprocessing
 import os
 import shutil
+import statistics
 import sys
 import tempfile
 import threading
@@ -127,7 +128,7 @@ class TreeMonitor:
 
     def start(self) -> TreeMonitor:
         self._sample()
-        self._start = {pid: cpu for pid, cpu in self._cpu.items()}  # already running
+        self._start = dict(self._cpu)  # CPU the processes running now had used so far
         self._thread.start()
         return self
 
@@ -139,58 +140,90 @@ class TreeMonitor:
         return sum(cpu - self._start.get(pid, 0.0) for pid, cpu in self._cpu.items())
 
 
+def random_sampler(ds: Any) -> RandomSampler:
+    """One long random pass (many permutations in a row, as ``shuffle=True`` draws one),
+    so DataLoader workers start once, before the clock, as in a long epoch."""
+    generator = torch.Generator().manual_seed(0)
+    return RandomSampler(ds, num_samples=50 * len(ds), generator=generator)
+
+
+def gathers(step: Callable[[np.ndarray], Any], count: int) -> Iterable[Any]:
+    """``step`` over random batches of indices below ``count``, without end."""
+    order = np.random.default_rng(0).permutation(count)
+    batches = [order[i : i + BATCH] for i in range(0, count - BATCH + 1, BATCH)]
+    while True:
+        for batch in batches:
+            yield step(batch)
+
+
+def labels(batch: Any) -> int:
+    return len(batch["label"])
+
+
 def _run(config: str, path: str, ram: dict[str, np.ndarray], seconds: float) -> dict[str, float]:
-    """One measurement, in this (forked) process."""
+    """One measurement of a shardio configuration, in this (forked) process."""
     torch.set_num_threads(1)
     ds = ShardedDataset(path)
-    order = np.random.default_rng(0).permutation(len(ds))
-    batches = [order[i : i + BATCH] for i in range(0, len(order) - BATCH + 1, BATCH)] * 50
-    # NOTE: one long random pass (many permutations in a row, as shuffle=True draws one),
-    # so DataLoader workers start once, before the clock, as in a long epoch.
-    sampler = RandomSampler(
-        ds, num_samples=50 * len(ds), generator=torch.Generator().manual_seed(0)
-    )
     workers = 2 if "2 workers" in config else 0
-    loader: Iterable[Any] | None = None
-    if config.startswith("DataLoader line"):
-        loader = DataLoader(ds, batch_size=BATCH, sampler=sampler, num_workers=workers)
+    loader: Iterable[Any]
+    if config == "RAM gather (ceiling)":
+        loader = gathers(lambda b: {"data": ram["data"][b], "label": ram["label"][b]}, len(ds))
+    elif config == "read_batch":
+        loader = gathers(ds.read_batch, len(ds))
+    elif config.startswith("DataLoader line"):
+        # The README's line; a long random sampler stands for shuffle=True (see above).
+        loader = DataLoader(ds, batch_size=BATCH, sampler=random_sampler(ds), num_workers=workers)
     elif config.startswith("Loader"):
         threads = int(config.split(", ")[1].split()[0])
-        loader = Loader(ds, BATCH, sampler=sampler, threads=threads)
-    elif config.startswith("hand-written"):
-        loader = DataLoader(HandWritten(ds), batch_size=BATCH, sampler=sampler, num_workers=workers)
-    # NOTE: one untimed pass first: each process faults in its own page-table entries
-    # of the mapped files (page cache already warm), once, as early in a long epoch.
-    warm_batches = len(ds) // BATCH
-    read: Callable[[], int]
-    if config in ("RAM gather (ceiling)", "read_batch"):
-
-        def gather(b: np.ndarray) -> Any:
-            return (ram["data"][b], ram["label"][b])
-
-        step = gather if config.startswith("RAM") else ds.read_batch
-        for b in batches[:warm_batches]:
-            step(b)
-
-        def read() -> int:
-            return _common.timed_rate(step, batches[warm_batches:], seconds)[1]
+        loader = Loader(ds, BATCH, sampler=random_sampler(ds), threads=threads)
     else:
-        assert loader is not None
-        iterator = iter(loader)
-        for _ in range(warm_batches):
-            next(iterator)  # workers and threads started, pages mapped: not timed
+        loader = DataLoader(
+            HandWritten(ds), batch_size=BATCH, sampler=random_sampler(ds), num_workers=workers
+        )
+    # NOTE: one untimed pass first: each process maps its own page-table entries of the
+    # files (the page cache is already warm) once, as early in a long epoch.
+    return timed(loader, len(ds) // BATCH, seconds, labels)
 
-        def read() -> int:
-            count = 0
-            for batch in iterator:
-                count += len(batch["label"])
-                if time.perf_counter() - began >= seconds:
-                    break
-            return count
 
+Runner = Callable[[str, str, dict[str, np.ndarray], float], dict[str, float]]
+
+
+def _child(
+    run: Runner, config: str, path: str, ram: dict[str, np.ndarray], seconds: float, queue: Any
+) -> None:
+    try:
+        queue.put(run(config, path, ram, seconds))
+    except BaseException as exc:
+        queue.put({"error": f"{type(exc).__name__}: {exc}"})
+
+
+def measure(
+    config: str, path: str, ram: dict[str, np.ndarray], seconds: float, run: Runner = _run
+) -> dict[str, Any]:
+    """``run(config, ...)`` in a fresh forked process."""
+    context = multiprocessing.get_context("fork")
+    queue = context.Queue()
+    proc = context.Process(target=_child, args=(run, config, path, ram, seconds, queue))
+    proc.start()
+    result = queue.get(timeout=600)
+    proc.join()
+    return result  # type: ignore[no-any-return]
+
+
+def timed(
+    loader: Iterable[Any], warm_batches: int, seconds: float, count_of: Callable[[Any], int]
+) -> dict[str, float]:
+    """Rate, CPU and peak memory of ``loader`` after ``warm_batches`` untimed batches."""
+    iterator = iter(loader)
+    for _ in range(warm_batches):
+        next(iterator)
     monitor = TreeMonitor().start()
     began = time.perf_counter()
-    count = read()
+    count = 0
+    for batch in iterator:
+        count += count_of(batch)
+        if time.perf_counter() - began >= seconds:
+            break
     elapsed = time.perf_counter() - began
     cpu = monitor.stop()
     return {
@@ -199,23 +232,6 @@ def _run(config: str, path: str, ram: dict[str, np.ndarray], seconds: float) -> 
         "peak_rss": monitor.peak_rss,
         "peak_pss": monitor.peak_pss,
     }
-
-
-def _child(config: str, path: str, ram: dict[str, np.ndarray], seconds: float, queue: Any) -> None:
-    try:
-        queue.put(_run(config, path, ram, seconds))
-    except BaseException as exc:
-        queue.put({"error": f"{type(exc).__name__}: {exc}"})
-
-
-def measure(config: str, path: str, ram: dict[str, np.ndarray], seconds: float) -> dict[str, Any]:
-    context = multiprocessing.get_context("fork")
-    queue = context.Queue()
-    proc = context.Process(target=_child, args=(config, path, ram, seconds, queue))
-    proc.start()
-    result = queue.get(timeout=600)
-    proc.join()
-    return result  # type: ignore[no-any-return]
 
 
 def warm(path: str) -> None:
@@ -244,7 +260,9 @@ def run_case(
     seconds: float,
     rounds: int,
     configs: list[str],
-) -> dict[str, dict[str, Any]]:
+    run: Runner = _run,
+) -> dict[str, list[dict[str, Any]]]:
+    """Every configuration on one dataset, in alternation, ``rounds`` times."""
     num_samples = size // sample_bytes
     path = os.path.join(root, f"{fmt}-{sample_bytes}")
     write_synthetic(path, fmt, num_samples, sample_bytes, shard_size="128MB")
@@ -253,51 +271,54 @@ def run_case(
     runs: dict[str, list[dict[str, Any]]] = {c: [] for c in configs}
     for _ in range(rounds):
         for config in configs:
-            runs[config].append(measure(config, path, ram, seconds))
+            runs[config].append(measure(config, path, ram, seconds, run))
     shutil.rmtree(path)
-    summary: dict[str, dict[str, Any]] = {}
+    for config, results in runs.items():
+        print(
+            f"{fmt:5s} {format_size(sample_bytes):>7s} {config:46s} "
+            + " ".join(f"{r.get('rate', 0):9,.0f}" for r in results),
+            flush=True,
+        )
+    return runs
+
+
+def _median_ratio(results: list[dict[str, Any]], reference: list[dict[str, Any]], key: str) -> str:
+    """Median over rounds of this run's ``key`` over the reference's in the same round."""
+    ratios = [
+        r[key] / ref[key]
+        for r, ref in zip(results, reference, strict=True)
+        if key in r and ref.get(key)
+    ]
+    return f"{statistics.median(ratios):.2f}x" if ratios else "-"
+
+
+def table(
+    fmt: str,
+    sample_bytes: int,
+    runs: dict[str, list[dict[str, Any]]],
+    ceiling: str = "RAM gather (ceiling)",
+    baseline: str = "hand-written Dataset + DataLoader, 2 workers",
+) -> list[list[str]]:
+    """Rows: median rate and CPU, ratios as medians of per-round ratios, peak memory."""
+    rows = []
+    none: list[dict[str, Any]] = [{} for _ in next(iter(runs.values()))]
     for config, results in runs.items():
         errors = [r["error"] for r in results if "error" in r]
         if errors:
-            summary[config] = {"error": errors[0]}
+            rows.append([fmt, format_size(sample_bytes), config, errors[0][:80], *[""] * 5])
             continue
-        best = sorted(results, key=lambda r: r["rate"])[len(results) // 2]
-        summary[config] = {
-            **best,
-            "rates": [r["rate"] for r in results],
-        }
-        print(
-            f"{fmt:5s} {format_size(sample_bytes):>7s} {config:46s} "
-            + " ".join(f"{r['rate']:9,.0f}" for r in results),
-            flush=True,
-        )
-    return summary
-
-
-def table(fmt: str, sample_bytes: int, summary: dict[str, dict[str, Any]]) -> list[list[str]]:
-    ceiling = summary.get("RAM gather (ceiling)", {}).get("rate")
-    read_batch = summary.get("read_batch", {}).get("rate")
-    baseline = summary.get("hand-written Dataset + DataLoader, 2 workers", {})
-    rows = []
-    for config, result in summary.items():
-        if "error" in result:
-            rows.append(
-                [fmt, format_size(sample_bytes), config, result["error"][:80], "", "", "", "", ""]
-            )
-            continue
-        rate = result["rate"]
-        cpu = result["cpu_per_1k"]
         rows.append(
             [
                 fmt,
                 format_size(sample_bytes),
                 config,
-                f"{rate:,.0f}",
-                f"{rate / ceiling:.2f}x" if ceiling else "-",
-                f"{rate / read_batch:.2f}x" if read_batch else "-",
-                f"{cpu * 1000:.0f} ms",
-                f"{cpu / baseline['cpu_per_1k']:.2f}x" if baseline.get("cpu_per_1k") else "-",
-                f"{format_size(result['peak_rss'])} / {format_size(result['peak_pss'])}",
+                f"{statistics.median(r['rate'] for r in results):,.0f}",
+                _median_ratio(results, runs.get(ceiling, none), "rate"),
+                _median_ratio(results, runs.get("read_batch", none), "rate"),
+                f"{statistics.median(r['cpu_per_1k'] for r in results) * 1000:.0f} ms",
+                _median_ratio(results, runs.get(baseline, none), "cpu_per_1k"),
+                f"{format_size(max(r['peak_rss'] for r in results))} / "
+                f"{format_size(max(r['peak_pss'] for r in results))}",
             ]
         )
     return rows
@@ -350,8 +371,9 @@ def main() -> None:
             f"Machine: {_common.machine_line()}; the 2 cores were shared with other "
             "engineers' test runs, so compare within a run.\n"
             f"Each dataset {format_size(size)}, warm page cache, random order, batch {BATCH}; "
-            f"each figure the median of {args.rounds} alternated runs of about "
-            f"{args.seconds:g} s in a fresh process.\n\n{body}\n"
+            f"rates and CPU are medians of {args.rounds} alternated runs of about "
+            f"{args.seconds:g} s, each in a fresh process, ratios the medians of the "
+            "ratios within a round; peak memory the highest of the runs.\n\n{body}\n"
         )
         _common.replace_section(HEADING, text)
 

@@ -144,10 +144,18 @@ def shared_columns(
         if nbytes == 0:
             continue
         storage = torch.UntypedStorage._new_shared(nbytes)
-        tensor = torch.empty(0, dtype=dtype).set_(storage, 0, shape)
+        tensor = torch.empty(0, dtype=dtype).set_(storage, 0, shape, _strides(fld.shape))
         tensors[fld.name] = tensor
         arrays[fld.name] = tensor.numpy()
     return arrays, tensors
+
+
+def _strides(shape: tuple[int, ...]) -> tuple[int, ...]:
+    """C-order strides, in elements, of rows of ``shape`` stacked on a leading axis."""
+    strides = [1]
+    for size in reversed(shape):
+        strides.insert(0, strides[0] * size)
+    return tuple(strides)
 
 
 def _collate_rows(batch: Sequence[Any], *, collate_fn_map: Any = None) -> Any:

@@ -31,8 +31,9 @@ class Loader:
     Batches are those of ``DataLoader(dataset, batch_size, sampler=..., shuffle=...,
     drop_last=..., collate_fn=...)``: for a :class:`~shardio.ShardedDataset`, a dict
     of one tensor per fixed field and a list per variable field. Up to
-    ``max(threads, prefetch)`` batches are read ahead of the loop, handed out in order. ``state_dict()`` counts the batches
-    handed to the loop, so resuming a :class:`~shardio.ShardSampler` through it is exact.
+    ``max(threads, prefetch)`` batches are read ahead of the loop, handed out in order.
+    ``state_dict()`` counts the batches handed to the loop, so resuming a
+    :class:`~shardio.ShardSampler` through it is exact.
     """
 
     def __init__(
@@ -64,7 +65,7 @@ class Loader:
         self.prefetch = prefetch
         self.drop_last = drop_last
         self.collate_fn = collate_fn if collate_fn is not None else default_collate
-        self.batch_sampler = BatchSampler(sampler, batch_size, drop_last)  # type: ignore[arg-type]
+        self.batch_sampler = BatchSampler(sampler, batch_size, drop_last)
         self._delivered = 0  # samples handed to the loop in the current pass
 
     def __len__(self) -> int:
@@ -84,7 +85,7 @@ class Loader:
     def state_dict(self) -> dict[str, Any]:
         """The sampler's position after the batches handed to the loop so far (not
         those read ahead), for a checkpoint."""
-        return self._stateful_sampler().state_dict(consumed=self._delivered)  # type: ignore[no-any-return]
+        return self._stateful_sampler().state_dict(consumed=self._delivered)
 
     def load_state_dict(self, state: dict[str, Any]) -> None:
         """Resume: the next pass yields the rest of the epoch the state was saved in."""
@@ -180,4 +181,6 @@ class _LoaderIterator:
 
 def _check_positive(value: Any, option: str) -> None:
     if isinstance(value, bool) or not isinstance(value, int) or value < 1:
-        raise InvalidOptionError(f"{option} should be a positive integer, but got {option}={value!r}")
+        raise InvalidOptionError(
+            f"{option} should be a positive integer, but got {option}={value!r}"
+        )

@@ -26,4 +26,4 @@ def test_snippets_run(name: str, tmp_path: Any, monkeypatch: pytest.MonkeyPatch)
     assert len(blocks) >= 5
     namespace: dict[str, Any] = {"__name__": "__docs__"}
     for block in blocks:
-        exec(compile(block, f"{name} snippet", "exec"), namespace)  # noqa: S102
+        exec(compile(block, f"{name} snippet", "exec"), namespace)
