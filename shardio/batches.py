@@ -90,9 +90,12 @@ class Batch(Sequence[Sample]):
         return (self[i] for i in range(self._count))
 
     def __eq__(self, other: object) -> bool:
-        if isinstance(other, Sequence) and not isinstance(other, (str, bytes)):
-            return len(other) == 0 and self._count == 0  # samples hold arrays: no `==`
-        return NotImplemented
+        """Equal to a sequence of the same samples (arrays compared by value)."""
+        if not isinstance(other, Sequence) or isinstance(other, (str, bytes)):
+            return NotImplemented
+        return len(other) == self._count and all(
+            _same_sample(mine, theirs) for mine, theirs in zip(self, other, strict=True)
+        )
 
     __hash__ = None  # type: ignore[assignment]
 
@@ -104,6 +107,17 @@ class Batch(Sequence[Sample]):
         sample), a list per variable field, then ``batch_transform``."""
         batch = columns_to_tensors(self.columns, self._tensors)
         return self._transform(batch) if self._transform is not None else batch
+
+
+def _same_sample(mine: Mapping[str, Any], theirs: Any) -> bool:
+    if not isinstance(theirs, Mapping) or list(mine) != list(theirs):
+        return False
+    return all(
+        mine[name] == theirs[name]
+        if isinstance(mine[name], bytes)
+        else bool(np.array_equal(mine[name], theirs[name]))
+        for name in mine
+    )
 
 
 def columns_to_tensors(

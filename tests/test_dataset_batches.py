@@ -113,6 +113,8 @@ def test_batch_is_a_sequence_of_samples(truth: Truth) -> None:
             np.testing.assert_array_equal(np.asarray(row[name]), np.asarray(want[name]))
             np.testing.assert_array_equal(np.asarray(sample[name]), np.asarray(want[name]))
     assert batch[-1].keys() == batch[0].keys()
+    assert batch == [ds[i] for i in indices] and batch != [ds[i] for i in indices[::-1]]
+    assert ds.__getitems__([]) == []
     with pytest.raises(IndexError, match="out of range"):
         batch[len(indices)]
 
