@@ -213,10 +213,14 @@ def measure(
 def timed(
     loader: Iterable[Any], warm_batches: int, seconds: float, count_of: Callable[[Any], int]
 ) -> dict[str, float]:
-    """Rate, CPU and peak memory of ``loader`` after ``warm_batches`` untimed batches."""
+    """Rate, CPU and peak memory of ``loader`` after ``warm_batches`` untimed batches
+    (or ``2 * seconds`` of them, for loaders too slow to finish a pass in that time)."""
     iterator = iter(loader)
+    warm_until = time.perf_counter() + 2 * seconds
     for _ in range(warm_batches):
         next(iterator)
+        if time.perf_counter() > warm_until:
+            break
     monitor = TreeMonitor().start()
     began = time.perf_counter()
     count = 0

@@ -34,6 +34,13 @@ class ShardedDataset(torch.utils.data.Dataset[Any]):
     reading adds in each process that reads, DataLoader workers included.
     ``max_open_shards`` caps the shards a process keeps open (by default an eighth of
     its file-descriptor limit); the least recently used one is closed first.
+
+    ``verify="first-read"`` checks each block of a shard's files against the digest its
+    writer recorded the first time a process reads from it (``"open"``: each shard's
+    whole checksum when a process opens it; default ``"off"``); damage raises
+    :class:`~shardio.ShardCorruptError` instead of returning other data.
+    ``allow_external=True`` lets a dataset read files outside its directory (links,
+    HDF5 external storage and virtual datasets), which are refused by default.
     """
 
     def __init__(

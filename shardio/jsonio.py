@@ -12,13 +12,30 @@ from .errors import ManifestError
 __all__ = ["read_json", "write_json_atomic"]
 
 
+#: Metadata files larger than this are not shardio's (a manifest of a million shards
+#: is about 200 MB): refused before they are read into memory.
+MAX_JSON_BYTES = 512 * 1024 * 1024
+
+
 def read_json(path: str, open_file: Callable[[str], IO[Any]] | None = None) -> Any:
     """The parsed file; ``FileNotFoundError`` passes through for the caller to word."""
     try:
         with (open_file or _open_binary)(path) as handle:
-            return json.load(handle)
-    except (json.JSONDecodeError, UnicodeDecodeError) as exc:
+            text = handle.read(MAX_JSON_BYTES + 1)
+    except IsADirectoryError:
+        raise ManifestError(f"{path} should be a JSON file, but it is a directory") from None
+    except NotADirectoryError:
+        raise FileNotFoundError(path) from None
+    if len(text) > MAX_JSON_BYTES:
+        raise ManifestError(f"{path} is larger than {MAX_JSON_BYTES} bytes: not shardio metadata")
+    try:
+        return json.loads(text, parse_constant=_reject_constant)
+    except (ValueError, RecursionError) as exc:  # JSONDecodeError and UnicodeDecodeError
         raise ManifestError(f"{path} is not valid JSON: {exc}") from exc
+
+
+def _reject_constant(name: str) -> Any:
+    raise ValueError(f"{name} is not a number shardio writes")
 
 
 def _open_binary(path: str) -> IO[bytes]:

@@ -3,10 +3,12 @@
 from __future__ import annotations
 
 import os
+import re
 from dataclasses import dataclass, field
 from typing import Any
 
 from .adapters.registry import FORMATS, MANIFEST_NAME
+from .checksum import BLOCK_BYTES
 from .errors import DatasetNotFoundError, ManifestError, SchemaError
 from .jsonio import read_json, write_json_atomic
 from .schema import Schema
@@ -14,6 +16,92 @@ from .schema import Schema
 __all__ = ["MANIFEST_VERSION", "ShardInfo", "Manifest", "write_json_atomic"]
 
 MANIFEST_VERSION = 1
+#: Counts and sizes above this are no real dataset's (and would overflow int64 sums).
+_MAX_COUNT = 2**53
+#: A shard's values may be this many times its bytes on disk (compression), no more:
+#: a manifest claiming more samples than its files could hold is refused before
+#: anything is allocated for them.
+_MAX_EXPANSION = 8192
+_SHARD_NAME = re.compile(r"^shard-(\d+)\.[a-z0-9]+$")
+
+
+def _is_count(value: Any) -> bool:
+    return isinstance(value, int) and not isinstance(value, bool) and 0 <= value < _MAX_COUNT
+
+
+def _shard_from_json(raw: Any, number: int, where: str) -> ShardInfo:
+    if not isinstance(raw, dict):
+        raise ManifestError(f"{where}: shard {number} should be an object, but got {raw!r:.80}")
+    path, count, nbytes = raw.get("path"), raw.get("num_samples"), raw.get("nbytes")
+    checksum = raw.get("checksum")
+    if (
+        not isinstance(path, str)
+        or not path
+        or path != os.path.basename(path)
+        or path
+        in (
+            ".",
+            "..",
+        )
+    ):
+        raise ManifestError(
+            f"{where}: shard {number} 'path' should be a file name inside the dataset "
+            f"directory, but got {path!r:.80}"
+        )
+    for key, value in (("num_samples", count), ("nbytes", nbytes)):
+        if not _is_count(value):
+            raise ManifestError(
+                f"{where}: shard {number} ({path}) '{key}' should be an integer from 0 to "
+                f"2**53, but got {value!r:.40}"
+            )
+    assert isinstance(count, int) and isinstance(nbytes, int)  # checked just above
+    if checksum is not None and not isinstance(checksum, str):
+        raise ManifestError(
+            f"{where}: shard {number} ({path}) 'checksum' should be a string, "
+            f"but got {checksum!r:.80}"
+        )
+    if count > max(nbytes, 1) * _MAX_EXPANSION:
+        raise ManifestError(
+            f"{where}: shard {number} ({path}) claims {count} samples in {nbytes} bytes, "
+            "more than its files can hold"
+        )
+    return ShardInfo(
+        path, count, nbytes, checksum, _blocks_from_json(raw.get("blocks"), path, where)
+    )
+
+
+def _blocks_from_json(raw: Any, path: str, where: str) -> dict[str, str] | None:
+    if raw is None:
+        return None
+    files = raw.get("files") if isinstance(raw, dict) else None
+    if (
+        not isinstance(raw, dict)
+        or raw.get("block_bytes") != BLOCK_BYTES
+        or not isinstance(files, dict)
+        or not all(isinstance(k, str) and isinstance(v, str) for k, v in files.items())
+    ):
+        raise ManifestError(
+            f"{where}: shard {path} 'blocks' should map file names to block digests of "
+            f"{BLOCK_BYTES} bytes, but got {raw!r:.80}"
+        )
+    return dict(files)
+
+
+def _check_shard_order(shards: list[ShardInfo], where: str) -> None:
+    """Shards appear once each, and shardio-named shards (``shard-NNNNN``) in the order
+    of their numbers: a duplicated or reordered entry would silently repeat or move
+    samples."""
+    seen: set[str] = set()
+    for number, shard in enumerate(shards):
+        if shard.path in seen:
+            raise ManifestError(f"{where}: shard {shard.path} is listed twice")
+        seen.add(shard.path)
+        named = _SHARD_NAME.match(shard.path)
+        if named is not None and int(named.group(1)) != number:
+            raise ManifestError(
+                f"{where}: entry {number} is {shard.path}, but shardio writes shard {number} "
+                f"as shard-{number:05d}: the entries were reordered or edited"
+            )
 
 
 @dataclass(frozen=True)
@@ -24,14 +112,24 @@ class ShardInfo:
     num_samples: int
     nbytes: int
     checksum: str | None = None
+    #: Per-block digests of each file by path inside the shard (see shardio.checksum).
+    blocks: dict[str, str] | None = None
 
     def to_json(self) -> dict[str, Any]:
-        return {
+        described: dict[str, Any] = {
             "path": self.path,
             "num_samples": self.num_samples,
             "nbytes": self.nbytes,
             "checksum": self.checksum,
         }
+        if self.blocks is not None:
+            described["blocks"] = {"block_bytes": BLOCK_BYTES, "files": self.blocks}
+        return described
+
+    @classmethod
+    def from_json(cls, raw: Any, number: int, where: str) -> ShardInfo:
+        """Entry ``number`` of a manifest, checked: a damaged one raises ManifestError."""
+        return _shard_from_json(raw, number, where)
 
 
 @dataclass(frozen=True)
@@ -80,32 +178,19 @@ class Manifest:
         raw_shards = data.get("shards")
         if not isinstance(raw_shards, list):
             raise ManifestError(f"{where}: 'shards' should be a list")
-        shards = []
-        for number, raw in enumerate(raw_shards):
-            try:
-                shard = ShardInfo(
-                    path=str(raw["path"]),
-                    num_samples=int(raw["num_samples"]),
-                    nbytes=int(raw["nbytes"]),
-                    checksum=raw.get("checksum"),
-                )
-            except (KeyError, TypeError, ValueError) as exc:
-                raise ManifestError(
-                    f"{where}: shard {number} is malformed ({exc!r}): {raw!r:.200}"
-                ) from None
-            if (
-                shard.num_samples < 0
-                or shard.nbytes < 0
-                or os.path.isabs(shard.path)
-                or ".." in shard.path.split("/")
-            ):
-                raise ManifestError(f"{where}: shard {number} has an invalid entry: {raw!r:.200}")
-            shards.append(shard)
+        shards = [ShardInfo.from_json(raw, n, where) for n, raw in enumerate(raw_shards)]
+        _check_shard_order(shards, where)
         declared = data.get("num_samples")
-        manifest = cls(fmt, schema, tuple(shards), version, dict(data.get("metadata") or {}))
-        if declared is not None and declared != manifest.num_samples:
+        metadata = data.get("metadata")
+        if metadata is not None and not isinstance(metadata, dict):
             raise ManifestError(
-                f"{where}: 'num_samples' is {declared}, but the shards hold {manifest.num_samples}"
+                f"{where}: 'metadata' should be an object, but got {metadata!r:.80}"
+            )
+        manifest = cls(fmt, schema, tuple(shards), version, dict(metadata or {}))
+        if declared is not None and (not _is_count(declared) or declared != manifest.num_samples):
+            raise ManifestError(
+                f"{where}: 'num_samples' is {declared!r:.40}, but the shards hold "
+                f"{manifest.num_samples}"
             )
         return manifest
 
@@ -132,6 +217,22 @@ class Manifest:
                 f"{url} is not a shardio dataset: {MANIFEST_NAME} is missing"
             ) from None
         return cls.from_json(data, where=where)
+
+    def check_directory(self, directory: str) -> None:
+        """Raise when ``directory`` holds shards the manifest does not list (shards
+        dropped from the manifest would silently vanish from the dataset)."""
+        try:
+            entries = os.listdir(directory)
+        except OSError as exc:
+            raise ManifestError(f"cannot list dataset directory {directory}: {exc}") from exc
+        listed = {s.path for s in self.shards}
+        unlisted = sorted(e for e in entries if _SHARD_NAME.match(e) and e not in listed)
+        if unlisted:
+            raise ManifestError(
+                f"{os.path.join(directory, MANIFEST_NAME)} does not list shard(s) "
+                f"{unlisted[:3]} found in {directory}: the manifest was edited or belongs to "
+                "another write; write the dataset again or restore its manifest"
+            )
 
     def save(self, directory: str) -> None:
         """Write atomically: readers see the old manifest or the new one, never a part."""

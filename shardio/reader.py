@@ -7,12 +7,12 @@ torch; conversion and verification use it directly without importing torch.
 
 from __future__ import annotations
 
+import contextlib
 import functools
 import os
 import threading
 from collections import Counter
 from collections.abc import Iterator, Mapping, Sequence
-from contextlib import contextmanager
 from typing import Any
 
 import numpy as np
@@ -26,8 +26,9 @@ from .adapters.base import (
     is_run,
 )
 from .adapters.registry import SHARDED, detect_format, get_backend, is_remote, reader_class
-from .errors import ShardCorruptError, UnsupportedFeatureError
+from .errors import InvalidOptionError, ShardCorruptError, ShardioError, UnsupportedFeatureError
 from .index import ShardIndex
+from .integrity import ShardCheck, VerifyMode, check_mode
 from .manifest import Manifest, ShardInfo
 from .memory import (
     MemoryGuard,
@@ -39,9 +40,34 @@ from .memory import (
 )
 from .openlimit import RecentlyUsed, resolve_open_limit
 from .schema import Sample, Schema
-from .writer import shard_files
+from .writer import shard_files_as_written
 
 __all__ = ["DatasetReader"]
+
+
+@contextlib.contextmanager
+def _as_corrupt(path: str) -> Iterator[None]:
+    """Errors a backend library raises on damaged files become a ShardCorruptError
+    naming the shard (ShardioErrors, memory errors and interrupts pass through)."""
+    try:
+        yield
+    except (ShardioError, MemoryError):
+        raise
+    except Exception as exc:
+        raise ShardCorruptError(
+            f"shard {path} cannot be read: {type(exc).__name__}: {exc}"
+        ) from exc
+
+
+def _links_below(path: str) -> list[str]:
+    """Symbolic links inside a shard directory (files and directories)."""
+    if not os.path.isdir(path) or os.path.islink(path):
+        return []
+    found = []
+    for directory, names, files in os.walk(path):
+        found += [os.path.join(directory, n) for n in names + files]
+    return [p for p in found if os.path.islink(p)]
+
 
 _SMALL_SAMPLE = 32 * 1024
 _WORST_FAULT_BYTES = 2 * 1024 * 1024
@@ -61,9 +87,14 @@ class DatasetReader:
         max_rss: int | str | None = None,
         memory_policy: MemoryPolicy | None = None,
         max_open_shards: int | None = None,
+        allow_external: bool = False,
+        verify: VerifyMode = "off",
         **options: Any,
     ) -> None:
         self.path = os.fspath(path)
+        self.allow_external = bool(allow_external)
+        self.verify = check_mode(verify)
+        self._checks: dict[int, ShardCheck] = {}
         self.fields = (
             None if fields is None else ([fields] if isinstance(fields, str) else list(fields))
         )
@@ -87,11 +118,12 @@ class DatasetReader:
         self._readers: dict[int, ShardReader[Any]] = {}
         self._recent = RecentlyUsed(resolve_open_limit(max_open_shards))
         if fmt == SHARDED:
-            self.manifest = (
-                Manifest.load_remote(self.path, storage_options)
-                if is_remote(self.path)
-                else Manifest.load(self.path)
-            )
+            if is_remote(self.path):
+                self.manifest = Manifest.load_remote(self.path, storage_options)
+            else:
+                self.manifest = Manifest.load(self.path)
+                if verify_sizes:  # verify() checks files itself, and reports instead
+                    self.manifest.check_directory(self.path)
             self.format = self.manifest.format
             self._reader_class = reader_class(self.format, self.path)
             self._check_remote()
@@ -105,12 +137,52 @@ class DatasetReader:
             self._reader_class = reader_class(fmt, self.path)
             self._check_remote()
             self._fit_budget(1, len(self.fields) if self.fields else 4)
-            reader = self._reader_class(self.path, fields=self.fields, **self.options)
+            reader = self._reader_class(self.path, fields=self.fields, **self._reader_options)
             self._readers[0] = reader
-            self.schema = reader.schema
-            lengths = [len(reader)]
+            with _as_corrupt(self.path):
+                self.schema = reader.schema
+                lengths = [len(reader)]
             self.shard_infos = (ShardInfo(self.path, lengths[0], self._local_nbytes(reader)),)
         self.index = ShardIndex(lengths)
+        if self.verify != "off":
+            self._check_verifiable()
+
+    def _check_verifiable(self) -> None:
+        if self.manifest is None or is_remote(self.path):
+            raise InvalidOptionError(
+                f"verify={self.verify!r} checks shards against the digests their writer "
+                f"recorded, which {self.path} has none of: it needs a local dataset "
+                "directory written by shardio (shardio convert makes one)"
+            )
+        recorded = "checksum" if self.verify == "open" else "blocks"
+        missing = [s.path for s in self.shard_infos if getattr(s, recorded) is None]
+        if missing:
+            raise InvalidOptionError(
+                f"verify={self.verify!r} needs the {recorded} of every shard, but "
+                f"{self.path}'s manifest has none for {missing[:3]} (written with "
+                "checksum=False, or by an older shardio); write it again, or use "
+                + ("verify='off'" if self.verify == "open" else "verify='open'")
+            )
+
+    def _shard_check(self, number: int, reader: ShardReader[Any]) -> ShardCheck:
+        check = self._checks.get(number)
+        if check is None:
+            info = self.shard_infos[number]
+            assert info.checksum is not None
+            files = shard_files_as_written(reader.path, info.nbytes, reader.transient_files)
+            check = ShardCheck(reader.path, files, info.checksum, info.blocks)
+            self._checks[number] = check
+        return check
+
+    def _check_integrity(self, number: int, reader: ShardReader[Any], local: np.ndarray) -> None:
+        """Raise before handing out values of a shard that is not as written."""
+        check = self._shard_check(number, reader)
+        if check.complete:
+            return
+        if self.verify == "open":
+            check.check_whole()
+        else:
+            check.check_ranges(reader.value_ranges(local))
 
     def _check_remote(self) -> None:
         if is_remote(self.path) and not self._reader_class.remote:
@@ -188,7 +260,7 @@ class DatasetReader:
         else:
             self._readers[evicted].close()
 
-    @contextmanager
+    @contextlib.contextmanager
     def _reading(self, number: int, local: np.ndarray) -> Iterator[ShardReader[Any]]:
         """Shard ``number``'s reader, open and marked in use (never closed by another
         thread) while the caller reads ``local`` from it."""
@@ -221,15 +293,18 @@ class DatasetReader:
         if reader is None:
             info = self.shard_infos[number]
             path = self._shard_path(info)
-            if self.verify_sizes and not is_remote(path):
-                self._check_shard_size(path, info)
-            reader = self._reader_class(path, fields=self.fields, **self.options)
-            if len(reader) != info.num_samples:
+            if not is_remote(path):
+                self._check_contained(path)
+                if self.verify_sizes:
+                    self._check_shard_size(path, info, self._reader_class.transient_files)
+            reader = self._reader_class(path, fields=self.fields, **self._reader_options)
+            with _as_corrupt(path):
+                length, schema = len(reader), reader.schema
+            if length != info.num_samples:
                 raise ShardCorruptError(
-                    f"shard {path} holds {len(reader)} samples, "
-                    f"but the manifest says {info.num_samples}"
+                    f"shard {path} holds {length} samples, but the manifest says {info.num_samples}"
                 )
-            if reader.schema != self.schema:
+            if schema != self.schema:
                 raise ShardCorruptError(
                     f"shard {path} has fields {list(reader.schema.names)} that differ from the "
                     f"manifest's {list(self.schema.names)}"
@@ -237,14 +312,40 @@ class DatasetReader:
             self._readers[number] = reader
         return reader
 
+    @property
+    def transient_files(self) -> frozenset[str]:
+        """File names the backend's library may add to a shard after it was written."""
+        return frozenset(self._reader_class.transient_files)
+
+    @property
+    def _reader_options(self) -> dict[str, Any]:
+        if not self.allow_external:
+            return self.options
+        return {**self.options, "allow_external": True}
+
+    def _check_contained(self, path: str) -> None:
+        """Refuse a shard that is, or holds, a link to a file outside the dataset
+        directory (unless ``allow_external=True``): a dataset reads its own files only."""
+        if self.allow_external:
+            return
+        root = os.path.realpath(self.path)
+        for candidate in [path, *_links_below(path)]:
+            target = os.path.realpath(candidate)
+            if os.path.commonpath([root, target]) != root:
+                raise ShardCorruptError(
+                    f"shard {path}: {candidate} leads to {target}, outside the dataset "
+                    f"directory {self.path}; pass allow_external=True to read it anyway"
+                )
+
     @staticmethod
-    def _check_shard_size(path: str, info: ShardInfo) -> None:
+    def _check_shard_size(path: str, info: ShardInfo, transient: frozenset[str]) -> None:
         # NOTE: checked before any mapping: reading an mmap past the end of a truncated
         # file kills the process with SIGBUS instead of raising.
         if not os.path.exists(path):
             raise ShardCorruptError(f"shard {path} listed in the manifest is missing")
         try:
-            actual = sum(os.path.getsize(p) for p in shard_files(path))
+            files = shard_files_as_written(path, info.nbytes, transient)
+            actual = sum(os.path.getsize(p) for p in files)
         except OSError as exc:
             raise ShardCorruptError(f"cannot read shard {path}: {exc}") from exc
         if actual != info.nbytes:
@@ -256,9 +357,13 @@ class DatasetReader:
     # ----------------------------------------------------------------- reading
     def read(self, index: int) -> Sample:
         shard, local = self.index.locate(index)
-        with self._reading(shard, np.array([local])) as reader:
+        at = np.array([local], dtype=np.int64)
+        with self._reading(shard, at) as reader:
             before = reader.bytes_read
-            sample = reader.read(local)
+            with _as_corrupt(reader.path):
+                if self.verify != "off":
+                    self._check_integrity(shard, reader, at)
+                sample = reader.read(local)
             nbytes = reader.bytes_read - before
         if self.memory_policy is not None:
             self._after_read(nbytes)
@@ -296,38 +401,42 @@ class DatasetReader:
         out: Mapping[str, np.ndarray],
         unchecked: list[int],
     ) -> Columns:
+        with self._reading(number, local) as reader, _as_corrupt(reader.path):
+            if self.verify != "off":
+                self._check_integrity(number, reader, local)
+            return self._read_open_shard(reader, local, out, unchecked)
+
+    def _read_open_shard(
+        self,
+        reader: ShardReader[Any],
+        local: np.ndarray,
+        out: Mapping[str, np.ndarray],
+        unchecked: list[int],
+    ) -> Columns:
+        def read(indices: np.ndarray, target: Mapping[str, np.ndarray]) -> Columns:
+            return reader.read_into(indices, target) if target else reader.read_many(indices)
+
         if self.memory_policy is None:
-            with self._reading(number, local) as reader:
-                return reader.read_into(local, out) if out else reader.read_many(local)
-        if not self._shard_reader_touches_pages(number):
-            with self._reading(number, local) as reader:
-                before = reader.bytes_read
-                columns = reader.read_into(local, out) if out else reader.read_many(local)
-                unchecked[0] += reader.bytes_read - before
+            return read(local, out)
+        if not reader.touches_mapped_pages:
+            before = reader.bytes_read
+            columns = read(local, out)
+            unchecked[0] += reader.bytes_read - before
             return columns
         # NOTE: one touched page can map a whole large folio (up to 2 MiB) of the page
         # cache, so a batch is read in pieces with an RSS check between them.
         step = max(4, self.memory_policy.max_rss // (4 * _WORST_FAULT_BYTES))
         parts = []
         for start in range(0, len(local), step):
-            piece = local[start : start + step]
-            piece_out = {name: target[start : start + step] for name, target in out.items()}
-            with self._reading(number, piece) as reader:
-                before = reader.bytes_read
-                parts.append(
-                    reader.read_into(piece, piece_out) if piece_out else reader.read_many(piece)
-                )
-                nbytes = reader.bytes_read - before
-            self._after_read(nbytes)
+            piece = {name: target[start : start + step] for name, target in out.items()}
+            before = reader.bytes_read
+            parts.append(read(local[start : start + step], piece))
+            self._after_read(reader.bytes_read - before)
         if len(parts) == 1:
             return parts[0]
         columns = concat_columns(parts)
         columns.update(out)  # the pieces were read into views of ``out``
         return columns
-
-    def _shard_reader_touches_pages(self, number: int) -> bool:
-        with self._lock:
-            return self._shard_reader(number).touches_mapped_pages
 
     def _access_pattern(self, local: np.ndarray) -> AccessPattern:
         access = self.memory_policy.access if self.memory_policy is not None else "auto"

@@ -20,6 +20,7 @@ __all__ = ["Field", "FieldKind", "Schema", "Sample", "dtype_to_json", "dtype_fro
 
 FieldKind = Literal["array", "ragged", "bytes"]
 Sample = dict[str, Any]
+_MAX_SAMPLE_NBYTES = 2**40  # no real sample is a TiB; a larger shape is a corrupt schema
 """One sample: field name -> ``np.ndarray`` (array and ragged fields) or ``bytes``."""
 
 
@@ -87,6 +88,13 @@ class Field:
                 f"field {self.name!r}: kind should be 'array', 'ragged' or 'bytes', "
                 f"but got kind={self.kind!r}"
             )
+        if any(size < 0 for size in self.shape) or (
+            math.prod(self.shape) * self.dtype.itemsize > _MAX_SAMPLE_NBYTES
+        ):
+            raise SchemaError(
+                f"field {self.name!r}: shape {self.shape} of {self.dtype} is not a sample's "
+                f"shape (negative, or over {_MAX_SAMPLE_NBYTES} bytes)"
+            )
         if self.kind == "bytes":
             object.__setattr__(self, "dtype", np.dtype(np.uint8))  # bytes are uint8 on disk
         if self.kind != "array" and self.shape:
@@ -123,10 +131,10 @@ class Field:
                 shape=tuple(data.get("shape", ())),
                 kind=data.get("kind", "array"),
             )
-        except (KeyError, TypeError, ValueError) as exc:
-            if isinstance(exc, SchemaError):
-                raise
-            raise SchemaError(f"malformed field description {dict(data)!r}: {exc}") from exc
+        except SchemaError:
+            raise
+        except Exception as exc:  # np.dtype() parses text and raises many kinds
+            raise SchemaError(f"malformed field description {data!r:.200}: {exc}") from exc
 
     def validate(self, value: Any, where: str = "sample") -> np.ndarray | bytes:
         """Return ``value`` coerced to this field, or raise :class:`SchemaError`."""
@@ -233,7 +241,7 @@ class Schema:
     def loads(cls, text: str | bytes) -> Schema:
         try:
             return cls.from_json(json.loads(text))
-        except json.JSONDecodeError as exc:
+        except (ValueError, RecursionError) as exc:  # JSONDecodeError, UnicodeDecodeError
             raise SchemaError(f"schema is not valid JSON: {exc}") from exc
 
     @classmethod

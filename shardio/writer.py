@@ -9,14 +9,14 @@ from __future__ import annotations
 
 import os
 import shutil
-from collections.abc import Mapping
+from collections.abc import Collection, Mapping
 from typing import Any
 
 import numpy as np
 
 from .adapters.base import Columns, ShardFileWriter, concat_columns, samples_to_columns
 from .adapters.registry import MANIFEST_NAME, get_backend, is_remote, writer_class
-from .checksum import files_nbytes, hash_files
+from .checksum import files_nbytes, hash_shard
 from .config import parse_size
 from .errors import InvalidOptionError, OutputExistsError, SchemaError, UnsupportedFeatureError
 from .manifest import Manifest, ShardInfo
@@ -30,6 +30,7 @@ __all__ = [
     "prepare_output",
     "validate_columns",
     "shard_files",
+    "shard_files_as_written",
     "remove_path",
     "is_own_entry",
     "foreign_entries",
@@ -48,15 +49,32 @@ def partial_name(name: str) -> str:
     return f".{name}.partial"
 
 
-def shard_files(path: str) -> list[str]:
-    """Every regular file of a shard (a file, or a directory walked recursively)."""
+def shard_files(path: str, transient: Collection[str] = ()) -> list[str]:
+    """Every regular file of a shard (a file, or a directory walked recursively),
+    less files a backend library may add after writing (``transient`` names, such as
+    LMDB's ``lock.mdb``)."""
     if os.path.isfile(path):
         return [path]
     # os.walk skips directories it cannot list unless told otherwise: a shard would then
     # look empty (0 bytes, no files to hash) when the real problem is, say, EMFILE.
     return sorted(
-        os.path.join(d, f) for d, _, names in os.walk(path, onerror=_raise) for f in names
+        os.path.join(d, f)
+        for d, _, names in os.walk(path, onerror=_raise)
+        for f in names
+        if f not in transient
     )
+
+
+def shard_files_as_written(path: str, nbytes: int, transient: Collection[str]) -> list[str]:
+    """The files of a shard that make up the ``nbytes`` recorded for it: without the
+    ``transient`` files a library added since, or with them where they were there
+    when the shard was recorded."""
+    files = shard_files(path, transient)
+    if transient and sum(os.path.getsize(p) for p in files) != nbytes:
+        every = shard_files(path)
+        if sum(os.path.getsize(p) for p in every) == nbytes:
+            return every
+    return files
 
 
 def _raise(error: OSError) -> None:
@@ -83,11 +101,13 @@ def finish_shard(
     remove_path(final)
     os.replace(os.path.join(directory, partial or partial_name(name)), final)
     files = shard_files(final)
+    digest, blocks = hash_shard(files, final) if checksum else (None, None)
     return ShardInfo(
         path=name,
         num_samples=num_samples,
         nbytes=files_nbytes(files),
-        checksum=hash_files(files, final) if checksum else None,
+        checksum=digest,
+        blocks=blocks,
     )
 
 

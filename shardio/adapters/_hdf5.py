@@ -27,6 +27,7 @@ from ..errors import (
     ShardCorruptError,
     UnsupportedFeatureError,
 )
+from ..integrity import ValueRanges
 from ..memory import FileRange, ReleaseResult
 from ..schema import Field, Schema
 from .base import Columns, ShardFileWriter, ShardReader, coalesce_ranges
@@ -92,7 +93,10 @@ class _RowTable:
         ):
             return None
         rows = dataset.chunks[0]
-        offsets = np.full(-(-dataset.shape[0] // rows), -1, dtype=np.int64)
+        chunk_count = -(-dataset.shape[0] // rows)
+        if chunk_count > _MAX_CHUNKS_PER_FILE_BYTE * max(1, dataset.file.id.get_filesize()):
+            return None  # mostly unallocated: h5py reads it, the table would not fit
+        offsets = np.full(chunk_count, -1, dtype=np.int64)
 
         def record(info: Any) -> None:
             offsets[info.chunk_offset[0] // rows] = info.byte_offset
@@ -136,6 +140,45 @@ def _hint_source(dataset: h5py.Dataset) -> _RowTable | _ChunkExtents | None:
     if dataset.chunks is not None:
         return _ChunkExtents.of(dataset)
     return _RowTable.contiguous(dataset)
+
+
+def _check_contained(path: str, file: h5py.File, name: str, dataset: h5py.Dataset) -> None:
+    """Refuse a dataset whose values live in other files: external storage, a virtual
+    dataset, or an external link (reading them reads files the user did not name)."""
+    link = file.get(name, getlink=True)
+    if isinstance(link, h5py.ExternalLink):
+        where = f"an external link to {link.filename}:{link.path}"
+    elif dataset.is_virtual:
+        where = "a virtual dataset (its values come from other files)"
+    elif dataset.id.get_create_plist().get_external_count():
+        where = "stored in external files"
+    else:
+        return
+    raise UnsupportedFeatureError(
+        f"{path}: dataset {name!r} is {where}; shardio reads only the file it is given "
+        "unless allow_external=True"
+    )
+
+
+#: Values may be this many times the file's size (compression, fill values), no more.
+_MAX_EXPANSION = 8192
+
+
+def _check_claimed_rows(path: str, file: h5py.File, length: int, schema: Schema) -> None:
+    """Refuse a file whose datasets declare far more rows than it can hold: a tiny
+    file with a 10^13-row dataset of fill values would make every sampler allocate
+    an order of that length."""
+    row = max(1, min(f.sample_nbytes or 1 for f in schema))
+    if length * row > max(1, file.id.get_filesize()) * _MAX_EXPANSION:
+        raise ShardCorruptError(
+            f"{path}: its datasets declare {length} rows of at least {row} bytes, far more "
+            f"than its {file.id.get_filesize()} bytes can hold (mostly never written)"
+        )
+
+
+#: A row table costs 8 bytes per chunk; beyond this many chunks per stored byte of the
+#: file (a tiny file declaring a huge sparse dataset) the table is not built.
+_MAX_CHUNKS_PER_FILE_BYTE = 1
 
 
 def _row_bytes(dataset: h5py.Dataset) -> int:
@@ -275,9 +318,12 @@ class HDF5Reader(ShardReader[_File]):
                 dataset = file.get(fld.name)
                 if not isinstance(dataset, h5py.Dataset):
                     raise ShardCorruptError(f"{self.path}: dataset {fld.name!r} is missing")
+                if not self.allow_external:
+                    _check_contained(self.path, file, fld.name, dataset)
                 datasets[fld.name] = dataset
             if length < 0:
                 length = next(iter(datasets.values())).shape[0]
+            _check_claimed_rows(self.path, file, length, schema)
             for name, dataset in datasets.items():
                 if dataset.shape[0] < length:
                     raise ShardCorruptError(
@@ -344,6 +390,17 @@ class HDF5Reader(ShardReader[_File]):
             os.close(handle.fd)
         handle.file.close()
 
+    def value_ranges(self, indices: np.ndarray) -> ValueRanges | None:
+        handle = self.handle
+        ranges = []
+        for fld in self.schema:
+            table = handle.tables.get(fld.name)
+            positions = None if table is None else table.positions(indices)
+            if table is None or positions is None:
+                return None  # stored through HDF5's own layout: the whole file is checked
+            ranges.append((self.path, positions, np.full(len(indices), table.row_bytes)))
+        return ranges
+
     def byte_ranges(self, start: int, stop: int) -> list[FileRange]:
         if stop <= start or ("://" in self.path and not self.path.startswith("file://")):
             return []
@@ -382,6 +439,9 @@ class HDF5Reader(ShardReader[_File]):
         rows = out.reshape(len(unique), -1).view(np.uint8)
         size = table.row_bytes
         if handle.view is not None:
+            assert handle.own_map is not None
+            if os.path.getsize(self.path.removeprefix("file://")) < len(handle.own_map):
+                raise ShardCorruptError(f"{self.path} was truncated while open")
             view = handle.view
             for row, position in enumerate(positions.tolist()):
                 rows[row] = view[position : position + size]

@@ -11,18 +11,22 @@ bytes -> sample dict), in the order of ``keys=`` or of the database's sorted key
 
 from __future__ import annotations
 
+import contextlib
 import itertools
 import json
 import mmap
 import os
+import threading
 from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
 
 import lmdb
 import numpy as np
+import xxhash
 
 from ..errors import InvalidOptionError, ManifestError, SchemaError, ShardCorruptError
+from ..integrity import ValueRanges
 from ..memory import FileRange, ReleaseResult, advise_range, find_mappings, madvise_supported
 from ..schema import Sample, Schema
 from .base import (
@@ -91,53 +95,69 @@ class _Layout:
 class _EnvPool:
     """Read-only environments shared by every reader of one process.
 
-    LMDB allows one open handle per environment and process, while users open the
-    same file twice (train and validation splits, a pickled copy): readers share a
-    reference-counted handle. The pool is keyed by PID, so a forked child never
-    reuses its parent's handles.
+    py-lmdb refuses to open one environment twice in a process, while users open the
+    same file twice (train and validation splits, a notebook cell run again, a
+    pickled copy): readers share a reference-counted handle, keyed by the data
+    file's identity (device, inode), so two paths to one file share it too.
+
+    NOTE: a forked child inherits the parent's open environments, and py-lmdb's
+    registry of them, which makes the child's own open fail. The child closes the
+    inherited environments before opening any: they are read-only and opened
+    without a lock file, so closing one only unmaps the child's copy of the map and
+    closes its copies of the descriptors; the parent's are untouched.
     """
 
     def __init__(self) -> None:
         self._pid = os.getpid()
-        self._envs: dict[tuple[str, bool], tuple[lmdb.Environment, int]] = {}
+        # Reentrant: a reader collected while an environment opens releases its own.
+        self._lock = threading.RLock()
+        self._envs: dict[tuple[int, int], tuple[lmdb.Environment, int]] = {}
 
-    def _check_pid(self) -> None:
-        if self._pid != os.getpid():
-            self._envs = {}  # NOTE: inherited handles are dropped, never closed, in the child
-            self._pid = os.getpid()
+    def _forget_inherited(self) -> None:
+        if self._pid == os.getpid():
+            return
+        inherited, self._envs = self._envs, {}
+        self._pid = os.getpid()
+        for env, _ in inherited.values():
+            with contextlib.suppress(lmdb.Error):
+                env.close()
 
     def acquire(self, path: str, readahead: bool) -> lmdb.Environment:
-        self._check_pid()
+        """The environment at ``path``; the first opener's ``readahead`` applies to all."""
         data_file, subdir = _data_file(path)
-        key = (os.path.realpath(data_file), readahead)
-        if key in self._envs:
-            env, count = self._envs[key]
-            self._envs[key] = (env, count + 1)
+        stat = os.stat(data_file)
+        key = (stat.st_dev, stat.st_ino)
+        with self._lock:
+            self._forget_inherited()
+            if key in self._envs:
+                env, count = self._envs[key]
+                self._envs[key] = (env, count + 1)
+                return env
+            # lock=False: read-only readers need no lock file and no reader-table slot,
+            # so any number of DataLoader workers can open the environment.
+            env = lmdb.open(
+                path,
+                subdir=subdir,
+                readonly=True,
+                lock=False,
+                readahead=readahead,
+                max_readers=1,
+                max_dbs=0,
+            )
+            self._envs[key] = (env, 1)
             return env
-        # lock=False: read-only readers need no lock file and no reader-table slot,
-        # so any number of DataLoader workers can open the environment.
-        env = lmdb.open(
-            path,
-            subdir=subdir,
-            readonly=True,
-            lock=False,
-            readahead=readahead,
-            max_readers=1,
-            max_dbs=0,
-        )
-        self._envs[key] = (env, 1)
-        return env
 
     def release(self, env: lmdb.Environment) -> None:
-        self._check_pid()
-        for key, (held, count) in list(self._envs.items()):
-            if held is env:
-                if count > 1:
-                    self._envs[key] = (held, count - 1)
-                else:
-                    del self._envs[key]
-                    env.close()
-                return
+        with self._lock:
+            self._forget_inherited()
+            for key, (held, count) in list(self._envs.items()):
+                if held is env:
+                    if count > 1:
+                        self._envs[key] = (held, count - 1)
+                    else:
+                        del self._envs[key]
+                        env.close()
+                    return
 
 
 _POOL = _EnvPool()
@@ -164,6 +184,19 @@ class _Env:
     offsets: np.ndarray | None = None  # (N, 2): offset and length of each value in data.mdb
     own_map: mmap.mmap | None = None  # data.mdb mapped by shardio, read at those offsets
     view: np.ndarray | None = None  # own_map as uint8
+    guard_fd: int | None = None  # the data file, to notice a truncation before a mapped read
+    mapped_size: int = 0
+
+    def check_unchanged(self) -> None:
+        """Raise before a mapped read of a data file truncated since it was opened.
+
+        NOTE: a mapped page past the end of a truncated file raises SIGBUS, which
+        kills the process; a truncation between this fstat and the copy still faults."""
+        if self.guard_fd is not None and os.fstat(self.guard_fd).st_size < self.mapped_size:
+            raise ShardCorruptError(
+                f"{self.data_file} was truncated while open: "
+                f"{os.fstat(self.guard_fd).st_size} bytes, expected {self.mapped_size}"
+            )
 
     def mapped(self) -> list[Any]:
         if self.mappings is None:
@@ -182,6 +215,8 @@ class LMDBReader(ShardReader[_Env]):
     #: data.mdb, or with read_mode="pread" with pread, which maps no page at all
     #: (the mode under a memory budget).
     options = frozenset({"decode", "keys", "readahead", "read_mode"})
+    #: Opening an environment with lmdb.open() and its default lock=True creates it.
+    transient_files = frozenset({"lock.mdb"})
 
     def __init__(self, path: str, **kwargs: Any) -> None:
         super().__init__(path, **kwargs)
@@ -236,6 +271,8 @@ class LMDBReader(ShardReader[_Env]):
                     finally:
                         os.close(fd)
                     opened.view = np.frombuffer(opened.own_map, np.uint8)
+            opened.guard_fd = os.open(data_file, os.O_RDONLY)
+            opened.mapped_size = os.fstat(opened.guard_fd).st_size
             return opened
         except BaseException:
             _POOL.release(env)
@@ -289,6 +326,13 @@ class LMDBReader(ShardReader[_Env]):
     def touches_mapped_pages(self) -> bool:
         return self.handle.offsets is None  # values read by offset never touch the map
 
+    def value_ranges(self, indices: np.ndarray) -> ValueRanges | None:
+        handle = self.handle
+        if handle.offsets is None:
+            return None  # values found through the B-tree: the whole shard is checked
+        positions = handle.offsets[indices]
+        return [(handle.data_file, positions[:, 0], positions[:, 1])]
+
     def byte_ranges(self, start: int, stop: int) -> list[FileRange]:
         handle = self.handle
         if handle.offsets is None or stop <= start:
@@ -302,11 +346,27 @@ class LMDBReader(ShardReader[_Env]):
         if not os.path.exists(path):
             return None
         try:
-            offsets = np.load(path, allow_pickle=False)
+            # Mapped first: a damaged header claiming a huge shape fails here instead of
+            # allocating what it claims.
+            table = np.load(path, mmap_mode="r", allow_pickle=False)
+            if table.shape != (len(self), 2) or table.dtype.kind not in "iu":
+                return None
+            end = table.offset + table.nbytes
+            offsets = np.array(table, dtype=np.int64)
+            del table
+            with open(path, "rb") as handle:
+                handle.seek(end)
+                trailer = handle.read()
         except (OSError, ValueError):
             return None
-        if offsets.shape != (len(self), 2):
-            return None
+        # The writer appends the table's digest (tables written before it have none).
+        if trailer and trailer != xxhash.xxh3_64_digest(offsets.tobytes()):
+            return None  # damaged: values are found through LMDB's own B-tree
+        size = os.path.getsize(_data_file(self.path)[0])
+        if len(offsets) and (
+            (offsets < 0).any() or bool((offsets[:, 0] + offsets[:, 1] > size).any())
+        ):
+            return None  # stale or damaged: values are found through LMDB's own B-tree
         # NOTE: a copied or compacted environment moves values; a stale table would
         # return wrong bytes silently, so the first and last values are compared.
         with env.begin() as txn, open(_data_file(self.path)[0], "rb") as handle:
@@ -320,6 +380,9 @@ class LMDBReader(ShardReader[_Env]):
     def _close(self, handle: _Env) -> None:
         if handle.pread_fd is not None:
             os.close(handle.pread_fd)
+        if handle.guard_fd is not None:
+            os.close(handle.guard_fd)
+            handle.guard_fd = None
         handle.view = None  # releases the buffer export, so the map can close
         if handle.own_map is not None:
             handle.own_map.close()
@@ -347,6 +410,8 @@ class LMDBReader(ShardReader[_Env]):
 
     def read_many(self, indices: np.ndarray) -> Columns:
         handle = self.handle
+        if handle.pread_fd is None:
+            handle.check_unchanged()
         if handle.layout is None:
             return self._read_foreign(handle, indices)
         layout = handle.layout
@@ -579,5 +644,6 @@ def write_offsets(path: str, count: int) -> bool:
     temporary = os.path.join(path, f".{OFFSETS_NAME}.tmp")
     with open(temporary, "wb") as handle:
         np.save(handle, offsets)
+        handle.write(xxhash.xxh3_64_digest(offsets.tobytes()))  # checked by readers
     os.replace(temporary, os.path.join(path, OFFSETS_NAME))
     return True

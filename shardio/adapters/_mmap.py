@@ -15,6 +15,7 @@ the mapping, so no array handed to a caller pins the mapping.
 
 from __future__ import annotations
 
+import contextlib
 import json
 import mmap
 import os
@@ -26,6 +27,7 @@ import numpy as np
 
 from ..config import parse_size
 from ..errors import InvalidOptionError, ManifestError, ShardCorruptError
+from ..integrity import ValueRanges
 from ..jsonio import read_json
 from ..memory import FileRange, ReleaseResult
 from ..schema import Field, Schema
@@ -37,6 +39,7 @@ META_NAME = "shardio-mmap.json"
 _FORMAT = "shardio-mmap"
 _VERSION = 1
 _OFFSET_DTYPE = np.dtype("<i8")
+_MAX_FILE_BYTES = 2**50
 _ADVICE = {
     "random": getattr(mmap, "MADV_RANDOM", None),
     "sequential": getattr(mmap, "MADV_SEQUENTIAL", None),
@@ -51,6 +54,7 @@ class _MappedField:
     data: np.ndarray | None  # the mapped values, or None when read with pread
     offsets: np.ndarray | None = None
     fd: int | None = None  # the data file, when read with pread
+    offsets_path: str = ""
 
 
 @dataclass
@@ -58,6 +62,7 @@ class _Mapped:
     fields: dict[str, _MappedField]
     maps: list[mmap.mmap] = field(default_factory=list)
     fds: list[int] = field(default_factory=list)
+    sizes: list[tuple[int, int, str]] = field(default_factory=list)  # fd, bytes mapped, path
 
 
 def _check_size(path: str, expected: int) -> None:
@@ -85,15 +90,50 @@ def _pread_into(fd: int, buffer: np.ndarray, offset: int, path: str) -> None:
         raise ShardCorruptError(f"shard file {path} ended early (truncated while open?)")
 
 
-def _map_file(path: str, dtype: np.dtype, expected: int, maps: list[mmap.mmap]) -> np.ndarray:
-    """Map ``path`` read-only as a 1-D array; refuse a file shorter than ``expected`` bytes."""
+def _checked_offsets(offsets: np.ndarray, count: int, fld: Field, data_path: str) -> int:
+    """Bytes of a variable field's data file, after checking its offsets: they start at
+    0 and never decrease (else values would come back with wrong lengths)."""
+    if not count:
+        return 0
+    if int(offsets[0]) != 0 or bool((np.diff(offsets) < 0).any()):
+        raise ShardCorruptError(
+            f"{data_path}: the offsets of field {fld.name!r} are damaged "
+            "(they should start at 0 and never decrease)"
+        )
+    last = int(offsets[-1])
+    if last > _MAX_FILE_BYTES // max(1, fld.dtype.itemsize):
+        raise ShardCorruptError(f"{data_path}: field {fld.name!r} claims {last} values")
+    return last * fld.dtype.itemsize
+
+
+def _map_file(path: str, dtype: np.dtype, expected: int, mapped: _Mapped) -> np.ndarray:
+    """Map ``path`` read-only as a 1-D array; refuse a file shorter than ``expected`` bytes.
+
+    The descriptor stays open so that reads can check the file was not truncated
+    since (see :func:`_check_unchanged`)."""
     _check_size(path, expected)
     if expected == 0:
         return np.empty(0, dtype=dtype)
-    with open(path, "rb") as handle:
-        mapping = mmap.mmap(handle.fileno(), 0, access=mmap.ACCESS_READ)
-    maps.append(mapping)
-    return np.frombuffer(mapping, dtype=dtype, count=expected // dtype.itemsize)
+    fd = os.open(path, os.O_RDONLY)
+    mapped.fds.append(fd)
+    mapped.maps.append(mmap.mmap(fd, 0, access=mmap.ACCESS_READ))
+    mapped.sizes.append((fd, expected, path))
+    return np.frombuffer(mapped.maps[-1], dtype=dtype, count=expected // dtype.itemsize)
+
+
+def _check_unchanged(mapped: _Mapped) -> None:
+    """Raise before reading a mapping whose file was truncated after it was mapped.
+
+    NOTE: touching a mapped page past the end of a truncated file raises SIGBUS,
+    which kills the process; one fstat per mapped file and read call turns that
+    into an error. A truncation between this check and the copy (microseconds)
+    still faults: docs/reliability.md states that window."""
+    for fd, expected, path in mapped.sizes:
+        if os.fstat(fd).st_size < expected:
+            raise ShardCorruptError(
+                f"shard file {path} was truncated while open: {os.fstat(fd).st_size} bytes, "
+                f"expected {expected}"
+            )
 
 
 def _read_mode(options: dict[str, Any], path: str) -> str:
@@ -167,26 +207,31 @@ class MmapReader(ShardReader[_Mapped]):
                 entry = files.get(fld.name)
                 if not isinstance(entry, dict) or "data" not in entry:
                     raise ManifestError(f"{self.path}/{META_NAME}: no files for field {fld.name!r}")
-                data_path = os.path.join(self.path, entry["data"])
+                data_path = self._member(entry, "data", fld.name)
                 if fld.variable:
+                    offsets_path = self._member(entry, "offsets", fld.name)
                     offsets = _map_file(
-                        os.path.join(self.path, entry["offsets"]),
+                        offsets_path,
                         _OFFSET_DTYPE,
                         (count + 1) * _OFFSET_DTYPE.itemsize,
-                        mapped.maps,
+                        mapped,
                     )
-                    size = (int(offsets[-1]) if count else 0) * fld.dtype.itemsize
+                    size = _checked_offsets(offsets, count, fld, data_path)
                     if pread:
                         fd = _open_fd(data_path, size, mapped.fds)
-                        mapped.fields[fld.name] = _MappedField(fld, data_path, None, offsets, fd)
+                        mapped.fields[fld.name] = _MappedField(
+                            fld, data_path, None, offsets, fd, offsets_path
+                        )
                     else:
-                        data = _map_file(data_path, fld.dtype, size, mapped.maps)
-                        mapped.fields[fld.name] = _MappedField(fld, data_path, data, offsets)
+                        data = _map_file(data_path, fld.dtype, size, mapped)
+                        mapped.fields[fld.name] = _MappedField(
+                            fld, data_path, data, offsets, None, offsets_path
+                        )
                 elif pread and _in_pages(count * fld.sample_nbytes) > map_below:
                     fd = _open_fd(data_path, count * fld.sample_nbytes, mapped.fds)
                     mapped.fields[fld.name] = _MappedField(fld, data_path, None, None, fd)
                 else:
-                    flat = _map_file(data_path, fld.dtype, count * fld.sample_nbytes, mapped.maps)
+                    flat = _map_file(data_path, fld.dtype, count * fld.sample_nbytes, mapped)
                     mapped.fields[fld.name] = _MappedField(
                         fld, data_path, flat.reshape(count, *fld.shape)
                     )
@@ -197,11 +242,28 @@ class MmapReader(ShardReader[_Mapped]):
         self._schema = schema
         return mapped
 
+    def _member(self, entry: dict[str, Any], key: str, field: str) -> str:
+        """The path of one file named in the shard's metadata, kept inside the shard."""
+        name = entry.get(key)
+        where = f"{self.path}/{META_NAME}"
+        if not isinstance(name, str) or not name:
+            raise ManifestError(f"{where}: field {field!r} names no {key} file")
+        if not self.allow_external and (name != os.path.basename(name) or name in (".", "..")):
+            raise ManifestError(
+                f"{where}: field {field!r} names {key} file {name!r}, outside the shard; "
+                "pass allow_external=True to read it anyway"
+            )
+        return os.path.join(self.path, name)
+
     def _close(self, handle: _Mapped) -> None:
         handle.fields.clear()  # drop the arrays that export each mapping's buffer
         for mapping in handle.maps:
-            mapping.close()
+            # NOTE: an open that failed half way may still hold views of a mapping in
+            # its traceback; that mapping closes once they are gone.
+            with contextlib.suppress(BufferError):
+                mapping.close()
         handle.maps.clear()
+        handle.sizes.clear()
         for fd in handle.fds:
             os.close(fd)
         handle.fds.clear()
@@ -212,6 +274,20 @@ class MmapReader(ShardReader[_Mapped]):
         for entry in meta.get("files", {}).values():
             names.extend(entry[k] for k in ("data", "offsets") if k in entry)
         return [os.path.join(self.path, n) for n in names]
+
+    def value_ranges(self, indices: np.ndarray) -> ValueRanges:
+        ranges: list[tuple[str, np.ndarray, np.ndarray]] = []
+        rows = indices.astype(np.int64, copy=False)
+        for mapped in self.handle.fields.values():
+            if mapped.offsets is None:
+                size = mapped.field.sample_nbytes
+                ranges.append((mapped.path, rows * size, np.full(len(rows), size)))
+                continue
+            itemsize = mapped.field.dtype.itemsize
+            starts, ends = mapped.offsets[rows], mapped.offsets[rows + 1]
+            ranges.append((mapped.offsets_path, rows * 8, np.full(len(rows), 16)))
+            ranges.append((mapped.path, starts * itemsize, (ends - starts) * itemsize))
+        return ranges
 
     def byte_ranges(self, start: int, stop: int) -> list[FileRange]:
         ranges = []
@@ -231,7 +307,9 @@ class MmapReader(ShardReader[_Mapped]):
     def read_into(self, indices: np.ndarray, out: Mapping[str, np.ndarray]) -> Columns:
         columns: Columns = {}
         nbytes = 0
-        for name, mapped in self.handle.fields.items():
+        handle = self.handle
+        _check_unchanged(handle)
+        for name, mapped in handle.fields.items():
             if mapped.offsets is None:
                 column = self._read_fixed(mapped, indices, out.get(name))
                 nbytes += column.nbytes

@@ -165,6 +165,10 @@ class ZarrReader(ShardReader[_Group]):
                 raise ShardCorruptError(
                     f"{self.path}: field {column.field.name!r} has {rows} rows, expected {count}"
                 )
+        stored = info.get("stored_chunks")
+        if isinstance(stored, dict):
+            for name, expected in stored.items():
+                _check_chunks_present(self.path, group, name, expected)
         self._length = count
         self._schema = schema
         return _Group(group, columns)
@@ -313,6 +317,27 @@ def _stored_files(array: Any, first: int, last: int) -> list[FileRange]:
                 continue
             found.append((path, 0, size))
     return found
+
+
+def _stored_chunk_count(array: Any) -> int:
+    return len(_stored_files(array, 0, array.shape[0])) if array.shape[0] else 0
+
+
+def _check_chunks_present(path: str, group: Any, name: str, expected: Any) -> None:
+    """As many chunk files as the writer stored: a missing one would otherwise read
+    back as fill values, silently."""
+    try:
+        array = group[name]
+    except KeyError:
+        raise ShardCorruptError(f"{path}: array {name!r} is missing") from None
+    if getattr(array.store_path.store, "root", None) is None:
+        return
+    found = _stored_chunk_count(array)
+    if found != expected:
+        raise ShardCorruptError(
+            f"{path}: array {name!r} has {found} chunk files, but {expected!r} were written; "
+            "a missing one would read as fill values"
+        )
 
 
 def _gather(array: Any, unique: np.ndarray, raw: _RawChunks | None = None) -> np.ndarray:
@@ -589,11 +614,12 @@ class ZarrWriter(ShardFileWriter):
                 appender.finish()
         finally:
             self._pool.shutdown(wait=True)
-        self._group.attrs[ATTR] = {
-            "version": 1,
-            "count": self.count,
-            "schema": self.schema.to_json(),
-        }
+        info: dict[str, Any] = {"version": 1, "count": self.count, "schema": self.schema.to_json()}
+        if self._local:
+            info["stored_chunks"] = {
+                name: _stored_chunk_count(array) for name, array in self._arrays.items()
+            }
+        self._group.attrs[ATTR] = info
         self._group = None
 
     def abort(self) -> None:

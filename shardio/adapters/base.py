@@ -17,6 +17,7 @@ from typing import Any, ClassVar, Generic, Literal, TypeVar
 import numpy as np
 
 from ..errors import InvalidOptionError
+from ..integrity import ValueRanges
 from ..memory import FileRange, ReleaseKind, ReleaseResult
 from ..schema import Sample, Schema
 
@@ -64,6 +65,9 @@ class ShardReader(ABC, Generic[HandleT]):
     holds_caches: ClassVar[bool] = False
     #: Backend-specific keyword options this reader accepts.
     options: ClassVar[frozenset[str]] = frozenset()
+    #: Files the backend's own library may create in a shard after it was written
+    #: (not part of its size or checksum).
+    transient_files: ClassVar[frozenset[str]] = frozenset()
 
     def __init__(
         self,
@@ -71,10 +75,14 @@ class ShardReader(ABC, Generic[HandleT]):
         *,
         fields: Sequence[str] | None = None,
         expected_nbytes: int | None = None,
+        allow_external: bool = False,
         **options: Any,
     ) -> None:
         _check_options(options, self.options, f"by the {self.format} backend (reading {path})")
         self.path = path
+        #: Read data that metadata places outside the shard (HDF5 external storage and
+        #: virtual datasets, files named by path in shard metadata); refused by default.
+        self.allow_external = allow_external
         self.requested_fields = None if fields is None else list(fields)
         self.expected_nbytes = expected_nbytes
         self.backend_options = options
@@ -166,6 +174,12 @@ class ShardReader(ABC, Generic[HandleT]):
     def files(self) -> list[str]:
         """The local files that hold this shard's data (for checksums and cache hints)."""
         return [self.path]
+
+    def value_ranges(self, indices: np.ndarray) -> ValueRanges | None:
+        """Where the values of samples ``indices`` lie in the local files, per file, for
+        ``verify="first-read"``; None where the backend cannot tell cheaply (then the
+        whole shard is checked on its first read)."""
+        return None
 
     def byte_ranges(self, start: int, stop: int) -> list[FileRange]:
         """The local file ranges that hold samples ``[start, stop)``, for readahead hints.

@@ -25,10 +25,11 @@ from ..adapters.base import Columns
 from ..adapters.registry import is_remote
 from ..checksum import files_nbytes, hash_files
 from ..errors import ShardioError, UnsupportedFeatureError, VerificationError
+from ..integrity import ShardCheck
 from ..manifest import Manifest, ShardInfo
 from ..reader import DatasetReader
 from ..schema import Field, Schema
-from ..writer import shard_files
+from ..writer import shard_files_as_written
 from .progress import Progress, progress_mode
 from .source import Source, open_source
 
@@ -107,6 +108,10 @@ def verify(
         len(manifest.shards),
         manifest.num_samples,
     )
+    try:
+        manifest.check_directory(location)
+    except ShardioError as exc:
+        report.problems.append(Problem(None, str(exc)))
     source = None
     if against is not None:
         source = _open_against(manifest, os.fspath(against), source_format, source_options, report)
@@ -226,7 +231,7 @@ def _check_shard(
     path = os.path.join(location, info.path)
     if not os.path.exists(path):
         return [Problem(info.path, "is missing")]
-    files = shard_files(path)
+    files = shard_files_as_written(path, info.nbytes, reader.transient_files)
     nbytes = files_nbytes(files)
     if nbytes != info.nbytes:
         state = "truncated" if nbytes < info.nbytes else "larger than written"
@@ -241,9 +246,11 @@ def _check_shard(
     if info.checksum is not None:
         actual = hash_files(files, path)
         if actual != info.checksum:
+            places = ShardCheck(path, files, info.checksum, info.blocks).damaged_blocks()
+            where = f"; damaged: {', '.join(places)}" if places else ""
             problem = Problem(
                 info.path,
-                f"is corrupt: its checksum is {actual}, the manifest says {info.checksum}",
+                f"is corrupt: its checksum is {actual}, the manifest says {info.checksum}" + where,
             )
             return [problem, *_probe(location, number, start, source)]
     return _read_shard(reader, manifest, number, start, source, report)
@@ -419,11 +426,13 @@ def _probe_main(
             comparison = _Comparison(source, manifest.schema, report)
         problems = _read_shard(reader, manifest, number, start, comparison, None)
         if not problems:
-            detail = "compare equal to the source" if against else "decode"
+            detail = "decodes and equals the source" if against else "decodes"
             problems = [
                 Problem(
                     manifest.shards[number].path,
-                    f"its samples still {detail}: the damage is outside the sample data",
+                    f"its bytes differ from what was written, yet every sample still {detail}: "
+                    "the damage is in bytes no check here can attribute (a value that still "
+                    "decodes, padding or metadata); treat the shard as corrupt",
                 )
             ]
     except Exception as exc:

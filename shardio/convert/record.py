@@ -86,13 +86,9 @@ class ProgressRecord:
         for line in lines[1:]:
             try:
                 raw = json.loads(line)
-                shards[int(raw["shard"])] = ShardInfo(
-                    path=str(raw["path"]),
-                    num_samples=int(raw["num_samples"]),
-                    nbytes=int(raw["nbytes"]),
-                    checksum=raw.get("checksum"),
-                )
-            except (KeyError, TypeError, ValueError):
+                number = int(raw["shard"])
+                shards[number] = ShardInfo.from_json(raw, number, self.path)
+            except (KeyError, TypeError, ValueError):  # ManifestError is a ValueError
                 continue  # a line cut short by a crash: that shard is written again
         return settings, shards
 
