@@ -377,7 +377,7 @@ def main() -> None:
             f"Each dataset {format_size(size)}, warm page cache, random order, batch {BATCH}; "
             f"rates and CPU are medians of {args.rounds} alternated runs of about "
             f"{args.seconds:g} s, each in a fresh process, ratios the medians of the "
-            "ratios within a round; peak memory the highest of the runs.\n\n{body}\n"
+            f"ratios within a round; peak memory the highest of the runs.\n\n{body}\n"
         )
         _common.replace_section(HEADING, text)
 
