@@ -24,6 +24,9 @@ __all__ = [
     "VerificationError",
     "DeviceError",
     "OutputWriteError",
+    "StateMismatchError",
+    "ShardioWarning",
+    "FieldsChosenWarning",
 ]
 
 
@@ -88,3 +91,19 @@ class DeviceError(ShardioError, ValueError):
 
 class OutputWriteError(ShardioError, OSError):
     """Writing output failed: the disk is full, a quota is reached, or the path is read-only."""
+
+
+class StateMismatchError(InvalidOptionError):
+    """A saved (sampler) state belongs to another dataset or order than the one loading it."""
+
+
+class ShardioWarning(UserWarning):
+    """Base class of the warnings shardio gives."""
+
+
+class FieldsChosenWarning(ShardioWarning):
+    """A file was read on some of its datasets: which, and which were left out.
+
+    Given once per process and file (``warnings.simplefilter("ignore",
+    FieldsChosenWarning)`` silences it; ``fields=`` picks the datasets instead).
+    """

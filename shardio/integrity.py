@@ -58,14 +58,14 @@ class ShardCheck:
         }
         self._lock = threading.Lock()
         self._pid = -1
-        #: Every block (or the whole shard) checked in this process: nothing left to do.
-        self.complete = False
+        self._complete_in = -1  # the process that has checked everything (see complete)
+        self._swept = False
         self._checked: dict[str, np.ndarray] = {}
 
     def __getstate__(self) -> dict[str, object]:
         state = self.__dict__.copy()
         del state["_lock"]
-        state["_pid"], state["_checked"], state["complete"] = -1, {}, False
+        state.update(_pid=-1, _checked={}, _complete_in=-1, _swept=False)
         return state
 
     def __setstate__(self, state: dict[str, object]) -> None:
@@ -76,9 +76,15 @@ class ShardCheck:
         """Blocks checked by this process (a forked child checks again)."""
         if self._pid != os.getpid():
             self._pid = os.getpid()
-            self.complete = False
+            self._swept = False
             self._checked = {p: np.zeros(len(d), dtype=bool) for p, d in self._digests.items()}
         return self._checked
+
+    @property
+    def complete(self) -> bool:
+        """Every block (or the whole shard) checked in this process: nothing left to do.
+        A forked child inherits the flag of another process, so it checks again."""
+        return self._complete_in == os.getpid()
 
     def check_whole(self) -> None:
         """Hash every file of the shard once per process and compare the checksum."""
@@ -92,7 +98,7 @@ class ShardCheck:
                 f"({actual} != {self.checksum}): it is damaged; run shardio verify on the "
                 "dataset to see where"
             )
-        self.complete = True
+        self._complete_in = os.getpid()
 
     def check_ranges(self, ranges: ValueRanges | None) -> None:
         """Check the blocks holding ``ranges`` that this process has not checked yet."""
@@ -102,11 +108,20 @@ class ShardCheck:
         checked = self._state()
         if self.complete:
             return
+        if not self._swept:
+            # Files no value lies in (metadata, LMDB's offsets table) are checked whole
+            # on the first read, so that the shard can be complete once values are.
+            touched = {path for path, _, _ in ranges}
+            for path, done in checked.items():
+                if path not in touched:
+                    self._check_blocks(path, np.arange(len(done)), done)
+            self._swept = True
         for path, offsets, lengths in ranges:
-            done = checked.get(path)
-            if done is None:  # a file without digests: check the shard as a whole
+            found = checked.get(path)
+            if found is None:  # a file without digests: check the shard as a whole
                 self.check_whole()
                 return
+            done = found
             if done.all():
                 continue
             keep = lengths > 0
@@ -122,7 +137,8 @@ class ShardCheck:
             new = np.unique(blocks[~done[blocks]])
             if len(new):
                 self._check_blocks(path, new, done)
-        self.complete = all(done.all() for done in checked.values())
+        if all(done.all() for done in checked.values()):
+            self._complete_in = os.getpid()
 
     def _check_blocks(self, path: str, blocks: np.ndarray, done: np.ndarray) -> None:
         expected = self._digests[path]

@@ -21,7 +21,7 @@ def read_json(path: str, open_file: Callable[[str], IO[Any]] | None = None) -> A
     """The parsed file; ``FileNotFoundError`` passes through for the caller to word."""
     try:
         with (open_file or _open_binary)(path) as handle:
-            text = handle.read(MAX_JSON_BYTES + 1)
+            text = _read_at_most(handle, MAX_JSON_BYTES + 1)
     except IsADirectoryError:
         raise ManifestError(f"{path} should be a JSON file, but it is a directory") from None
     except NotADirectoryError:
@@ -32,6 +32,15 @@ def read_json(path: str, open_file: Callable[[str], IO[Any]] | None = None) -> A
         return json.loads(text, parse_constant=_reject_constant)
     except (ValueError, RecursionError) as exc:  # JSONDecodeError and UnicodeDecodeError
         raise ManifestError(f"{path} is not valid JSON: {exc}") from exc
+
+
+def _read_at_most(handle: IO[Any], limit: int) -> bytes:
+    """Up to ``limit`` bytes, read in pieces (``read(limit)`` would allocate ``limit``)."""
+    pieces, total = [], 0
+    while total < limit and (piece := handle.read(min(1 << 20, limit - total))):
+        pieces.append(piece)
+        total += len(piece)
+    return b"".join(pieces)
 
 
 def _reject_constant(name: str) -> Any:

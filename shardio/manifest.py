@@ -199,7 +199,7 @@ class Manifest:
         path = os.path.join(directory, MANIFEST_NAME)
         try:
             data = read_json(path)
-        except FileNotFoundError:
+        except (FileNotFoundError, NotADirectoryError):
             raise DatasetNotFoundError(
                 f"{directory} is not a shardio dataset: {MANIFEST_NAME} is missing"
             ) from None

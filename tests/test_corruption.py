@@ -143,3 +143,34 @@ def test_lmdb_opened_by_hand_with_a_lock_file_still_reads(tmp_path) -> None:
     import shardio
 
     assert shardio.verify(path).ok
+
+
+def test_tiny_hostile_files_open_under_a_memory_cap(tmp_path) -> None:
+    """A 512 MB address-space cap: a file or manifest claiming far more than it holds
+    is refused without allocating what it claims."""
+    path = str(tmp_path / "tiny.h5")
+    with h5py.File(path, "w") as file:
+        file.create_dataset("x", shape=(3 * 10**8,), chunks=(1,), dtype=np.float32)
+    manifest_dir = _dataset(tmp_path, "lmdb")
+    manifest_path = os.path.join(manifest_dir, "manifest.json")
+    import json
+
+    with open(manifest_path) as handle:
+        manifest = json.load(handle)
+    manifest["shards"][0]["num_samples"] = 10**12
+    manifest.pop("num_samples")
+    with open(manifest_path, "w") as handle:
+        json.dump(manifest, handle)
+    script = f"""
+import resource
+from shardio import DatasetReader, ShardioError
+resource.setrlimit(resource.RLIMIT_AS, (512 * 2**20, 512 * 2**20))
+for target in ({path!r}, {manifest_dir!r}):
+    try:
+        DatasetReader(target)
+    except ShardioError as exc:
+        print(type(exc).__name__)
+"""
+    done = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True)
+    assert done.returncode == 0, done.stderr[-2000:]
+    assert done.stdout.split() == ["ShardCorruptError", "ManifestError"]

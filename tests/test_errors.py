@@ -205,16 +205,24 @@ def test_foreign_lmdb_with_keys_order(tmp_path) -> None:
         ShardedDataset(tmp_path / "f.lmdb", decode=lambda b: {"v": b}, keys=["k0", "k9"])[1]
 
 
-def test_hdf5_datasets_that_disagree_on_length_are_listed(tmp_path) -> None:
+def test_hdf5_datasets_that_disagree_on_length_open_on_the_largest_set(tmp_path) -> None:
     import h5py
 
     path = tmp_path / "mixed.h5"
     with h5py.File(path, "w") as file:
         file["images"] = np.zeros((10, 2))
         file["classes"] = np.zeros(3)
-    with pytest.raises(shardio.SchemaError, match=r"'classes': 3, 'images': 10"):
-        ShardedDataset(path)
-    assert len(ShardedDataset(path, fields=["images"])) == 10
+    with pytest.warns(shardio.FieldsChosenWarning) as caught:
+        assert len(ShardedDataset(path)) == 10  # a tie: the longer axis
+    lines = [str(w.message) for w in caught]
+    assert lines == [
+        f"{path}: read 1 field(s) along 10 rows: 'images'",
+        f"{path}: left out 1 dataset(s): 'classes' (3 rows, not 10); "
+        "fields=[...] (--fields) picks others",
+    ]
+    assert len(ShardedDataset(path, fields=["classes"])) == 3
+    with pytest.raises(shardio.SchemaError, match=r"'images': 10, 'classes': 3"):
+        ShardedDataset(path, fields=["images", "classes"])
 
 
 def test_non_integer_index(tmp_path) -> None:

@@ -295,7 +295,6 @@ def _mid_epoch_state(**options: Any) -> dict[str, Any]:
     ("saved", "current", "named"),
     [
         ({}, {"n_shards": 5}, "dataset_len=100"),
-        ({"rank": 0, "world_size": 2}, {"rank": 0, "world_size": 4}, "world_size=2"),
         ({"seed": 1}, {"seed": 2}, "seed=1"),
         ({"window": 500}, {"window": 700}, "window=500"),
         ({"drop_last": True}, {}, "drop_last=True"),
@@ -344,7 +343,7 @@ def test_a_different_order_for_the_same_settings_is_refused() -> None:
     resumed = sampler()
     resumed.load_state_dict(state)
     with pytest.raises(InvalidOptionError, match="its order differs"):
-        iter(resumed)
+        next(iter(resumed))  # the order is built, and checked, on the first next()
     resumed.set_epoch(1)  # starting another epoch over is fine
     assert sorted(resumed) == list(range(100))
 

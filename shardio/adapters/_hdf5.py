@@ -13,6 +13,7 @@ import json
 import mmap
 import os
 import sys
+import warnings
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -21,7 +22,8 @@ import numpy as np
 
 from ..errors import (
     DatasetNotFoundError,
-    FieldNotFoundError,
+    FieldsChosenWarning,
+    InvalidOptionError,
     ManifestError,
     SchemaError,
     ShardCorruptError,
@@ -30,6 +32,8 @@ from ..errors import (
 from ..integrity import ValueRanges
 from ..memory import FileRange, ReleaseResult
 from ..schema import Field, Schema
+from ._hdf5_discovery import Discovery, FieldSpec, SparseRows, discover, open_spec
+from ._hdf5_filters import load_filters
 from .base import Columns, ShardFileWriter, ShardReader, coalesce_ranges
 
 __all__ = [
@@ -37,8 +41,6 @@ __all__ = [
     "HDF5Reader",
     "HDF5Writer",
     "SCHEMA_ATTR",
-    "field_for_dataset",
-    "list_datasets",
 ]
 
 SCHEMA_ATTR = "shardio_schema"
@@ -142,22 +144,27 @@ def _hint_source(dataset: h5py.Dataset) -> _RowTable | _ChunkExtents | None:
     return _RowTable.contiguous(dataset)
 
 
-def _check_contained(path: str, file: h5py.File, name: str, dataset: h5py.Dataset) -> None:
-    """Refuse a dataset whose values live in other files: external storage, a virtual
+def _check_contained(path: str, file: h5py.File, name: str, dataset: Any) -> None:
+    """Refuse a field whose values live in other files: external storage, a virtual
     dataset, or an external link (reading them reads files the user did not name)."""
-    link = file.get(name, getlink=True)
-    if isinstance(link, h5py.ExternalLink):
-        where = f"an external link to {link.filename}:{link.path}"
-    elif dataset.is_virtual:
-        where = "a virtual dataset (its values come from other files)"
-    elif dataset.id.get_create_plist().get_external_count():
-        where = "stored in external files"
-    else:
-        return
-    raise UnsupportedFeatureError(
-        f"{path}: dataset {name!r} is {where}; shardio reads only the file it is given "
-        "unless allow_external=True"
+    parts = (
+        [dataset.data, dataset.indices, dataset.indptr]
+        if isinstance(dataset, SparseRows)
+        else [dataset]
     )
+    for part in parts:
+        if part.file.filename != file.filename:
+            where = f"an external link to {part.file.filename}"
+        elif part.is_virtual:
+            where = "a virtual dataset (its values come from other files)"
+        elif part.id.get_create_plist().get_external_count():
+            where = "stored in external files"
+        else:
+            continue
+        raise UnsupportedFeatureError(
+            f"{path}: dataset {name!r} is {where}; shardio reads only the file it is given "
+            "unless allow_external=True"
+        )
 
 
 #: Values may be this many times the file's size (compression, fill values), no more.
@@ -188,25 +195,14 @@ def _row_bytes(dataset: h5py.Dataset) -> int:
 @dataclass
 class _File:
     file: h5py.File
-    datasets: dict[str, h5py.Dataset]
+    datasets: dict[str, h5py.Dataset | SparseRows]
     raw_chunks: dict[str, bool]  # per field: chunks hold plain values (see _gather)
+    members: dict[str, str] = field(default_factory=dict)  # field -> compound member it reads
     tables: dict[str, _RowTable | None] = field(default_factory=dict)
     own_map: mmap.mmap | None = None  # the file mapped by shardio, read at table positions
     view: np.ndarray | None = None
     fd: int | None = None  # the file, for read_mode="pread"
     hints: dict[str, _RowTable | _ChunkExtents | None] | None = None  # built on first use
-
-
-def list_datasets(group: h5py.Group) -> list[tuple[str, h5py.Dataset]]:
-    """Every dataset below ``group`` with its path, in visiting order."""
-    found: list[tuple[str, h5py.Dataset]] = []
-
-    def visit(name: str, obj: Any) -> None:
-        if isinstance(obj, h5py.Dataset):
-            found.append((name, obj))
-
-    group.visititems(visit)
-    return found
 
 
 @functools.lru_cache(maxsize=1)
@@ -224,61 +220,23 @@ def vlen_reads_unswapped() -> bool:
     return bool(value.dtype.isnative and value[0] != 1)
 
 
-def field_for_dataset(name: str, dataset: h5py.Dataset) -> Field:
-    """The shardio field that reads ``dataset`` row by row."""
-    vlen = h5py.check_vlen_dtype(dataset.dtype)
-    if vlen is not None:
-        if vlen in (bytes, str):
-            return Field(name, np.dtype(np.uint8), (), "bytes")
-        base = np.dtype(vlen)
-        if base.hasobject:
-            raise UnsupportedFeatureError(
-                f"dataset {dataset.name!r} has a nested variable-length type {dataset.dtype}"
-            )
-        return Field(name, base, (), "ragged")
-    if h5py.check_ref_dtype(dataset.dtype) is not None or dataset.dtype.hasobject:
-        raise UnsupportedFeatureError(
-            f"dataset {dataset.name!r} holds object references (dtype {dataset.dtype}); "
-            "select other fields with fields=[...]"
-        )
-    return Field(name, dataset.dtype, dataset.shape[1:], "array")
-
-
-def _foreign_fields(path: str, file: h5py.File, wanted: list[str] | None) -> list[Field]:
-    if wanted is not None:
-        fields = []
-        for name in wanted:
-            obj = file.get(name)
-            if obj is None:
-                available = [n for n, _ in list_datasets(file)]
-                raise FieldNotFoundError(
-                    f"{path}: no dataset {name!r}; datasets in the file are {available}"
-                )
-            if not isinstance(obj, h5py.Dataset):
-                raise SchemaError(f"{path}: {name!r} is a group, not a dataset")
-            if obj.ndim == 0:
-                raise SchemaError(
-                    f"{path}: dataset {name!r} is a scalar; a field needs a first axis"
-                )
-            fields.append(field_for_dataset(name, obj))
-        candidates = [(f.name, file[f.name]) for f in fields]
-    else:
-        candidates = [(n, d) for n, d in list_datasets(file) if d.ndim >= 1]
-        if not candidates:
-            raise SchemaError(f"{path} holds no dataset with a first axis to read samples from")
-        fields = [field_for_dataset(n, d) for n, d in candidates]
-    lengths = {n: d.shape[0] for n, d in candidates}
-    if len(set(lengths.values())) > 1:
-        listing = ", ".join(f"{n!r}: {length}" for n, length in lengths.items())
-        raise SchemaError(
-            f"{path}: datasets disagree on their first axis ({listing}); "
-            "pick datasets of one length with fields=[...]"
-        )
-    return fields
+def _announce(found: Discovery) -> None:
+    """Say which datasets a file without a shardio schema is read on, and which not
+    (a warning each, shown once per process)."""
+    for line in (found.chosen, found.left_out):
+        if line:
+            warnings.warn(line, FieldsChosenWarning, stacklevel=4)
 
 
 class HDF5Reader(ShardReader[_File]):
-    """Reads a shardio HDF5 shard or any HDF5 file."""
+    """Reads a shardio HDF5 shard or any HDF5 file.
+
+    A file without a shardio schema is read on the fields
+    :func:`~shardio.adapters._hdf5_discovery.discover` finds: ``group=`` reads the
+    datasets under one group (named relative to it), ``dim=`` those along one netCDF
+    dimension, ``split_compound=True`` reads each member of a compound dataset as a
+    field. Each dataset left out is named in a :class:`FieldsChosenWarning`.
+    """
 
     format = "hdf5"
     remote = True
@@ -288,7 +246,17 @@ class HDF5Reader(ShardReader[_File]):
     #: rows' positions in the file, found once when opened, bypassing a per-chunk
     #: HDF5 call: through shardio's own map of the file, or with read_mode="pread"
     #: with pread (no page mapped: the mode under a memory budget).
-    options = frozenset({"rdcc_nbytes", "rdcc_nslots", "storage_options", "read_mode"})
+    options = frozenset(
+        {
+            "rdcc_nbytes",
+            "rdcc_nslots",
+            "storage_options",
+            "read_mode",
+            "group",
+            "dim",
+            "split_compound",
+        }
+    )
 
     @property
     def touches_mapped_pages(self) -> bool:
@@ -310,17 +278,37 @@ class HDF5Reader(ShardReader[_File]):
                     raise ManifestError(f"{self.path}: bad {SCHEMA_ATTR} attribute: {exc}") from exc
                 schema = self._select(full)
                 length = int(file.attrs.get(COUNT_ATTR, -1))
+                specs: dict[str, FieldSpec] = {}
+                chosen = [k for k in ("group", "dim") if self.backend_options.get(k)]
+                if chosen:
+                    raise InvalidOptionError(
+                        f"{self.path} is a shardio shard: {chosen[0]}= (--{chosen[0]}) selects "
+                        "datasets of a file shardio did not write; use fields= (--fields)"
+                    )
             else:
-                schema = Schema(tuple(_foreign_fields(self.path, file, self.requested_fields)))
-                length = -1
-            datasets = {}
+                found = discover(
+                    file,
+                    self.path,
+                    fields=self.requested_fields,
+                    group=self.backend_options.get("group"),
+                    dim=self.backend_options.get("dim"),
+                    split_compound=bool(self.backend_options.get("split_compound", False)),
+                )
+                _announce(found)
+                schema, length = found.schema, found.num_samples
+                specs = {s.field.name: s for s in found.specs}
+            datasets: dict[str, h5py.Dataset | SparseRows] = {}
             for fld in schema:
-                dataset = file.get(fld.name)
-                if not isinstance(dataset, h5py.Dataset):
+                spec = specs.get(fld.name)
+                dataset = open_spec(file, spec) if spec else file.get(fld.name)
+                if not isinstance(dataset, (h5py.Dataset, SparseRows)):
                     raise ShardCorruptError(f"{self.path}: dataset {fld.name!r} is missing")
                 if not self.allow_external:
                     _check_contained(self.path, file, fld.name, dataset)
                 datasets[fld.name] = dataset
+            if raw is not None:
+                plain = [d for d in datasets.values() if isinstance(d, h5py.Dataset)]
+                load_filters(plain, self.path)
             if length < 0:
                 length = next(iter(datasets.values())).shape[0]
             _check_claimed_rows(self.path, file, length, schema)
@@ -335,14 +323,21 @@ class HDF5Reader(ShardReader[_File]):
             raise
         self._length = length
         self._schema = schema
-        opened = _File(file, datasets, {n: _reads_raw_chunks(d) for n, d in datasets.items()})
+        opened = _File(
+            file,
+            datasets,
+            {n: isinstance(d, h5py.Dataset) and _reads_raw_chunks(d) for n, d in datasets.items()},
+            {n: s.member for n, s in specs.items() if s.member is not None},
+        )
         if "://" not in self.path or self.path.startswith("file://"):
             self._locate_rows(opened)
         return opened
 
     def _locate_rows(self, opened: _File) -> None:
         opened.tables = {
-            f.name: None if f.variable else _RowTable.of(opened.datasets[f.name])
+            f.name: _RowTable.of(dataset)
+            if not f.variable and isinstance(dataset := opened.datasets[f.name], h5py.Dataset)
+            else None
             for f in self.schema
         }
         if not any(opened.tables.values()):
@@ -407,9 +402,9 @@ class HDF5Reader(ShardReader[_File]):
         handle = self.handle
         if handle.hints is None:  # chunk_iter over every chunk: only for readers that hint
             handle.hints = {
-                f.name: handle.tables.get(f.name) or _hint_source(handle.datasets[f.name])
+                f.name: handle.tables.get(f.name) or _hint_source(dataset)
                 for f in self.schema
-                if not f.variable
+                if not f.variable and isinstance(dataset := handle.datasets[f.name], h5py.Dataset)
             }
         spans = [source.spans(start, stop) for source in handle.hints.values() if source]
         if not spans:
@@ -457,10 +452,18 @@ class HDF5Reader(ShardReader[_File]):
         unique, inverse = np.unique(indices, return_inverse=True)
         reorder = not (len(unique) == len(indices) and np.array_equal(unique, indices))
         columns: Columns = {}
+        tables: dict[str, np.ndarray] = {}  # a table's rows, read once for all its columns
         for fld in self.schema:
             data = self._read_located(handle, fld.name, unique)
             if data is None:
-                data = _gather(handle.datasets[fld.name], unique, handle.raw_chunks[fld.name])
+                dataset = handle.datasets[fld.name]
+                data = tables.get(dataset.name)
+                if data is None:
+                    data = _gather(dataset, unique, handle.raw_chunks[fld.name])
+                    if fld.name in handle.members:
+                        tables[dataset.name] = data
+            if fld.name in handle.members:
+                data = np.ascontiguousarray(data[handle.members[fld.name]])
             if fld.variable:
                 relabel = fld.kind == "ragged" and not fld.dtype.isnative and vlen_reads_unswapped()
                 values = [
@@ -497,13 +500,15 @@ def _reads_raw_chunks(dataset: h5py.Dataset) -> bool:
     )
 
 
-def _gather(dataset: h5py.Dataset, unique: np.ndarray, raw: bool) -> np.ndarray:
+def _gather(dataset: h5py.Dataset | SparseRows, unique: np.ndarray, raw: bool) -> np.ndarray:
     """Rows ``unique`` (sorted, distinct) of ``dataset``, reading each chunk once.
 
     h5py's own fancy indexing (``dataset[list]``) builds one hyperslab per row and can
     take a second for 256 rows, so rows are read chunk by chunk instead: the raw chunk
     bytes where they are the values, else one slice per chunk touched.
     """
+    if isinstance(dataset, SparseRows):
+        return dataset[unique]
     if len(unique) == 0:
         return dataset[0:0]
     first, last = int(unique[0]), int(unique[-1])

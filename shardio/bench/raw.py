@@ -16,6 +16,7 @@ Handles open lazily per process, so a :class:`RawReader` can go to DataLoader wo
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 from abc import ABC, abstractmethod
@@ -179,6 +180,8 @@ class RawHDF5(RawReader):
     def _open(self, path: str) -> Any:
         import h5py
 
+        with contextlib.suppress(ImportError):
+            import hdf5plugin  # noqa: F401  (its filters, as a user's own loop would load them)
         file = h5py.File(path, "r")
         return file, [(f, file[f.name]) for f in self.schema]
 

@@ -6,6 +6,8 @@ import argparse
 import sys
 from typing import Any
 
+from ._select import add_selection_flags
+
 
 def add_parser(subparsers: Any) -> None:
     parser = subparsers.add_parser(
@@ -31,6 +33,7 @@ def add_parser(subparsers: Any) -> None:
         action="append",
         help="datasets to convert, comma separated (default: all sharing the first axis)",
     )
+    add_selection_flags(parser, fields=False)
     parser.add_argument(
         "--compressor", help="zarr: zstd, blosc, gzip; hdf5: gzip, lzf; NAME:LEVEL sets a level"
     )
@@ -80,6 +83,7 @@ def run(args: argparse.Namespace) -> int:
         overwrite=args.overwrite,
         scheduler=args.scheduler,
         source_format=args.source_format,
+        source_options={k: getattr(args, k) for k in ("group", "dim") if getattr(args, k)} or None,
         progress=not args.quiet,
     )
     if not args.quiet:

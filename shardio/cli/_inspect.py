@@ -4,10 +4,14 @@ from __future__ import annotations
 
 import argparse
 import json
+import sys
+import warnings
 from typing import Any
 
 from ..config import format_size
+from ..errors import FieldsChosenWarning
 from ..reader import DatasetReader
+from ._select import add_selection_flags, selection
 
 
 def add_parser(subparsers: Any) -> None:
@@ -16,6 +20,7 @@ def add_parser(subparsers: Any) -> None:
         "path", help="a dataset directory, HDF5 file, LMDB environment or Zarr group"
     )
     parser.add_argument("--format", help="backend, when the path does not tell")
+    add_selection_flags(parser)
     parser.add_argument("--json", action="store_true", help="print JSON instead of a table")
     parser.set_defaults(run=run)
 
@@ -60,8 +65,12 @@ def _conversion(reader: DatasetReader) -> dict[str, Any] | None:
 
 
 def run(args: argparse.Namespace) -> int:
-    with DatasetReader(args.path, format=args.format) as reader:
-        info = describe(reader)
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always", FieldsChosenWarning)
+        with DatasetReader(args.path, format=args.format, **selection(args)) as reader:
+            info = describe(reader)
+    for warning in caught:  # which datasets were read and which left out: a line each
+        print(f"shardio inspect: {warning.message}", file=sys.stderr)
     if args.json:
         print(json.dumps(info, indent=1))
         return 0

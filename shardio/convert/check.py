@@ -24,7 +24,12 @@ import numpy as np
 from ..adapters.base import Columns
 from ..adapters.registry import is_remote
 from ..checksum import files_nbytes, hash_files
-from ..errors import ShardioError, UnsupportedFeatureError, VerificationError
+from ..errors import (
+    DatasetNotFoundError,
+    ShardioError,
+    UnsupportedFeatureError,
+    VerificationError,
+)
 from ..integrity import ShardCheck
 from ..manifest import Manifest, ShardInfo
 from ..reader import DatasetReader
@@ -101,6 +106,12 @@ def verify(
     location = os.fspath(path)
     if is_remote(location):
         raise UnsupportedFeatureError(f"verify reads local datasets, but got {location!r}")
+    if os.path.isfile(location):
+        raise DatasetNotFoundError(
+            f"{location} is a file, not a shardio dataset directory: verify checks a "
+            "converted dataset against its manifest; `shardio inspect` shows whether a file "
+            "reads, and `shardio verify DST --against SRC` compares a conversion with its source"
+        )
     manifest = Manifest.load(location)
     report = VerifyReport(
         location,
@@ -154,13 +165,14 @@ def _open_against(
     report: VerifyReport,
 ) -> _Comparison | None:
     conversion = manifest.metadata.get("conversion") or {}
+    recorded = {"group": conversion["group"]} if conversion.get("group") else {}
     try:
         source = open_source(
             against,
             fields=list(manifest.schema.names),
             format=source_format,
             split_compound=bool(conversion.get("split_compound", False)),
-            options=source_options,
+            options={**recorded, **(source_options or {})} or None,
         )
     except ShardioError as exc:
         report.problems.append(Problem(None, f"cannot compare with {against}: {exc}"))
@@ -377,7 +389,7 @@ def _probe(location: str, number: int, start: int, source: _Comparison | None) -
     info_path = Manifest.load(location).shards[number].path
     against = None
     if source is not None:
-        against = (source.source.path, source.source.split_compound)
+        against = (source.source.path, source.source.split_compound, source.source.group)
     context = multiprocessing.get_context("spawn")
     receiver, sender = context.Pipe(duplex=False)
     process = context.Process(
@@ -410,7 +422,11 @@ def _probe(location: str, number: int, start: int, source: _Comparison | None) -
 
 
 def _probe_main(
-    sender: Any, location: str, number: int, start: int, against: tuple[str, bool] | None
+    sender: Any,
+    location: str,
+    number: int,
+    start: int,
+    against: tuple[str, bool, str | None] | None,
 ) -> None:
     """In the child: the problems found decoding shard ``number``, sent to the parent."""
     problems: list[Problem]
@@ -421,7 +437,10 @@ def _probe_main(
         if against is not None:
             report = VerifyReport(location)
             source = open_source(
-                against[0], fields=list(manifest.schema.names), split_compound=against[1]
+                against[0],
+                fields=list(manifest.schema.names),
+                split_compound=against[1],
+                options=None if against[2] is None else {"group": against[2]},
             )
             comparison = _Comparison(source, manifest.schema, report)
         problems = _read_shard(reader, manifest, number, start, comparison, None)

@@ -431,6 +431,7 @@ def _conversion_metadata(source: Source, src_path: str, settings: dict[str, Any]
     return {
         "source": src_path,
         "split_compound": source.split_compound,
+        **({"group": source.group} if source.group else {}),
         "skipped": [s.to_json() for s in source.skipped],
         "notes": list(source.notes),
         "settings": settings,

@@ -11,6 +11,7 @@ from .layout import ShardedSource, ShardLayout
 from .orders import ORDERS, epoch_order
 from .partition import PARTITIONS, rank_indices, samples_per_rank
 from .sampler import ShardSampler
+from .state import find_sampler_state
 
 __all__ = [
     "ShardSampler",
@@ -21,4 +22,5 @@ __all__ = [
     "epoch_order",
     "rank_indices",
     "samples_per_rank",
+    "find_sampler_state",
 ]

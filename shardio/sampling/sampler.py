@@ -1,4 +1,4 @@
-"""ShardSampler: shard-aware shuffling, rank partitioning and exact mid-epoch resume."""
+"""ShardSampler: shard-aware shuffling, rank partitioning and exact, elastic mid-epoch resume."""
 
 from __future__ import annotations
 
@@ -12,7 +12,8 @@ import torch.distributed as dist
 from torch.utils.data import Sampler
 
 from ..config import parse_size
-from ..errors import InvalidOptionError
+from ..errors import InvalidOptionError, StateMismatchError
+from .elastic import NO_RUNS, fold_pass, normalize_runs, pass_share, pass_size
 from .layout import ShardedSource, resolve_layout
 from .orders import ORDERS, EpochPlan, OrderName, epoch_plan, order_digest
 from .partition import PARTITIONS, PartitionName, rank_indices, samples_per_rank
@@ -30,6 +31,7 @@ class _Pass:
 
     start: int
     digest: str
+    consumed: np.ndarray  # positions of the epoch's order consumed before this pass
     yielded: int = 0
     done: bool = False
 
@@ -59,9 +61,10 @@ class ShardSampler(Sampler[int]):
             dataset's ``readahead(start, stop)`` (as on ShardedDataset); ignored for
             other orders and datasets without that method.
 
-    The order of an epoch is a pure function of (seed, epoch, rank, world size and
-    the layout). ``state_dict(consumed=n)`` saves the position; see
-    :meth:`state_dict` for how to count ``n`` behind a DataLoader that prefetches.
+    The global order of an epoch is a pure function of (seed, epoch, layout), the
+    same for every world size; each rank takes its share of it. ``state_dict(consumed=n)``
+    saves the position (see :meth:`state_dict` for how to count ``n`` behind a
+    DataLoader that prefetches), and a state resumes at any world size.
     """
 
     def __init__(
@@ -102,11 +105,15 @@ class ShardSampler(Sampler[int]):
             )
         self.partition: PartitionName = partition
         self.num_samples = samples_per_rank(len(self.layout), self.world_size, self.drop_last)
+        self._fingerprint = self.layout.fingerprint()  # asked for at every state_dict()
         hint = getattr(data_source, "readahead", None) if readahead else None
         self._hint: Hint | None = hint if callable(hint) else None
         self._epoch = 0
         self._resume_at = 0  # offset the next pass starts from (set by load_state_dict)
         self._resume_digest = ""  # the order a loaded state expects ("" when unchecked)
+        # Positions of this epoch's order consumed before the next pass (by passes at
+        # another world size); the next pass reads the rest.
+        self._consumed = NO_RUNS
         self._pass: _Pass | None = None
 
     @property
@@ -121,7 +128,7 @@ class ShardSampler(Sampler[int]):
         """
         epoch = _non_negative_int(epoch, "epoch")
         if epoch != self._epoch:
-            self._resume_at, self._resume_digest = 0, ""
+            self._resume_at, self._resume_digest, self._consumed = 0, "", NO_RUNS
         self._epoch = epoch
         self._pass = None
 
@@ -131,25 +138,36 @@ class ShardSampler(Sampler[int]):
         return self._share(self._plan(epoch).indices)
 
     def __iter__(self) -> Iterator[int]:
-        plan = self._plan(self._epoch)
-        order = plan.indices
+        # The order is built on the first next(), not here: torchdata's StatefulDataLoader
+        # calls iter() once before it loads a state and once after, and building an
+        # order of 10M samples twice would double the time to the first batch.
+        progress = _Pass(start=self._resume_at, digest=self._resume_digest, consumed=self._consumed)
+        self._pass, self._resume_at, self._resume_digest = progress, 0, ""
+        return self._run(progress, self._epoch)
+
+    def _run(self, progress: _Pass, epoch: int) -> Iterator[int]:
+        plan = self._plan(epoch)
+        order, block_starts = plan.indices, plan.block_starts
         digest = order_digest(order)
-        if self._resume_at and self._resume_digest and digest != self._resume_digest:
-            raise InvalidOptionError(
-                f"cannot resume epoch {self._epoch}: its order differs from the one the state "
+        resuming = progress.start or len(progress.consumed)
+        if resuming and progress.digest and digest != progress.digest:
+            raise StateMismatchError(
+                f"cannot resume epoch {epoch}: its order differs from the one the state "
                 "was saved with, so the remaining indices would be wrong. Was the state saved "
                 "by another numpy or shardio version? Go on with the next epoch "
-                f"(set_epoch({self._epoch + 1})), or use a new sampler to redo this one."
+                f"(set_epoch({epoch + 1})), or use a new sampler to redo this one."
             )
-        progress = _Pass(start=self._resume_at, digest=digest)
-        self._pass, self._resume_at, self._resume_digest = progress, 0, ""
-        indices = self._share(order)
+        progress.digest = digest
+        indices = pass_share(
+            order, progress.consumed, self.rank, self.world_size, self.drop_last, self.partition
+        )
+        del order, plan  # only this rank's share stays in memory while iterating
         readahead = None
-        if self._hint is not None and plan.block_starts is not None:
+        if self._hint is not None and block_starts is not None:
             readahead = BlockReadahead(
-                indices, plan.block_starts, len(self.layout), self._hint, self._lookahead()
+                indices, block_starts, len(self.layout), self._hint, self._lookahead()
             )
-        return _iterate(indices, progress, readahead)
+        yield from _iterate(indices, progress, readahead)
 
     def _plan(self, epoch: int) -> EpochPlan:
         return epoch_plan(self.order, self.layout, self.window, self.seed, epoch)
@@ -167,22 +185,26 @@ class ShardSampler(Sampler[int]):
     def __len__(self) -> int:
         """Indices the current pass yields (or the next one, when none is running)."""
         if self._pass is not None and not self._pass.done:
-            return self.num_samples - self._pass.start
-        return self.num_samples - self._resume_at
+            return self._pass_size(self._pass.consumed) - self._pass.start
+        return self._pass_size(self._consumed) - self._resume_at
+
+    def _pass_size(self, consumed: np.ndarray) -> int:
+        return pass_size(len(self.layout), consumed, self.world_size, self.drop_last)
 
     def state_dict(self, consumed: int | None = None) -> dict[str, Any]:
-        """The position in the epoch, to save in a checkpoint.
+        """The position in the epoch, to save in a checkpoint: a small dict, no index lists.
 
         ``consumed`` is how many samples the training loop has taken from the
         DataLoader since the current pass over it began (e.g. batches received times
         the batch size). Pass it whenever the DataLoader has workers: they prefetch,
         so the sampler has already yielded indices the loop has not seen yet. Left
         out, the count of yielded indices is used, which is exact only when the
-        loop iterates the sampler directly or through a DataLoader with
-        ``num_workers=0``.
+        loop iterates the sampler directly, through a DataLoader with
+        ``num_workers=0``, or through torchdata's ``StatefulDataLoader`` (whose own
+        ``state_dict()`` calls this one at the right moment for each batch).
 
         Every rank consumes the same number of samples, so the state of rank 0 can be
-        loaded on every rank.
+        loaded on every rank, at this world size or any other.
         """
         progress = self._pass
         if progress is None:
@@ -190,46 +212,67 @@ class ShardSampler(Sampler[int]):
                 raise InvalidOptionError(
                     f"consumed should be 0 before iteration starts, but got consumed={consumed!r}"
                 )
-            offset, digest = self._resume_at, self._resume_digest
-        else:
-            digest = progress.digest
-            count = progress.yielded
-            if consumed is not None:
-                count = _non_negative_int(consumed, "consumed")
-                if count > progress.yielded:
-                    raise InvalidOptionError(
-                        "consumed should count the samples taken since the current pass "
-                        f"began, at most the {progress.yielded} indices it has yielded, "
-                        f"but got consumed={consumed!r}"
-                    )
-            offset = progress.start + count
-        return self._state(offset, digest).to_dict()
+            return self._state(self._resume_at, self._resume_digest, self._consumed).to_dict()
+        count = progress.yielded
+        if consumed is not None:
+            count = _non_negative_int(consumed, "consumed")
+            if count > progress.yielded:
+                raise InvalidOptionError(
+                    "consumed should count the samples taken since the current pass "
+                    f"began, at most the {progress.yielded} indices it has yielded, "
+                    f"but got consumed={consumed!r}"
+                )
+        return self._state(progress.start + count, progress.digest, progress.consumed).to_dict()
 
     def load_state_dict(self, state: Mapping[str, Any]) -> None:
         """Resume from :meth:`state_dict`: the next pass yields exactly the rest of its epoch.
 
-        Raises :class:`~shardio.InvalidOptionError` when the state was saved with a
-        different dataset, world size, seed, order, window, ``drop_last`` or
-        ``partition``, since its remaining indices would not be this sampler's.
+        The state may come from any world size. At the same world size each rank
+        goes on with its own share. At another one, what every rank consumed is
+        worked out from the state, and the new ranks split what is left of the epoch
+        among themselves, each sample not yet consumed once (plus padding, or minus
+        the cut of ``drop_last``, as at the start of an epoch).
+
+        Raises :class:`~shardio.StateMismatchError` when the state was saved with a
+        different dataset, seed, order, window, ``drop_last`` or ``partition``, since
+        its order would not be this sampler's, and
+        :class:`~shardio.InvalidOptionError` when it is not a sampler state.
         """
         saved = SamplerState.from_dict(state)
-        problems = saved.mismatches(self._state(0, ""))
+        problems = saved.mismatches(self._state(0, "", NO_RUNS))
         if problems:
-            raise InvalidOptionError(
+            raise StateMismatchError(
                 "cannot resume from this sampler state: it was saved with "
                 + "; ".join(problems)
                 + ". Resume with the same settings, or start without loading the state."
             )
-        if not 0 <= saved.offset <= self.num_samples:
+        n = len(self.layout)
+        consumed = normalize_runs(np.asarray(saved.consumed_runs, dtype=np.int64))
+        if len(consumed) and consumed[-1, 1] > n:
             raise InvalidOptionError(
-                f"state['offset'] should be between 0 and {self.num_samples}, "
-                f"but got offset={saved.offset}"
+                f"state['consumed_runs'] should hold positions below dataset_len={n}, "
+                f"but got runs up to {int(consumed[-1, 1])}"
             )
-        self._epoch = _non_negative_int(saved.epoch, "state['epoch']")
-        self._resume_at, self._resume_digest = saved.offset, saved.digest
+        world_size = _non_negative_int(saved.world_size, "state['world_size']")
+        if world_size < 1:
+            raise InvalidOptionError(f"state['world_size'] should be >= 1, but got {world_size}")
+        per_rank = pass_size(n, consumed, world_size, self.drop_last)
+        if not 0 <= saved.offset <= per_rank:
+            raise InvalidOptionError(
+                f"state['offset'] should be between 0 and {per_rank}, but got offset={saved.offset}"
+            )
+        epoch = _non_negative_int(saved.epoch, "state['epoch']")
+        offset = saved.offset
+        if world_size != self.world_size:
+            # Another world size: fold the interrupted pass into the consumed positions,
+            # and start a new pass over the rest at this world size.
+            consumed = fold_pass(consumed, n, world_size, self.drop_last, self.partition, offset)
+            offset = 0
+        self._epoch, self._consumed = epoch, consumed
+        self._resume_at, self._resume_digest = offset, saved.digest
         self._pass = None
 
-    def _state(self, offset: int, digest: str) -> SamplerState:
+    def _state(self, offset: int, digest: str, consumed: np.ndarray) -> SamplerState:
         return SamplerState(
             epoch=self._epoch,
             offset=offset,
@@ -240,8 +283,9 @@ class ShardSampler(Sampler[int]):
             order=self.order,
             seed=self.seed,
             window=self.window,
-            layout=self.layout.fingerprint(),
+            layout=self._fingerprint,
             digest=digest,
+            consumed_runs=tuple(consumed.reshape(-1).tolist()),
         )
 
     def __repr__(self) -> str:

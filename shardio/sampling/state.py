@@ -1,33 +1,40 @@
 """The saved position of a :class:`ShardSampler`, and the checks on loading it.
 
-A state records where in an epoch this rank's order stands, plus every setting the
-order depends on. Loading a state into a sampler whose order would differ (another
-dataset, world size, seed, window, ...) raises instead of silently resuming
-somewhere else.
+A state records where in an epoch the job stands, plus every setting the epoch's
+order depends on. Position: the runs of the epoch's order consumed before the
+current pass (``consumed_runs``) and how many indices of its share each rank has
+consumed in that pass (``offset``), at the pass's ``world_size``. That is a few
+numbers per rank, never a list of indices, so any world size can work out the rest.
+
+Loading a state into a sampler whose order would differ (another dataset, seed,
+window, ...) raises :class:`~shardio.errors.StateMismatchError` instead of
+silently resuming somewhere else.
 """
 
 from __future__ import annotations
 
 import operator
 from collections.abc import Mapping
-from dataclasses import asdict, dataclass, fields
+from dataclasses import dataclass, fields
+from itertools import pairwise
 from typing import Any
 
 from ..errors import InvalidOptionError
 
-__all__ = ["STATE_VERSION", "SamplerState"]
+__all__ = ["STATE_VERSION", "SamplerState", "find_sampler_state"]
 
-STATE_VERSION = 1
+STATE_VERSION = 2
+_READABLE_VERSIONS = (1, 2)  # version 1: the same without consumed_runs
 
 
 @dataclass(frozen=True)
 class SamplerState:
-    """Position (``epoch``, ``offset``) and the settings that fix the order."""
+    """Position (``epoch``, ``consumed_runs``, ``offset``) and the settings that fix the order."""
 
     epoch: int
-    offset: int  # indices of this rank's epoch order already consumed
+    offset: int  # indices of each rank's share consumed in the current pass
     dataset_len: int
-    world_size: int
+    world_size: int  # of the current pass
     drop_last: bool
     partition: str
     order: str
@@ -35,10 +42,18 @@ class SamplerState:
     window: int
     layout: str  # ShardLayout.fingerprint()
     digest: str  # orders.order_digest() of the epoch's global order, "" if not computed
+    #: Flat ``[start0, stop0, start1, stop1, ...]``: positions of the epoch's order
+    #: consumed before the current pass began (by passes at other world sizes).
+    consumed_runs: tuple[int, ...] = ()
 
     def to_dict(self) -> dict[str, Any]:
-        """A plain dict of ints, bools and strings: safe for torch.save and JSON."""
-        return {"version": STATE_VERSION, **asdict(self)}
+        """A plain dict of ints, bools, strings and a list of ints: safe for torch.save
+        and JSON."""
+        # Not dataclasses.asdict: it deep-copies every value, and StatefulDataLoader
+        # asks for a state at every batch.
+        state = {"version": STATE_VERSION, **{name: getattr(self, name) for name in _FIELDS}}
+        state["consumed_runs"] = list(self.consumed_runs)
+        return state
 
     @classmethod
     def from_dict(cls, state: Mapping[str, Any]) -> SamplerState:
@@ -48,12 +63,14 @@ class SamplerState:
                 "state should be a dict from ShardSampler.state_dict(), "
                 f"but got {type(state).__name__}"
             )
-        if state.get("version") != STATE_VERSION:
+        version = state.get("version")
+        if version not in _READABLE_VERSIONS:
             raise InvalidOptionError(
                 f"state should have version {STATE_VERSION} (from ShardSampler.state_dict()), "
-                f"but got version={state.get('version')!r}"
+                f"but got version={version!r}"
             )
-        missing = [f.name for f in fields(cls) if f.name not in state]
+        optional = {"consumed_runs"}
+        missing = [f.name for f in fields(cls) if f.name not in state and f.name not in optional]
         if missing:
             raise InvalidOptionError(
                 f"state is missing {', '.join(missing)}: it does not come from "
@@ -61,24 +78,17 @@ class SamplerState:
             )
         values: dict[str, Any] = {}
         for f in fields(cls):
-            value = state[f.name]
-            try:
-                if f.type == "int":
-                    value = operator.index(value)
-                elif f.type == "bool":
-                    value = bool(operator.index(value))
-                elif not isinstance(value, str):
-                    raise TypeError
-            except TypeError:
-                raise InvalidOptionError(
-                    f"state[{f.name!r}] should be of type {f.type}, but got {value!r}"
-                ) from None
-            values[f.name] = value
+            if f.name not in state:
+                continue
+            values[f.name] = _parse(f.name, str(f.type), state[f.name])
         return cls(**values)
 
     def mismatches(self, current: SamplerState) -> list[str]:
-        """The settings that differ from ``current`` and change the order, as messages."""
-        compared = ["dataset_len", "world_size", "drop_last", "partition", "order"]
+        """The settings that differ from ``current`` and change the order, as messages.
+
+        The world size is not one: a state resumes at any world size.
+        """
+        compared = ["dataset_len", "drop_last", "partition", "order"]
         if current.order != "sequential":
             compared.append("seed")
         if current.order == "shard-window":
@@ -90,3 +100,61 @@ class SamplerState:
             for name in compared
             if getattr(self, name) != getattr(current, name)
         ]
+
+
+_FIELDS = tuple(f.name for f in fields(SamplerState))
+
+
+def _parse(name: str, kind: str, value: Any) -> Any:
+    try:
+        if kind == "int":
+            return operator.index(value)
+        if kind == "bool":
+            return bool(operator.index(value))
+        if kind == "str":
+            if not isinstance(value, str):
+                raise TypeError
+            return value
+        # consumed_runs: an even number of integers >= 0, ascending
+        runs = tuple(operator.index(item) for item in value)
+    except TypeError:
+        raise InvalidOptionError(
+            f"state[{name!r}] should be of type {kind}, but got {value!r}"
+        ) from None
+    if len(runs) % 2 or any(b < a for a, b in pairwise(runs)) or min(runs, default=0) < 0:
+        raise InvalidOptionError(
+            f"state[{name!r}] should be ascending [start, stop] pairs of positions >= 0, "
+            f"but got {value!r}"
+        )
+    return runs
+
+
+def find_sampler_state(state: Any) -> dict[str, Any]:
+    """The :class:`ShardSampler` state inside a bigger state, e.g. a torchdata
+    ``StatefulDataLoader.state_dict()``, to resume with another number of workers.
+
+    Raises :class:`~shardio.InvalidOptionError` when there is none, or more than one
+    differing state (two samplers).
+    """
+    found: list[dict[str, Any]] = []
+    _collect(state, found)
+    distinct = {repr(sorted(s.items())): s for s in found}
+    if len(distinct) != 1:
+        what = "no" if not distinct else f"{len(distinct)} different"
+        raise InvalidOptionError(
+            f"state should hold exactly one ShardSampler state, but it holds {what} "
+            "(look for a dict with the keys 'version', 'epoch', 'offset' and 'digest')"
+        )
+    return next(iter(distinct.values()))
+
+
+def _collect(value: Any, found: list[dict[str, Any]]) -> None:
+    if isinstance(value, Mapping):
+        if {"version", "epoch", "offset", "digest", "layout"} <= set(value):
+            found.append(dict(value))
+            return
+        for item in value.values():
+            _collect(item, found)
+    elif isinstance(value, (list, tuple)):
+        for item in value:
+            _collect(item, found)
