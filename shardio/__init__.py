@@ -23,6 +23,7 @@ __version__ = "0.1.0"
 # name -> module that defines it; imported lazily so `import shardio` stays torch-free.
 _LAZY = {
     "ShardedDataset": "shardio.dataset",
+    "Loader": "shardio.loader",
     "Prefetcher": "shardio.prefetch",
     "ShardSampler": "shardio.sampling",
     "verify": "shardio.convert",
@@ -37,6 +38,7 @@ if TYPE_CHECKING:
     from .convert.converter import convert
     from .dataset import ShardedDataset
     from .diagnose import trace
+    from .loader import Loader
     from .prefetch import Prefetcher
     from .sampling import ShardSampler
 
@@ -44,6 +46,7 @@ __all__ = [
     *_error_names,
     "DatasetReader",
     "Field",
+    "Loader",
     "Manifest",
     "MemoryPolicy",
     "Prefetcher",

@@ -10,6 +10,8 @@ import numpy as np
 import torch.utils.data
 
 from .adapters.base import Columns, columns_to_samples
+from .batches import Batch, BatchTransform, shared_columns
+from .errors import InvalidOptionError
 from .loaderinfo import dataloader_worker
 from .reader import DatasetReader
 from .schema import Sample, Schema
@@ -20,9 +22,12 @@ __all__ = ["ShardedDataset"]
 class ShardedDataset(torch.utils.data.Dataset[Any]):
     """Samples of an HDF5 file, LMDB environment, Zarr group, raw shard or dataset directory.
 
-    ``ds[i]`` is a dict of field -> ``np.ndarray`` (or ``bytes``); ``transform`` is
-    applied to each sample. ``DataLoader`` calls :meth:`__getitems__` with a whole
-    batch, which reads it in one transaction, selection or gather per shard.
+    ``ds[i]`` is a dict of field -> ``np.ndarray`` (or ``bytes``). ``DataLoader`` calls
+    :meth:`__getitems__` with a whole batch, which reads it in one transaction,
+    selection or gather per shard, and its default collate function turns the columns
+    straight into tensors (see :mod:`shardio.batches`). ``transform`` is applied to each
+    sample, which splits the batch into samples and restacks them (the per-sample
+    cost); ``batch_transform`` is applied to each collated batch instead.
     Backend options (``decode=``, ``keys=`` for foreign LMDB, ``rdcc_nbytes=`` for
     HDF5, ``storage_options=`` for remote URLs) pass through to the adapter.
 
@@ -46,12 +51,19 @@ class ShardedDataset(torch.utils.data.Dataset[Any]):
         *,
         fields: Sequence[str] | None = None,
         transform: Callable[[Sample], Any] | None = None,
+        batch_transform: BatchTransform | None = None,
         format: str | None = None,
         **options: Any,
     ) -> None:
+        if transform is not None and batch_transform is not None:
+            raise InvalidOptionError(
+                "give transform= (per sample) or batch_transform= (per collated batch), "
+                "not both: apply the batch step to the collated batch in your loop instead"
+            )
         self.reader = DatasetReader(path, fields=fields, format=format, **options)
         self.reader.guard.worker_info = dataloader_worker  # splits max_rss="auto"
         self.transform = transform
+        self.batch_transform = batch_transform
         # torch holds native byte order only: swapped fields are converted on read.
         self._swapped = [
             f.name for f in self.reader.schema if not f.variable and not f.dtype.isnative
@@ -95,24 +107,36 @@ class ShardedDataset(torch.utils.data.Dataset[Any]):
 
     # ----------------------------------------------------------------- reading
     def __getitem__(self, index: int) -> Any:
-        return self.__getitems__([index])[0] if self._swapped else self._one(index)
-
-    def _one(self, index: int) -> Any:
-        sample = self.reader.read(index)
+        if self._swapped:
+            sample = columns_to_samples(self.read_batch([index]), 1)[0]
+        else:
+            sample = self.reader.read(index)
         return self.transform(sample) if self.transform is not None else sample
 
-    def __getitems__(self, indices: Sequence[int]) -> list[Any]:
-        """A whole batch, read shard by shard in one backend call each."""
-        samples = columns_to_samples(self.read_batch(indices), len(indices))
-        if self.transform is not None:
-            return [self.transform(s) for s in samples]
-        return samples
+    def __getitems__(self, indices: Sequence[int]) -> Sequence[Any]:
+        """A whole batch, read shard by shard in one backend call each.
 
-    def read_batch(self, indices: Sequence[int] | np.ndarray) -> Columns:
+        Without ``transform``, a :class:`~shardio.batches.Batch`: the columns, seen as
+        a sequence of samples, that ``default_collate`` turns into tensors without
+        building them. In a DataLoader worker its fixed fields are read into shared
+        memory, so the batch reaches the main process without another copy."""
+        if self.transform is not None:
+            samples = columns_to_samples(self.read_batch(indices), len(indices))
+            return [self.transform(s) for s in samples]
+        if torch.utils.data.get_worker_info() is None:
+            return Batch(self.read_batch(indices), len(indices), None, self.batch_transform)
+        arrays, tensors = shared_columns(self.schema, len(indices))
+        columns = self.read_batch(indices, out=arrays)
+        return Batch(columns, len(indices), tensors, self.batch_transform)
+
+    def read_batch(
+        self, indices: Sequence[int] | np.ndarray, out: dict[str, np.ndarray] | None = None
+    ) -> Columns:
         """A batch as columns: stacked arrays for fixed fields, lists for variable ones.
 
-        The fastest path (no per-sample dicts, no ``transform``)."""
-        columns = self.reader.read_many(np.asarray(indices, dtype=np.int64))
+        The fastest path (no per-sample dicts, no ``transform``). ``out`` maps fixed
+        native-order fields to arrays of ``len(indices)`` rows to read them into."""
+        columns = self.reader.read_many(np.asarray(indices, dtype=np.int64), out=out)
         for name in self._swapped:
             column = columns[name]
             columns[name] = column.astype(column.dtype.newbyteorder("="))

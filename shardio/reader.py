@@ -10,7 +10,9 @@ from __future__ import annotations
 import contextlib
 import functools
 import os
-from collections.abc import Iterator, Sequence
+import threading
+from collections import Counter
+from collections.abc import Iterator, Mapping, Sequence
 from typing import Any
 
 import numpy as np
@@ -102,8 +104,13 @@ class DatasetReader:
             self.options["storage_options"] = storage_options
         self.memory_policy = MemoryPolicy.resolve(max_rss, memory_policy)
         self.guard = MemoryGuard(self.memory_policy, self.release_memory)
-        self._unchecked_bytes = 0  # read by map-free readers since the last guard check
         self.readahead_bytes = 0
+        # NOTE: threads of one process share this reader (shardio.Loader). The lock
+        # guards bookkeeping only (open shards, their use counts, the memory guard),
+        # never the reads themselves, which release the GIL.
+        self._lock = threading.Lock()
+        self._in_use: Counter[int] = Counter()
+        self._close_when_unused: set[int] = set()
         fmt = format if format is not None else detect_format(self.path, storage_options)
         if fmt != SHARDED:
             get_backend(fmt)  # validates the name
@@ -237,10 +244,47 @@ class DatasetReader:
 
         At most ``max_open_shards`` readers stay open in a process: using one more
         closes the least recently used (it reopens on its next use)."""
+        with self._lock:
+            self._use(number)
+            return self._shard_reader(number)
+
+    def _use(self, number: int) -> None:
+        """Count a use of shard ``number``; close the least recently used one beyond the
+        limit, or, while another thread reads it, as soon as that read is done."""
         evicted = self._recent.use(number)
-        if evicted is not None and evicted in self._readers:
+        self._close_when_unused.discard(number)
+        if evicted is None or evicted not in self._readers:
+            return
+        if self._in_use[evicted]:
+            self._close_when_unused.add(evicted)
+        else:
             self._readers[evicted].close()
-        return self._shard_reader(number)
+
+    @contextlib.contextmanager
+    def _reading(self, number: int, local: np.ndarray) -> Iterator[ShardReader[Any]]:
+        """Shard ``number``'s reader, open and marked in use (never closed by another
+        thread) while the caller reads ``local`` from it."""
+        with self._lock:
+            self._use(number)
+            reader = self._shard_reader(number)
+            reader.handle  # noqa: B018 - opened here, under the lock, not by racing threads
+            if len(local) > 1:
+                reader.hint_access(self._access_pattern(local))
+            self._in_use[number] += 1
+        try:
+            yield reader
+        finally:
+            with self._lock:
+                self._in_use[number] -= 1
+                if not self._in_use[number]:
+                    del self._in_use[number]
+                    if number in self._close_when_unused:
+                        self._close_when_unused.discard(number)
+                        reader.close()
+
+    def _after_read(self, nbytes: int) -> None:
+        with self._lock:
+            self.guard.after_read(nbytes)
 
     def _shard_reader(self, number: int) -> ShardReader[Any]:
         """The reader of shard ``number``, created and checked on first use, without
@@ -313,60 +357,86 @@ class DatasetReader:
     # ----------------------------------------------------------------- reading
     def read(self, index: int) -> Sample:
         shard, local = self.index.locate(index)
-        reader = self.shard(shard)
-        before = reader.bytes_read
-        with _as_corrupt(reader.path):
-            if self.verify != "off":
-                self._check_integrity(shard, reader, np.array([local], dtype=np.int64))
-            sample = reader.read(local)
+        at = np.array([local], dtype=np.int64)
+        with self._reading(shard, at) as reader:
+            before = reader.bytes_read
+            with _as_corrupt(reader.path):
+                if self.verify != "off":
+                    self._check_integrity(shard, reader, at)
+                sample = reader.read(local)
+            nbytes = reader.bytes_read - before
         if self.memory_policy is not None:
-            self.guard.after_read(reader.bytes_read - before)
+            self._after_read(nbytes)
         return sample
 
-    def read_many(self, indices: Sequence[int] | np.ndarray) -> Columns:
-        """Samples at global ``indices`` as columns, in the order given."""
+    def read_many(
+        self, indices: Sequence[int] | np.ndarray, out: Mapping[str, np.ndarray] | None = None
+    ) -> Columns:
+        """Samples at global ``indices`` as columns, in the order given.
+
+        ``out`` maps fixed fields to arrays of ``len(indices)`` rows (the field's dtype
+        and shape) that those fields are read into, and returned as, where the caller
+        owns the memory (shared memory in a DataLoader worker)."""
         shards, local = self.index.locate_many(indices)
         count = len(local)
+        out = {} if out is None else out
         if count == 0:
-            return self._empty_columns()
+            return {**self._empty_columns(), **out}
         first = int(shards[0])
+        unchecked = [0]  # bytes read by map-free readers, checked once per call below
         if (shards == first).all():
-            columns = self._read_shard(first, local)
+            columns = self._read_shard(first, local, out, unchecked)
         else:
-            columns = self._gather_shards(shards, local)
-        if self._unchecked_bytes:
+            columns = self._gather_shards(shards, local, out, unchecked)
+        if unchecked[0]:
             # Readers that map no pages are checked once per call, not once per shard:
             # a batch spread over many shards would otherwise read /proc per shard.
-            self.guard.after_read(self._unchecked_bytes)
-            self._unchecked_bytes = 0
+            self._after_read(unchecked[0])
         return columns
 
-    def _read_shard(self, number: int, local: np.ndarray) -> Columns:
-        reader = self.shard(number)
-        with _as_corrupt(reader.path):
+    def _read_shard(
+        self,
+        number: int,
+        local: np.ndarray,
+        out: Mapping[str, np.ndarray],
+        unchecked: list[int],
+    ) -> Columns:
+        with self._reading(number, local) as reader, _as_corrupt(reader.path):
             if self.verify != "off":
                 self._check_integrity(number, reader, local)
-            return self._read_open_shard(reader, local)
+            return self._read_open_shard(reader, local, out, unchecked)
 
-    def _read_open_shard(self, reader: ShardReader[Any], local: np.ndarray) -> Columns:
-        if len(local) > 1:
-            reader.hint_access(self._access_pattern(local))
+    def _read_open_shard(
+        self,
+        reader: ShardReader[Any],
+        local: np.ndarray,
+        out: Mapping[str, np.ndarray],
+        unchecked: list[int],
+    ) -> Columns:
+        def read(indices: np.ndarray, target: Mapping[str, np.ndarray]) -> Columns:
+            return reader.read_into(indices, target) if target else reader.read_many(indices)
+
         if self.memory_policy is None:
-            return reader.read_many(local)
+            return read(local, out)
         if not reader.touches_mapped_pages:
             before = reader.bytes_read
-            columns = reader.read_many(local)
-            self._unchecked_bytes += reader.bytes_read - before
+            columns = read(local, out)
+            unchecked[0] += reader.bytes_read - before
             return columns
         # NOTE: one touched page can map a whole large folio (up to 2 MiB) of the page
         # cache, so a batch is read in pieces with an RSS check between them.
         step = max(4, self.memory_policy.max_rss // (4 * _WORST_FAULT_BYTES))
         parts = []
         for start in range(0, len(local), step):
+            piece = {name: target[start : start + step] for name, target in out.items()}
             before = reader.bytes_read
-            parts.append(reader.read_many(local[start : start + step]))
-            self.guard.after_read(reader.bytes_read - before)
-        return parts[0] if len(parts) == 1 else concat_columns(parts)
+            parts.append(read(local[start : start + step], piece))
+            self._after_read(reader.bytes_read - before)
+        if len(parts) == 1:
+            return parts[0]
+        columns = concat_columns(parts)
+        columns.update(out)  # the pieces were read into views of ``out``
+        return columns
 
     def _access_pattern(self, local: np.ndarray) -> AccessPattern:
         access = self.memory_policy.access if self.memory_policy is not None else "auto"
@@ -383,13 +453,19 @@ class DatasetReader:
         sample_bytes = self.schema.fixed_sample_nbytes or _SMALL_SAMPLE
         return "random" if sample_bytes < _SMALL_SAMPLE else "normal"
 
-    def _gather_shards(self, shards: np.ndarray, local: np.ndarray) -> Columns:
+    def _gather_shards(
+        self,
+        shards: np.ndarray,
+        local: np.ndarray,
+        out: Mapping[str, np.ndarray],
+        unchecked: list[int],
+    ) -> Columns:
         count = len(local)
         order = np.argsort(shards, kind="stable")
         boundaries = np.flatnonzero(np.diff(shards[order])) + 1
-        columns: Columns = {}
+        columns: Columns = dict(out)
         for positions in np.split(order, boundaries):
-            part = self._read_shard(int(shards[positions[0]]), local[positions])
+            part = self._read_shard(int(shards[positions[0]]), local[positions], {}, unchecked)
             for name, column in part.items():
                 if name not in columns:
                     columns[name] = (
@@ -438,14 +514,22 @@ class DatasetReader:
             lo, hi = max(start, offset) - offset, min(stop, int(starts[number + 1])) - offset
             if hi <= lo:
                 continue
-            known = self._readers.get(number)
-            was_open = known is not None and known.is_open
-            reader = self._shard_reader(number)  # a hint is not a use: nothing is evicted
+            with self._lock:
+                known = self._readers.get(number)
+                was_open = known is not None and known.is_open
+                reader = self._shard_reader(number)  # a hint is not a use: nothing is evicted
+                if not was_open:
+                    self._in_use[number] += 1  # no other thread closes it meanwhile
+                reader.handle  # noqa: B018
             try:
                 hinted += hint_ranges(reader.byte_ranges(lo, hi))
             finally:
                 if not was_open:
-                    reader.close()  # this process may only hint: hold no handles for it
+                    with self._lock:
+                        self._in_use[number] -= 1
+                        if not self._in_use[number]:
+                            del self._in_use[number]
+                            reader.close()  # this process may only hint: hold no handles
         self.readahead_bytes += hinted
         return hinted
 
@@ -455,11 +539,27 @@ class DatasetReader:
         return [r for r in self._readers.values() if r.is_open]
 
     def release_memory(self, kind: ReleaseKind = "advise") -> ReleaseResult:
-        """Ask every open shard reader to release what reading made resident."""
+        """Ask every open shard reader to release what reading made resident.
+
+        A reader another thread is reading from is only advised, never closed: its
+        next release (or reopen) comes with a later check."""
         total = ReleaseResult()
-        for reader in self.open_readers:
+        for number, reader in list(self._readers.items()):
+            if not reader.is_open:
+                continue
+            if self._in_use[number] and not (kind == "advise" and reader.maps_files):
+                continue
             total += reader.release_memory(kind)
         return total
+
+    def __getstate__(self) -> dict[str, Any]:
+        state = self.__dict__.copy()
+        del state["_lock"]  # a lock does not pickle; each process gets its own
+        return state
+
+    def __setstate__(self, state: dict[str, Any]) -> None:
+        self.__dict__.update(state)
+        self._lock = threading.Lock()
 
     @property
     def bytes_read(self) -> int:

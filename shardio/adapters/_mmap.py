@@ -19,6 +19,7 @@ import contextlib
 import json
 import mmap
 import os
+from collections.abc import Mapping
 from dataclasses import dataclass, field
 from typing import Any, BinaryIO
 
@@ -301,13 +302,16 @@ class MmapReader(ShardReader[_Mapped]):
         return [r for r in ranges if r[2] > 0]
 
     def read_many(self, indices: np.ndarray) -> Columns:
+        return self.read_into(indices, {})
+
+    def read_into(self, indices: np.ndarray, out: Mapping[str, np.ndarray]) -> Columns:
         columns: Columns = {}
         nbytes = 0
         handle = self.handle
         _check_unchanged(handle)
         for name, mapped in handle.fields.items():
             if mapped.offsets is None:
-                column = self._read_fixed(mapped, indices)
+                column = self._read_fixed(mapped, indices, out.get(name))
                 nbytes += column.nbytes
                 columns[name] = column
                 continue
@@ -325,13 +329,19 @@ class MmapReader(ShardReader[_Mapped]):
         self.bytes_read += nbytes
         return columns
 
-    def _read_fixed(self, mapped: _MappedField, indices: np.ndarray) -> np.ndarray:
+    def _read_fixed(
+        self, mapped: _MappedField, indices: np.ndarray, out: np.ndarray | None = None
+    ) -> np.ndarray:
         if mapped.data is not None:
-            return mapped.data[indices]  # one gather, copied out of the mapping
+            if out is None:
+                return mapped.data[indices]  # one gather, copied out of the mapping
+            # mode="clip" (indices are checked by the caller): "raise" buffers the output.
+            return np.take(mapped.data, indices, axis=0, out=out, mode="clip")
         assert mapped.fd is not None
         fld = mapped.field
         count, size = len(indices), fld.sample_nbytes
-        out = np.empty((count, *fld.shape), dtype=fld.dtype)
+        if out is None:
+            out = np.empty((count, *fld.shape), dtype=fld.dtype)
         if count == 0 or size == 0:
             return out
         if is_run(indices):

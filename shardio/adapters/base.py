@@ -160,6 +160,17 @@ class ShardReader(ABC, Generic[HandleT]):
         """The samples at local ``indices`` (any order, repeats allowed) as columns,
         read in one transaction, selection or gather."""
 
+    def read_into(self, indices: np.ndarray, out: Mapping[str, np.ndarray]) -> Columns:
+        """:meth:`read_many` with the fixed fields named in ``out`` written into its
+        arrays (``len(indices)`` rows each, the field's dtype and shape), for callers
+        that own the memory (shared memory in DataLoader workers). This default copies;
+        backends that can gather straight into ``out`` override it."""
+        columns = self.read_many(indices)
+        for name, target in out.items():
+            target[...] = columns[name]
+            columns[name] = target
+        return columns
+
     def files(self) -> list[str]:
         """The local files that hold this shard's data (for checksums and cache hints)."""
         return [self.path]
