@@ -12,7 +12,7 @@ from typing import Any
 import h5py
 import numpy as np
 import pytest
-from groundtruth import make_columns
+from shardio.testing.groundtruth import make_columns
 from h5files import COMPOUND, SKIPPED, N, write_int128, write_plain, write_rich
 
 import shardio

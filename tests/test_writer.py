@@ -7,7 +7,7 @@ import os
 
 import numpy as np
 import pytest
-from groundtruth import make_columns
+from shardio.testing.groundtruth import make_columns
 
 import shardio
 from shardio import Field, Schema, ShardedDataset, ShardWriter

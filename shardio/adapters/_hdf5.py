@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import functools
 import json
+import math
 import mmap
 import os
 import sys
@@ -431,7 +432,7 @@ class HDF5Reader(ShardReader[_File]):
             return None
         fld = self.schema[name]
         out = np.empty((len(unique), *fld.shape), dtype=handle.datasets[name].dtype)
-        rows = out.reshape(len(unique), -1).view(np.uint8)
+        rows = out.reshape(len(unique), math.prod(fld.shape)).view(np.uint8)  # len 0 too
         size = table.row_bytes
         if handle.view is not None:
             assert handle.own_map is not None
