@@ -530,7 +530,7 @@ def _gather(dataset: h5py.Dataset | SparseRows, unique: np.ndarray, raw: bool) -
         out_rows = out.reshape(len(unique), -1).view(np.uint8)
         scratch = np.empty(int(np.prod(chunks)) * dtype.itemsize, dtype=np.uint8)
         block = scratch.view(dtype).reshape(chunks)
-    for start, end in zip(starts.tolist(), ends.tolist()):
+    for start, end in zip(starts.tolist(), ends.tolist(), strict=True):
         wanted = unique[start:end]
         if raw:
             base = int(groups[start]) * rows

@@ -427,7 +427,7 @@ class LMDBReader(ShardReader[_Env]):
         else:
             self.bytes_read += self._read_through_map(handle, indices, targets, variable)
         columns: Columns = dict(variable)
-        for (name, _, _), target in zip(layout.fixed_fields, targets):
+        for (name, _, _), target in zip(layout.fixed_fields, targets, strict=True):
             fld = self.schema[name]
             columns[name] = target.rows.view(fld.dtype).reshape(count, *fld.shape)
         return {name: columns[name] for name in self.schema.names}

@@ -221,7 +221,7 @@ class AdapterTests:
             for path, offsets, lengths in ranges:
                 assert len(offsets) == len(lengths) == len(indices), path
                 for k, (offset, length) in enumerate(zip(offsets, lengths, strict=True)):
-                    assert 0 <= offset and 0 <= length, (path, offset, length)
+                    assert offset >= 0 and length >= 0, (path, offset, length)
                     assert offset + length <= os.path.getsize(path), path
                     if truth.locations is None:
                         continue

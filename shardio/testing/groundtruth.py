@@ -187,8 +187,9 @@ def write_shardio_lmdb(
     fixed = [f["name"] for f in schema if f["kind"] == "array"]
     variable = [f["name"] for f in schema if f["kind"] != "array"]
     n = len(next(iter(columns.values())))
-    values = [shardio_lmdb_value({k: v[i] for k, v in columns.items()}, fixed, variable)
-              for i in range(n)]
+    values = [
+        shardio_lmdb_value({k: v[i] for k, v in columns.items()}, fixed, variable) for i in range(n)
+    ]
     env = lmdb.open(path, map_size=1 << 26, subdir=True)
     with env.begin(write=True) as txn:
         for i, value in enumerate(values):
@@ -374,8 +375,9 @@ def zarr_variable_truth(directory: str) -> Truth:
     group = zarr.open_group(path, mode="w")
     group.create_array("label", data=columns["label"], chunks=(16,))
     names = np.array([f"sample-{i}".encode() * (i % 3) for i in range(N)], dtype=object)
-    array = group.create_array("name", shape=(N,), dtype=zarr.dtype.VariableLengthBytes(),
-                               chunks=(16,))
+    array = group.create_array(
+        "name", shape=(N,), dtype=zarr.dtype.VariableLengthBytes(), chunks=(16,)
+    )
     array[:] = names
     return Truth({"label": columns["label"], "name": list(names)}, path, variable=("name",))
 
@@ -433,9 +435,7 @@ def sharded_truth(directory: str, fmt: str = "mmap") -> Truth:
         locations += writer(os.path.join(root, name), part, schema_json(columns))
         shards.append((name, stop - start))
     write_manifest(root, fmt, columns, shards)
-    return Truth(
-        columns, root, variable=("blob", "seq"), locations=locations, claims_ranges=True
-    )
+    return Truth(columns, root, variable=("blob", "seq"), locations=locations, claims_ranges=True)
 
 
 SOURCES: dict[str, Callable[[str], Truth]] = {
