@@ -314,16 +314,17 @@ class AdapterTests:
         for index, sample in enumerate(samples):
             assert_sample_equal(sample, truth.sample(index), f"sample {index}")
 
-    def test_spawned_worker_reads_fixed_fields(self, truth: Truth) -> None:
-        fields = [n for n in truth.names if n not in truth.variable]
-        ds = self.open(truth, fields=fields)
+    def test_spawned_worker_reads_fixed_fields(self, written: Truth) -> None:
+        # Once per ground truth: a spawned worker starts a fresh interpreter (seconds).
+        fields = [n for n in written.names if n not in written.variable]
+        ds = self.open(written, fields=fields)
         ds[0]
         loader = DataLoader(ds, batch_size=32, num_workers=1, multiprocessing_context="spawn")
         batches = list(loader)
         assert batches
         for name in fields:
             got = torch.cat([b[name] for b in batches]).numpy()
-            np.testing.assert_array_equal(got, truth.columns[name])
+            np.testing.assert_array_equal(got, written.columns[name])
 
     def test_default_collate_keeps_bytes_fields(self, truth: Truth) -> None:
         byte_fields = [n for n in truth.variable if isinstance(truth.columns[n][0], bytes)]

@@ -20,6 +20,7 @@ import lmdb
 import numpy as np
 import xxhash
 import zarr
+from zarr.dtype import VariableLengthBytes
 
 N = 97
 #: Where stored bytes of a sample lie: (file, offset, bytes, True for value bytes and
@@ -375,9 +376,7 @@ def zarr_variable_truth(directory: str) -> Truth:
     group = zarr.open_group(path, mode="w")
     group.create_array("label", data=columns["label"], chunks=(16,))
     names = np.array([f"sample-{i}".encode() * (i % 3) for i in range(N)], dtype=object)
-    array = group.create_array(
-        "name", shape=(N,), dtype=zarr.dtype.VariableLengthBytes(), chunks=(16,)
-    )
+    array = group.create_array("name", shape=(N,), dtype=VariableLengthBytes(), chunks=(16,))
     array[:] = names
     return Truth({"label": columns["label"], "name": list(names)}, path, variable=("name",))
 
