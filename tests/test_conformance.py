@@ -2,7 +2,11 @@
 
 from __future__ import annotations
 
-from shardio.testing import SOURCES, AdapterTests, Truth
+import gc
+from pathlib import Path
+
+from shardio import ShardedDataset
+from shardio.testing import SOURCES, AdapterTests, Truth, assert_sample_equal
 
 
 class TestHDF5(AdapterTests):
@@ -58,3 +62,18 @@ class TestShardedMmap(AdapterTests):
 class TestShardedLMDB(AdapterTests):
     def write_truth(self, directory: str) -> Truth:
         return SOURCES["sharded-lmdb"](directory)
+
+
+def test_lmdb_advise_after_another_readers_map_of_the_file_is_gone(tmp_path: Path) -> None:
+    """The harness found it: madvise on a map of data.mdb that another reader closed."""
+    truth = SOURCES["lmdb"](str(tmp_path))
+    mapping_reader = ShardedDataset(truth.path)  # maps data.mdb itself (offsets table)
+    mapping_reader[0]
+    budgeted = ShardedDataset(truth.path, max_rss=1)  # the same environment, read by pread
+    budgeted[0]
+    reader = budgeted.reader.shard(0)
+    assert len(reader.handle.mapped()) == 2
+    del mapping_reader
+    gc.collect()
+    assert reader.release_memory("advise").advise_calls == 1
+    assert_sample_equal(budgeted[5], truth.sample(5))
