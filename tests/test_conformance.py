@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import gc
+import subprocess
+import sys
 from pathlib import Path
 
 from shardio import ShardedDataset
@@ -77,3 +79,13 @@ def test_lmdb_advise_after_another_readers_map_of_the_file_is_gone(tmp_path: Pat
     gc.collect()
     assert reader.release_memory("advise").advise_calls == 1
     assert_sample_equal(budgeted[5], truth.sample(5))
+
+
+def test_importing_shardio_loads_neither_the_harness_nor_pytest() -> None:
+    code = (
+        "import sys, shardio, shardio.cli, shardio.convert, shardio.sampling\n"
+        "print(sorted(m for m in ('pytest', 'shardio.testing') if m in sys.modules))"
+    )
+    done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True)
+    assert done.returncode == 0, done.stderr
+    assert done.stdout.strip() == "[]"
