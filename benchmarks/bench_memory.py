@@ -124,7 +124,7 @@ def plot(results: dict[str, dict[str, Any]], path: str) -> None:
     import matplotlib.pyplot as plt
 
     fig, axes = plt.subplots(1, len(results), figsize=(5 * len(results), 4), squeeze=False)
-    for ax, (fmt, runs) in zip(axes[0], results.items()):
+    for ax, (fmt, runs) in zip(axes[0], results.items(), strict=True):
         for label, run_result in runs.items():
             for pid, samples in run_result["trace"].items():
                 t = [s[0] for s in samples]

@@ -91,7 +91,7 @@ def import_streaming() -> Any:
 
 def _samples(count: int, sample_bytes: int) -> Iterator[tuple[int, np.ndarray, int]]:
     for batch in synthetic_batches(count, sample_bytes):
-        for data, label in zip(batch["data"], batch["label"].tolist()):
+        for data, label in zip(batch["data"], batch["label"].tolist(), strict=True):
             yield label, np.ascontiguousarray(data), label
 
 

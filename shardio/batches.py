@@ -143,16 +143,17 @@ def columns_to_tensors(
 def shared_columns(
     schema: Schema, count: int
 ) -> tuple[dict[str, np.ndarray], dict[str, torch.Tensor]]:
-    """Tensors in shared memory for the fixed native-order fields of ``count`` samples,
+    """Tensors in shared memory for the fixed fields of ``count`` samples (in native byte order),
     and the numpy views a reader fills (as ``default_collate`` allocates in workers)."""
     arrays: dict[str, np.ndarray] = {}
     tensors: dict[str, torch.Tensor] = {}
     if count == 0:
         return arrays, tensors
     for fld in schema:
-        if fld.variable or not fld.dtype.isnative or fld.dtype.kind not in _TORCH_KINDS:
+        if fld.variable or fld.dtype.kind not in _TORCH_KINDS:
             continue
-        dtype = torch.from_numpy(np.empty(0, dtype=fld.dtype)).dtype
+        native = fld.dtype.newbyteorder("=")  # swapped fields are converted as they are copied
+        dtype = torch.from_numpy(np.empty(0, dtype=native)).dtype
         shape = (count, *fld.shape)
         nbytes = count * fld.sample_nbytes
         if nbytes == 0:

@@ -135,11 +135,19 @@ class ShardedDataset(torch.utils.data.Dataset[Any]):
         """A batch as columns: stacked arrays for fixed fields, lists for variable ones.
 
         The fastest path (no per-sample dicts, no ``transform``). ``out`` maps fixed
-        native-order fields to arrays of ``len(indices)`` rows to read them into."""
-        columns = self.reader.read_many(np.asarray(indices, dtype=np.int64), out=out)
+        fields to native-order arrays of ``len(indices)`` rows to read them into."""
+        reader_out = (
+            None if out is None else {k: v for k, v in out.items() if k not in self._swapped}
+        )
+        columns = self.reader.read_many(np.asarray(indices, dtype=np.int64), out=reader_out)
         for name in self._swapped:
             column = columns[name]
-            columns[name] = column.astype(column.dtype.newbyteorder("="))
+            target = None if out is None else out.get(name)
+            if target is None:
+                columns[name] = column.astype(column.dtype.newbyteorder("="))
+            else:  # swapped while copied into the caller's (native-order) array
+                target[...] = column
+                columns[name] = target
         return columns
 
     def readahead(self, start: int, stop: int) -> int:

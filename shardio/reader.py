@@ -477,7 +477,7 @@ class DatasetReader:
                 if isinstance(target, np.ndarray):
                     target[positions] = column
                 else:
-                    for position, value in zip(positions.tolist(), column):
+                    for position, value in zip(positions.tolist(), column, strict=True):
                         target[position] = value
         return columns
 

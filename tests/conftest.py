@@ -3,11 +3,11 @@ from __future__ import annotations
 import os
 import sys
 
+sys.path.insert(0, os.path.dirname(__file__))  # test helper modules for spawned workers
+
 import pytest
 
-sys.path.insert(0, os.path.dirname(__file__))  # tests/groundtruth.py for spawned workers
-
-from groundtruth import SOURCES, Truth
+from shardio.testing.groundtruth import SOURCES, Truth
 
 # Every source is read twice: without a memory budget, and with the smallest one
 # (a release after every read), which must never change what is read.
@@ -16,7 +16,7 @@ _PARAMS = [(name, budget) for name in sorted(SOURCES) for budget in (None, 1)]
 
 @pytest.fixture(params=_PARAMS, ids=[f"{n}-budget" if b else n for n, b in _PARAMS])
 def truth(request: pytest.FixtureRequest, tmp_path_factory: pytest.TempPathFactory) -> Truth:
-    """Each ground-truth dataset, written without shardio (see groundtruth.py)."""
+    """Each ground-truth dataset, written without shardio (see shardio/testing)."""
     name, budget = request.param
     found = SOURCES[name](str(tmp_path_factory.mktemp(name)))
     if budget is not None:

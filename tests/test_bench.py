@@ -201,7 +201,7 @@ def test_raw_loops_read_the_same_values_as_shardio(mixed: str) -> None:
     expected = [ds[i] for i in indices.tolist()]
     ds.close()  # py-lmdb opens an environment once per process: shardio lets go first
     raw = raw_reader(ds)
-    for want, looped, index in zip(expected, raw.read_loop(indices), indices.tolist()):
+    for want, looped, index in zip(expected, raw.read_loop(indices), indices.tolist(), strict=True):
         _assert_same(want, looped)
         _assert_same(want, raw.read(index))
     raw.close()

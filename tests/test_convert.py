@@ -12,12 +12,12 @@ from typing import Any
 import h5py
 import numpy as np
 import pytest
-from groundtruth import make_columns
 from h5files import COMPOUND, SKIPPED, N, write_int128, write_plain, write_rich
 
 import shardio
 from shardio import DatasetReader, ShardWriter
 from shardio.cli import main
+from shardio.testing.groundtruth import make_columns
 
 FORMATS = ["lmdb", "zarr", "hdf5", "raw"]
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
@@ -37,7 +37,7 @@ def assert_columns_equal(got: dict[str, Any], want: dict[str, Any]) -> None:
             np.testing.assert_array_equal(got[name], column, err_msg=name)
         else:
             assert len(got[name]) == len(column), name
-            for value, expected in zip(got[name], column):
+            for value, expected in zip(got[name], column, strict=True):
                 if isinstance(expected, bytes):
                     assert value == expected, name
                 else:

@@ -70,7 +70,7 @@ def test_variable_fields_and_reruns_give_the_same_bytes(tmp_path, compressor) ->
     reader = ZarrReader(str(tmp_path / "one"))
     got = reader.read_many(np.arange(300))
     assert got["b"] == blobs
-    assert all(np.array_equal(a, b) for a, b in zip(got["r"], ragged))
+    assert all(np.array_equal(a, b) for a, b in zip(got["r"], ragged, strict=True))
 
 
 def test_abort_leaves_no_thread_behind(tmp_path) -> None:

@@ -10,12 +10,12 @@ import h5py
 import numpy as np
 import pytest
 import torch
-from groundtruth import SOURCES, Truth
 from torch.utils.data import DataLoader, default_collate
 
 import shardio
 from shardio import Prefetcher, ShardedDataset
 from shardio.batches import Batch, BatchRow
+from shardio.testing.groundtruth import SOURCES, Truth
 
 torch.set_num_threads(1)
 

@@ -10,12 +10,12 @@ from typing import Any
 import numpy as np
 import pytest
 import torch
-from groundtruth import SOURCES, Truth
 from test_dataset_batches import assert_batch_equals_columns, order_of
 
 import shardio
 from shardio import Loader, Prefetcher, ShardedDataset, ShardSampler
 from shardio.loader import THREAD_NAME
+from shardio.testing.groundtruth import SOURCES, Truth
 
 torch.set_num_threads(1)
 

@@ -45,7 +45,9 @@ def test_locate_many_matches_locate(shard_lengths: list[int], data: st.DataObjec
         return
     positions = data.draw(st.lists(st.integers(-total, total - 1), max_size=64))
     shards, local = index.locate_many(np.array(positions, dtype=np.int64))
-    assert [(int(s), int(i)) for s, i in zip(shards, local)] == [index.locate(p) for p in positions]
+    assert [(int(s), int(i)) for s, i in zip(shards, local, strict=True)] == [
+        index.locate(p) for p in positions
+    ]
 
 
 @given(lengths, st.integers())

@@ -111,11 +111,13 @@ def test_quantized_op_matches_exact(
 
     assert torch.equal(quant_out, exact_out)  # forward computes on exact activations
     assert len(quant_grads) == len(exact_grads)
-    for got, want in zip(quant_grads, exact_grads):
+    for got, want in zip(quant_grads, exact_grads, strict=True):
         assert relative_error(got, want) < TOLERANCE.get(kind, GRAD_TOLERANCE)
     # Some gradients need no saved activation (a bias's, a linear input's), but at least
     # one must come from the 8-bit copy: proof that the quantized path really ran.
-    assert any(not torch.equal(got, want) for got, want in zip(quant_grads, exact_grads))
+    assert any(
+        not torch.equal(got, want) for got, want in zip(quant_grads, exact_grads, strict=True)
+    )
 
 
 def test_fused_and_unfused_attention_save_different_amounts() -> None:

@@ -7,10 +7,10 @@ import os
 
 import numpy as np
 import pytest
-from groundtruth import make_columns
 
 import shardio
 from shardio import Field, Schema, ShardedDataset, ShardWriter
+from shardio.testing.groundtruth import make_columns
 
 FORMATS = ["lmdb", "hdf5", "zarr", "mmap"]
 

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import functools
 import json
+import math
 import mmap
 import os
 import sys
@@ -432,7 +433,7 @@ class HDF5Reader(ShardReader[_File]):
             return None
         fld = self.schema[name]
         out = np.empty((len(unique), *fld.shape), dtype=handle.datasets[name].dtype)
-        rows = out.reshape(len(unique), -1).view(np.uint8)
+        rows = out.reshape(len(unique), math.prod(fld.shape)).view(np.uint8)  # len 0 too
         size = table.row_bytes
         if handle.view is not None:
             assert handle.own_map is not None
@@ -530,7 +531,7 @@ def _gather(dataset: h5py.Dataset | SparseRows, unique: np.ndarray, raw: bool) -
         out_rows = out.reshape(len(unique), -1).view(np.uint8)
         scratch = np.empty(int(np.prod(chunks)) * dtype.itemsize, dtype=np.uint8)
         block = scratch.view(dtype).reshape(chunks)
-    for start, end in zip(starts.tolist(), ends.tolist()):
+    for start, end in zip(starts.tolist(), ends.tolist(), strict=True):
         wanted = unique[start:end]
         if raw:
             base = int(groups[start]) * rows

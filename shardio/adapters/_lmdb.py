@@ -397,16 +397,29 @@ class LMDBReader(ShardReader[_Env]):
         mappings = self.handle.mapped()
         if not mappings:
             return super()._drop_pages()
-        result = ReleaseResult()
-        for mapping in mappings:
-            advise_range(mapping.start, mapping.length, "dontneed")
-            result.advise_calls += 1
-            result.advised_bytes += mapping.length
-        return result
+        mappings = self._advise_mappings("dontneed")
+        return ReleaseResult(
+            advise_calls=len(mappings), advised_bytes=sum(m.length for m in mappings)
+        )
 
     def advise(self, pattern: AccessPattern) -> None:
-        for mapping in self.handle.mapped():
-            advise_range(mapping.start, mapping.length, pattern)
+        self._advise_mappings(pattern)
+
+    def _advise_mappings(self, advice: str) -> list[Any]:
+        """madvise every mapping of data.mdb; returns them.
+
+        NOTE: the mappings are found by path once, and include other readers' own maps
+        of the same file; when one of those is unmapped, madvise fails (ENOMEM) on it,
+        and the mappings are looked up again."""
+        handle = self.handle
+        try:
+            for mapping in handle.mapped():
+                advise_range(mapping.start, mapping.length, advice)
+        except OSError:
+            handle.mappings = None
+            for mapping in handle.mapped():
+                advise_range(mapping.start, mapping.length, advice)
+        return handle.mapped()
 
     def read_many(self, indices: np.ndarray) -> Columns:
         handle = self.handle
@@ -427,7 +440,7 @@ class LMDBReader(ShardReader[_Env]):
         else:
             self.bytes_read += self._read_through_map(handle, indices, targets, variable)
         columns: Columns = dict(variable)
-        for (name, _, _), target in zip(layout.fixed_fields, targets):
+        for (name, _, _), target in zip(layout.fixed_fields, targets, strict=True):
             fld = self.schema[name]
             columns[name] = target.rows.view(fld.dtype).reshape(count, *fld.shape)
         return {name: columns[name] for name in self.schema.names}

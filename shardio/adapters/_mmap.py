@@ -321,9 +321,9 @@ class MmapReader(ShardReader[_Mapped]):
             if data is None:
                 values = self._pread_variable(mapped, starts, ends)
             elif mapped.field.kind == "bytes":
-                values = [data[s:e].tobytes() for s, e in zip(starts, ends)]
+                values = [data[s:e].tobytes() for s, e in zip(starts, ends, strict=True)]
             else:
-                values = [data[s:e].copy() for s, e in zip(starts, ends)]
+                values = [data[s:e].copy() for s, e in zip(starts, ends, strict=True)]
             nbytes += int((ends - starts).sum()) * mapped.field.dtype.itemsize
             columns[name] = values
         self.bytes_read += nbytes
@@ -352,7 +352,7 @@ class MmapReader(ShardReader[_Mapped]):
         view = out.reshape(-1).view(np.uint8).data
         fd, preadv = mapped.fd, os.preadv
         offsets = (indices.astype(np.int64, copy=False) * size).tolist()
-        for start, offset in zip(range(0, count * size, size), offsets):
+        for start, offset in zip(range(0, count * size, size), offsets, strict=True):
             if preadv(fd, [view[start : start + size]], offset) != size:
                 raise ShardCorruptError(
                     f"shard file {mapped.path} ended early (truncated while open?)"
@@ -365,7 +365,7 @@ class MmapReader(ShardReader[_Mapped]):
         assert mapped.fd is not None
         itemsize = mapped.field.dtype.itemsize
         values: list[Any] = []
-        for start, end in zip(starts.tolist(), ends.tolist()):
+        for start, end in zip(starts.tolist(), ends.tolist(), strict=True):
             value = np.empty(end - start, dtype=mapped.field.dtype)
             if end > start:
                 _pread_into(mapped.fd, value, start * itemsize, self.path)

@@ -113,8 +113,12 @@ class _RemoteStore(zarr.storage.WrapperStore[Any]):
 
 
 def _foreign_fields(path: str, group: Any, wanted: list[str] | None) -> list[tuple[Field, Any]]:
+    # Sorted: zarr lists members in the order its concurrent store listing finishes,
+    # which differs between opens (and so between processes).
     arrays = {
-        name: node for name, node in group.members(max_depth=None) if isinstance(node, zarr.Array)
+        name: node
+        for name, node in sorted(group.members(max_depth=None), key=lambda item: item[0])
+        if isinstance(node, zarr.Array)
     }
     if wanted is not None:
         missing = [n for n in wanted if n not in arrays]
@@ -277,7 +281,7 @@ class ZarrReader(ShardReader[_Group]):
         else:
             pieces = [
                 column.data[s:e] if e > s else np.empty(0, column.field.dtype)
-                for s, e in zip(starts, ends)
+                for s, e in zip(starts, ends, strict=True)
             ]
         self.bytes_read += total * column.field.dtype.itemsize
         if column.field.kind == "bytes":
@@ -348,7 +352,7 @@ def _stored_files(array: Any, first: int, last: int) -> list[FileRange]:
         return []
     grid = array.shards or array.chunks  # a sharded array stores one object per shard
     rows = grid[0]
-    others = [range(-(-size // step)) for size, step in zip(array.shape[1:], grid[1:])]
+    others = [range(-(-size // step)) for size, step in zip(array.shape[1:], grid[1:], strict=True)]
     found: list[FileRange] = []
     for chunk in range(first // rows, (last - 1) // rows + 1):
         for rest in itertools.product(*others):
@@ -396,16 +400,20 @@ def _gather(array: Any, unique: np.ndarray, raw: _RawChunks | None = None) -> np
     ends = np.append(starts[1:], len(unique))
     if raw is not None:
         out = np.empty((len(unique), *array.shape[1:]), dtype=raw.dtype)
-        for start, end in zip(starts.tolist(), ends.tolist()):
+        for start, end in zip(starts.tolist(), ends.tolist(), strict=True):
             chunk = int(groups[start])
             out[start:end] = raw.read(chunk)[unique[start:end] - chunk * rows]
         return out
     # One slice per chunk touched, all fetched concurrently on zarr's event loop.
     spans = [
-        (int(unique[s]), int(unique[e - 1]) + 1) for s, e in zip(starts.tolist(), ends.tolist())
+        (int(unique[s]), int(unique[e - 1]) + 1)
+        for s, e in zip(starts.tolist(), ends.tolist(), strict=True)
     ]
     blocks = _fetch_concurrently(array, spans)
-    parts = [block[unique[s:e] - low] for block, (low, _), s, e in zip(blocks, spans, starts, ends)]
+    parts = [
+        block[unique[s:e] - low]
+        for block, (low, _), s, e in zip(blocks, spans, starts, ends, strict=True)
+    ]
     return np.concatenate(parts)
 
 

@@ -305,7 +305,10 @@ def columns_to_samples(columns: Mapping[str, Any], count: int) -> list[Sample]:
     names = list(columns)
     values = [columns[n] for n in names]
     return [
-        {n: (v[i, ...] if isinstance(v, np.ndarray) else v[i]) for n, v in zip(names, values)}
+        {
+            n: (v[i, ...] if isinstance(v, np.ndarray) else v[i])
+            for n, v in zip(names, values, strict=True)
+        }
         for i in range(count)
     ]
 

@@ -84,7 +84,7 @@ class RawReader(ABC):
         shards, local = self.locate(indices)
         read = self._read
         handle = self.handle
-        return [read(handle(s), i) for s, i in zip(shards.tolist(), local.tolist())]
+        return [read(handle(s), i) for s, i in zip(shards.tolist(), local.tolist(), strict=True)]
 
     def close(self) -> None:
         if self._pid == os.getpid():
@@ -131,7 +131,7 @@ class _LMDBDecoder:
         if self.variable:
             lengths = np.frombuffer(value, _LENGTH, len(self.variable)).tolist()
             start = self.fixed_end
-            for (name, is_bytes, dtype), length in zip(self.variable, lengths):
+            for (name, is_bytes, dtype), length in zip(self.variable, lengths, strict=True):
                 piece = value[start : start + length]
                 sample[name] = piece if is_bytes else np.frombuffer(piece, dtype).copy()
                 start += length
@@ -161,7 +161,7 @@ class RawLMDB(RawReader):
         decode = self._decode
         samples = []
         try:
-            for shard, index in zip(shards.tolist(), local.tolist()):
+            for shard, index in zip(shards.tolist(), local.tolist(), strict=True):
                 txn = txns.get(shard)
                 if txn is None:
                     txn = txns[shard] = self.handle(shard).begin()

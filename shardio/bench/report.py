@@ -111,7 +111,7 @@ def format_table(report: BenchReport) -> str:
     for number, row in enumerate(rows):
         cells = [
             cell.ljust(width) if i in (0, 5, 8) else cell.rjust(width)
-            for i, (cell, width) in enumerate(zip(row, widths))
+            for i, (cell, width) in enumerate(zip(row, widths, strict=True))
         ]
         lines.append("  ".join(cells).rstrip())
         if number == 0:
@@ -184,7 +184,7 @@ def write_plot(report: BenchReport, path: str | os.PathLike[str]) -> None:
         rates,
         color=[colors[i % len(colors)] for i in range(len(names))],
     )
-    for bar, run in zip(bars, report.runs):
+    for bar, run in zip(bars, report.runs, strict=True):
         note = f" {run.bytes_per_s / _MB:,.0f} MB/s"
         if run.raw_ratio is not None:
             note += f", {run.raw_ratio:.2f}x raw"

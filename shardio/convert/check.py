@@ -352,7 +352,7 @@ def _differing_rows(got: Any, want: Any, count: int) -> np.ndarray:
         return np.empty(0, dtype=np.int64)
     if isinstance(got, np.ndarray) and isinstance(want, np.ndarray):
         return np.flatnonzero(_rows_differ(got, want, count))
-    differ = [not _value_equal(a, b) for a, b in zip(got, want)]
+    differ = [not _value_equal(a, b) for a, b in zip(got, want, strict=True)]
     return np.flatnonzero(np.array(differ, dtype=bool))
 
 

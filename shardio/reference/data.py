@@ -218,7 +218,7 @@ def train_layout(
     lengths: list[int] = []
     nbytes: list[int] = []
     left = num_train
-    for length, size in zip(shard_lengths, shard_nbytes):
+    for length, size in zip(shard_lengths, shard_nbytes, strict=True):
         if left <= 0:
             break
         taken = min(length, left)

@@ -163,7 +163,8 @@ class _Attention(torch.autograd.Function):
     def backward(ctx: Any, grad: Tensor) -> tuple[Tensor | None, ...]:
         packed, _ = _load(ctx)
         q, k, v, probs = (
-            quantizer.unpack(item, ctx.dtype) for quantizer, item in zip(ctx.quantizers, packed)
+            quantizer.unpack(item, ctx.dtype)
+            for quantizer, item in zip(ctx.quantizers, packed, strict=True)
         )
         grad_v = probs.transpose(-2, -1) @ grad
         grad_probs = grad @ v.transpose(-2, -1)
