@@ -66,6 +66,8 @@ class BenchConfig:
     ceiling_bytes: int = 1024**3  # most bytes read to measure the disk ceiling
     #: Bytes live at once in the shard-window order; None: half the smallest budget, or 1 GB.
     window: int | str | None = None
+    #: The dataset's format, when its path does not tell (as ``ShardedDataset(format=)``).
+    format: str | None = None
     #: Each ``max_rss`` as the user wrote it (``512MB``), for names and the report.
     max_rss_labels: tuple[str | None, ...] = field(default=(), init=False, compare=False)
 
@@ -259,13 +261,13 @@ class BenchReport:
 
 
 # ------------------------------------------------------------------ datasets
-def open_dataset(path: str, max_rss: int | None = None) -> Any:
-    """``ShardedDataset(path)``, with ``max_rss=`` when a budget is asked for."""
+def open_dataset(path: str, max_rss: int | None = None, format: str | None = None) -> Any:
+    """``ShardedDataset(path, format=format)``, with ``max_rss=`` when a budget is asked for."""
     from .. import ShardedDataset
 
     if max_rss is None:
-        return ShardedDataset(path)
-    return ShardedDataset(path, max_rss=max_rss)
+        return ShardedDataset(path, format=format)
+    return ShardedDataset(path, max_rss=max_rss, format=format)
 
 
 def _torch_data() -> Any:
@@ -404,7 +406,7 @@ def run_bench(
 ) -> BenchReport:
     """Measure every configuration of ``config`` on the dataset at ``path``."""
     path = os.fspath(path)
-    probe = open_dataset(path)
+    probe = open_dataset(path, format=config.format)
     files = dataset_files(probe)
     probe.close()  # opening shards to list their files opened handles: LMDB allows one each
     if config.compare_raw:
@@ -504,7 +506,7 @@ def _run_one(
 ) -> RunResult:
     data = _torch_data()
     label = f"{loader_kind}-w{workers}-{budget or 0}"
-    dataset: Any = open_dataset(path, budget) if loader_kind == "shardio" else None
+    dataset: Any = open_dataset(path, budget, config.format) if loader_kind == "shardio" else None
     if dataset is None:
         dataset = _RawDataset(raw_reader(probe))
     from ..sampling.readahead import lookahead_indices

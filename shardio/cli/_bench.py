@@ -46,6 +46,9 @@ def add_parser(subparsers: Any) -> None:
         "path", help="a dataset directory, HDF5 file, LMDB environment or Zarr group"
     )
     parser.add_argument(
+        "--format", help="lmdb, hdf5, zarr or mmap (alias raw), when the path does not tell"
+    )
+    parser.add_argument(
         "--workers", default="0", help="DataLoader worker counts, comma-separated (default 0)"
     )
     parser.add_argument("--batch-size", default="256", help="samples per batch (default 256)")
@@ -151,6 +154,7 @@ def config_from_args(args: argparse.Namespace) -> Any:
         seed=_int(args.seed, "--seed", 0),
         ceiling=not args.no_ceiling,
         window=args.window,
+        format=args.format,
     )
 
 
@@ -158,6 +162,7 @@ def _command(args: argparse.Namespace) -> str:
     """The command line that reproduces this run (options as given)."""
     words = ["shardio", "bench", args.path]
     for option, value in (
+        ("--format", args.format),
         ("--workers", args.workers),
         ("--batch-size", args.batch_size),
         ("--epochs", args.epochs),

@@ -73,7 +73,6 @@ def run(args: argparse.Namespace) -> int:
     output = Output(args)
     with DatasetReader(args.path, format=args.format) as reader:
         info = describe(reader)
-    output.json(info)
     output.line(
         f"{info['path']}: {info['format']}, {info['num_samples']} samples, "
         f"{len(info['shards'])} shard(s), {format_size(info['nbytes'])}"
@@ -97,4 +96,5 @@ def run(args: argparse.Namespace) -> int:
         output.line(f"  converted from {conversion['source']}")
         for skipped in conversion["skipped"]:
             output.line(f"  skipped {skipped.get('name')!r}: {skipped.get('reason')}")
+    output.json(info)
     return 0

@@ -18,6 +18,7 @@ from __future__ import annotations
 import contextlib
 import math
 import os
+import re
 import time
 import uuid
 import warnings
@@ -39,6 +40,7 @@ from ..errors import (
     OutputExistsError,
     OutputWriteError,
     ShardioError,
+    UnknownFormatError,
     UnsupportedFeatureError,
 )
 from ..manifest import Manifest, ShardInfo
@@ -164,14 +166,19 @@ def convert(
         raise InvalidOptionError(f"dst should differ from src, but both are {dst_path}")
     options = writer_options_for(fmt, compressor, writer_options)
     mode = progress_mode(progress)
-    source = open_source(
-        src_path,
-        fields=fields,
-        format=source_format,
-        split_compound=split_compound,
-        skip_unsupported=skip_unsupported,
-        options=source_options,
-    )
+    try:
+        source = open_source(
+            src_path,
+            fields=fields,
+            format=source_format,
+            split_compound=split_compound,
+            skip_unsupported=skip_unsupported,
+            options=source_options,
+        )
+    except UnknownFormatError as exc:
+        # The output format was checked above: a format named here is the source's,
+        # which convert() takes as source_format=.
+        raise UnknownFormatError(re.sub(r"\bformat=", "source_format=", str(exc))) from None
     with source:
         sample_nbytes = estimate_sample_nbytes(source)
         plan = make_plan(source.num_samples, sample_nbytes, size, fmt, align=source.chunk_rows)
