@@ -11,6 +11,7 @@ bytes -> sample dict), in the order of ``keys=`` or of the database's sorted key
 
 from __future__ import annotations
 
+import contextlib
 import itertools
 import json
 import mmap
@@ -103,7 +104,16 @@ class _EnvPool:
 
     def _check_pid(self) -> None:
         if self._pid != os.getpid():
-            self._envs = {}  # NOTE: inherited handles are dropped, never closed, in the child
+            # NOTE: a forked child closes the handles it inherited. py-lmdb refuses to open
+            # an environment "already open in this process", and its record of open
+            # environments is inherited too, so the child could not open what its parent
+            # has open. Closing is safe here: the environments are read-only with
+            # lock=False (no lock file, no reader slot), and closing unmaps and closes the
+            # child's own copies only.
+            for env, _ in self._envs.values():
+                with contextlib.suppress(lmdb.Error):
+                    env.close()
+            self._envs = {}
             self._pid = os.getpid()
 
     def acquire(self, path: str, readahead: bool) -> lmdb.Environment:
