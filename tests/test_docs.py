@@ -178,6 +178,10 @@ def run_block(block: Block, pages: Pages, monkeypatch: pytest.MonkeyPatch) -> No
             f"{block.name} exited {done.returncode}:\n{done.stdout}\n{done.stderr}"
         )
         assert "Traceback" not in done.stderr, done.stderr
+        # files a command says it writes (--plot out.png, --json out.json) are there
+        for name in re.findall(r"--(?:plot|json) (\S+\.(?:png|json))", block.code):
+            written = state.directory / name
+            assert written.is_file() and written.stat().st_size > 0, f"{block.name}: {name}"
 
 
 @pytest.mark.parametrize("block", [_param(b) for b in RUNNABLE])
@@ -188,10 +192,10 @@ def test_block_runs(block: Block, pages: Pages, monkeypatch: pytest.MonkeyPatch)
     # Earlier fast blocks of the page first (when this block is run alone, with -k):
     # later snippets use what earlier ones defined. Each block runs once.
     for number, earlier in enumerate(RUNNABLE[:index]):
-        if earlier.page == block.page and number not in state.started:
-            if not earlier.markers & {"skip", "slow"}:
-                state.started.add(number)
-                run_block(earlier, pages, monkeypatch)
+        fast = not earlier.markers & {"skip", "slow"}
+        if earlier.page == block.page and number not in state.started and fast:
+            state.started.add(number)
+            run_block(earlier, pages, monkeypatch)
     if index not in state.started:
         state.started.add(index)
         run_block(block, pages, monkeypatch)
