@@ -1,6 +1,6 @@
 """shardio beside peer loaders on the same samples and access pattern (issue 5).
 
-Peers, where they install (``pip install -c constraints.txt 'shardio[peers]'``):
+Peers, where they install (``pip install -c constraints.txt 'shardio-data[peers]'``):
 WebDataset (tar shards), MosaicML Streaming (MDS shards), LitData (optimized chunks).
 Each gets the same synthetic samples (``data``: uint8 array, ``label``: int64) and
 reads them

@@ -6,7 +6,7 @@ import re
 
 from .errors import InvalidOptionError
 
-__all__ = ["parse_size", "format_size"]
+__all__ = ["parse_size", "format_size", "size_label"]
 
 _UNITS = {
     "": 1,
@@ -57,3 +57,11 @@ def format_size(nbytes: float) -> str:
             return f"{size:.0f} {unit}" if unit == "B" else f"{size:.1f} {unit}"
         size /= 1024
     raise AssertionError("unreachable")
+
+
+def size_label(value: int | float | str) -> str:
+    """A size as the user wrote it: ``"512MB"`` stays ``512MB`` (not ``488.3 MiB``);
+    a number of bytes is shown as :func:`format_size` shows it."""
+    if isinstance(value, str):
+        return "".join(value.split())
+    return format_size(value)

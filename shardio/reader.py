@@ -113,7 +113,7 @@ class DatasetReader:
         self._close_when_unused: set[int] = set()
         fmt = format if format is not None else detect_format(self.path, storage_options)
         if fmt != SHARDED:
-            get_backend(fmt)  # validates the name
+            fmt = get_backend(fmt).name  # validates the name, resolves an alias
         self.manifest: Manifest | None = None
         self._readers: dict[int, ShardReader[Any]] = {}
         self._recent = RecentlyUsed(resolve_open_limit(max_open_shards))

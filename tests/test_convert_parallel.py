@@ -133,6 +133,6 @@ def test_missing_dask_names_the_extra(tmp_path, rich, monkeypatch) -> None:
     import sys
 
     monkeypatch.setitem(sys.modules, "distributed", None)
-    with pytest.raises(ImportError, match=r"pip install shardio\[dask\]") as info:
+    with pytest.raises(ImportError, match=r"pip install shardio-data\[dask\]") as info:
         shardio.convert(rich, tmp_path / "out", format="raw", scheduler="tcp://127.0.0.1:9")
     assert isinstance(info.value, shardio.BackendNotInstalledError)

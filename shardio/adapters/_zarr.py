@@ -585,7 +585,9 @@ class ZarrWriter(ShardFileWriter):
     """
 
     format = "zarr"
-    options = frozenset({"compressor", "compression_level", "chunk_bytes"})
+    #: ``max_chunk_rows`` caps the rows of a chunk: Zarr stores a partial last chunk at
+    #: full size, so a shard shorter than one chunk would cost a whole chunk on disk.
+    options = frozenset({"compressor", "compression_level", "chunk_bytes", "max_chunk_rows"})
 
     def __init__(self, path: str, schema: Schema, **options: Any) -> None:
         super().__init__(path, schema, **options)
@@ -595,6 +597,8 @@ class ZarrWriter(ShardFileWriter):
             options.get("compressor"), options.get("compression_level")
         )
         chunk_bytes = int(options.get("chunk_bytes", _DEFAULT_CHUNK_BYTES))
+        max_rows = options.get("max_chunk_rows")
+        self._max_rows = max(1, int(max_rows)) if max_rows is not None else None
         self._group: Any = zarr.open_group(path, mode="w-")
         self._local = isinstance(self._group.store, zarr.storage.LocalStore)
         self._pool = ThreadPoolExecutor(max_workers=min(4, os.cpu_count() or 1))
@@ -610,9 +614,8 @@ class ZarrWriter(ShardFileWriter):
                 self._ends[fld.name] = 0
             else:
                 shape, dtype = _stored_layout(fld)
-                self._create(
-                    fld.name, shape, dtype, max(1, chunk_bytes // max(1, fld.sample_nbytes))
-                )
+                rows = max(1, chunk_bytes // max(1, fld.sample_nbytes))
+                self._create(fld.name, shape, dtype, min(rows, self._max_rows or rows))
 
     def _create(self, name: str, shape: tuple[int, ...], dtype: Any, rows: int) -> None:
         array = self._group.create_array(

@@ -20,6 +20,8 @@ __all__ = [
     "Backend",
     "detect_format",
     "get_backend",
+    "format_names",
+    "FORMAT_ALIASES",
     "reader_class",
     "writer_class",
     "is_remote",
@@ -83,6 +85,9 @@ _BACKENDS: dict[str, Backend] = {
     )
 }
 FORMATS: tuple[str, ...] = tuple(_BACKENDS)
+#: Other names accepted for a format; the canonical name is what manifests, ``inspect``
+#: and every message use.
+FORMAT_ALIASES: dict[str, str] = {"raw": "mmap"}
 _HDF5_SIGNATURE = b"\x89HDF\r\n\x1a\n"
 
 
@@ -91,12 +96,25 @@ def is_remote(path: str) -> bool:
     return "://" in path and not path.startswith("file://")
 
 
+def format_names() -> str:
+    """The accepted format names for messages: ``lmdb, hdf5, zarr, mmap (alias raw)``."""
+    aliases: dict[str, list[str]] = {}
+    for alias, name in FORMAT_ALIASES.items():
+        aliases.setdefault(name, []).append(alias)
+    return ", ".join(
+        name + (f" (alias {', '.join(aliases[name])})" if name in aliases else "")
+        for name in FORMATS
+    )
+
+
 def get_backend(name: str) -> Backend:
+    """The backend of format ``name`` (a canonical name or an alias such as ``raw``)."""
+    key = name.lower() if isinstance(name, str) else name
     try:
-        return _BACKENDS[name]
-    except KeyError:
+        return _BACKENDS[FORMAT_ALIASES.get(key, key)]
+    except (KeyError, TypeError):
         raise UnknownFormatError(
-            f"format should be one of {', '.join(FORMATS)}, but got format={name!r}"
+            f"format should be one of {format_names()}, but got format={name!r}"
         ) from None
 
 

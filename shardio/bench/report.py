@@ -2,7 +2,7 @@
 
 The plot has two panels: RSS over time of every process of every configuration
 (main solid, workers dashed), and throughput per configuration. matplotlib is an
-optional dependency (``pip install shardio[bench]``); asking for a plot without it
+optional dependency (``pip install shardio-data[bench]``); asking for a plot without it
 raises :class:`~shardio.errors.BackendNotInstalledError` before anything is measured
 (see :func:`require_matplotlib`).
 """
@@ -82,8 +82,9 @@ _HEADER = [
 ]
 
 
-def format_table(report: BenchReport) -> str:
-    """The human-readable report: dataset, machine, ceiling and one row per run."""
+def format_table(report: BenchReport, verbose: bool = False) -> str:
+    """The human-readable report: dataset, machine, ceiling, one row per run, and what
+    each reading process's memory budget did (``verbose``: every memory_stats figure)."""
     machine = report.machine
     lines = [
         f"dataset  {report.path}: {report.format}, {report.num_samples:,} samples, "
@@ -122,10 +123,45 @@ def format_table(report: BenchReport) -> str:
         "over memcpy bandwidth (warm) or cold sequential read (cold); growth: peak RSS "
         "over the process's baseline."
     )
-    budgets = [r for r in report.runs if r.memory_stats is not None]
-    for run in budgets:
-        lines.append(f"memory_stats {run.name}: {json.dumps(run.memory_stats)}")
+    memory = [line for run in report.runs for line in _memory_lines(run, verbose)]
+    if memory:
+        lines.append("")
+        lines.extend(memory)
     return "\n".join(lines)
+
+
+def _memory_lines(run: RunResult, verbose: bool) -> list[str]:
+    """One line per reading process of a budgeted run (of every shardio run when
+    ``verbose``): its own growth, bytes read and what the budget did."""
+    if run.max_rss is None and not verbose:
+        return []
+    lines = []
+    for process, stats in run.reading_memory_stats.items():
+        if not isinstance(stats, dict):
+            continue
+        if verbose:
+            figures = ", ".join(f"{k} {_figure(k, v)}" for k, v in stats.items())
+        else:
+            figures = (
+                f"peak growth {format_size(stats.get('peak_growth') or 0)}, "
+                f"{format_size(stats.get('bytes_read') or 0)} read, "
+                f"{stats.get('checks', 0)} checks, {stats.get('releases', 0)} releases "
+                f"({format_size(stats.get('advised_bytes') or 0)} advised), "
+                f"{stats.get('reopens', 0)} reopens"
+            )
+        lines.append(f"memory   {run.name} {process}: {figures}")
+    return lines
+
+
+def _figure(key: str, value: Any) -> str:
+    """A memory_stats value for people: byte counts as sizes."""
+    if (
+        isinstance(value, (int, float))
+        and not isinstance(value, bool)
+        and (key.startswith("rss") or key.endswith(("bytes", "growth", "_read")))
+    ):
+        return format_size(value)
+    return str(value)
 
 
 def write_json(report: BenchReport, path: str | os.PathLike[str]) -> None:
@@ -144,7 +180,7 @@ def require_matplotlib() -> Any:
     except ImportError:
         raise BackendNotInstalledError(
             "--plot needs matplotlib, which is not installed: pip install matplotlib "
-            "(or pip install 'shardio[bench]')"
+            "(or pip install 'shardio-data[bench]')"
         ) from None
     return plt
 

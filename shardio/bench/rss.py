@@ -17,6 +17,7 @@ worker exits through ``os._exit`` without running finalizers.
 from __future__ import annotations
 
 import contextlib
+import multiprocessing.util
 import os
 import threading
 import time
@@ -238,6 +239,11 @@ class WorkerRssInit:
         hook = None
         if self.stats is not None:
             hook = _StatsWriter(self.stats, stem + ".stats.json", self.stats_every)
+            # NOTE: the last figures, written as the worker exits: a worker that lives
+            # less than stats_every would otherwise leave only its first, empty ones.
+            # DataLoader workers exit through multiprocessing, which runs these
+            # finalizers (atexit handlers do not run there).
+            multiprocessing.util.Finalize(None, hook.write, exitpriority=10)
         _WORKER_SAMPLER = RssSampler(self.interval, stem + ".rss", on_sample=hook).start()
         if self.then is not None:
             self.then(worker_id)
@@ -257,6 +263,9 @@ class _StatsWriter:
         if now - self._last < self.every:
             return
         self._last = now
+        self.write()
+
+    def write(self) -> None:
         import json
 
         text = json.dumps(_jsonable(self.stats()))

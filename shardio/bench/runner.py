@@ -22,7 +22,7 @@ from typing import TYPE_CHECKING, Any, Literal
 
 import numpy as np
 
-from ..config import format_size, parse_size
+from ..config import format_size, parse_size, size_label
 from ..errors import InvalidOptionError, UnsupportedFeatureError
 from .cache import CacheState, cache_state, dataset_files, drop_cache
 from .ceiling import Ceiling, measure_ceiling
@@ -66,6 +66,10 @@ class BenchConfig:
     ceiling_bytes: int = 1024**3  # most bytes read to measure the disk ceiling
     #: Bytes live at once in the shard-window order; None: half the smallest budget, or 1 GB.
     window: int | str | None = None
+    #: The dataset's format, when its path does not tell (as ``ShardedDataset(format=)``).
+    format: str | None = None
+    #: Each ``max_rss`` as the user wrote it (``512MB``), for names and the report.
+    max_rss_labels: tuple[str | None, ...] = field(default=(), init=False, compare=False)
 
     def __post_init__(self) -> None:
         workers = tuple(int(w) for w in self.workers)
@@ -92,7 +96,9 @@ class BenchConfig:
         if self.interval <= 0:
             raise InvalidOptionError(f"interval should be > 0 seconds, but got {self.interval}")
         budgets = tuple(None if b is None else parse_size(b, "max_rss") for b in self.max_rss)
+        labels = tuple(None if b is None else size_label(b) for b in self.max_rss)
         object.__setattr__(self, "max_rss", budgets or (None,))
+        object.__setattr__(self, "max_rss_labels", labels or (None,))
         if any(b == 0 for b in budgets):
             raise InvalidOptionError("max_rss should be > 0 bytes (or none for no budget)")
         if self.window is None:
@@ -153,11 +159,19 @@ class RunResult:
     worker_memory_stats: dict[int, Any] = field(default_factory=dict)
     raw_ratio: float | None = None  # samples/s over the raw loop's with as many workers
     fraction_of_ceiling: float | None = None
+    max_rss_label: str | None = None  # the budget as the user wrote it
 
     @property
     def name(self) -> str:
-        name = f"{self.loader} w{self.workers}"
-        return name + (f" rss<={format_size(self.max_rss)}" if self.max_rss else "")
+        return _run_name(self.loader, self.workers, self.max_rss, self.max_rss_label)
+
+    @property
+    def reading_memory_stats(self) -> dict[str, Any]:
+        """``memory_stats()`` of each process that read: the main process without
+        workers, else each worker (the main process's dataset copy reads nothing)."""
+        if self.workers == 0:
+            return {} if self.memory_stats is None else {"main": self.memory_stats}
+        return {f"w{k}": v for k, v in sorted(self.worker_memory_stats.items()) if v}
 
     @property
     def seconds(self) -> float:
@@ -247,13 +261,13 @@ class BenchReport:
 
 
 # ------------------------------------------------------------------ datasets
-def open_dataset(path: str, max_rss: int | None = None) -> Any:
-    """``ShardedDataset(path)``, with ``max_rss=`` when a budget is asked for."""
+def open_dataset(path: str, max_rss: int | None = None, format: str | None = None) -> Any:
+    """``ShardedDataset(path, format=format)``, with ``max_rss=`` when a budget is asked for."""
     from .. import ShardedDataset
 
     if max_rss is None:
-        return ShardedDataset(path)
-    return ShardedDataset(path, max_rss=max_rss)
+        return ShardedDataset(path, format=format)
+    return ShardedDataset(path, max_rss=max_rss, format=format)
 
 
 def _torch_data() -> Any:
@@ -392,7 +406,7 @@ def run_bench(
 ) -> BenchReport:
     """Measure every configuration of ``config`` on the dataset at ``path``."""
     path = os.fspath(path)
-    probe = open_dataset(path)
+    probe = open_dataset(path, format=config.format)
     files = dataset_files(probe)
     probe.close()  # opening shards to list their files opened handles: LMDB allows one each
     if config.compare_raw:
@@ -417,13 +431,14 @@ def run_bench(
         _warm(files)
     with tempfile.TemporaryDirectory(prefix="shardio-bench-") as directory:
         for workers in config.workers:
-            for budget in config.max_rss:
+            for budget, budget_label in zip(config.max_rss, config.max_rss_labels):
                 report.runs.append(
                     _run_one(
                         path,
                         "shardio",
                         workers,
                         budget,
+                        budget_label,
                         config,
                         plans,
                         files,
@@ -438,6 +453,7 @@ def run_bench(
                         path,
                         "raw",
                         workers,
+                        None,
                         None,
                         config,
                         plans,
@@ -480,6 +496,7 @@ def _run_one(
     loader_kind: str,
     workers: int,
     budget: int | None,
+    budget_label: str | None,
     config: BenchConfig,
     plans: list[EpochPlan],
     files: Sequence[str],
@@ -489,7 +506,7 @@ def _run_one(
 ) -> RunResult:
     data = _torch_data()
     label = f"{loader_kind}-w{workers}-{budget or 0}"
-    dataset: Any = open_dataset(path, budget) if loader_kind == "shardio" else None
+    dataset: Any = open_dataset(path, budget, config.format) if loader_kind == "shardio" else None
     if dataset is None:
         dataset = _RawDataset(raw_reader(probe))
     from ..sampling.readahead import lookahead_indices
@@ -517,7 +534,8 @@ def _run_one(
         persistent_workers=workers > 0 and not cold,
     )
     total = sum(len(p.indices) for p in plans)
-    bar = progress(_run_name(loader_kind, workers, budget), total) if progress else None
+    name = _run_name(loader_kind, workers, budget, budget_label)
+    bar = progress(name, total) if progress else None
     epochs: list[EpochResult] = []
     main = RssSampler(config.interval).start()
     try:
@@ -557,11 +575,14 @@ def _run_one(
         worker_rss=collect_samples(directory, label),
         memory_stats=stats,
         worker_memory_stats=collect_stats(directory, label),
+        max_rss_label=budget_label,
     )
 
 
-def _run_name(loader: str, workers: int, budget: int | None) -> str:
-    return f"{loader} w{workers}" + (f" rss<={format_size(budget)}" if budget else "")
+def _run_name(loader: str, workers: int, budget: int | None, label: str | None = None) -> str:
+    if not budget:
+        return f"{loader} w{workers}"
+    return f"{loader} w{workers} rss<={label or format_size(budget)}"
 
 
 def _finish(report: BenchReport) -> None:

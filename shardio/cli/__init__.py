@@ -1,8 +1,10 @@
 """The ``shardio`` command: thin argument parsing over the library.
 
 Each subcommand lives in its own module exposing ``add_parser(subparsers)``, which
-registers a parser whose ``run`` default (``args -> exit code``) does the work.
-Every ShardioError becomes one line on stderr and exit code 2: no tracebacks.
+registers a parser whose ``run`` default (``args -> exit code``) does the work and
+whose ``flags`` default maps the library's parameter names to the command's flags.
+Every ShardioError becomes one line on stderr naming flags, and exit code 2: no
+tracebacks. Warnings print as one line each. Shared options: see ``_common``.
 """
 
 from __future__ import annotations
@@ -13,6 +15,7 @@ import sys
 from collections.abc import Sequence
 
 from ..errors import ShardioError
+from ._common import flag_message, one_line_warnings
 
 __all__ = ["main", "build_parser"]
 
@@ -51,10 +54,13 @@ def build_parser() -> argparse.ArgumentParser:
 def main(argv: Sequence[str] | None = None) -> int:
     parser = build_parser()
     args = parser.parse_args(argv)
+    flags = getattr(args, "flags", {})
     try:
-        return int(args.run(args))
+        with one_line_warnings(args.command, flags):
+            return int(args.run(args))
     except ShardioError as exc:
-        print(f"shardio {args.command}: error: {exc}", file=sys.stderr)
+        message = flag_message(str(exc), flags)
+        print(f"shardio {args.command}: error: {message}", file=sys.stderr)
         return 2
     except KeyboardInterrupt:
         print(f"shardio {args.command}: interrupted", file=sys.stderr)

@@ -8,6 +8,21 @@ import sys
 from typing import Any
 
 from ..errors import InvalidOptionError
+from ._common import STDOUT, Output, add_output_options
+
+#: The library's parameter names, as this command's flags (for messages).
+FLAGS = {
+    "workers": "--workers",
+    "batch_size": "--batch-size",
+    "epochs": "--epochs",
+    "order": "--order",
+    "window": "--window",
+    "samples": "--samples",
+    "max_rss": "--max-rss",
+    "interval": "--interval",
+    "seed": "--seed",
+    "format": "--format",
+}
 
 _EXAMPLES = """examples:
   shardio bench train.shardio --workers 0,2 --batch-size 256 --epochs 3 --order random \\
@@ -29,6 +44,9 @@ def add_parser(subparsers: Any) -> None:
     )
     parser.add_argument(
         "path", help="a dataset directory, HDF5 file, LMDB environment or Zarr group"
+    )
+    parser.add_argument(
+        "--format", help="lmdb, hdf5, zarr or mmap (alias raw), when the path does not tell"
     )
     parser.add_argument(
         "--workers", default="0", help="DataLoader worker counts, comma-separated (default 0)"
@@ -70,15 +88,16 @@ def add_parser(subparsers: Any) -> None:
         action="store_true",
         help="leave the page cache as found (default: read the files once first when they fit)",
     )
-    parser.add_argument("--json", metavar="FILE", help="write the report as JSON")
     parser.add_argument("--plot", metavar="FILE", help="draw RSS over time and throughput to a PNG")
     parser.add_argument(
         "--interval", default="0.02", help="seconds between RSS samples (default 0.02)"
     )
     parser.add_argument("--seed", default="0", help="seed of the random order (default 0)")
     parser.add_argument("--no-ceiling", action="store_true", help="skip the ceiling measurements")
-    parser.add_argument("--quiet", action="store_true", help="no progress bar")
-    parser.set_defaults(run=run)
+    add_output_options(
+        parser, verbose_help="also print every memory_stats() figure of each process"
+    )
+    parser.set_defaults(run=run, flags=FLAGS)
 
 
 def _int(value: str, option: str, minimum: int) -> int:
@@ -135,6 +154,7 @@ def config_from_args(args: argparse.Namespace) -> Any:
         seed=_int(args.seed, "--seed", 0),
         ceiling=not args.no_ceiling,
         window=args.window,
+        format=args.format,
     )
 
 
@@ -142,6 +162,7 @@ def _command(args: argparse.Namespace) -> str:
     """The command line that reproduces this run (options as given)."""
     words = ["shardio", "bench", args.path]
     for option, value in (
+        ("--format", args.format),
         ("--workers", args.workers),
         ("--batch-size", args.batch_size),
         ("--epochs", args.epochs),
@@ -162,11 +183,12 @@ def run(args: argparse.Namespace) -> int:
     from ..bench import report as reports
     from ..bench.runner import run_bench
 
+    output = Output(args)
     config = config_from_args(args)
     if args.plot:
         reports.require_matplotlib()  # fail before measuring, not after
     progress = None
-    if not args.quiet:
+    if output.progress:
         from tqdm import tqdm
 
         def progress(name: str, total: int) -> Any:
@@ -175,11 +197,13 @@ def run(args: argparse.Namespace) -> int:
             )
 
     result = run_bench(args.path, config, progress=progress, command=_command(args))
-    print(reports.format_table(result))
-    if args.json:
+    output.line(reports.format_table(result, verbose=output.verbose > 0))
+    if args.json == STDOUT:
+        output.json(result.to_json())
+    elif args.json:
         reports.write_json(result, args.json)
-        print(f"wrote {args.json}")
+        output.line(f"wrote {args.json}")
     if args.plot:
         reports.write_plot(result, args.plot)
-        print(f"wrote {args.plot}")
+        output.line(f"wrote {args.plot}")
     return 0

@@ -3,10 +3,29 @@
 from __future__ import annotations
 
 import argparse
-import sys
 from typing import Any
 
+from ._common import Output, add_output_options
 from ._select import add_selection_flags
+
+#: The library's parameter names, as this command's flags (for messages).
+FLAGS = {
+    "format": "--format",
+    "shard_size": "--shard-size",
+    "workers": "--workers",
+    "fields": "--fields",
+    "compressor": "--compressor",
+    "split_compound": "--split-compound",
+    "skip_unsupported": "--skip-unsupported",
+    "resume": "--resume",
+    "overwrite": "--overwrite",
+    "scheduler": "--scheduler",
+    "source_format": "--source-format",
+    "group": "--group",
+    "dim": "--dim",
+    "dst": "DST",
+    "src": "SRC",
+}
 
 
 def add_parser(subparsers: Any) -> None:
@@ -20,10 +39,14 @@ def add_parser(subparsers: Any) -> None:
     parser.add_argument("src", help="source: HDF5 file, Zarr group, LMDB, shardio dataset")
     parser.add_argument("dst", help="output dataset directory")
     parser.add_argument(
-        "--format", required=True, help="output format: lmdb, zarr, hdf5 or raw (alias mmap)"
+        "--format",
+        required=True,
+        help="output format: lmdb, zarr, hdf5 or mmap (shardio's raw layout; alias raw)",
     )
     parser.add_argument(
-        "--shard-size", default="256MB", help="bytes of samples per shard (default 256MB)"
+        "--shard-size",
+        default="256MB",
+        help="bytes of samples per shard (default 256MB; below 1MB draws a warning)",
     )
     parser.add_argument(
         "--workers", type=int, default=1, help="local processes writing shards (default 1)"
@@ -35,7 +58,9 @@ def add_parser(subparsers: Any) -> None:
     )
     add_selection_flags(parser, fields=False)
     parser.add_argument(
-        "--compressor", help="zarr: zstd, blosc, gzip; hdf5: gzip, lzf; NAME:LEVEL sets a level"
+        "--compressor",
+        help="zarr: zstd (the default), blosc, gzip or none; hdf5: gzip, lzf (default none); "
+        "NAME:LEVEL sets a level",
     )
     parser.add_argument(
         "--split-compound",
@@ -56,8 +81,8 @@ def add_parser(subparsers: Any) -> None:
         "--scheduler", help="run on a Dask cluster at this address (tcp://HOST:PORT)"
     )
     parser.add_argument("--source-format", help="format of SRC, when its path does not tell")
-    parser.add_argument("--quiet", "-q", action="store_true", help="print nothing but errors")
-    parser.set_defaults(run=run)
+    add_output_options(parser, verbose_help="also list each shard written")
+    parser.set_defaults(run=run, flags=FLAGS)
 
 
 def _fields(values: list[str] | None) -> list[str] | None:
@@ -66,9 +91,30 @@ def _fields(values: list[str] | None) -> list[str] | None:
     return [name.strip() for value in values for name in value.split(",") if name.strip()]
 
 
+def describe(result: Any) -> dict[str, Any]:
+    """The conversion's result as JSON: what was written, from what, and what was left out."""
+    manifest = result.manifest
+    return {
+        "source": result.source,
+        "path": result.path,
+        "format": manifest.format,
+        "num_samples": manifest.num_samples,
+        "num_shards": len(manifest.shards),
+        "nbytes": manifest.nbytes,
+        "shards_written": result.shards_written,
+        "shards_reused": result.shards_reused,
+        "seconds": round(result.seconds, 3),
+        "fields": [f.name for f in manifest.schema],
+        "skipped": [{"name": s.name, "reason": s.reason} for s in result.skipped],
+        "notes": list(result.notes),
+    }
+
+
 def run(args: argparse.Namespace) -> int:
+    from ..config import format_size
     from ..convert import convert
 
+    output = Output(args)
     result = convert(
         args.src,
         args.dst,
@@ -84,8 +130,10 @@ def run(args: argparse.Namespace) -> int:
         scheduler=args.scheduler,
         source_format=args.source_format,
         source_options={k: getattr(args, k) for k in ("group", "dim") if getattr(args, k)} or None,
-        progress=not args.quiet,
+        progress=output.progress,
     )
-    if not args.quiet:
-        print(result.summary(), file=sys.stderr)
+    output.line(result.summary())
+    for shard in result.manifest.shards:
+        output.detail(f"  {shard.path}: {shard.num_samples} samples, {format_size(shard.nbytes)}")
+    output.json(describe(result))
     return 0

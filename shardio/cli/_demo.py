@@ -7,7 +7,23 @@ Argument parsing only: the torch-using modules are imported inside :func:`run`, 
 from __future__ import annotations
 
 import argparse
+import dataclasses
 from typing import Any
+
+from ._common import Output, add_output_options
+
+#: The library's parameter names, as this command's flags (for messages).
+FLAGS = {
+    "data": "--data",
+    "device": "--device",
+    "steps": "--steps",
+    "batch_size": "--batch-size",
+    "workers": "--workers",
+    "seed": "--seed",
+    "log_every": "--log-every",
+    "num_samples": "--samples",
+    "workdir": "--workdir",
+}
 
 _EXAMPLES = """examples:
   shardio demo                                  # the synthetic task, 8-bit activations
@@ -57,14 +73,14 @@ def add_parser(subparsers: Any) -> None:
     mode.add_argument(
         "--compare", action="store_true", help="train 8-bit and exact, report both losses"
     )
-    parser.set_defaults(run=run)
+    add_output_options(parser, verbose_help="print a progress line every step")
+    parser.set_defaults(run=run, flags=FLAGS)
 
 
 def run(args: argparse.Namespace) -> int:
     from ..reference.demo import DemoConfig, run_demo
 
-    def out(line: str) -> None:
-        print(line, flush=True)
+    output = Output(args)
 
     config = DemoConfig(
         data=args.data,
@@ -76,8 +92,9 @@ def run(args: argparse.Namespace) -> int:
         seed=args.seed,
         exact=args.exact,
         compare=args.compare,
-        log_every=args.log_every,
+        log_every=1 if output.verbose else args.log_every,
         num_samples=args.samples,
     )
-    run_demo(config, out=out)
+    summary = run_demo(config, out=output.line)
+    output.json(dataclasses.asdict(summary))
     return 0

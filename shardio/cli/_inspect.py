@@ -3,15 +3,17 @@
 from __future__ import annotations
 
 import argparse
-import json
-import sys
-import warnings
 from typing import Any
 
 from ..config import format_size
-from ..errors import FieldsChosenWarning
 from ..reader import DatasetReader
+from ._common import Output, add_output_options
 from ._select import add_selection_flags, selection
+
+#: The library's parameter names, as this command's flags (for messages).
+FLAGS = {"format": "--format", "fields": "--fields", "group": "--group", "dim": "--dim"}
+#: Shards listed without -v; the rest are counted.
+SHARDS_SHOWN = 8
 
 
 def add_parser(subparsers: Any) -> None:
@@ -19,10 +21,15 @@ def add_parser(subparsers: Any) -> None:
     parser.add_argument(
         "path", help="a dataset directory, HDF5 file, LMDB environment or Zarr group"
     )
-    parser.add_argument("--format", help="backend, when the path does not tell")
+    parser.add_argument(
+        "--format", help="lmdb, hdf5, zarr or mmap (alias raw), when the path does not tell"
+    )
     add_selection_flags(parser)
-    parser.add_argument("--json", action="store_true", help="print JSON instead of a table")
-    parser.set_defaults(run=run)
+    add_output_options(
+        parser,
+        verbose_help=f"list every shard with its checksum (default: the first {SHARDS_SHOWN})",
+    )
+    parser.set_defaults(run=run, flags=FLAGS)
 
 
 def describe(reader: DatasetReader) -> dict[str, Any]:
@@ -65,29 +72,31 @@ def _conversion(reader: DatasetReader) -> dict[str, Any] | None:
 
 
 def run(args: argparse.Namespace) -> int:
-    with warnings.catch_warnings(record=True) as caught:
-        warnings.simplefilter("always", FieldsChosenWarning)
-        with DatasetReader(args.path, format=args.format, **selection(args)) as reader:
-            info = describe(reader)
-    for warning in caught:  # which datasets were read and which left out: a line each
-        print(f"shardio inspect: {warning.message}", file=sys.stderr)
-    if args.json:
-        print(json.dumps(info, indent=1))
-        return 0
-    print(
+    output = Output(args)
+    with DatasetReader(args.path, format=args.format, **selection(args)) as reader:
+        info = describe(reader)
+    output.line(
         f"{info['path']}: {info['format']}, {info['num_samples']} samples, "
         f"{len(info['shards'])} shard(s), {format_size(info['nbytes'])}"
     )
-    width = max(len(f["name"]) for f in info["fields"])
+    width = max((len(f["name"]) for f in info["fields"]), default=0)
     for f in info["fields"]:
         shape = "variable" if f["kind"] != "array" else str(tuple(f["shape"]))
-        print(f"  {f['name']:<{width}}  {f['kind']:<6}  {f['dtype']:<10}  {shape}")
+        output.line(f"  {f['name']:<{width}}  {f['kind']:<6}  {f['dtype']:<10}  {shape}")
     if info["sharded"]:
-        for s in info["shards"]:
-            print(f"  {s['path']}: {s['num_samples']} samples, {format_size(s['nbytes'])}")
+        shards = info["shards"] if output.verbose else info["shards"][:SHARDS_SHOWN]
+        for s in shards:
+            checksum = f", {s['checksum']}" if output.verbose else ""
+            output.line(
+                f"  {s['path']}: {s['num_samples']} samples, {format_size(s['nbytes'])}{checksum}"
+            )
+        hidden = len(info["shards"]) - len(shards)
+        if hidden:
+            output.line(f"  ... {hidden} more shard(s) (-v lists them all)")
     conversion = info["conversion"]
     if conversion:
-        print(f"  converted from {conversion['source']}")
+        output.line(f"  converted from {conversion['source']}")
         for skipped in conversion["skipped"]:
-            print(f"  skipped {skipped.get('name')!r}: {skipped.get('reason')}")
+            output.line(f"  skipped {skipped.get('name')!r}: {skipped.get('reason')}")
+    output.json(info)
     return 0

@@ -18,13 +18,21 @@ from __future__ import annotations
 import contextlib
 import math
 import os
+import re
 import time
 import uuid
+import warnings
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
-from ..adapters.registry import MANIFEST_NAME, get_backend, is_remote, writer_class
+from ..adapters.registry import (
+    FORMAT_ALIASES,
+    MANIFEST_NAME,
+    get_backend,
+    is_remote,
+    writer_class,
+)
 from ..checksum import files_nbytes, hash_files
 from ..config import format_size, parse_size
 from ..errors import (
@@ -32,6 +40,7 @@ from ..errors import (
     OutputExistsError,
     OutputWriteError,
     ShardioError,
+    UnknownFormatError,
     UnsupportedFeatureError,
 )
 from ..manifest import Manifest, ShardInfo
@@ -46,8 +55,10 @@ from .source import Skipped, Source, open_source
 
 __all__ = ["convert", "ConvertResult", "FORMAT_ALIASES", "writer_options_for"]
 
-#: Output format names accepted besides the backend names.
-FORMAT_ALIASES = {"raw": "mmap"}
+#: Zarr output's compressor when none is asked for (``compressor="none"`` turns it off).
+DEFAULT_ZARR_COMPRESSOR = "zstd"
+#: Shard sizes below this draw a warning: per-shard files and overhead dominate.
+SMALL_SHARD_SIZE = 1000**2
 #: Bytes of samples read and appended at a time inside one shard task.
 BLOCK_BYTES = 16 * 1024 * 1024
 _SETTING_NAMES = {
@@ -131,8 +142,10 @@ def convert(
     the members of compound (structured) datasets as fields of their own;
     ``skip_unsupported`` leaves out, and lists, datasets that cannot be converted.
     ``compressor`` (``zstd``, ``blosc``, ``gzip`` for Zarr; ``gzip``, ``lzf`` for
-    HDF5; ``name:level`` sets a level). ``progress``: ``True`` for a bar on a
-    terminal and log lines otherwise.
+    HDF5; ``name:level`` sets a level; ``none`` for none). Zarr output is compressed
+    with zstd unless ``compressor`` says otherwise, in chunks of about 256 KiB and at
+    most a shard's rows. A ``shard_size`` below 1 MB draws a warning. ``progress``:
+    ``True`` for a bar on a terminal and log lines otherwise.
     """
     started = time.perf_counter()
     src_path = os.fspath(src)
@@ -154,17 +167,26 @@ def convert(
         raise InvalidOptionError(f"dst should differ from src, but both are {dst_path}")
     options = writer_options_for(fmt, compressor, writer_options)
     mode = progress_mode(progress)
-    source = open_source(
-        src_path,
-        fields=fields,
-        format=source_format,
-        split_compound=split_compound,
-        skip_unsupported=skip_unsupported,
-        options=source_options,
-    )
+    try:
+        source = open_source(
+            src_path,
+            fields=fields,
+            format=source_format,
+            split_compound=split_compound,
+            skip_unsupported=skip_unsupported,
+            options=source_options,
+        )
+    except UnknownFormatError as exc:
+        # The output format was checked above: a format named here is the source's,
+        # which convert() takes as source_format=.
+        raise UnknownFormatError(re.sub(r"\bformat=", "source_format=", str(exc))) from None
     with source:
         sample_nbytes = estimate_sample_nbytes(source)
         plan = make_plan(source.num_samples, sample_nbytes, size, fmt, align=source.chunk_rows)
+        if size < SMALL_SHARD_SIZE:
+            _warn_small_shards(shard_size, plan)
+        if fmt == "zarr" and plan.tasks:
+            options.setdefault("max_chunk_rows", max(t.num_samples for t in plan.tasks))
         settings = plan.settings(source.schema, options, source.signature())
         messages: list[str] = []
         lock, done = _prepare_output(dst_path, settings, plan, resume, overwrite, messages.append)
@@ -299,8 +321,18 @@ def _run(
 def _output_format(format: str) -> str:
     if not isinstance(format, str):
         raise InvalidOptionError(f"format should be a string, but got format={format!r}")
-    name = FORMAT_ALIASES.get(format.lower(), format.lower())
-    return get_backend(name).name
+    return get_backend(format).name
+
+
+def _warn_small_shards(shard_size: int | str, plan: Plan) -> None:
+    rows = plan.num_samples / max(1, len(plan.tasks))
+    warnings.warn(
+        f"shard_size={shard_size!r} is below 1 MB: {len(plan.tasks)} shard(s) of about "
+        f"{rows:,.0f} sample(s) each, where files and per-shard overhead cost more than "
+        "the samples; 64MB to 1GB suits most datasets",
+        UserWarning,
+        stacklevel=3,
+    )
 
 
 def _check_options(
@@ -332,6 +364,8 @@ def writer_options_for(
 ) -> dict[str, Any]:
     """The backend writer's keyword options for ``compressor`` plus ``extra``."""
     options: dict[str, Any] = {}
+    if fmt == "zarr" and compressor is None:
+        compressor = DEFAULT_ZARR_COMPRESSOR
     name, level = _parse_compressor(compressor)
     if name is not None:
         if fmt == "zarr":
@@ -423,7 +457,8 @@ def _output_chunk_rows(plan: Plan, source: Source, options: dict[str, Any]) -> i
         default = _hdf5._DEFAULT_CHUNK_BYTES
     else:
         return None
-    return max(1, int(options.get("chunk_bytes", default)) // largest)
+    rows = max(1, int(options.get("chunk_bytes", default)) // largest)
+    return min(rows, int(options.get("max_chunk_rows") or rows))
 
 
 def _conversion_metadata(source: Source, src_path: str, settings: dict[str, Any]) -> dict[str, Any]:

@@ -262,7 +262,7 @@ def dask_client(client: Any, scheduler: str | None) -> tuple[Any, bool]:
     except ImportError as exc:
         raise BackendNotInstalledError(
             f"running a conversion on a Dask cluster needs dask.distributed: "
-            f"pip install shardio[dask] ({exc})"
+            f"pip install shardio-data[dask] ({exc})"
         ) from exc
     if client is not None:
         if not isinstance(client, distributed.Client):
