@@ -431,7 +431,7 @@ def run_bench(
         _warm(files)
     with tempfile.TemporaryDirectory(prefix="shardio-bench-") as directory:
         for workers in config.workers:
-            for budget, budget_label in zip(config.max_rss, config.max_rss_labels):
+            for budget, budget_label in zip(config.max_rss, config.max_rss_labels, strict=True):
                 report.runs.append(
                     _run_one(
                         path,
