@@ -5,6 +5,12 @@ import sys
 
 import pytest
 
+# One torch intra-op thread unless the user exported another count: torch's default (one
+# per core) makes its spinning OpenMP threads fight each other and the other processes on
+# a shared machine, and the tests' tensors are small. Set before anything imports torch;
+# DataLoader workers and subprocesses inherit it.
+os.environ.setdefault("OMP_NUM_THREADS", "1")
+
 sys.path.insert(0, os.path.dirname(__file__))  # tests/groundtruth.py for spawned workers
 
 from groundtruth import SOURCES, Truth

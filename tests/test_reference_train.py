@@ -6,9 +6,12 @@ ShardWriter -> ShardedDataset -> ShardSampler -> DataLoader(num_workers=2) -> Pr
 
 from __future__ import annotations
 
+import itertools
 import math
 import multiprocessing
+import time
 from collections import Counter
+from collections.abc import Iterator
 from pathlib import Path
 
 import numpy as np
@@ -191,3 +194,22 @@ def test_train_rejects_zero_steps_and_too_few_batches() -> None:
     batch = {"tokens": torch.tensor([[0], [1]]), "label": torch.tensor([0, 1])}
     with pytest.raises(InvalidOptionError, match="ran out after 2 steps"):
         train(model, [batch, batch], steps=3)
+
+
+def test_a_progress_line_comes_at_least_every_log_seconds() -> None:
+    model = torch.nn.Sequential(torch.nn.Embedding(4, 4), torch.nn.Flatten(1))
+    batch = {"tokens": torch.tensor([[0], [1]]), "label": torch.tensor([0, 1])}
+
+    def slow_batches() -> Iterator[dict[str, torch.Tensor]]:
+        while True:
+            time.sleep(0.05)  # a slow machine: each step takes 50 ms
+            yield batch
+
+    timed: list[LogRecord] = []
+    train(model, slow_batches(), steps=8, log_every=100, log_seconds=0.12, on_log=timed.append)
+    assert len(timed) >= 3 and timed[-1].step == 8  # every 2 to 3 steps, and the last
+    steps = [r.step for r in timed]
+    assert all(b - a <= 3 for a, b in itertools.pairwise(steps)), steps
+    only_last: list[LogRecord] = []
+    train(model, slow_batches(), steps=8, log_every=100, on_log=only_last.append)
+    assert [r.step for r in only_last] == [8]
