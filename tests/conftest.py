@@ -7,6 +7,12 @@ sys.path.insert(0, os.path.dirname(__file__))  # test helper modules for spawned
 
 import pytest
 
+# One torch intra-op thread unless the user exported another count: torch's default (one
+# per core) makes its spinning OpenMP threads fight each other and the other processes on
+# a shared machine, and the tests' tensors are small. Set before anything imports torch;
+# DataLoader workers and subprocesses inherit it.
+os.environ.setdefault("OMP_NUM_THREADS", "1")
+
 from shardio.testing.groundtruth import SOURCES, Truth
 
 # Every source is read twice: without a memory budget, and with the smallest one

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import os
 import re
+import shutil
 import subprocess
 import sys
 from pathlib import Path
@@ -14,16 +15,22 @@ import torch
 
 from shardio import ShardedDataset, ShardWriter
 from shardio.cli import build_parser, main
+from shardio.errors import InvalidOptionError
 from shardio.reference.data import MajorityTask, write_token_dataset
 from shardio.reference.demo import DemoConfig
+from shardio.reference.plot import PlotRun, draw_demo
+from shardio.reference.threads import ThreadChoice, choose_threads, idle_cores
+from shardio.reference.train import LogRecord
 
 ROOT = Path(__file__).resolve().parent.parent
-TINY = ["--steps", "4", "--log-every", "2", "--batch-size", "16", "--workers", "1"]
+TINY = ["--steps", "4", "--log-every", "2", "--batch-size", "16", "--workers", "1", "--no-plot"]
 
 STEP_LINE = re.compile(
     r"^step +(\d+)/4  loss (\d+\.\d+) +(\d+) samples/s  waiting for data +(\d+\.\d)%  "
-    r"rss +\d+(\.\d+)? [KMG]iB  saved activations \S+ [KMG]iB 8-bit vs \S+ [KMG]iB exact "
-    r"\((0\.\d\d)x\)$"
+    r"rss +\d+(\.\d+)? [KMG]iB$"
+)
+SAVED = re.compile(
+    r"saved activations .*: \S+ [KMG]iB 8-bit vs \S+ [KMG]iB exact \((0\.\d\d)x\)$", re.M
 )
 
 
@@ -38,7 +45,8 @@ def test_demo_prints_progress_and_a_summary(capsys: pytest.CaptureFixture[str]) 
     assert code == 0, err
     steps = [m for m in map(STEP_LINE.match, out.splitlines()) if m]
     assert [int(m.group(1)) for m in steps] == [2, 4], out
-    assert all(float(m.group(6)) < 0.5 for m in steps)  # 8-bit saves well under half
+    saved = SAVED.search(out)
+    assert saved is not None and float(saved.group(1)) < 0.5, out  # 8-bit saves well under half
     assert "4 mmap shards" in out and "256 train, 1024 held out" in out
     summary = re.search(
         r"8-bit: final training loss (\d+\.\d+), held-out loss (\d+\.\d+), "
@@ -47,16 +55,35 @@ def test_demo_prints_progress_and_a_summary(capsys: pytest.CaptureFixture[str]) 
     )
     assert summary is not None, out
     assert "chance loss ln(16) = 2.7726; best possible held-out loss" in out
-    written = re.search(r"shards \(.*\) at (\S+) in", out)
-    assert written is not None and not os.path.exists(written.group(1))  # temp dir removed
+    # the temporary dataset is removed at the end, so its path is never printed
+    assert "into a temporary directory (removed at the end: --keep keeps it)" in out
+    assert "dataset (temporary): " in out and "shardio-demo-" not in out
+    threads = os.environ["OMP_NUM_THREADS"]  # conftest.py sets it unless the user did
+    assert f"torch intra-op threads: {torch.get_num_threads()} (OMP_NUM_THREADS={threads})\n" in out
+
+
+def test_demo_keep_keeps_the_dataset_and_says_where(capsys: pytest.CaptureFixture[str]) -> None:
+    code, out, err = _run([*TINY, "--samples", "64", "--workers", "0", "--keep"], capsys)
+    assert code == 0, err
+    kept = re.search(r"^the dataset stays at (\S+): shardio inspect \1$", out, re.M)
+    assert kept is not None, out
+    try:
+        with ShardedDataset(kept.group(1)) as dataset:
+            assert len(dataset) == 64 + 1024
+    finally:
+        shutil.rmtree(os.path.dirname(kept.group(1)))
 
 
 def test_demo_compare_reports_both_runs(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
-    code, out, err = _run(
-        [*TINY, "--samples", "128", "--compare", "--workers", "0", "--workdir", str(tmp_path)],
-        capsys,
-    )
+    picture = tmp_path / "demo.png"
+    args = ["--samples", "128", "--compare", "--workers", "0", "--workdir", str(tmp_path)]
+    before = torch.get_num_threads()
+    code, out, err = _run([*TINY[:-1], *args, "--plot", str(picture), "--threads", "1"], capsys)
     assert code == 0, err
+    assert re.search(r"^torch intra-op threads: 1 \(--threads\)$", out, re.M), out
+    assert torch.get_num_threads() == before  # the demo restores the caller's setting
+    assert f"picture: {picture}" in out
+    assert picture.read_bytes().startswith(b"\x89PNG") and picture.stat().st_size > 10_000
     assert "training with 8-bit" in out and "training with exact" in out
     assert re.search(r"^exact: final training loss", out, re.M)
     assert re.search(r"held-out loss 8-bit / exact = \d+\.\d+", out)
@@ -66,9 +93,10 @@ def test_demo_compare_reports_both_runs(tmp_path: Path, capsys: pytest.CaptureFi
 
 def test_demo_reuses_its_workdir(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
     args = ["--steps", "1", "--samples", "64", "--workers", "0", "--workdir", str(tmp_path)]
+    args += ["--plot", str(tmp_path / "shardio-demo.png")]  # replaced too
     assert _run(args, capsys)[0] == 0
     assert _run([*args, "--seed", "1"], capsys)[0] == 0  # the earlier shards are replaced
-    assert sorted(os.listdir(tmp_path)) == ["majority.shardio"]
+    assert sorted(os.listdir(tmp_path)) == ["majority.shardio", "shardio-demo.png"]
 
 
 def test_demo_trains_on_a_users_dataset(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
@@ -147,6 +175,8 @@ def test_demo_trains_on_cuda(capsys: pytest.CaptureFixture[str]) -> None:
 def test_demo_rejects_bad_numbers(capsys: pytest.CaptureFixture[str]) -> None:
     code, _, err = _run(["--steps", "0"], capsys)
     assert code == 2 and "steps" in err
+    code, _, err = _run(["--threads", "0", "--no-plot"], capsys)
+    assert code == 2 and "--threads should be >= 1, but got --threads 0" in err, err
     with pytest.raises(SystemExit) as exc:
         main(["demo", "--exact", "--compare"])
     assert exc.value.code == 2
@@ -155,9 +185,38 @@ def test_demo_rejects_bad_numbers(capsys: pytest.CaptureFixture[str]) -> None:
 def test_cli_defaults_are_the_library_defaults() -> None:
     args = build_parser().parse_args(["demo"])
     config = DemoConfig()
-    for name in ("steps", "batch_size", "workers", "seed", "log_every", "exact", "compare"):
+    names = ("steps", "batch_size", "workers", "seed", "log_every", "log_seconds", "threads")
+    for name in (*names, "exact", "compare", "keep"):
         assert getattr(args, name) == getattr(config, name), name
     assert args.samples == config.num_samples
+    # the CLI draws its picture by default; the library draws none unless asked
+    assert args.plot == "shardio-demo.png" and config.plot is None
+
+
+def test_the_picture_is_skipped_with_one_line_without_matplotlib(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setitem(sys.modules, "matplotlib", None)  # import matplotlib fails
+    run = PlotRun(quantize=True, losses=[2.0, 1.5], records=[LogRecord(2, 2, 1.7, 50.0, 0.1)])
+    path = tmp_path / "demo.png"
+    note = draw_demo([run], str(path), title="t", chance=2.7, floor=None)
+    assert note == "no picture: matplotlib is not installed (pip install 'shardio[bench]')"
+    assert not path.exists()
+
+
+def test_choose_threads_respects_the_flag_then_the_environment(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    assert choose_threads(3) == ThreadChoice(3, "--threads")
+    monkeypatch.setenv("OMP_NUM_THREADS", "1")
+    assert choose_threads() == ThreadChoice(torch.get_num_threads(), "OMP_NUM_THREADS=1")
+    monkeypatch.delenv("OMP_NUM_THREADS")
+    monkeypatch.delenv("MKL_NUM_THREADS", raising=False)
+    usable, _ = idle_cores()
+    chosen = choose_threads()
+    assert 1 <= chosen.threads <= min(4, usable) and f"{usable} usable cores" in chosen.reason
+    with pytest.raises(InvalidOptionError, match="--threads should be >= 1"):
+        choose_threads(0)
 
 
 def run_python(code: str) -> str:

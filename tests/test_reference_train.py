@@ -6,9 +6,12 @@ ShardWriter -> ShardedDataset -> ShardSampler -> DataLoader(num_workers=2) -> Pr
 
 from __future__ import annotations
 
+import itertools
 import math
 import multiprocessing
+import time
 from collections import Counter
+from collections.abc import Iterator
 from pathlib import Path
 
 import numpy as np
@@ -37,6 +40,8 @@ from shardio.reference.train import (
 TASK = MajorityTask(vocab_size=16, seq_len=32, bias=0.2, label_noise=0.2)
 NUM_TRAIN, NUM_HELDOUT = 2048, 512
 STEPS, BATCH = 150, 32
+SHORT_STEPS = 66  # just over one epoch of the 2048 training samples
+SHORT_BOUND = 0.7  # held-out loss / chance after SHORT_STEPS; measured 0.54 for both
 CHANCE = math.log(TASK.num_classes)
 
 
@@ -120,7 +125,7 @@ def _cfg() -> ModelConfig:
     )
 
 
-def _train(dataset: ShardedDataset, quantize: bool) -> tuple[TrainResult, float, float]:
+def _train(dataset: ShardedDataset, quantize: bool, steps: int) -> tuple[TrainResult, float, float]:
     torch.manual_seed(0)
     model = ReferenceTransformer(_cfg(), quantize=quantize)
     feed = make_feed(
@@ -131,18 +136,18 @@ def _train(dataset: ShardedDataset, quantize: bool) -> tuple[TrainResult, float,
         result = train(
             model,
             feed,
-            steps=STEPS,
+            steps=steps,
             lr=3e-3,
-            log_every=50,
+            log_every=steps // 3,
             on_log=records.append,
             waited=lambda: feed.wait_seconds,
         )
     finally:
         feed.close()
     assert multiprocessing.active_children() == []  # the DataLoader workers are gone
-    assert [r.step for r in records] == [50, 100, 150]
-    assert feed.epoch >= 2  # 150 steps of 32 cover the 2048 training samples twice
-    assert result.samples == STEPS * BATCH and len(result.losses) == STEPS
+    assert [r.step for r in records] == [steps // 3, 2 * steps // 3, steps]
+    assert feed.epoch == steps * BATCH // NUM_TRAIN  # one sampler pass per epoch
+    assert result.samples == steps * BATCH and len(result.losses) == steps
     assert 0.0 <= result.wait_fraction < 1.0
     loss, accuracy = evaluate(model, heldout_batches(dataset, NUM_TRAIN, 128, "cpu"))
     return result, loss, accuracy
@@ -150,9 +155,21 @@ def _train(dataset: ShardedDataset, quantize: bool) -> tuple[TrainResult, float,
 
 @pytest.fixture(scope="module")
 def runs(dataset: ShardedDataset) -> dict[bool, tuple[TrainResult, float, float]]:
-    return {quantize: _train(dataset, quantize) for quantize in (True, False)}
+    return {quantize: _train(dataset, quantize, STEPS) for quantize in (True, False)}
 
 
+def test_a_short_run_learns_with_either_setting(dataset: ShardedDataset) -> None:
+    """The fast version of the two slow tests below: one epoch, both settings."""
+    short = {quantize: _train(dataset, quantize, SHORT_STEPS) for quantize in (True, False)}
+    for result, heldout_loss, _ in short.values():
+        assert result.losses[0] > 0.9 * CHANCE
+        assert heldout_loss < SHORT_BOUND * CHANCE
+    quantized, exact = short[True][1], short[False][1]
+    assert abs(quantized - exact) / exact < 0.05, (quantized, exact)
+    assert quantized != exact
+
+
+@pytest.mark.slow
 @pytest.mark.parametrize("quantize", [True, False], ids=["8bit", "exact"])
 def test_loss_falls_well_below_chance(
     runs: dict[bool, tuple[TrainResult, float, float]], quantize: bool
@@ -164,6 +181,7 @@ def test_loss_falls_well_below_chance(
     assert accuracy > 0.6
 
 
+@pytest.mark.slow
 def test_quantized_and_exact_final_losses_agree(
     runs: dict[bool, tuple[TrainResult, float, float]],
 ) -> None:
@@ -191,3 +209,22 @@ def test_train_rejects_zero_steps_and_too_few_batches() -> None:
     batch = {"tokens": torch.tensor([[0], [1]]), "label": torch.tensor([0, 1])}
     with pytest.raises(InvalidOptionError, match="ran out after 2 steps"):
         train(model, [batch, batch], steps=3)
+
+
+def test_a_progress_line_comes_at_least_every_log_seconds() -> None:
+    model = torch.nn.Sequential(torch.nn.Embedding(4, 4), torch.nn.Flatten(1))
+    batch = {"tokens": torch.tensor([[0], [1]]), "label": torch.tensor([0, 1])}
+
+    def slow_batches() -> Iterator[dict[str, torch.Tensor]]:
+        while True:
+            time.sleep(0.05)  # a slow machine: each step takes 50 ms
+            yield batch
+
+    timed: list[LogRecord] = []
+    train(model, slow_batches(), steps=8, log_every=100, log_seconds=0.12, on_log=timed.append)
+    assert len(timed) >= 3 and timed[-1].step == 8  # every 2 to 3 steps, and the last
+    steps = [r.step for r in timed]
+    assert all(b - a <= 3 for a, b in itertools.pairwise(steps)), steps
+    only_last: list[LogRecord] = []
+    train(model, slow_batches(), steps=8, log_every=100, on_log=only_last.append)
+    assert [r.step for r in only_last] == [8]

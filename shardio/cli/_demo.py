@@ -30,6 +30,7 @@ _EXAMPLES = """examples:
   shardio demo --compare                        # train 8-bit and exact, compare the losses
   shardio demo --data tokens.shardio --device cuda --steps 1000 --batch-size 128
   shardio demo --workdir demo-data --workers 4  # keep the shards: shardio inspect them
+  shardio demo --threads 2 --plot run.png       # 2 torch threads; the picture in run.png
 
 --data expects a shardio dataset with fields "tokens" (an integer array of shape (N,))
 and "label" (an integer scalar); its last fifth (at most 1024 samples) is held out.
@@ -60,6 +61,18 @@ def add_parser(subparsers: Any) -> None:
         "--log-every", type=int, default=25, help="steps between progress lines (default 25)"
     )
     parser.add_argument(
+        "--log-seconds",
+        type=float,
+        default=10.0,
+        help="at most this many seconds between progress lines (default 10)",
+    )
+    parser.add_argument(
+        "--threads",
+        type=int,
+        help="torch intra-op threads (default: OMP_NUM_THREADS when set, else the cores "
+        "idle now, 1 to 4: more threads than idle cores slow torch down)",
+    )
+    parser.add_argument(
         "--samples", type=int, default=8192, help="synthetic training samples (default 8192)"
     )
     parser.add_argument(
@@ -68,6 +81,20 @@ def add_parser(subparsers: Any) -> None:
         help="write the synthetic shards to DIR/majority.shardio and keep them "
         "(default: a temporary directory, removed at the end)",
     )
+    parser.add_argument(
+        "--keep",
+        action="store_true",
+        help="keep the temporary directory of the synthetic shards and print where it is",
+    )
+    picture = parser.add_mutually_exclusive_group()
+    picture.add_argument(
+        "--plot",
+        metavar="FILE",
+        default="shardio-demo.png",
+        help="draw loss, samples/s and waiting for data into FILE (default shardio-demo.png; "
+        "needs matplotlib, in the bench extra)",
+    )
+    picture.add_argument("--no-plot", action="store_true", help="draw no picture")
     mode = parser.add_mutually_exclusive_group()
     mode.add_argument("--exact", action="store_true", help="train without quantization")
     mode.add_argument(
@@ -93,7 +120,11 @@ def run(args: argparse.Namespace) -> int:
         exact=args.exact,
         compare=args.compare,
         log_every=1 if output.verbose else args.log_every,
+        log_seconds=args.log_seconds,
+        threads=args.threads,
         num_samples=args.samples,
+        keep=args.keep,
+        plot=None if args.no_plot else args.plot,
     )
     summary = run_demo(config, out=output.line)
     output.json(dataclasses.asdict(summary))

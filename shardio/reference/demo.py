@@ -4,7 +4,9 @@
 ``ShardWriter`` (or takes a user's token dataset), reads it back through
 ``ShardedDataset``, ``ShardSampler``, a ``DataLoader`` with workers and the
 ``Prefetcher``, and trains the reference transformer with 8-bit saved activations,
-printing loss, throughput, time waiting for data, RSS and saved-activation bytes.
+printing loss, throughput, time waiting for data and RSS at least every ``log_seconds``,
+and draws one picture of the run at the end (:mod:`.plot`). It sets torch's intra-op
+threads deliberately (:mod:`.threads`) and restores them when it returns.
 """
 
 from __future__ import annotations
@@ -26,7 +28,9 @@ from ..memory import read_rss
 from ..prefetch import resolve_device
 from .data import LABEL, TOKENS, MajorityTask, TokenSpec, inspect_token_dataset, write_token_dataset
 from .model import ModelConfig, ReferenceTransformer
+from .plot import PlotRun, draw_demo
 from .saved import saved_activation_bytes
+from .threads import ThreadChoice, choose_threads
 from .train import Batch, LogRecord, evaluate, heldout_batches, make_feed, train
 
 __all__ = ["DemoConfig", "DemoRun", "DemoSummary", "run_demo"]
@@ -41,6 +45,7 @@ class DemoConfig:
 
     data: str | None = None  # a user's token dataset; None: the synthetic task
     workdir: str | None = None  # where the synthetic shards are kept; None: a temporary dir
+    keep: bool = False  # keep the temporary dir of the synthetic shards (no workdir given)
     device: str | None = None  # None: "cuda" when available, else "cpu"
     steps: int = 300
     batch_size: int = 32
@@ -49,6 +54,9 @@ class DemoConfig:
     exact: bool = False  # train without quantization
     compare: bool = False  # train quantized and exact, report both
     log_every: int = 25
+    log_seconds: float = 10.0  # a progress line at least this often, whatever log_every
+    threads: int | None = None  # torch intra-op threads; None: see threads.choose_threads
+    plot: str | None = None  # draw the picture into this image file
     lr: float = 3e-3
     num_samples: int = 8192  # synthetic training samples
     heldout: int = 1024  # held-out samples (at most a fifth of a user's dataset)
@@ -70,6 +78,10 @@ class DemoConfig:
                 raise InvalidOptionError(
                     f"{name} should be >= 0, but got {name}={getattr(self, name)}"
                 )
+        if self.log_seconds < 0:
+            raise InvalidOptionError(
+                f"log_seconds should be >= 0, but got log_seconds={self.log_seconds}"
+            )
         if self.exact and self.compare:
             raise InvalidOptionError("exact and compare exclude each other: compare runs both")
 
@@ -85,6 +97,8 @@ class DemoRun:
     samples_per_s: float
     wait_fraction: float
     seconds: float
+    losses: tuple[float, ...] = ()  # per step
+    records: tuple[LogRecord, ...] = ()  # per progress line
 
 
 @dataclass(frozen=True)
@@ -99,6 +113,8 @@ class DemoSummary:
     runs: tuple[DemoRun, ...]
     chance_loss: float
     seconds: float
+    threads: int = 1
+    kept: bool = True  # the dataset is still there after the demo (a user's, or kept)
 
 
 def _rss(peak: bool = False) -> str:
@@ -110,23 +126,29 @@ def _rss(peak: bool = False) -> str:
 
 
 @contextmanager
-def _dataset_path(config: DemoConfig, out: Printer) -> Iterator[str]:
-    """The dataset to train on: the user's, or the synthetic task written into shards
-    (kept in ``workdir`` when one is given, else in a temporary directory)."""
+def _dataset_path(config: DemoConfig, out: Printer) -> Iterator[tuple[str, bool]]:
+    """(the dataset to train on, whether it stays after the demo): the user's, or the
+    synthetic task written into shards in ``workdir``, a kept temporary directory
+    (``keep``), or a temporary directory removed at the end."""
     if config.data is not None:
-        yield config.data
+        yield config.data, True
     elif config.workdir is not None:
         try:
             os.makedirs(config.workdir, exist_ok=True)
         except OSError as exc:
             raise OutputWriteError(f"cannot create --workdir {config.workdir}: {exc}") from None
-        yield _write_synthetic(config, os.path.join(config.workdir, _SYNTHETIC_NAME), out)
+        path = os.path.join(config.workdir, _SYNTHETIC_NAME)
+        yield _write_synthetic(config, path, f"at {path}", out), True
+    elif config.keep:
+        path = os.path.join(tempfile.mkdtemp(prefix="shardio-demo-"), _SYNTHETIC_NAME)
+        yield _write_synthetic(config, path, f"at {path}", out), True
     else:
         with tempfile.TemporaryDirectory(prefix="shardio-demo-") as tmp:
-            yield _write_synthetic(config, os.path.join(tmp, _SYNTHETIC_NAME), out)
+            where = "into a temporary directory (removed at the end: --keep keeps it)"
+            yield _write_synthetic(config, os.path.join(tmp, _SYNTHETIC_NAME), where, out), False
 
 
-def _write_synthetic(config: DemoConfig, path: str, out: Printer) -> str:
+def _write_synthetic(config: DemoConfig, path: str, where: str, out: Printer) -> str:
     start = time.perf_counter()
     data = config.task.generate(config.num_samples + config.heldout, config.seed)
     manifest = write_token_dataset(
@@ -135,8 +157,8 @@ def _write_synthetic(config: DemoConfig, path: str, out: Printer) -> str:
     nbytes = sum(s.nbytes for s in manifest.shards)
     out(
         f"wrote {len(data)} samples of the majority-token task (vocab {config.task.vocab_size}, "
-        f"length {config.task.seq_len}) into {len(manifest.shards)} {manifest.format} shards "
-        f"({format_size(nbytes)}) at {path} in {time.perf_counter() - start:.1f} s"
+        f"length {config.task.seq_len}) in {time.perf_counter() - start:.1f} s: "
+        f"{len(manifest.shards)} {manifest.format} shards ({format_size(nbytes)}) {where}"
     )
     return path
 
@@ -159,12 +181,12 @@ def _saved_text(quantized: int, exact: int) -> str:
     return f"{format_size(quantized)} 8-bit vs {format_size(exact)} exact ({ratio:.2f}x)"
 
 
-def _log_line(record: LogRecord, saved: str) -> str:
+def _log_line(record: LogRecord) -> str:
     width = len(str(record.steps))
     return (
         f"step {record.step:>{width}}/{record.steps}  loss {record.loss:.4f}  "
         f"{record.samples_per_s:7.0f} samples/s  waiting for data {record.wait_fraction:6.1%}  "
-        f"rss {_rss():>9}  saved activations {saved}"
+        f"rss {_rss():>9}"
     )
 
 
@@ -175,7 +197,6 @@ def _train_once(
     quantize: bool,
     device: torch.device,
     heldout: Sequence[Batch],
-    saved: str,
     out: Printer,
 ) -> DemoRun:
     """Train a freshly initialised model (same seed every run) and evaluate it."""
@@ -190,6 +211,12 @@ def _train_once(
         device=device,
     )
     out(f"training {'with 8-bit' if quantize else 'with exact'} saved activations")
+    records: list[LogRecord] = []
+
+    def on_log(record: LogRecord) -> None:
+        records.append(record)
+        out(_log_line(record))
+
     try:
         result = train(
             model,
@@ -197,7 +224,8 @@ def _train_once(
             steps=config.steps,
             lr=config.lr,
             log_every=config.log_every,
-            on_log=lambda record: out(_log_line(record, saved)),
+            log_seconds=config.log_seconds,
+            on_log=on_log,
             waited=lambda: feed.wait_seconds,
         )
     finally:
@@ -211,6 +239,8 @@ def _train_once(
         result.samples_per_s,
         result.wait_fraction,
         result.seconds,
+        tuple(result.losses),
+        tuple(records),
     )
 
 
@@ -234,7 +264,8 @@ def _summary_lines(summary: DemoSummary, floor: float | None) -> list[str]:
     bound = f"; best possible held-out loss {floor:.4f}" if floor is not None else ""
     lines.append(
         f"chance loss ln({summary.spec.num_classes}) = {summary.chance_loss:.4f}{bound}; "
-        f"peak rss {_rss(peak=True)}; total {summary.seconds:.1f} s"
+        f"peak rss {_rss(peak=True)}; {summary.threads} torch thread(s); "
+        f"total {summary.seconds:.1f} s"
     )
     if len(summary.runs) == 2:
         a, b = (r.heldout_loss for r in summary.runs)
@@ -253,10 +284,19 @@ def run_demo(config: DemoConfig, out: Printer = print) -> DemoSummary:
     start = time.perf_counter()
     # None: CUDA when present. CUDA asked for on a machine without it is an error here.
     device = resolve_device(config.device, fallback_to_cpu=False)
-    with _dataset_path(config, out) as path:
-        spec = inspect_token_dataset(path)
-        with ShardedDataset(path) as dataset:
-            return _run_on(config, dataset, spec, device, start, out)
+    choice = choose_threads(config.threads)
+    previous = torch.get_num_threads()
+    torch.set_num_threads(choice.threads)
+    try:
+        with _dataset_path(config, out) as (path, kept):
+            spec = inspect_token_dataset(path)
+            with ShardedDataset(path) as dataset:
+                summary = _run_on(config, dataset, spec, device, choice, kept, start, out)
+    finally:
+        torch.set_num_threads(previous)
+    if kept and config.data is None:
+        out(f"the dataset stays at {path}: shardio inspect {path}")
+    return summary
 
 
 def _run_on(
@@ -264,6 +304,8 @@ def _run_on(
     dataset: ShardedDataset,
     spec: TokenSpec,
     device: torch.device,
+    threads: ThreadChoice,
+    kept: bool,
     start: float,
     out: Printer,
 ) -> DemoSummary:
@@ -280,8 +322,10 @@ def _run_on(
     heldout = heldout_batches(dataset, first_heldout, config.batch_size, device)
     quantized, exact = _measure_saved(cfg, heldout[0])
     saved = _saved_text(quantized, exact)
+    out(f"torch intra-op threads: {threads.threads} ({threads.reason})")
+    name = dataset.path if kept else "(temporary)"
     out(
-        f"dataset {dataset.path}: {len(dataset)} samples ({first_heldout} train, "
+        f"dataset {name}: {len(dataset)} samples ({first_heldout} train, "
         f"{len(dataset) - first_heldout} held out) in {len(dataset.shard_lengths)} shard(s), "
         f"read by ShardSampler + DataLoader({config.workers} workers) + Prefetcher({device})"
     )
@@ -291,7 +335,7 @@ def _run_on(
         f"for backward per step (batch of {len(heldout[0][LABEL])}): {saved}"
     )
     modes = (True, False) if config.compare else ((False,) if config.exact else (True,))
-    runs = tuple(_train_once(config, dataset, cfg, q, device, heldout, saved, out) for q in modes)
+    runs = tuple(_train_once(config, dataset, cfg, q, device, heldout, out) for q in modes)
     summary = DemoSummary(
         dataset.path,
         spec,
@@ -301,8 +345,22 @@ def _run_on(
         runs,
         math.log(spec.num_classes),
         time.perf_counter() - start,
+        threads.threads,
+        kept,
     )
     floor = None if config.data is not None else _heldout_floor(config.task, heldout)
     for line in _summary_lines(summary, floor):
         out(line)
+    if config.plot is not None:
+        out(_draw(config.plot, config, summary, floor))
     return summary
+
+
+def _draw(path: str, config: DemoConfig, summary: DemoSummary, floor: float | None) -> str:
+    runs = [PlotRun(r.quantize, r.losses, r.records) for r in summary.runs]
+    title = (
+        f"shardio demo: {summary.spec.num_classes}-class task, batch {config.batch_size}, "
+        f"{config.workers} DataLoader workers, {summary.device}, "
+        f"{summary.threads} torch thread(s)"
+    )
+    return draw_demo(runs, path, title=title, chance=summary.chance_loss, floor=floor)

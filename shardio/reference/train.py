@@ -208,6 +208,7 @@ def train(
     lr: float = 3e-3,
     weight_decay: float = 0.01,
     log_every: int = 0,
+    log_seconds: float = 0.0,
     on_log: Callable[[LogRecord], None] | None = None,
     waited: Callable[[], float] | None = None,
 ) -> TrainResult:
@@ -215,7 +216,9 @@ def train(
 
     ``waited()`` returns the seconds the loop has waited for data so far (e.g.
     :attr:`Feed.wait_seconds`); by default the time blocked in ``next(batches)``.
-    Every ``log_every`` steps (and at the last) ``on_log`` receives a :class:`LogRecord`.
+    Every ``log_every`` steps, or sooner once ``log_seconds`` have passed since the last
+    record (so a slow machine still shows progress), and at the last step ``on_log``
+    receives a :class:`LogRecord`.
     """
     if steps < 1:
         raise InvalidOptionError(f"steps should be >= 1, but got steps={steps}")
@@ -242,8 +245,9 @@ def train(
             result.losses.append(loss)
             result.samples += len(batch[LABEL])
             window.add(loss, len(batch[LABEL]))
-            if on_log is not None and (step == steps or (log_every and step % log_every == 0)):
-                now = time.perf_counter()
+            now = time.perf_counter()
+            due = step == steps or (log_every and step % log_every == 0)
+            if on_log is not None and (due or 0 < log_seconds <= now - window.start):
                 on_log(window.record(step, steps, now, clock()))
                 window = _Window(now, clock())
     finally:
