@@ -3,6 +3,7 @@ and each DataLoader worker, each learning its share when it first reads."""
 
 from __future__ import annotations
 
+import gc
 import logging
 import os
 
@@ -261,13 +262,15 @@ def test_a_worker_without_room_fails_with_the_reason(small, monkeypatch) -> None
 def test_the_job_warning_reaches_memory_stats(small, caplog) -> None:
     """A job whose main process grows past 90% of the limit after reading starts."""
     caplog.set_level(logging.WARNING, logger="shardio")
-    # Warns 32 MiB above the job's RSS now (children other tests left count too).
+    gc.collect()  # DataLoader iterators other tests left stop their workers now
+    # Warns 32 MiB above the job's RSS now (children other tests left count too; the
+    # ballast below outweighs any of them exiting meanwhile).
     total = int((JobUsage.sample(os.getpid(), pss=False).rss + 32 * MiB) / 0.9)
     policy = MemoryPolicy(max_rss=f"total:{total}", job_margin="8MB")
     ds = ShardedDataset(small, memory_policy=policy)
     ds.read_batch([0])
     assert ds.memory_stats()["job_warnings"] == 0
-    ballast = np.ones(128 * MiB, dtype=np.uint8)
+    ballast = np.ones(768 * MiB, dtype=np.uint8)
     stats = ds.memory_stats()
     assert stats["job_warnings"] == 1
     assert stats["job_rss"] >= 0.9 * total

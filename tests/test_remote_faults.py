@@ -185,7 +185,10 @@ def test_open_after_server_fault_raises_remote_error(server, tmp_path, how) -> N
     _expect_remote_error(url, shardio.ShardedDataset, url, storage_options=server.options())
 
 
-@pytest.mark.parametrize("how", ["kill", "stop"])
+@pytest.mark.parametrize(
+    "how",
+    ["kill", pytest.param("stop", marks=pytest.mark.slow)],  # a frozen server: slow
+)
 def test_dataloader_workers_raise_remote_error(server, tmp_path, how) -> None:
     torch.set_num_threads(1)
     opened = _open_both(server, tmp_path)

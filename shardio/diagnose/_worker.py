@@ -14,6 +14,7 @@ from typing import Any
 
 from torch.utils.data import Dataset, IterableDataset, get_worker_info
 
+from ..batches import Batch
 from ..memory import read_rss
 from .records import MAIN_PROCESS, LoadTiming, MemorySample
 
@@ -152,7 +153,8 @@ class TaggingCollate:
         info = get_worker_info()
         proxy = info.dataset if info is not None else self._proxy
         start = proxy.take_start() if isinstance(proxy, _ProxyBase) else None
-        samples = len(data) if isinstance(data, list) else None
+        # A list of samples, or a ShardedDataset's Batch (the rows of one batch read).
+        samples = len(data) if isinstance(data, (list, Batch)) else None
         batch = self.collate_fn(data)
         end = time.perf_counter()
         timing = LoadTiming(
