@@ -91,6 +91,7 @@ def test_demo_compare_reports_both_runs(tmp_path: Path, capsys: pytest.CaptureFi
         assert len(kept) == 128 + 1024 and len(kept.shard_lengths) == 4
 
 
+@pytest.mark.slow
 def test_demo_reuses_its_workdir(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
     args = ["--steps", "1", "--samples", "64", "--workers", "0", "--workdir", str(tmp_path)]
     args += ["--plot", str(tmp_path / "shardio-demo.png")]  # replaced too

@@ -70,5 +70,9 @@ def test_checks_are_per_process_and_survive_pickling(tmp_path) -> None:
     ds.read_batch(np.arange(50_000))
     _flip(os.path.join(path, ds.reader.shard_infos[0].path, "000.bin"), 0.1)
     loader = DataLoader(ds, batch_size=1000, num_workers=1, multiprocessing_context="fork")
-    with pytest.raises(ShardCorruptError, match="damaged"):
-        list(loader)
+    batches = iter(loader)
+    try:
+        with pytest.raises(ShardCorruptError, match="damaged"):
+            list(batches)
+    finally:
+        batches._shutdown_workers()  # type: ignore[attr-defined]  # now, not at collection

@@ -259,6 +259,7 @@ def test_a_worker_without_room_fails_with_the_reason(small, monkeypatch) -> None
         run_loader(ds, 4)
 
 
+@pytest.mark.slow  # samples every child the test session left (20 s in a full run)
 def test_the_job_warning_reaches_memory_stats(small, caplog) -> None:
     """A job whose main process grows past 90% of the limit after reading starts."""
     caplog.set_level(logging.WARNING, logger="shardio")

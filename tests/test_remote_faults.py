@@ -164,7 +164,10 @@ def _expect_remote_error(
     return caught.value, elapsed
 
 
-@pytest.mark.parametrize("how", ["kill", "stop"])
+@pytest.mark.parametrize(
+    "how",
+    ["kill", pytest.param("stop", marks=pytest.mark.slow)],  # a frozen server: slow
+)
 def test_read_after_server_fault_raises_remote_error(server, tmp_path, how) -> None:
     opened = _open_both(server, tmp_path)
     try:
@@ -178,7 +181,10 @@ def test_read_after_server_fault_raises_remote_error(server, tmp_path, how) -> N
             ds.close()
 
 
-@pytest.mark.parametrize("how", ["kill", "stop"])
+@pytest.mark.parametrize(
+    "how",
+    ["kill", pytest.param("stop", marks=pytest.mark.slow)],  # a frozen server: slow
+)
 def test_open_after_server_fault_raises_remote_error(server, tmp_path, how) -> None:
     url, _ = _zarr_dataset(server, tmp_path)
     server.stop(how)
