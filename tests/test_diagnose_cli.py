@@ -86,3 +86,14 @@ def test_a_missing_dataset_is_one_line(tmp_path: Path, capsys: pytest.CaptureFix
     assert main(["diagnose", str(tmp_path / "nope.shardio")]) == 2
     err = capsys.readouterr().err.strip()
     assert len(err.splitlines()) == 1 and "nope.shardio" in err, err
+
+
+def test_json_and_quiet_like_every_command(dataset, capsys) -> None:
+    import json
+
+    args = ["diagnose", dataset, "--workers", "0", "--batches", "4", "--step-ms", "1"]
+    assert main([*args, "--json"]) == 0
+    summary = json.loads(capsys.readouterr().out)
+    assert summary["batches"] >= 3 and summary["bound"] in ("data-bound", "compute-bound")
+    assert main([*args, "-q"]) == 0
+    assert capsys.readouterr().out == ""

@@ -8,7 +8,7 @@ import sys
 from typing import Any
 
 from ..errors import InvalidOptionError
-from ._common import STDOUT, Output, add_output_options
+from ._common import STDOUT, Output, add_output_options, parse_int
 
 #: The library's parameter names, as this command's flags (for messages).
 FLAGS = {
@@ -100,25 +100,13 @@ def add_parser(subparsers: Any) -> None:
     parser.set_defaults(run=run, flags=FLAGS)
 
 
-def _int(value: str, option: str, minimum: int) -> int:
-    try:
-        number = int(value)
-    except (TypeError, ValueError):
-        raise InvalidOptionError(
-            f"{option} should be an integer, but got {option}={value!r}"
-        ) from None
-    if number < minimum:
-        raise InvalidOptionError(f"{option} should be >= {minimum}, but got {option}={number}")
-    return number
-
-
 def _workers(text: str) -> tuple[int, ...]:
     parts = [p.strip() for p in str(text).split(",") if p.strip()]
     if not parts:
         raise InvalidOptionError(
             f"--workers should list worker counts such as 0,2, but got {text!r}"
         )
-    return tuple(_int(p, "--workers", 0) for p in parts)
+    return tuple(parse_int(p, "--workers", 0) for p in parts)
 
 
 def _budgets(text: str | None) -> tuple[str | None, ...]:
@@ -143,15 +131,15 @@ def config_from_args(args: argparse.Namespace) -> Any:
         ) from None
     return BenchConfig(
         workers=_workers(args.workers),
-        batch_size=_int(args.batch_size, "--batch-size", 1),
-        epochs=_int(args.epochs, "--epochs", 1),
+        batch_size=parse_int(args.batch_size, "--batch-size", 1),
+        epochs=parse_int(args.epochs, "--epochs", 1),
         order=args.order,
         max_rss=_budgets(args.max_rss),  # type: ignore[arg-type]  # parsed by BenchConfig
         cache="cold" if args.cold else ("asis" if args.no_warm else "warm"),
         compare_raw=args.compare == "raw",
-        samples=None if args.samples is None else _int(args.samples, "--samples", 1),
+        samples=None if args.samples is None else parse_int(args.samples, "--samples", 1),
         interval=interval,
-        seed=_int(args.seed, "--seed", 0),
+        seed=parse_int(args.seed, "--seed", 0),
         ceiling=not args.no_ceiling,
         window=args.window,
         format=args.format,

@@ -21,7 +21,9 @@ from collections.abc import Iterator, Mapping
 from contextlib import contextmanager
 from typing import Any, TextIO
 
-__all__ = ["add_output_options", "Output", "flag_message", "one_line_warnings"]
+from ..errors import InvalidOptionError
+
+__all__ = ["add_output_options", "Output", "flag_message", "one_line_warnings", "parse_int"]
 
 #: ``--json`` with no FILE: write to stdout.
 STDOUT = "-"
@@ -130,3 +132,16 @@ def one_line_warnings(command: str, flags: Mapping[str, str]) -> Iterator[None]:
         warnings.simplefilter("default")
         warnings.showwarning = show
         yield
+
+
+def parse_int(value: str, option: str, minimum: int) -> int:
+    """``value`` as an integer of at least ``minimum``, else an error naming ``option``."""
+    try:
+        number = int(value)
+    except (TypeError, ValueError):
+        raise InvalidOptionError(
+            f"{option} should be an integer, but got {option}={value!r}"
+        ) from None
+    if number < minimum:
+        raise InvalidOptionError(f"{option} should be >= {minimum}, but got {option}={number}")
+    return number

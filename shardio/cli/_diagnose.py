@@ -6,6 +6,10 @@ import argparse
 from typing import Any
 
 from ..errors import InvalidOptionError
+from ._common import Output, add_output_options, parse_int
+
+#: The library's parameter names, as this command's flags (for messages).
+FLAGS = {"max_rss": "--max-rss"}
 
 _EXAMPLES = """examples:
   shardio diagnose train.shardio --workers 7 --batch-size 256 --step-ms 100 --plot timeline.png
@@ -53,19 +57,8 @@ def add_parser(subparsers: Any) -> None:
     parser.add_argument(
         "--trace", metavar="FILE", help="the trace in Chrome trace-event JSON (not with --sweep)"
     )
-    parser.set_defaults(run=run)
-
-
-def _int(value: str, option: str, minimum: int) -> int:
-    try:
-        number = int(value)
-    except (TypeError, ValueError):
-        raise InvalidOptionError(
-            f"{option} should be an integer, but got {option}={value!r}"
-        ) from None
-    if number < minimum:
-        raise InvalidOptionError(f"{option} should be >= {minimum}, but got {option}={number}")
-    return number
+    add_output_options(parser, verbose_help="also print each batch's record (worker, load, wait)")
+    parser.set_defaults(run=run, flags=FLAGS)
 
 
 def _step_seconds(value: str) -> float:
@@ -92,7 +85,7 @@ def _sweep(text: str) -> tuple[str, list[int]]:
             f"but got --sweep={text!r}"
         )
     minimum = 0 if setting == "workers" else 1
-    return setting, [_int(v, f"--sweep {setting}", minimum) for v in parts]
+    return setting, [parse_int(v, f"--sweep {setting}", minimum) for v in parts]
 
 
 def settings_from_args(args: argparse.Namespace) -> Any:
@@ -102,18 +95,18 @@ def settings_from_args(args: argparse.Namespace) -> Any:
         raise InvalidOptionError(
             f"--order should be random or sequential, but got --order={args.order!r}"
         )
-    workers = _int(args.workers, "--workers", 0)
+    workers = parse_int(args.workers, "--workers", 0)
     prefetch = None
     if args.prefetch_factor is not None:
-        prefetch = _int(args.prefetch_factor, "--prefetch-factor", 1)
+        prefetch = parse_int(args.prefetch_factor, "--prefetch-factor", 1)
         if workers == 0 and not (args.sweep or "").startswith("workers"):
             raise InvalidOptionError("--prefetch-factor needs --workers 1 or more")
     return LoaderSettings(
         workers=workers,
-        batch_size=_int(args.batch_size, "--batch-size", 1),
+        batch_size=parse_int(args.batch_size, "--batch-size", 1),
         prefetch_factor=prefetch,
         step_seconds=_step_seconds(args.step_ms),
-        batches=_int(args.batches, "--batches", 2),
+        batches=parse_int(args.batches, "--batches", 2),
         order=args.order,
     )
 
@@ -129,23 +122,33 @@ def run(args: argparse.Namespace) -> int:
         raise InvalidOptionError("--trace writes one run's trace: leave it out with --sweep")
     if args.plot:
         plots.require_matplotlib()  # fail before measuring, not after
+    output = Output(args)
     dataset = ShardedDataset(args.path, max_rss=args.max_rss)
     if swept is None:
         traced = run_settings(dataset, settings)
-        print(traced.report())
+        output.line(traced.report())
+        for record in traced.records:
+            output.detail(f"  {record}")
         if args.plot:
             traced.plot(args.plot)
-            print(f"wrote {args.plot}")
+            output.line(f"wrote {args.plot}")
         if args.trace:
             traced.save(args.trace)
-            print(f"wrote {args.trace}")
+            output.line(f"wrote {args.trace}")
+        output.json(traced.summary().as_dict())
         return 0
     setting, values = swept
     summaries = sweep(dataset, settings, setting, values)
-    print(format_sweep(setting, values, summaries, settings.step_seconds))
+    output.line(format_sweep(setting, values, summaries, settings.step_seconds))
     if args.plot:
         plots.plot_sweep(setting, values, summaries, args.plot)
-        print(f"wrote {args.plot}")
+        output.line(f"wrote {args.plot}")
+    output.json(
+        {
+            "setting": setting,
+            "runs": [{setting: v, **s.as_dict()} for v, s in zip(values, summaries, strict=True)],
+        }
+    )
     return 0
 
 
