@@ -24,6 +24,10 @@ _UNITS = {
     "gib": 1024**3,
     "tib": 1024**4,
 }
+#: How many bytes of values a stored byte may stand for (compression, fill values), at
+#: most: a file or manifest claiming more samples than its size allows is refused before
+#: anything is allocated for what it claims.
+MAX_EXPANSION = 8192
 _SIZE_RE = re.compile(r"^\s*(\d+(?:\.\d*)?|\.\d+)\s*([a-zA-Z]*)\s*$")
 
 

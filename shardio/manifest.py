@@ -9,6 +9,7 @@ from typing import Any
 
 from .adapters.registry import FORMATS, MANIFEST_NAME
 from .checksum import BLOCK_BYTES
+from .config import MAX_EXPANSION
 from .errors import DatasetNotFoundError, ManifestError, SchemaError
 from .jsonio import read_json, write_json_atomic
 from .remote import open_remote, remote_errors
@@ -19,10 +20,6 @@ __all__ = ["MANIFEST_VERSION", "ShardInfo", "Manifest", "write_json_atomic"]
 MANIFEST_VERSION = 1
 #: Counts and sizes above this are no real dataset's (and would overflow int64 sums).
 _MAX_COUNT = 2**53
-#: A shard's values may be this many times its bytes on disk (compression), no more:
-#: a manifest claiming more samples than its files could hold is refused before
-#: anything is allocated for them.
-_MAX_EXPANSION = 8192
 _SHARD_NAME = re.compile(r"^shard-(\d+)\.[a-z0-9]+$")
 
 
@@ -61,7 +58,7 @@ def _shard_from_json(raw: Any, number: int, where: str) -> ShardInfo:
             f"{where}: shard {number} ({path}) 'checksum' should be a string, "
             f"but got {checksum!r:.80}"
         )
-    if count > max(nbytes, 1) * _MAX_EXPANSION:
+    if count > max(nbytes, 1) * MAX_EXPANSION:
         raise ManifestError(
             f"{where}: shard {number} ({path}) claims {count} samples in {nbytes} bytes, "
             "more than its files can hold"

@@ -21,6 +21,7 @@ from typing import Any
 import h5py
 import numpy as np
 
+from ..config import MAX_EXPANSION
 from ..errors import (
     DatasetNotFoundError,
     FieldsChosenWarning,
@@ -37,7 +38,7 @@ from ..remote import open_remote
 from ..schema import Field, Schema
 from ._hdf5_discovery import Discovery, FieldSpec, SparseRows, discover, open_spec
 from ._hdf5_filters import load_filters
-from .base import Columns, ShardFileWriter, ShardReader, coalesce_ranges
+from .base import Columns, ShardFileWriter, ShardReader, coalesce_ranges, raise_if_truncated
 
 __all__ = [
     "vlen_reads_unswapped",
@@ -170,16 +171,12 @@ def _check_contained(path: str, file: h5py.File, name: str, dataset: Any) -> Non
         )
 
 
-#: Values may be this many times the file's size (compression, fill values), no more.
-_MAX_EXPANSION = 8192
-
-
 def _check_claimed_rows(path: str, file: h5py.File, length: int, schema: Schema) -> None:
     """Refuse a file whose datasets declare far more rows than it can hold: a tiny
     file with a 10^13-row dataset of fill values would make every sampler allocate
     an order of that length."""
     row = max(1, min(f.sample_nbytes or 1 for f in schema))
-    if length * row > max(1, file.id.get_filesize()) * _MAX_EXPANSION:
+    if length * row > max(1, file.id.get_filesize()) * MAX_EXPANSION:
         raise ShardCorruptError(
             f"{path}: its datasets declare {length} rows of at least {row} bytes, far more "
             f"than its {file.id.get_filesize()} bytes can hold (mostly never written)"
@@ -437,8 +434,8 @@ class HDF5Reader(ShardReader[_File]):
         size = table.row_bytes
         if handle.view is not None:
             assert handle.own_map is not None
-            if os.path.getsize(self.path.removeprefix("file://")) < len(handle.own_map):
-                raise ShardCorruptError(f"{self.path} was truncated while open")
+            local = self.path.removeprefix("file://")
+            raise_if_truncated(local, os.path.getsize(local), len(handle.own_map))
             view = handle.view
             for row, position in enumerate(positions.tolist()):
                 rows[row] = view[position : position + size]

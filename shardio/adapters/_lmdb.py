@@ -35,6 +35,7 @@ from .base import (
     ShardFileWriter,
     ShardReader,
     coalesce_ranges,
+    raise_if_truncated,
     samples_to_columns,
 )
 
@@ -188,15 +189,9 @@ class _Env:
     mapped_size: int = 0
 
     def check_unchanged(self) -> None:
-        """Raise before a mapped read of a data file truncated since it was opened.
-
-        NOTE: a mapped page past the end of a truncated file raises SIGBUS, which
-        kills the process; a truncation between this fstat and the copy still faults."""
-        if self.guard_fd is not None and os.fstat(self.guard_fd).st_size < self.mapped_size:
-            raise ShardCorruptError(
-                f"{self.data_file} was truncated while open: "
-                f"{os.fstat(self.guard_fd).st_size} bytes, expected {self.mapped_size}"
-            )
+        """Raise before a mapped read of a data file truncated since it was opened."""
+        if self.guard_fd is not None:
+            raise_if_truncated(self.data_file, os.fstat(self.guard_fd).st_size, self.mapped_size)
 
     def mapped(self) -> list[Any]:
         if self.mappings is None:

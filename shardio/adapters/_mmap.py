@@ -31,7 +31,14 @@ from ..integrity import ValueRanges
 from ..jsonio import read_json
 from ..memory import FileRange, ReleaseResult
 from ..schema import Field, Schema
-from .base import AccessPattern, Columns, ShardFileWriter, ShardReader, is_run
+from .base import (
+    AccessPattern,
+    Columns,
+    ShardFileWriter,
+    ShardReader,
+    is_run,
+    raise_if_truncated,
+)
 
 __all__ = ["MmapReader", "MmapWriter", "META_NAME"]
 
@@ -122,18 +129,9 @@ def _map_file(path: str, dtype: np.dtype, expected: int, mapped: _Mapped) -> np.
 
 
 def _check_unchanged(mapped: _Mapped) -> None:
-    """Raise before reading a mapping whose file was truncated after it was mapped.
-
-    NOTE: touching a mapped page past the end of a truncated file raises SIGBUS,
-    which kills the process; one fstat per mapped file and read call turns that
-    into an error. A truncation between this check and the copy (microseconds)
-    still faults: docs/reliability.md states that window."""
+    """Raise before reading a mapping whose file was truncated after it was mapped."""
     for fd, expected, path in mapped.sizes:
-        if os.fstat(fd).st_size < expected:
-            raise ShardCorruptError(
-                f"shard file {path} was truncated while open: {os.fstat(fd).st_size} bytes, "
-                f"expected {expected}"
-            )
+        raise_if_truncated(path, os.fstat(fd).st_size, expected)
 
 
 def _read_mode(options: dict[str, Any], path: str) -> str:

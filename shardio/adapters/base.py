@@ -16,7 +16,7 @@ from typing import Any, ClassVar, Generic, Literal, TypeVar
 
 import numpy as np
 
-from ..errors import InvalidOptionError
+from ..errors import InvalidOptionError, ShardCorruptError
 from ..integrity import ValueRanges
 from ..memory import FileRange, ReleaseKind, ReleaseResult
 from ..schema import Sample, Schema
@@ -30,6 +30,7 @@ __all__ = [
     "columns_to_samples",
     "concat_columns",
     "is_run",
+    "raise_if_truncated",
     "samples_to_columns",
     "take_columns",
 ]
@@ -259,6 +260,20 @@ class ShardFileWriter(ABC):
         """Stop without finishing; the caller removes the partial output."""
         with contextlib.suppress(Exception):  # the partial shard is discarded anyway
             self.close()
+
+
+def raise_if_truncated(path: str, size: int, expected: int) -> None:
+    """Raise before a mapped read of ``path`` when it holds fewer than the ``expected``
+    bytes that were mapped.
+
+    NOTE: touching a mapped page past the end of a truncated file raises SIGBUS, which
+    kills the process; adapters that read through a mapping check the size (one fstat)
+    before each read call. A truncation between the check and the copy still faults:
+    docs/reliability.md states that window."""
+    if size < expected:
+        raise ShardCorruptError(
+            f"{path} was truncated while open: {size} bytes, expected {expected}"
+        )
 
 
 # ------------------------------------------------------------------- columns
