@@ -50,6 +50,15 @@ from shardio.bench.synthetic import synthetic_batches, write_synthetic
 HEADING = "Batches end to end: DataLoader, workers and threads (issue 13)"
 BATCH = 256
 FORMATS = ("mmap", "lmdb", "hdf5", "zarr")
+#: The columns of a result row after what was read and how (see ``table``).
+RESULT_COLUMNS = [
+    "samples/s",
+    "of RAM gather",
+    "of read_batch",
+    "CPU / 1k samples",
+    "CPU vs hand-written, 2 workers",
+    "peak RSS / PSS",
+]
 CONFIGS = (
     "RAM gather (ceiling)",
     "read_batch",
@@ -356,18 +365,7 @@ def main() -> None:
                 rows += table(fmt, sample_bytes, summary)
     finally:
         shutil.rmtree(root, ignore_errors=True)
-    header = [
-        "backend",
-        "sample",
-        "path",
-        "samples/s",
-        "of RAM gather",
-        "of read_batch",
-        "CPU / 1k samples",
-        "CPU vs hand-written, 2 workers",
-        "peak RSS / PSS",
-    ]
-    body = _common.markdown_table(header, rows)
+    body = _common.markdown_table(["backend", "sample", "path", *RESULT_COLUMNS], rows)
     print(body)
     if args.write:
         text = (

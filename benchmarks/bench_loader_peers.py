@@ -214,18 +214,7 @@ def main() -> None:
             rows += bl.table("mmap", sample_bytes, runs)
     finally:
         shutil.rmtree(root, ignore_errors=True)
-    header = [
-        "data",
-        "sample",
-        "loader",
-        "samples/s",
-        "of RAM gather",
-        "of read_batch",
-        "CPU / 1k samples",
-        "CPU vs hand-written, 2 workers",
-        "peak RSS / PSS",
-    ]
-    body = _common.markdown_table(header, rows)
+    body = _common.markdown_table(["data", "sample", "loader", *bl.RESULT_COLUMNS], rows)
     print(body)
     if args.write:
         versions = []
