@@ -16,6 +16,7 @@ import pytest
 import torch
 from hypothesis import given, settings
 from hypothesis import strategies as st
+from order_helpers import live_bytes
 from torch.utils.data import DataLoader
 from torchdata.stateful_dataloader import StatefulDataLoader
 
@@ -199,22 +200,6 @@ def test_state_size_does_not_grow_with_the_dataset() -> None:
 # -- shard-window locality ----------------------------------------------------------
 
 
-def live_bytes(order: np.ndarray, unit_of: np.ndarray, unit_bytes: np.ndarray) -> float:
-    """The most bytes of blocks live at once, a block being live from its first to its
-    last sample in ``order`` (as in test_sampling_orders)."""
-    units = unit_of[order]
-    positions = np.arange(len(order))
-    first = np.full(len(unit_bytes), len(order))
-    last = np.full(len(unit_bytes), -1)
-    np.minimum.at(first, units, positions)
-    np.maximum.at(last, units, positions)
-    used = last >= 0
-    delta = np.zeros(len(order) + 1)
-    np.add.at(delta, first[used], unit_bytes[used])
-    np.add.at(delta, last[used] + 1, -unit_bytes[used])
-    return float(np.cumsum(delta)[:-1].max(initial=0))
-
-
 @pytest.mark.parametrize("partition", PARTITIONS)
 def test_shard_window_keeps_its_locality_at_any_world_size_and_after_a_resume(
     partition: str,
@@ -230,13 +215,13 @@ def test_shard_window_keeps_its_locality_at_any_world_size_and_after_a_resume(
         shares = [s.indices() for s in ranks(lengths, world, **options)]
         # Every rank's share is an in-order subsequence of the global order, so the
         # blocks it keeps live never hold more than the window.
-        assert max(live_bytes(s, block_of, block_bytes) for s in shares) <= window
+        assert max(live_bytes(s, block_of, block_bytes).max(initial=0) for s in shares) <= window
         if partition == "contiguous":  # and each rank reads about 1/world of the blocks
             touched = [len(np.unique(block_of[s])) for s in shares]
             assert max(touched) <= len(block_bytes) / world + 20
     _, state = consume(ranks(lengths, 2, **options), 300)
     tails = [np.array(list(s)) for s in resume(state, lengths, 3, **options)]
-    assert max(live_bytes(t, block_of, block_bytes) for t in tails) <= window
+    assert max(live_bytes(t, block_of, block_bytes).max(initial=0) for t in tails) <= window
 
 
 # -- errors --------------------------------------------------------------------------

@@ -6,6 +6,7 @@ import numpy as np
 import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
+from order_helpers import live_bytes
 
 from shardio.errors import InvalidOptionError
 from shardio.sampling.layout import ShardLayout
@@ -28,25 +29,6 @@ def layouts(draw: st.DrawFn) -> tuple[list[int], list[int]]:
     lengths = draw(shard_lengths)
     per_sample = draw(st.lists(st.integers(0, 1000), min_size=len(lengths), max_size=len(lengths)))
     return lengths, [n * b for n, b in zip(lengths, per_sample, strict=True)]
-
-
-def live_bytes(order: np.ndarray, unit_of: np.ndarray, unit_bytes: np.ndarray) -> np.ndarray:
-    """Bytes of the units (blocks or shards) that are live after each position.
-
-    A unit is live from the position of its first sample in ``order`` to the
-    position of its last, inclusive: a reader that keeps it resident exactly that long.
-    """
-    units = unit_of[order]
-    positions = np.arange(len(order))
-    first = np.full(len(unit_bytes), len(order))
-    last = np.full(len(unit_bytes), -1)
-    np.minimum.at(first, units, positions)
-    np.maximum.at(last, units, positions)
-    used = last >= 0
-    delta = np.zeros(len(order) + 1)
-    np.add.at(delta, first[used], unit_bytes[used])
-    np.add.at(delta, last[used] + 1, -unit_bytes[used])
-    return np.cumsum(delta)[:-1]
 
 
 def unit_index(lengths: np.ndarray) -> np.ndarray:
