@@ -88,21 +88,30 @@ def shardio_cases(n: int, world: int, worlds: list[int], order: str) -> dict[str
     state = old.state_dict()
     del it, old
 
-    def fresh() -> None:
-        first_batch(ShardSampler(rank=0, world_size=world, **options))
+    cases = resume_cases(
+        lambda w: ShardSampler(rank=0, world_size=w, **options), state, world, worlds
+    )
+    return {"cases": cases, "state": state, "options": options}
+
+
+def resume_cases(
+    make: Callable[[int], Any], state: dict[str, Any], world: int, worlds: list[int]
+) -> dict[str, Callable[[], None]]:
+    """A fresh epoch at ``world`` ranks, and ``state`` resumed at each of ``worlds``, as
+    timed cases; ``make(w)`` builds rank 0's sampler at world size ``w``."""
 
     def resume(new_world: int) -> Callable[[], None]:
         def run() -> None:
-            sampler = ShardSampler(rank=0, world_size=new_world, **options)
+            sampler = make(new_world)
             sampler.load_state_dict(state)
             first_batch(sampler)
 
         return run
 
-    cases: dict[str, Callable[[], None]] = {"fresh epoch": fresh}
+    cases: dict[str, Callable[[], None]] = {"fresh epoch": lambda: first_batch(make(world))}
     for w in worlds:
         cases[f"resume at {w} ranks"] = resume(w)
-    return {"cases": cases, "state": state, "options": options}
+    return cases
 
 
 def state_figures(state: dict[str, Any], options: dict[str, Any], new_world: int) -> dict[str, Any]:
@@ -125,21 +134,12 @@ def torch_cases(n: int, world: int, worlds: list[int]) -> dict[str, Callable[[],
     per_rank = -(-n // world)
     state = {"yielded": per_rank // 2}
 
-    def fresh() -> None:
-        first_batch(StatefulDistributedSampler(_Range(n), num_replicas=world, rank=0, seed=1))  # type: ignore[arg-type]
-
-    def resume(new_world: int) -> Callable[[], None]:
-        def run() -> None:
-            sampler = StatefulDistributedSampler(_Range(n), num_replicas=new_world, rank=0, seed=1)  # type: ignore[arg-type]
-            sampler.load_state_dict(state)
-            first_batch(sampler)
-
-        return run
-
-    cases: dict[str, Callable[[], None]] = {"fresh epoch": fresh}
-    for w in worlds:
-        cases[f"resume at {w} ranks"] = resume(w)
-    return cases
+    return resume_cases(
+        lambda w: StatefulDistributedSampler(_Range(n), num_replicas=w, rank=0, seed=1),  # type: ignore[arg-type]
+        state,
+        world,
+        worlds,
+    )
 
 
 def torch_elastic_errors(world: int, new_world: int, n: int = 100_000) -> tuple[int, int]:

@@ -1,6 +1,8 @@
-"""Helpers for the sampler tests: how many bytes an order keeps live at once."""
+"""Helpers for the sampler tests: the bytes an order keeps live, the samples a loader gives."""
 
 from __future__ import annotations
+
+from typing import Any
 
 import numpy as np
 
@@ -22,3 +24,13 @@ def live_bytes(order: np.ndarray, unit_of: np.ndarray, unit_bytes: np.ndarray) -
     np.add.at(delta, first[used], unit_bytes[used])
     np.add.at(delta, last[used] + 1, -unit_bytes[used])
     return np.cumsum(delta)[:-1]
+
+
+def read_x(loader: Any, batches: int | None = None) -> list[int]:
+    """Field ``x`` of every batch ``loader`` gives (of the first ``batches`` only)."""
+    out: list[int] = []
+    for step, batch in enumerate(loader):
+        out.extend(batch["x"].tolist())
+        if batches is not None and step + 1 == batches:
+            break
+    return out

@@ -16,7 +16,7 @@ import pytest
 import torch
 from hypothesis import given, settings
 from hypothesis import strategies as st
-from order_helpers import live_bytes
+from order_helpers import live_bytes, read_x
 from torch.utils.data import DataLoader
 from torchdata.stateful_dataloader import StatefulDataLoader
 
@@ -284,15 +284,6 @@ def sharded(tmp_path_factory: pytest.TempPathFactory) -> ShardedDataset:
     return ShardedDataset(path)
 
 
-def _take(loader: Any, batches: int | None = None) -> list[int]:
-    out: list[int] = []
-    for step, batch in enumerate(loader):
-        out.extend(batch["x"].tolist())
-        if batches is not None and step + 1 == batches:
-            break
-    return out
-
-
 def _stateful(dataset: ShardedDataset, sampler: ShardSampler, workers: int) -> StatefulDataLoader:
     context = "fork" if workers else None
     return StatefulDataLoader(
@@ -308,7 +299,7 @@ def test_stateful_dataloader_resumes_exactly_with_workers(
     full = list(ShardSampler(sharded, window=800, seed=7))
     first = ShardSampler(sharded, window=800, seed=7)
     loader = _stateful(sharded, first, workers)
-    head = _take(loader, batches=6)
+    head = read_x(loader, batches=6)
     state = loader.state_dict()
     if workers:  # the workers prefetched past what the loop received
         assert first.state_dict()["offset"] > len(head)
@@ -318,7 +309,7 @@ def test_stateful_dataloader_resumes_exactly_with_workers(
     second = ShardSampler(sharded, window=800, seed=7)
     loader = _stateful(sharded, second, workers)
     loader.load_state_dict(state)
-    tail = _take(loader)
+    tail = read_x(loader)
     assert head + tail == full
 
 
@@ -331,7 +322,7 @@ def test_a_stateful_dataloader_state_resumes_with_other_workers_and_ranks(
     heads = []
     for s in first:
         loader = _stateful(sharded, s, workers=2)
-        heads.append(_take(loader, batches=3))
+        heads.append(read_x(loader, batches=3))
         state = loader.state_dict()  # all ranks hold the same sampler position
         del loader
     sampler_state = find_sampler_state(state)
@@ -339,7 +330,7 @@ def test_a_stateful_dataloader_state_resumes_with_other_workers_and_ranks(
     for rank in range(3):
         s = ShardSampler(sharded, window=800, seed=7, rank=rank, world_size=3)
         s.load_state_dict(sampler_state)
-        tails.append(_take(DataLoader(sharded, batch_size=8, sampler=s, num_workers=0)))
+        tails.append(read_x(DataLoader(sharded, batch_size=8, sampler=s, num_workers=0)))
     consumed = {i for h in heads for i in h}
     check_rest_of_epoch(tails, consumed, 200, 3, drop_last=False)
 

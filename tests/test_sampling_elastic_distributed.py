@@ -18,6 +18,7 @@ import pytest
 import torch
 import torch.distributed as dist
 import torch.multiprocessing as mp
+from order_helpers import read_x
 from torch.utils.data import DataLoader
 from torchdata.stateful_dataloader import StatefulDataLoader
 
@@ -28,15 +29,6 @@ SAMPLES = 250
 BATCH = 8
 STEPS = 5  # batches each rank reads before the job stops
 OPTIONS: dict[str, Any] = {"seed": 11, "window": "1KB"}
-
-
-def _read(loader: Any, batches: int | None = None) -> list[int]:
-    out: list[int] = []
-    for step, batch in enumerate(loader):
-        out.extend(batch["x"].tolist())
-        if batches is not None and step + 1 == batches:
-            break
-    return out
 
 
 def _loader(dataset: ShardedDataset, sampler: ShardSampler, workers: int) -> Any:
@@ -59,15 +51,9 @@ def _first_job(rank: int, world: int, init_file: str, out_dir: str, data: str) -
     try:
         dataset = ShardedDataset(data)
         sampler = ShardSampler(dataset, **OPTIONS)  # rank and world size from dist
-        loader = StatefulDataLoader(
-            dataset,
-            batch_size=BATCH,
-            sampler=sampler,
-            num_workers=2,
-            multiprocessing_context="fork",
-        )
+        loader = _loader(dataset, sampler, workers=2)
         sampler.set_epoch(1)
-        head = _read(loader, batches=STEPS)
+        head = read_x(loader, batches=STEPS)
         if rank == 0:
             torch.save(loader.state_dict(), Path(out_dir, "loader.pt"))
         Path(out_dir, f"head{rank}.json").write_text(json.dumps(head))
@@ -91,9 +77,9 @@ def _second_job(
         else:
             sampler.load_state_dict(find_sampler_state(state))
         sampler.set_epoch(1)
-        tail = _read(loader)
+        tail = read_x(loader)
         sampler.set_epoch(2)
-        epoch2 = _read(loader)
+        epoch2 = read_x(loader)
         result = {
             "rank": sampler.rank,
             "world_size": sampler.world_size,
