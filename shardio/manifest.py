@@ -3,15 +3,15 @@
 from __future__ import annotations
 
 import os
-import re
 from dataclasses import dataclass, field
 from typing import Any
 
-from .adapters.registry import FORMATS, MANIFEST_NAME
+from .adapters.registry import format_names, formats
 from .checksum import BLOCK_BYTES
 from .config import MAX_EXPANSION
 from .errors import DatasetNotFoundError, ManifestError, SchemaError
 from .jsonio import read_json, write_json_atomic
+from .layout import MANIFEST_NAME, shard_name, shard_number
 from .remote import open_remote, remote_errors
 from .schema import Schema
 
@@ -20,7 +20,6 @@ __all__ = ["MANIFEST_VERSION", "ShardInfo", "Manifest", "write_json_atomic"]
 MANIFEST_VERSION = 1
 #: Counts and sizes above this are no real dataset's (and would overflow int64 sums).
 _MAX_COUNT = 2**53
-_SHARD_NAME = re.compile(r"^shard-(\d+)\.[a-z0-9]+$")
 
 
 def _is_count(value: Any) -> bool:
@@ -94,11 +93,11 @@ def _check_shard_order(shards: list[ShardInfo], where: str) -> None:
         if shard.path in seen:
             raise ManifestError(f"{where}: shard {shard.path} is listed twice")
         seen.add(shard.path)
-        named = _SHARD_NAME.match(shard.path)
-        if named is not None and int(named.group(1)) != number:
+        named = shard_number(shard.path)
+        if named is not None and named != number:
             raise ManifestError(
                 f"{where}: entry {number} is {shard.path}, but shardio writes shard {number} "
-                f"as shard-{number:05d}: the entries were reordered or edited"
+                f"as {shard_name(number, '.*')}: the entries were reordered or edited"
             )
 
 
@@ -167,8 +166,10 @@ class Manifest:
                 "(not a shardio manifest, or written by a newer shardio)"
             )
         fmt = data.get("format")
-        if fmt not in FORMATS:
-            raise ManifestError(f"{where}: 'format' should be one of {FORMATS}, but got {fmt!r}")
+        if fmt not in formats():
+            raise ManifestError(
+                f"{where}: 'format' should be one of {format_names()}, but got {fmt!r}"
+            )
         try:
             schema = Schema.from_json(data.get("schema"))
         except SchemaError as exc:
@@ -223,7 +224,7 @@ class Manifest:
         except OSError as exc:
             raise ManifestError(f"cannot list dataset directory {directory}: {exc}") from exc
         listed = {s.path for s in self.shards}
-        unlisted = sorted(e for e in entries if _SHARD_NAME.match(e) and e not in listed)
+        unlisted = sorted(e for e in entries if shard_number(e) is not None and e not in listed)
         if unlisted:
             raise ManifestError(
                 f"{os.path.join(directory, MANIFEST_NAME)} does not list shard(s) "

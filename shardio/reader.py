@@ -29,6 +29,7 @@ from .adapters.registry import SHARDED, detect_format, get_backend, is_remote, r
 from .errors import InvalidOptionError, ShardCorruptError, ShardioError, UnsupportedFeatureError
 from .index import ShardIndex
 from .integrity import ShardCheck, VerifyMode, check_mode
+from .layout import shard_files_as_written
 from .manifest import Manifest, ShardInfo
 from .memory import (
     MemoryGuard,
@@ -40,7 +41,6 @@ from .memory import (
 )
 from .openlimit import RecentlyUsed, resolve_open_limit
 from .schema import Sample, Schema
-from .writer import shard_files_as_written
 
 __all__ = ["DatasetReader"]
 
@@ -192,23 +192,14 @@ class DatasetReader:
             )
 
     def _fit_budget(self, shard_count: int, field_count: int) -> None:
-        """Backend options that keep reading under the budget (options given win).
-
-        Backends that map files copy values with pread instead. What every (shard,
-        field) pair may hold is a share of the budget: raw mmap fields whose file is at
-        most 1/16 of it (labels, say) remain mapped, since a system call per row would
-        cost more; HDF5's chunk caches, one per dataset in every open file, get 1/8
-        (each at least 64 KiB, at most 16 MiB)."""
-        policy = self.memory_policy
-        if policy is None or self.format not in ("mmap", "lmdb", "hdf5"):
+        """The backend's options for reading under the budget (options given win)."""
+        if self.memory_policy is None:
             return
-        self.options.setdefault("read_mode", "pread")
-        per_pair = policy.max_rss // (max(1, shard_count) * max(1, field_count))
-        if self.format == "mmap":
-            self.options.setdefault("map_below", per_pair // 16)
-        if self.format == "hdf5":
-            cache = min(max(per_pair // 8, 64 * 1024), 16 * 1024 * 1024)
-            self.options.setdefault("rdcc_nbytes", cache)
+        fitted = self._reader_class.budget_options(
+            self.memory_policy.max_rss, shard_count, field_count
+        )
+        for name, value in fitted.items():
+            self.options.setdefault(name, value)
 
     @staticmethod
     def _local_nbytes(reader: ShardReader[Any]) -> int:

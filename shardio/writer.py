@@ -8,91 +8,25 @@ directory without a manifest is not a dataset.
 from __future__ import annotations
 
 import os
-import shutil
-from collections.abc import Collection, Mapping
+from collections.abc import Mapping
 from typing import Any
 
 import numpy as np
 
 from .adapters.base import Columns, ShardFileWriter, concat_columns, samples_to_columns
-from .adapters.registry import MANIFEST_NAME, get_backend, is_remote, writer_class
+from .adapters.registry import get_backend, is_remote, writer_class
 from .checksum import files_nbytes, hash_shard
 from .config import parse_size
-from .errors import (
-    InvalidOptionError,
-    OutputExistsError,
-    OutputWriteError,
-    SchemaError,
-    UnsupportedFeatureError,
-)
+from .errors import InvalidOptionError, SchemaError, UnsupportedFeatureError
+from .layout import partial_name, prepare_output, remove_path, shard_files, shard_name
 from .manifest import Manifest, ShardInfo
 from .outputlock import lock_output
 from .schema import Sample, Schema
 
-__all__ = [
-    "ShardWriter",
-    "shard_name",
-    "partial_name",
-    "finish_shard",
-    "prepare_output",
-    "validate_columns",
-    "shard_files",
-    "shard_files_as_written",
-    "remove_path",
-    "is_own_entry",
-    "foreign_entries",
-]
+__all__ = ["ShardWriter", "finish_shard", "validate_columns"]
 
-_SUFFIX = {"lmdb": ".lmdb", "hdf5": ".h5", "zarr": ".zarr", "mmap": ".mmap"}
 _ROW_BUFFER = 1024  # samples buffered by write() before they become columns
 _FLUSH_BYTES = 16 * 1024 * 1024  # bytes buffered before a backend append
-
-
-def shard_name(number: int, format: str) -> str:
-    return f"shard-{number:05d}{_SUFFIX[format]}"
-
-
-def partial_name(name: str) -> str:
-    return f".{name}.partial"
-
-
-def shard_files(path: str, transient: Collection[str] = ()) -> list[str]:
-    """Every regular file of a shard (a file, or a directory walked recursively),
-    less files a backend library may add after writing (``transient`` names, such as
-    LMDB's ``lock.mdb``)."""
-    if os.path.isfile(path):
-        return [path]
-    # os.walk skips directories it cannot list unless told otherwise: a shard would then
-    # look empty (0 bytes, no files to hash) when the real problem is, say, EMFILE.
-    return sorted(
-        os.path.join(d, f)
-        for d, _, names in os.walk(path, onerror=_raise)
-        for f in names
-        if f not in transient
-    )
-
-
-def shard_files_as_written(path: str, nbytes: int, transient: Collection[str]) -> list[str]:
-    """The files of a shard that make up the ``nbytes`` recorded for it: without the
-    ``transient`` files a library added since, or with them where they were there
-    when the shard was recorded."""
-    files = shard_files(path, transient)
-    if transient and sum(os.path.getsize(p) for p in files) != nbytes:
-        every = shard_files(path)
-        if sum(os.path.getsize(p) for p in every) == nbytes:
-            return every
-    return files
-
-
-def _raise(error: OSError) -> None:
-    raise error
-
-
-def remove_path(path: str) -> None:
-    if os.path.isdir(path) and not os.path.islink(path):
-        shutil.rmtree(path)
-    elif os.path.lexists(path):
-        os.remove(path)
 
 
 def finish_shard(
@@ -116,54 +50,6 @@ def finish_shard(
         checksum=digest,
         blocks=blocks,
     )
-
-
-def is_own_entry(name: str) -> bool:
-    """True for what shardio writes into a dataset directory: the manifest (and its
-    temporary), shards, partial shards and hidden ``.shardio-*`` bookkeeping files."""
-    return (
-        name == MANIFEST_NAME
-        or name.startswith(f"{MANIFEST_NAME}.tmp-")
-        or name.lstrip(".").startswith("shard-")
-        or name.startswith(".shardio-")
-    )
-
-
-def foreign_entries(path: str) -> list[str]:
-    """Entries of directory ``path`` that shardio did not write, sorted."""
-    return sorted(e for e in os.listdir(path) if not is_own_entry(e))
-
-
-def prepare_output(path: str, overwrite: bool) -> None:
-    """Create the output directory; refuse an existing one unless ``overwrite``."""
-    if os.path.lexists(path):
-        if not overwrite:
-            raise OutputExistsError(
-                f"output {path} already exists; pass overwrite=True to replace it"
-            )
-        if not os.path.isdir(path):
-            raise OutputExistsError(f"output {path} exists and is not a directory; remove it first")
-        foreign = foreign_entries(path)
-        if foreign:
-            raise OutputExistsError(
-                f"refusing to overwrite {path}: it holds {foreign[:3]}, which shardio did not write"
-            )
-        lock = lock_output(path, "overwrite")  # a conversion in progress keeps its output
-        try:
-            shutil.rmtree(path)
-        except OSError as exc:
-            raise _unwritable(path, exc) from exc
-        finally:
-            os.close(lock)
-    try:
-        os.makedirs(path)
-    except OSError as exc:
-        raise _unwritable(path, exc) from exc
-
-
-def _unwritable(path: str, exc: OSError) -> OutputWriteError:
-    reason = exc.strerror or str(exc)
-    return OutputWriteError(f"cannot write the dataset directory {path}: {reason}")
 
 
 def validate_columns(
@@ -251,7 +137,9 @@ class ShardWriter:
             raise UnsupportedFeatureError(
                 f"ShardWriter writes local directories; write locally, then upload {self.path}"
             )
-        self.format = get_backend(format).name
+        backend = get_backend(format)
+        self.format = backend.name
+        self._suffix = backend.shard_suffix
         self.shard_size = parse_size(shard_size, "shard_size")
         if self.shard_size <= 0:
             raise InvalidOptionError(
@@ -340,7 +228,7 @@ class ShardWriter:
             return
         assert self.schema is not None
         if self._current is None:
-            name = shard_name(len(self.shards), self.format)
+            name = shard_name(len(self.shards), self._suffix)
             self._current = self._writer_class(
                 os.path.join(self.path, partial_name(name)), self.schema, **self.options
             )
@@ -355,7 +243,7 @@ class ShardWriter:
             return
         writer, self._current = self._current, None
         writer.close()
-        name = shard_name(len(self.shards), self.format)
+        name = shard_name(len(self.shards), self._suffix)
         self.shards.append(finish_shard(self.path, name, writer.count, self.checksum))
         self._current_bytes = 0
 

@@ -5,15 +5,25 @@ registry on first use, so a missing optional package gives an install hint.
 """
 
 from .base import Columns, ShardFileWriter, ShardReader
-from .registry import FORMATS, detect_format, get_backend, reader_class, writer_class
+from .registry import (
+    Backend,
+    detect_format,
+    formats,
+    get_backend,
+    reader_class,
+    register_backend,
+    writer_class,
+)
 
 __all__ = [
-    "FORMATS",
+    "Backend",
     "Columns",
     "ShardFileWriter",
     "ShardReader",
     "detect_format",
+    "formats",
     "get_backend",
     "reader_class",
+    "register_backend",
     "writer_class",
 ]

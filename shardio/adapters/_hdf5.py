@@ -49,8 +49,6 @@ __all__ = [
 
 SCHEMA_ATTR = "shardio_schema"
 COUNT_ATTR = "shardio_count"
-HDF5_SIGNATURE = b"\x89HDF\r\n\x1a\n"
-_DEFAULT_CHUNK_BYTES = 64 * 1024
 #: Chunks this close in the file (B-tree nodes between them) are hinted as one range.
 _HINT_GAP = 64 * 1024
 
@@ -257,6 +255,15 @@ class HDF5Reader(ShardReader[_File]):
             "split_compound",
         }
     )
+
+    @classmethod
+    def budget_options(cls, max_rss: int, shard_count: int, field_count: int) -> dict[str, Any]:
+        """pread instead of shardio's map of the file; HDF5's chunk caches, one per
+        dataset in every open file, get 1/8 of each one's share of the budget (at
+        least 64 KiB, at most 16 MiB)."""
+        share = max_rss // (max(1, shard_count) * max(1, field_count))
+        cache = min(max(share // 8, 64 * 1024), 16 * 1024 * 1024)
+        return {"read_mode": "pread", "rdcc_nbytes": cache}
 
     @property
     def touches_mapped_pages(self) -> bool:
@@ -561,6 +568,24 @@ class HDF5Writer(ShardFileWriter):
 
     format = "hdf5"
     options = frozenset({"compression", "compression_opts", "shuffle", "chunk_bytes", "in_memory"})
+    chunk_bytes = 64 * 1024
+
+    @classmethod
+    def compression_options(cls, name: str, level: int | None) -> dict[str, Any]:
+        if name not in ("gzip", "lzf"):
+            raise InvalidOptionError(
+                f"hdf5 output supports compressor 'gzip' or 'lzf', but got compressor={name!r}"
+            )
+        if name == "lzf":
+            if level is not None:
+                raise InvalidOptionError("the lzf compressor has no level; pass compressor='lzf'")
+            return {"compression": "lzf"}
+        return {"compression": "gzip", "compression_opts": 4 if level is None else level}
+
+    @classmethod
+    def conversion_options(cls, max_shard_rows: int) -> dict[str, Any]:
+        """Shards built in memory: see the class's NOTE on a full disk."""
+        return {"in_memory": True}
 
     def __init__(self, path: str, schema: Schema, **options: Any) -> None:
         super().__init__(path, schema, **options)
@@ -569,7 +594,7 @@ class HDF5Writer(ShardFileWriter):
             self._file = h5py.File(path, "w", driver="core", backing_store=False)
         else:
             self._file = h5py.File(path, "w", locking=False)
-        chunk_bytes = int(options.get("chunk_bytes", _DEFAULT_CHUNK_BYTES))
+        chunk_bytes = int(options.get("chunk_bytes", self.chunk_bytes))
         filters = {
             k: options[k] for k in ("compression", "compression_opts", "shuffle") if k in options
         }

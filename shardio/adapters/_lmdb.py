@@ -210,6 +210,12 @@ class LMDBReader(ShardReader[_Env]):
     #: data.mdb, or with read_mode="pread" with pread, which maps no page at all
     #: (the mode under a memory budget).
     options = frozenset({"decode", "keys", "readahead", "read_mode"})
+
+    @classmethod
+    def budget_options(cls, max_rss: int, shard_count: int, field_count: int) -> dict[str, Any]:
+        """pread instead of the environment's map: no page of data.mdb is mapped."""
+        return {"read_mode": "pread"}
+
     #: Opening an environment with lmdb.open() and its default lock=True creates it.
     transient_files = frozenset({"lock.mdb"})
 

@@ -187,6 +187,14 @@ class MmapReader(ShardReader[_Mapped]):
     #: syscall per row would cost more than the few pages they can ever add.
     options = frozenset({"read_mode", "map_below"})
 
+    @classmethod
+    def budget_options(cls, max_rss: int, shard_count: int, field_count: int) -> dict[str, Any]:
+        """pread instead of the mapping; a field whose file is at most 1/16 of its
+        share of the budget (labels, say) stays mapped, since a system call per row
+        would cost more than its pages."""
+        share = max_rss // (max(1, shard_count) * max(1, field_count))
+        return {"read_mode": "pread", "map_below": share // 16}
+
     @property
     def touches_mapped_pages(self) -> bool:
         return _read_mode(self.backend_options, self.path) != "pread"

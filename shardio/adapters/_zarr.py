@@ -40,7 +40,6 @@ from .base import Columns, ShardFileWriter, ShardReader
 __all__ = ["ZarrReader", "ZarrWriter", "ATTR", "make_compressors"]
 
 ATTR = "shardio"
-_DEFAULT_CHUNK_BYTES = 256 * 1024
 # Gathering a variable field's values in one selection is worth it until the index
 # array itself grows large; past this many elements values are read range by range.
 _MAX_GATHER_ELEMENTS = 8 * 1024 * 1024
@@ -588,6 +587,18 @@ class ZarrWriter(ShardFileWriter):
     #: ``max_chunk_rows`` caps the rows of a chunk: Zarr stores a partial last chunk at
     #: full size, so a shard shorter than one chunk would cost a whole chunk on disk.
     options = frozenset({"compressor", "compression_level", "chunk_bytes", "max_chunk_rows"})
+    default_compressor = "zstd"
+    chunk_bytes = 256 * 1024
+
+    @classmethod
+    def compression_options(cls, name: str, level: int | None) -> dict[str, Any]:
+        make_compressors(name, level)
+        return {"compressor": name} | ({} if level is None else {"compression_level": level})
+
+    @classmethod
+    def conversion_options(cls, max_shard_rows: int) -> dict[str, Any]:
+        """Chunks no longer than a shard (see ``max_chunk_rows``)."""
+        return {"max_chunk_rows": max(1, max_shard_rows)}
 
     def __init__(self, path: str, schema: Schema, **options: Any) -> None:
         super().__init__(path, schema, **options)
@@ -596,7 +607,7 @@ class ZarrWriter(ShardFileWriter):
         self._compressors = make_compressors(
             options.get("compressor"), options.get("compression_level")
         )
-        chunk_bytes = int(options.get("chunk_bytes", _DEFAULT_CHUNK_BYTES))
+        chunk_bytes = int(options.get("chunk_bytes", self.chunk_bytes))
         max_rows = options.get("max_chunk_rows")
         self._max_rows = max(1, int(max_rows)) if max_rows is not None else None
         self._group: Any = zarr.open_group(path, mode="w-")

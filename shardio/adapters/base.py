@@ -151,6 +151,13 @@ class ShardReader(ABC, Generic[HandleT]):
         assert self._schema is not None
         return self._schema
 
+    @classmethod
+    def budget_options(cls, max_rss: int, shard_count: int, field_count: int) -> dict[str, Any]:
+        """Options that keep reading under a budget of ``max_rss`` bytes for a process
+        reading ``shard_count`` shards of ``field_count`` fields each (options a user
+        gives win). None by default: the budget's release calls suffice."""
+        return {}
+
     def read(self, index: int) -> Sample:
         """One sample by local index (already validated by the caller)."""
         columns = self.read_many(np.array([index], dtype=np.int64))
@@ -241,6 +248,35 @@ class ShardFileWriter(ABC):
 
     format: ClassVar[str]
     options: ClassVar[frozenset[str]] = frozenset()
+    #: The compressor a conversion uses when none is asked for (``"none"`` turns it off).
+    default_compressor: ClassVar[str | None] = None
+    #: Bytes per chunk of a fixed field (the ``chunk_bytes=`` option's default) where
+    #: the backend stores fields in chunks of rows; None where it does not.
+    chunk_bytes: ClassVar[int | None] = None
+
+    @classmethod
+    def compression_options(cls, name: str, level: int | None) -> dict[str, Any]:
+        """Writer options for compressor ``name`` (at ``level``, or the default), checked
+        now rather than in a worker; raises for a compressor the backend lacks."""
+        raise InvalidOptionError(
+            f"{cls.format} stores samples uncompressed and takes no compressor, but got "
+            f"compressor={name!r}; pick an output format that compresses"
+        )
+
+    @classmethod
+    def conversion_options(cls, max_shard_rows: int) -> dict[str, Any]:
+        """Options a conversion writes shards of at most ``max_shard_rows`` samples with
+        (options given win). None by default."""
+        return {}
+
+    @classmethod
+    def chunk_rows(cls, options: Mapping[str, Any], row_nbytes: int) -> int | None:
+        """Rows per chunk of a fixed field of ``row_nbytes`` bytes written with
+        ``options``; None where the backend does not chunk."""
+        if cls.chunk_bytes is None or row_nbytes <= 0:
+            return None
+        rows = max(1, int(options.get("chunk_bytes", cls.chunk_bytes)) // row_nbytes)
+        return min(rows, int(options.get("max_chunk_rows") or rows))
 
     def __init__(self, path: str, schema: Schema, **options: Any) -> None:
         _check_options(options, self.options, f"when writing {self.format} (writing {path})")

@@ -1,94 +1,134 @@
 """Which adapter reads a path: URL scheme, then suffix, then a marker inside a directory.
 
-Backends are named by dotted path and imported on first use, so a missing optional
-package gives "install X to read Y" instead of an ImportError from deep inside.
+The registry is open: :func:`register_backend` adds a backend (docs/adapters.md shows
+one). Backends are named by dotted path and imported on first use, so a missing
+optional package gives "install X to read Y" instead of an ImportError from deep inside.
 """
 
 from __future__ import annotations
 
 import importlib
 import os
+import threading
 from dataclasses import dataclass
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
-from ..errors import BackendNotInstalledError, DatasetNotFoundError, UnknownFormatError
+from ..errors import (
+    BackendNotInstalledError,
+    DatasetNotFoundError,
+    InvalidOptionError,
+    UnknownFormatError,
+    UnsupportedFeatureError,
+)
+from ..layout import MANIFEST_NAME, holds_shards
 from ..remote import filesystem, remote_errors
 
+if TYPE_CHECKING:
+    from .base import ShardFileWriter, ShardReader
+
 __all__ = [
-    "FORMATS",
-    "MANIFEST_NAME",
+    "SHARDED",
     "Backend",
     "detect_format",
-    "get_backend",
     "format_names",
-    "FORMAT_ALIASES",
-    "reader_class",
-    "writer_class",
+    "formats",
+    "get_backend",
     "is_remote",
+    "reader_class",
+    "register_backend",
+    "writer_class",
 ]
 
-MANIFEST_NAME = "manifest.json"
 #: The format name of a sharded dataset directory (a manifest plus shards).
 SHARDED = "shardio"
 
 
 @dataclass(frozen=True)
 class Backend:
+    """What shardio knows of a backend before importing its module.
+
+    Everything else (options, budget knobs, writer defaults) is declared by the
+    backend's reader and writer classes, which :func:`reader_class` and
+    :func:`writer_class` import on first use.
+    """
+
+    #: The format name in manifests, ``format=`` options and messages.
     name: str
-    module: str  # dotted module holding the reader and writer
+    #: The dotted module holding the reader and writer classes.
+    module: str
+    #: Class names in ``module``; ``writer`` is None for a backend shardio only reads.
     reader: str
-    writer: str
-    package: str  # pip package that provides the backend library
+    writer: str | None
+    #: The pip package providing the backend's library (named in install hints).
+    package: str
+    #: Path suffixes that identify the format; the first names the shards it writes.
     suffixes: tuple[str, ...]
-    markers: tuple[str, ...]  # files that identify a directory of this backend
+    #: Files whose presence identifies a directory of this backend.
+    markers: tuple[str, ...] = ()
+    #: Other names accepted for the format (``raw`` for ``mmap``).
+    aliases: tuple[str, ...] = ()
+    #: Bytes that identify a file of this format whatever its name, and the offsets
+    #: they may start at.
+    signature: bytes = b""
+    signature_offsets: tuple[int, ...] = (0,)
+
+    @property
+    def shard_suffix(self) -> str:
+        """The suffix of the shards this backend writes (``shard-00000.h5``)."""
+        return self.suffixes[0]
 
 
-_BACKENDS: dict[str, Backend] = {
-    b.name: b
-    for b in (
-        Backend(
-            "lmdb",
-            "shardio.adapters._lmdb",
-            "LMDBReader",
-            "LMDBWriter",
-            "lmdb",
-            (".lmdb", ".mdb"),
-            ("data.mdb",),
-        ),
-        Backend(
-            "hdf5",
-            "shardio.adapters._hdf5",
-            "HDF5Reader",
-            "HDF5Writer",
-            "h5py",
+_BACKENDS: dict[str, Backend] = {}
+_ALIASES: dict[str, str] = {}
+_LOCK = threading.Lock()
+
+
+def register_backend(backend: Backend, *, replace: bool = False) -> None:
+    """Make ``backend`` readable (and writable) by shardio under ``backend.name``.
+
+    A name or alias already taken is refused unless ``replace=True``."""
+    if (
+        not backend.name
+        or not backend.suffixes
+        or not all(s.startswith(".") for s in backend.suffixes)
+    ):
+        raise InvalidOptionError(
+            f"a backend needs a name and suffixes starting with '.', but got {backend!r}"
+        )
+    names = (backend.name.lower(), *(a.lower() for a in backend.aliases))
+    with _LOCK:
+        taken = [n for n in names if n in _BACKENDS or n in _ALIASES or n == SHARDED]
+        owner = _BACKENDS.get(backend.name.lower())
+        if taken and not (replace and owner is not None):
+            raise InvalidOptionError(
+                f"format name {taken[0]!r} is taken by a registered backend; pass "
+                "replace=True to replace it"
+            )
+        if owner is not None:
+            for alias in owner.aliases:
+                _ALIASES.pop(alias.lower(), None)
+        _BACKENDS[backend.name.lower()] = backend
+        _ALIASES.update({a.lower(): backend.name.lower() for a in backend.aliases})
+
+
+for _builtin in (
+    Backend("lmdb", "shardio.adapters._lmdb", "LMDBReader", "LMDBWriter", "lmdb",
+            (".lmdb", ".mdb"), ("data.mdb",)),
+    Backend("hdf5", "shardio.adapters._hdf5", "HDF5Reader", "HDF5Writer", "h5py",
             (".h5", ".hdf5", ".hdf", ".he5"),
-            (),
-        ),
-        Backend(
-            "zarr",
-            "shardio.adapters._zarr",
-            "ZarrReader",
-            "ZarrWriter",
-            "zarr",
-            (".zarr",),
-            ("zarr.json",),
-        ),
-        Backend(
-            "mmap",
-            "shardio.adapters._mmap",
-            "MmapReader",
-            "MmapWriter",
-            "numpy",
-            (".mmap",),
-            ("shardio-mmap.json",),
-        ),
-    )
-}
-FORMATS: tuple[str, ...] = tuple(_BACKENDS)
-#: Other names accepted for a format; the canonical name is what manifests, ``inspect``
-#: and every message use.
-FORMAT_ALIASES: dict[str, str] = {"raw": "mmap"}
-_HDF5_SIGNATURE = b"\x89HDF\r\n\x1a\n"
+            # a user block of 512, 1024, ... bytes may precede the signature
+            signature=b"\x89HDF\r\n\x1a\n", signature_offsets=(0, 512, 1024, 2048)),
+    Backend("zarr", "shardio.adapters._zarr", "ZarrReader", "ZarrWriter", "zarr",
+            (".zarr",), ("zarr.json",)),
+    Backend("mmap", "shardio.adapters._mmap", "MmapReader", "MmapWriter", "numpy",
+            (".mmap",), ("shardio-mmap.json",), aliases=("raw",)),
+):  # fmt: skip
+    register_backend(_builtin)
+
+
+def formats() -> tuple[str, ...]:
+    """The canonical names of the registered formats."""
+    return tuple(_BACKENDS)
 
 
 def is_remote(path: str) -> bool:
@@ -98,12 +138,9 @@ def is_remote(path: str) -> bool:
 
 def format_names() -> str:
     """The accepted format names for messages: ``lmdb, hdf5, zarr, mmap (alias raw)``."""
-    aliases: dict[str, list[str]] = {}
-    for alias, name in FORMAT_ALIASES.items():
-        aliases.setdefault(name, []).append(alias)
     return ", ".join(
-        name + (f" (alias {', '.join(aliases[name])})" if name in aliases else "")
-        for name in FORMATS
+        b.name + (f" (alias {', '.join(b.aliases)})" if b.aliases else "")
+        for b in _BACKENDS.values()
     )
 
 
@@ -111,7 +148,7 @@ def get_backend(name: str) -> Backend:
     """The backend of format ``name`` (a canonical name or an alias such as ``raw``)."""
     key = name.lower() if isinstance(name, str) else name
     try:
-        return _BACKENDS[FORMAT_ALIASES.get(key, key)]
+        return _BACKENDS[_ALIASES.get(key, key)]
     except (KeyError, TypeError):
         raise UnknownFormatError(
             f"format should be one of {format_names()}, but got format={name!r}"
@@ -127,19 +164,32 @@ def _load(backend: Backend, attribute: str, path: str | None) -> Any:
             f"the {backend.name} backend needs the {backend.package!r} package: "
             f"pip install {backend.package}{target} ({exc})"
         ) from exc
-    return getattr(module, attribute)
+    try:
+        return getattr(module, attribute)
+    except AttributeError:
+        raise BackendNotInstalledError(
+            f"the {backend.name} backend names {backend.module}.{attribute}, which does not exist"
+        ) from None
 
 
-def reader_class(name: str, path: str | None = None) -> Any:
+def reader_class(name: str, path: str | None = None) -> type[ShardReader[Any]]:
     """The :class:`~shardio.adapters.base.ShardReader` subclass of format ``name``."""
     backend = get_backend(name)
-    return _load(backend, backend.reader, path)
+    cls: type[ShardReader[Any]] = _load(backend, backend.reader, path)
+    return cls
 
 
-def writer_class(name: str, path: str | None = None) -> Any:
+def writer_class(name: str, path: str | None = None) -> type[ShardFileWriter]:
     """The :class:`~shardio.adapters.base.ShardFileWriter` subclass of format ``name``."""
     backend = get_backend(name)
-    return _load(backend, backend.writer, path)
+    if backend.writer is None:
+        raise UnsupportedFeatureError(
+            f"the {backend.name} backend is read-only: shardio reads it but cannot write "
+            f"format={name!r}; pick one of "
+            + ", ".join(b.name for b in _BACKENDS.values() if b.writer is not None)
+        )
+    cls: type[ShardFileWriter] = _load(backend, backend.writer, path)
+    return cls
 
 
 def detect_format(path: str, storage_options: dict[str, Any] | None = None) -> str:
@@ -160,28 +210,30 @@ def detect_format(path: str, storage_options: dict[str, Any] | None = None) -> s
         for backend in _BACKENDS.values():
             if any(os.path.exists(os.path.join(local, m)) for m in backend.markers):
                 return backend.name
-        if any(e.lstrip(".").startswith("shard-") for e in os.listdir(local)):
+        if holds_shards(local):
             raise DatasetNotFoundError(
                 f"{path} holds shards but no {MANIFEST_NAME}: the write that made it did not "
                 "finish, so it is not a complete dataset (write it again, or resume the conversion)"
             )
-    elif _has_hdf5_signature(local):
-        return "hdf5"
+    else:
+        for backend in _BACKENDS.values():
+            if backend.signature and _has_signature(local, backend):
+                return backend.name
     known = ", ".join(s for b in _BACKENDS.values() for s in b.suffixes)
+    markers = " or ".join(m for b in _BACKENDS.values() for m in b.markers)
     raise UnknownFormatError(
         f"cannot tell the format of {path}: expected a shardio dataset directory (with "
         f"{MANIFEST_NAME}), a path ending in one of {known}, or a directory holding "
-        "data.mdb or zarr.json; pass format= to say which"
+        f"{markers}; pass format= to say which"
     )
 
 
-def _has_hdf5_signature(path: str) -> bool:
-    # The signature sits at byte 0, 512, 1024, ... (a user block may precede it).
+def _has_signature(path: str, backend: Backend) -> bool:
     try:
         with open(path, "rb") as handle:
-            for offset in (0, 512, 1024, 2048):
+            for offset in backend.signature_offsets:
                 handle.seek(offset)
-                if handle.read(8) == _HDF5_SIGNATURE:
+                if handle.read(len(backend.signature)) == backend.signature:
                     return True
     except OSError:
         return False
@@ -197,8 +249,9 @@ def _detect_remote(url: str, storage_options: dict[str, Any]) -> str:
         for backend in _BACKENDS.values():
             if lowered.endswith(backend.suffixes):
                 return backend.name
-        if fs.exists(f"{root}/zarr.json"):
-            return "zarr"
+        for backend in _BACKENDS.values():
+            if any(fs.exists(f"{root}/{m}") for m in backend.markers):
+                return backend.name
         if not fs.exists(root):
             raise DatasetNotFoundError(f"no dataset at {url}: the object does not exist")
     raise UnknownFormatError(f"cannot tell the format of {url}; pass format= to say which")

@@ -34,10 +34,10 @@ from ..errors import (
     VerificationError,
 )
 from ..integrity import ShardCheck
+from ..layout import shard_files_as_written
 from ..manifest import Manifest, ShardInfo
 from ..reader import DatasetReader
 from ..schema import Field, Schema
-from ..writer import shard_files_as_written
 from .progress import Progress, progress_mode
 from .source import Source, open_source
 

@@ -26,13 +26,7 @@ from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
-from ..adapters.registry import (
-    FORMAT_ALIASES,
-    MANIFEST_NAME,
-    get_backend,
-    is_remote,
-    writer_class,
-)
+from ..adapters.registry import get_backend, is_remote, writer_class
 from ..checksum import files_nbytes, hash_files
 from ..config import format_size, parse_size
 from ..errors import (
@@ -43,9 +37,9 @@ from ..errors import (
     UnknownFormatError,
     UnsupportedFeatureError,
 )
+from ..layout import MANIFEST_NAME, foreign_entries, remove_path, shard_files, shard_name
 from ..manifest import Manifest, ShardInfo
 from ..outputlock import lock_output
-from ..writer import foreign_entries, remove_path, shard_files, shard_name
 from . import run as runner
 from .plan import Plan, ShardTask, estimate_sample_nbytes, make_plan
 from .progress import Progress, progress_mode
@@ -53,10 +47,8 @@ from .record import PROGRESS_NAME, ProgressRecord
 from .run import ShardJob, disk_error
 from .source import Skipped, Source, open_source
 
-__all__ = ["convert", "ConvertResult", "FORMAT_ALIASES", "writer_options_for"]
+__all__ = ["convert", "ConvertResult", "writer_options_for"]
 
-#: Zarr output's compressor when none is asked for (``compressor="none"`` turns it off).
-DEFAULT_ZARR_COMPRESSOR = "zstd"
 #: Shard sizes below this draw a warning: per-shard files and overhead dominate.
 SMALL_SHARD_SIZE = 1000**2
 #: Bytes of samples read and appended at a time inside one shard task.
@@ -185,8 +177,10 @@ def convert(
         plan = make_plan(source.num_samples, sample_nbytes, size, fmt, align=source.chunk_rows)
         if size < SMALL_SHARD_SIZE:
             _warn_small_shards(shard_size, plan)
-        if fmt == "zarr" and plan.tasks:
-            options.setdefault("max_chunk_rows", max(t.num_samples for t in plan.tasks))
+        if plan.tasks:
+            longest = max(t.num_samples for t in plan.tasks)
+            defaults = writer_class(fmt).conversion_options(longest)
+            options = {**defaults, **options}
         settings = plan.settings(source.schema, options, source.signature())
         messages: list[str] = []
         lock, done = _prepare_output(dst_path, settings, plan, resume, overwrite, messages.append)
@@ -363,45 +357,17 @@ def writer_options_for(
     fmt: str, compressor: str | None, extra: dict[str, Any] | None
 ) -> dict[str, Any]:
     """The backend writer's keyword options for ``compressor`` plus ``extra``."""
-    options: dict[str, Any] = {}
-    if fmt == "zarr" and compressor is None:
-        compressor = DEFAULT_ZARR_COMPRESSOR
+    writer = writer_class(fmt)
+    if compressor is None:
+        compressor = writer.default_compressor
     name, level = _parse_compressor(compressor)
-    if name is not None:
-        if fmt == "zarr":
-            from ..adapters._zarr import make_compressors
-
-            make_compressors(name, level)  # validates the name now, not in a worker
-            options["compressor"] = name
-            if level is not None:
-                options["compression_level"] = level
-        elif fmt == "hdf5":
-            if name not in ("gzip", "lzf"):
-                raise InvalidOptionError(
-                    f"hdf5 output supports compressor 'gzip' or 'lzf', but got "
-                    f"compressor={compressor!r}"
-                )
-            if name == "lzf" and level is not None:
-                raise InvalidOptionError("the lzf compressor has no level; pass compressor='lzf'")
-            options["compression"] = name
-            if name == "gzip":
-                options["compression_opts"] = 4 if level is None else level
-        else:
-            raise InvalidOptionError(
-                f"compressor applies to zarr and hdf5 output; {fmt} stores samples "
-                f"uncompressed, but got compressor={compressor!r}"
-            )
-    if fmt == "hdf5":
-        # NOTE: built in memory, so a full disk cannot leave the HDF5 library in a state
-        # that crashes the interpreter at exit (see HDF5Writer).
-        options["in_memory"] = True
+    options = {} if name is None else writer.compression_options(name, level)
     options.update(extra or {})
-    accepted = writer_class(fmt).options
-    unknown = sorted(set(options) - accepted)
+    unknown = sorted(set(options) - writer.options)
     if unknown:
         raise InvalidOptionError(
             f"option {unknown[0]}= is not supported when writing {fmt}; its options are: "
-            f"{', '.join(sorted(accepted)) or 'none'}"
+            f"{', '.join(sorted(writer.options)) or 'none'}"
         )
     return options
 
@@ -443,22 +409,9 @@ def _block_rows(plan: Plan, source: Source, options: dict[str, Any]) -> int:
 
 
 def _output_chunk_rows(plan: Plan, source: Source, options: dict[str, Any]) -> int | None:
-    """Rows per chunk of the largest fixed-size field in a Zarr or HDF5 shard."""
+    """Rows per chunk of the largest fixed-size field in an output shard, if chunked."""
     largest = max((f.sample_nbytes for f in source.schema if not f.variable), default=0)
-    if largest == 0:
-        return None
-    if plan.format == "zarr":
-        from ..adapters import _zarr
-
-        default = _zarr._DEFAULT_CHUNK_BYTES
-    elif plan.format == "hdf5":
-        from ..adapters import _hdf5
-
-        default = _hdf5._DEFAULT_CHUNK_BYTES
-    else:
-        return None
-    rows = max(1, int(options.get("chunk_bytes", default)) // largest)
-    return min(rows, int(options.get("max_chunk_rows") or rows))
+    return writer_class(plan.format).chunk_rows(options, largest)
 
 
 def _conversion_metadata(source: Source, src_path: str, settings: dict[str, Any]) -> dict[str, Any]:
@@ -572,7 +525,9 @@ def _resumable(
 
 def _check_shard(dst: str, number: int, info: ShardInfo, plan: Plan) -> str | None:
     """Why a recorded shard cannot be kept, or None when it verifies."""
-    if number >= len(plan.tasks) or info.path != shard_name(number, plan.format):
+    if number >= len(plan.tasks) or info.path != shard_name(
+        number, get_backend(plan.format).shard_suffix
+    ):
         return "it is not part of this conversion's plan"
     if info.num_samples != plan.tasks[number].num_samples:
         return f"it holds {info.num_samples} samples, the plan {plan.tasks[number].num_samples}"

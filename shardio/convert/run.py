@@ -19,7 +19,7 @@ from concurrent.futures import FIRST_COMPLETED, ProcessPoolExecutor, wait
 from dataclasses import dataclass, field
 from typing import Any
 
-from ..adapters.registry import writer_class
+from ..adapters.registry import get_backend, writer_class
 from ..config import format_size
 from ..errors import (
     BackendNotInstalledError,
@@ -28,8 +28,9 @@ from ..errors import (
     ShardCorruptError,
     ShardioError,
 )
+from ..layout import partial_name, remove_path, shard_name
 from ..manifest import ShardInfo
-from ..writer import finish_shard, partial_name, remove_path, shard_name
+from ..writer import finish_shard
 from .plan import ShardTask, columns_nbytes
 from .record import ProgressRecord
 from .source import Source
@@ -99,7 +100,7 @@ def write_shard(job: ShardJob, task: ShardTask, on_block: OnBlock | None = None)
     carry the run's id, and the rename only happens while the progress record still
     names this run, so such a task never touches the resumed run's shards.
     """
-    name = shard_name(task.number, job.format)
+    name = shard_name(task.number, get_backend(job.format).shard_suffix)
     partial_entry = f"{partial_name(name)}-{job.run_id}" if job.run_id else partial_name(name)
     partial = os.path.join(job.output, partial_entry)
     _check_current(job, name)
