@@ -30,7 +30,8 @@ FORMATS = ["lmdb", "zarr", "hdf5", "raw"]
 SLOW_READS = """
 import os, time
 if os.environ.get("SHARDIO_TEST_SLOW_READ"):
-    from shardio.convert import source as _source
+    from shardio.adapters._hdf5_source import HDF5Source
+    from shardio.convert.source import ReaderSource
 
     def _slowed(read):
         def slow(self, start, stop):
@@ -38,8 +39,8 @@ if os.environ.get("SHARDIO_TEST_SLOW_READ"):
             return read(self, start, stop)
         return slow
 
-    for _cls in (_source.HDF5Source, _source.ReaderSource):
-        _cls.read = _slowed(_cls.read)
+    for _cls in (HDF5Source, ReaderSource):
+        _cls.read_range = _slowed(_cls.read_range)
 """
 
 

@@ -567,6 +567,7 @@ class HDF5Writer(ShardFileWriter):
     """
 
     format = "hdf5"
+    libraries = ("h5py",)
     options = frozenset({"compression", "compression_opts", "shuffle", "chunk_bytes", "in_memory"})
     chunk_bytes = 64 * 1024
 

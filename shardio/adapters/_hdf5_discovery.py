@@ -30,11 +30,11 @@ import numpy as np
 from ..errors import FieldNotFoundError, SchemaError, UnsupportedFeatureError
 from ..schema import Field, Schema
 from ._hdf5_filters import filter_advice, missing_filters
+from .source import Skipped
 
 __all__ = [
     "Discovery",
     "FieldSpec",
-    "Skipped",
     "SparseRows",
     "discover",
     "open_spec",
@@ -43,20 +43,6 @@ __all__ = [
 _SPARSE_ENCODINGS = ("csr_matrix", "csc_matrix")
 #: Names listed in a one-line summary before "and N more".
 _LISTED = 8
-
-
-@dataclass(frozen=True)
-class Skipped:
-    """An object of the file left out of the fields, and why."""
-
-    name: str
-    reason: str
-
-    def __str__(self) -> str:
-        return f"{self.name!r}: {self.reason}"
-
-    def to_json(self) -> dict[str, str]:
-        return {"name": self.name, "reason": self.reason}
 
 
 @dataclass(frozen=True)

@@ -556,6 +556,7 @@ class LMDBWriter(ShardFileWriter):
     """Writes a shardio LMDB environment (a directory holding ``data.mdb``)."""
 
     format = "lmdb"
+    libraries = ("lmdb",)
     options = frozenset({"map_size"})
 
     def __init__(self, path: str, schema: Schema, **options: Any) -> None:

@@ -584,6 +584,7 @@ class ZarrWriter(ShardFileWriter):
     """
 
     format = "zarr"
+    libraries = ("zarr", "numcodecs")
     #: ``max_chunk_rows`` caps the rows of a chunk: Zarr stores a partial last chunk at
     #: full size, so a shard shorter than one chunk would cost a whole chunk on disk.
     options = frozenset({"compressor", "compression_level", "chunk_bytes", "max_chunk_rows"})

@@ -248,6 +248,9 @@ class ShardFileWriter(ABC):
 
     format: ClassVar[str]
     options: ClassVar[frozenset[str]] = frozenset()
+    #: Top-level modules of the backend's library: their errors while writing may stand
+    #: for a full disk (LMDB reports a short write as EIO).
+    libraries: ClassVar[tuple[str, ...]] = ()
     #: The compressor a conversion uses when none is asked for (``"none"`` turns it off).
     default_compressor: ClassVar[str | None] = None
     #: Bytes per chunk of a fixed field (the ``chunk_bytes=`` option's default) where

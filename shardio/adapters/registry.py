@@ -25,6 +25,7 @@ from ..remote import filesystem, remote_errors
 
 if TYPE_CHECKING:
     from .base import ShardFileWriter, ShardReader
+    from .source import SourceClass
 
 __all__ = [
     "SHARDED",
@@ -36,6 +37,7 @@ __all__ = [
     "is_remote",
     "reader_class",
     "register_backend",
+    "source_class",
     "writer_class",
 ]
 
@@ -71,6 +73,10 @@ class Backend:
     #: they may start at.
     signature: bytes = b""
     signature_offsets: tuple[int, ...] = (0,)
+    #: The dotted path of a conversion source class for files of this format
+    #: (a :class:`~shardio.adapters.source.Source`); None: conversion reads through
+    #: the reader.
+    source: str | None = None
 
     @property
     def shard_suffix(self) -> str:
@@ -117,7 +123,8 @@ for _builtin in (
     Backend("hdf5", "shardio.adapters._hdf5", "HDF5Reader", "HDF5Writer", "h5py",
             (".h5", ".hdf5", ".hdf", ".he5"),
             # a user block of 512, 1024, ... bytes may precede the signature
-            signature=b"\x89HDF\r\n\x1a\n", signature_offsets=(0, 512, 1024, 2048)),
+            signature=b"\x89HDF\r\n\x1a\n", signature_offsets=(0, 512, 1024, 2048),
+            source="shardio.adapters._hdf5_source.HDF5Source"),
     Backend("zarr", "shardio.adapters._zarr", "ZarrReader", "ZarrWriter", "zarr",
             (".zarr",), ("zarr.json",)),
     Backend("mmap", "shardio.adapters._mmap", "MmapReader", "MmapWriter", "numpy",
@@ -155,9 +162,10 @@ def get_backend(name: str) -> Backend:
         ) from None
 
 
-def _load(backend: Backend, attribute: str, path: str | None) -> Any:
+def _load(backend: Backend, attribute: str, path: str | None, module_name: str = "") -> Any:
+    module_name = module_name or backend.module
     try:
-        module = importlib.import_module(backend.module)
+        module = importlib.import_module(module_name)
     except ImportError as exc:
         target = f" to read {path}" if path else ""
         raise BackendNotInstalledError(
@@ -168,7 +176,7 @@ def _load(backend: Backend, attribute: str, path: str | None) -> Any:
         return getattr(module, attribute)
     except AttributeError:
         raise BackendNotInstalledError(
-            f"the {backend.name} backend names {backend.module}.{attribute}, which does not exist"
+            f"the {backend.name} backend names {module_name}.{attribute}, which does not exist"
         ) from None
 
 
@@ -189,6 +197,17 @@ def writer_class(name: str, path: str | None = None) -> type[ShardFileWriter]:
             + ", ".join(b.name for b in _BACKENDS.values() if b.writer is not None)
         )
     cls: type[ShardFileWriter] = _load(backend, backend.writer, path)
+    return cls
+
+
+def source_class(name: str, path: str | None = None) -> SourceClass | None:
+    """The conversion :class:`~shardio.adapters.source.Source` of format ``name``, or
+    None where conversion reads it through the reader."""
+    backend = get_backend(name)
+    if backend.source is None:
+        return None
+    module, _, attribute = backend.source.rpartition(".")
+    cls: SourceClass = _load(backend, attribute, path, module)
     return cls
 
 

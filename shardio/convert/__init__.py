@@ -19,7 +19,7 @@ from typing import Any
 from .check import Problem, VerifyReport, verify
 from .converter import ConvertResult, convert
 from .plan import Plan, ShardTask, make_plan
-from .source import HDF5Source, ReaderSource, Skipped, Source, open_source
+from .source import ReaderSource, Skipped, Source, open_source
 
 __all__ = [
     "convert",
@@ -31,7 +31,6 @@ __all__ = [
     "ShardTask",
     "make_plan",
     "Source",
-    "HDF5Source",
     "ReaderSource",
     "Skipped",
     "open_source",

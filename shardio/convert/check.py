@@ -329,7 +329,7 @@ def _compare(
 ) -> list[Problem]:
     """Problems for samples ``first``..``stop`` (global) that differ from the source."""
     try:
-        want = source.source.read(first, stop)
+        want = source.source.read_range(first, stop)
     except Exception as exc:
         return [
             Problem(info.path, f"the source cannot be read at samples {first}-{stop - 1}: {exc}")

@@ -91,7 +91,7 @@ def estimate_sample_nbytes(source: Source, rows: int = SIZE_SAMPLE_ROWS) -> floa
         return float(schema.fixed_sample_nbytes)
     count = min(rows, source.num_samples)
     indices = np.unique(np.linspace(0, source.num_samples - 1, count).astype(np.int64))
-    sizes = columns_nbytes(source.read_rows(indices), schema, len(indices))
+    sizes = columns_nbytes(source.read_many(indices), schema, len(indices))
     return float(sizes.mean())
 
 

@@ -121,7 +121,9 @@ def write_shard(job: ShardJob, task: ShardTask, on_block: OnBlock | None = None)
         _check_current(job, name)
         return finish_shard(job.output, name, count, partial=partial_entry)
     except BaseException as exc:
-        failure = _write_failure(exc, job.output, name)  # before cleanup frees space
+        failure = _write_failure(
+            exc, job.output, name, writer_class(job.format).libraries
+        )  # before cleanup frees space
         if writer is not None:
             writer.abort()
         with contextlib.suppress(OSError):
@@ -145,12 +147,15 @@ def _check_current(job: ShardJob, name: str) -> None:
         )
 
 
-def _write_failure(exc: BaseException, output: str, name: str) -> OutputWriteError | None:
-    """The clear error for a failure writing shard ``name``, or None to re-raise ``exc``."""
+def _write_failure(
+    exc: BaseException, output: str, name: str, libraries: tuple[str, ...]
+) -> OutputWriteError | None:
+    """The clear error for a failure writing shard ``name``, or None to re-raise ``exc``
+    (``libraries``: the writer's, whose errors may stand for a full disk)."""
     if isinstance(exc, ShardioError) or not isinstance(exc, Exception):
         return None
     reason = disk_error(exc)
-    backend = type(exc).__module__.split(".")[0] in ("lmdb", "h5py", "zarr", "numcodecs")
+    backend = type(exc).__module__.split(".")[0] in libraries
     if reason is None and not (isinstance(exc, OSError) or backend):
         return None  # a bug, not an I/O failure: keep its traceback
     if reason is None:
@@ -179,7 +184,7 @@ def free_bytes(path: str) -> int | None:
 def _read(source: Source, start: int, stop: int) -> Any:
     """Rows of the source; a damaged source names itself and the rows."""
     try:
-        return source.read(start, stop)
+        return source.read_range(start, stop)
     except ShardioError:
         raise
     except (OSError, ValueError, KeyError, RuntimeError) as exc:

@@ -1,0 +1,187 @@
+"""Conversion's source for HDF5 files: the HDF5 backend's discovery and reads."""
+
+from __future__ import annotations
+
+import contextlib
+import os
+from collections.abc import Sequence
+from dataclasses import dataclass, field, replace
+from typing import Any
+
+import numpy as np
+
+from ..errors import DatasetNotFoundError, RemoteReadError, ShardCorruptError
+from ..remote import open_remote
+from ..schema import Field, Schema
+from ._hdf5 import vlen_reads_unswapped
+from ._hdf5_discovery import FieldSpec, discover, open_spec
+from ._hdf5_filters import load_filters
+from .base import Columns
+from .registry import is_remote
+from .source import Source, native_dtype, to_field
+
+__all__ = ["HDF5Source"]
+
+_CHUNK_CACHE_BYTES = 32 * 1024 * 1024
+
+
+class HDF5Source(Source):
+    """Any HDF5 file, on the fields :func:`~._hdf5_discovery.discover` finds (the same
+    :class:`~._hdf5.HDF5Reader` reads), in native byte order.
+
+    Conversion reads HDF5 through this source rather than the reader: it reports what
+    it left out (:attr:`skipped`), refuses unsupported datasets unless
+    ``skip_unsupported``, and reads whole row ranges with one HDF5 selection.
+    """
+
+    options = frozenset({"storage_options", "group", "dim"})
+
+    def __init__(
+        self,
+        path: str,
+        *,
+        fields: Sequence[str] | None = None,
+        split_compound: bool = False,
+        skip_unsupported: bool = False,
+        storage_options: dict[str, Any] | None = None,
+        group: str | None = None,
+        dim: str | None = None,
+    ) -> None:
+        self.path = path
+        self.split_compound = split_compound
+        self.group = group
+        self.storage_options = dict(storage_options or {})
+        self._pid: int | None = None
+        self._handle: _Open | None = None
+        file = self._open_file()
+        try:
+            found = discover(
+                file,
+                path,
+                fields=fields,
+                group=group,
+                dim=dim,
+                split_compound=split_compound,
+                skip_unsupported=skip_unsupported,
+            )
+            self._chunk_rows = _chunk_rows(file, found.specs)
+            notes = _byte_order_notes(file, found.specs)
+        finally:
+            file.close()
+        self._specs = tuple(
+            replace(
+                s,
+                field=Field(s.field.name, native_dtype(s.field.dtype), s.field.shape, s.field.kind),
+            )
+            for s in found.specs
+        )
+        self.schema = Schema(tuple(s.field for s in self._specs))
+        self.num_samples = found.num_samples
+        self.skipped = found.skipped
+        self.notes = tuple(notes) + ((found.chosen,) if found.chosen else ())
+
+    # ---------------------------------------------------------------- handles
+    def _open_file(self) -> Any:
+        import h5py
+
+        cache = {"rdcc_nbytes": _CHUNK_CACHE_BYTES, "rdcc_w0": 1.0}
+        try:
+            if is_remote(self.path):
+                remote = open_remote(self.path, self.storage_options)
+                return h5py.File(remote, "r", **cache)
+            return h5py.File(self.path.removeprefix("file://"), "r", locking=False, **cache)
+        except FileNotFoundError:
+            raise DatasetNotFoundError(f"HDF5 file {self.path} does not exist") from None
+        except RemoteReadError:
+            raise
+        except OSError as exc:
+            raise ShardCorruptError(f"cannot open HDF5 file {self.path}: {exc}") from exc
+
+    @property
+    def _open(self) -> _Open:
+        if self._handle is None or self._pid != os.getpid():
+            # NOTE: a handle inherited through fork is dropped, never closed: closing
+            # would act on HDF5 library state shared with the parent.
+            self._handle = _Open(self._open_file())
+            self._pid = os.getpid()
+            load_filters(
+                {
+                    s.dataset: self._handle.file[s.dataset] for s in self._specs if not s.sparse
+                }.values(),
+                self.path,
+            )
+        return self._handle
+
+    def close(self) -> None:
+        if self._handle is not None and self._pid == os.getpid():
+            self._handle.datasets.clear()
+            with contextlib.suppress(Exception):
+                self._handle.file.close()
+        self._handle = None
+
+    def __getstate__(self) -> dict[str, Any]:
+        state = self.__dict__.copy()
+        state["_handle"] = None
+        state["_pid"] = None
+        return state
+
+    def __del__(self) -> None:
+        with contextlib.suppress(Exception):
+            self.close()
+
+    # ---------------------------------------------------------------- reading
+    @property
+    def chunk_rows(self) -> int | None:
+        return self._chunk_rows
+
+    def _dataset(self, spec: FieldSpec) -> Any:
+        handle = self._open
+        dataset = handle.datasets.get(spec.dataset)
+        if dataset is None:
+            dataset = handle.datasets[spec.dataset] = open_spec(handle.file, spec)
+        return dataset
+
+    def read_range(self, start: int, stop: int) -> Columns:
+        return self._columns(slice(start, stop), stop - start)
+
+    def read_many(self, indices: np.ndarray) -> Columns:
+        return self._columns(np.asarray(indices, dtype=np.int64), len(indices))
+
+    def _columns(self, selection: slice | np.ndarray, count: int) -> Columns:
+        blocks: dict[str, Any] = {}
+        columns: Columns = {}
+        for spec in self._specs:
+            block = blocks.get(spec.dataset)
+            if block is None:
+                dataset = self._dataset(spec)
+                block = dataset[0:0] if count == 0 else dataset[selection]
+                blocks[spec.dataset] = block
+            value = block if spec.member is None else block[spec.member]
+            if spec.foreign_vlen is not None and vlen_reads_unswapped():
+                value = [np.asarray(v).view(spec.foreign_vlen) for v in value]
+            columns[spec.field.name] = to_field(value, spec.field, count)
+        return columns
+
+
+@dataclass
+class _Open:
+    file: Any  # h5py.File
+    datasets: dict[str, Any] = field(default_factory=dict)
+
+
+def _chunk_rows(file: Any, specs: Sequence[FieldSpec]) -> int | None:
+    largest = max(specs, key=lambda s: s.field.sample_nbytes)
+    chunks = open_spec(file, largest).chunks
+    return int(chunks[0]) if chunks else None
+
+
+def _byte_order_notes(file: Any, specs: Sequence[FieldSpec]) -> list[str]:
+    notes = []
+    for spec in specs:
+        stored = spec.foreign_vlen if spec.foreign_vlen is not None else spec.field.dtype
+        if spec.field.kind != "bytes" and not stored.isnative:
+            notes.append(
+                f"{spec.field.name!r} is stored as {stored} in the source; "
+                f"it is written in native byte order as {native_dtype(stored)}"
+            )
+    return notes
