@@ -121,9 +121,8 @@ def write_shard(job: ShardJob, task: ShardTask, on_block: OnBlock | None = None)
         _check_current(job, name)
         return finish_shard(job.output, name, count, partial=partial_entry)
     except BaseException as exc:
-        failure = _write_failure(
-            exc, job.output, name, writer_class(job.format).libraries
-        )  # before cleanup frees space
+        libraries = writer_class(job.format).libraries
+        failure = _write_failure(exc, job.output, name, libraries)  # before cleanup frees space
         if writer is not None:
             writer.abort()
         with contextlib.suppress(OSError):
