@@ -15,6 +15,7 @@ import mmap
 import os
 import threading
 from collections.abc import Sequence
+from dataclasses import dataclass
 from typing import Literal
 
 import numpy as np
@@ -22,6 +23,7 @@ import xxhash
 
 from .checksum import BLOCK_BYTES, hash_files
 from .errors import InvalidOptionError, ShardCorruptError
+from .perprocess import PerProcess
 
 __all__ = ["VerifyMode", "VERIFY_MODES", "ShardCheck", "ValueRanges", "check_mode"]
 
@@ -41,6 +43,15 @@ def check_mode(value: object) -> VerifyMode:
     return value
 
 
+@dataclass
+class _Progress:
+    """What one process has checked of a shard."""
+
+    checked: dict[str, np.ndarray]  # per file, per block
+    swept: bool = False  # files no value lies in checked whole
+    complete: bool = False  # every block (or the whole shard) checked
+
+
 class ShardCheck:
     """What one shard must hash to, and what this process has already checked."""
 
@@ -57,39 +68,33 @@ class ShardCheck:
             for name, encoded in (blocks or {}).items()
         }
         self._lock = threading.Lock()
-        self._pid = -1
-        self._complete_in = -1  # the process that has checked everything (see complete)
-        self._swept = False
-        self._checked: dict[str, np.ndarray] = {}
+        self._progress: PerProcess[_Progress] = PerProcess()
 
     def __getstate__(self) -> dict[str, object]:
         state = self.__dict__.copy()
         del state["_lock"]
-        state.update(_pid=-1, _checked={}, _complete_in=-1, _swept=False)
         return state
 
     def __setstate__(self, state: dict[str, object]) -> None:
         self.__dict__.update(state)
         self._lock = threading.Lock()
 
-    def _state(self) -> dict[str, np.ndarray]:
-        """Blocks checked by this process (a forked child checks again)."""
-        if self._pid != os.getpid():
-            self._pid = os.getpid()
-            self._swept = False
-            self._checked = {p: np.zeros(len(d), dtype=bool) for p, d in self._digests.items()}
-        return self._checked
+    def _state(self) -> _Progress:
+        """What this process has checked (a forked child checks again)."""
+        return self._progress.get(
+            lambda: _Progress({p: np.zeros(len(d), dtype=bool) for p, d in self._digests.items()})
+        )
 
     @property
     def complete(self) -> bool:
-        """Every block (or the whole shard) checked in this process: nothing left to do.
-        A forked child inherits the flag of another process, so it checks again."""
-        return self._complete_in == os.getpid()
+        """Every block (or the whole shard) checked in this process: nothing left to do."""
+        progress = self._progress.current()
+        return progress is not None and progress.complete
 
     def check_whole(self) -> None:
         """Hash every file of the shard once per process and compare the checksum."""
-        self._state()
-        if self.complete:
+        progress = self._state()
+        if progress.complete:
             return
         actual = hash_files(self.files, self.path)
         if actual != self.checksum:
@@ -98,24 +103,25 @@ class ShardCheck:
                 f"({actual} != {self.checksum}): it is damaged; run shardio verify on the "
                 "dataset to see where"
             )
-        self._complete_in = os.getpid()
+        progress.complete = True
 
     def check_ranges(self, ranges: ValueRanges | None) -> None:
         """Check the blocks holding ``ranges`` that this process has not checked yet."""
         if ranges is None or not self._digests:
             self.check_whole()
             return
-        checked = self._state()
-        if self.complete:
+        progress = self._state()
+        checked = progress.checked
+        if progress.complete:
             return
-        if not self._swept:
+        if not progress.swept:
             # Files no value lies in (metadata, LMDB's offsets table) are checked whole
             # on the first read, so that the shard can be complete once values are.
             touched = {path for path, _, _ in ranges}
             for path, done in checked.items():
                 if path not in touched:
                     self._check_blocks(path, np.arange(len(done)), done)
-            self._swept = True
+            progress.swept = True
         for path, offsets, lengths in ranges:
             found = checked.get(path)
             if found is None:  # a file without digests: check the shard as a whole
@@ -138,7 +144,7 @@ class ShardCheck:
             if len(new):
                 self._check_blocks(path, new, done)
         if all(done.all() for done in checked.values()):
-            self._complete_in = os.getpid()
+            progress.complete = True
 
     def _check_blocks(self, path: str, blocks: np.ndarray, done: np.ndarray) -> None:
         expected = self._digests[path]

@@ -7,10 +7,10 @@ worker and fail with "Too many open files". Readers closed here reopen lazily.
 
 from __future__ import annotations
 
-import os
 from collections import OrderedDict
 
 from .errors import InvalidOptionError
+from .perprocess import PerProcess
 
 __all__ = ["RecentlyUsed", "default_open_limit", "resolve_open_limit"]
 
@@ -44,15 +44,11 @@ class RecentlyUsed:
 
     def __init__(self, limit: int) -> None:
         self.limit = limit
-        self._keys: OrderedDict[int, None] = OrderedDict()
-        self._pid = os.getpid()
+        self._keys: PerProcess[OrderedDict[int, None]] = PerProcess()
 
     def use(self, key: int) -> int | None:
         """Mark ``key`` used now; returns the least recently used key beyond the limit."""
-        keys = self._keys
-        if self._pid != os.getpid():  # after fork nothing is open here yet
-            keys.clear()
-            self._pid = os.getpid()
+        keys = self._keys.get(OrderedDict)  # after fork nothing is open here yet
         if key in keys:
             keys.move_to_end(key)
             return None

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import contextlib
-import os
 from collections.abc import Sequence
 from dataclasses import dataclass, field, replace
 from typing import Any
@@ -11,6 +10,7 @@ from typing import Any
 import numpy as np
 
 from ..errors import DatasetNotFoundError, RemoteReadError, ShardCorruptError
+from ..perprocess import PerProcess
 from ..remote import open_remote
 from ..schema import Field, Schema
 from ._hdf5 import vlen_reads_unswapped
@@ -51,8 +51,7 @@ class HDF5Source(Source):
         self.split_compound = split_compound
         self.group = group
         self.storage_options = dict(storage_options or {})
-        self._pid: int | None = None
-        self._handle: _Open | None = None
+        self._handle: PerProcess[_Open] = PerProcess()
         file = self._open_file()
         try:
             found = discover(
@@ -99,31 +98,20 @@ class HDF5Source(Source):
 
     @property
     def _open(self) -> _Open:
-        if self._handle is None or self._pid != os.getpid():
-            # NOTE: a handle inherited through fork is dropped, never closed: closing
-            # would act on HDF5 library state shared with the parent.
-            self._handle = _Open(self._open_file())
-            self._pid = os.getpid()
-            load_filters(
-                {
-                    s.dataset: self._handle.file[s.dataset] for s in self._specs if not s.sparse
-                }.values(),
-                self.path,
-            )
-        return self._handle
+        return self._handle.get(self._open_datasets)
+
+    def _open_datasets(self) -> _Open:
+        opened = _Open(self._open_file())
+        plain = {s.dataset: opened.file[s.dataset] for s in self._specs if not s.sparse}
+        load_filters(plain.values(), self.path)
+        return opened
 
     def close(self) -> None:
-        if self._handle is not None and self._pid == os.getpid():
-            self._handle.datasets.clear()
+        opened = self._handle.take()
+        if opened is not None:
+            opened.datasets.clear()
             with contextlib.suppress(Exception):
-                self._handle.file.close()
-        self._handle = None
-
-    def __getstate__(self) -> dict[str, Any]:
-        state = self.__dict__.copy()
-        state["_handle"] = None
-        state["_pid"] = None
-        return state
+                opened.file.close()
 
     def __del__(self) -> None:
         with contextlib.suppress(Exception):

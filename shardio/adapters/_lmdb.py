@@ -28,6 +28,7 @@ import xxhash
 from ..errors import InvalidOptionError, ManifestError, SchemaError, ShardCorruptError
 from ..integrity import ValueRanges
 from ..memory import FileRange, ReleaseResult, advise_range, find_mappings, madvise_supported
+from ..perprocess import PerProcess
 from ..schema import Sample, Schema
 from .base import (
     AccessPattern,
@@ -109,19 +110,15 @@ class _EnvPool:
     """
 
     def __init__(self) -> None:
-        self._pid = os.getpid()
         # Reentrant: a reader collected while an environment opens releases its own.
         self._lock = threading.RLock()
-        self._envs: dict[tuple[int, int], tuple[lmdb.Environment, int]] = {}
+        self._by_process: PerProcess[dict[tuple[int, int], tuple[lmdb.Environment, int]]]
+        self._by_process = PerProcess()
 
-    def _forget_inherited(self) -> None:
-        if self._pid == os.getpid():
-            return
-        inherited, self._envs = self._envs, {}
-        self._pid = os.getpid()
-        for env, _ in inherited.values():
-            with contextlib.suppress(lmdb.Error):
-                env.close()
+    @property
+    def _envs(self) -> dict[tuple[int, int], tuple[lmdb.Environment, int]]:
+        """This process's environments (inherited ones closed first)."""
+        return self._by_process.get(dict, on_inherited=_close_inherited)
 
     def acquire(self, path: str, readahead: bool) -> lmdb.Environment:
         """The environment at ``path``; the first opener's ``readahead`` applies to all."""
@@ -129,7 +126,6 @@ class _EnvPool:
         stat = os.stat(data_file)
         key = (stat.st_dev, stat.st_ino)
         with self._lock:
-            self._forget_inherited()
             if key in self._envs:
                 env, count = self._envs[key]
                 self._envs[key] = (env, count + 1)
@@ -150,7 +146,6 @@ class _EnvPool:
 
     def release(self, env: lmdb.Environment) -> None:
         with self._lock:
-            self._forget_inherited()
             for key, (held, count) in list(self._envs.items()):
                 if held is env:
                     if count > 1:
@@ -159,6 +154,12 @@ class _EnvPool:
                         del self._envs[key]
                         env.close()
                     return
+
+
+def _close_inherited(envs: dict[tuple[int, int], tuple[lmdb.Environment, int]]) -> None:
+    for env, _ in envs.values():
+        with contextlib.suppress(lmdb.Error):
+            env.close()
 
 
 _POOL = _EnvPool()

@@ -1,15 +1,15 @@
 """The adapter contract: one reader and one writer per storage backend.
 
 A :class:`ShardReader` reads samples from one shard (a file or directory of its
-backend). Handles are opened lazily in the process that reads and are keyed by
-PID, so a reader pickled into a DataLoader worker, or inherited through ``fork``,
-opens its own handle there; a pickled reader carries its path and options only.
+backend). Its handle is a :class:`~shardio.perprocess.PerProcess` value, opened
+lazily in the process that reads, so a reader pickled into a DataLoader worker, or
+inherited through ``fork``, opens its own handle there; a pickled reader carries its
+path and options only. Several threads may read through one reader at once.
 """
 
 from __future__ import annotations
 
 import contextlib
-import os
 from abc import ABC, abstractmethod
 from collections.abc import Mapping, Sequence
 from typing import Any, ClassVar, Generic, Literal, TypeVar
@@ -19,6 +19,7 @@ import numpy as np
 from ..errors import InvalidOptionError, ShardCorruptError
 from ..integrity import ValueRanges
 from ..memory import FileRange, ReleaseKind, ReleaseResult
+from ..perprocess import PerProcess
 from ..schema import Sample, Schema
 
 __all__ = [
@@ -87,8 +88,7 @@ class ShardReader(ABC, Generic[HandleT]):
         self.requested_fields = None if fields is None else list(fields)
         self.expected_nbytes = expected_nbytes
         self.backend_options = options
-        self._handle: HandleT | None = None
-        self._pid: int | None = None
+        self._handle: PerProcess[HandleT] = PerProcess()
         self._length: int | None = None
         self._schema: Schema | None = None
         self.bytes_read = 0
@@ -99,25 +99,21 @@ class ShardReader(ABC, Generic[HandleT]):
     @property
     def handle(self) -> HandleT:
         """The open handle of this process, opened on first use after a fork or pickle."""
-        pid = os.getpid()
-        if self._handle is None or self._pid != pid:
-            # NOTE: a handle inherited through fork is dropped without closing it:
-            # closing would act on library state shared with the parent.
-            self._handle = None
-            self._handle = self._open()
-            self._pid = pid
-        return self._handle
+        return self._handle.get(self._open_handle)
+
+    def _open_handle(self) -> HandleT:
+        self._advised = None  # hints were given to another handle (or process)
+        return self._open()
 
     @property
     def is_open(self) -> bool:
-        return self._handle is not None and self._pid == os.getpid()
+        return self._handle.current() is not None
 
     def close(self) -> None:
         """Close this process's handle; safe to call twice, reopens lazily on next read."""
-        if self._handle is not None and self._pid == os.getpid():
-            handle, self._handle = self._handle, None
+        handle = self._handle.take()
+        if handle is not None:
             self._close(handle)
-        self._handle = None
         self._advised = None
 
     def __enter__(self) -> ShardReader[HandleT]:
@@ -125,12 +121,6 @@ class ShardReader(ABC, Generic[HandleT]):
 
     def __exit__(self, *exc: object) -> None:
         self.close()
-
-    def __getstate__(self) -> dict[str, Any]:
-        state = self.__dict__.copy()
-        state["_handle"] = None
-        state["_pid"] = None
-        return state
 
     def __del__(self) -> None:
         with contextlib.suppress(Exception):  # never raise from a finalizer

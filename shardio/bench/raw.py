@@ -26,6 +26,7 @@ from typing import Any, ClassVar
 import numpy as np
 
 from ..errors import UnsupportedFeatureError
+from ..perprocess import PerProcess
 from ..schema import Field, Sample, Schema
 
 __all__ = ["RAW_LOOPS", "RawReader", "raw_reader"]
@@ -47,25 +48,16 @@ class RawReader(ABC):
         self.shard_lengths = [int(n) for n in shard_lengths]
         self.schema = schema
         self._starts = np.concatenate(([0], np.cumsum(self.shard_lengths)))
-        self._handles: dict[int, Any] = {}
-        self._pid: int | None = None
+        self._handles: PerProcess[dict[int, Any]] = PerProcess()
 
     def __len__(self) -> int:
         return int(self._starts[-1])
 
-    def __getstate__(self) -> dict[str, Any]:
-        state = self.__dict__.copy()
-        state["_handles"] = {}
-        state["_pid"] = None
-        return state
-
     def handle(self, shard: int) -> Any:
-        if self._pid != os.getpid():
-            self._handles = {}  # NOTE: handles inherited through fork are dropped, not closed
-            self._pid = os.getpid()
-        handle = self._handles.get(shard)
+        handles = self._handles.get(dict)
+        handle = handles.get(shard)
         if handle is None:
-            handle = self._handles[shard] = self._open(self.shard_paths[shard])
+            handle = handles[shard] = self._open(self.shard_paths[shard])
         return handle
 
     def locate(self, indices: Sequence[int] | np.ndarray) -> tuple[np.ndarray, np.ndarray]:
@@ -87,10 +79,8 @@ class RawReader(ABC):
         return [read(handle(s), i) for s, i in zip(shards.tolist(), local.tolist(), strict=True)]
 
     def close(self) -> None:
-        if self._pid == os.getpid():
-            for handle in self._handles.values():
-                self._close(handle)
-        self._handles = {}
+        for handle in (self._handles.take() or {}).values():
+            self._close(handle)
 
     @abstractmethod
     def _open(self, path: str) -> Any: ...

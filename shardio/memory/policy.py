@@ -19,6 +19,7 @@ from typing import Any, Literal
 
 from ..config import parse_size
 from ..errors import InvalidOptionError
+from ..perprocess import PerProcess
 from .advise import madvise_supported
 from .jobbudget import JobBudget, WorkerInfo, warn_no_limit
 from .jobwatch import JOB_CHECK_SECONDS, JobWatch
@@ -197,34 +198,33 @@ class MemoryGuard:
         self.policy = policy
         self.worker_info = worker_info
         self._release = release
-        self._state: _State | None = None
-
-    def __getstate__(self) -> dict[str, Any]:
-        return {**self.__dict__, "_state": None}
+        self._state: PerProcess[_State] = PerProcess()
 
     @property
     def state(self) -> _State:
+        """This process's accounting, started on first use in the process."""
+        return self._state.get(self._start_state)
+
+    def _start_state(self) -> _State:
         pid = os.getpid()
-        if self._state is None or self._state.pid != pid:
-            baseline = read_rss()
-            policy, watch, split = self.policy, None, None
-            if policy is not None and policy.job is not None and policy.job.limit is not None:
-                worker = self.worker_info() if self.worker_info is not None else None
-                split = policy.job.for_process(worker, baseline.rss if baseline else 0)
-                policy = policy.for_share(split.share)
-                main_pid = os.getppid() if worker is not None else pid
-                # Each of the job's processes samples it: together about every 2 s.
-                watch = JobWatch(main_pid, split.limit, JOB_CHECK_SECONDS * (split.workers + 1))
-            stats = MemoryStats(pid=pid, budget=policy.max_rss if policy else None)
-            if baseline is not None:
-                stats.baseline_rss, stats.baseline_file = baseline.rss, baseline.file
-            stats.measured = baseline is not None
-            if split is not None:
-                stats.job_limit, stats.job_limit_source = split.limit, split.source
-                stats.job_in_use, stats.job_margin = split.in_use, split.margin
-                stats.workers = split.workers
-            self._state = _State(pid, baseline, policy, watch, stats=stats)
-        return self._state
+        baseline = read_rss()
+        policy, watch, split = self.policy, None, None
+        if policy is not None and policy.job is not None and policy.job.limit is not None:
+            worker = self.worker_info() if self.worker_info is not None else None
+            split = policy.job.for_process(worker, baseline.rss if baseline else 0)
+            policy = policy.for_share(split.share)
+            main_pid = os.getppid() if worker is not None else pid
+            # Each of the job's processes samples it: together about every 2 s.
+            watch = JobWatch(main_pid, split.limit, JOB_CHECK_SECONDS * (split.workers + 1))
+        stats = MemoryStats(pid=pid, budget=policy.max_rss if policy else None)
+        if baseline is not None:
+            stats.baseline_rss, stats.baseline_file = baseline.rss, baseline.file
+        stats.measured = baseline is not None
+        if split is not None:
+            stats.job_limit, stats.job_limit_source = split.limit, split.source
+            stats.job_in_use, stats.job_margin = split.in_use, split.margin
+            stats.workers = split.workers
+        return _State(pid, baseline, policy, watch, stats=stats)
 
     def start(self) -> None:
         """Take this process's baseline now (after imports and open)."""
