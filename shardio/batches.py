@@ -21,6 +21,7 @@ import torch
 from torch.utils.data._utils.collate import collate, default_collate_fn_map
 
 from .adapters.base import Columns
+from .errors import SampleIndexError
 from .schema import Sample, Schema
 
 __all__ = ["Batch", "BatchRow", "BatchTransform", "columns_to_tensors", "shared_columns"]
@@ -76,7 +77,9 @@ class Batch(Sequence[Sample]):
         if isinstance(index, slice):
             return [self[i] for i in range(*index.indices(self._count))]
         if not -self._count <= index < self._count:
-            raise IndexError(f"batch index {index} is out of range for {self._count} samples")
+            raise SampleIndexError(
+                f"batch index {index} is out of range for a batch of {self._count} samples"
+            )
         index %= self._count
         return BatchRow(
             self,

@@ -6,7 +6,7 @@ from collections.abc import Sequence
 
 import numpy as np
 
-from .errors import SampleIndexError
+from .errors import InvalidOptionError, SampleIndexError
 
 __all__ = ["ShardIndex"]
 
@@ -17,7 +17,9 @@ class ShardIndex:
     def __init__(self, lengths: Sequence[int]) -> None:
         self.lengths = tuple(int(n) for n in lengths)
         if any(n < 0 for n in self.lengths):
-            raise ValueError(f"shard lengths must be >= 0, but got {self.lengths}")
+            raise InvalidOptionError(
+                f"shard lengths should be integers >= 0, but got {list(self.lengths)[:8]}"
+            )
         # starts[k] is the global index of shard k's first sample; starts[-1] the total.
         self.starts = np.zeros(len(self.lengths) + 1, dtype=np.int64)
         np.cumsum(self.lengths, out=self.starts[1:])

@@ -18,10 +18,8 @@ from typing import Any
 import numpy as np
 
 from .adapters.base import (
-    AccessPattern,
     Columns,
     ShardReader,
-    columns_to_samples,
     concat_columns,
     is_run,
 )
@@ -32,6 +30,7 @@ from .integrity import ShardCheck, VerifyMode, check_mode
 from .layout import shard_files_as_written
 from .manifest import Manifest, ShardInfo
 from .memory import (
+    AccessPattern,
     MemoryGuard,
     MemoryPolicy,
     ReleaseKind,
@@ -471,10 +470,6 @@ class DatasetReader:
                     for position, value in zip(positions.tolist(), column, strict=True):
                         target[position] = value
         return columns
-
-    def read_samples(self, indices: Sequence[int] | np.ndarray) -> list[Sample]:
-        columns = self.read_many(indices)
-        return columns_to_samples(columns, len(indices))
 
     def _empty_columns(self) -> Columns:
         return {

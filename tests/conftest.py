@@ -2,6 +2,7 @@ from __future__ import annotations
 
 import os
 import sys
+from typing import Any
 
 sys.path.insert(0, os.path.dirname(__file__))  # test helper modules for spawned workers
 
@@ -13,7 +14,19 @@ import pytest
 # DataLoader workers and subprocesses inherit it.
 os.environ.setdefault("OMP_NUM_THREADS", "1")
 
+from shardio.adapters import formats, unregister_backend
 from shardio.testing.groundtruth import SOURCES, Truth
+
+
+@pytest.fixture(autouse=True)
+def _registered_backends_stay_in_their_test() -> Any:
+    """Backends a test (or a docs page) registers are forgotten after it, so format
+    lists in later tests' messages stay the built-in ones."""
+    before = set(formats())
+    yield
+    for name in set(formats()) - before:
+        unregister_backend(name)
+
 
 # Every source is read twice: without a memory budget, and with the smallest one
 # (a release after every read), which must never change what is read.

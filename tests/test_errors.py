@@ -13,7 +13,6 @@ import pytest
 
 import shardio
 from shardio import ShardedDataset, ShardWriter
-from shardio.adapters import registry
 
 
 def test_missing_path(tmp_path) -> None:
@@ -39,15 +38,6 @@ def test_hdf5_without_suffix_is_found_by_signature(tmp_path) -> None:
     with h5py.File(path, "w") as file:
         file["x"] = np.arange(5)
     assert ShardedDataset(path)[4]["x"] == 4
-
-
-def test_missing_backend_package_says_what_to_install() -> None:
-    backend = registry.Backend(
-        "fake", "shardio_missing_module", "R", "W", "fakepkg", (".fake",), ()
-    )
-    with pytest.raises(ImportError, match="pip install fakepkg") as info:
-        registry._load(backend, "R", "data.fake")
-    assert isinstance(info.value, shardio.BackendNotInstalledError)
 
 
 def _dataset(tmp_path, fmt: str = "mmap") -> str:

@@ -12,6 +12,7 @@ from .registry import (
     get_backend,
     reader_class,
     register_backend,
+    unregister_backend,
     writer_class,
 )
 
@@ -25,5 +26,6 @@ __all__ = [
     "get_backend",
     "reader_class",
     "register_backend",
+    "unregister_backend",
     "writer_class",
 ]

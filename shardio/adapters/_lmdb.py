@@ -27,11 +27,17 @@ import xxhash
 
 from ..errors import InvalidOptionError, ManifestError, SchemaError, ShardCorruptError
 from ..integrity import ValueRanges
-from ..memory import FileRange, ReleaseResult, advise_range, find_mappings, madvise_supported
+from ..memory import (
+    AccessPattern,
+    FileRange,
+    ReleaseResult,
+    advise_range,
+    find_mappings,
+    madvise_supported,
+)
 from ..perprocess import PerProcess
 from ..schema import Sample, Schema
 from .base import (
-    AccessPattern,
     Columns,
     ShardFileWriter,
     ShardReader,

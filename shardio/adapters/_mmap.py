@@ -29,10 +29,9 @@ from ..config import parse_size
 from ..errors import InvalidOptionError, ManifestError, ShardCorruptError
 from ..integrity import ValueRanges
 from ..jsonio import read_json
-from ..memory import FileRange, ReleaseResult
+from ..memory import AccessPattern, FileRange, ReleaseResult
 from ..schema import Field, Schema
 from .base import (
-    AccessPattern,
     Columns,
     ShardFileWriter,
     ShardReader,

@@ -12,18 +12,17 @@ from __future__ import annotations
 import contextlib
 from abc import ABC, abstractmethod
 from collections.abc import Mapping, Sequence
-from typing import Any, ClassVar, Generic, Literal, TypeVar
+from typing import Any, ClassVar, Generic, TypeVar
 
 import numpy as np
 
 from ..errors import InvalidOptionError, ShardCorruptError
 from ..integrity import ValueRanges
-from ..memory import FileRange, ReleaseKind, ReleaseResult
+from ..memory import AccessPattern, FileRange, ReleaseKind, ReleaseResult
 from ..perprocess import PerProcess
 from ..schema import Sample, Schema
 
 __all__ = [
-    "AccessPattern",
     "Columns",
     "ShardReader",
     "ShardFileWriter",
@@ -39,7 +38,6 @@ __all__ = [
 Columns = dict[str, Any]
 """A batch by field: a stacked ``np.ndarray`` for array fields, a list for variable ones."""
 
-AccessPattern = Literal["random", "sequential", "normal"]
 HandleT = TypeVar("HandleT")
 
 
@@ -57,9 +55,7 @@ class ShardReader(ABC, Generic[HandleT]):
 
     #: Name used in manifests, ``format=`` options and error messages.
     format: ClassVar[str]
-    #: Capabilities.
-    writable: ClassVar[bool] = True
-    variable_length: ClassVar[bool] = True
+    #: Reads fsspec URLs (``s3://``, ``gs://``, ...), not only local files.
     remote: ClassVar[bool] = False
     #: Memory: the backend maps files into the process (RSS grows with pages read),
     #: or holds library caches that only a reopen drops.
@@ -76,7 +72,6 @@ class ShardReader(ABC, Generic[HandleT]):
         path: str,
         *,
         fields: Sequence[str] | None = None,
-        expected_nbytes: int | None = None,
         allow_external: bool = False,
         **options: Any,
     ) -> None:
@@ -86,7 +81,6 @@ class ShardReader(ABC, Generic[HandleT]):
         #: virtual datasets, files named by path in shard metadata); refused by default.
         self.allow_external = allow_external
         self.requested_fields = None if fields is None else list(fields)
-        self.expected_nbytes = expected_nbytes
         self.backend_options = options
         self._handle: PerProcess[HandleT] = PerProcess()
         self._length: int | None = None

@@ -38,6 +38,7 @@ __all__ = [
     "reader_class",
     "register_backend",
     "source_class",
+    "unregister_backend",
     "writer_class",
 ]
 
@@ -45,26 +46,28 @@ __all__ = [
 SHARDED = "shardio"
 
 
-@dataclass(frozen=True)
+@dataclass(frozen=True, kw_only=True)
 class Backend:
-    """What shardio knows of a backend before importing its module.
+    """A storage backend: its format name, how its files are recognized, and its classes.
 
-    Everything else (options, budget knobs, writer defaults) is declared by the
-    backend's reader and writer classes, which :func:`reader_class` and
-    :func:`writer_class` import on first use.
+    The reader and writer classes declare everything else (options, budget knobs,
+    writer defaults). They are given as classes, or as dotted paths imported on first
+    use, so a missing optional package gives an install hint instead of an
+    ImportError at ``import shardio``. DataLoader workers started with ``spawn``
+    unpickle a dataset's reader class by reference: define it in an importable module.
     """
 
     #: The format name in manifests, ``format=`` options and messages.
     name: str
-    #: The dotted module holding the reader and writer classes.
-    module: str
-    #: Class names in ``module``; ``writer`` is None for a backend shardio only reads.
-    reader: str
-    writer: str | None
-    #: The pip package providing the backend's library (named in install hints).
-    package: str
     #: Path suffixes that identify the format; the first names the shards it writes.
     suffixes: tuple[str, ...]
+    #: The :class:`~shardio.adapters.base.ShardReader` subclass, or its dotted path.
+    reader: str | type[ShardReader[Any]]
+    #: The :class:`~shardio.adapters.base.ShardFileWriter` subclass, or its dotted
+    #: path; None for a backend shardio reads but does not write.
+    writer: str | type[ShardFileWriter] | None = None
+    #: The pip package providing the backend's library, named in install hints.
+    package: str | None = None
     #: Files whose presence identifies a directory of this backend.
     markers: tuple[str, ...] = ()
     #: Other names accepted for the format (``raw`` for ``mmap``).
@@ -73,15 +76,19 @@ class Backend:
     #: they may start at.
     signature: bytes = b""
     signature_offsets: tuple[int, ...] = (0,)
-    #: The dotted path of a conversion source class for files of this format
-    #: (a :class:`~shardio.adapters.source.Source`); None: conversion reads through
-    #: the reader.
-    source: str | None = None
+    #: A conversion :class:`~shardio.adapters.source.Source` for files of this format,
+    #: or its dotted path; None: conversion reads them through the reader.
+    source: str | SourceClass | None = None
 
     @property
     def shard_suffix(self) -> str:
         """The suffix of the shards this backend writes (``shard-00000.h5``)."""
         return self.suffixes[0]
+
+    @property
+    def names(self) -> tuple[str, ...]:
+        """The format name and its aliases, as looked up (lower case)."""
+        return (self.name.lower(), *(a.lower() for a in self.aliases))
 
 
 _BACKENDS: dict[str, Backend] = {}
@@ -92,43 +99,66 @@ _LOCK = threading.Lock()
 def register_backend(backend: Backend, *, replace: bool = False) -> None:
     """Make ``backend`` readable (and writable) by shardio under ``backend.name``.
 
-    A name or alias already taken is refused unless ``replace=True``."""
-    if (
-        not backend.name
-        or not backend.suffixes
-        or not all(s.startswith(".") for s in backend.suffixes)
+    A name or alias another backend holds is refused; so is the backend's own name
+    unless ``replace=True``."""
+    if not isinstance(backend, Backend):
+        raise InvalidOptionError(
+            f"register_backend takes a Backend, but got {type(backend).__name__}"
+        )
+    if not backend.suffixes or not all(
+        isinstance(s, str) and s.startswith(".") and len(s) > 1 for s in backend.suffixes
     ):
         raise InvalidOptionError(
-            f"a backend needs a name and suffixes starting with '.', but got {backend!r}"
+            f"suffixes should be strings starting with '.', such as ('.npy',), but got "
+            f"suffixes={backend.suffixes!r} for backend {backend.name!r}"
         )
-    names = (backend.name.lower(), *(a.lower() for a in backend.aliases))
+    if not backend.name or not backend.name.replace("-", "").replace("_", "").isalnum():
+        raise InvalidOptionError(
+            f"name should be a word such as 'npy', but got name={backend.name!r}"
+        )
     with _LOCK:
-        taken = [n for n in names if n in _BACKENDS or n in _ALIASES or n == SHARDED]
-        owner = _BACKENDS.get(backend.name.lower())
-        if taken and not (replace and owner is not None):
+        key = backend.name.lower()
+        owner = _BACKENDS.get(key)
+        owners = {n: _ALIASES.get(n, n if n in _BACKENDS else None) for n in backend.names}
+        clash = [n for n, held in owners.items() if held is not None and held != key]
+        if key == SHARDED or clash or (owner is not None and not replace):
+            taken = SHARDED if key == SHARDED else (clash or [key])[0]
             raise InvalidOptionError(
-                f"format name {taken[0]!r} is taken by a registered backend; pass "
-                "replace=True to replace it"
+                f"format name {taken!r} is taken by a registered backend"
+                + ("" if clash or key == SHARDED else "; pass replace=True to replace it")
             )
         if owner is not None:
-            for alias in owner.aliases:
-                _ALIASES.pop(alias.lower(), None)
-        _BACKENDS[backend.name.lower()] = backend
-        _ALIASES.update({a.lower(): backend.name.lower() for a in backend.aliases})
+            for alias in owner.names[1:]:
+                _ALIASES.pop(alias, None)
+        _BACKENDS[key] = backend
+        _ALIASES.update({alias: key for alias in backend.names[1:]})
+
+
+def unregister_backend(name: str) -> None:
+    """Forget the backend registered as ``name`` (and its aliases)."""
+    with _LOCK:
+        backend = _BACKENDS.pop(get_backend(name).name.lower())
+        for alias in backend.names[1:]:
+            _ALIASES.pop(alias, None)
 
 
 for _builtin in (
-    Backend("lmdb", "shardio.adapters._lmdb", "LMDBReader", "LMDBWriter", "lmdb",
-            (".lmdb", ".mdb"), ("data.mdb",)),
-    Backend("hdf5", "shardio.adapters._hdf5", "HDF5Reader", "HDF5Writer", "h5py",
-            (".h5", ".hdf5", ".hdf", ".he5"),
+    Backend(name="lmdb", suffixes=(".lmdb", ".mdb"), markers=("data.mdb",), package="lmdb",
+            reader="shardio.adapters._lmdb.LMDBReader",
+            writer="shardio.adapters._lmdb.LMDBWriter"),
+    Backend(name="hdf5", suffixes=(".h5", ".hdf5", ".hdf", ".he5"), package="h5py",
             # a user block of 512, 1024, ... bytes may precede the signature
             signature=b"\x89HDF\r\n\x1a\n", signature_offsets=(0, 512, 1024, 2048),
+            reader="shardio.adapters._hdf5.HDF5Reader",
+            writer="shardio.adapters._hdf5.HDF5Writer",
             source="shardio.adapters._hdf5_source.HDF5Source"),
-    Backend("zarr", "shardio.adapters._zarr", "ZarrReader", "ZarrWriter", "zarr",
-            (".zarr",), ("zarr.json",)),
-    Backend("mmap", "shardio.adapters._mmap", "MmapReader", "MmapWriter", "numpy",
-            (".mmap",), ("shardio-mmap.json",), aliases=("raw",)),
+    Backend(name="zarr", suffixes=(".zarr",), markers=("zarr.json",), package="zarr",
+            reader="shardio.adapters._zarr.ZarrReader",
+            writer="shardio.adapters._zarr.ZarrWriter"),
+    Backend(name="mmap", suffixes=(".mmap",), markers=("shardio-mmap.json",),
+            aliases=("raw",), package="numpy",
+            reader="shardio.adapters._mmap.MmapReader",
+            writer="shardio.adapters._mmap.MmapWriter"),
 ):  # fmt: skip
     register_backend(_builtin)
 
@@ -162,21 +192,25 @@ def get_backend(name: str) -> Backend:
         ) from None
 
 
-def _load(backend: Backend, attribute: str, path: str | None, module_name: str = "") -> Any:
-    module_name = module_name or backend.module
+def _load(backend: Backend, target: Any, path: str | None) -> Any:
+    """``target`` itself, or the object its dotted path names, imported now."""
+    if not isinstance(target, str):
+        return target
+    module_name, _, attribute = target.rpartition(".")
     try:
         module = importlib.import_module(module_name)
     except ImportError as exc:
-        target = f" to read {path}" if path else ""
+        package = backend.package or module_name.partition(".")[0]
+        reading = f" to read {path}" if path else ""
         raise BackendNotInstalledError(
-            f"the {backend.name} backend needs the {backend.package!r} package: "
-            f"pip install {backend.package}{target} ({exc})"
+            f"the {backend.name} backend needs the {package!r} package: "
+            f"pip install {package}{reading} ({exc})"
         ) from exc
     try:
         return getattr(module, attribute)
     except AttributeError:
         raise BackendNotInstalledError(
-            f"the {backend.name} backend names {module_name}.{attribute}, which does not exist"
+            f"the {backend.name} backend names {target}, which does not exist"
         ) from None
 
 
@@ -206,8 +240,7 @@ def source_class(name: str, path: str | None = None) -> SourceClass | None:
     backend = get_backend(name)
     if backend.source is None:
         return None
-    module, _, attribute = backend.source.rpartition(".")
-    cls: SourceClass = _load(backend, attribute, path, module)
+    cls: SourceClass = _load(backend, backend.source, path)
     return cls
 
 

@@ -11,7 +11,6 @@ from __future__ import annotations
 
 import gc
 import itertools
-import math
 import os
 import platform
 import tempfile
@@ -636,9 +635,3 @@ def _cpu_model() -> str | None:
     except OSError:
         return None
     return platform.processor() or None
-
-
-def planned_batches(num_samples: int, config: BenchConfig) -> int:
-    """Batches one run reads over all its epochs."""
-    count = num_samples if config.samples is None else min(config.samples, num_samples)
-    return config.epochs * math.ceil(count / config.batch_size)

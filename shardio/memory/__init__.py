@@ -10,10 +10,18 @@ from .jobbudget import JobBudget, JobSplit, split_job_budget
 from .joblimit import JobLimit, find_job_limit, job_limits
 from .jobwatch import JobUsage, JobWatch
 from .pagecache import FileRange, hint_ranges, readahead_supported
-from .policy import MemoryGuard, MemoryPolicy, MemoryStats, ReleaseKind, ReleaseResult
+from .policy import (
+    AccessPattern,
+    MemoryGuard,
+    MemoryPolicy,
+    MemoryStats,
+    ReleaseKind,
+    ReleaseResult,
+)
 from .rss import RssInfo, read_pss, read_rss
 
 __all__ = [
+    "AccessPattern",
     "FileRange",
     "JobBudget",
     "JobLimit",

@@ -15,7 +15,7 @@ import sys
 import warnings
 from collections.abc import Callable
 from dataclasses import asdict, dataclass, field, replace
-from typing import Any, Literal
+from typing import Any, Literal, get_args
 
 from ..config import parse_size
 from ..errors import InvalidOptionError
@@ -30,7 +30,11 @@ __all__ = ["MemoryGuard", "MemoryPolicy", "MemoryStats", "ReleaseResult", "Relea
 #: "advise": drop mapped pages (madvise), "reopen": close every handle,
 #: "reopen-caches": close the handles of backends that hold library caches.
 ReleaseKind = Literal["advise", "reopen", "reopen-caches"]
-Access = Literal["auto", "random", "sequential"]
+#: How reads go, as the kernel is told (madvise, posix_fadvise): the one vocabulary of
+#: access hints, from the budget's ``access=`` option down to the adapters.
+AccessPattern = Literal["random", "sequential", "normal"]
+#: ``access=``: a pattern, or ``"auto"`` to detect one per batch.
+Access = Literal["auto", AccessPattern]
 
 
 @dataclass
@@ -60,7 +64,8 @@ class MemoryPolicy:
     least 256 MiB). ``check_every``: read calls between RSS
     checks (a batch is one call). ``release``: ``"auto"`` (madvise where the backend
     maps files, else reopen), ``"advise"`` or ``"reopen"``. ``access``: hint the
-    kernel ``"random"`` or ``"sequential"`` access, or detect it per batch (``"auto"``).
+    kernel ``"random"``, ``"sequential"`` or ``"normal"`` access, or detect it per batch
+    (``"auto"``).
     ``reopen_every``: bytes read between reopens of cache-holding backends, and of
     every backend where RSS cannot be measured (default: 4 x ``max_rss``).
     """
@@ -101,9 +106,10 @@ class MemoryPolicy:
             raise InvalidOptionError(
                 f"release should be 'auto', 'advise' or 'reopen', but got release={self.release!r}"
             )
-        if self.access not in ("auto", "random", "sequential"):
+        if self.access not in get_args(Access):
             raise InvalidOptionError(
-                f"access should be 'auto', 'random' or 'sequential', but got access={self.access!r}"
+                "access should be 'auto', 'random', 'sequential' or 'normal', but got "
+                f"access={self.access!r}"
             )
         reopen = (
             4 * self.max_rss

@@ -7,6 +7,8 @@ from typing import Protocol
 
 import torch
 
+from ..errors import InvalidOptionError
+
 __all__ = ["StagingPool", "StagingSlot"]
 
 
@@ -68,7 +70,7 @@ class StagingPool:
 
     def __init__(self, slots: int = 2, *, pin_memory: bool = True) -> None:
         if slots < 1:
-            raise ValueError(f"slots should be a positive integer, but got slots={slots}")
+            raise InvalidOptionError(f"slots should be a positive integer, but got slots={slots}")
         self._slots = [StagingSlot(pin_memory) for _ in range(slots)]
         self._turn = 0
 

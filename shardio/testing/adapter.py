@@ -102,8 +102,10 @@ class AdapterTests:
 
     # ----------------------------------------------------------------- fixtures
     @pytest.fixture(scope="class")
-    def written(self, tmp_path_factory: pytest.TempPathFactory) -> Truth:
-        return self.write_truth(str(tmp_path_factory.mktemp(type(self).__name__)))
+    @classmethod
+    def written(cls, tmp_path_factory: pytest.TempPathFactory) -> Truth:
+        """The ground truth, written once per class."""
+        return cls().write_truth(str(tmp_path_factory.mktemp(cls.__name__)))
 
     @pytest.fixture(params=[None, 1], ids=["plain", "budget"])
     def truth(self, request: pytest.FixtureRequest, written: Truth) -> Truth:
