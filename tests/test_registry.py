@@ -165,3 +165,13 @@ class TestNpyBackend(AdapterTests):
         with open(os.path.join(path, "fields.txt"), "w") as listing:
             listing.write("\n".join(columns) + "\n")
         return Truth(read_back(columns), path)
+
+
+def test_an_alias_names_the_same_backend_everywhere(tmp_path) -> None:
+    with shardio.ShardWriter(tmp_path / "ds", format="RAW") as writer:
+        writer.write_batch({"x": np.arange(6)})
+    ds = shardio.ShardedDataset(tmp_path / "ds")
+    assert ds.format == "mmap"  # manifests and messages use the canonical name
+    assert sorted(os.listdir(tmp_path / "ds")) == ["manifest.json", "shard-00000.mmap"]
+    assert get_backend("raw") is get_backend("mmap")
+    np.testing.assert_array_equal(ds.read_batch(range(6))["x"], np.arange(6))
