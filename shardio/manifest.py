@@ -168,7 +168,9 @@ class Manifest:
         fmt = data.get("format")
         if fmt not in formats():
             raise ManifestError(
-                f"{where}: 'format' should be one of {format_names()}, but got {fmt!r}"
+                f"{where}: 'format' should be one of {format_names()}, but got {fmt!r} "
+                "(a backend of another package: import it, or register it with "
+                "shardio.adapters.register_backend, before opening the dataset)"
             )
         try:
             schema = Schema.from_json(data.get("schema"))

@@ -175,3 +175,14 @@ def test_an_alias_names_the_same_backend_everywhere(tmp_path) -> None:
     assert sorted(os.listdir(tmp_path / "ds")) == ["manifest.json", "shard-00000.mmap"]
     assert get_backend("raw") is get_backend("mmap")
     np.testing.assert_array_equal(ds.read_batch(range(6))["x"], np.arange(6))
+
+
+def test_a_dataset_of_an_unregistered_backend_says_to_register_it(tmp_path, npy) -> None:
+    with shardio.ShardWriter(tmp_path / "ds", format="npy") as writer:
+        writer.write_batch({"x": np.arange(6)})
+    unregister_backend("npy")
+    try:
+        with pytest.raises(shardio.ManifestError, match=r"got 'npy' .*register_backend"):
+            shardio.ShardedDataset(tmp_path / "ds")
+    finally:
+        register_backend(NPY)  # for the fixture to remove

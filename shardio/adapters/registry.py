@@ -1,8 +1,9 @@
 """Which adapter reads a path: URL scheme, then suffix, then a marker inside a directory.
 
-The registry is open: :func:`register_backend` adds a backend (docs/adapters.md shows
-one). Backends are named by dotted path and imported on first use, so a missing
-optional package gives "install X to read Y" instead of an ImportError from deep inside.
+The registry is open: :func:`register_backend` adds a backend (docs/backends.md shows
+one). shardio's own backends are named by dotted path and imported on first use, so a
+missing optional package gives "install X to read Y" instead of an ImportError from
+deep inside.
 """
 
 from __future__ import annotations
