@@ -607,7 +607,9 @@ class HDF5Writer(ShardFileWriter):
                 shape: tuple[int, ...] = ()
             else:
                 dtype = fld.dtype
-                rows = max(1, chunk_bytes // max(1, fld.sample_nbytes))
+                fixed_rows = self.chunk_rows(options, fld.sample_nbytes)
+                assert fixed_rows is not None  # chunk_bytes is set
+                rows = fixed_rows
                 shape = fld.shape
             self._datasets[fld.name] = self._file.create_dataset(
                 fld.name,

@@ -13,7 +13,7 @@ from __future__ import annotations
 import asyncio
 import itertools
 import os
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Mapping
 from dataclasses import dataclass
 from typing import Any
 
@@ -597,6 +597,12 @@ class ZarrWriter(ShardFileWriter):
         return {"compressor": name} | ({} if level is None else {"compression_level": level})
 
     @classmethod
+    def chunk_rows(cls, options: Mapping[str, Any], row_nbytes: int) -> int | None:
+        rows = super().chunk_rows(options, row_nbytes)
+        cap = options.get("max_chunk_rows")
+        return rows if rows is None or cap is None else min(rows, max(1, int(cap)))
+
+    @classmethod
     def conversion_options(cls, max_shard_rows: int) -> dict[str, Any]:
         """Chunks no longer than a shard (see ``max_chunk_rows``)."""
         return {"max_chunk_rows": max(1, max_shard_rows)}
@@ -609,8 +615,6 @@ class ZarrWriter(ShardFileWriter):
             options.get("compressor"), options.get("compression_level")
         )
         chunk_bytes = int(options.get("chunk_bytes", self.chunk_bytes))
-        max_rows = options.get("max_chunk_rows")
-        self._max_rows = max(1, int(max_rows)) if max_rows is not None else None
         self._group: Any = zarr.open_group(path, mode="w-")
         self._local = isinstance(self._group.store, zarr.storage.LocalStore)
         self._pool = ThreadPoolExecutor(max_workers=min(4, os.cpu_count() or 1))
@@ -626,8 +630,9 @@ class ZarrWriter(ShardFileWriter):
                 self._ends[fld.name] = 0
             else:
                 shape, dtype = _stored_layout(fld)
-                rows = max(1, chunk_bytes // max(1, fld.sample_nbytes))
-                self._create(fld.name, shape, dtype, min(rows, self._max_rows or rows))
+                rows = self.chunk_rows(options, fld.sample_nbytes)
+                assert rows is not None  # chunk_bytes is set
+                self._create(fld.name, shape, dtype, rows)
 
     def _create(self, name: str, shape: tuple[int, ...], dtype: Any, rows: int) -> None:
         array = self._group.create_array(

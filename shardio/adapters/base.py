@@ -260,10 +260,9 @@ class ShardFileWriter(ABC):
     def chunk_rows(cls, options: Mapping[str, Any], row_nbytes: int) -> int | None:
         """Rows per chunk of a fixed field of ``row_nbytes`` bytes written with
         ``options``; None where the backend does not chunk."""
-        if cls.chunk_bytes is None or row_nbytes <= 0:
+        if cls.chunk_bytes is None:
             return None
-        rows = max(1, int(options.get("chunk_bytes", cls.chunk_bytes)) // row_nbytes)
-        return min(rows, int(options.get("max_chunk_rows") or rows))
+        return max(1, int(options.get("chunk_bytes", cls.chunk_bytes)) // max(1, row_nbytes))
 
     def __init__(self, path: str, schema: Schema, **options: Any) -> None:
         _check_options(options, self.options, f"when writing {self.format} (writing {path})")

@@ -411,7 +411,7 @@ def _block_rows(plan: Plan, source: Source, options: dict[str, Any]) -> int:
 def _output_chunk_rows(plan: Plan, source: Source, options: dict[str, Any]) -> int | None:
     """Rows per chunk of the largest fixed-size field in an output shard, if chunked."""
     largest = max((f.sample_nbytes for f in source.schema if not f.variable), default=0)
-    return writer_class(plan.format).chunk_rows(options, largest)
+    return writer_class(plan.format).chunk_rows(options, largest) if largest else None
 
 
 def _conversion_metadata(source: Source, src_path: str, settings: dict[str, Any]) -> dict[str, Any]:
