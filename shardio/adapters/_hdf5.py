@@ -26,9 +26,7 @@ from ..errors import (
     DatasetNotFoundError,
     FieldsChosenWarning,
     InvalidOptionError,
-    ManifestError,
     RemoteReadError,
-    SchemaError,
     ShardCorruptError,
     UnsupportedFeatureError,
 )
@@ -36,7 +34,15 @@ from ..integrity import ValueRanges
 from ..memory import FileRange, ReleaseResult
 from ..remote import open_remote
 from ..schema import Field, Schema
-from ._hdf5_discovery import Discovery, FieldSpec, SparseRows, discover, open_spec
+from ._hdf5_discovery import (
+    COUNT_ATTR,
+    SCHEMA_ATTR,
+    Discovery,
+    SparseRows,
+    discover,
+    open_spec,
+    own_layout,
+)
 from ._hdf5_filters import load_filters
 from .base import Columns, ShardFileWriter, ShardReader, coalesce_ranges, raise_if_truncated
 
@@ -47,8 +53,6 @@ __all__ = [
     "SCHEMA_ATTR",
 ]
 
-SCHEMA_ATTR = "shardio_schema"
-COUNT_ATTR = "shardio_count"
 #: Chunks this close in the file (B-tree nodes between them) are hinted as one range.
 _HINT_GAP = 64 * 1024
 
@@ -279,47 +283,32 @@ class HDF5Reader(ShardReader[_File]):
         except OSError as exc:
             raise ShardCorruptError(f"cannot open HDF5 file {self.path}: {exc}") from exc
         try:
-            raw = file.attrs.get(SCHEMA_ATTR)
-            if raw is not None:
-                try:
-                    full = Schema.loads(raw)
-                except SchemaError as exc:
-                    raise ManifestError(f"{self.path}: bad {SCHEMA_ATTR} attribute: {exc}") from exc
-                schema = self._select(full)
-                length = int(file.attrs.get(COUNT_ATTR, -1))
-                specs: dict[str, FieldSpec] = {}
-                chosen = [k for k in ("group", "dim") if self.backend_options.get(k)]
-                if chosen:
-                    raise InvalidOptionError(
-                        f"{self.path} is a shardio shard: {chosen[0]}= (--{chosen[0]}) selects "
-                        "datasets of a file shardio did not write; use fields= (--fields)"
-                    )
-            else:
-                found = discover(
-                    file,
-                    self.path,
-                    fields=self.requested_fields,
-                    group=self.backend_options.get("group"),
-                    dim=self.backend_options.get("dim"),
-                    split_compound=bool(self.backend_options.get("split_compound", False)),
-                )
+            group, dim = self.backend_options.get("group"), self.backend_options.get("dim")
+            own = own_layout(file, self.path, self.requested_fields, group, dim)
+            found = own or discover(
+                file,
+                self.path,
+                fields=self.requested_fields,
+                group=group,
+                dim=dim,
+                split_compound=bool(self.backend_options.get("split_compound", False)),
+            )
+            if own is None:
                 _announce(found)
-                schema, length = found.schema, found.num_samples
-                specs = {s.field.name: s for s in found.specs}
+            schema, length = found.schema, found.num_samples
+            specs = {s.field.name: s for s in found.specs}
             datasets: dict[str, h5py.Dataset | SparseRows] = {}
             for fld in schema:
-                spec = specs.get(fld.name)
-                dataset = open_spec(file, spec) if spec else file.get(fld.name)
+                spec = specs[fld.name]
+                dataset = open_spec(file, spec) if spec.dataset in file else None
                 if not isinstance(dataset, (h5py.Dataset, SparseRows)):
                     raise ShardCorruptError(f"{self.path}: dataset {fld.name!r} is missing")
                 if not self.allow_external:
                     _check_contained(self.path, file, fld.name, dataset)
                 datasets[fld.name] = dataset
-            if raw is not None:
+            if own is not None:
                 plain = [d for d in datasets.values() if isinstance(d, h5py.Dataset)]
                 load_filters(plain, self.path)
-            if length < 0:
-                length = next(iter(datasets.values())).shape[0]
             _check_claimed_rows(self.path, file, length, schema)
             for name, dataset in datasets.items():
                 if dataset.shape[0] < length:

@@ -27,18 +27,31 @@ from typing import Any
 import h5py
 import numpy as np
 
-from ..errors import FieldNotFoundError, SchemaError, UnsupportedFeatureError
+from ..errors import (
+    FieldNotFoundError,
+    InvalidOptionError,
+    ManifestError,
+    SchemaError,
+    UnsupportedFeatureError,
+)
 from ..schema import Field, Schema
 from ._hdf5_filters import filter_advice, missing_filters
 from .source import Skipped
 
 __all__ = [
+    "COUNT_ATTR",
+    "SCHEMA_ATTR",
     "Discovery",
     "FieldSpec",
     "SparseRows",
     "discover",
     "open_spec",
+    "own_layout",
 ]
+
+#: File attributes of a shard shardio wrote: its schema (JSON) and its sample count.
+SCHEMA_ATTR = "shardio_schema"
+COUNT_ATTR = "shardio_count"
 
 _SPARSE_ENCODINGS = ("csr_matrix", "csc_matrix")
 #: Names listed in a one-line summary before "and N more".
@@ -133,6 +146,44 @@ def open_spec(file: h5py.File, spec: FieldSpec) -> Any:
     """The object a field reads rows from: an ``h5py.Dataset`` or :class:`SparseRows`."""
     obj = file[spec.dataset]
     return SparseRows(obj) if spec.sparse else obj
+
+
+def own_layout(
+    file: h5py.File,
+    path: str,
+    fields: Sequence[str] | None = None,
+    group: str | None = None,
+    dim: str | None = None,
+) -> Discovery | None:
+    """The fields of a shard shardio wrote, from the schema it carries; None for a
+    file shardio did not write (then :func:`discover` finds its fields)."""
+    raw = file.attrs.get(SCHEMA_ATTR)
+    if raw is None:
+        return None
+    chosen = [name for name, value in (("group", group), ("dim", dim)) if value]
+    if chosen:
+        raise InvalidOptionError(
+            f"{path} is a shardio shard: {chosen[0]}= (--{chosen[0]}) selects datasets of "
+            "a file shardio did not write; use fields= (--fields)"
+        )
+    try:
+        full = Schema.loads(raw)
+    except SchemaError as exc:
+        raise ManifestError(f"{path}: bad {SCHEMA_ATTR} attribute: {exc}") from exc
+    schema = full.select(fields, where=path)
+    length = int(file.attrs.get(COUNT_ATTR, -1))
+    if length < 0 and len(schema):
+        first = file.get(schema.names[0])
+        length = first.shape[0] if isinstance(first, h5py.Dataset) else 0
+    specs = tuple(
+        FieldSpec(
+            f,
+            f.name,
+            foreign_vlen=f.dtype if f.kind == "ragged" and not f.dtype.isnative else None,
+        )
+        for f in schema
+    )
+    return Discovery(specs, length, (), layout="shardio")
 
 
 # ---------------------------------------------------------------- discovery

@@ -14,7 +14,7 @@ from ..perprocess import PerProcess
 from ..remote import open_remote
 from ..schema import Field, Schema
 from ._hdf5 import vlen_reads_unswapped
-from ._hdf5_discovery import FieldSpec, discover, open_spec
+from ._hdf5_discovery import FieldSpec, discover, open_spec, own_layout
 from ._hdf5_filters import load_filters
 from .base import Columns
 from .registry import is_remote
@@ -54,7 +54,7 @@ class HDF5Source(Source):
         self._handle: PerProcess[_Open] = PerProcess()
         file = self._open_file()
         try:
-            found = discover(
+            found = own_layout(file, path, fields, group, dim) or discover(
                 file,
                 path,
                 fields=fields,

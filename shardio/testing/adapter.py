@@ -240,6 +240,19 @@ class AdapterTests:
                     assert want <= covered[k], f"sample {first + index}: {want - covered[k]}"
         assert checked or truth.locations is None
 
+    def test_conversion_reads_what_the_dataset_reads(self, written: Truth) -> None:
+        """``shardio convert`` reads through a conversion source (the backend's own, or
+        its reader): the same fields and values, fixed fields in native byte order."""
+        from shardio.convert.source import open_source
+
+        with open_source(written.path, options=dict(written.options) or None) as source:
+            assert source.num_samples == written.count
+            assert sorted(source.schema.names) == sorted(written.names)
+            every = list(range(written.count))
+            assert_columns_equal(source.read_range(0, written.count), written, every)
+            ends = sorted({0, written.count - 1})
+            assert_columns_equal(source.read_many(np.array(ends)), written, ends)
+
     # ------------------------------------------------------------------- memory
     @pytest.mark.parametrize("kind", RELEASE_KINDS)
     def test_every_release_kind_keeps_reads_right(self, truth: Truth, kind: str) -> None:
