@@ -39,6 +39,7 @@ from .memory import (
     readahead_supported,
 )
 from .openlimit import RecentlyUsed, resolve_open_limit
+from .perprocess import PerProcess
 from .schema import Sample, Schema
 
 __all__ = ["DatasetReader"]
@@ -116,6 +117,7 @@ class DatasetReader:
         self.manifest: Manifest | None = None
         self._readers: dict[int, ShardReader[Any]] = {}
         self._recent = RecentlyUsed(resolve_open_limit(max_open_shards))
+        self._budget_options: PerProcess[dict[str, Any]] = PerProcess()
         if fmt == SHARDED:
             if is_remote(self.path):
                 self.manifest = Manifest.load_remote(self.path, storage_options)
@@ -127,7 +129,7 @@ class DatasetReader:
             self._reader_class = reader_class(self.format, self.path)
             self._check_remote()
             field_count = len(self.fields) if self.fields else len(self.manifest.schema)
-            self._fit_budget(len(self.manifest.shards), field_count)
+            self._budget_shape = (len(self.manifest.shards), field_count)
             self.schema: Schema = self.manifest.schema.select(self.fields, where=self.path)
             self.shard_infos: tuple[ShardInfo, ...] = self.manifest.shards
             lengths = [s.num_samples for s in self.shard_infos]
@@ -135,8 +137,8 @@ class DatasetReader:
             self.format = fmt
             self._reader_class = reader_class(fmt, self.path)
             self._check_remote()
-            self._fit_budget(1, len(self.fields) if self.fields else 4)
-            reader = self._reader_class(self.path, fields=self.fields, **self._reader_options)
+            self._budget_shape = (1, len(self.fields) if self.fields else 4)
+            reader = self._reader_class(self.path, fields=self.fields, **self.reader_options)
             self._readers[0] = reader
             with _as_corrupt(self.path):
                 self.schema = reader.schema
@@ -190,15 +192,37 @@ class DatasetReader:
                 "copy the dataset to local disk, or convert it to zarr or hdf5 shards"
             )
 
-    def _fit_budget(self, shard_count: int, field_count: int) -> None:
-        """The backend's options for reading under the budget (options given win)."""
-        if self.memory_policy is None:
-            return
-        fitted = self._reader_class.budget_options(
-            self.memory_policy.max_rss, shard_count, field_count
-        )
-        for name, value in fitted.items():
-            self.options.setdefault(name, value)
+    def _fit_budget(self) -> dict[str, Any]:
+        """The backend's options for reading under this process's budget.
+
+        A job-wide budget (``max_rss="auto"`` or ``"total:SIZE"``) is split between
+        the main process and each DataLoader worker: a worker fits its caches to its
+        own slot of the job, not to what the main process could hold reading alone."""
+        policy = self.memory_policy
+        if policy is None:
+            return {}
+        budget = policy.max_rss
+        if policy.job is not None and policy.job.limit is not None:
+            worker = self.guard.worker_info() if self.guard.worker_info is not None else None
+            budget = policy.job.provisional_share(workers=worker[1] if worker else 0)
+        return self._reader_class.budget_options(budget, *self._budget_shape)
+
+    @property
+    def reader_options(self) -> dict[str, Any]:
+        """The options shard readers of this process are made and opened with: the
+        backend's budget options, then the options given (which win)."""
+        fitted = self._budget_options.get(self._fit_budget)
+        options = {**fitted, **self.options}
+        return {**options, "allow_external": True} if self.allow_external else options
+
+    def _open_here(self, reader: ShardReader[Any]) -> None:
+        """Open ``reader`` in this process (under the lock), with this process's
+        budget options: a reader made in the main process is reopened in a worker."""
+        if not reader.is_open:
+            reader.backend_options.update(
+                {k: v for k, v in self.reader_options.items() if k in reader.options}
+            )
+        reader.handle  # noqa: B018 - opened here, under the lock, not by racing threads
 
     @staticmethod
     def _local_nbytes(reader: ShardReader[Any]) -> int:
@@ -257,7 +281,7 @@ class DatasetReader:
         with self._lock:
             self._use(number)
             reader = self._shard_reader(number)
-            reader.handle  # noqa: B018 - opened here, under the lock, not by racing threads
+            self._open_here(reader)
             if len(local) > 1:
                 reader.hint_access(self._access_pattern(local))
             self._in_use[number] += 1
@@ -287,7 +311,7 @@ class DatasetReader:
                 self._check_contained(path)
                 if self.verify_sizes:
                     self._check_shard_size(path, info, self._reader_class.transient_files)
-            reader = self._reader_class(path, fields=self.fields, **self._reader_options)
+            reader = self._reader_class(path, fields=self.fields, **self.reader_options)
             with _as_corrupt(path):
                 length, schema = len(reader), reader.schema
             if length != info.num_samples:
@@ -306,12 +330,6 @@ class DatasetReader:
     def transient_files(self) -> frozenset[str]:
         """File names the backend's library may add to a shard after it was written."""
         return frozenset(self._reader_class.transient_files)
-
-    @property
-    def _reader_options(self) -> dict[str, Any]:
-        if not self.allow_external:
-            return self.options
-        return {**self.options, "allow_external": True}
 
     def _check_contained(self, path: str) -> None:
         """Refuse a shard that is, or holds, a link to a file outside the dataset
@@ -506,7 +524,7 @@ class DatasetReader:
                 reader = self._shard_reader(number)  # a hint is not a use: nothing is evicted
                 if not was_open:
                     self._in_use[number] += 1  # no other thread closes it meanwhile
-                reader.handle  # noqa: B018
+                self._open_here(reader)
             try:
                 hinted += hint_ranges(reader.byte_ranges(lo, hi))
             finally:

@@ -254,7 +254,7 @@ def test_small_mmap_fields_stay_mapped_under_a_budget(tmp_path) -> None:
     budget = 64 * 2**20
     ds = ShardedDataset(tmp_path / "ds", max_rss=budget)
     shards = len(ds.shard_lengths)
-    assert ds.reader.options["map_below"] == budget // (16 * shards * 2)
+    assert ds.reader.reader_options["map_below"] == budget // (16 * shards * 2)
     fields = ds.reader.shard(0).handle.fields
     assert fields["label"].data is not None and fields["label"].fd is None
     assert fields["x"].data is None and fields["x"].fd is not None
@@ -280,7 +280,7 @@ def test_hdf5_chunk_caches_share_the_budget_across_shards(tmp_path) -> None:
     ds = ShardedDataset(tmp_path / "ds", max_rss=budget)
     shards = len(ds.shard_lengths)
     assert shards >= 20
-    cache = ds.reader.options["rdcc_nbytes"]
+    cache = ds.reader.reader_options["rdcc_nbytes"]
     assert cache == max(64 * 1024, budget // (8 * shards))
     assert cache * shards <= budget // 8
     # One row from each of many shards (a random batch over many shards) reads right.

@@ -155,14 +155,17 @@ class JobBudget:
     def __repr__(self) -> str:
         return f"JobBudget({self.spec!r}, limit={self.limit}, in_use={self.in_use})"
 
-    def provisional_share(self) -> int:
-        """The share of the main process reading alone, as of now (sizes caches and
-        reads before the first read fixes the figures)."""
+    def provisional_share(self, workers: int = 0) -> int:
+        """What one process's slot of the job holds, as of now, where ``workers``
+        DataLoader workers read beside the main process (0: the main process reading
+        alone). Sizes caches before the first read fixes the figures."""
         assert self.limit is not None
-        info = read_rss()
-        in_use = self.in_use if self.in_use is not None else (info.rss if info else 0)
+        in_use = self.in_use
+        if in_use is None:
+            info = read_rss()
+            in_use = info.rss if info else 0
         margin = default_margin(self.limit.nbytes) if self.margin is None else self.margin
-        return max(MIN_SHARE, self.limit.nbytes - in_use - margin)
+        return max(MIN_SHARE, (self.limit.nbytes - in_use - margin) // (workers + 1))
 
     def for_process(self, worker: WorkerInfo | None, baseline: int) -> JobSplit:
         """This process's split: ``worker`` is ``(id, num_workers)`` in a DataLoader
