@@ -13,6 +13,7 @@ import os
 import re
 import shutil
 from collections.abc import Collection
+from dataclasses import dataclass
 
 from .errors import OutputExistsError, OutputWriteError
 from .outputlock import lock_output
@@ -25,6 +26,8 @@ __all__ = [
     "partial_name",
     "prepare_output",
     "remove_path",
+    "scan_shard",
+    "ShardFiles",
     "shard_files",
     "shard_files_as_written",
     "shard_name",
@@ -73,36 +76,64 @@ def foreign_entries(path: str) -> list[str]:
     return sorted(e for e in os.listdir(path) if not is_own_entry(e))
 
 
+@dataclass(frozen=True)
+class ShardFiles:
+    """The files of one shard, their sizes, and the symbolic links met listing them."""
+
+    paths: list[str]  # sorted
+    sizes: list[int]
+    links: list[str]
+
+    @property
+    def nbytes(self) -> int:
+        return sum(self.sizes)
+
+    def without(self, names: Collection[str]) -> ShardFiles:
+        """These files less those named ``names`` (the links stay)."""
+        keep = [i for i, p in enumerate(self.paths) if os.path.basename(p) not in names]
+        return ShardFiles([self.paths[i] for i in keep], [self.sizes[i] for i in keep], self.links)
+
+
+def scan_shard(path: str) -> ShardFiles:
+    """Every file of a shard (a file, or a directory listed recursively: links to
+    files count as files, links to directories are not followed) with its size, in one
+    pass; errors listing a directory are raised, not skipped (a shard would otherwise
+    look empty when the real problem is, say, EMFILE)."""
+    links = [path] if os.path.islink(path) else []
+    if not os.path.isdir(path):
+        return ShardFiles([path], [os.path.getsize(path)], links)
+    found: list[tuple[str, int]] = []
+    pending = [path]
+    while pending:
+        with os.scandir(pending.pop()) as entries:
+            for entry in entries:
+                link = entry.is_symlink()
+                if link:
+                    links.append(entry.path)
+                if entry.is_dir():  # follows links, as os.walk lists them
+                    if not link:
+                        pending.append(entry.path)
+                else:
+                    found.append((entry.path, entry.stat().st_size))
+    found.sort()
+    return ShardFiles([p for p, _ in found], [n for _, n in found], links)
+
+
 def shard_files(path: str, transient: Collection[str] = ()) -> list[str]:
-    """Every regular file of a shard (a file, or a directory walked recursively),
-    less files a backend library may add after writing (``transient`` names, such as
-    LMDB's ``lock.mdb``)."""
-    if os.path.isfile(path):
-        return [path]
-    # os.walk skips directories it cannot list unless told otherwise: a shard would then
-    # look empty (0 bytes, no files to hash) when the real problem is, say, EMFILE.
-    return sorted(
-        os.path.join(d, f)
-        for d, _, names in os.walk(path, onerror=_raise)
-        for f in names
-        if f not in transient
-    )
+    """Every file of a shard (see :func:`scan_shard`), less files a backend library
+    may add after writing (``transient`` names, such as LMDB's ``lock.mdb``)."""
+    return scan_shard(path).without(transient).paths
 
 
-def shard_files_as_written(path: str, nbytes: int, transient: Collection[str]) -> list[str]:
+def shard_files_as_written(path: str, nbytes: int, transient: Collection[str]) -> ShardFiles:
     """The files of a shard that make up the ``nbytes`` recorded for it: without the
     ``transient`` files a library added since, or with them where they were there
     when the shard was recorded."""
-    files = shard_files(path, transient)
-    if transient and sum(os.path.getsize(p) for p in files) != nbytes:
-        every = shard_files(path)
-        if sum(os.path.getsize(p) for p in every) == nbytes:
-            return every
+    every = scan_shard(path)
+    files = every.without(transient)
+    if transient and files.nbytes != nbytes and every.nbytes == nbytes:
+        return every
     return files
-
-
-def _raise(error: OSError) -> None:
-    raise error
 
 
 def remove_path(path: str) -> None:

@@ -27,7 +27,7 @@ from .adapters.registry import SHARDED, detect_format, get_backend, is_remote, r
 from .errors import InvalidOptionError, ShardCorruptError, ShardioError, UnsupportedFeatureError
 from .index import ShardIndex
 from .integrity import ShardCheck, VerifyMode, check_mode
-from .layout import shard_files_as_written
+from .layout import ShardFiles, shard_files_as_written
 from .manifest import Manifest, ShardInfo
 from .memory import (
     AccessPattern,
@@ -57,16 +57,6 @@ def _as_corrupt(path: str) -> Iterator[None]:
         raise ShardCorruptError(
             f"shard {path} cannot be read: {type(exc).__name__}: {exc}"
         ) from exc
-
-
-def _links_below(path: str) -> list[str]:
-    """Symbolic links inside a shard directory (files and directories)."""
-    if not os.path.isdir(path) or os.path.islink(path):
-        return []
-    found = []
-    for directory, names, files in os.walk(path):
-        found += [os.path.join(directory, n) for n in names + files]
-    return [p for p in found if os.path.islink(p)]
 
 
 _SMALL_SAMPLE = 32 * 1024
@@ -171,7 +161,7 @@ class DatasetReader:
             info = self.shard_infos[number]
             assert info.checksum is not None
             files = shard_files_as_written(reader.path, info.nbytes, reader.transient_files)
-            check = ShardCheck(reader.path, files, info.checksum, info.blocks)
+            check = ShardCheck(reader.path, files.paths, info.checksum, info.blocks)
             self._checks[number] = check
         return check
 
@@ -307,10 +297,14 @@ class DatasetReader:
         if reader is None:
             info = self.shard_infos[number]
             path = self._shard_path(info)
-            if not is_remote(path):
-                self._check_contained(path)
-                if self.verify_sizes:
-                    self._check_shard_size(path, info, self._reader_class.transient_files)
+            if not is_remote(path) and (self.verify_sizes or not self.allow_external):
+                files = self._scan(path, info)  # one listing serves both checks
+                self._check_contained(path, files.links)
+                if self.verify_sizes and files.nbytes != info.nbytes:
+                    raise ShardCorruptError(
+                        f"shard {path} has {files.nbytes} bytes, but the manifest says "
+                        f"{info.nbytes} (truncated or modified since it was written)"
+                    )
             reader = self._reader_class(path, fields=self.fields, **self.reader_options)
             with _as_corrupt(path):
                 length, schema = len(reader), reader.schema
@@ -331,36 +325,29 @@ class DatasetReader:
         """File names the backend's library may add to a shard after it was written."""
         return frozenset(self._reader_class.transient_files)
 
-    def _check_contained(self, path: str) -> None:
+    def _scan(self, path: str, info: ShardInfo) -> ShardFiles:
+        # NOTE: sizes are checked before any mapping: reading an mmap past the end of a
+        # truncated file kills the process with SIGBUS instead of raising.
+        if not os.path.lexists(path):
+            raise ShardCorruptError(f"shard {path} listed in the manifest is missing")
+        try:
+            return shard_files_as_written(path, info.nbytes, self._reader_class.transient_files)
+        except OSError as exc:
+            raise ShardCorruptError(f"cannot read shard {path}: {exc}") from exc
+
+    def _check_contained(self, path: str, links: list[str]) -> None:
         """Refuse a shard that is, or holds, a link to a file outside the dataset
         directory (unless ``allow_external=True``): a dataset reads its own files only."""
         if self.allow_external:
             return
         root = os.path.realpath(self.path)
-        for candidate in [path, *_links_below(path)]:
+        for candidate in [path, *links]:
             target = os.path.realpath(candidate)
             if os.path.commonpath([root, target]) != root:
                 raise ShardCorruptError(
                     f"shard {path}: {candidate} leads to {target}, outside the dataset "
                     f"directory {self.path}; pass allow_external=True to read it anyway"
                 )
-
-    @staticmethod
-    def _check_shard_size(path: str, info: ShardInfo, transient: frozenset[str]) -> None:
-        # NOTE: checked before any mapping: reading an mmap past the end of a truncated
-        # file kills the process with SIGBUS instead of raising.
-        if not os.path.exists(path):
-            raise ShardCorruptError(f"shard {path} listed in the manifest is missing")
-        try:
-            files = shard_files_as_written(path, info.nbytes, transient)
-            actual = sum(os.path.getsize(p) for p in files)
-        except OSError as exc:
-            raise ShardCorruptError(f"cannot read shard {path}: {exc}") from exc
-        if actual != info.nbytes:
-            raise ShardCorruptError(
-                f"shard {path} has {actual} bytes, but the manifest says {info.nbytes} "
-                "(truncated or modified since it was written)"
-            )
 
     # ----------------------------------------------------------------- reading
     def read(self, index: int) -> Sample:

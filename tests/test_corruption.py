@@ -4,6 +4,7 @@ never other data, another exception or a dead process (see tests/corruption.py).
 from __future__ import annotations
 
 import os
+import shutil
 import subprocess
 import sys
 
@@ -130,6 +131,30 @@ def test_shard_link_to_outside_directory_is_refused(tmp_path) -> None:
     with pytest.raises(ShardCorruptError, match="outside the dataset directory"):
         ShardedDataset(path)[0]
     assert ShardedDataset(path, allow_external=True)[1]["x"].tolist() == [4, 5, 6, 7]
+
+
+def test_links_anywhere_in_a_shard_are_checked_once_listed(tmp_path) -> None:
+    """A shard that is itself a link, a linked directory deep inside a Zarr shard, and a
+    link that stays inside the dataset: the one listing of the shard sees them all."""
+    path = _dataset(tmp_path, "zarr")
+    shard = os.path.join(path, "shard-00000.zarr")
+    outside = tmp_path / "elsewhere"
+    shutil.move(shard, outside)
+    os.symlink(outside, shard)  # the shard directory itself lives elsewhere
+    with pytest.raises(ShardCorruptError, match="outside the dataset directory"):
+        ShardedDataset(path)[0]
+    os.remove(shard)
+    shutil.move(outside, shard)
+    chunks = os.path.join(shard, "x", "c")
+    moved = tmp_path / "chunks"
+    shutil.move(chunks, moved)
+    os.symlink(moved, chunks)  # a directory link deep inside
+    with pytest.raises(ShardCorruptError, match=r"x/c leads to .*chunks, outside"):
+        ShardedDataset(path)[0]
+    os.remove(chunks)
+    shutil.move(moved, os.path.join(path, ".kept-chunks"))
+    os.symlink(os.path.join(path, ".kept-chunks"), chunks)  # inside the dataset: fine
+    assert ShardedDataset(path, verify_sizes=False)[1]["x"].tolist() == [4, 5, 6, 7]
 
 
 def test_lmdb_opened_by_hand_with_a_lock_file_still_reads(tmp_path) -> None:

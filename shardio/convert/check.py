@@ -26,7 +26,7 @@ import numpy as np
 
 from ..adapters.base import Columns
 from ..adapters.registry import is_remote
-from ..checksum import files_nbytes, hash_files
+from ..checksum import hash_files
 from ..errors import (
     DatasetNotFoundError,
     ShardioError,
@@ -246,8 +246,8 @@ def _check_shard(
     path = os.path.join(location, info.path)
     if not os.path.exists(path):
         return [Problem(info.path, "is missing")]
-    files = shard_files_as_written(path, info.nbytes, reader.transient_files)
-    nbytes = files_nbytes(files)
+    listed = shard_files_as_written(path, info.nbytes, reader.transient_files)
+    files, nbytes = listed.paths, listed.nbytes
     if nbytes != info.nbytes:
         state = "truncated" if nbytes < info.nbytes else "larger than written"
         return [
