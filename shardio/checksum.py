@@ -9,7 +9,7 @@ from collections.abc import Iterable, Iterator
 
 import xxhash
 
-__all__ = ["ALGORITHM", "BLOCK_BYTES", "hash_files", "hash_shard", "files_nbytes"]
+__all__ = ["ALGORITHM", "BLOCK_BYTES", "hash_files", "hash_shard"]
 
 ALGORITHM = "xxh3_128"
 #: Block size of the per-block digests: 2.7 MB of manifest per TB of data.
@@ -54,7 +54,3 @@ def _shard_digest(paths: Iterable[str], root: str, with_blocks: bool) -> tuple[s
             blocks[relative] += xxhash.xxh3_64_digest(block)
     encoded = {k: base64.b64encode(v).decode("ascii") for k, v in blocks.items()}
     return f"{ALGORITHM}:{digest.hexdigest()}", encoded if with_blocks else {}
-
-
-def files_nbytes(paths: Iterable[str]) -> int:
-    return sum(os.path.getsize(p) for p in paths)

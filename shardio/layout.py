@@ -28,7 +28,6 @@ __all__ = [
     "remove_path",
     "scan_shard",
     "ShardFiles",
-    "shard_files",
     "shard_files_as_written",
     "shard_name",
     "shard_number",
@@ -117,12 +116,6 @@ def scan_shard(path: str) -> ShardFiles:
                     found.append((entry.path, entry.stat().st_size))
     found.sort()
     return ShardFiles([p for p, _ in found], [n for _, n in found], links)
-
-
-def shard_files(path: str, transient: Collection[str] = ()) -> list[str]:
-    """Every file of a shard (see :func:`scan_shard`), less files a backend library
-    may add after writing (``transient`` names, such as LMDB's ``lock.mdb``)."""
-    return scan_shard(path).without(transient).paths
 
 
 def shard_files_as_written(path: str, nbytes: int, transient: Collection[str]) -> ShardFiles:

@@ -15,10 +15,10 @@ import numpy as np
 
 from .adapters.base import Columns, ShardFileWriter, concat_columns, samples_to_columns
 from .adapters.registry import get_backend, is_remote, writer_class
-from .checksum import files_nbytes, hash_shard
+from .checksum import hash_shard
 from .config import parse_size
 from .errors import InvalidOptionError, SchemaError, UnsupportedFeatureError
-from .layout import partial_name, prepare_output, remove_path, shard_files, shard_name
+from .layout import partial_name, prepare_output, remove_path, scan_shard, shard_name
 from .manifest import Manifest, ShardInfo
 from .outputlock import lock_output
 from .schema import Sample, Schema
@@ -41,12 +41,12 @@ def finish_shard(
     final = os.path.join(directory, name)
     remove_path(final)
     os.replace(os.path.join(directory, partial or partial_name(name)), final)
-    files = shard_files(final)
-    digest, blocks = hash_shard(files, final) if checksum else (None, None)
+    files = scan_shard(final)
+    digest, blocks = hash_shard(files.paths, final) if checksum else (None, None)
     return ShardInfo(
         path=name,
         num_samples=num_samples,
-        nbytes=files_nbytes(files),
+        nbytes=files.nbytes,
         checksum=digest,
         blocks=blocks,
     )

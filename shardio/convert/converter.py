@@ -27,7 +27,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from ..adapters.registry import get_backend, is_remote, writer_class
-from ..checksum import files_nbytes, hash_files
+from ..checksum import hash_files
 from ..config import format_size, parse_size
 from ..errors import (
     InvalidOptionError,
@@ -37,7 +37,7 @@ from ..errors import (
     UnknownFormatError,
     UnsupportedFeatureError,
 )
-from ..layout import MANIFEST_NAME, foreign_entries, remove_path, shard_files, shard_name
+from ..layout import MANIFEST_NAME, foreign_entries, remove_path, scan_shard, shard_name
 from ..manifest import Manifest, ShardInfo
 from ..outputlock import lock_output
 from . import run as runner
@@ -534,11 +534,10 @@ def _check_shard(dst: str, number: int, info: ShardInfo, plan: Plan) -> str | No
     path = os.path.join(dst, info.path)
     if not os.path.exists(path):
         return "it is missing"
-    files = shard_files(path)
-    nbytes = files_nbytes(files)
-    if nbytes != info.nbytes:
-        return f"it has {nbytes} bytes, the record says {info.nbytes}"
-    if info.checksum is not None and hash_files(files, path) != info.checksum:
+    files = scan_shard(path)
+    if files.nbytes != info.nbytes:
+        return f"it has {files.nbytes} bytes, the record says {info.nbytes}"
+    if info.checksum is not None and hash_files(files.paths, path) != info.checksum:
         return "its checksum differs from the record"
     return None
 
