@@ -47,6 +47,7 @@ from ._hdf5_filters import load_filters
 from .base import Columns, ShardFileWriter, ShardReader, coalesce_ranges, raise_if_truncated
 
 __all__ = [
+    "open_hdf5",
     "vlen_reads_unswapped",
     "HDF5Reader",
     "HDF5Writer",
@@ -207,6 +208,32 @@ class _File:
     hints: dict[str, _RowTable | _ChunkExtents | None] | None = None  # built on first use
 
 
+def open_hdf5(path: str, storage_options: dict[str, Any] | None = None, **cache: Any) -> h5py.File:
+    """``path`` (a local file or an fsspec URL) opened read-only with chunk-cache
+    settings ``cache``; a missing file is DatasetNotFoundError, one HDF5 cannot open
+    ShardCorruptError."""
+    try:
+        if "://" in path and not path.startswith("file://"):
+            # Faults while h5py reads raise RemoteReadError from the file object itself.
+            return h5py.File(open_remote(path, storage_options), "r", **cache)
+        local = path.removeprefix("file://")
+        try:
+            # Read-only shards need no lock, and locks fail on many network filesystems.
+            return h5py.File(local, "r", locking=False, **cache)
+        except OSError as exc:
+            if "locking flag" not in str(exc):
+                raise
+            # The file is already open in this process with the default locking (a
+            # user's own h5py.File): HDF5 insists on the same flag.
+            return h5py.File(local, "r", **cache)
+    except FileNotFoundError:
+        raise DatasetNotFoundError(f"HDF5 file {path} does not exist") from None
+    except RemoteReadError:
+        raise
+    except OSError as exc:
+        raise ShardCorruptError(f"cannot open HDF5 file {path}: {exc}") from exc
+
+
 @functools.lru_cache(maxsize=1)
 def vlen_reads_unswapped() -> bool:
     """Whether h5py hands back variable-length arrays of a non-native element type
@@ -274,14 +301,7 @@ class HDF5Reader(ShardReader[_File]):
         return self.handle.view is not None
 
     def _open(self) -> _File:
-        try:
-            file = self._open_file()
-        except FileNotFoundError:
-            raise DatasetNotFoundError(f"HDF5 file {self.path} does not exist") from None
-        except RemoteReadError:
-            raise
-        except OSError as exc:
-            raise ShardCorruptError(f"cannot open HDF5 file {self.path}: {exc}") from exc
+        file = self._open_file()
         try:
             group, dim = self.backend_options.get("group"), self.backend_options.get("dim")
             own = own_layout(file, self.path, self.requested_fields, group, dim)
@@ -351,25 +371,10 @@ class HDF5Reader(ShardReader[_File]):
         opened.view = np.frombuffer(opened.own_map, np.uint8)
 
     def _open_file(self) -> h5py.File:
-        cache: dict[str, Any] = {
-            k: self.backend_options[k]
-            for k in ("rdcc_nbytes", "rdcc_nslots")
-            if k in self.backend_options
+        cache = {
+            k: v for k, v in self.backend_options.items() if k in ("rdcc_nbytes", "rdcc_nslots")
         }
-        if "://" in self.path and not self.path.startswith("file://"):
-            # Faults while h5py reads raise RemoteReadError from the file object itself.
-            remote = open_remote(self.path, self.backend_options.get("storage_options"))
-            return h5py.File(remote, "r", **cache)
-        path = self.path.removeprefix("file://")
-        try:
-            # Read-only shards need no lock, and locks fail on many network filesystems.
-            return h5py.File(path, "r", locking=False, **cache)
-        except OSError as exc:
-            if "locking flag" not in str(exc):
-                raise
-            # The file is already open in this process with the default locking (a
-            # user's own h5py.File): HDF5 insists on the same flag.
-            return h5py.File(path, "r", **cache)
+        return open_hdf5(self.path, self.backend_options.get("storage_options"), **cache)
 
     def _close(self, handle: _File) -> None:
         handle.datasets.clear()

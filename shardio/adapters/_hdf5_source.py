@@ -9,15 +9,12 @@ from typing import Any
 
 import numpy as np
 
-from ..errors import DatasetNotFoundError, RemoteReadError, ShardCorruptError
 from ..perprocess import PerProcess
-from ..remote import open_remote
 from ..schema import Field, Schema
-from ._hdf5 import vlen_reads_unswapped
+from ._hdf5 import open_hdf5, vlen_reads_unswapped
 from ._hdf5_discovery import FieldSpec, discover, open_spec, own_layout
 from ._hdf5_filters import load_filters
 from .base import Columns
-from .registry import is_remote
 from .source import Source, native_dtype, to_field
 
 __all__ = ["HDF5Source"]
@@ -81,20 +78,8 @@ class HDF5Source(Source):
 
     # ---------------------------------------------------------------- handles
     def _open_file(self) -> Any:
-        import h5py
-
         cache = {"rdcc_nbytes": _CHUNK_CACHE_BYTES, "rdcc_w0": 1.0}
-        try:
-            if is_remote(self.path):
-                remote = open_remote(self.path, self.storage_options)
-                return h5py.File(remote, "r", **cache)
-            return h5py.File(self.path.removeprefix("file://"), "r", locking=False, **cache)
-        except FileNotFoundError:
-            raise DatasetNotFoundError(f"HDF5 file {self.path} does not exist") from None
-        except RemoteReadError:
-            raise
-        except OSError as exc:
-            raise ShardCorruptError(f"cannot open HDF5 file {self.path}: {exc}") from exc
+        return open_hdf5(self.path, self.storage_options, **cache)
 
     @property
     def _open(self) -> _Open:
