@@ -13,7 +13,6 @@ from __future__ import annotations
 import base64
 import mmap
 import os
-import threading
 from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Literal
@@ -23,7 +22,7 @@ import xxhash
 
 from .checksum import BLOCK_BYTES, hash_files
 from .errors import InvalidOptionError, ShardCorruptError
-from .perprocess import PerProcess
+from .perprocess import ForkSafeLock, PerProcess
 
 __all__ = ["VerifyMode", "VERIFY_MODES", "ShardCheck", "ValueRanges", "check_mode"]
 
@@ -67,17 +66,8 @@ class ShardCheck:
             )
             for name, encoded in (blocks or {}).items()
         }
-        self._lock = threading.Lock()
+        self._lock = ForkSafeLock()
         self._progress: PerProcess[_Progress] = PerProcess()
-
-    def __getstate__(self) -> dict[str, object]:
-        state = self.__dict__.copy()
-        del state["_lock"]
-        return state
-
-    def __setstate__(self, state: dict[str, object]) -> None:
-        self.__dict__.update(state)
-        self._lock = threading.Lock()
 
     def _state(self) -> _Progress:
         """What this process has checked (a forked child checks again)."""

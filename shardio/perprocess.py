@@ -20,11 +20,12 @@ import weakref
 from collections.abc import Callable
 from typing import Any, Generic, TypeVar
 
-__all__ = ["PerProcess"]
+__all__ = ["ForkSafeLock", "PerProcess"]
 
 T = TypeVar("T")
 
 _INSTANCES: weakref.WeakSet[PerProcess[Any]] = weakref.WeakSet()
+_LOCKS: weakref.WeakSet[ForkSafeLock] = weakref.WeakSet()
 
 
 def _fresh_locks_in_child() -> None:
@@ -32,6 +33,8 @@ def _fresh_locks_in_child() -> None:
     # in the child, where that thread does not exist; the child starts with new ones.
     for instance in list(_INSTANCES):
         instance._lock = threading.RLock()
+    for lock in list(_LOCKS):
+        lock._lock = lock._new()
 
 
 if hasattr(os, "register_at_fork"):
@@ -92,3 +95,33 @@ class PerProcess(Generic[T]):
 
     def __repr__(self) -> str:
         return f"PerProcess({self.current()!r})"
+
+
+class ForkSafeLock:
+    """A lock (``with lock: ...``) that a forked child and a pickled copy get anew.
+
+    For locks of objects that forked DataLoader workers inherit while other threads of
+    the parent may hold them (a thread loader, the Prefetcher)."""
+
+    __slots__ = ("__weakref__", "_lock", "_reentrant")
+
+    def __init__(self, reentrant: bool = False) -> None:
+        self._reentrant = reentrant
+        self._lock = self._new()
+        _LOCKS.add(self)
+
+    def _new(self) -> Any:
+        return threading.RLock() if self._reentrant else threading.Lock()
+
+    def __enter__(self) -> ForkSafeLock:
+        self._lock.acquire()
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self._lock.release()
+
+    def __getstate__(self) -> dict[str, Any]:
+        return {"reentrant": self._reentrant}
+
+    def __setstate__(self, state: dict[str, Any]) -> None:
+        self.__init__(state["reentrant"])  # type: ignore[misc]

@@ -10,7 +10,6 @@ from __future__ import annotations
 import contextlib
 import functools
 import os
-import threading
 from collections import Counter
 from collections.abc import Iterator, Mapping, Sequence
 from typing import Any
@@ -39,7 +38,7 @@ from .memory import (
     readahead_supported,
 )
 from .openlimit import RecentlyUsed, resolve_open_limit
-from .perprocess import PerProcess
+from .perprocess import ForkSafeLock, PerProcess
 from .schema import Sample, Schema
 
 __all__ = ["DatasetReader"]
@@ -98,7 +97,7 @@ class DatasetReader:
         # NOTE: threads of one process share this reader (shardio.Loader). The lock
         # guards bookkeeping only (open shards, their use counts, the memory guard),
         # never the reads themselves, which release the GIL.
-        self._lock = threading.Lock()
+        self._lock = ForkSafeLock()
         self._in_use: Counter[int] = Counter()
         self._close_when_unused: set[int] = set()
         fmt = format if format is not None else detect_format(self.path, storage_options)
@@ -542,15 +541,6 @@ class DatasetReader:
                 continue
             total += reader.release_memory(kind)
         return total
-
-    def __getstate__(self) -> dict[str, Any]:
-        state = self.__dict__.copy()
-        del state["_lock"]  # a lock does not pickle; each process gets its own
-        return state
-
-    def __setstate__(self, state: dict[str, Any]) -> None:
-        self.__dict__.update(state)
-        self._lock = threading.Lock()
 
     @property
     def bytes_read(self) -> int:

@@ -172,3 +172,29 @@ def test_pickling_a_reader_after_reading_carries_no_handle(tmp_path) -> None:
     assert int(copy[7]["x"]) == 7 and reader.is_open
     ds.close()
     copy.close()
+
+
+@pytest.mark.parametrize("fmt", ["lmdb", "mmap"])
+def test_a_child_forked_while_a_thread_holds_the_readers_lock_reads(tmp_path, fmt: str) -> None:
+    """A thread loader (or the Prefetcher) may hold a dataset's lock at the moment a
+    DataLoader forks a worker over the same dataset: the worker must not hang."""
+    with shardio.ShardWriter(tmp_path / "ds", format=fmt, shard_size="1KB") as writer:
+        writer.write_batch({"x": np.arange(400, dtype=np.int64)})
+    ds = shardio.ShardedDataset(tmp_path / "ds")
+    assert int(ds[5]["x"]) == 5  # opened in the parent, as before a DataLoader forks
+    inside, release = threading.Event(), threading.Event()
+
+    def hold() -> None:
+        with ds.reader._lock:
+            inside.set()
+            release.wait(10)
+
+    thread = threading.Thread(target=hold)
+    thread.start()
+    assert inside.wait(10)
+    try:
+        out = _in_child(lambda: ds.read_batch([399, 0, 123])["x"].tolist())
+    finally:
+        release.set()
+        thread.join()
+    assert out == "[399, 0, 123]"

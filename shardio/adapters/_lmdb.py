@@ -16,7 +16,6 @@ import itertools
 import json
 import mmap
 import os
-import threading
 from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
@@ -35,7 +34,7 @@ from ..memory import (
     find_mappings,
     madvise_supported,
 )
-from ..perprocess import PerProcess
+from ..perprocess import ForkSafeLock, PerProcess
 from ..schema import Sample, Schema
 from .base import (
     Columns,
@@ -117,7 +116,7 @@ class _EnvPool:
 
     def __init__(self) -> None:
         # Reentrant: a reader collected while an environment opens releases its own.
-        self._lock = threading.RLock()
+        self._lock = ForkSafeLock(reentrant=True)
         self._by_process: PerProcess[dict[tuple[int, int], tuple[lmdb.Environment, int]]]
         self._by_process = PerProcess()
 
