@@ -61,3 +61,26 @@ def test_unknown_format_names_the_flag(tmp_path, capsys: pytest.CaptureFixture[s
     assert main(["bench", str(blob), *FAST]) == 2
     err = capsys.readouterr().err.strip()
     assert err.endswith("pass --format to say which") and len(err.splitlines()) == 1
+
+
+def test_a_job_budget_is_split_between_the_bench_workers(
+    dataset: str, capsys: pytest.CaptureFixture[str], tmp_path
+) -> None:
+    out_json = tmp_path / "bench.json"
+    args = ["bench", dataset, "--workers", "2", "--max-rss", "none,total:16GB"]
+    assert main([*args, "--json", str(out_json), *FAST]) == 0
+    out = capsys.readouterr().out
+    assert "shardio w2 max_rss=total:16GB" in out
+    runs = json.loads(out_json.read_text())["runs"]
+    assert [r["max_rss"] for r in runs] == [None, "total:16GB"]
+    stats = runs[1]["worker_memory_stats"]
+    assert len(stats) == 2
+    for worker in stats.values():  # each worker learned its slot of the 16 GB job
+        assert worker["job_limit"] == 16 * 10**9 and worker["workers"] == 2
+        assert 0 < worker["budget"] < 16 * 10**9 // 3
+
+
+def test_a_bad_job_budget_names_the_flag(dataset: str, capsys: pytest.CaptureFixture[str]) -> None:
+    assert main(["bench", dataset, "--max-rss", "total:lots", *FAST]) == 2
+    err = capsys.readouterr().err
+    assert "--max-rss" in err and "lots" in err and len(err.strip().splitlines()) == 1

@@ -47,6 +47,25 @@ _ORDERS = ("random", "sequential", "shard-window")
 CacheMode = Literal["warm", "cold", "asis"]
 
 
+def _budget(value: int | str | None) -> int | str | None:
+    """A ``max_rss`` entry checked: None, bytes > 0, or a job budget kept as written."""
+    if value is None:
+        return None
+    if isinstance(value, str) and (
+        value.strip().lower() == "auto" or value.strip().lower().startswith("total:")
+    ):
+        if value.strip().lower().startswith("total:"):
+            parse_size(value.split(":", 1)[1], "max_rss")  # the size is checked now
+        return value.strip()
+    budget = parse_size(value, "max_rss")
+    if budget <= 0:
+        raise InvalidOptionError(
+            "max_rss should be > 0 bytes, 'auto' or 'total:SIZE' (or none for no budget), "
+            f"but got max_rss={value!r}"
+        )
+    return budget
+
+
 @dataclass(frozen=True)
 class BenchConfig:
     """What to measure. Every combination of ``workers`` and ``max_rss`` is one run."""
@@ -55,7 +74,9 @@ class BenchConfig:
     batch_size: int = 256
     epochs: int = 3
     order: Order = "random"
-    max_rss: tuple[int | None, ...] = (None,)
+    #: Budgets to compare: bytes per process (``"512MB"``), a job budget (``"auto"``,
+    #: ``"total:8GB"``, split between the main process and the workers), or None.
+    max_rss: tuple[int | str | None, ...] = (None,)
     cache: CacheMode = "warm"
     compare_raw: bool = False
     samples: int | None = None  # per epoch; None reads the whole dataset
@@ -94,14 +115,12 @@ class BenchConfig:
             raise InvalidOptionError(f"samples should be >= 1, but got samples={self.samples}")
         if self.interval <= 0:
             raise InvalidOptionError(f"interval should be > 0 seconds, but got {self.interval}")
-        budgets = tuple(None if b is None else parse_size(b, "max_rss") for b in self.max_rss)
-        labels = tuple(None if b is None else size_label(b) for b in self.max_rss)
+        budgets = tuple(_budget(b) for b in self.max_rss)
+        labels = tuple(b if isinstance(b, str) or b is None else size_label(b) for b in budgets)
         object.__setattr__(self, "max_rss", budgets or (None,))
         object.__setattr__(self, "max_rss_labels", labels or (None,))
-        if any(b == 0 for b in budgets):
-            raise InvalidOptionError("max_rss should be > 0 bytes (or none for no budget)")
         if self.window is None:
-            limits = [b for b in budgets if b is not None]
+            limits = [b for b in budgets if isinstance(b, int)]
             window = min(limits) // 2 if limits else 10**9
         else:
             window = parse_size(self.window, "window")
@@ -150,7 +169,7 @@ class RunResult:
     workers: int
     batch_size: int
     order: str
-    max_rss: int | None
+    max_rss: int | str | None
     epochs: list[EpochResult]
     main: RssSeries
     worker_rss: dict[int, RssSeries]
@@ -260,7 +279,7 @@ class BenchReport:
 
 
 # ------------------------------------------------------------------ datasets
-def open_dataset(path: str, max_rss: int | None = None, format: str | None = None) -> Any:
+def open_dataset(path: str, max_rss: int | str | None = None, format: str | None = None) -> Any:
     """``ShardedDataset(path, format=format)``, with ``max_rss=`` when a budget is asked for."""
     from .. import ShardedDataset
 
@@ -494,7 +513,7 @@ def _run_one(
     path: str,
     loader_kind: str,
     workers: int,
-    budget: int | None,
+    budget: int | str | None,
     budget_label: str | None,
     config: BenchConfig,
     plans: list[EpochPlan],
@@ -578,9 +597,11 @@ def _run_one(
     )
 
 
-def _run_name(loader: str, workers: int, budget: int | None, label: str | None = None) -> str:
+def _run_name(loader: str, workers: int, budget: int | str | None, label: str | None = None) -> str:
     if not budget:
         return f"{loader} w{workers}"
+    if isinstance(budget, str):
+        return f"{loader} w{workers} max_rss={label or budget}"
     return f"{loader} w{workers} rss<={label or format_size(budget)}"
 
 

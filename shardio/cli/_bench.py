@@ -71,8 +71,9 @@ def add_parser(subparsers: Any) -> None:
     parser.add_argument(
         "--max-rss",
         default=None,
-        help="memory budget per process, e.g. 512MB; a list such as none,512MB compares "
-        "runs without and with it",
+        help="memory budget per process, e.g. 512MB, or for the whole job: auto (the "
+        "SLURM or cgroup limit) or total:8GB; a list such as none,512MB,auto compares "
+        "runs without and with them",
     )
     parser.add_argument(
         "--compare",
@@ -134,7 +135,7 @@ def config_from_args(args: argparse.Namespace) -> Any:
         batch_size=parse_int(args.batch_size, "--batch-size", 1),
         epochs=parse_int(args.epochs, "--epochs", 1),
         order=args.order,
-        max_rss=_budgets(args.max_rss),  # type: ignore[arg-type]  # parsed by BenchConfig
+        max_rss=_budgets(args.max_rss),
         cache="cold" if args.cold else ("asis" if args.no_warm else "warm"),
         compare_raw=args.compare == "raw",
         samples=None if args.samples is None else parse_int(args.samples, "--samples", 1),
