@@ -116,7 +116,10 @@ class BenchConfig:
         if self.interval <= 0:
             raise InvalidOptionError(f"interval should be > 0 seconds, but got {self.interval}")
         budgets = tuple(_budget(b) for b in self.max_rss)
-        labels = tuple(b if isinstance(b, str) or b is None else size_label(b) for b in budgets)
+        labels = tuple(  # as written: a size label, or the job budget's spec
+            None if parsed is None else parsed if isinstance(parsed, str) else size_label(given)
+            for given, parsed in zip(self.max_rss, budgets, strict=True)
+        )
         object.__setattr__(self, "max_rss", budgets or (None,))
         object.__setattr__(self, "max_rss_labels", labels or (None,))
         if self.window is None:
