@@ -117,7 +117,7 @@ class BenchConfig:
             raise InvalidOptionError(f"interval should be > 0 seconds, but got {self.interval}")
         budgets = tuple(_budget(b) for b in self.max_rss)
         labels = tuple(  # as written: a size label, or the job budget's spec
-            None if parsed is None else parsed if isinstance(parsed, str) else size_label(given)
+            None if given is None else parsed if isinstance(parsed, str) else size_label(given)
             for given, parsed in zip(self.max_rss, budgets, strict=True)
         )
         object.__setattr__(self, "max_rss", budgets or (None,))
