@@ -63,3 +63,28 @@ def test_every_command_maps_parameters_to_flags(command: str) -> None:
 def test_flag_message(message: str, expected: str) -> None:
     flags = {"format": "--format", "shard_size": "--shard-size", "workers": "--workers"}
     assert flag_message(message, flags) == expected
+
+
+def test_a_bare_json_before_the_path_writes_json_to_stdout(
+    tmp_path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    import json
+
+    import numpy as np
+
+    import shardio
+    from shardio.cli import main
+
+    with shardio.ShardWriter(tmp_path / "ds", format="mmap") as writer:
+        writer.write_batch({"x": np.arange(5)})
+    path = str(tmp_path / "ds")
+    assert main(["inspect", "--json", path]) == 0
+    assert json.loads(capsys.readouterr().out)["path"] == path
+    assert main(["inspect", "--json", str(tmp_path / "out.json"), path]) == 0  # FILE, path
+    assert json.loads((tmp_path / "out.json").read_text())["path"] == path
+    with pytest.raises(SystemExit) as exited:
+        main(["inspect", "--json"])
+    assert exited.value.code == 2
+    assert "shardio inspect: error: the following arguments are required: path" in (
+        capsys.readouterr().err
+    )

@@ -10,9 +10,11 @@ tracebacks. Warnings print as one line each. Shared options: see ``_common``.
 from __future__ import annotations
 
 import argparse
+import contextlib
 import importlib
 import sys
 from collections.abc import Sequence
+from typing import NoReturn
 
 from ..errors import ShardioError
 from ._common import flag_message, one_line_warnings
@@ -30,8 +32,21 @@ _COMMANDS = (
 )
 
 
+class _ParseError(Exception):
+    def __init__(self, parser: argparse.ArgumentParser, message: str) -> None:
+        super().__init__(message)
+        self.parser = parser
+
+
+class _Parser(argparse.ArgumentParser):
+    """An ArgumentParser whose errors ``main`` can retry before reporting them."""
+
+    def error(self, message: str) -> NoReturn:
+        raise _ParseError(self, message)
+
+
 def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(
+    parser = _Parser(
         prog="shardio",
         description="Data loading for deep learning from datasets larger than memory.",
     )
@@ -51,9 +66,23 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
+def _parse(parser: argparse.ArgumentParser, argv: list[str]) -> argparse.Namespace:
+    """Parse ``argv``; a bare ``--json`` right before the command's last argument
+    (``shardio inspect --json data.h5``) means JSON to stdout, not a file named
+    ``data.h5``, where taking it as the file leaves the command without its path."""
+    try:
+        return parser.parse_args(argv)
+    except _ParseError as first:
+        if len(argv) >= 2 and argv[-2] == "--json":
+            with contextlib.suppress(_ParseError):
+                return parser.parse_args([*argv[:-2], argv[-1], "--json"])
+        first.parser.print_usage(sys.stderr)
+        first.parser.exit(2, f"{first.parser.prog}: error: {first}\n")
+
+
 def main(argv: Sequence[str] | None = None) -> int:
     parser = build_parser()
-    args = parser.parse_args(argv)
+    args = _parse(parser, list(sys.argv[1:] if argv is None else argv))
     flags = getattr(args, "flags", {})
     try:
         with one_line_warnings(args.command, flags):

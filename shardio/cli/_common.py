@@ -5,6 +5,8 @@ Output rules, the same on every command:
 
 - ``--json`` writes the command's result as JSON to stdout (then stdout carries only
   the JSON); ``--json FILE`` writes it to FILE and prints the human report as usual.
+  ``shardio inspect --json data.h5`` means stdout: a value that would leave the
+  command without its path is the path (see ``shardio.cli._parse``).
 - ``-q``/``--quiet`` prints nothing but warnings, errors and the JSON asked for;
   ``-v``/``--verbose`` prints more detail (what depends on the command).
 - Progress goes to stderr, results to stdout.
