@@ -269,9 +269,13 @@ class _StatsWriter:
         import json
 
         text = json.dumps(_jsonable(self.stats()))
-        with open(self.path + ".tmp", "w", encoding="utf-8") as handle:
+        # NOTE: the sampler thread and the exit finalizer may both write at once: each
+        # writes a temporary file of its own, so a shorter text never lands on the tail
+        # of a longer one; the last rename wins, whole.
+        temporary = f"{self.path}.tmp-{threading.get_ident()}"
+        with open(temporary, "w", encoding="utf-8") as handle:
             handle.write(text)
-        os.replace(self.path + ".tmp", self.path)
+        os.replace(temporary, self.path)
 
 
 def _jsonable(value: Any) -> Any:
