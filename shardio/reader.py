@@ -12,6 +12,7 @@ import functools
 import os
 from collections import Counter
 from collections.abc import Iterator, Mapping, Sequence
+from dataclasses import dataclass
 from typing import Any
 
 import numpy as np
@@ -62,6 +63,14 @@ _SMALL_SAMPLE = 32 * 1024
 _WORST_FAULT_BYTES = 2 * 1024 * 1024
 
 
+@dataclass(frozen=True)
+class _ProcessBudget:
+    """What one process may add by reading, and the backend options fitted to it."""
+
+    max_rss: int
+    options: dict[str, Any]
+
+
 class DatasetReader:
     """Reads samples by global index from a dataset of one or more shards."""
 
@@ -106,7 +115,7 @@ class DatasetReader:
         self.manifest: Manifest | None = None
         self._readers: dict[int, ShardReader[Any]] = {}
         self._recent = RecentlyUsed(resolve_open_limit(max_open_shards))
-        self._budget_options: PerProcess[dict[str, Any]] = PerProcess()
+        self._budget: PerProcess[_ProcessBudget] = PerProcess()
         if fmt == SHARDED:
             if is_remote(self.path):
                 self.manifest = Manifest.load_remote(self.path, storage_options)
@@ -181,27 +190,32 @@ class DatasetReader:
                 "copy the dataset to local disk, or convert it to zarr or hdf5 shards"
             )
 
-    def _fit_budget(self) -> dict[str, Any]:
-        """The backend's options for reading under this process's budget.
+    def _process_budget(self) -> _ProcessBudget | None:
+        """This process's budget and the backend options fitted to it (None: no budget).
 
         A job-wide budget (``max_rss="auto"`` or ``"total:SIZE"``) is split between
-        the main process and each DataLoader worker: a worker fits its caches to its
-        own slot of the job, not to what the main process could hold reading alone."""
+        the main process and each DataLoader worker: a worker fits its caches and its
+        read pieces to its own slot of the job, not to what the main process could
+        hold reading alone."""
         policy = self.memory_policy
         if policy is None:
-            return {}
+            return None
+        return self._budget.get(lambda: self._fit_budget(policy))
+
+    def _fit_budget(self, policy: MemoryPolicy) -> _ProcessBudget:
         budget = policy.max_rss
         if policy.job is not None and policy.job.limit is not None:
             worker = self.guard.worker_info() if self.guard.worker_info is not None else None
             budget = policy.job.provisional_share(workers=worker[1] if worker else 0)
-        return self._reader_class.budget_options(budget, *self._budget_shape)
+        options = self._reader_class.budget_options(budget, *self._budget_shape)
+        return _ProcessBudget(budget, options)
 
     @property
     def reader_options(self) -> dict[str, Any]:
         """The options shard readers of this process are made and opened with: the
         backend's budget options, then the options given (which win)."""
-        fitted = self._budget_options.get(self._fit_budget)
-        options = {**fitted, **self.options}
+        budget = self._process_budget()
+        options = {**(budget.options if budget else {}), **self.options}
         return {**options, "allow_external": True} if self.allow_external else options
 
     def _open_here(self, reader: ShardReader[Any]) -> None:
@@ -419,7 +433,9 @@ class DatasetReader:
             return columns
         # NOTE: one touched page can map a whole large folio (up to 2 MiB) of the page
         # cache, so a batch is read in pieces with an RSS check between them.
-        step = max(4, self.memory_policy.max_rss // (4 * _WORST_FAULT_BYTES))
+        budget = self._process_budget()
+        assert budget is not None  # a memory policy is set
+        step = max(4, budget.max_rss // (4 * _WORST_FAULT_BYTES))
         parts = []
         for start in range(0, len(local), step):
             piece = {name: target[start : start + step] for name, target in out.items()}
