@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import gc
+import mmap
+import os
 import subprocess
 import sys
 from pathlib import Path
@@ -89,3 +91,27 @@ def test_importing_shardio_loads_neither_the_harness_nor_pytest() -> None:
     done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True)
     assert done.returncode == 0, done.stderr
     assert done.stdout.strip() == "[]"
+
+
+def test_lmdb_advise_never_touches_memory_mapped_where_an_old_map_was(tmp_path: Path) -> None:
+    """A map of data.mdb another reader closed may leave its addresses to new memory (an
+    anonymous map the allocator makes there): madvise(DONTNEED) on a mapping found
+    before would zero that memory. The mappings are looked up at each release."""
+    truth = SOURCES["lmdb"](str(tmp_path))
+    mapping_reader = ShardedDataset(truth.path)  # maps data.mdb itself (offsets table)
+    mapping_reader[0]
+    budgeted = ShardedDataset(truth.path, max_rss=1)
+    budgeted[0]
+    reader = budgeted.reader.shard(0)
+    found = reader.handle.mapped()
+    own = [m for m in found if m.length == os.path.getsize(reader.handle.data_file)]
+    assert own  # shardio's own map of the file, among the environment's
+    del mapping_reader
+    gc.collect()
+    private = mmap.MAP_PRIVATE | mmap.MAP_ANONYMOUS  # as malloc maps large blocks
+    ballasts = [mmap.mmap(-1, m.length, flags=private) for m in own for _ in range(4)]
+    for ballast in ballasts:
+        ballast.write(b"\1" * len(ballast))
+    reader.release_memory("advise")
+    assert all(ballast[:] == b"\1" * len(ballast) for ballast in ballasts)
+    assert_sample_equal(budgeted[5], truth.sample(5))

@@ -186,7 +186,6 @@ class _Env:
     keys: list[bytes] | None
     decode: Callable[[bytes], Sample] | None
     data_file: str = ""
-    mappings: list[Any] | None = None  # found in /proc/self/maps on first use
     pread_fd: int | None = None  # the data file, for read_mode="pread"
     offsets: np.ndarray | None = None  # (N, 2): offset and length of each value in data.mdb
     own_map: mmap.mmap | None = None  # data.mdb mapped by shardio, read at those offsets
@@ -200,10 +199,13 @@ class _Env:
             raise_if_truncated(self.data_file, os.fstat(self.guard_fd).st_size, self.mapped_size)
 
     def mapped(self) -> list[Any]:
-        if self.mappings is None:
-            # NOTE: py-lmdb reports map_addr as 0, so the map is found by path.
-            self.mappings = find_mappings(self.data_file) if madvise_supported() else []
-        return self.mappings
+        """This process's mappings of the data file, looked up now.
+
+        NOTE: py-lmdb reports map_addr as 0, so the map is found by path, and never
+        remembered: another reader's map of the same file can be closed at any time,
+        and memory mapped later at its addresses (a large malloc) would be zeroed by a
+        madvise(MADV_DONTNEED) aimed at the old map."""
+        return find_mappings(self.data_file) if madvise_supported() else []
 
 
 class LMDBReader(ShardReader[_Env]):
@@ -401,10 +403,9 @@ class LMDBReader(ShardReader[_Env]):
         NOTE: safe because the environment is open read-only: a dropped page is
         re-read from the page cache on its next touch, and nothing is lost.
         """
-        mappings = self.handle.mapped()
+        mappings = self._advise_mappings("dontneed")
         if not mappings:
             return super()._drop_pages()
-        mappings = self._advise_mappings("dontneed")
         return ReleaseResult(
             advise_calls=len(mappings), advised_bytes=sum(m.length for m in mappings)
         )
@@ -413,20 +414,17 @@ class LMDBReader(ShardReader[_Env]):
         self._advise_mappings(pattern)
 
     def _advise_mappings(self, advice: str) -> list[Any]:
-        """madvise every mapping of data.mdb; returns them.
-
-        NOTE: the mappings are found by path once, and include other readers' own maps
-        of the same file; when one of those is unmapped, madvise fails (ENOMEM) on it,
-        and the mappings are looked up again."""
-        handle = self.handle
-        try:
-            for mapping in handle.mapped():
+        """madvise every mapping of data.mdb, found now (see ``_Env.mapped``); returns
+        those advised. A map closed between the lookup and its madvise (by another
+        thread) fails with ENOMEM and is skipped."""
+        advised = []
+        for mapping in self.handle.mapped():
+            try:
                 advise_range(mapping.start, mapping.length, advice)
-        except OSError:
-            handle.mappings = None
-            for mapping in handle.mapped():
-                advise_range(mapping.start, mapping.length, advice)
-        return handle.mapped()
+            except OSError:
+                continue
+            advised.append(mapping)
+        return advised
 
     def read_many(self, indices: np.ndarray) -> Columns:
         handle = self.handle
