@@ -67,6 +67,7 @@ class PerProcess(Generic[T]):
                 inherited, self._value = self._value, None
                 if on_inherited is not None:
                     on_inherited(inherited)
+                del inherited  # let it go before a new one is made, not after
             if self._value is None:
                 self._value = make()
                 self._pid = pid
