@@ -5,11 +5,11 @@ from __future__ import annotations
 import json
 from collections import Counter
 from pathlib import Path
-from typing import Any
 
 import numpy as np
 import torch.distributed as dist
 import torch.multiprocessing as mp
+from order_helpers import read_x
 from torch.utils.data import DataLoader
 
 from shardio import ShardedDataset, ShardWriter
@@ -18,16 +18,6 @@ from shardio.sampling import ShardSampler
 WORLD = 2
 SAMPLES = 250  # an even split between the ranks, so no padding
 BATCH = 8
-
-
-def _read(loader: DataLoader[Any], batches: int | None = None) -> list[int]:
-    """The values of field ``x`` the loader produced: each sample stores its own index."""
-    out: list[int] = []
-    for step, batch in enumerate(loader):
-        out.extend(batch["x"].tolist())
-        if batches is not None and step + 1 == batches:
-            break
-    return out
 
 
 def _rank_main(rank: int, init_file: str, out_dir: str, data: str) -> None:
@@ -46,18 +36,18 @@ def _rank_main(rank: int, init_file: str, out_dir: str, data: str) -> None:
         )
 
         sampler.set_epoch(0)
-        epoch0 = _read(loader)
+        epoch0 = read_x(loader)
 
         # Epoch 1 is interrupted after 5 batches; only rank 0 saves its state and every
         # rank resumes from it with a fresh sampler and a different worker count.
         sampler.set_epoch(1)
-        head = _read(loader, batches=5)
+        head = read_x(loader, batches=5)
         box = [sampler.state_dict(consumed=len(head)) if rank == 0 else None]
         dist.broadcast_object_list(box, src=0)
         resumed = ShardSampler(dataset, seed=11, window="1KB")
         resumed.load_state_dict(box[0])  # type: ignore[arg-type]
         resumed.set_epoch(1)
-        tail = _read(DataLoader(dataset, batch_size=BATCH, sampler=resumed, num_workers=0))
+        tail = read_x(DataLoader(dataset, batch_size=BATCH, sampler=resumed, num_workers=0))
 
         result = {
             "shards": len(dataset.shard_lengths),
