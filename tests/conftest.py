@@ -2,6 +2,7 @@ from __future__ import annotations
 
 import os
 import sys
+from collections.abc import Callable
 from typing import Any
 
 sys.path.insert(0, os.path.dirname(__file__))  # test helper modules for spawned workers
@@ -41,3 +42,21 @@ def truth(request: pytest.FixtureRequest, tmp_path_factory: pytest.TempPathFacto
     if budget is not None:
         found.options["max_rss"] = budget
     return found
+
+
+@pytest.fixture(scope="session")
+def synthetic(tmp_path_factory: pytest.TempPathFactory) -> Callable[..., str]:
+    """`write_synthetic(format, count, sample_bytes, **options)` as a fixture: each
+    dataset is written once per session, in its own directory, and its path returned."""
+    from shardio.bench.synthetic import write_synthetic
+
+    made: dict[tuple[Any, ...], str] = {}
+
+    def make(format: str, count: int, sample_bytes: int, **options: Any) -> str:
+        key = (format, count, sample_bytes, *sorted(options.items()))
+        if key not in made:
+            path = str(tmp_path_factory.mktemp(f"synthetic-{format}") / "train.shardio")
+            made[key] = write_synthetic(path, format, count, sample_bytes, **options)
+        return made[key]
+
+    return make
