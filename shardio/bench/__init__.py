@@ -19,7 +19,7 @@ from .cache import CacheState, cache_state, dataset_files, drop_cache
 from .ceiling import Ceiling, measure_ceiling, memcpy_bandwidth, sequential_read_bandwidth
 from .raw import RAW_LOOPS, RawReader, raw_reader
 from .report import format_table, require_matplotlib, write_json, write_plot
-from .rss import RssReading, RssSampler, RssSeries, WorkerRssInit, collect_samples, read_rss
+from .rss import RssSampler, RssSeries, WorkerRssInit, collect_samples, read_rss
 from .runner import (
     BenchConfig,
     BenchReport,
@@ -38,7 +38,6 @@ __all__ = [
     "Ceiling",
     "EpochResult",
     "RawReader",
-    "RssReading",
     "RssSampler",
     "RssSeries",
     "RunResult",

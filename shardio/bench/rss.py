@@ -27,9 +27,10 @@ from typing import Any
 
 import numpy as np
 
+from ..memory.rss import RssInfo, process_rss, read_rss
+
 __all__ = [
     "RSS_DTYPE",
-    "RssReading",
     "RssSampler",
     "RssSeries",
     "WorkerRssInit",
@@ -37,44 +38,9 @@ __all__ = [
     "read_rss",
 ]
 
-#: One sample: seconds (``time.monotonic``) and bytes of RSS and its parts.
+#: One sample: seconds (``time.monotonic``) and bytes of RSS and its parts (-1 where the
+#: OS does not say).
 RSS_DTYPE = np.dtype([("t", "<f8"), ("rss", "<i8"), ("anon", "<i8"), ("file", "<i8")])
-_STATUS_KEYS = {b"VmRSS:": "rss", b"RssAnon:": "anon", b"RssFile:": "file", b"RssShmem:": "shmem"}
-
-
-@dataclass(frozen=True)
-class RssReading:
-    """Resident set size of one process in bytes; parts are -1 where the OS does not say."""
-
-    rss: int
-    anon: int = -1
-    file: int = -1
-    shmem: int = -1
-
-
-def read_rss(pid: int | None = None) -> RssReading:
-    """RSS of ``pid`` (default: this process) with its anonymous and file-backed parts."""
-    path = f"/proc/{'self' if pid is None else pid}/status"
-    try:
-        with open(path, "rb") as handle:
-            text = handle.read()
-    except OSError:
-        return _read_rss_psutil(pid)
-    values = {"rss": -1, "anon": -1, "file": -1, "shmem": -1}
-    for line in text.splitlines():
-        key = line.split(None, 1)[0] if line else b""
-        name = _STATUS_KEYS.get(key)
-        if name is not None:
-            values[name] = int(line.split()[1]) * 1024  # the kernel reports kB
-    if values["rss"] < 0:
-        return _read_rss_psutil(pid)
-    return RssReading(**values)
-
-
-def _read_rss_psutil(pid: int | None) -> RssReading:
-    import psutil
-
-    return RssReading(rss=int(psutil.Process(pid).memory_info().rss))
 
 
 @dataclass
@@ -158,10 +124,14 @@ class RssSampler:
         self._thread.start()
         return self
 
-    def sample(self) -> RssReading:
-        """Take one sample now (also called by the thread)."""
+    def sample(self) -> RssInfo | None:
+        """Take one sample now (also called by the thread); ``None`` where /proc is
+        missing (the row then holds psutil's total, its parts -1)."""
         reading = read_rss()
-        row = (time.monotonic(), reading.rss, reading.anon, reading.file)
+        if reading is not None:
+            row = (time.monotonic(), reading.rss, reading.anon, reading.file)
+        else:
+            row = (time.monotonic(), process_rss() or 0, -1, -1)
         with self._lock:
             self._rows.append(row)
         if self._fd is not None:

@@ -15,7 +15,7 @@ from typing import Any
 from torch.utils.data import Dataset, IterableDataset, get_worker_info
 
 from ..batches import Batch
-from ..memory import read_rss
+from ..memory import process_rss
 from .records import MAIN_PROCESS, LoadTiming, MemorySample
 
 __all__ = ["MapProxy", "IterableProxy", "TaggingCollate", "Tagged", "make_proxy"]
@@ -184,15 +184,3 @@ def worker_memory(process: str, dataset: Any, now: float) -> MemorySample | None
     if rss is None:
         return None
     return MemorySample(now, process, os.getpid(), rss, stats)
-
-
-def process_rss() -> int | None:
-    """This process's resident bytes: /proc where there is one, else psutil if installed."""
-    info = read_rss()
-    if info is not None:
-        return info.rss
-    try:
-        import psutil
-    except ImportError:
-        return None
-    return int(psutil.Process().memory_info().rss)

@@ -18,7 +18,7 @@ from .policy import (
     ReleaseKind,
     ReleaseResult,
 )
-from .rss import RssInfo, read_pss, read_rss
+from .rss import RssInfo, process_rss, read_pss, read_rss
 
 __all__ = [
     "AccessPattern",
@@ -42,6 +42,7 @@ __all__ = [
     "job_limits",
     "madvise_supported",
     "read_pss",
+    "process_rss",
     "read_rss",
     "readahead_supported",
     "split_job_budget",

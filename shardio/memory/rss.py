@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
-__all__ = ["RssInfo", "read_pss", "read_rss"]
+__all__ = ["RssInfo", "process_rss", "read_pss", "read_rss"]
 
 _KEYS = {
     b"VmRSS:": "rss",
@@ -38,6 +38,22 @@ def read_rss(pid: int | str = "self") -> RssInfo | None:
     except (FileNotFoundError, ProcessLookupError, PermissionError):
         return None
     return RssInfo(**values)
+
+
+def process_rss(pid: int | str = "self") -> int | None:
+    """Resident bytes of ``pid``: /proc where there is one, else psutil if installed;
+    ``None`` where neither can say."""
+    info = read_rss(pid)
+    if info is not None:
+        return info.rss
+    try:
+        import psutil  # optional: only where /proc is missing (macOS)
+    except ImportError:
+        return None
+    try:
+        return int(psutil.Process(None if pid == "self" else int(pid)).memory_info().rss)
+    except psutil.Error:
+        return None
 
 
 def read_pss(pid: int | str = "self") -> int | None:
