@@ -2,11 +2,12 @@
 
 from __future__ import annotations
 
+import numbers
 import re
 
 from .errors import InvalidOptionError
 
-__all__ = ["parse_size", "format_size", "size_label"]
+__all__ = ["parse_size", "format_size", "positive_int", "size_label"]
 
 _UNITS = {
     "": 1,
@@ -29,6 +30,14 @@ _UNITS = {
 #: anything is allocated for what it claims.
 MAX_EXPANSION = 8192
 _SIZE_RE = re.compile(r"^\s*(\d+(?:\.\d*)?|\.\d+)\s*([a-zA-Z]*)\s*$")
+
+
+def positive_int(value: object, option: str) -> int:
+    """``value`` as an ``int`` when it is an integer >= 1 (a bool is not); otherwise an
+    `InvalidOptionError` that names ``option`` and the value given."""
+    if isinstance(value, bool) or not isinstance(value, numbers.Integral) or value < 1:
+        raise InvalidOptionError(f"{option} should be an integer >= 1, but got {option}={value!r}")
+    return int(value)
 
 
 def parse_size(value: int | float | str, option: str = "size") -> int:

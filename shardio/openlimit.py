@@ -9,7 +9,7 @@ from __future__ import annotations
 
 from collections import OrderedDict
 
-from .errors import InvalidOptionError
+from .config import positive_int
 from .perprocess import PerProcess
 
 __all__ = ["RecentlyUsed", "default_open_limit", "resolve_open_limit"]
@@ -32,11 +32,7 @@ def default_open_limit() -> int:
 def resolve_open_limit(value: int | None) -> int:
     if value is None:
         return default_open_limit()
-    if isinstance(value, bool) or not isinstance(value, int) or value < 1:
-        raise InvalidOptionError(
-            f"max_open_shards should be an integer >= 1, but got max_open_shards={value!r}"
-        )
-    return value
+    return positive_int(value, "max_open_shards")
 
 
 class RecentlyUsed:

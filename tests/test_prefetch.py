@@ -376,7 +376,7 @@ def test_transform_exception_reaches_the_loop() -> None:
 @pytest.mark.parametrize(
     ("kwargs", "error", "message"),
     [
-        ({"depth": 0}, InvalidOptionError, r"depth should be a positive integer, but got depth=0"),
+        ({"depth": 0}, InvalidOptionError, r"depth should be an integer >= 1, but got depth=0"),
         ({"depth": True}, InvalidOptionError, r"but got depth=True"),
         ({"depth": "2"}, InvalidOptionError, r"but got depth='2'"),
         ({"transform": 5}, InvalidOptionError, r"transform should be a callable.*transform=5"),

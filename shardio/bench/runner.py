@@ -21,7 +21,7 @@ from typing import TYPE_CHECKING, Any, Literal
 
 import numpy as np
 
-from ..config import format_size, parse_size, size_label
+from ..config import format_size, parse_size, positive_int, size_label
 from ..errors import InvalidOptionError, UnsupportedFeatureError
 from .cache import CacheState, cache_state, dataset_files, drop_cache
 from .ceiling import Ceiling, measure_ceiling
@@ -100,9 +100,7 @@ class BenchConfig:
         if bad:
             raise InvalidOptionError(f"workers should be >= 0, but got workers={bad[0]}")
         for name in ("batch_size", "epochs"):
-            value = getattr(self, name)
-            if isinstance(value, bool) or not isinstance(value, int) or value < 1:
-                raise InvalidOptionError(f"{name} should be an integer >= 1, but got {value!r}")
+            positive_int(getattr(self, name), name)
         if self.order not in _ORDERS:
             raise InvalidOptionError(
                 f"order should be one of {_ORDERS}, but got order={self.order!r}"

@@ -28,7 +28,7 @@ from typing import Any
 
 from ..adapters.registry import get_backend, is_remote, writer_class
 from ..checksum import hash_files
-from ..config import format_size, parse_size
+from ..config import format_size, parse_size, positive_int
 from ..errors import (
     InvalidOptionError,
     OutputExistsError,
@@ -332,8 +332,7 @@ def _warn_small_shards(shard_size: int | str, plan: Plan) -> None:
 def _check_options(
     workers: int, resume: bool, overwrite: bool, client: Any, scheduler: str | None
 ) -> None:
-    if isinstance(workers, bool) or not isinstance(workers, int) or workers < 1:
-        raise InvalidOptionError(f"workers should be an integer >= 1, but got workers={workers!r}")
+    positive_int(workers, "workers")
     if resume and overwrite:
         raise InvalidOptionError(
             "resume=True continues an interrupted conversion and overwrite=True starts again: "

@@ -17,7 +17,7 @@ from collections.abc import Callable
 from dataclasses import asdict, dataclass, field, replace
 from typing import Any, Literal, get_args
 
-from ..config import parse_size
+from ..config import parse_size, positive_int
 from ..errors import InvalidOptionError
 from ..perprocess import PerProcess
 from .advise import madvise_supported
@@ -97,11 +97,7 @@ class MemoryPolicy:
         object.__setattr__(self, "max_rss", parse_size(self.max_rss, "max_rss"))
         if self.max_rss <= 0:
             raise InvalidOptionError(f"max_rss should be > 0 bytes, but got max_rss={self.max_rss}")
-        if not isinstance(self.check_every, int) or self.check_every < 1:
-            raise InvalidOptionError(
-                "check_every should be a positive integer, "
-                f"but got check_every={self.check_every!r}"
-            )
+        positive_int(self.check_every, "check_every")
         if self.release not in ("auto", "advise", "reopen"):
             raise InvalidOptionError(
                 f"release should be 'auto', 'advise' or 'reopen', but got release={self.release!r}"

@@ -7,7 +7,7 @@ from typing import Protocol
 
 import torch
 
-from ..errors import InvalidOptionError
+from ..config import positive_int
 
 __all__ = ["StagingPool", "StagingSlot"]
 
@@ -69,8 +69,7 @@ class StagingPool:
     """
 
     def __init__(self, slots: int = 2, *, pin_memory: bool = True) -> None:
-        if slots < 1:
-            raise InvalidOptionError(f"slots should be a positive integer, but got slots={slots}")
+        positive_int(slots, "slots")
         self._slots = [StagingSlot(pin_memory) for _ in range(slots)]
         self._turn = 0
 

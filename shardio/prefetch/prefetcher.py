@@ -12,6 +12,7 @@ from typing import Any
 
 import torch
 
+from ..config import positive_int
 from ..errors import InvalidOptionError
 from ._channel import Channel
 from ._device import resolve_device
@@ -68,8 +69,7 @@ class Prefetcher:
                 f"loader should be an iterable of batches such as a DataLoader, "
                 f"but got {type(loader).__name__}"
             )
-        if isinstance(depth, bool) or not isinstance(depth, int) or depth < 1:
-            raise InvalidOptionError(f"depth should be a positive integer, but got depth={depth!r}")
+        positive_int(depth, "depth")
         if transform is not None and not callable(transform):
             raise InvalidOptionError(
                 f"transform should be a callable taking and returning a batch, or None, "

@@ -11,6 +11,7 @@ from dataclasses import asdict, dataclass
 
 from torch import Tensor, nn
 
+from ..config import positive_int
 from ..errors import InvalidOptionError
 from .layers import (
     ExactKernel,
@@ -41,9 +42,7 @@ class ModelConfig:
 
     def __post_init__(self) -> None:
         for name in ("vocab_size", "num_classes", "max_len", "d_model", "n_heads", "n_layers"):
-            value = getattr(self, name)
-            if isinstance(value, bool) or not isinstance(value, int) or value < 1:
-                raise InvalidOptionError(f"{name} should be a positive integer, but got {value!r}")
+            positive_int(getattr(self, name), name)
         if self.exact_attention not in ("matmul", "sdpa"):
             raise InvalidOptionError(
                 f"exact_attention should be 'matmul' or 'sdpa', but got {self.exact_attention!r}"

@@ -16,6 +16,7 @@ from typing import Any, Literal
 import torch
 from torch import Tensor, nn
 
+from ..config import positive_int
 from ..errors import InvalidOptionError
 
 __all__ = ["Layout", "Packed", "HeadwiseQuantizer", "LEVELS"]
@@ -55,10 +56,7 @@ class HeadwiseQuantizer(nn.Module):
         seed: int = 0,
     ) -> None:
         super().__init__()
-        if groups < 1:
-            raise InvalidOptionError(
-                f"groups should be a positive integer, but got groups={groups}"
-            )
+        positive_int(groups, "groups")
         if layout not in ("heads", "channels"):
             raise InvalidOptionError(
                 f"layout should be 'heads' or 'channels', but got layout={layout!r}"
