@@ -33,6 +33,7 @@ __all__ = [
     "GuardedFile",
     "filesystem",
     "is_fault",
+    "is_remote",
     "open_remote",
     "remote_errors",
     "storage_options_for",
@@ -60,6 +61,11 @@ _FAULT_MODULES = (
     "s3fs",
     "fsspec",
 )
+
+
+def is_remote(path: str) -> bool:
+    """True for fsspec URLs other than ``file://`` (read through fsspec, not the OS)."""
+    return "://" in path and not path.startswith("file://")
 
 
 def _protocol(url: str) -> str:

@@ -32,7 +32,7 @@ from ..errors import (
 )
 from ..integrity import ValueRanges
 from ..memory import FileRange, ReleaseResult
-from ..remote import open_remote
+from ..remote import is_remote, open_remote
 from ..schema import Field, Schema
 from ._hdf5_discovery import (
     COUNT_ATTR,
@@ -213,7 +213,7 @@ def open_hdf5(path: str, storage_options: dict[str, Any] | None = None, **cache:
     settings ``cache``; a missing file is DatasetNotFoundError, one HDF5 cannot open
     ShardCorruptError."""
     try:
-        if "://" in path and not path.startswith("file://"):
+        if is_remote(path):
             # Faults while h5py reads raise RemoteReadError from the file object itself.
             return h5py.File(open_remote(path, storage_options), "r", **cache)
         local = path.removeprefix("file://")
@@ -347,7 +347,7 @@ class HDF5Reader(ShardReader[_File]):
             {n: isinstance(d, h5py.Dataset) and _reads_raw_chunks(d) for n, d in datasets.items()},
             {n: s.member for n, s in specs.items() if s.member is not None},
         )
-        if "://" not in self.path or self.path.startswith("file://"):
+        if not is_remote(self.path):
             self._locate_rows(opened)
         return opened
 
@@ -397,7 +397,7 @@ class HDF5Reader(ShardReader[_File]):
         return ranges
 
     def byte_ranges(self, start: int, stop: int) -> list[FileRange]:
-        if stop <= start or ("://" in self.path and not self.path.startswith("file://")):
+        if stop <= start or is_remote(self.path):
             return []
         handle = self.handle
         if handle.hints is None:  # chunk_iter over every chunk: only for readers that hint

@@ -33,7 +33,7 @@ from ..errors import (
     UnsupportedFeatureError,
 )
 from ..memory import FileRange
-from ..remote import remote_errors, storage_options_for, tune
+from ..remote import is_remote, remote_errors, storage_options_for, tune
 from ..schema import Field, Schema
 from .base import Columns, ShardFileWriter, ShardReader
 
@@ -66,7 +66,7 @@ class _Group:
 def _store(path: str, options: dict[str, Any]) -> Any:
     """What ``zarr.open`` reads: a local path, or for a URL a store with shardio's
     remote defaults whose faults raise :class:`RemoteReadError` naming the URL."""
-    if "://" not in path or path.startswith("file://"):
+    if not is_remote(path):
         return path.removeprefix("file://")
     given = options.get("storage_options")
     with remote_errors(path):
@@ -223,7 +223,7 @@ class ZarrReader(ShardReader[_Group]):
         handle.columns.clear()
 
     def files(self) -> list[str]:
-        if "://" in self.path and not self.path.startswith("file://"):
+        if is_remote(self.path):
             return []
         root = self.path.removeprefix("file://")
         return sorted(os.path.join(d, f) for d, _, names in os.walk(root) for f in names)

@@ -22,7 +22,7 @@ from ..errors import (
     UnsupportedFeatureError,
 )
 from ..layout import MANIFEST_NAME, holds_shards
-from ..remote import filesystem, remote_errors
+from ..remote import filesystem, is_remote, remote_errors
 
 if TYPE_CHECKING:
     from .base import ShardFileWriter, ShardReader
@@ -167,11 +167,6 @@ for _builtin in (
 def formats() -> tuple[str, ...]:
     """The canonical names of the registered formats."""
     return tuple(_BACKENDS)
-
-
-def is_remote(path: str) -> bool:
-    """True for fsspec URLs other than ``file://``."""
-    return "://" in path and not path.startswith("file://")
 
 
 def format_names() -> str:

@@ -27,6 +27,7 @@ import numpy as np
 
 from ..errors import UnsupportedFeatureError
 from ..perprocess import PerProcess
+from ..remote import is_remote
 from ..schema import Field, Sample, Schema
 
 __all__ = ["RAW_LOOPS", "RawReader", "raw_reader"]
@@ -283,7 +284,7 @@ def raw_reader(dataset: Any) -> RawReader:
     cls = RAW_LOOPS.get(reader.format)
     if cls is None:
         raise UnsupportedFeatureError(f"no raw loop for the {reader.format!r} backend")
-    if any("://" in p and not p.startswith("file://") for p in reader.shard_paths):
+    if any(is_remote(p) for p in reader.shard_paths):
         raise UnsupportedFeatureError(
             f"the raw loop reads local files only, but {reader.path} is remote"
         )
