@@ -1,0 +1,230 @@
+"""Mix: several sharded datasets read as one, in set proportions, with a ``source`` column.
+
+The index space is the sources one after another (source ``s`` holds
+``[offsets[s], offsets[s] + len(source))``), so `Mix` is a dataset like any other:
+`shardio.MixSampler` gives the weighted order, any other sampler works too. A batch
+is read source by source, each in one batched read, and says where each sample came
+from in the ``source`` field (the source's number in `Mix.names`).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Mapping, Sequence
+from typing import Any
+
+import numpy as np
+import torch.utils.data
+
+from .adapters.base import Columns, columns_to_samples
+from .batches import Batch, BatchTransform, shared_columns
+from .errors import InvalidOptionError, SampleIndexError, SchemaError
+from .sampling.mixsampler import EXHAUSTED
+from .sampling.mixture import normalize_weights
+from .schema import Field, Sample, Schema
+
+__all__ = ["Mix", "SOURCE_FIELD"]
+
+#: The field that holds each sample's source number.
+SOURCE_FIELD = "source"
+
+
+class Mix(torch.utils.data.Dataset[Any]):
+    """A mixture of datasets by name, e.g. ``Mix({"web": web, "code": code},
+    weights={"web": 0.7, "code": 0.3}, seed=0)``.
+
+    Args:
+        sources: name -> dataset (`ShardedDataset`s, or anything with ``read_batch``,
+            ``schema``, ``shard_lengths`` and ``shard_nbytes``), all with the same fields.
+        weights: name -> weight (scaled to add up to 1; equal when left out). A weight
+            may be 0: that source is not read.
+        seed: the seed of the interleave and of every source's own order.
+        exhausted: ``"restart"``: a source that runs out begins its next epoch (its own
+            reshuffle); ``"stop"``: the mixture's epoch ends where the first source runs out.
+        transform, batch_transform: as on `ShardedDataset`.
+
+    ``len(mix)`` is the samples of all sources; ``mix[i]`` is sample ``i`` of that
+    index space, with its ``source``.
+    """
+
+    def __init__(
+        self,
+        sources: Mapping[str, Any],
+        weights: Mapping[str, float] | None = None,
+        *,
+        seed: int = 0,
+        exhausted: str = "restart",
+        transform: Callable[[Sample], Any] | None = None,
+        batch_transform: BatchTransform | None = None,
+    ) -> None:
+        if not isinstance(sources, Mapping) or not sources:
+            raise InvalidOptionError(
+                f"sources should be a non-empty dict of name -> dataset, but got {sources!r}"
+            )
+        if transform is not None and batch_transform is not None:
+            raise InvalidOptionError(
+                "give transform= (per sample) or batch_transform= (per collated batch), not both"
+            )
+        if exhausted not in EXHAUSTED:
+            raise InvalidOptionError(
+                f"exhausted should be one of {EXHAUSTED}, but got exhausted={exhausted!r}"
+            )
+        self.names: tuple[str, ...] = tuple(str(name) for name in sources)
+        self.sources: tuple[Any, ...] = tuple(sources.values())
+        for name, source in zip(self.names, self.sources, strict=True):
+            if not hasattr(source, "read_batch") or not hasattr(source, "schema"):
+                raise InvalidOptionError(
+                    f"source {name!r} should be a shardio.ShardedDataset (with read_batch and "
+                    f"schema), but got {type(source).__name__}"
+                )
+        self.schema = _mixed_schema(self.names, self.sources)
+        normalize_weights(self.names, weights)  # checked here, kept as given
+        self.weights: dict[str, float] | None = None if weights is None else dict(weights)
+        self.seed = seed
+        self.exhausted = exhausted
+        self.transform = transform
+        self.batch_transform = batch_transform
+        lengths = np.array([len(s) for s in self.sources], dtype=np.int64)
+        self.offsets = np.cumsum(lengths) - lengths
+        self._ends = np.cumsum(lengths)
+
+    # --------------------------------------------------------------- structure
+    @property
+    def fields(self) -> tuple[str, ...]:
+        return self.schema.names
+
+    @property
+    def shard_lengths(self) -> tuple[int, ...]:
+        """Samples per shard, the sources' shards one after another."""
+        return tuple(n for source in self.sources for n in source.shard_lengths)
+
+    @property
+    def shard_nbytes(self) -> tuple[int, ...]:
+        return tuple(n for source in self.sources for n in source.shard_nbytes)
+
+    def __len__(self) -> int:
+        return int(self._ends[-1])
+
+    def __repr__(self) -> str:
+        sizes = ", ".join(f"{n}: {len(s)}" for n, s in zip(self.names, self.sources, strict=True))
+        return f"Mix({{{sizes}}}, weights={self.weights}, seed={self.seed})"
+
+    def source_of(self, indices: Sequence[int] | np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+        """The source number and source-local index of each global index."""
+        array = np.asarray(indices, dtype=np.int64).reshape(-1)
+        bad = (array < 0) | (array >= len(self))
+        if bad.any():
+            raise SampleIndexError(
+                f"index {int(array[bad][0])} is out of range for a mixture of {len(self)} "
+                f"samples ({', '.join(self.names)})"
+            )
+        sources = np.searchsorted(self._ends, array, side="right")
+        return sources, array - self.offsets[sources]
+
+    # ----------------------------------------------------------------- reading
+    def __getitem__(self, index: int) -> Any:
+        sample = columns_to_samples(self.read_batch([index]), 1)[0]
+        return self.transform(sample) if self.transform is not None else sample
+
+    def __getitems__(self, indices: Sequence[int]) -> Sequence[Any]:
+        """A whole batch, one batched read per source in it (see `ShardedDataset`)."""
+        if self.transform is not None:
+            samples = columns_to_samples(self.read_batch(indices), len(indices))
+            return [self.transform(s) for s in samples]
+        if torch.utils.data.get_worker_info() is None:
+            return Batch(self.read_batch(indices), len(indices), None, self.batch_transform)
+        arrays, tensors = shared_columns(self.schema, len(indices))
+        columns = self.read_batch(indices, out=arrays)
+        return Batch(columns, len(indices), tensors, self.batch_transform)
+
+    def read_batch(
+        self, indices: Sequence[int] | np.ndarray, out: dict[str, np.ndarray] | None = None
+    ) -> Columns:
+        """A batch as columns in ``indices`` order, plus the ``source`` column."""
+        sources, local = self.source_of(indices)
+        count = len(sources)
+        columns: Columns = {}
+        for fld in self.schema:
+            if fld.variable:
+                columns[fld.name] = [None] * count
+            elif out is not None and fld.name in out:
+                columns[fld.name] = out[fld.name]
+            else:
+                columns[fld.name] = np.empty((count, *fld.shape), dtype=fld.dtype.newbyteorder("="))
+        columns[SOURCE_FIELD][...] = sources
+        for s in np.unique(sources).tolist():
+            where = np.flatnonzero(sources == s)
+            part = self.sources[s].read_batch(local[where])
+            for name, values in part.items():
+                target = columns[name]
+                if isinstance(target, list):
+                    for at, value in zip(where.tolist(), values, strict=True):
+                        target[at] = value
+                else:
+                    target[where] = values
+        return columns
+
+    def readahead(self, start: int, stop: int) -> int:
+        """Hint global samples ``[start, stop)`` (within one source or across)."""
+        hinted = 0
+        for s, source in enumerate(self.sources):
+            lo = max(start, int(self.offsets[s]))
+            hi = min(stop, int(self._ends[s]))
+            hint = getattr(source, "readahead", None)
+            if hi > lo and callable(hint):
+                hinted += int(hint(lo - int(self.offsets[s]), hi - int(self.offsets[s])) or 0)
+        return hinted
+
+    # ------------------------------------------------------------------- close
+    def memory_stats(self) -> dict[str, Any]:
+        """Each source's `memory_stats()`, by name."""
+        return {
+            name: source.memory_stats()
+            for name, source in zip(self.names, self.sources, strict=True)
+            if hasattr(source, "memory_stats")
+        }
+
+    def close(self) -> None:
+        for source in self.sources:
+            close = getattr(source, "close", None)
+            if callable(close):
+                close()
+
+    def __enter__(self) -> Mix:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
+
+def _mixed_schema(names: tuple[str, ...], sources: tuple[Any, ...]) -> Schema:
+    """The sources' common schema plus ``source``; a clear error where they differ."""
+    first: Schema = sources[0].schema
+    for name, source in zip(names[1:], sources[1:], strict=True):
+        schema: Schema = source.schema
+        if schema.names != first.names:
+            raise SchemaError(
+                f"every source of a Mix should have the same fields, but source {name!r} has "
+                f"{list(schema.names)} and source {names[0]!r} has {list(first.names)}: pass "
+                "fields= to ShardedDataset to pick the common ones"
+            )
+        for mine, theirs in zip(first, schema, strict=True):
+            if (mine.kind, mine.dtype.newbyteorder("="), mine.shape) != (
+                theirs.kind,
+                theirs.dtype.newbyteorder("="),
+                theirs.shape,
+            ):
+                raise SchemaError(
+                    f"field {mine.name!r} should be the same in every source of a Mix, but it "
+                    f"is {theirs.kind} {theirs.dtype} {theirs.shape} in {name!r} and "
+                    f"{mine.kind} {mine.dtype} {mine.shape} in {names[0]!r}"
+                )
+    if SOURCE_FIELD in first.names:
+        raise SchemaError(
+            f"the sources of a Mix should not have a field {SOURCE_FIELD!r}: the mixture adds "
+            "it; pass fields= to ShardedDataset to leave it out"
+        )
+    native = [
+        f if f.variable else Field(f.name, f.dtype.newbyteorder("="), f.shape, f.kind)
+        for f in first
+    ]
+    return Schema((*native, Field(SOURCE_FIELD, np.dtype(np.int64))))
