@@ -117,10 +117,12 @@ class Interleave:
         w = float(self.weights[source])
         if w <= 0:
             return 0
-        j = max(0, math.ceil(t * w - float(self.phases[source])) - 1)
+        o = float(self.phases[source])
+        j = max(0, math.ceil(t * w - o) - 1)
 
+        # Python floats are IEEE doubles, as numpy's: (j + o) / w here equals keys().
         def before(j: int) -> bool:  # key j sorts before the threshold
-            key = float(self.keys(source, np.array([j]))[0])
+            key = (j + o) / w
             return key <= t if inclusive else key < t
 
         while j > 0 and not before(j - 1):
@@ -169,5 +171,5 @@ class Interleave:
         """The position sample ``j`` of ``source`` takes: how many keys sort before it."""
         if self.weights[source] <= 0:
             raise InvalidOptionError(f"source {source} has weight 0: it has no positions")
-        key = float(self.keys(source, np.array([j]))[0])
+        key = (j + float(self.phases[source])) / float(self.weights[source])
         return sum(self._count_below(s, key, inclusive=s < source) for s in self._active.tolist())
