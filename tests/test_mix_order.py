@@ -268,3 +268,30 @@ def test_bad_input_names_the_option() -> None:
     with pytest.raises(InvalidOptionError, match="source 'a' has no samples"):
         MixSampler(empty, rank=0, world_size=1)
     assert len(list(MixSampler(empty.with_weights({"a": 0, "b": 1}), rank=0, world_size=1))) == 5
+
+
+@pytest.mark.parametrize("new_world", [1, 3])
+def test_a_state_saved_at_the_end_of_an_epoch_goes_on_with_the_next(new_world: int) -> None:
+    reference = _uninterrupted(MIX, 3)
+    samplers = ranks(MIX, 2)
+    read = merged_pass(samplers)
+    state = samplers[0].state_dict()  # after the whole pass: its end
+    resumed = ranks(MIX, new_world)
+    for s in resumed:
+        s.load_state_dict(state)
+        s.set_epoch(1)  # the loop's next epoch, without reading the rest of epoch 0
+    read += merged_pass(resumed)
+    assert read == reference[: len(read)] and len(read) > 300
+
+
+def test_len_does_not_move_where_new_weights_begin() -> None:
+    sampler = MixSampler(MIX, rank=0, world_size=1)
+    first = list(sampler)
+    sampler.set_weights({"web": 1, "code": 0, "books": 0})
+    assert len(sampler) == 165  # asked between the pass and set_epoch
+    sampler.set_epoch(1)
+    second = list(sampler)
+    sources, _ = MIX.split(first + second)
+    assert set(sources[165:].tolist()) == {0}
+    web = [i for i, s in zip(first + second, sources, strict=True) if s == 0]
+    assert web == _source_order(MIX, sampler, 0, 4)[: len(web)]

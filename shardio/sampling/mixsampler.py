@@ -152,15 +152,17 @@ class MixSampler(Sampler[int]):
         self.weights = self._checked_weights(weights)
         self._pending = self.weights
 
+    def _effective(self) -> tuple[np.ndarray, Interleave, int, int]:
+        """(anchor, interleave, start, pass stop) of the next pass: pending weights
+        take effect at its start."""
+        if self._pending is None or np.array_equal(self._pending, self._interleave.weights):
+            return self._anchor, self._interleave, self._start, self._pass_stop
+        anchor = self._anchor + self._interleave.counts(self._start)
+        pass_stop = self._pass_stop - self._start if self._pass_stop >= 0 else -1
+        return anchor, Interleave(self._pending, self._phases), 0, pass_stop
+
     def _apply_pending(self) -> None:
-        if self._pending is None:
-            return
-        if not np.array_equal(self._pending, self._interleave.weights):
-            self._anchor = self._anchor + self._interleave.counts(self._start)
-            if self._pass_stop >= 0:
-                self._pass_stop -= self._start
-            self._start = 0
-            self._interleave = Interleave(self._pending, self._phases)
+        self._anchor, self._interleave, self._start, self._pass_stop = self._effective()
         self._pending = None
 
     # ------------------------------------------------------------------- epochs
@@ -190,27 +192,27 @@ class MixSampler(Sampler[int]):
         self._epoch = epoch
         self._pass = None
 
-    def _stop(self, start: int) -> int:
+    def _stop(self, anchor: np.ndarray, interleave: Interleave, start: int, pass_stop: int) -> int:
         """Where the pass of this epoch ends, after the anchor."""
         if self.exhausted == "restart":
-            return self._pass_stop if self._pass_stop >= 0 else start + self.samples_per_epoch
+            return pass_stop if pass_stop >= 0 else start + self.samples_per_epoch
         ends = []
-        for s in np.flatnonzero(self._interleave.weights > 0).tolist():
+        for s in np.flatnonzero(interleave.weights > 0).tolist():
             # the sample of `s` that would begin its next epoch: the mixture ends before it
-            left = max(0, int(self.lengths[s] * (self._epoch + 1) - self._anchor[s]))
-            ends.append(self._interleave.position_of(s, left))
+            left = max(0, int(self.lengths[s] * (self._epoch + 1) - anchor[s]))
+            ends.append(interleave.position_of(s, left))
         return min(ends)
 
     # ---------------------------------------------------------------- iteration
     def __len__(self) -> int:
         if self._pass is not None and not self._pass.done:
             return self._pass.count - self._pass.yielded
-        self._apply_pending()
-        return max(0, self._stop(self._start) - self._start) // self.world_size
+        anchor, interleave, start, pass_stop = self._effective()
+        return max(0, self._stop(anchor, interleave, start, pass_stop) - start) // self.world_size
 
     def __iter__(self) -> Iterator[int]:
         self._apply_pending()
-        stop = self._stop(self._start)
+        stop = self._stop(self._anchor, self._interleave, self._start, self._pass_stop)
         count = max(0, stop - self._start) // self.world_size
         progress = _Pass(self._start, stop, count)
         self._pass = progress
@@ -330,8 +332,17 @@ class MixSampler(Sampler[int]):
         self._anchor = np.asarray(saved.anchor, dtype=np.int64)
         self._interleave = Interleave(weights, self._phases)
         self._start, self._pass_stop = saved.position, saved.pass_stop
-        self._next_start, self._pass, self._plans = None, None, {}
+        self._pass, self._plans = None, {}
         self._pending = None if np.array_equal(self.weights, weights) else self.weights
+        # set_epoch(epoch + 1) right after loading: a state from the end of a pass goes
+        # on from its position (what is left over begins the next epoch, as in the run
+        # that saved it); from the middle of one, the rest of that epoch is skipped.
+        if self.exhausted == "restart" and saved.pass_stop >= 0:
+            left = max(0, saved.pass_stop - saved.position)
+            rest = 0 if left < max(saved.world_size, 1) else left // self.world_size
+            self._next_start = saved.position + rest * self.world_size
+        else:
+            self._next_start = None
 
     def _state(self, position: int, pass_stop: int) -> MixState:
         return MixState(
