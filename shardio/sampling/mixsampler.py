@@ -363,9 +363,15 @@ class MixSampler(Sampler[int]):
         )
 
     def source_positions(self) -> dict[str, tuple[int, int]]:
-        """Where each source stands at the next pass's start: (its epoch, samples of that
-        epoch read)."""
-        total = self._anchor + self._interleave.counts(self._start)
+        """Where each source stands, at the position `state_dict()` would save: its
+        own epoch and how many samples of that epoch have been read."""
+        progress = self._pass
+        if progress is None:
+            anchor, interleave, position, _ = self._effective()
+        else:
+            anchor, interleave = self._anchor, self._interleave
+            position = progress.start + progress.yielded * self.world_size
+        total = anchor + interleave.counts(position)
         return {
             name: (int(t // n), int(t % n)) if n else (0, 0)
             for name, t, n in zip(self.names, total.tolist(), self.lengths.tolist(), strict=True)
