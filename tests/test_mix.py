@@ -132,3 +132,28 @@ def test_sources_with_other_fields_are_refused(data: Path, tmp_path: Path) -> No
         Mix({"web": ShardedDataset(data / "web")}, exhausted="never")
     with pytest.raises(shardio.InvalidOptionError, match="unknown"):
         Mix({"web": ShardedDataset(data / "web")}, weights={"web": 1, "wbe": 1})
+
+
+@pytest.mark.filterwarnings("ignore:.set_vital. is deprecated")
+def test_stateful_dataloader_with_workers_resumes_a_mixture_exactly(data: Path) -> None:
+    from torchdata.stateful_dataloader import StatefulDataLoader
+
+    mix = _mix(data)
+    full, _ = _expected(mix, list(MixSampler(mix, window="4KB")))
+
+    def loader(sampler: MixSampler) -> StatefulDataLoader:
+        return StatefulDataLoader(
+            mix, batch_size=8, sampler=sampler, num_workers=2, multiprocessing_context="fork"
+        )
+
+    first = MixSampler(mix, window="4KB")
+    it = iter(stateful := loader(first))
+    head = [v for _ in range(5) for v in next(it)["x"].tolist()]
+    state = stateful.state_dict()
+    assert first.state_dict()["position"] > len(head)  # the workers read ahead
+    del it, stateful
+
+    second = loader(MixSampler(mix, window="4KB"))
+    second.load_state_dict(state)
+    tail = [v for batch in second for v in batch["x"].tolist()]
+    assert head + tail == full

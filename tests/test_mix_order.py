@@ -211,7 +211,8 @@ def test_stop_ends_the_epoch_where_the_first_source_runs_out() -> None:
     assert len(epoch0) == len(sampler) and (sources == 0).sum() == 20  # a: all once
     assert sorted(local[sources == 0].tolist()) == list(range(20))
     assert len(set(epoch0)) == len(epoch0)
-    assert sampler.source_positions() == {"a": (0, 0), "b": (0, 0)}
+    b_read = int((sources == 1).sum())
+    assert sampler.source_positions() == {"a": (1, 0), "b": (0, b_read)}  # a ran out
     sampler.set_epoch(1)
     assert sampler.source_positions() == {"a": (1, 0), "b": (1, 0)}  # b's rest is skipped
     epoch1 = list(sampler)
@@ -295,3 +296,26 @@ def test_len_does_not_move_where_new_weights_begin() -> None:
     assert set(sources[165:].tolist()) == {0}
     web = [i for i, s in zip(first + second, sources, strict=True) if s == 0]
     assert web == _source_order(MIX, sampler, 0, 4)[: len(web)]
+
+
+@pytest.mark.parametrize(("world", "new_world", "taken"), [(2, 3, 7), (3, 1, 0), (1, 4, 10)])
+def test_stop_resumes_at_another_world_size(world: int, new_world: int, taken: int) -> None:
+    mix = Layouts({"a": [12, 9], "b": [40]}, {"a": 2, "b": 1}, exhausted="stop")
+    alone = MixSampler(mix, rank=0, world_size=1)
+    epoch0 = list(alone)
+    alone.set_epoch(1)
+    epoch1 = list(alone)
+    samplers = ranks(mix, world)
+    shares = [list(s)[:taken] for s in samplers]
+    read = [i for row in zip(*shares, strict=True) for i in row]
+    state = samplers[0].state_dict(consumed=taken)
+    resumed = ranks(mix, new_world)
+    for s in resumed:
+        s.load_state_dict(state)
+    read += merged_pass(resumed)
+    # the epoch ends where `a` runs out; what does not split between the ranks is cut
+    assert read == epoch0[: len(read)] and len(epoch0) - len(read) < new_world
+    for s in resumed:
+        s.set_epoch(1)
+    again = merged_pass(resumed)
+    assert again == epoch1[: len(again)] and len(epoch1) - len(again) < new_world
