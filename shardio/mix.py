@@ -18,6 +18,8 @@ import torch.utils.data
 from .adapters.base import Columns, columns_to_samples
 from .batches import Batch, BatchTransform, shared_columns
 from .errors import InvalidOptionError, SampleIndexError, SchemaError
+from .openlimit import resolve_open_limit
+from .reader import DatasetReader
 from .sampling.mixsampler import EXHAUSTED
 from .sampling.mixture import normalize_weights
 from .schema import Field, Sample, Schema
@@ -40,6 +42,10 @@ class Mix(torch.utils.data.Dataset[Any]):
         seed: the seed of the interleave and of every source's own order.
         exhausted: ``"restart"``: a source that runs out begins its next epoch (its own
             reshuffle); ``"stop"``: the mixture's epoch ends where the first source runs out.
+        max_open_shards: shards kept open in a process by all sources together (by
+            default what one dataset keeps, an eighth of the file-descriptor limit):
+            each source's reader is limited to its share, so mixing many sources of
+            many shards does not run out of file descriptors.
         transform, batch_transform: as on `ShardedDataset`.
 
     ``len(mix)`` is the samples of all sources; ``mix[i]`` is sample ``i`` of that
@@ -53,6 +59,7 @@ class Mix(torch.utils.data.Dataset[Any]):
         *,
         seed: int = 0,
         exhausted: str = "restart",
+        max_open_shards: int | None = None,
         transform: Callable[[Sample], Any] | None = None,
         batch_transform: BatchTransform | None = None,
     ) -> None:
@@ -77,6 +84,12 @@ class Mix(torch.utils.data.Dataset[Any]):
                     f"schema), but got {type(source).__name__}"
                 )
         self.schema = _mixed_schema(self.names, self.sources)
+        self.max_open_shards = resolve_open_limit(max_open_shards)
+        share = max(1, self.max_open_shards // len(self.sources))
+        for source in self.sources:
+            reader = getattr(source, "reader", None)
+            if isinstance(reader, DatasetReader) and reader.max_open_shards > share:
+                reader.max_open_shards = share
         normalize_weights(self.names, weights)  # checked here, kept as given
         self.weights: dict[str, float] | None = None if weights is None else dict(weights)
         self.seed = seed

@@ -157,3 +157,16 @@ def test_stateful_dataloader_with_workers_resumes_a_mixture_exactly(data: Path) 
     second.load_state_dict(state)
     tail = [v for batch in second for v in batch["x"].tolist()]
     assert head + tail == full
+
+
+def test_sources_share_one_limit_of_open_shards(data: Path) -> None:
+    mix = _mix(data, max_open_shards=3)
+    assert [s.reader.max_open_shards for s in mix.sources] == [1, 1, 1]
+    assert all(len(s.shard_lengths) > 1 for s in mix.sources)
+    indices = list(MixSampler(mix, order="random"))
+    x, _ = _expected(mix, indices)
+    got = [v for i in range(0, len(indices), 32) for v in mix.read_batch(indices[i : i + 32])["x"]]
+    assert got == x
+    assert sum(len(s.reader.open_readers) for s in mix.sources) <= 3
+    default = _mix(data)  # one dataset's default limit, shared
+    assert sum(s.reader.max_open_shards for s in default.sources) <= default.max_open_shards
