@@ -170,3 +170,15 @@ def test_sources_share_one_limit_of_open_shards(data: Path) -> None:
     assert sum(len(s.reader.open_readers) for s in mix.sources) <= 3
     default = _mix(data)  # one dataset's default limit, shared
     assert sum(s.reader.max_open_shards for s in default.sources) <= default.max_open_shards
+
+
+def test_each_source_s_blocks_are_read_ahead(data: Path) -> None:
+    mix = _mix(data)
+    sampler = MixSampler(mix, window="4KB")
+    assert sampler.source_window == 4000 // 3
+    assert len(list(sampler)) == 210
+    hinted = {name: stats["readahead_bytes"] for name, stats in mix.memory_stats().items()}
+    assert all(hinted[name] > 0 for name in SIZES), hinted
+    quiet = _mix(data)
+    list(MixSampler(quiet, window="4KB", readahead=False))
+    assert all(stats["readahead_bytes"] == 0 for stats in quiet.memory_stats().values())

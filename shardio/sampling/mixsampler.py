@@ -223,14 +223,14 @@ class MixSampler(Sampler[int]):
         step = self._step()
         hints = _Hints(self) if self._hint is not None and self.order == "shard-window" else None
         upcoming = self._chunk(progress, 0, step)
+        if hints is not None:
+            hints.ahead(upcoming)
         for begin in range(0, progress.count, step):
             current = upcoming
-            if begin + step < progress.count:
+            if begin + step < progress.count:  # hint the next chunk while this one is read
                 upcoming = self._chunk(progress, begin + step, step)
                 if hints is not None:
                     hints.ahead(upcoming)
-            elif hints is not None and begin == 0:
-                hints.ahead(current)
             for index in current[0].tolist():
                 progress.yielded += 1
                 yield index
