@@ -319,3 +319,21 @@ def test_stop_resumes_at_another_world_size(world: int, new_world: int, taken: i
         s.set_epoch(1)
     again = merged_pass(resumed)
     assert again == epoch1[: len(again)] and len(epoch1) - len(again) < new_world
+
+
+def test_a_state_whose_source_order_differs_is_refused() -> None:
+    sampler = MixSampler(MIX, rank=0, world_size=1)
+    it = iter(sampler)
+    head = [next(it) for _ in range(20)]
+    state = sampler.state_dict()
+    # each source's digest of the last order it built (the chunk ahead may reach epoch 1)
+    assert all(d[:2] in ("0:", "1:") and len(d) == 18 for d in state["digests"])
+    resumed = MixSampler(MIX, rank=0, world_size=2)
+    resumed.load_state_dict(state)
+    assert len(head) == 20 and next(iter(resumed)) == _uninterrupted(MIX, 1)[20]
+    epoch = state["digests"][1][0]
+    state["digests"][1] = f"{epoch}:0000000000000000"  # as if numpy shuffled code otherwise
+    changed = MixSampler(MIX, rank=0, world_size=2)
+    changed.load_state_dict(state)
+    with pytest.raises(StateMismatchError, match=f"source 'code': its epoch {epoch} order differs"):
+        list(changed)

@@ -27,7 +27,7 @@ from ..errors import InvalidOptionError, StateMismatchError
 from .layout import ShardLayout, resolve_layout
 from .mixstate import MixState
 from .mixture import Interleave, normalize_weights, source_phase, source_seed
-from .orders import ORDERS, EpochPlan, OrderName, epoch_plan
+from .orders import ORDERS, EpochPlan, OrderName, epoch_plan, order_digest
 from .readahead import Hint, lookahead_indices
 
 __all__ = ["EXHAUSTED", "MixSampler"]
@@ -129,7 +129,8 @@ class MixSampler(Sampler[int]):
         self._pass_stop = -1  # where the current epoch's pass ends; -1: a whole epoch
         self._next_start: int | None = None  # where the epoch after a pass begins
         self._pass: _Pass | None = None
-        self._plans: dict[int, tuple[int, EpochPlan]] = {}
+        self._plans: dict[int, tuple[int, EpochPlan, str]] = {}  # source -> epoch, plan, digest
+        self._expected: dict[int, tuple[int, str]] = {}  # digests a loaded state names
 
     # ------------------------------------------------------------------ weights
     def _checked_weights(self, weights: Mapping[str, float] | None) -> np.ndarray:
@@ -281,7 +282,15 @@ class MixSampler(Sampler[int]):
         plan = epoch_plan(
             self.order, self.layouts[source], self.source_window, self._source_seeds[source], epoch
         )
-        self._plans[source] = (epoch, plan)
+        digest = order_digest(plan.indices)
+        expected = self._expected.get(source)
+        if expected is not None and expected[0] == epoch and expected[1] != digest:
+            raise StateMismatchError(
+                f"cannot resume source {self.names[source]!r}: its epoch {epoch} order differs "
+                "from the one the state was saved with, so its remaining samples would be "
+                "wrong. Was the state saved by another numpy or shardio version?"
+            )
+        self._plans[source] = (epoch, plan, digest)
         return plan
 
     # -------------------------------------------------------------------- state
@@ -333,6 +342,11 @@ class MixSampler(Sampler[int]):
         self._interleave = Interleave(weights, self._phases)
         self._start, self._pass_stop = saved.position, saved.pass_stop
         self._pass, self._plans = None, {}
+        self._expected = {}
+        for s, text in enumerate(saved.digests):
+            epoch_text, _, digest = text.partition(":")
+            if epoch_text.isdigit() and digest:
+                self._expected[s] = (int(epoch_text), digest)
         self._pending = None if np.array_equal(self.weights, weights) else self.weights
         # set_epoch(epoch + 1) right after loading: a state from the end of a pass goes
         # on from its position (what is left over begins the next epoch, as in the run
@@ -360,6 +374,10 @@ class MixSampler(Sampler[int]):
             exhausted=self.exhausted,
             samples_per_epoch=self.samples_per_epoch,
             world_size=self.world_size,
+            digests=tuple(
+                f"{self._plans[s][0]}:{self._plans[s][2]}" if s in self._plans else ""
+                for s in range(len(self.names))
+            ),
         )
 
     def source_positions(self) -> dict[str, tuple[int, int]]:

@@ -39,6 +39,9 @@ class MixState:
     exhausted: str
     samples_per_epoch: int
     world_size: int  # of the run that saved it (for reading; a state resumes at any)
+    #: Per source, ``"epoch:digest"`` of the order it was reading (``orders.order_digest``),
+    #: or ``""`` where it had not built one: a resume checks it sees the same orders.
+    digests: tuple[str, ...] = ()
 
     def to_dict(self) -> dict[str, Any]:
         """Plain ints, floats, strings and lists: safe for torch.save and JSON."""
@@ -61,7 +64,7 @@ class MixState:
                 f"state should have version {MIX_STATE_VERSION} (from MixSampler.state_dict()), "
                 f"but got version={state.get('version')!r}"
             )
-        missing = [f.name for f in fields(cls) if f.name not in state]
+        missing = [f.name for f in fields(cls) if f.name not in state and f.name != "digests"]
         if missing:
             raise InvalidOptionError(
                 f"state is missing {', '.join(missing)}: it does not come from "
@@ -69,10 +72,13 @@ class MixState:
             )
         values: dict[str, Any] = {}
         for f in fields(cls):
-            values[f.name] = _parse(f.name, str(f.type), state[f.name])
+            if f.name in state:
+                values[f.name] = _parse(f.name, str(f.type), state[f.name])
         parsed = cls(**values)
         count = len(parsed.names)
-        for name in ("anchor", "weights", "lengths", "layouts"):
+        for name in ("anchor", "weights", "lengths", "layouts", "digests"):
+            if name == "digests" and not parsed.digests:
+                continue
             if len(getattr(parsed, name)) != count:
                 raise InvalidOptionError(
                     f"state[{name!r}] should have one entry per source ({count}), "
