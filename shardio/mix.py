@@ -9,6 +9,7 @@ from in the ``source`` field (the source's number in `Mix.names`).
 
 from __future__ import annotations
 
+import threading
 from collections.abc import Callable, Mapping, Sequence
 from typing import Any
 
@@ -99,6 +100,7 @@ class Mix(torch.utils.data.Dataset[Any]):
         lengths = np.array([len(s) for s in self.sources], dtype=np.int64)
         self.offsets = np.cumsum(lengths) - lengths
         self._ends = np.cumsum(lengths)
+        self._local = threading.local()  # scratch buffers of each reading thread
 
     # --------------------------------------------------------------- structure
     @property
@@ -152,29 +154,74 @@ class Mix(torch.utils.data.Dataset[Any]):
     def read_batch(
         self, indices: Sequence[int] | np.ndarray, out: dict[str, np.ndarray] | None = None
     ) -> Columns:
-        """A batch as columns in ``indices`` order, plus the ``source`` column."""
+        """A batch as columns in ``indices`` order, plus the ``source`` column.
+
+        A batch of one source is that source's read (into ``out`` where given). Otherwise
+        each source reads its rows into a scratch buffer grouped by source, reused by
+        this thread (fresh memory costs a page fault per page), and one gather per field
+        puts the rows in order."""
         sources, local = self.source_of(indices)
         count = len(sources)
-        columns: Columns = {}
-        for fld in self.schema:
-            if fld.variable:
-                columns[fld.name] = [None] * count
-            elif out is not None and fld.name in out:
-                columns[fld.name] = out[fld.name]
-            else:
-                columns[fld.name] = np.empty((count, *fld.shape), dtype=fld.dtype.newbyteorder("="))
-        columns[SOURCE_FIELD][...] = sources
-        for s in np.unique(sources).tolist():
-            where = np.flatnonzero(sources == s)
-            part = self.sources[s].read_batch(local[where])
+        fixed = [f for f in self.schema if not f.variable and f.name != SOURCE_FIELD]
+        present = np.unique(sources)
+        if len(present) == 1:
+            part_out = (
+                None if out is None else {f.name: out[f.name] for f in fixed if f.name in out}
+            )
+            columns = dict(self.sources[int(present[0])].read_batch(local, out=part_out))
+        else:
+            columns = self._read_grouped(sources, local, fixed, out)
+        source_column = None if out is None else out.get(SOURCE_FIELD)
+        if source_column is None:
+            source_column = np.empty(count, dtype=np.int64)
+        source_column[...] = sources
+        columns[SOURCE_FIELD] = source_column
+        return {name: columns[name] for name in self.schema.names}
+
+    def _read_grouped(
+        self,
+        sources: np.ndarray,
+        local: np.ndarray,
+        fixed: list[Field],
+        out: dict[str, np.ndarray] | None,
+    ) -> Columns:
+        count = len(sources)
+        order = np.argsort(sources, kind="stable")
+        grouped_sources = sources[order]
+        scratch = {f.name: self._scratch(f, count) for f in fixed}
+        columns: Columns = {f.name: [None] * count for f in self.schema if f.variable}
+        cuts = (np.flatnonzero(np.diff(grouped_sources)) + 1).tolist()
+        for lo, hi in zip([0, *cuts], [*cuts, count], strict=True):
+            rows = order[lo:hi]
+            targets = {name: buffer[lo:hi] for name, buffer in scratch.items()}
+            part = self.sources[int(grouped_sources[lo])].read_batch(local[rows], out=targets)
             for name, values in part.items():
-                target = columns[name]
-                if isinstance(target, list):
-                    for at, value in zip(where.tolist(), values, strict=True):
-                        target[at] = value
-                else:
-                    target[where] = values
+                if name in targets:
+                    if values is not targets[name]:  # a source that did not read into out
+                        targets[name][...] = values
+                    continue
+                column = columns[name]
+                for at, value in zip(rows.tolist(), values, strict=True):
+                    column[at] = value
+        inverse = np.empty(count, dtype=np.int64)
+        inverse[order] = np.arange(count)
+        for f in fixed:
+            target = None if out is None else out.get(f.name)
+            if target is None:
+                target = np.empty((count, *f.shape), dtype=f.dtype)
+            # mode="clip": the indices are in range, and "raise" would buffer the output
+            np.take(scratch[f.name], inverse, axis=0, out=target, mode="clip")
+            columns[f.name] = target
         return columns
+
+    def _scratch(self, fld: Field, count: int) -> np.ndarray:
+        """This thread's reused buffer of at least ``count`` rows of ``fld``."""
+        buffers: dict[str, np.ndarray] = self._local.__dict__.setdefault("buffers", {})
+        buffer = buffers.get(fld.name)
+        if buffer is None or len(buffer) < count:
+            buffer = np.empty((count, *fld.shape), dtype=fld.dtype)
+            buffers[fld.name] = buffer
+        return buffer[:count]
 
     def readahead(self, start: int, stop: int) -> int:
         """Hint global samples ``[start, stop)`` (within one source or across)."""
@@ -186,6 +233,15 @@ class Mix(torch.utils.data.Dataset[Any]):
             if hi > lo and callable(hint):
                 hinted += int(hint(lo - int(self.offsets[s]), hi - int(self.offsets[s])) or 0)
         return hinted
+
+    def __getstate__(self) -> dict[str, Any]:
+        state = self.__dict__.copy()
+        del state["_local"]  # scratch buffers stay in their process
+        return state
+
+    def __setstate__(self, state: dict[str, Any]) -> None:
+        self.__dict__.update(state)
+        self._local = threading.local()
 
     # ------------------------------------------------------------------- close
     def memory_stats(self) -> dict[str, Any]:
