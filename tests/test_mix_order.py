@@ -337,3 +337,17 @@ def test_a_state_whose_source_order_differs_is_refused() -> None:
     changed.load_state_dict(state)
     with pytest.raises(StateMismatchError, match=f"source 'code': its epoch {epoch} order differs"):
         list(changed)
+
+
+@pytest.mark.slow
+@settings(max_examples=1500, deadline=None)
+@given(weights_, st.integers(0, 2**32), st.integers(0, 10**9), st.integers(1, 20_000))
+def test_the_bound_holds_far_into_long_runs(
+    weights: list[float], seed: int, start: int, size: int
+) -> None:
+    interleave = _interleave(weights, seed)
+    sources, _ = interleave.slice(start, start + size)
+    counts = np.bincount(sources, minlength=len(weights))
+    assert len(sources) == size
+    bound = window_bound(interleave.weights)
+    assert (np.abs(counts - size * interleave.weights) <= bound + 1e-6).all()

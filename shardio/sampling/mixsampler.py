@@ -129,7 +129,9 @@ class MixSampler(Sampler[int]):
         self._pass_stop = -1  # where the current epoch's pass ends; -1: a whole epoch
         self._next_start: int | None = None  # where the epoch after a pass begins
         self._pass: _Pass | None = None
-        self._plans: dict[int, tuple[int, EpochPlan, str]] = {}  # source -> epoch, plan, digest
+        # source -> its last two (epoch, plan, digest), newest last: a chunk that crosses
+        # a source's epoch boundary needs both, and rebuilding one costs its whole order
+        self._plans: dict[int, list[tuple[int, EpochPlan, str]]] = {}
         self._expected: dict[int, tuple[int, str]] = {}  # digests a loaded state names
 
     # ------------------------------------------------------------------ weights
@@ -276,9 +278,10 @@ class MixSampler(Sampler[int]):
 
     def _plan(self, source: int, epoch: int) -> EpochPlan:
         """Source ``source``'s order of its epoch ``epoch`` (one kept per source)."""
-        cached = self._plans.get(source)
-        if cached is not None and cached[0] == epoch:
-            return cached[1]
+        kept = self._plans.setdefault(source, [])
+        for cached_epoch, cached, _ in kept:
+            if cached_epoch == epoch:
+                return cached
         plan = epoch_plan(
             self.order, self.layouts[source], self.source_window, self._source_seeds[source], epoch
         )
@@ -290,7 +293,8 @@ class MixSampler(Sampler[int]):
                 "from the one the state was saved with, so its remaining samples would be "
                 "wrong. Was the state saved by another numpy or shardio version?"
             )
-        self._plans[source] = (epoch, plan, digest)
+        kept.append((epoch, plan, digest))
+        del kept[:-2]
         return plan
 
     # -------------------------------------------------------------------- state
@@ -375,8 +379,8 @@ class MixSampler(Sampler[int]):
             samples_per_epoch=self.samples_per_epoch,
             world_size=self.world_size,
             digests=tuple(
-                f"{self._plans[s][0]}:{self._plans[s][2]}" if s in self._plans else ""
-                for s in range(len(self.names))
+                f"{kept[-1][0]}:{kept[-1][2]}" if kept else ""
+                for kept in (self._plans.get(s, []) for s in range(len(self.names)))
             ),
         )
 
