@@ -26,6 +26,8 @@ _LAZY = {
     "Loader": "shardio.loader",
     "Prefetcher": "shardio.prefetch",
     "ShardSampler": "shardio.sampling",
+    "Mix": "shardio.mix",
+    "MixSampler": "shardio.sampling",
     "verify": "shardio.convert",
     "trace": "shardio.diagnose",
 }
@@ -39,8 +41,9 @@ if TYPE_CHECKING:
     from .dataset import ShardedDataset
     from .diagnose import trace
     from .loader import Loader
+    from .mix import Mix
     from .prefetch import Prefetcher
-    from .sampling import ShardSampler
+    from .sampling import MixSampler, ShardSampler
 
 __all__ = [
     *_error_names,
@@ -49,6 +52,8 @@ __all__ = [
     "Loader",
     "Manifest",
     "MemoryPolicy",
+    "Mix",
+    "MixSampler",
     "Prefetcher",
     "Schema",
     "ShardSampler",

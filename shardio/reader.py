@@ -251,6 +251,16 @@ class DatasetReader:
             return [self.path]
         return [self._shard_path(s) for s in self.shard_infos]
 
+    @property
+    def max_open_shards(self) -> int:
+        """Most shards this reader keeps open in a process (a `Mix` lowers it to share
+        one limit between its sources)."""
+        return self._recent.limit
+
+    @max_open_shards.setter
+    def max_open_shards(self, value: int) -> None:
+        self._recent.limit = resolve_open_limit(value)
+
     def _shard_path(self, info: ShardInfo) -> str:
         if is_remote(self.path):
             return f"{self.path.rstrip('/')}/{info.path}"

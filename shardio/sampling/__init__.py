@@ -8,6 +8,7 @@ the dataset or adapter modules.
 from __future__ import annotations
 
 from .layout import ShardedSource, ShardLayout
+from .mixsampler import MixSampler
 from .orders import ORDERS, epoch_order
 from .partition import PARTITIONS, rank_indices, samples_per_rank
 from .sampler import ShardSampler
@@ -15,6 +16,7 @@ from .state import find_sampler_state
 
 __all__ = [
     "ShardSampler",
+    "MixSampler",
     "ShardedSource",
     "ShardLayout",
     "ORDERS",
