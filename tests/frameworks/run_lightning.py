@@ -3,7 +3,7 @@ rank's training steps received. Run as a script by tests/test_frameworks_lightni
 
     python run_lightning.py DATA OUT TAG [--loader torch|stateful] [--workers N]
         [--batch B] [--epochs E] [--max-steps S] [--save-at K] [--resume CKPT]
-        [--fabric]
+        [--fabric] [--devices D]
 
 Writes OUT/TAG-rank{r}.json: {"epochs": {epoch: [labels...]}, "world_size": W}.
 """
@@ -68,7 +68,7 @@ def run_trainer(args: argparse.Namespace) -> tuple[dict[int, list[int]], int, in
         )
     trainer = L.Trainer(
         accelerator="cpu",
-        devices=2,
+        devices=args.devices,
         strategy="ddp",
         max_epochs=args.epochs,
         max_steps=args.max_steps,
@@ -114,6 +114,7 @@ def main() -> None:
     parser.add_argument("--save-at", type=int, default=0)
     parser.add_argument("--resume", default=None)
     parser.add_argument("--fabric", action="store_true")
+    parser.add_argument("--devices", type=int, default=2)
     args = parser.parse_args()
     seen, rank, world = run_fabric(args) if args.fabric else run_trainer(args)
     out = Path(args.out, f"{args.tag}-rank{rank}.json")
