@@ -50,8 +50,10 @@ def main() -> None:
     )
     accelerator = Accelerator(cpu=True, dataloader_config=config)
     dataset = ShardedDataset(args.data)
-    placement = {} if args.world_from_dist else {"rank": 0, "world_size": 1}
-    sampler = ShardSampler(dataset, seed=5, window="2KB", **placement)
+    if args.world_from_dist:
+        sampler = ShardSampler(dataset, seed=5, window="2KB")
+    else:
+        sampler = ShardSampler(dataset, seed=5, window="2KB", rank=0, world_size=1)
     options: dict[str, Any] = {"batch_size": args.batch, "sampler": sampler}
     if args.workers:
         options.update(num_workers=args.workers, multiprocessing_context="fork")

@@ -59,7 +59,7 @@ class Model(L.LightningModule):
 
 
 def run_trainer(args: argparse.Namespace) -> tuple[dict[int, list[int]], int, int]:
-    callbacks = []
+    callbacks: list[Any] = []
     if args.save_at:
         callbacks.append(
             L.pytorch.callbacks.ModelCheckpoint(
@@ -90,7 +90,7 @@ def run_fabric(args: argparse.Namespace) -> tuple[dict[int, list[int]], int, int
     model = torch.nn.Linear(1, 1)
     optimizer = torch.optim.SGD(model.parameters(), lr=0.0)
     model, optimizer = fabric.setup(model, optimizer)
-    loader = fabric.setup_dataloaders(make_loader(args))
+    loader: Any = fabric.setup_dataloaders(make_loader(args))
     seen: dict[int, list[int]] = defaultdict(list)
     for epoch in range(args.epochs):
         for batch in loader:
