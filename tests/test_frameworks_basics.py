@@ -118,3 +118,19 @@ def test_a_state_whose_version_is_not_an_int_is_refused(ds: ShardedDataset, vers
     state["epoch"] = True
     with pytest.raises(InvalidOptionError, match="epoch"):
         ShardSampler(ds).load_state_dict(state)
+
+
+def test_a_share_sampler_inside_accelerates_dispatcher_is_refused(ds: ShardedDataset) -> None:
+    accelerate = pytest.importorskip("accelerate")
+    from accelerate.utils import DataLoaderConfiguration
+
+    config = DataLoaderConfiguration(dispatch_batches=True)
+    accelerator = accelerate.Accelerator(cpu=True, dataloader_config=config)
+    share = ShardSampler(ds, seed=0, rank=0, world_size=2)  # one rank's share of two
+    loader = accelerator.prepare(DataLoader(ds, batch_size=8, sampler=share))
+    with pytest.raises(InvalidOptionError, match=r"DataLoaderDispatcher.*rank=0, world_size=1"):
+        next(iter(loader))
+    whole = ShardSampler(ds, seed=0, rank=0, world_size=1)
+    loader = accelerator.prepare(DataLoader(ds, batch_size=8, sampler=whole))
+    labels = [label for batch in loader for label in batch["label"].tolist()]
+    assert sorted(labels) == list(range(N))
