@@ -90,3 +90,33 @@ def test_trainer_resumes_at_another_world_size(tmp_path: Path) -> None:
     first = _epochs(tmp_path, "first")["0"]
     second = _epochs(tmp_path, "second", world=1)["0"]
     assert_once_each(first[0] + first[1] + second[0], N, padding=0)
+
+
+@pytest.mark.slow
+def test_fabric_resumes_exactly_from_its_checkpoint_mid_epoch(tmp_path: Path) -> None:
+    data = write_labels(tmp_path / "data", N)
+    step = random.Random(7).randint(1, 11)
+    common = ["--fabric", "--loader", "stateful", "--workers", "2"]
+    run(python("run_lightning.py", str(data), str(tmp_path), "whole", *common))
+    run(
+        python(
+            "run_lightning.py", str(data), str(tmp_path), "first", *common, "--save-at", str(step)
+        )
+    )
+    checkpoint = tmp_path / "first.ckpt"
+    assert checkpoint.exists()
+    run(
+        python(
+            "run_lightning.py",
+            str(data),
+            str(tmp_path),
+            "second",
+            *common,
+            "--resume",
+            str(checkpoint),
+        )
+    )
+    whole, first, second = (_epochs(tmp_path, tag)["0"] for tag in ("whole", "first", "second"))
+    for rank in range(2):
+        assert len(first[rank]) == 8 * step
+        assert first[rank] + second[rank] == whole[rank], f"rank {rank}, resumed at step {step}"

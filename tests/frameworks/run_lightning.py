@@ -90,14 +90,23 @@ def run_fabric(args: argparse.Namespace) -> tuple[dict[int, list[int]], int, int
     model = torch.nn.Linear(1, 1)
     optimizer = torch.optim.SGD(model.parameters(), lr=0.0)
     model, optimizer = fabric.setup(model, optimizer)
-    loader: Any = fabric.setup_dataloaders(make_loader(args))
+    raw = make_loader(args)
+    loader: Any = fabric.setup_dataloaders(raw)
+    # With --loader stateful, Fabric saves the StatefulDataLoader's state_dict() with the
+    # model and restores it with load_state_dict() (both through fabric.save/load).
+    state = {"model": model, "optimizer": optimizer, "loader": raw}
+    if args.resume:
+        fabric.load(args.resume, state)
     seen: dict[int, list[int]] = defaultdict(list)
     for epoch in range(args.epochs):
-        for batch in loader:
+        for step, batch in enumerate(loader, start=1):
             seen[epoch].extend(batch["label"].tolist())
             loss = model(batch["x"].float()[:, None]).mean()
             fabric.backward(loss)
             optimizer.step()
+            if step == args.save_at:
+                fabric.save(str(Path(args.out, f"{args.tag}.ckpt")), state)
+                return seen, fabric.global_rank, fabric.world_size
     return seen, fabric.global_rank, fabric.world_size
 
 
