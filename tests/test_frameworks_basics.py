@@ -134,3 +134,18 @@ def test_a_share_sampler_inside_accelerates_dispatcher_is_refused(ds: ShardedDat
     loader = accelerator.prepare(DataLoader(ds, batch_size=8, sampler=whole))
     labels = [label for batch in loader for label in batch["label"].tolist()]
     assert sorted(labels) == list(range(N))
+
+
+def _label_plus_one(sample: dict[str, Any]) -> int:
+    return int(sample["label"]) + 1
+
+
+def _label_sum(batch: dict[str, Any]) -> int:
+    return int(batch["label"].sum())
+
+
+def test_a_batch_by_list_goes_through_the_transforms(ds: ShardedDataset) -> None:
+    per_sample = ShardedDataset(ds.path, transform=_label_plus_one)
+    assert per_sample[[4, 1]] == [5, 2] and per_sample[4] == 5
+    per_batch = ShardedDataset(ds.path, batch_transform=_label_sum)
+    assert per_batch[[4, 1, 10]] == 15  # applied to the batch as tensors, as in a DataLoader
