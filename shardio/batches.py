@@ -84,7 +84,7 @@ class Batch(Sequence[Sample]):
         return BatchRow(
             self,
             {
-                name: column[index, ...] if isinstance(column, np.ndarray) else column[index]
+                name: column[index]  # a numpy scalar for scalar fields, as in ds[i]
                 for name, column in self.columns.items()
             },
         )

@@ -4,13 +4,13 @@ from __future__ import annotations
 
 import os
 from collections.abc import Callable, Sequence
-from typing import Any
+from typing import Any, cast
 
 import numpy as np
 import torch.utils.data
 
 from .adapters.base import Columns, columns_to_samples
-from .batches import Batch, BatchTransform, shared_columns
+from .batches import Batch, BatchTransform, columns_to_tensors, shared_columns
 from .errors import InvalidOptionError
 from .loaderinfo import dataloader_worker
 from .reader import DatasetReader
@@ -106,12 +106,33 @@ class ShardedDataset(torch.utils.data.Dataset[Any]):
         )
 
     # ----------------------------------------------------------------- reading
-    def __getitem__(self, index: int) -> Any:
+    def __getitem__(self, index: int | slice | Sequence[int] | np.ndarray) -> Any:
+        """``ds[i]``: one sample, a dict of field -> value (a numpy scalar for a scalar
+        field, as numpy and h5py indexing give). ``ds[[i, j]]``, ``ds[array]`` and
+        ``ds[a:b]``: the batch as :meth:`read_batch` returns it (columns), so
+        ``DataLoader(ds, sampler=BatchSampler(...), batch_size=None)`` reads a batch in
+        one call; with ``transform`` a list of transformed samples, with
+        ``batch_transform`` its result on the batch as tensors."""
+        if isinstance(index, slice):
+            return self._batch(np.arange(*index.indices(len(self)), dtype=np.int64))
+        if isinstance(index, (list, tuple)) or (isinstance(index, np.ndarray) and index.ndim > 0):
+            return self._batch(index)
+        if isinstance(index, torch.Tensor) and index.ndim > 0:
+            return self._batch(index.numpy())
+        one = cast(int, index)  # anything else is refused by the index layer
         if self._swapped:
-            sample = columns_to_samples(self.read_batch([index]), 1)[0]
+            sample = columns_to_samples(self.read_batch([one]), 1)[0]
         else:
-            sample = self.reader.read(index)
+            sample = self.reader.read(one)
         return self.transform(sample) if self.transform is not None else sample
+
+    def _batch(self, indices: Sequence[int] | np.ndarray) -> Any:
+        columns = self.read_batch(indices)
+        if self.transform is not None:
+            return [self.transform(s) for s in columns_to_samples(columns, len(indices))]
+        if self.batch_transform is not None:
+            return self.batch_transform(columns_to_tensors(columns))
+        return columns
 
     def __getitems__(self, indices: Sequence[int]) -> Sequence[Any]:
         """A whole batch, read shard by shard in one backend call each.

@@ -337,17 +337,13 @@ def coalesce_ranges(
 def columns_to_samples(columns: Mapping[str, Any], count: int) -> list[Sample]:
     """Split columns into ``count`` per-sample dicts (array rows are views).
 
-    Rows of array columns stay ``np.ndarray`` (0-d for scalar fields), never numpy
-    scalars, so every array field of a sample has the same type."""
+    A scalar field's value is a numpy scalar (``np.int64(5)``), as numpy's and h5py's
+    own indexing give, so code that builds tensors from lists of them
+    (``torch.tensor([s["label"] for s in samples])``) works; other array fields are
+    row views."""
     names = list(columns)
     values = [columns[n] for n in names]
-    return [
-        {
-            n: (v[i, ...] if isinstance(v, np.ndarray) else v[i])
-            for n, v in zip(names, values, strict=True)
-        }
-        for i in range(count)
-    ]
+    return [{n: v[i] for n, v in zip(names, values, strict=True)} for i in range(count)]
 
 
 def samples_to_columns(samples: Sequence[Mapping[str, Any]], schema: Schema) -> Columns:

@@ -9,11 +9,12 @@ from typing import Any
 
 import numpy as np
 import torch.distributed as dist
-from torch.utils.data import Sampler
+from torch.utils.data import DistributedSampler, Sampler
 
 from ..config import parse_size
 from ..errors import InvalidOptionError, StateMismatchError
 from .elastic import NO_RUNS, fold_pass, normalize_runs, pass_share, pass_size
+from .frameworks import check_not_split
 from .layout import ShardedSource, resolve_layout
 from .orders import ORDERS, EpochPlan, OrderName, epoch_plan, order_digest
 from .partition import PARTITIONS, PartitionName, rank_indices, samples_per_rank
@@ -36,8 +37,12 @@ class _Pass:
     done: bool = False
 
 
-class ShardSampler(Sampler[int]):
+class ShardSampler(DistributedSampler[int]):
     """Yields this rank's indices of a (sharded) dataset, one epoch at a time.
+
+    A ``DistributedSampler`` subclass (with its attributes ``num_replicas``, ``rank``,
+    ``epoch``, ``num_samples``, ...), so Lightning's Trainer and Fabric keep it as the
+    rank's sampler instead of sharding its order again (see docs/frameworks.md).
 
     Args:
         data_source: a dataset with ``len()``; its ``shard_lengths`` and
@@ -48,8 +53,11 @@ class ShardSampler(Sampler[int]):
             sizes), ``"random"`` (a full permutation) or ``"sequential"``.
         seed: with the epoch, the only source of randomness; the same on every rank.
         window: bytes the ``shard-window`` order keeps live at once, e.g. ``"1GB"``.
-        rank, world_size: this process's place among the readers; taken from
-            ``torch.distributed`` when it is initialized, else 0 and 1.
+        rank, world_size: this process's place among the readers; where not given,
+            taken from ``torch.distributed`` each time they are needed (so a sampler
+            made before a framework starts the process group follows it), else 0 and 1.
+            Under accelerate (and the HF Trainer), which split the batches of one order
+            between processes themselves, give ``rank=0, world_size=1``.
         drop_last: cut the order to a multiple of ``world_size`` instead of padding it
             by repeating indices, as :class:`~torch.utils.data.DistributedSampler`.
         partition: ``"contiguous"`` (one run of the order per rank: ranks read
@@ -83,7 +91,8 @@ class ShardSampler(Sampler[int]):
         shard_nbytes: Iterable[int] | None = None,
         readahead: bool = True,
     ) -> None:
-        super().__init__()
+        Sampler.__init__(self)  # not DistributedSampler's: it needs a process group
+        self.dataset = data_source  # type: ignore[assignment]  # DistributedSampler's name
         self.layout = resolve_layout(data_source, shard_lengths, shard_nbytes)
         self.order: OrderName = _resolve_order(order, shuffle, self.layout.nbytes is not None)
         if self.order == "shard-window" and self.layout.nbytes is None:
@@ -97,14 +106,15 @@ class ShardSampler(Sampler[int]):
             raise InvalidOptionError(
                 f"window should be a size such as '1GB', but got window={window!r}"
             )
-        self.rank, self.world_size = _resolve_rank(rank, world_size)
+        _resolve_rank(rank, world_size)  # checks what was given, now
+        self._placement = (rank, world_size)
+        self.shuffle = self.order != "sequential"
         self.drop_last = bool(drop_last)
         if partition not in PARTITIONS:
             raise InvalidOptionError(
                 f"partition should be one of {PARTITIONS}, but got partition={partition!r}"
             )
         self.partition: PartitionName = partition
-        self.num_samples = samples_per_rank(len(self.layout), self.world_size, self.drop_last)
         self._fingerprint = self.layout.fingerprint()  # asked for at every state_dict()
         hint = getattr(data_source, "readahead", None) if readahead else None
         self._hint: Hint | None = hint if callable(hint) else None
@@ -115,22 +125,55 @@ class ShardSampler(Sampler[int]):
         # another world size); the next pass reads the rest.
         self._consumed = NO_RUNS
         self._pass: _Pass | None = None
+        self._len_base = 0  # indices of the epoch each rank read at a world size before
 
     @property
-    def epoch(self) -> int:
+    def rank(self) -> int:  # type: ignore[override]
+        """This process's place among the readers (see ``world_size``)."""
+        return _resolve_rank(*self._placement)[0]
+
+    @property
+    def world_size(self) -> int:
+        """The number of readers: as given, else ``torch.distributed``'s when it is
+        initialized, else 1."""
+        return _resolve_rank(*self._placement)[1]
+
+    @property
+    def num_replicas(self) -> int:  # type: ignore[override]
+        """``world_size``, under DistributedSampler's name."""
+        return self.world_size
+
+    @property
+    def num_samples(self) -> int:  # type: ignore[override]
+        """Indices each rank reads in a whole epoch (padding included)."""
+        return samples_per_rank(len(self.layout), self.world_size, self.drop_last)
+
+    @property
+    def total_size(self) -> int:  # type: ignore[override]
+        """Indices all ranks read in a whole epoch (padding included)."""
+        return self.num_samples * self.world_size
+
+    @property
+    def epoch(self) -> int:  # type: ignore[override]
         return self._epoch
 
     def set_epoch(self, epoch: int) -> None:
         """Select the epoch the next pass yields.
 
-        Setting the epoch a loaded state belongs to keeps its resume position, so
-        ``load_state_dict(...)`` followed by the usual ``set_epoch(epoch)`` resumes.
+        Setting the epoch the sampler is at already changes nothing: a pass in
+        progress keeps the position ``state_dict()`` saves, and a loaded state keeps
+        its resume position, so ``load_state_dict(...)`` followed by the usual
+        ``set_epoch(epoch)`` resumes (frameworks call ``set_epoch`` at every
+        ``iter()``). Another epoch starts that epoch from its beginning: the
+        position in a pass in progress is dropped.
         """
         epoch = _non_negative_int(epoch, "epoch")
-        if epoch != self._epoch:
-            self._resume_at, self._resume_digest, self._consumed = 0, "", NO_RUNS
+        if epoch == self._epoch:
+            return
+        self._resume_at, self._resume_digest, self._consumed = 0, "", NO_RUNS
         self._epoch = epoch
         self._pass = None
+        self._len_base = 0
 
     def indices(self, epoch: int | None = None) -> np.ndarray:
         """This rank's whole order for ``epoch`` (the current epoch by default)."""
@@ -146,6 +189,7 @@ class ShardSampler(Sampler[int]):
         return self._run(progress, self._epoch)
 
     def _run(self, progress: _Pass, epoch: int) -> Iterator[int]:
+        check_not_split(self)
         plan = self._plan(epoch)
         order, block_starts = plan.indices, plan.block_starts
         digest = order_digest(order)
@@ -183,10 +227,14 @@ class ShardSampler(Sampler[int]):
         return rank_indices(order, self.rank, self.world_size, self.drop_last, self.partition)
 
     def __len__(self) -> int:
-        """Indices the current pass yields (or the next one, when none is running)."""
+        """This rank's indices in the epoch, as DistributedSampler's: the whole epoch's
+        also when a pass resumes mid-epoch, since frameworks (Lightning, accelerate, the
+        HF Trainer) subtract the batches their checkpoint counts as done. At another
+        world size: what this rank's share consumed before, plus its share of the rest."""
+        consumed = self._consumed
         if self._pass is not None and not self._pass.done:
-            return self._pass_size(self._pass.consumed) - self._pass.start
-        return self._pass_size(self._consumed) - self._resume_at
+            consumed = self._pass.consumed
+        return self._len_base + self._pass_size(consumed)
 
     def _pass_size(self, consumed: np.ndarray) -> int:
         return pass_size(len(self.layout), consumed, self.world_size, self.drop_last)
@@ -263,7 +311,9 @@ class ShardSampler(Sampler[int]):
             )
         epoch = _non_negative_int(saved.epoch, "state['epoch']")
         offset = saved.offset
+        self._len_base = 0
         if world_size != self.world_size:
+            self._len_base = offset
             # Another world size: fold the interrupted pass into the consumed positions,
             # and start a new pass over the rest at this world size.
             consumed = fold_pass(consumed, n, world_size, self.drop_last, self.partition, offset)

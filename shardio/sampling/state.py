@@ -64,7 +64,8 @@ class SamplerState:
                 f"but got {type(state).__name__}"
             )
         version = state.get("version")
-        if version not in _READABLE_VERSIONS:
+        # NOTE: True == 1 in Python, so a membership test alone would take True as 1.
+        if type(version) is not int or version not in _READABLE_VERSIONS:
             raise InvalidOptionError(
                 f"state should have version {STATE_VERSION} (from ShardSampler.state_dict()), "
                 f"but got version={version!r}"
@@ -108,6 +109,8 @@ _FIELDS = tuple(f.name for f in fields(SamplerState))
 def _parse(name: str, kind: str, value: Any) -> Any:
     try:
         if kind == "int":
+            if isinstance(value, bool):  # an int to operator.index, never a count
+                raise TypeError
             return operator.index(value)
         if kind == "bool":
             return bool(operator.index(value))

@@ -34,7 +34,8 @@ RELEASE_KINDS: tuple[str, ...] = get_args(ReleaseKind)
 
 
 def assert_value_equal(got: Any, want: Any, where: str) -> None:
-    """One field of one sample: bytes equal, or an ndarray of the same dtype and values.
+    """One field of one sample: bytes equal, or an ndarray (a numpy scalar for a scalar
+    field) of the same dtype and values.
 
     NOTE: variable-length values are compared up to byte order (Zarr hands a big-endian
     ragged field back in native order); fixed fields must match their dtype exactly."""
@@ -43,7 +44,12 @@ def assert_value_equal(got: Any, want: Any, where: str) -> None:
         assert got == want, where
         return
     want = np.asarray(want)
-    assert isinstance(got, np.ndarray), f"{where}: got {type(got).__name__}, want ndarray"
+    if want.ndim == 0:  # a scalar field: a numpy scalar, as numpy and h5py indexing give
+        assert isinstance(got, np.generic), (
+            f"{where}: got {type(got).__name__}, want a numpy scalar"
+        )
+    else:
+        assert isinstance(got, np.ndarray), f"{where}: got {type(got).__name__}, want ndarray"
     assert got.dtype.newbyteorder("=") == want.dtype.newbyteorder("="), (
         f"{where}: dtype {got.dtype}, want {want.dtype}"
     )

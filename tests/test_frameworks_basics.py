@@ -1,0 +1,151 @@
+"""What frameworks rely on, checked in one process: ShardSampler is a DistributedSampler
+that follows torch.distributed, keeps its position through set_epoch and len() as
+DistributedSampler's; datasets index by lists, arrays and slices; scalar fields are
+numpy scalars."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import pytest
+import torch
+import torch.distributed as dist
+from torch.utils.data import BatchSampler, DataLoader, DistributedSampler, RandomSampler
+
+from shardio import ShardedDataset, ShardSampler, ShardWriter
+from shardio.errors import InvalidOptionError
+
+torch.set_num_threads(1)
+
+N = 120
+
+
+@pytest.fixture(scope="module")
+def ds(tmp_path_factory: pytest.TempPathFactory) -> ShardedDataset:
+    path = tmp_path_factory.mktemp("fw") / "data"
+    with ShardWriter(path, format="mmap", shard_size=500) as writer:
+        writer.write_batch(
+            {
+                "label": np.arange(N, dtype=np.int64),
+                "x": np.arange(N * 2, dtype=np.float32).reshape(N, 2),
+            }
+        )
+    return ShardedDataset(path)
+
+
+def test_scalar_fields_are_numpy_scalars_and_collate_by_hand(ds: ShardedDataset) -> None:
+    sample = ds[5]
+    assert type(sample["label"]) is np.int64 and sample["label"] == 5
+    assert isinstance(sample["x"], np.ndarray) and sample["x"].tolist() == [10.0, 11.0]
+    rows = list(ds.__getitems__([3, 4]))  # a Batch's rows, as collate_fns see them
+    assert type(rows[0]["label"]) is np.int64
+    # The hand-written collate_fn (and the HF default collator) build tensors from lists.
+    labels = torch.tensor([s["label"] for s in [ds[1], *rows]])
+    assert labels.tolist() == [1, 3, 4]
+
+
+@pytest.mark.parametrize(
+    "index",
+    [[7, 2, 9], (7, 2, 9), np.array([7, 2, 9]), torch.tensor([7, 2, 9])],
+    ids=["list", "tuple", "ndarray", "tensor"],
+)
+def test_a_sequence_of_indices_reads_the_batch_as_columns(ds: ShardedDataset, index: Any) -> None:
+    batch = ds[index]
+    assert batch["label"].tolist() == [7, 2, 9]
+    expected = ds.read_batch([7, 2, 9])
+    np.testing.assert_array_equal(batch["x"], expected["x"])
+
+
+def test_a_slice_reads_the_batch_as_columns(ds: ShardedDataset) -> None:
+    assert ds[3:9:2]["label"].tolist() == [3, 5, 7]
+    assert ds[-3:]["label"].tolist() == [N - 3, N - 2, N - 1]
+    assert ds[5:5]["label"].tolist() == []
+
+
+def test_the_batch_sampler_idiom_of_hdf5_datasets(ds: ShardedDataset) -> None:
+    sampler = BatchSampler(RandomSampler(ds, generator=torch.Generator().manual_seed(0)), 25, False)
+    loader = DataLoader(ds, sampler=sampler, batch_size=None)
+    batches = list(loader)
+    assert [len(b["label"]) for b in batches] == [25, 25, 25, 25, 20]
+    assert isinstance(batches[0]["label"], torch.Tensor)
+    assert sorted(torch.cat([b["label"] for b in batches]).tolist()) == list(range(N))
+
+
+def test_shard_sampler_is_a_distributed_sampler_that_follows_the_process_group(
+    ds: ShardedDataset, tmp_path: Path
+) -> None:
+    sampler = ShardSampler(ds, seed=1)  # made before the process group, as in a script
+    assert isinstance(sampler, DistributedSampler)
+    assert (sampler.rank, sampler.world_size, sampler.num_replicas) == (0, 1, 1)
+    dist.init_process_group("gloo", init_method=f"file://{tmp_path / 'init'}", rank=0, world_size=1)
+    try:
+        assert sampler.num_samples == sampler.total_size == len(sampler) == N
+        assert sorted(sampler) == list(range(N))
+    finally:
+        dist.destroy_process_group()
+    fixed = ShardSampler(ds, seed=1, rank=1, world_size=3)
+    assert (fixed.rank, fixed.num_replicas, fixed.num_samples, fixed.total_size) == (1, 3, 40, 120)
+
+
+def test_set_epoch_again_mid_pass_keeps_the_position(ds: ShardedDataset) -> None:
+    sampler = ShardSampler(ds, seed=3)
+    sampler.set_epoch(2)
+    full = list(sampler)
+    it = iter(sampler)
+    head = [next(it) for _ in range(30)]
+    sampler.set_epoch(2)  # frameworks call it at every iter(); the position stays
+    state = sampler.state_dict()
+    assert state["offset"] == 30 and state["epoch"] == 2
+    resumed = ShardSampler(ds, seed=3)
+    resumed.load_state_dict(state)
+    resumed.set_epoch(2)
+    assert len(resumed) == N  # as DistributedSampler: the epoch's share
+    assert head + list(resumed) == full
+    sampler.set_epoch(3)  # another epoch starts from its beginning
+    assert sampler.state_dict()["offset"] == 0 and sampler.state_dict()["epoch"] == 3
+
+
+@pytest.mark.parametrize("version", [True, 2.0, "2", None])
+def test_a_state_whose_version_is_not_an_int_is_refused(ds: ShardedDataset, version: Any) -> None:
+    sampler = ShardSampler(ds)
+    state = sampler.state_dict()
+    state["version"] = version
+    with pytest.raises(InvalidOptionError, match="version"):
+        ShardSampler(ds).load_state_dict(state)
+    state["version"] = 2
+    state["epoch"] = True
+    with pytest.raises(InvalidOptionError, match="epoch"):
+        ShardSampler(ds).load_state_dict(state)
+
+
+def test_a_share_sampler_inside_accelerates_dispatcher_is_refused(ds: ShardedDataset) -> None:
+    accelerate = pytest.importorskip("accelerate")
+    from accelerate.utils import DataLoaderConfiguration
+
+    config = DataLoaderConfiguration(dispatch_batches=True)
+    accelerator = accelerate.Accelerator(cpu=True, dataloader_config=config)
+    share = ShardSampler(ds, seed=0, rank=0, world_size=2)  # one rank's share of two
+    loader = accelerator.prepare(DataLoader(ds, batch_size=8, sampler=share))
+    with pytest.raises(InvalidOptionError, match=r"DataLoaderDispatcher.*rank=0, world_size=1"):
+        next(iter(loader))
+    whole = ShardSampler(ds, seed=0, rank=0, world_size=1)
+    loader = accelerator.prepare(DataLoader(ds, batch_size=8, sampler=whole))
+    labels = [label for batch in loader for label in batch["label"].tolist()]
+    assert sorted(labels) == list(range(N))
+
+
+def _label_plus_one(sample: dict[str, Any]) -> int:
+    return int(sample["label"]) + 1
+
+
+def _label_sum(batch: dict[str, Any]) -> int:
+    return int(batch["label"].sum())
+
+
+def test_a_batch_by_list_goes_through_the_transforms(ds: ShardedDataset) -> None:
+    per_sample = ShardedDataset(ds.path, transform=_label_plus_one)
+    assert per_sample[[4, 1]] == [5, 2] and per_sample[4] == 5
+    per_batch = ShardedDataset(ds.path, batch_transform=_label_sum)
+    assert per_batch[[4, 1, 10]] == 15  # applied to the batch as tensors, as in a DataLoader

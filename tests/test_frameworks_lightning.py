@@ -1,0 +1,122 @@
+"""Lightning's Trainer and Fabric on 2 CPU ranks (their own ddp launcher, gloo) with
+ShardSampler: every sample once per epoch, and exact resume from Lightning's checkpoint
+(torchdata's StatefulDataLoader, workers prefetching) at a random step."""
+
+from __future__ import annotations
+
+import random
+from pathlib import Path
+
+import pytest
+from framework_runs import assert_once_each, python, results, run, write_labels
+
+N = 200  # samples; 100 per rank, 13 batches of 8 (the last one short)
+
+
+def _epochs(out: Path, tag: str, world: int = 2) -> dict[str, list[list[int]]]:
+    by_epoch: dict[str, list[list[int]]] = {}
+    for record in results(out, tag, world):
+        for epoch, labels in record["epochs"].items():
+            by_epoch.setdefault(epoch, []).append(labels)
+    return by_epoch
+
+
+def test_trainer_ddp_reads_every_sample_once_per_epoch(tmp_path: Path) -> None:
+    data = write_labels(tmp_path / "data", N)
+    run(python("run_lightning.py", str(data), str(tmp_path), "fit", "--epochs", "2"))
+    epochs = _epochs(tmp_path, "fit")
+    assert sorted(epochs) == ["0", "1"]
+    for epoch, per_rank in epochs.items():
+        assert [len(labels) for labels in per_rank] == [N // 2, N // 2], epoch
+        assert_once_each(per_rank[0] + per_rank[1], N, padding=0)
+    assert epochs["0"][0] != epochs["1"][0]  # set_epoch reshuffled: the order is ours
+
+
+@pytest.mark.slow
+def test_fabric_reads_every_sample_once_per_epoch(tmp_path: Path) -> None:
+    data = write_labels(tmp_path / "data", N + 1)  # odd: DistributedSampler's padding
+    run(python("run_lightning.py", str(data), str(tmp_path), "fab", "--fabric", "--epochs", "2"))
+    for per_rank in _epochs(tmp_path, "fab").values():
+        assert len(per_rank[0]) == len(per_rank[1]) == N // 2 + 1
+        assert_once_each(per_rank[0] + per_rank[1], N + 1, padding=1)
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("workers", [0, 2])
+def test_trainer_resumes_exactly_from_its_checkpoint_mid_epoch(
+    tmp_path: Path, workers: int
+) -> None:
+    data = write_labels(tmp_path / "data", N)
+    step = random.Random(workers).randint(1, 11)
+    common = ["--loader", "stateful", "--workers", str(workers)]
+    run(python("run_lightning.py", str(data), str(tmp_path), "whole", *common))
+    run(
+        python(
+            "run_lightning.py", str(data), str(tmp_path), "first", *common,
+            "--max-steps", str(step), "--save-at", str(step),
+        )
+    )  # fmt: skip
+    checkpoint = tmp_path / "first.ckpt"
+    assert checkpoint.exists()
+    run(
+        python(
+            "run_lightning.py", str(data), str(tmp_path), "second", *common,
+            "--resume", str(checkpoint),
+        )
+    )  # fmt: skip
+    whole, first, second = (_epochs(tmp_path, tag)["0"] for tag in ("whole", "first", "second"))
+    for rank in range(2):
+        assert len(first[rank]) == 8 * step
+        assert first[rank] + second[rank] == whole[rank], f"rank {rank}, resumed at step {step}"
+
+
+@pytest.mark.slow
+def test_trainer_resumes_at_another_world_size(tmp_path: Path) -> None:
+    data = write_labels(tmp_path / "data", N)
+    step = 5
+    common = ["--loader", "stateful", "--workers", "1"]
+    run(
+        python(
+            "run_lightning.py", str(data), str(tmp_path), "first", *common,
+            "--max-steps", str(step), "--save-at", str(step),
+        )
+    )  # fmt: skip
+    run(
+        python(
+            "run_lightning.py", str(data), str(tmp_path), "second", *common,
+            "--resume", str(tmp_path / "first.ckpt"), "--devices", "1",
+        )
+    )  # fmt: skip
+    first = _epochs(tmp_path, "first")["0"]
+    second = _epochs(tmp_path, "second", world=1)["0"]
+    assert_once_each(first[0] + first[1] + second[0], N, padding=0)
+
+
+@pytest.mark.slow
+def test_fabric_resumes_exactly_from_its_checkpoint_mid_epoch(tmp_path: Path) -> None:
+    data = write_labels(tmp_path / "data", N)
+    step = random.Random(7).randint(1, 11)
+    common = ["--fabric", "--loader", "stateful", "--workers", "2"]
+    run(python("run_lightning.py", str(data), str(tmp_path), "whole", *common))
+    run(
+        python(
+            "run_lightning.py", str(data), str(tmp_path), "first", *common, "--save-at", str(step)
+        )
+    )
+    checkpoint = tmp_path / "first.ckpt"
+    assert checkpoint.exists()
+    run(
+        python(
+            "run_lightning.py",
+            str(data),
+            str(tmp_path),
+            "second",
+            *common,
+            "--resume",
+            str(checkpoint),
+        )
+    )
+    whole, first, second = (_epochs(tmp_path, tag)["0"] for tag in ("whole", "first", "second"))
+    for rank in range(2):
+        assert len(first[rank]) == 8 * step
+        assert first[rank] + second[rank] == whole[rank], f"rank {rank}, resumed at step {step}"
