@@ -216,22 +216,43 @@ def open_hdf5(path: str, storage_options: dict[str, Any] | None = None, **cache:
         if "://" in path and not path.startswith("file://"):
             # Faults while h5py reads raise RemoteReadError from the file object itself.
             return h5py.File(open_remote(path, storage_options), "r", **cache)
-        local = path.removeprefix("file://")
-        try:
-            # Read-only shards need no lock, and locks fail on many network filesystems.
-            return h5py.File(local, "r", locking=False, **cache)
-        except OSError as exc:
-            if "locking flag" not in str(exc):
-                raise
-            # The file is already open in this process with the default locking (a
-            # user's own h5py.File): HDF5 insists on the same flag.
-            return h5py.File(local, "r", **cache)
+        return _open_local(path.removeprefix("file://"), cache)
     except FileNotFoundError:
         raise DatasetNotFoundError(f"HDF5 file {path} does not exist") from None
     except RemoteReadError:
         raise
     except OSError as exc:
         raise ShardCorruptError(f"cannot open HDF5 file {path}: {exc}") from exc
+
+
+# h5py's `locking=` values, HDF5's default first: the user's own `h5py.File(path)` uses
+# it, and HDF5 refuses a second open of a file in one process (or in a worker forked
+# from it) whose locking flags differ ("file locking flag values don't match").
+_LOCKINGS: tuple[bool | str | None, ...] = (None, False, True, "best-effort")
+
+
+def _open_local(path: str, cache: dict[str, Any]) -> h5py.File:
+    """``path`` opened read-only with the locking flags of whoever has it open already.
+
+    NOTE: shardio opened files with `locking=False` once, which made any later default
+    `h5py.File(path)` in the process (or in a forked worker) fail. HDF5's default
+    (`best-effort` since 1.14: lock where the filesystem supports it) is tried first;
+    a file already open with other flags is opened with those, and one that a writer
+    holds locked is read without a lock, as before."""
+    error: OSError | None = None
+    for locking in _LOCKINGS:
+        try:
+            return h5py.File(path, "r", locking=locking, **cache)
+        except OSError as exc:
+            message = str(exc)
+            if "flag values don't match" in message:
+                error = exc
+                continue
+            if locking is None and "unable to lock file" in message.lower():
+                return h5py.File(path, "r", locking=False, **cache)
+            raise
+    assert error is not None
+    raise error
 
 
 @functools.lru_cache(maxsize=1)
