@@ -14,7 +14,6 @@ import math
 import mmap
 import os
 import sys
-import warnings
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -28,12 +27,14 @@ from ..errors import (
     InvalidOptionError,
     RemoteReadError,
     ShardCorruptError,
+    UnknownFormatError,
     UnsupportedFeatureError,
 )
 from ..integrity import ValueRanges
 from ..memory import FileRange, ReleaseResult
 from ..remote import open_remote
 from ..schema import Field, Schema
+from ..warn import warn_user
 from ._hdf5_discovery import (
     COUNT_ATTR,
     SCHEMA_ATTR,
@@ -222,7 +223,20 @@ def open_hdf5(path: str, storage_options: dict[str, Any] | None = None, **cache:
     except RemoteReadError:
         raise
     except OSError as exc:
+        _raise_if_other_format(path)
         raise ShardCorruptError(f"cannot open HDF5 file {path}: {exc}") from exc
+
+
+def _raise_if_other_format(path: str) -> None:
+    """A healthy file of another format (a netCDF3 `.nc`) is named as such, not corrupt."""
+    from .registry import is_remote, signature_format  # the registry names this module
+
+    found = None if is_remote(path) else signature_format(path.removeprefix("file://"))
+    if found is not None and found != "hdf5":
+        raise UnknownFormatError(
+            f"{path} is a {found} file, not HDF5: read it with format={found!r} "
+            f"(--format {found}), or leave format= out to detect it"
+        )
 
 
 # h5py's `locking=` values, HDF5's default first: the user's own `h5py.File(path)` uses
@@ -275,7 +289,7 @@ def _announce(found: Discovery) -> None:
     (a warning each, shown once per process)."""
     for line in (found.chosen, found.left_out):
         if line:
-            warnings.warn(line, FieldsChosenWarning, stacklevel=4)
+            warn_user(line, FieldsChosenWarning)
 
 
 class HDF5Reader(ShardReader[_File]):

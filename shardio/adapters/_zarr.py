@@ -25,6 +25,7 @@ import zarr.storage
 from ..errors import (
     DatasetNotFoundError,
     FieldNotFoundError,
+    FieldsChosenWarning,
     InvalidOptionError,
     ManifestError,
     RemoteReadError,
@@ -35,7 +36,10 @@ from ..errors import (
 from ..memory import FileRange
 from ..remote import remote_errors, storage_options_for, tune
 from ..schema import Field, Schema
+from ..warn import warn_user
+from ._array_choice import Choice, axis_reason, choose, chosen_line, is_anndata, left_out_line
 from .base import Columns, ShardFileWriter, ShardReader
+from .source import Skipped
 
 __all__ = ["ZarrReader", "ZarrWriter", "ATTR", "make_compressors"]
 
@@ -112,6 +116,9 @@ class _RemoteStore(zarr.storage.WrapperStore[Any]):
 
 
 def _foreign_fields(path: str, group: Any, wanted: list[str] | None) -> list[tuple[Field, Any]]:
+    """The fields of a Zarr group shardio did not write, chosen by the rule HDF5 files
+    follow (`_array_choice`): a first dimension xarray names, AnnData's cells, else
+    the largest set of arrays sharing a first axis."""
     # Sorted: zarr lists members in the order its concurrent store listing finishes,
     # which differs between opens (and so between processes).
     arrays = {
@@ -126,29 +133,68 @@ def _foreign_fields(path: str, group: Any, wanted: list[str] | None) -> list[tup
                 f"{path}: no array {missing[0]!r}; arrays are {sorted(arrays)}"
             )
         chosen = {n: arrays[n] for n in wanted}
+        lengths = {n: a.shape[0] if a.ndim else 0 for n, a in chosen.items()}
+        if len(set(lengths.values())) > 1:
+            listing = ", ".join(f"{n!r}: {length}" for n, length in lengths.items())
+            raise SchemaError(
+                f"{path}: the arrays asked for disagree on their first axis ({listing}); "
+                "pick arrays of one length with fields= (--fields)"
+            )
     else:
-        chosen = {n: a for n, a in arrays.items() if a.ndim >= 1}
-        if not chosen:
-            raise SchemaError(f"{path} holds no array with a first axis to read samples from")
-    lengths = {n: a.shape[0] for n, a in chosen.items()}
-    if len(set(lengths.values())) > 1:
-        listing = ", ".join(f"{n!r}: {length}" for n, length in lengths.items())
-        raise SchemaError(
-            f"{path}: arrays disagree on their first axis ({listing}); "
-            "pick arrays of one length with fields=[...]"
-        )
+        chosen = _choose_arrays(path, group, arrays)
     result = []
     for name, array in chosen.items():
         dtype = np.dtype(array.dtype)
-        if dtype.hasobject:
+        if dtype.hasobject or dtype.kind in "TU":
             if array.ndim != 1:
-                raise UnsupportedFeatureError(f"{path}: array {name!r} of objects must be 1-D")
+                raise UnsupportedFeatureError(f"{path}: array {name!r} of strings must be 1-D")
             result.append((Field(name, np.dtype(np.uint8), (), "bytes"), array))
         elif array.ndim == 0:
             raise SchemaError(f"{path}: array {name!r} is a scalar; a field needs a first axis")
         else:
             result.append((Field(name, dtype, array.shape[1:], "array"), array))
     return result
+
+
+def _choose_arrays(path: str, group: Any, arrays: dict[str, Any]) -> dict[str, Any]:
+    encoding = group.attrs.get("encoding-type")
+    layout = "anndata" if is_anndata(encoding, (n for n, _ in group.members())) else "zarr"
+    candidates = []
+    skipped = []
+    for name, array in arrays.items():
+        if array.ndim == 0:
+            skipped.append(Skipped(name, "is a scalar (a field needs a first axis)"))
+            continue
+        dtype = np.dtype(array.dtype)
+        if (dtype.hasobject or dtype.kind in "TU") and array.ndim != 1:
+            skipped.append(Skipped(name, "holds strings in more than one dimension"))
+            continue
+        candidates.append(Choice(name, name, int(array.shape[0]), _first_dimension(array)))
+    if not candidates:
+        listing = "; ".join(str(s) for s in skipped) or "it holds no arrays"
+        raise SchemaError(
+            f"{path} holds no array with a first axis to read samples from ({listing})"
+        )
+    picked, others = choose(path, candidates, None, layout)
+    left = [Skipped(c.name, axis_reason(c, picked[0], layout)) for c in others] + skipped
+    if left:
+        for line in (
+            chosen_line(path, picked, layout),
+            left_out_line(path, left, [c.name for c in others] or [s.name for s in left]),
+        ):
+            warn_user(line, FieldsChosenWarning)
+    return {c.name: arrays[c.name] for c in picked}
+
+
+def _first_dimension(array: Any) -> str:
+    """The name xarray gives an array's first dimension (Zarr v3 `dimension_names`,
+    or the `_ARRAY_DIMENSIONS` attribute it writes to Zarr v2), else ""."""
+    names = getattr(array.metadata, "dimension_names", None)
+    if not names:
+        names = array.attrs.get("_ARRAY_DIMENSIONS")
+    if isinstance(names, (list, tuple)) and names and isinstance(names[0], str):
+        return names[0]
+    return ""
 
 
 class ZarrReader(ShardReader[_Group]):

@@ -108,6 +108,10 @@ def flag_message(message: str, flags: Mapping[str, str]) -> str:
     """``message`` with the Python parameters in ``flags`` replaced by their flags:
     ``pass format= to say which`` becomes ``pass --format to say which``."""
     for name, flag in flags.items():
+        # "fields=['a', 'b'] (--fields a,b)" and "fields= (--fields)": the flag as typed.
+        value = r"(?:\[[^\]]*\]|'[^']*'|[^\s(]*)"
+        hinted = rf"(?<![\w-]){re.escape(name)}={value} \(({re.escape(flag)}\b[^)]*)\)"
+        message = re.sub(hinted, r"\1", message)
         message = re.sub(_PARAMETER.format(name=re.escape(name)), flag, message)
         # "pass --format= to ..." reads better without the bare "=".
         message = re.sub(rf"{re.escape(flag)}=(?=[\s,;)]|$)", flag, message)
