@@ -13,15 +13,15 @@ gregorian and proleptic_gregorian calendars; others stay as stored).
 from __future__ import annotations
 
 import re
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from typing import Any
 
 import numpy as np
 
-from .schema import Field
+from .schema import Field, Schema
 
-__all__ = ["CFDecoder", "cf_decoder"]
+__all__ = ["CFDecoder", "CFFields", "cf_decoder"]
 
 _TIME_UNITS = {
     "days": "D",
@@ -86,6 +86,32 @@ class CFDecoder:
         out = self.epoch.astype("datetime64[ns]") + nanoseconds.astype("timedelta64[ns]")
         out[missing] = np.datetime64("NaT")
         return out
+
+
+class CFFields:
+    """The decoders of a schema's fields (those whose attributes ask for decoding):
+    `schema` is the decoded schema, and calling it decodes a batch's columns."""
+
+    __slots__ = ("decoders", "schema")
+
+    def __init__(self, schema: Schema, attributes: Callable[[str], Mapping[str, Any]]) -> None:
+        self.decoders = {
+            f.name: decoder
+            for f in schema
+            if (decoder := cf_decoder(f, attributes(f.name))) is not None
+        }
+        self.schema = Schema(
+            tuple(self.decoders[f.name].field if f.name in self.decoders else f for f in schema)
+        )
+
+    def __bool__(self) -> bool:
+        return bool(self.decoders)
+
+    def __call__(self, columns: dict[str, Any]) -> dict[str, Any]:
+        for name, decoder in self.decoders.items():
+            if name in columns:
+                columns[name] = decoder(columns[name])
+        return columns
 
 
 def cf_decoder(field: Field, attrs: Mapping[str, Any]) -> CFDecoder | None:

@@ -21,7 +21,7 @@ def warn_user(message: str, category: type[Warning]) -> None:
     """`warnings.warn(message, category)` at the first frame outside shardio and the
     libraries that call into it (the user's line)."""
     frame = sys._getframe(1)
-    level = 1
+    level = 2  # stacklevel=1 is this function's own frame
     while frame is not None:
         module = str(frame.f_globals.get("__name__", ""))
         if module.split(".", 1)[0] not in _PASS_THROUGH:

@@ -30,6 +30,7 @@ __all__ = [
     "is_anndata",
     "is_anndata_obs",
     "left_out_line",
+    "together",
 ]
 
 #: Names listed in a one-line summary before "and N more".
@@ -129,6 +130,15 @@ def chosen_line(path: str, chosen: Sequence[Candidate], layout: str) -> str:
 def left_out_line(path: str, left: Sequence[Skipped], example: Sequence[str]) -> str:
     """One line naming what was left out and how to pick other arrays."""
     return f"{path}: left out {_listing(left)}. To read others, pass {fields_hint(example)}"
+
+
+def together(others: Sequence[Candidate]) -> list[str]:
+    """Names of left-out arrays that can be read together (those sharing the first
+    one's axis), so that a hint naming them works when pasted."""
+    if not others:
+        return []
+    first = others[0]
+    return [e.name for e in others if (e.axis, e.rows) == (first.axis, first.rows)]
 
 
 def fields_hint(names: Sequence[str]) -> str:

@@ -20,6 +20,7 @@ from typing import Any
 import h5py
 import numpy as np
 
+from ..cf import CFFields
 from ..config import MAX_EXPANSION
 from ..errors import (
     DatasetNotFoundError,
@@ -319,8 +320,10 @@ class HDF5Reader(ShardReader[_File]):
             "group",
             "dim",
             "split_compound",
+            "decode_cf",
         }
     )
+    _cf: CFFields | None = None
 
     @classmethod
     def budget_options(cls, max_rss: int, shard_count: int, field_count: int) -> dict[str, Any]:
@@ -374,6 +377,11 @@ class HDF5Reader(ShardReader[_File]):
         except BaseException:
             file.close()
             raise
+        if self.backend_options.get("decode_cf", False):
+            # NOTE: decoded fields keep their names and shapes; only their dtype changes,
+            # and the reads below take dtypes from the datasets, not from the schema.
+            self._cf = CFFields(schema, lambda n: _attributes(datasets[n]))
+            schema = self._cf.schema
         self._length = length
         self._schema = schema
         opened = _File(
@@ -512,7 +520,17 @@ class HDF5Reader(ShardReader[_File]):
             else:
                 self.bytes_read += data.nbytes
                 columns[fld.name] = data[inverse] if reorder else data
-        return columns
+        return self._cf(columns) if self._cf else columns
+
+
+def _attributes(dataset: h5py.Dataset | SparseRows) -> dict[str, Any]:
+    """A dataset's attributes (none for a sparse matrix), for CF decoding."""
+    if not isinstance(dataset, h5py.Dataset):
+        return {}
+    try:
+        return dict(dataset.attrs)
+    except (OSError, TypeError, ValueError, RuntimeError):
+        return {}
 
 
 def _as_bytes(data: np.ndarray, fld: Field) -> list[Any]:

@@ -43,6 +43,7 @@ from ._array_choice import (
     is_anndata,
     is_anndata_obs,
     left_out_line,
+    together,
 )
 from ._hdf5_filters import filter_advice, missing_filters
 from .source import Skipped
@@ -267,7 +268,7 @@ def discover(
     summary = left_out = None
     if left:
         summary = chosen_line(path, chosen, layout)
-        left_out = left_out_line(path, left, [e.name for e in others] or [s.name for s in left])
+        left_out = left_out_line(path, left, together(others) or [s.name for s in left])
     return Discovery(specs, chosen[0].rows, tuple(left), summary, left_out, layout)
 
 

@@ -18,7 +18,7 @@ from typing import Any
 import numpy as np
 from scipy.io import netcdf_file
 
-from ..cf import CFDecoder, cf_decoder
+from ..cf import CFFields
 from ..errors import (
     DatasetNotFoundError,
     FieldNotFoundError,
@@ -30,7 +30,7 @@ from ..errors import (
 )
 from ..schema import Field, Schema
 from ..warn import warn_user
-from ._array_choice import Choice, axis_reason, choose, chosen_line, left_out_line
+from ._array_choice import Choice, axis_reason, choose, chosen_line, left_out_line, together
 from .base import Columns, ShardReader
 from .source import Skipped
 
@@ -56,7 +56,7 @@ class NetCDF3Reader(ShardReader[_Open]):
 
     def __init__(self, path: str, **options: Any) -> None:
         super().__init__(path, **options)
-        self._decoders: dict[str, CFDecoder] = {}
+        self._cf: CFFields | None = None
 
     def _open(self) -> _Open:
         _check_signature(self.path)
@@ -75,17 +75,11 @@ class NetCDF3Reader(ShardReader[_Open]):
                 data = variable.data
                 handle.arrays[name] = data
                 fields.append(_field(name, data))
-            decode = bool(self.backend_options.get("decode_cf", False))
-            if decode:
-                self._decoders = {
-                    f.name: d
-                    for f in fields
-                    if (d := cf_decoder(f, _attributes(file.variables[f.name]))) is not None
-                }
-                fields = [
-                    self._decoders[f.name].field if f.name in self._decoders else f for f in fields
-                ]
-            self._schema = Schema(tuple(fields))
+            schema = Schema(tuple(fields))
+            if self.backend_options.get("decode_cf", False):
+                self._cf = CFFields(schema, lambda n: _attributes(file.variables[n]))
+                schema = self._cf.schema
+            self._schema = schema
             self._length = int(handle.arrays[names[0]].shape[0])
         except BaseException:
             self._close(handle)
@@ -128,7 +122,7 @@ class NetCDF3Reader(ShardReader[_Open]):
         picked, others = choose(self.path, candidates, self.backend_options.get("dim"), "netcdf3")
         left = [Skipped(c.name, axis_reason(c, picked[0], "netcdf3")) for c in others] + skipped
         if left:
-            example = [c.name for c in others] or [s.name for s in left]
+            example = together(others) or [s.name for s in left]
             for line in (
                 chosen_line(self.path, picked, "netcdf3"),
                 left_out_line(self.path, left, example),
@@ -153,10 +147,9 @@ class NetCDF3Reader(ShardReader[_Open]):
             self.bytes_read += rows.nbytes
             if fld.kind == "bytes":
                 columns[fld.name] = [row.tobytes().rstrip(b"\0") for row in rows]
-                continue
-            decoder = self._decoders.get(fld.name)
-            columns[fld.name] = rows if decoder is None else decoder(rows)
-        return columns
+            else:
+                columns[fld.name] = rows
+        return self._cf(columns) if self._cf else columns
 
 
 def _check_signature(path: str) -> None:

@@ -22,6 +22,7 @@ import zarr
 import zarr.codecs
 import zarr.storage
 
+from ..cf import CFFields
 from ..errors import (
     DatasetNotFoundError,
     FieldNotFoundError,
@@ -37,7 +38,15 @@ from ..memory import FileRange
 from ..remote import remote_errors, storage_options_for, tune
 from ..schema import Field, Schema
 from ..warn import warn_user
-from ._array_choice import Choice, axis_reason, choose, chosen_line, is_anndata, left_out_line
+from ._array_choice import (
+    Choice,
+    axis_reason,
+    choose,
+    chosen_line,
+    is_anndata,
+    left_out_line,
+    together,
+)
 from .base import Columns, ShardFileWriter, ShardReader
 from .source import Skipped
 
@@ -180,10 +189,19 @@ def _choose_arrays(path: str, group: Any, arrays: dict[str, Any]) -> dict[str, A
     if left:
         for line in (
             chosen_line(path, picked, layout),
-            left_out_line(path, left, [c.name for c in others] or [s.name for s in left]),
+            left_out_line(path, left, together(others) or [s.name for s in left]),
         ):
             warn_user(line, FieldsChosenWarning)
     return {c.name: arrays[c.name] for c in picked}
+
+
+def _attributes(array: Any) -> dict[str, Any]:
+    """An array's attributes, with the fill value xarray keeps in Zarr v2 metadata."""
+    attrs = dict(array.attrs)
+    fill = getattr(array.metadata, "fill_value", None)
+    if "_FillValue" not in attrs and array.metadata.zarr_format == 2 and fill is not None:
+        attrs["_FillValue"] = fill
+    return attrs
 
 
 def _first_dimension(array: Any) -> str:
@@ -203,7 +221,8 @@ class ZarrReader(ShardReader[_Group]):
     format = "zarr"
     remote = True
     holds_caches = True
-    options = frozenset({"storage_options"})
+    options = frozenset({"storage_options", "decode_cf"})
+    _cf: CFFields | None = None
 
     def _open(self) -> _Group:
         try:
@@ -227,7 +246,12 @@ class ZarrReader(ShardReader[_Group]):
         if info is not None:
             return self._open_shardio(node, info)
         fields = _foreign_fields(self.path, node, self.requested_fields)
-        self._schema = Schema(tuple(f for f, _ in fields))
+        schema = Schema(tuple(f for f, _ in fields))
+        if self.backend_options.get("decode_cf", False):
+            arrays = {f.name: a for f, a in fields}
+            self._cf = CFFields(schema, lambda n: _attributes(arrays[n]))
+            schema = self._cf.schema
+        self._schema = schema
         self._length = fields[0][1].shape[0]
         return _Group(node, {f.name: _Column(f, a) for f, a in fields})
 
@@ -310,7 +334,7 @@ class ZarrReader(ShardReader[_Group]):
             else:
                 self.bytes_read += data.nbytes
                 columns[name] = data[inverse] if reorder else data
-        return columns
+        return self._cf(columns) if self._cf else columns
 
     def _read_variable(self, column: _Column, unique: np.ndarray) -> list[Any]:
         offsets = column.offsets
