@@ -157,15 +157,15 @@ for _builtin in (
     Backend(name="zarr", suffixes=(".zarr",), markers=("zarr.json",), package="zarr",
             reader="shardio.adapters._zarr.ZarrReader",
             writer="shardio.adapters._zarr.ZarrWriter"),
+    Backend(name="mmap", suffixes=(".mmap",), markers=("shardio-mmap.json",),
+            aliases=("raw",), package="numpy",
+            reader="shardio.adapters._mmap.MmapReader",
+            writer="shardio.adapters._mmap.MmapWriter"),
     Backend(name="netcdf3", suffixes=(".nc3",), package="scipy",
             # classic (CDF\x01) and 64-bit offset (CDF\x02); usually named .nc, as
             # netCDF4 (HDF5) files are, so the signature tells them apart
             signature=b"CDF",
             reader="shardio.adapters._netcdf3.NetCDF3Reader"),
-    Backend(name="mmap", suffixes=(".mmap",), markers=("shardio-mmap.json",),
-            aliases=("raw",), package="numpy",
-            reader="shardio.adapters._mmap.MmapReader",
-            writer="shardio.adapters._mmap.MmapWriter"),
 ):  # fmt: skip
     register_backend(_builtin)
 
