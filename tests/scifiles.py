@@ -9,6 +9,8 @@ and CF-decoded (``decoded=True``). Importable by spawned workers.
 from __future__ import annotations
 
 import os
+import subprocess
+import sys
 import warnings
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -48,10 +50,44 @@ _ENCODING = {
 def _netcdf(engine: str, format: str) -> Callable[[str], str]:
     def write(directory: str) -> str:
         path = os.path.join(directory, f"air-{engine}-{format.lower()}.nc")
-        _climate().to_netcdf(path, engine=engine, format=format, encoding=_ENCODING)
+        if engine == "netcdf4":
+            if not os.path.exists(path):
+                _elsewhere(f"_write_with_netcdf4({directory!r})")
+        else:
+            _climate().to_netcdf(path, engine=engine, format=format, encoding=_ENCODING)
         return path
 
     return write
+
+
+def _write_with_netcdf4(directory: str) -> None:
+    """Both netCDF4-engine files, and what xarray reads back from the netCDF4 one."""
+    import xarray as xr
+
+    for format in ("NETCDF3_CLASSIC", "NETCDF4"):
+        path = os.path.join(directory, f"air-netcdf4-{format.lower()}.nc")
+        _climate().to_netcdf(path, engine="netcdf4", format=format, encoding=_ENCODING)
+    for decoded in (False, True):
+        with xr.open_dataset(path, decode_cf=decoded, engine="netcdf4") as ds:
+            values = {name: ds[name].values for name in ("air", "time")}
+        if decoded:
+            values["time"] = values["time"].astype("datetime64[ns]")
+        np.savez(f"{path}.{int(decoded)}.npz", **values)
+
+
+def _elsewhere(statement: str) -> None:
+    """Run ``statement`` (with this module's names) in a fresh interpreter.
+
+    NOTE: the netCDF4 package carries its own HDF5 library; once imported, h5py's
+    filter plugins (hdf5plugin's blosc) fail in that process. The netCDF4 engine is
+    kept out of the test process."""
+    code = f"import scifiles; exec({statement!r}, vars(scifiles))"
+    env = {**os.environ, "PYTHONPATH": os.pathsep.join([_HERE, os.environ.get("PYTHONPATH", "")])}
+    done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, env=env)
+    assert done.returncode == 0, done.stderr
+
+
+_HERE = os.path.dirname(os.path.abspath(__file__))
 
 
 def _zarr(zarr_format: int) -> Callable[[str], str]:
@@ -70,9 +106,14 @@ def _zarr(zarr_format: int) -> Callable[[str], str]:
 def _xarray_truth(path: str, decoded: bool) -> dict[str, Any]:
     import xarray as xr
 
-    opener = xr.open_zarr if path.endswith(".zarr") else xr.open_dataset
-    kwargs = {"consolidated": False} if path.endswith(".zarr") else {}
-    with opener(path, decode_cf=decoded, **kwargs) as ds:
+    if path.endswith(".zarr"):
+        opened = xr.open_zarr(path, decode_cf=decoded, consolidated=False)
+    elif "netcdf4-netcdf4" in path:  # netCDF4 (HDF5 inside): read in another process
+        with np.load(f"{path}.{int(decoded)}.npz") as values:
+            return {name: values[name] for name in ("air", "time")}
+    else:
+        opened = xr.open_dataset(path, decode_cf=decoded, engine="scipy")
+    with opened as ds:
         values = {name: ds[name].values for name in ("air", "time")}
     if decoded:
         values["time"] = values["time"].astype("datetime64[ns]")
@@ -101,14 +142,22 @@ def _cells() -> Any:
     return adata
 
 
-def _anndata(kind: str) -> Callable[[str], str]:
+def _anndata(kind: str, sparse: bool = False) -> Callable[[str], str]:
     def write(directory: str) -> str:
         adata = _cells()
+        suffix = ""
+        if sparse:  # scanpy's usual X: counts in CSR
+            import scipy.sparse
+
+            dense = np.asarray(adata.X)
+            dense[dense < 0.6] = 0
+            adata.X = scipy.sparse.csr_matrix(dense)
+            suffix = "-csr"
         if kind == "h5ad":
-            path = os.path.join(directory, "cells.h5ad")
+            path = os.path.join(directory, f"cells{suffix}.h5ad")
             adata.write_h5ad(path)
         else:
-            path = os.path.join(directory, f"cells-{kind}.zarr")
+            path = os.path.join(directory, f"cells-{kind}{suffix}.zarr")
             import anndata as ad
 
             with warnings.catch_warnings():
@@ -129,8 +178,9 @@ def _anndata_truth(path: str, decoded: bool) -> dict[str, Any]:
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")
         adata = ad.read_zarr(path) if path.endswith(".zarr") else ad.read_h5ad(path)
+    x = adata.X.toarray() if hasattr(adata.X, "toarray") else np.asarray(adata.X)
     return {
-        "X": np.asarray(adata.X),
+        "X": x,
         "obs/n_genes": adata.obs["n_genes"].to_numpy(),
         "obs/kind/codes": adata.obs["kind"].cat.codes.to_numpy(),
         "obsm/X_pca": adata.obsm["X_pca"],
@@ -199,6 +249,9 @@ CORPUS: tuple[SciFile, ...] = (
     SciFile("anndata-h5ad", _anndata("h5ad"), _anndata_truth),
     SciFile("anndata-zarr2", _anndata("zarr2"), _anndata_truth),
     SciFile("anndata-zarr3", _anndata("zarr3"), _anndata_truth),
+    SciFile("anndata-h5ad-csr", _anndata("h5ad", sparse=True), _anndata_truth),
+    SciFile("anndata-zarr2-csr", _anndata("zarr2", sparse=True), _anndata_truth),
+    SciFile("anndata-zarr3-csr", _anndata("zarr3", sparse=True), _anndata_truth),
     SciFile("anndata-0.6-layout-h5ad", _write_old_anndata, _old_anndata_truth),
     SciFile("h5py", _write_h5py, _h5py_truth),
 )

@@ -46,6 +46,7 @@ from ._array_choice import (
     together,
 )
 from ._hdf5_filters import filter_advice, missing_filters
+from ._sparse import SparseRows
 from .source import Skipped
 
 __all__ = [
@@ -111,43 +112,6 @@ class _Entry:
     unsupported: str | None = None
     rows: int = 0
     axis: str = ""  # what the first axis is: "dim NAME", "obs", or "" for its length
-
-
-# ------------------------------------------------------------- sparse rows
-class SparseRows:
-    """A CSR matrix stored as a group (``data``, ``indices``, ``indptr``, as AnnData and
-    scipy write it) read as dense rows: ``rows[sel]`` for a slice or sorted indices."""
-
-    chunks = None
-
-    def __init__(self, group: h5py.Group) -> None:
-        self.data = group["data"]
-        self.indices = group["indices"]
-        self.indptr = group["indptr"]
-        shape = group.attrs.get("shape", group.attrs.get("h5sparse_shape"))  # anndata < 0.8
-        if shape is None:
-            raise KeyError(f"{group.name} has no shape attribute")
-        self.shape = tuple(int(s) for s in shape)
-        self.dtype = self.data.dtype
-        self.name = group.name
-
-    def __len__(self) -> int:
-        return self.shape[0]
-
-    def __getitem__(self, selection: slice | np.ndarray) -> np.ndarray:
-        rows = np.arange(self.shape[0])[selection]
-        out = np.zeros((len(rows), self.shape[1]), dtype=self.dtype)
-        if len(rows) == 0:
-            return out
-        first, last = int(rows.min()), int(rows.max())
-        bounds = self.indptr[first : last + 2].astype(np.int64)
-        low, high = int(bounds[0]), int(bounds[-1])
-        values = self.data[low:high]
-        columns = self.indices[low:high]
-        for row, index in enumerate(rows.tolist()):
-            start, stop = bounds[index - first] - low, bounds[index - first + 1] - low
-            out[row, columns[start:stop]] = values[start:stop]
-        return out
 
 
 def open_spec(file: h5py.File, spec: FieldSpec) -> Any:

@@ -47,6 +47,7 @@ from ._array_choice import (
     left_out_line,
     together,
 )
+from ._sparse import SparseRows
 from .base import Columns, ShardFileWriter, ShardReader
 from .source import Skipped
 
@@ -130,11 +131,14 @@ def _foreign_fields(path: str, group: Any, wanted: list[str] | None) -> list[tup
     the largest set of arrays sharing a first axis."""
     # Sorted: zarr lists members in the order its concurrent store listing finishes,
     # which differs between opens (and so between processes).
-    arrays = {
+    members = sorted(group.members(max_depth=None), key=lambda item: item[0])
+    sparse = _sparse_matrices(members)
+    arrays: dict[str, Any] = {
         name: node
-        for name, node in sorted(group.members(max_depth=None), key=lambda item: item[0])
-        if isinstance(node, zarr.Array)
+        for name, node in members
+        if isinstance(node, zarr.Array) and name.rpartition("/")[0] not in sparse
     }
+    arrays = dict(sorted({**arrays, **sparse}.items()))
     if wanted is not None:
         missing = [n for n in wanted if n not in arrays]
         if missing:
@@ -165,6 +169,18 @@ def _foreign_fields(path: str, group: Any, wanted: list[str] | None) -> list[tup
     return result
 
 
+def _sparse_matrices(members: list[tuple[str, Any]]) -> dict[str, SparseRows]:
+    """CSR matrices stored as groups (AnnData's sparse X), each read as dense rows."""
+    found = {}
+    for name, node in members:
+        if isinstance(node, zarr.Group) and node.attrs.get("encoding-type") == "csr_matrix":
+            try:
+                found[name] = SparseRows(node)
+            except (KeyError, TypeError, ValueError):
+                continue  # left as the arrays it holds
+    return found
+
+
 def _choose_arrays(path: str, group: Any, arrays: dict[str, Any]) -> dict[str, Any]:
     encoding = group.attrs.get("encoding-type")
     layout = "anndata" if is_anndata(encoding, (n for n, _ in group.members())) else "zarr"
@@ -178,7 +194,8 @@ def _choose_arrays(path: str, group: Any, arrays: dict[str, Any]) -> dict[str, A
         if (dtype.hasobject or dtype.kind in "TU") and array.ndim != 1:
             skipped.append(Skipped(name, "holds strings in more than one dimension"))
             continue
-        candidates.append(Choice(name, name, int(array.shape[0]), _first_dimension(array)))
+        axis = "" if isinstance(array, SparseRows) else _first_dimension(array)
+        candidates.append(Choice(name, name, int(array.shape[0]), axis))
     if not candidates:
         listing = "; ".join(str(s) for s in skipped) or "it holds no arrays"
         raise SchemaError(
@@ -197,6 +214,8 @@ def _choose_arrays(path: str, group: Any, arrays: dict[str, Any]) -> dict[str, A
 
 def _attributes(array: Any) -> dict[str, Any]:
     """An array's attributes, with the fill value xarray keeps in Zarr v2 metadata."""
+    if isinstance(array, SparseRows):
+        return {}
     attrs = dict(array.attrs)
     fill = getattr(array.metadata, "fill_value", None)
     if "_FillValue" not in attrs and array.metadata.zarr_format == 2 and fill is not None:
@@ -416,6 +435,8 @@ class _RawChunks:
 def _stored_files(array: Any, first: int, last: int) -> list[FileRange]:
     """The whole stored objects (chunk or shard files) holding rows ``[first, last)`` of
     an array in a local store; empty for other stores."""
+    if isinstance(array, SparseRows):
+        return []  # where a cell's values lie is known only after reading indptr
     root = getattr(array.store_path.store, "root", None)
     if root is None or 0 in array.shape:
         return []
@@ -458,6 +479,8 @@ def _check_chunks_present(path: str, group: Any, name: str, expected: Any) -> No
 
 def _gather(array: Any, unique: np.ndarray, raw: _RawChunks | None = None) -> np.ndarray:
     """Rows ``unique`` (sorted, distinct) of a Zarr array, reading each chunk once."""
+    if isinstance(array, SparseRows):
+        return array[unique]
     if len(unique) == 0:
         return np.asarray(array[0:0])
     first, last = int(unique[0]), int(unique[-1])
