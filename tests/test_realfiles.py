@@ -122,7 +122,7 @@ def test_pytables_table_reads_its_columns_without_its_index(tmp_path) -> None:
     columns = _read_all(reader)
     for name in names:
         np.testing.assert_array_equal(columns[name], rows[name.rsplit("/", 1)[1]])
-    assert "'detector/_i_readout' (a PyTables index (ignored))" in lines[1]
+    assert "'detector/_i_readout' (a PyTables index, not data)" in lines[1]
     one, _ = _open(path, fields=["detector/readout/energy"])
     np.testing.assert_array_equal(_read_all(one)["detector/readout/energy"], rows["energy"])
 

@@ -310,7 +310,7 @@ def _walk(root: h5py.Group, prefix: str) -> tuple[list[tuple[str, Any]], list[Sk
         seen[key] = path
         if isinstance(obj, h5py.Group):
             if path.rsplit("/", 1)[-1].startswith("_i_"):
-                skipped.append(Skipped(path, "is a PyTables index (ignored)"))
+                skipped.append(Skipped(path, "is a PyTables index, not data"))
             elif _attr(obj, "encoding-type") in _SPARSE_ENCODINGS or _attr(obj, "h5sparse_format"):
                 found.append((path, obj))
             else:
@@ -368,9 +368,9 @@ def _classify(name: str, obj: Any, split: bool, layout: str) -> list[_Entry]:
     ):
         return [_Entry(name, name, skip="is a netCDF dimension without values")]
     if obj.shape is None:
-        return [_Entry(name, name, skip="has an empty dataspace (no values)")]
+        return [_Entry(name, name, skip="has an empty dataspace, so no values")]
     if len(obj.shape) == 0:
-        return [_Entry(name, name, skip="is a scalar (a field needs a first axis)")]
+        return [_Entry(name, name, skip="is a scalar, with no first axis to read samples along")]
     try:
         dtype = obj.dtype
     except (TypeError, ValueError) as exc:

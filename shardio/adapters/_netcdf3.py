@@ -189,7 +189,7 @@ def _unreadable(variable: Any) -> str | None:
     """Why a variable cannot be a field, or None."""
     data = variable.data
     if data.ndim == 0:
-        return "is a scalar (a field needs a first axis)"
+        return "is a scalar, with no first axis to read samples along"
     if data.dtype.kind == "S" and data.ndim == 1:
         return "is one string (a netCDF char variable without a row axis)"
     if data.dtype.kind == "S" and data.ndim > 2:

@@ -188,7 +188,7 @@ def _choose_arrays(path: str, group: Any, arrays: dict[str, Any]) -> dict[str, A
     skipped = []
     for name, array in arrays.items():
         if array.ndim == 0:
-            skipped.append(Skipped(name, "is a scalar (a field needs a first axis)"))
+            skipped.append(Skipped(name, "is a scalar, with no first axis to read samples along"))
             continue
         dtype = np.dtype(array.dtype)
         if (dtype.hasobject or dtype.kind in "TU") and array.ndim != 1:
