@@ -160,3 +160,15 @@ def test_old_anndata_layout_reads_cells_not_uns(written: dict[str, str]) -> None
     lines = [str(w.message) for w in caught]
     assert any("AnnData" in line for line in lines)
     assert all(w.filename == __file__ for w in caught)  # the user's line, not shardio's
+
+
+def test_conversion_takes_what_the_reader_takes(written: dict[str, str], tmp_path: Path) -> None:
+    # uns/rank_genes_groups/names (a compound of strings, as scanpy leaves it) cannot be
+    # a field; it is not along the cells, so the reader leaves it out and so does convert.
+    path = written["anndata-h5ad"]
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        result = convert(path, str(tmp_path / "cells.shardio"), "lmdb")
+    assert result.manifest.schema.names == _open(path).fields
+    skipped = str(result.manifest.to_json())
+    assert "uns/rank_genes_groups/names" in skipped
