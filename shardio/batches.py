@@ -22,6 +22,7 @@ from torch.utils.data._utils.collate import collate, default_collate_fn_map
 
 from .adapters.base import Columns
 from .errors import SampleIndexError
+from .returns import FieldBatch
 from .schema import Sample, Schema
 
 __all__ = ["Batch", "BatchRow", "BatchTransform", "columns_to_tensors", "shared_columns"]
@@ -129,7 +130,7 @@ def columns_to_tensors(
     """Fixed columns as tensors sharing their memory (``tensors`` where they back a
     column), variable ones as the lists they are."""
     tensors = tensors or {}
-    batch: dict[str, Any] = {}
+    batch = FieldBatch()
     for name, column in columns.items():
         tensor = tensors.get(name)
         if tensor is not None:

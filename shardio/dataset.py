@@ -14,6 +14,7 @@ from .batches import Batch, BatchTransform, columns_to_tensors, shared_columns
 from .errors import InvalidOptionError
 from .loaderinfo import dataloader_worker
 from .reader import DatasetReader
+from .returns import Returns, ReturnsSpec
 from .schema import Sample, Schema
 
 __all__ = ["ShardedDataset"]
@@ -22,7 +23,10 @@ __all__ = ["ShardedDataset"]
 class ShardedDataset(torch.utils.data.Dataset[Any]):
     """Samples of an HDF5 file, LMDB environment, Zarr group, raw shard or dataset directory.
 
-    ``ds[i]`` is a dict of field -> ``np.ndarray`` (or ``bytes``). ``DataLoader`` calls
+    ``ds[i]`` is a dict of field -> ``np.ndarray`` (or ``bytes``); with
+    ``returns=("image", "label")`` it is that tuple instead, and each collated batch the
+    tuple of stacked tensors, as a hand-written Dataset returning ``image, label`` gives
+    (a dict of key -> field name gives that dict; see `shardio.returns`). ``DataLoader`` calls
     :meth:`__getitems__` with a whole batch, which reads it in one transaction,
     selection or gather per shard, and its default collate function turns the columns
     straight into tensors (see :mod:`shardio.batches`). ``transform`` is applied to each
@@ -53,6 +57,7 @@ class ShardedDataset(torch.utils.data.Dataset[Any]):
         transform: Callable[[Sample], Any] | None = None,
         batch_transform: BatchTransform | None = None,
         format: str | None = None,
+        returns: ReturnsSpec = None,
         **options: Any,
     ) -> None:
         if transform is not None and batch_transform is not None:
@@ -62,8 +67,12 @@ class ShardedDataset(torch.utils.data.Dataset[Any]):
             )
         self.reader = DatasetReader(path, fields=fields, format=format, **options)
         self.reader.guard.worker_info = dataloader_worker  # splits max_rss="auto"
+        # `returns` picks the structure first; transform / batch_transform then get it.
+        self.returns = None if returns is None else Returns(returns, self.reader.schema.names)
         self.transform = transform
         self.batch_transform = batch_transform
+        self._per_sample = _then(self.returns, transform)
+        self._per_batch = _then(self.returns, batch_transform)
         # torch holds native byte order only: swapped fields are converted on read.
         self._swapped = [
             f.name for f in self.reader.schema if not f.variable and not f.dtype.isnative
@@ -124,14 +133,15 @@ class ShardedDataset(torch.utils.data.Dataset[Any]):
             sample = columns_to_samples(self.read_batch([one]), 1)[0]
         else:
             sample = self.reader.read(one)
-        return self.transform(sample) if self.transform is not None else sample
+        return self._per_sample(sample) if self._per_sample is not None else sample
 
     def _batch(self, indices: Sequence[int] | np.ndarray) -> Any:
         columns = self.read_batch(indices)
         if self.transform is not None:
-            return [self.transform(s) for s in columns_to_samples(columns, len(indices))]
-        if self.batch_transform is not None:
-            return self.batch_transform(columns_to_tensors(columns))
+            per_sample = cast(Callable[[Any], Any], self._per_sample)
+            return [per_sample(s) for s in columns_to_samples(columns, len(indices))]
+        if self._per_batch is not None:  # returns= then batch_transform=, as collated
+            return self._per_batch(columns_to_tensors(columns))
         return columns
 
     def __getitems__(self, indices: Sequence[int]) -> Sequence[Any]:
@@ -143,12 +153,12 @@ class ShardedDataset(torch.utils.data.Dataset[Any]):
         memory, so the batch reaches the main process without another copy."""
         if self.transform is not None:
             samples = columns_to_samples(self.read_batch(indices), len(indices))
-            return [self.transform(s) for s in samples]
+            return [self._per_sample(s) for s in samples]  # type: ignore[misc]
         if torch.utils.data.get_worker_info() is None:
-            return Batch(self.read_batch(indices), len(indices), None, self.batch_transform)
+            return Batch(self.read_batch(indices), len(indices), None, self._per_batch)
         arrays, tensors = shared_columns(self.schema, len(indices))
         columns = self.read_batch(indices, out=arrays)
-        return Batch(columns, len(indices), tensors, self.batch_transform)
+        return Batch(columns, len(indices), tensors, self._per_batch)
 
     def read_batch(
         self, indices: Sequence[int] | np.ndarray, out: dict[str, np.ndarray] | None = None
@@ -194,3 +204,30 @@ class ShardedDataset(torch.utils.data.Dataset[Any]):
 
     def __exit__(self, *exc: object) -> None:
         self.close()
+
+
+class _Then:
+    """``second(first(x))``: picklable, so spawned workers get the composition."""
+
+    __slots__ = ("first", "second")
+
+    def __init__(self, first: Callable[[Any], Any], second: Callable[[Any], Any]) -> None:
+        self.first = first
+        self.second = second
+
+    def __call__(self, value: Any) -> Any:
+        return self.second(self.first(value))
+
+    def __getstate__(self) -> tuple[Callable[[Any], Any], Callable[[Any], Any]]:
+        return self.first, self.second
+
+    def __setstate__(self, state: tuple[Callable[[Any], Any], Callable[[Any], Any]]) -> None:
+        self.first, self.second = state
+
+
+def _then(
+    returns: Returns | None, transform: Callable[[Any], Any] | None
+) -> Callable[[Any], Any] | None:
+    if returns is None:
+        return transform
+    return returns if transform is None else _Then(returns, transform)

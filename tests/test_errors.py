@@ -207,8 +207,8 @@ def test_hdf5_datasets_that_disagree_on_length_open_on_the_largest_set(tmp_path)
     lines = [str(w.message) for w in caught]
     assert lines == [
         f"{path}: read 1 field(s) along 10 rows: 'images'",
-        f"{path}: left out 1 dataset(s): 'classes' (3 rows, not 10); "
-        "fields=[...] (--fields) picks others",
+        f"{path}: left out 1 array(s): 'classes' (3 rows, not 10). "
+        "To read others, pass fields=['classes'] (--fields classes)",
     ]
     assert len(ShardedDataset(path, fields=["classes"])) == 3
     with pytest.raises(shardio.SchemaError, match=r"'images': 10, 'classes': 3"):

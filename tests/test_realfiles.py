@@ -62,7 +62,7 @@ def test_anndata_reads_one_sample_per_cell(tmp_path, sparse) -> None:
     np.testing.assert_array_equal(picked["X"], expected["X"][[7, 3, 7]])
     assert len(lines) == 2 and all("\n" not in line for line in lines)
     assert "AnnData" in lines[0] and "'X'" in lines[0]
-    assert "left out 8 dataset(s)" in lines[1] and "'var/means' (60 rows, not 40)" in lines[1]
+    assert "left out 8 array(s)" in lines[1] and "'var/means' (60 rows, not 40)" in lines[1]
     reader.close()
 
 
@@ -122,7 +122,7 @@ def test_pytables_table_reads_its_columns_without_its_index(tmp_path) -> None:
     columns = _read_all(reader)
     for name in names:
         np.testing.assert_array_equal(columns[name], rows[name.rsplit("/", 1)[1]])
-    assert "'detector/_i_readout' (a PyTables index (ignored))" in lines[1]
+    assert "'detector/_i_readout' (a PyTables index, not data)" in lines[1]
     one, _ = _open(path, fields=["detector/readout/energy"])
     np.testing.assert_array_equal(_read_all(one)["detector/readout/energy"], rows["energy"])
 
@@ -136,7 +136,7 @@ def test_pandas_table_format_reads_its_columns(tmp_path) -> None:
     columns = _read_all(reader)
     np.testing.assert_array_equal(columns["df/table/values_block_0"], rows["values_block_0"])
     np.testing.assert_array_equal(columns["df/table/index"], rows["index"])
-    assert lines[1].startswith(f"{path}: left out 1 dataset(s): 'df/_i_table'")
+    assert lines[1].startswith(f"{path}: left out 1 array(s): 'df/_i_table'")
     result = shardio.convert(path, tmp_path / "out", format="raw")
     assert result.manifest.schema.names == reader.schema.names
     assert shardio.verify(tmp_path / "out", against=path).ok

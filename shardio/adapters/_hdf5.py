@@ -14,13 +14,13 @@ import math
 import mmap
 import os
 import sys
-import warnings
 from dataclasses import dataclass, field
 from typing import Any
 
 import h5py
 import numpy as np
 
+from ..cf import CFFields
 from ..config import MAX_EXPANSION
 from ..errors import (
     DatasetNotFoundError,
@@ -28,12 +28,14 @@ from ..errors import (
     InvalidOptionError,
     RemoteReadError,
     ShardCorruptError,
+    UnknownFormatError,
     UnsupportedFeatureError,
 )
 from ..integrity import ValueRanges
 from ..memory import FileRange, ReleaseResult
 from ..remote import is_remote, open_remote
 from ..schema import Field, Schema
+from ..warn import warn_user
 from ._hdf5_discovery import (
     COUNT_ATTR,
     SCHEMA_ATTR,
@@ -216,22 +218,56 @@ def open_hdf5(path: str, storage_options: dict[str, Any] | None = None, **cache:
         if is_remote(path):
             # Faults while h5py reads raise RemoteReadError from the file object itself.
             return h5py.File(open_remote(path, storage_options), "r", **cache)
-        local = path.removeprefix("file://")
-        try:
-            # Read-only shards need no lock, and locks fail on many network filesystems.
-            return h5py.File(local, "r", locking=False, **cache)
-        except OSError as exc:
-            if "locking flag" not in str(exc):
-                raise
-            # The file is already open in this process with the default locking (a
-            # user's own h5py.File): HDF5 insists on the same flag.
-            return h5py.File(local, "r", **cache)
+        return _open_local(path.removeprefix("file://"), cache)
     except FileNotFoundError:
         raise DatasetNotFoundError(f"HDF5 file {path} does not exist") from None
     except RemoteReadError:
         raise
     except OSError as exc:
+        _raise_if_other_format(path)
         raise ShardCorruptError(f"cannot open HDF5 file {path}: {exc}") from exc
+
+
+def _raise_if_other_format(path: str) -> None:
+    """A healthy file of another format (a netCDF3 `.nc`) is named as such, not corrupt."""
+    from .registry import is_remote, signature_format  # the registry names this module
+
+    found = None if is_remote(path) else signature_format(path.removeprefix("file://"))
+    if found is not None and found != "hdf5":
+        raise UnknownFormatError(
+            f"{path} is a {found} file, not HDF5: read it with format={found!r} "
+            f"(--format {found}), or leave format= out to detect it"
+        )
+
+
+# h5py's `locking=` values, HDF5's default first: the user's own `h5py.File(path)` uses
+# it, and HDF5 refuses a second open of a file in one process (or in a worker forked
+# from it) whose locking flags differ ("file locking flag values don't match").
+_LOCKINGS: tuple[bool | str | None, ...] = (None, False, True, "best-effort")
+
+
+def _open_local(path: str, cache: dict[str, Any]) -> h5py.File:
+    """``path`` opened read-only with the locking flags of whoever has it open already.
+
+    NOTE: shardio opened files with `locking=False` once, which made any later default
+    `h5py.File(path)` in the process (or in a forked worker) fail. HDF5's default
+    (`best-effort` since 1.14: lock where the filesystem supports it) is tried first;
+    a file already open with other flags is opened with those, and one that a writer
+    holds locked is read without a lock, as before."""
+    error: OSError | None = None
+    for locking in _LOCKINGS:
+        try:
+            return h5py.File(path, "r", locking=locking, **cache)
+        except OSError as exc:
+            message = str(exc)
+            if "flag values don't match" in message:
+                error = exc
+                continue
+            if locking is None and "unable to lock file" in message.lower():
+                return h5py.File(path, "r", locking=False, **cache)
+            raise
+    assert error is not None
+    raise error
 
 
 @functools.lru_cache(maxsize=1)
@@ -254,7 +290,7 @@ def _announce(found: Discovery) -> None:
     (a warning each, shown once per process)."""
     for line in (found.chosen, found.left_out):
         if line:
-            warnings.warn(line, FieldsChosenWarning, stacklevel=4)
+            warn_user(line, FieldsChosenWarning)
 
 
 class HDF5Reader(ShardReader[_File]):
@@ -284,8 +320,10 @@ class HDF5Reader(ShardReader[_File]):
             "group",
             "dim",
             "split_compound",
+            "decode_cf",
         }
     )
+    _cf: CFFields | None = None
 
     @classmethod
     def budget_options(cls, max_rss: int, shard_count: int, field_count: int) -> dict[str, Any]:
@@ -339,6 +377,11 @@ class HDF5Reader(ShardReader[_File]):
         except BaseException:
             file.close()
             raise
+        if self.backend_options.get("decode_cf", False):
+            # NOTE: decoded fields keep their names and shapes; only their dtype changes,
+            # and the reads below take dtypes from the datasets, not from the schema.
+            self._cf = CFFields(schema, lambda n: _attributes(datasets[n]))
+            schema = self._cf.schema
         self._length = length
         self._schema = schema
         opened = _File(
@@ -477,7 +520,17 @@ class HDF5Reader(ShardReader[_File]):
             else:
                 self.bytes_read += data.nbytes
                 columns[fld.name] = data[inverse] if reorder else data
-        return columns
+        return self._cf(columns) if self._cf else columns
+
+
+def _attributes(dataset: h5py.Dataset | SparseRows) -> dict[str, Any]:
+    """A dataset's attributes (none for a sparse matrix), for CF decoding."""
+    if not isinstance(dataset, h5py.Dataset):
+        return {}
+    try:
+        return dict(dataset.attrs)
+    except (OSError, TypeError, ValueError, RuntimeError):
+        return {}
 
 
 def _as_bytes(data: np.ndarray, fld: Field) -> list[Any]:

@@ -35,7 +35,18 @@ from ..errors import (
     UnsupportedFeatureError,
 )
 from ..schema import Field, Schema
+from ._array_choice import (
+    axis_reason,
+    choose,
+    chosen_line,
+    fields_hint,
+    is_anndata,
+    is_anndata_obs,
+    left_out_line,
+    together,
+)
 from ._hdf5_filters import filter_advice, missing_filters
+from ._sparse import SparseRows
 from .source import Skipped
 
 __all__ = [
@@ -54,8 +65,6 @@ SCHEMA_ATTR = "shardio_schema"
 COUNT_ATTR = "shardio_count"
 
 _SPARSE_ENCODINGS = ("csr_matrix", "csc_matrix")
-#: Names listed in a one-line summary before "and N more".
-_LISTED = 8
 
 
 @dataclass(frozen=True)
@@ -103,43 +112,6 @@ class _Entry:
     unsupported: str | None = None
     rows: int = 0
     axis: str = ""  # what the first axis is: "dim NAME", "obs", or "" for its length
-
-
-# ------------------------------------------------------------- sparse rows
-class SparseRows:
-    """A CSR matrix stored as a group (``data``, ``indices``, ``indptr``, as AnnData and
-    scipy write it) read as dense rows: ``rows[sel]`` for a slice or sorted indices."""
-
-    chunks = None
-
-    def __init__(self, group: h5py.Group) -> None:
-        self.data = group["data"]
-        self.indices = group["indices"]
-        self.indptr = group["indptr"]
-        shape = group.attrs.get("shape", group.attrs.get("h5sparse_shape"))  # anndata < 0.8
-        if shape is None:
-            raise KeyError(f"{group.name} has no shape attribute")
-        self.shape = tuple(int(s) for s in shape)
-        self.dtype = self.data.dtype
-        self.name = group.name
-
-    def __len__(self) -> int:
-        return self.shape[0]
-
-    def __getitem__(self, selection: slice | np.ndarray) -> np.ndarray:
-        rows = np.arange(self.shape[0])[selection]
-        out = np.zeros((len(rows), self.shape[1]), dtype=self.dtype)
-        if len(rows) == 0:
-            return out
-        first, last = int(rows.min()), int(rows.max())
-        bounds = self.indptr[first : last + 2].astype(np.int64)
-        low, high = int(bounds[0]), int(bounds[-1])
-        values = self.data[low:high]
-        columns = self.indices[low:high]
-        for row, index in enumerate(rows.tolist()):
-            start, stop = bounds[index - first] - low, bounds[index - first + 1] - low
-            out[row, columns[start:stop]] = values[start:stop]
-        return out
 
 
 def open_spec(file: h5py.File, spec: FieldSpec) -> Any:
@@ -214,47 +186,63 @@ def discover(
             listing = ", ".join(f"{n!r}: {length}" for n, length in lengths.items())
             raise SchemaError(
                 f"{path}: the fields asked for disagree on their first axis ({listing}); "
-                "pick datasets of one length with fields=[...] (--fields)"
+                "pick datasets of one length with fields= (--fields)"
             )
         return Discovery(specs, next(iter(lengths.values())), (), layout=layout)
     found, skipped = _walk(root, prefix)
-    entries = [
-        _renamed(e, prefix)
-        for name, obj in found
-        for e in _classify(name, obj, split_compound, layout)
-    ]
+    entries: list[_Entry] = []
+    for name, obj in found:
+        # AnnData before 0.7 stored obs and obsm as compound datasets: a field per column.
+        split = split_compound or (layout == "anndata" and is_anndata_obs(name))
+        for entry in _classify(name, obj, split, layout):
+            if not entry.rows and isinstance(obj, h5py.Dataset) and obj.shape:
+                entry.rows, entry.axis = int(obj.shape[0]), _first_axis(obj, layout)
+            entries.append(_renamed(entry, prefix))
     bad = [e for e in entries if e.unsupported is not None]
-    if bad and not skip_unsupported:
+    readable = [e for e in entries if e.spec is not None]
+    chosen, others = choose(path, readable, dim, layout) if readable else ([], [])
+    # Conversion refuses what the reader would have read but cannot: an unsupported
+    # dataset along the chosen axis. One the reader leaves out anyway is only listed.
+    blocking = [e for e in bad if not chosen or _along(e, chosen[0], dim, layout)]
+    if blocking and not skip_unsupported:
         reasons: dict[str, list[str]] = {}
-        for entry in bad:
+        for entry in blocking:
             reasons.setdefault(str(entry.unsupported), []).append(repr(entry.name))
         problems = "; ".join(
             f"{names[0]} {reason}" if len(names) == 1 else f"{', '.join(names)}: {reason}"
             for reason, names in reasons.items()
         )
-        advice = _advice(bad)
+        advice = _advice(blocking)
+        example = [e.name for e in chosen] or [e.name for e in entries]
         hint = (
             "pass skip_unsupported=True (--skip-unsupported) to leave them out, or "
-            "fields=[...] (--fields) to choose datasets"
+            f"choose datasets with {fields_hint(example)}"
         )
         raise UnsupportedFeatureError(f"cannot read {path}: {problems}; {advice}{hint}")
     skipped.extend(Skipped(e.name, str(e.unsupported)) for e in bad)
     skipped.extend(Skipped(e.name, e.skip) for e in entries if e.skip is not None)
-    readable = [e for e in entries if e.spec is not None]
     if not readable:
         listing = "; ".join(str(s) for s in skipped) or "it holds no datasets"
         listing += f"; {_advice(bad).removesuffix('; ')}" if _advice(bad) else ""
         raise SchemaError(
             f"{path} holds no dataset with a first axis to read samples from ({listing})"
         )
-    chosen, others = _choose(path, readable, dim, layout)
     specs = _unique_specs(e.spec for e in chosen)
-    left = [Skipped(e.name, _axis_reason(e, chosen[0], layout)) for e in others] + skipped
+    left = [Skipped(e.name, axis_reason(e, chosen[0], layout)) for e in others] + skipped
     summary = left_out = None
     if left:
-        summary = _chosen_line(path, chosen, layout)
-        left_out = f"{path}: left out {_listing(left)}; fields=[...] (--fields) picks others"
+        summary = chosen_line(path, chosen, layout)
+        left_out = left_out_line(path, left, together(others) or [s.name for s in left])
     return Discovery(specs, chosen[0].rows, tuple(left), summary, left_out, layout)
+
+
+def _along(entry: _Entry, chosen: _Entry, dim: str | None, layout: str) -> bool:
+    """Whether ``entry`` lies along the axis ``chosen`` was read along."""
+    if dim is not None:
+        return entry.axis == dim
+    if layout == "anndata":
+        return is_anndata_obs(entry.name) and entry.rows == chosen.rows
+    return (entry.axis, entry.rows) == (chosen.axis, chosen.rows)
 
 
 def _root(file: h5py.File, path: str, group: str | None) -> tuple[h5py.Group, str]:
@@ -275,7 +263,7 @@ def _root(file: h5py.File, path: str, group: str | None) -> tuple[h5py.Group, st
 def _layout(file: h5py.File, group: str | None) -> str:
     """``anndata`` (read per cell), ``netcdf4`` or ``hdf5``. PyTables and pandas tables
     need no layout of their own: their ``TABLE`` datasets and ``_i_*`` groups tell."""
-    if _attr(file, "encoding-type") == "anndata":
+    if is_anndata(_attr(file, "encoding-type"), file.keys()):
         return "anndata" if group is None else "anndata-group"
     if "_NCProperties" in file.attrs:
         return "netcdf4"
@@ -322,7 +310,7 @@ def _walk(root: h5py.Group, prefix: str) -> tuple[list[tuple[str, Any]], list[Sk
         seen[key] = path
         if isinstance(obj, h5py.Group):
             if path.rsplit("/", 1)[-1].startswith("_i_"):
-                skipped.append(Skipped(path, "is a PyTables index (ignored)"))
+                skipped.append(Skipped(path, "is a PyTables index, not data"))
             elif _attr(obj, "encoding-type") in _SPARSE_ENCODINGS or _attr(obj, "h5sparse_format"):
                 found.append((path, obj))
             else:
@@ -380,9 +368,9 @@ def _classify(name: str, obj: Any, split: bool, layout: str) -> list[_Entry]:
     ):
         return [_Entry(name, name, skip="is a netCDF dimension without values")]
     if obj.shape is None:
-        return [_Entry(name, name, skip="has an empty dataspace (no values)")]
+        return [_Entry(name, name, skip="has an empty dataspace, so no values")]
     if len(obj.shape) == 0:
-        return [_Entry(name, name, skip="is a scalar (a field needs a first axis)")]
+        return [_Entry(name, name, skip="is a scalar, with no first axis to read samples along")]
     try:
         dtype = obj.dtype
     except (TypeError, ValueError) as exc:
@@ -545,7 +533,7 @@ def _requested(
         if entry.unsupported is not None:
             raise UnsupportedFeatureError(
                 f"cannot read {path}: {entry.name!r} {entry.unsupported}; "
-                f"{_advice([entry])}choose other datasets with fields=[...] (--fields)"
+                f"{_advice([entry])}choose other datasets with fields= (--fields)"
             )
         out.append(_renamed(entry, prefix))
     return out
@@ -591,79 +579,3 @@ def _unique_specs(specs: Iterable[FieldSpec | None]) -> tuple[FieldSpec, ...]:
 
 def _rows(file: h5py.File, spec: FieldSpec) -> int:
     return len(open_spec(file, spec))
-
-
-# ------------------------------------------------------------- choosing
-def _choose(
-    path: str, entries: list[_Entry], dim: str | None, layout: str
-) -> tuple[list[_Entry], list[_Entry]]:
-    """The entries to read (one first axis) and those left out."""
-    if dim is not None:
-        chosen = [e for e in entries if e.axis == dim]
-        if not chosen:
-            dims = sorted({e.axis for e in entries if e.axis})
-            raise FieldNotFoundError(
-                f"{path}: no dataset has dimension {dim!r} first (dim=, --dim); "
-                + (
-                    f"first dimensions in the file are {dims}"
-                    if dims
-                    else "the file names no dimensions"
-                )
-            )
-        return chosen, [e for e in entries if e.axis != dim]
-    if layout == "anndata":
-        obs = [e for e in entries if _anndata_obs_axis(e.name)]
-        if obs:
-            rows = obs[0].rows
-            chosen = [e for e in obs if e.rows == rows]
-            return chosen, _others(entries, chosen)
-    groups: dict[tuple[str, int], list[_Entry]] = {}
-    for entry in entries:
-        groups.setdefault((entry.axis, entry.rows), []).append(entry)
-    key = max(groups, key=lambda k: (len({e.dataset for e in groups[k]}), k[1]))
-    chosen = groups[key]
-    return chosen, _others(entries, chosen)
-
-
-def _others(entries: list[_Entry], chosen: list[_Entry]) -> list[_Entry]:
-    taken = {id(e) for e in chosen}
-    return [e for e in entries if id(e) not in taken]
-
-
-def _anndata_obs_axis(name: str) -> bool:
-    """AnnData objects with one row per cell (X, obs, obsm, layers), not obsp (cell x cell)."""
-    top = name.split("/", 1)[0]
-    return name == "X" or top in ("obs", "obsm", "layers")
-
-
-def _axis_reason(entry: _Entry, chosen: _Entry, layout: str) -> str:
-    if layout == "anndata" and entry.rows == chosen.rows:
-        return "is not one row per cell (AnnData: only X, obs, obsm and layers are)"
-    if entry.axis and entry.axis != chosen.axis:
-        return f"has dimension {entry.axis!r} first, not {chosen.axis!r}"
-    return f"has {entry.rows} rows, not {chosen.rows}"
-
-
-def _chosen_line(path: str, chosen: list[_Entry], layout: str) -> str:
-    axis = f"dimension {chosen[0].axis!r}" if chosen[0].axis else f"{chosen[0].rows} rows"
-    what = {"anndata": "AnnData: X with obs, obsm and layers, one sample per cell; "}.get(
-        layout, ""
-    )
-    names = _names([e.name for e in chosen])
-    return f"{path}: {what}read {len(chosen)} field(s) along {axis}: {names}"
-
-
-def _names(names: list[str]) -> str:
-    shown = ", ".join(repr(n) for n in names[:_LISTED])
-    return shown + (f" and {len(names) - _LISTED} more" if len(names) > _LISTED else "")
-
-
-def _listing(left: list[Skipped]) -> str:
-    shown = ", ".join(f"{s.name!r} ({_short(s.reason)})" for s in left[:_LISTED])
-    more = f" and {len(left) - _LISTED} more" if len(left) > _LISTED else ""
-    return f"{len(left)} dataset(s): {shown}{more}"
-
-
-def _short(reason: str) -> str:
-    reason = reason.removeprefix("is ").removeprefix("has ")
-    return reason if len(reason) <= 80 else reason[:77].rstrip() + "..."

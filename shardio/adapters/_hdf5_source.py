@@ -9,6 +9,7 @@ from typing import Any
 
 import numpy as np
 
+from ..cf import CFFields
 from ..perprocess import PerProcess
 from ..schema import Field, Schema
 from ._hdf5 import open_hdf5, vlen_reads_unswapped
@@ -31,7 +32,7 @@ class HDF5Source(Source):
     ``skip_unsupported``, and reads whole row ranges with one HDF5 selection.
     """
 
-    options = frozenset({"storage_options", "group", "dim"})
+    options = frozenset({"storage_options", "group", "dim", "decode_cf"})
 
     def __init__(
         self,
@@ -43,6 +44,7 @@ class HDF5Source(Source):
         storage_options: dict[str, Any] | None = None,
         group: str | None = None,
         dim: str | None = None,
+        decode_cf: bool = False,
     ) -> None:
         self.path = path
         self.split_compound = split_compound
@@ -62,6 +64,7 @@ class HDF5Source(Source):
             )
             self._chunk_rows = _chunk_rows(file, found.specs)
             notes = _byte_order_notes(file, found.specs)
+            attributes = {s.field.name: _attributes(file, s) for s in found.specs if decode_cf}
         finally:
             file.close()
         self._specs = tuple(
@@ -72,6 +75,9 @@ class HDF5Source(Source):
             for s in found.specs
         )
         self.schema = Schema(tuple(s.field for s in self._specs))
+        self._cf = CFFields(self.schema, lambda n: attributes.get(n, {})) if decode_cf else None
+        if self._cf:
+            self.schema = self._cf.schema
         self.num_samples = found.num_samples
         self.skipped = found.skipped
         self.notes = tuple(notes) + ((found.chosen,) if found.chosen else ())
@@ -133,13 +139,22 @@ class HDF5Source(Source):
             if spec.foreign_vlen is not None and vlen_reads_unswapped():
                 value = [np.asarray(v).view(spec.foreign_vlen) for v in value]
             columns[spec.field.name] = to_field(value, spec.field, count)
-        return columns
+        return self._cf(columns) if self._cf else columns
 
 
 @dataclass
 class _Open:
     file: Any  # h5py.File
     datasets: dict[str, Any] = field(default_factory=dict)
+
+
+def _attributes(file: Any, spec: FieldSpec) -> dict[str, Any]:
+    if spec.sparse or spec.member is not None:
+        return {}
+    try:
+        return dict(file[spec.dataset].attrs)
+    except (KeyError, OSError, TypeError, ValueError, RuntimeError):
+        return {}
 
 
 def _chunk_rows(file: Any, specs: Sequence[FieldSpec]) -> int | None:

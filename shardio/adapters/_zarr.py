@@ -22,9 +22,11 @@ import zarr
 import zarr.codecs
 import zarr.storage
 
+from ..cf import CFFields
 from ..errors import (
     DatasetNotFoundError,
     FieldNotFoundError,
+    FieldsChosenWarning,
     InvalidOptionError,
     ManifestError,
     RemoteReadError,
@@ -35,7 +37,19 @@ from ..errors import (
 from ..memory import FileRange
 from ..remote import is_remote, remote_errors, storage_options_for, tune
 from ..schema import Field, Schema
+from ..warn import warn_user
+from ._array_choice import (
+    Choice,
+    axis_reason,
+    choose,
+    chosen_line,
+    is_anndata,
+    left_out_line,
+    together,
+)
+from ._sparse import SparseRows
 from .base import Columns, ShardFileWriter, ShardReader
+from .source import Skipped
 
 __all__ = ["ZarrReader", "ZarrWriter", "ATTR", "make_compressors"]
 
@@ -112,13 +126,19 @@ class _RemoteStore(zarr.storage.WrapperStore[Any]):
 
 
 def _foreign_fields(path: str, group: Any, wanted: list[str] | None) -> list[tuple[Field, Any]]:
+    """The fields of a Zarr group shardio did not write, chosen by the rule HDF5 files
+    follow (`_array_choice`): a first dimension xarray names, AnnData's cells, else
+    the largest set of arrays sharing a first axis."""
     # Sorted: zarr lists members in the order its concurrent store listing finishes,
     # which differs between opens (and so between processes).
-    arrays = {
+    members = sorted(group.members(max_depth=None), key=lambda item: item[0])
+    sparse = _sparse_matrices(members)
+    arrays: dict[str, Any] = {
         name: node
-        for name, node in sorted(group.members(max_depth=None), key=lambda item: item[0])
-        if isinstance(node, zarr.Array)
+        for name, node in members
+        if isinstance(node, zarr.Array) and name.rpartition("/")[0] not in sparse
     }
+    arrays = dict(sorted({**arrays, **sparse}.items()))
     if wanted is not None:
         missing = [n for n in wanted if n not in arrays]
         if missing:
@@ -126,23 +146,21 @@ def _foreign_fields(path: str, group: Any, wanted: list[str] | None) -> list[tup
                 f"{path}: no array {missing[0]!r}; arrays are {sorted(arrays)}"
             )
         chosen = {n: arrays[n] for n in wanted}
+        lengths = {n: a.shape[0] if a.ndim else 0 for n, a in chosen.items()}
+        if len(set(lengths.values())) > 1:
+            listing = ", ".join(f"{n!r}: {length}" for n, length in lengths.items())
+            raise SchemaError(
+                f"{path}: the arrays asked for disagree on their first axis ({listing}); "
+                "pick arrays of one length with fields= (--fields)"
+            )
     else:
-        chosen = {n: a for n, a in arrays.items() if a.ndim >= 1}
-        if not chosen:
-            raise SchemaError(f"{path} holds no array with a first axis to read samples from")
-    lengths = {n: a.shape[0] for n, a in chosen.items()}
-    if len(set(lengths.values())) > 1:
-        listing = ", ".join(f"{n!r}: {length}" for n, length in lengths.items())
-        raise SchemaError(
-            f"{path}: arrays disagree on their first axis ({listing}); "
-            "pick arrays of one length with fields=[...]"
-        )
+        chosen = _choose_arrays(path, group, arrays)
     result = []
     for name, array in chosen.items():
         dtype = np.dtype(array.dtype)
-        if dtype.hasobject:
+        if dtype.hasobject or dtype.kind in "TU":
             if array.ndim != 1:
-                raise UnsupportedFeatureError(f"{path}: array {name!r} of objects must be 1-D")
+                raise UnsupportedFeatureError(f"{path}: array {name!r} of strings must be 1-D")
             result.append((Field(name, np.dtype(np.uint8), (), "bytes"), array))
         elif array.ndim == 0:
             raise SchemaError(f"{path}: array {name!r} is a scalar; a field needs a first axis")
@@ -151,13 +169,79 @@ def _foreign_fields(path: str, group: Any, wanted: list[str] | None) -> list[tup
     return result
 
 
+def _sparse_matrices(members: list[tuple[str, Any]]) -> dict[str, SparseRows]:
+    """CSR matrices stored as groups (AnnData's sparse X), each read as dense rows."""
+    found = {}
+    for name, node in members:
+        if isinstance(node, zarr.Group) and node.attrs.get("encoding-type") == "csr_matrix":
+            try:
+                found[name] = SparseRows(node)
+            except (KeyError, TypeError, ValueError):
+                continue  # left as the arrays it holds
+    return found
+
+
+def _choose_arrays(path: str, group: Any, arrays: dict[str, Any]) -> dict[str, Any]:
+    encoding = group.attrs.get("encoding-type")
+    layout = "anndata" if is_anndata(encoding, (n for n, _ in group.members())) else "zarr"
+    candidates = []
+    skipped = []
+    for name, array in arrays.items():
+        if array.ndim == 0:
+            skipped.append(Skipped(name, "is a scalar, with no first axis to read samples along"))
+            continue
+        dtype = np.dtype(array.dtype)
+        if (dtype.hasobject or dtype.kind in "TU") and array.ndim != 1:
+            skipped.append(Skipped(name, "holds strings in more than one dimension"))
+            continue
+        axis = "" if isinstance(array, SparseRows) else _first_dimension(array)
+        candidates.append(Choice(name, name, int(array.shape[0]), axis))
+    if not candidates:
+        listing = "; ".join(str(s) for s in skipped) or "it holds no arrays"
+        raise SchemaError(
+            f"{path} holds no array with a first axis to read samples from ({listing})"
+        )
+    picked, others = choose(path, candidates, None, layout)
+    left = [Skipped(c.name, axis_reason(c, picked[0], layout)) for c in others] + skipped
+    if left:
+        for line in (
+            chosen_line(path, picked, layout),
+            left_out_line(path, left, together(others) or [s.name for s in left]),
+        ):
+            warn_user(line, FieldsChosenWarning)
+    return {c.name: arrays[c.name] for c in picked}
+
+
+def _attributes(array: Any) -> dict[str, Any]:
+    """An array's attributes, with the fill value xarray keeps in Zarr v2 metadata."""
+    if isinstance(array, SparseRows):
+        return {}
+    attrs = dict(array.attrs)
+    fill = getattr(array.metadata, "fill_value", None)
+    if "_FillValue" not in attrs and array.metadata.zarr_format == 2 and fill is not None:
+        attrs["_FillValue"] = fill
+    return attrs
+
+
+def _first_dimension(array: Any) -> str:
+    """The name xarray gives an array's first dimension (Zarr v3 `dimension_names`,
+    or the `_ARRAY_DIMENSIONS` attribute it writes to Zarr v2), else ""."""
+    names = getattr(array.metadata, "dimension_names", None)
+    if not names:
+        names = array.attrs.get("_ARRAY_DIMENSIONS")
+    if isinstance(names, (list, tuple)) and names and isinstance(names[0], str):
+        return names[0]
+    return ""
+
+
 class ZarrReader(ShardReader[_Group]):
     """Reads a shardio Zarr shard or any Zarr v3 group."""
 
     format = "zarr"
     remote = True
     holds_caches = True
-    options = frozenset({"storage_options"})
+    options = frozenset({"storage_options", "decode_cf"})
+    _cf: CFFields | None = None
 
     def _open(self) -> _Group:
         try:
@@ -181,7 +265,12 @@ class ZarrReader(ShardReader[_Group]):
         if info is not None:
             return self._open_shardio(node, info)
         fields = _foreign_fields(self.path, node, self.requested_fields)
-        self._schema = Schema(tuple(f for f, _ in fields))
+        schema = Schema(tuple(f for f, _ in fields))
+        if self.backend_options.get("decode_cf", False):
+            arrays = {f.name: a for f, a in fields}
+            self._cf = CFFields(schema, lambda n: _attributes(arrays[n]))
+            schema = self._cf.schema
+        self._schema = schema
         self._length = fields[0][1].shape[0]
         return _Group(node, {f.name: _Column(f, a) for f, a in fields})
 
@@ -264,7 +353,7 @@ class ZarrReader(ShardReader[_Group]):
             else:
                 self.bytes_read += data.nbytes
                 columns[name] = data[inverse] if reorder else data
-        return columns
+        return self._cf(columns) if self._cf else columns
 
     def _read_variable(self, column: _Column, unique: np.ndarray) -> list[Any]:
         offsets = column.offsets
@@ -346,6 +435,8 @@ class _RawChunks:
 def _stored_files(array: Any, first: int, last: int) -> list[FileRange]:
     """The whole stored objects (chunk or shard files) holding rows ``[first, last)`` of
     an array in a local store; empty for other stores."""
+    if isinstance(array, SparseRows):
+        return []  # where a cell's values lie is known only after reading indptr
     root = getattr(array.store_path.store, "root", None)
     if root is None or 0 in array.shape:
         return []
@@ -388,6 +479,8 @@ def _check_chunks_present(path: str, group: Any, name: str, expected: Any) -> No
 
 def _gather(array: Any, unique: np.ndarray, raw: _RawChunks | None = None) -> np.ndarray:
     """Rows ``unique`` (sorted, distinct) of a Zarr array, reading each chunk once."""
+    if isinstance(array, SparseRows):
+        return array[unique]
     if len(unique) == 0:
         return np.asarray(array[0:0])
     first, last = int(unique[0]), int(unique[-1])

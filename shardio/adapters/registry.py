@@ -38,6 +38,7 @@ __all__ = [
     "is_remote",
     "reader_class",
     "register_backend",
+    "signature_format",
     "source_class",
     "unregister_backend",
     "writer_class",
@@ -160,6 +161,11 @@ for _builtin in (
             aliases=("raw",), package="numpy",
             reader="shardio.adapters._mmap.MmapReader",
             writer="shardio.adapters._mmap.MmapWriter"),
+    Backend(name="netcdf3", suffixes=(".nc3",), package="scipy",
+            # classic (CDF\x01) and 64-bit offset (CDF\x02); usually named .nc, as
+            # netCDF4 (HDF5) files are, so the signature tells them apart
+            signature=b"CDF",
+            reader="shardio.adapters._netcdf3.NetCDF3Reader"),
 ):  # fmt: skip
     register_backend(_builtin)
 
@@ -274,6 +280,15 @@ def detect_format(path: str, storage_options: dict[str, Any] | None = None) -> s
         f"{MANIFEST_NAME}), a path ending in one of {known}, or a directory holding "
         f"{markers}; pass format= to say which"
     )
+
+
+def signature_format(path: str) -> str | None:
+    """The format whose signature a local file starts with, or None: lets a backend
+    asked to read another format's file say which format it is instead of "corrupt"."""
+    for backend in _BACKENDS.values():
+        if backend.signature and _has_signature(path, backend):
+            return backend.name
+    return None
 
 
 def _has_signature(path: str, backend: Backend) -> bool:

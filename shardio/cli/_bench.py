@@ -177,7 +177,8 @@ def run(args: argparse.Namespace) -> int:
     if args.plot:
         reports.require_matplotlib()  # fail before measuring, not after
     progress = None
-    if output.progress:
+    # Bars on a terminal only: redirected to a log, tqdm's carriage returns are noise.
+    if output.progress and sys.stderr.isatty():
         from tqdm import tqdm
 
         def progress(name: str, total: int) -> Any:

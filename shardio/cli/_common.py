@@ -108,6 +108,10 @@ def flag_message(message: str, flags: Mapping[str, str]) -> str:
     """``message`` with the Python parameters in ``flags`` replaced by their flags:
     ``pass format= to say which`` becomes ``pass --format to say which``."""
     for name, flag in flags.items():
+        # "fields=['a', 'b'] (--fields a,b)" and "fields= (--fields)": the flag as typed.
+        value = r"(?:\[[^\]]*\]|'[^']*'|[^\s(]*)"
+        hinted = rf"(?<![\w-]){re.escape(name)}={value} \(({re.escape(flag)}\b[^)]*)\)"
+        message = re.sub(hinted, r"\1", message)
         message = re.sub(_PARAMETER.format(name=re.escape(name)), flag, message)
         # "pass --format= to ..." reads better without the bare "=".
         message = re.sub(rf"{re.escape(flag)}=(?=[\s,;)]|$)", flag, message)
@@ -117,7 +121,10 @@ def flag_message(message: str, flags: Mapping[str, str]) -> str:
 @contextmanager
 def one_line_warnings(command: str, flags: Mapping[str, str]) -> Iterator[None]:
     """Print each warning raised inside as one line, ``shardio COMMAND: warning: ...``,
-    naming flags instead of Python parameters."""
+    naming flags instead of Python parameters; a warning from another library (torch)
+    says whose it is. Each text is printed once: the same warning raised again from
+    another line (or by a worker forked after it was printed) is not repeated."""
+    shown: set[str] = set()
 
     def show(
         message: Warning | str,
@@ -128,12 +135,28 @@ def one_line_warnings(command: str, flags: Mapping[str, str]) -> Iterator[None]:
         line: str | None = None,
     ) -> None:
         text = flag_message(str(message), flags)
-        print(f"shardio {command}: warning: {text}", file=sys.stderr, flush=True)
+        if text in shown:
+            return
+        shown.add(text)
+        source = _library_of(filename)
+        origin = f" (from {source})" if source else ""
+        print(f"shardio {command}: warning{origin}: {text}", file=sys.stderr, flush=True)
 
     with warnings.catch_warnings():
         warnings.simplefilter("default")
         warnings.showwarning = show
         yield
+
+
+def _library_of(filename: str) -> str | None:
+    """The third-party package a warning was raised in (``torch``), or None for shardio
+    and the user's own code."""
+    parts = filename.replace("\\", "/").split("/")
+    if "site-packages" in parts:
+        package = parts[parts.index("site-packages") + 1 : parts.index("site-packages") + 2]
+        if package and package[0] != "shardio":
+            return package[0].removesuffix(".py")
+    return None
 
 
 def parse_int(value: str, option: str, minimum: int) -> int:

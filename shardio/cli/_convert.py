@@ -23,6 +23,7 @@ FLAGS = {
     "source_format": "--source-format",
     "group": "--group",
     "dim": "--dim",
+    "decode_cf": "--decode-cf",
     "dst": "DST",
     "src": "SRC",
 }
@@ -129,7 +130,10 @@ def run(args: argparse.Namespace) -> int:
         overwrite=args.overwrite,
         scheduler=args.scheduler,
         source_format=args.source_format,
-        source_options={k: getattr(args, k) for k in ("group", "dim") if getattr(args, k)} or None,
+        source_options={
+            k: getattr(args, k) for k in ("group", "dim", "decode_cf") if getattr(args, k)
+        }
+        or None,
         progress=output.progress,
     )
     output.line(result.summary())

@@ -11,7 +11,13 @@ from ._common import Output, add_output_options
 from ._select import add_selection_flags, selection
 
 #: The library's parameter names, as this command's flags (for messages).
-FLAGS = {"format": "--format", "fields": "--fields", "group": "--group", "dim": "--dim"}
+FLAGS = {
+    "format": "--format",
+    "fields": "--fields",
+    "group": "--group",
+    "dim": "--dim",
+    "decode_cf": "--decode-cf",
+}
 #: Shards listed without -v; the rest are counted.
 SHARDS_SHOWN = 8
 

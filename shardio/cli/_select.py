@@ -1,4 +1,5 @@
-"""``--fields``, ``--group`` and ``--dim``: which datasets of a file to read."""
+"""``--fields``, ``--group``, ``--dim`` and ``--decode-cf``: which datasets of a file to
+read, and how."""
 
 from __future__ import annotations
 
@@ -20,7 +21,13 @@ def add_selection_flags(parser: argparse.ArgumentParser, *, fields: bool = True)
         "--group", help="HDF5: read the datasets under this group (an .h5ad's obs, say)"
     )
     parser.add_argument(
-        "--dim", help="HDF5/netCDF4: read the variables along this dimension (time, say)"
+        "--dim", help="HDF5/netCDF: read the variables along this dimension (time, say)"
+    )
+    parser.add_argument(
+        "--decode-cf",
+        action="store_true",
+        help="netCDF/Zarr: apply scale_factor, add_offset, _FillValue and time units as "
+        "xarray does (default: values as stored)",
     )
 
 
@@ -31,7 +38,9 @@ def split_fields(values: list[str] | None) -> list[str] | None:
 
 
 def selection(args: argparse.Namespace) -> dict[str, Any]:
-    """Reader keywords for the flags given (``fields``, ``group``, ``dim``)."""
+    """Reader keywords for the flags given (``fields``, ``group``, ``dim``, ``decode_cf``)."""
     chosen: dict[str, Any] = {"fields": split_fields(getattr(args, "fields", None))}
-    chosen.update({k: getattr(args, k) for k in ("group", "dim") if getattr(args, k, None)})
+    chosen.update(
+        {k: getattr(args, k) for k in ("group", "dim", "decode_cf") if getattr(args, k, None)}
+    )
     return chosen

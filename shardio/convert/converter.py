@@ -21,7 +21,6 @@ import os
 import re
 import time
 import uuid
-import warnings
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from typing import Any
@@ -40,6 +39,7 @@ from ..errors import (
 from ..layout import MANIFEST_NAME, foreign_entries, remove_path, scan_shard, shard_name
 from ..manifest import Manifest, ShardInfo
 from ..outputlock import lock_output
+from ..warn import warn_user
 from . import run as runner
 from .plan import Plan, ShardTask, estimate_sample_nbytes, make_plan
 from .progress import Progress, progress_mode
@@ -320,12 +320,11 @@ def _output_format(format: str) -> str:
 
 def _warn_small_shards(shard_size: int | str, plan: Plan) -> None:
     rows = plan.num_samples / max(1, len(plan.tasks))
-    warnings.warn(
+    warn_user(
         f"shard_size={shard_size!r} is below 1 MB: {len(plan.tasks)} shard(s) of about "
         f"{rows:,.0f} sample(s) each, where files and per-shard overhead cost more than "
         "the samples; 64MB to 1GB suits most datasets",
         UserWarning,
-        stacklevel=3,
     )
 
 

@@ -387,7 +387,9 @@ def _memory_growth(s: TraceSummary) -> list[Finding]:
                     "memory-growth",
                     f"memory grows in the {memory.process}: RSS {memory.first / _MIB:.0f} -> "
                     f"{memory.last / _MIB:.0f} MiB in {secs(memory.seconds)} "
-                    f"(+{memory.growth / _MIB / memory.seconds:.1f} MiB/s)",
+                    f"(+{memory.growth / _MIB / memory.seconds:.1f} MiB/s); cap what reading "
+                    f"adds with ShardedDataset(..., max_rss='512MB') per process, or "
+                    f"max_rss='auto' to split the job's limit (docs/memory.md)",
                 )
             )
     return out

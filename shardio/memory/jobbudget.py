@@ -13,13 +13,13 @@ from __future__ import annotations
 
 import logging
 import os
-import warnings
 import weakref
 from dataclasses import dataclass
 from typing import Any
 
 from ..config import format_size, parse_size
 from ..errors import InvalidOptionError
+from ..warn import warn_user
 from .joblimit import JobLimit, find_job_limit
 from .rss import read_rss
 
@@ -221,7 +221,7 @@ def warn_no_limit() -> None:
         "memory.limit_in_bytes are all unset or unlimited): reading runs without a "
         "memory budget; pass max_rss='total:SIZE' to state the job's memory"
     )
-    warnings.warn(message, RuntimeWarning, stacklevel=4)
+    warn_user(message, RuntimeWarning)
 
 
 def _per_local_rank(limit: JobLimit | None) -> JobLimit | None:

@@ -12,7 +12,6 @@ from __future__ import annotations
 
 import os
 import sys
-import warnings
 from collections.abc import Callable
 from dataclasses import asdict, dataclass, field, replace
 from typing import Any, Literal, get_args
@@ -20,6 +19,7 @@ from typing import Any, Literal, get_args
 from ..config import parse_size, positive_int
 from ..errors import InvalidOptionError
 from ..perprocess import PerProcess
+from ..warn import warn_user
 from .advise import madvise_supported
 from .jobbudget import JobBudget, WorkerInfo, warn_no_limit
 from .jobwatch import JOB_CHECK_SECONDS, JobWatch
@@ -282,11 +282,10 @@ class MemoryGuard:
         global _warned_unmeasured
         if not _warned_unmeasured:
             _warned_unmeasured = True
-            warnings.warn(
+            warn_user(
                 "shardio cannot read RSS on this platform (/proc is missing); the memory "
                 "budget falls back to reopening files every reopen_every bytes read",
                 RuntimeWarning,
-                stacklevel=4,
             )
 
     def _record_job(self, state: _State) -> None:

@@ -2,11 +2,10 @@
 
 from __future__ import annotations
 
-import warnings
-
 import torch
 
 from ..errors import DeviceError
+from ..warn import warn_user
 
 __all__ = ["resolve_device"]
 
@@ -43,11 +42,10 @@ def resolve_device(
     if not torch.cuda.is_available():
         if not fallback_to_cpu:
             raise DeviceError(f"device={device!r} was asked for, but this machine has no CUDA")
-        warnings.warn(
+        warn_user(
             f"device={device!r} was asked for but CUDA is not available; the Prefetcher "
             "falls back to device='cpu' and batches stay in host memory",
             UserWarning,
-            stacklevel=3,
         )
         return torch.device("cpu")
     return _cuda_device(parsed.index)

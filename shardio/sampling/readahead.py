@@ -8,11 +8,11 @@ large sequential ones, queued while the blocks before it are still being read.
 
 from __future__ import annotations
 
-import warnings
 from collections.abc import Callable, Iterator
 
 import numpy as np
 
+from ..warn import warn_user
 from .orders import BLOCKS_PER_WINDOW
 
 __all__ = ["BlockReadahead", "Hint", "lookahead_indices", "order_chunks"]
@@ -99,11 +99,10 @@ class BlockReadahead:
             self.hint(start, stop)
         except Exception as error:  # any failure of an optional speed-up
             self.disabled = True
-            warnings.warn(
+            warn_user(
                 f"readahead hint for samples [{start}, {stop}) failed ({error!r}); "
                 "reading on without readahead for the rest of this pass",
                 RuntimeWarning,
-                stacklevel=2,
             )
             return False
         return True

@@ -336,6 +336,32 @@ def write_shardio_zarr(path: str, columns: dict[str, Any]) -> None:
     group.attrs["shardio"] = {"version": 1, "count": n, "schema": schema}
 
 
+def netcdf3_truth(directory: str) -> Truth:
+    """A netCDF3 64-bit offset file written by scipy: record variables along an
+    unlimited dimension (netCDF3 has no int64: labels are int32), a string per row.
+    Not in `SOURCES` (whose every entry each loader test reads): its conformance test
+    is tests/test_netcdf3.py."""
+    from scipy.io import netcdf_file
+
+    columns = make_columns(variable=False)
+    columns["label"] = columns["label"].astype(np.int32)
+    names = [f"s{i}".encode() * (i % 3) for i in range(N)]
+    path = os.path.join(directory, "plain.nc")
+    with netcdf_file(path, "w", version=2) as file:
+        file.createDimension("sample", None)
+        file.createDimension("y", 4)
+        file.createDimension("x", 5)
+        file.createDimension("chars", 6)
+        file.createVariable("image", "f4", ("sample", "y", "x"))[:] = columns["image"]
+        file.createVariable("label", "i4", ("sample",))[:] = columns["label"]
+        chars = np.zeros((N, 6), dtype="S1")
+        for i, name in enumerate(names):
+            chars[i, : len(name)] = list(name.decode())
+        file.createVariable("name", "c", ("sample", "chars"))[:] = chars
+    columns["name"] = names
+    return Truth(read_back(columns), path, variable=("name",))
+
+
 def shardio_zarr_truth(directory: str) -> Truth:
     columns = make_columns(big_endian=True)
     path = os.path.join(directory, "shard.zarr")
