@@ -11,6 +11,7 @@ of docs/remote.md).
 
 from __future__ import annotations
 
+import errno
 import os
 import time
 from typing import Any
@@ -24,6 +25,10 @@ from ..remote import is_fault, remote_errors
 __all__ = ["ATTEMPTS", "BACKOFF_S", "download_shard", "remote_listing"]
 
 ATTEMPTS = 3
+# A download's local write failed: the cache's disk, not the network (never retried).
+_LOCAL_ERRNOS = frozenset(
+    {errno.ENOSPC, errno.EFBIG, errno.EROFS, errno.EACCES, errno.EDQUOT, errno.EPERM}
+)
 BACKOFF_S = 0.5
 
 
@@ -108,6 +113,14 @@ def download_shard(
 
 def _getter(fs: Any, remote: str, local: str) -> Any:
     def get() -> None:
-        fs.get_file(remote, local)
+        try:
+            fs.get_file(remote, local)
+        except OSError as exc:
+            if exc.errno not in _LOCAL_ERRNOS:
+                raise
+            raise CacheError(
+                f"writing {local} into the cache failed: {exc.strerror or exc} (the "
+                "cache_dir is full or read-only; free space or pass another cache_dir)"
+            ) from exc
 
     return get
