@@ -234,3 +234,32 @@ def test_the_sampler_downloads_ahead(s3, proxy, tmp_path) -> None:
         stats = ds.memory_stats()["cache"]
     assert sorted(seen) == list(range(2000))
     assert stats["prefetched"] > 0 and stats["hits"] > 0
+
+
+def test_the_cache_command_lists_sizes_and_clears(s3, proxy, tmp_path, capsys) -> None:
+    import json
+
+    from shardio.cli import main
+
+    local, data = _write(tmp_path, "mmap", rows=600, seed=11)
+    url = s3.upload(local, "listed.shardio")
+    cache = str(tmp_path / "cache")
+    ds = _open(url, s3, proxy, cache, cache_limit="10MB")
+    ds[0]  # shard 0 stays open (leased) while the others are read and closed
+    ds.read_batch(np.arange(ds.shard_lengths[0], len(data)))
+    ds.reader.shard(0)  # shard 0 open again
+    capsys.readouterr()
+    assert main(["cache", cache, "--json"]) == 0
+    listed = json.loads(capsys.readouterr().out)
+    (dataset,) = listed["datasets"]
+    assert dataset["source"] == url and dataset["shards"] == len(ds.shard_lengths)
+    assert dataset["nbytes"] == sum(ds.shard_nbytes) == listed["nbytes"]
+    assert 1 <= dataset["in_use"] <= 2
+    assert main(["cache", cache, "--clear"]) == 0
+    out = capsys.readouterr().out
+    assert f"removed {len(ds.shard_lengths) - dataset['in_use']} shard(s)" in out
+    ds.close()
+    assert main(["cache", cache, "--clear", "-q"]) == 0
+    assert CacheStore(cache, 1).entries() == []
+    assert main(["cache", str(tmp_path)]) == 2
+    assert "is not a shardio cache directory" in capsys.readouterr().err

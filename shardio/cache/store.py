@@ -106,6 +106,17 @@ class CacheStore:
             ) from exc
         self._global = os.path.join(self.directory, ".lock")
 
+    @classmethod
+    def existing(cls, directory: str) -> CacheStore:
+        """The cache at ``directory``, which must exist and be a shardio cache (so that
+        clearing it never removes anything else)."""
+        if not os.path.isfile(os.path.join(directory, _MARKER)):
+            raise CacheError(
+                f"{directory} is not a shardio cache directory (it has no {_MARKER} file); "
+                "name the cache_dir a dataset was read with"
+            )
+        return cls(directory, 0)
+
     # ------------------------------------------------------------------ paths
     def key_dir(self, key: str) -> str:
         return os.path.join(self.directory, key)
