@@ -146,6 +146,7 @@ class ShardCache:
         path = self.path(number)
         if os.path.exists(path):
             local.hits += 1
+            self.store.clear_ahead(self.key, self.shards[number].path)
             return path
         local.misses += 1
         started = time.monotonic()
@@ -242,7 +243,9 @@ class ShardCache:
         `PREFETCH_THREADS` at once, within the limit); returns how many started.
 
         A download ahead never waits for room and never fails the caller: the read
-        of that shard downloads it (and reports any fault) if this one did not."""
+        of that shard downloads it (and reports any fault) if this one did not. Shards
+        downloaded ahead and not read yet hold at most half the limit, and are
+        evicted only after every shard that was read."""
         local = self.local
         started = 0
         with local.lock:
@@ -260,8 +263,14 @@ class ShardCache:
 
     def _ahead(self, number: int) -> None:
         local = self.local
+        info = self.shards[number]
         try:
+            sizes = {s.path: s.nbytes for s in self.shards}
+            waiting = sum(sizes.get(name, 0) for name in self.store.ahead(self.key))
+            if waiting + info.nbytes > self.limit // 2:
+                return  # enough is downloaded ahead and not read yet
             if self._fetch(number, wait=False):
+                self.store.mark_ahead(self.key, info.path)
                 local.prefetched += 1
         except (OSError, ShardCorruptError):
             pass  # the read of this shard downloads it again and raises

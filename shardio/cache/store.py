@@ -197,6 +197,26 @@ class CacheStore:
                 if not self._live(key, shard):
                     remove_tree(os.path.join(self.directory, key, "tmp", name))
 
+    def mark_ahead(self, key: str, name: str) -> None:
+        """Mark shard ``name`` downloaded ahead and not read yet: evicted last."""
+        with open(self._lock_path(key, name, "ahead"), "w"):
+            pass
+        with contextlib.suppress(FileNotFoundError):
+            os.utime(self._lock_path(key, name, "lease"))  # recently used: evicted late
+
+    def clear_ahead(self, key: str, name: str) -> None:
+        with contextlib.suppress(FileNotFoundError):
+            os.remove(self._lock_path(key, name, "ahead"))
+
+    def ahead(self, key: str) -> set[str]:
+        """Shards of ``key`` downloaded ahead and not read yet."""
+        return {
+            n.removesuffix(".ahead")
+            for n in self._listdir(key, "locks")
+            if n.endswith(".ahead")
+            and os.path.exists(self.data_path(key, n.removesuffix(".ahead")))
+        }
+
     def remove_partial(self, key: str, name: str) -> None:
         """Remove downloads of ``name`` left by dead processes; call holding its
         download lock (so none of them is live)."""
@@ -260,6 +280,7 @@ class CacheStore:
             except FileNotFoundError:
                 return False
             remove_tree(trash)
+            self.clear_ahead(entry.key, entry.name)
             return True
         finally:
             os.close(fd)
@@ -273,7 +294,10 @@ class CacheStore:
         used = self.used()
         evicted = 0
         if used + nbytes > self.limit:
-            for entry in self.entries():
+            ahead = {(k, n) for k in self._keys() for n in self.ahead(k)}
+            entries = self.entries()  # least recently used first; read ones before ahead ones
+            entries.sort(key=lambda e: (e.key, e.name) in ahead)
+            for entry in entries:
                 if entry.in_use or (entry.key == key and entry.name == name):
                     continue
                 if self.evict(entry):
