@@ -24,7 +24,7 @@ from .adapters.base import (
     is_run,
 )
 from .adapters.registry import SHARDED, detect_format, get_backend, is_remote, reader_class
-from .cache import CACHE_OPEN_SHARDS, ShardCache
+from .cache import CACHE_OPEN_SHARDS, NoRoom, ShardCache
 from .errors import InvalidOptionError, ShardCorruptError, ShardioError, UnsupportedFeatureError
 from .index import ShardIndex
 from .integrity import ShardCheck, VerifyMode, check_mode
@@ -360,8 +360,16 @@ class DatasetReader:
         """Shard ``number`` in the node cache (downloaded, checked and leased), the
         leases of this process's closed shards given back (see shardio.cache)."""
         assert self._cache is not None
-        keep = {n for n, r in self._readers.items() if r.is_open}
-        return self._cache.acquire(number, keep)
+        try:
+            return self._cache.acquire(number, self._open_shards(), wait=False)
+        except NoRoom:  # close the shards open here but not read now, then wait for room
+            for other, reader in self._readers.items():
+                if other != number and reader.is_open and not self._in_use[other]:
+                    reader.close()
+            return self._cache.acquire(number, self._open_shards())
+
+    def _open_shards(self) -> set[int]:
+        return {n for n, r in self._readers.items() if r.is_open}
 
     @property
     def transient_files(self) -> frozenset[str]:

@@ -244,7 +244,7 @@ def test_the_cache_command_lists_sizes_and_clears(s3, proxy, tmp_path, capsys) -
     local, data = _write(tmp_path, "mmap", rows=600, seed=11)
     url = s3.upload(local, "listed.shardio")
     cache = str(tmp_path / "cache")
-    ds = _open(url, s3, proxy, cache, cache_limit="10MB")
+    ds = _open(url, s3, proxy, cache, cache_limit="10MB", max_open_shards=2)
     ds[0]  # shard 0 stays open (leased) while the others are read and closed
     ds.read_batch(np.arange(ds.shard_lengths[0], len(data)))
     ds.reader.shard(0)  # shard 0 open again

@@ -12,6 +12,7 @@ from .shards import (
     CACHE_WAIT_S,
     DEFAULT_LIMIT_SHARE,
     PREFETCH_THREADS,
+    NoRoom,
     ShardCache,
     cache_key,
 )
@@ -26,6 +27,7 @@ __all__ = [
     "PREFETCH_THREADS",
     "CacheEntry",
     "CacheStore",
+    "NoRoom",
     "ShardCache",
     "cache_key",
     "download_shard",

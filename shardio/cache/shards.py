@@ -30,6 +30,7 @@ from .fetch import download_shard
 from .store import CacheStore, Lease, remove_tree
 
 __all__ = [
+    "NoRoom",
     "CACHE_OPEN_SHARDS",
     "CACHE_WAIT_S",
     "DEFAULT_LIMIT_SHARE",
@@ -42,12 +43,17 @@ __all__ = [
 CACHE_WAIT_S = 60.0
 #: Downloads in flight per process for download-ahead.
 PREFETCH_THREADS = 4
-#: A reading process keeps at most this many shards open (each holds cache space)
-#: unless ``max_open_shards`` says otherwise.
-CACHE_OPEN_SHARDS = 2
+#: A reading process keeps at most this many shards open (each holds cache space:
+#: a reader short of room closes the ones it is not reading first) unless
+#: ``max_open_shards`` says otherwise: the blocks of one shard-window.
+CACHE_OPEN_SHARDS = 8
 #: Without ``cache_limit``: this share of the free space of ``cache_dir`` when opened.
 DEFAULT_LIMIT_SHARE = 0.75
 _POLL_S = 0.1
+
+
+class NoRoom(CacheError):
+    """No room in the cache now (`ShardCache.acquire` with ``wait=False``)."""
 
 
 def cache_key(url: str, manifest: Manifest) -> str:
@@ -125,10 +131,16 @@ class ShardCache:
         return self.store.data_path(self.key, self.shards[number].path)
 
     # ------------------------------------------------------------- reading
-    def acquire(self, number: int, keep: set[int] | frozenset[int] = frozenset()) -> str:
+    def acquire(
+        self, number: int, keep: set[int] | frozenset[int] = frozenset(), wait: bool = True
+    ) -> str:
         """Shard ``number``'s local path, downloaded if missing and leased until
         `release`d: leases of this process's other shards not in ``keep`` are
-        released first (their readers are closed), making room for it."""
+        released first (their readers are closed), making room for it.
+
+        Without room in the cache: with ``wait``, wait up to ``wait_s`` for readers
+        elsewhere to close shards, then raise `CacheError`; else raise `NoRoom` at
+        once (the caller closes shards it holds but does not use, and asks again)."""
         local = self.local
         with local.lock:
             for other in [n for n in local.leases if n not in keep and n != number]:
@@ -151,7 +163,8 @@ class ShardCache:
         local.misses += 1
         started = time.monotonic()
         try:
-            self._fetch(number, wait=True)
+            if not self._fetch(number, wait_lock=True, wait_room=wait):
+                raise NoRoom(f"no room in {self.store.directory} for shard {number} now")
         finally:
             local.wait_s += time.monotonic() - started
         return path
@@ -174,21 +187,22 @@ class ShardCache:
             lease.close()
 
     # ---------------------------------------------------------- downloading
-    def _fetch(self, number: int, wait: bool) -> bool:
-        """Download shard ``number`` unless it is there; False when ``wait`` is False
-        and it could not start now (another process downloads it, or no room)."""
+    def _fetch(self, number: int, wait_lock: bool, wait_room: bool) -> bool:
+        """Download shard ``number`` unless it is there; False when it could not start
+        now: another process downloads it (unless ``wait_lock``), or no room (unless
+        ``wait_room``)."""
         info = self.shards[number]
         path = self.path(number)
         lock = self.store.fetch_lock(self.key, info.path)
         try:
-            lock.acquire(timeout=-1 if wait else 0)
+            lock.acquire(timeout=-1 if wait_lock else 0)
         except Timeout:
             return False
         try:
             if os.path.exists(path):
                 return True  # another process downloaded it meanwhile
             self.store.remove_partial(self.key, info.path)
-            reserved = self._reserve(info, wait)
+            reserved = self._reserve(info, wait_room)
             if reserved is None:
                 return False
             try:
@@ -269,7 +283,7 @@ class ShardCache:
             waiting = sum(sizes.get(name, 0) for name in self.store.ahead(self.key))
             if waiting + info.nbytes > self.limit // 2:
                 return  # enough is downloaded ahead and not read yet
-            if self._fetch(number, wait=False):
+            if self._fetch(number, wait_lock=False, wait_room=False):
                 self.store.mark_ahead(self.key, info.path)
                 local.prefetched += 1
         except (OSError, ShardCorruptError):

@@ -237,6 +237,14 @@ class CacheStore:
                 total += _tree_nbytes(os.path.join(self.directory, key, "trash", name))
         return total
 
+    def disk_bytes(self) -> int:
+        """Bytes of every file the cache holds now (complete, partial and evicting)."""
+        return sum(
+            _tree_nbytes(os.path.join(self.directory, key, sub))
+            for key in self._keys()
+            for sub in ("data", "tmp", "trash")
+        )
+
     def entries(self) -> list[CacheEntry]:
         """Complete shards, least recently used first."""
         found = []

@@ -17,7 +17,7 @@ from collections.abc import Iterator
 from dataclasses import dataclass, field
 from typing import Any
 
-__all__ = ["FaultProxy", "S3Server", "proxy_for", "s3_server"]
+__all__ = ["FaultProxy", "S3Server", "proxy_for", "s3_server", "serve"]
 
 _REQUEST = re.compile(rb"^(GET|HEAD|PUT|POST|DELETE) (\S+) HTTP/1\.[01]\r\n")
 _SLOWDOWN = (
@@ -227,3 +227,24 @@ def proxy_for(server: S3Server, **faults: Any) -> FaultProxy:
     """A `FaultProxy` in front of ``server``."""
     host, port = server.endpoint.removeprefix("http://").split(":")
     return FaultProxy((host, int(port)), **faults)
+
+
+def serve(bucket: str, bandwidth: float, latency_s: float) -> None:
+    """Run a moto server and a proxy in front of it until killed (a process of its own,
+    so a benchmark's reads do not share its interpreter): prints one JSON line with
+    ``server`` and ``proxy`` endpoints."""
+    import json
+    import logging
+
+    logging.getLogger("werkzeug").setLevel(logging.ERROR)
+    with s3_server(bucket) as server:
+        proxy = proxy_for(server, bandwidth=bandwidth, latency_s=latency_s)
+        print(json.dumps({"server": server.endpoint, "proxy": proxy.endpoint}), flush=True)
+        while True:
+            time.sleep(3600)
+
+
+if __name__ == "__main__":
+    import sys
+
+    serve(sys.argv[1], float(sys.argv[2]), float(sys.argv[3]))
