@@ -263,3 +263,51 @@ def test_the_cache_command_lists_sizes_and_clears(s3, proxy, tmp_path, capsys) -
     assert CacheStore(cache, 1).entries() == []
     assert main(["cache", str(tmp_path)]) == 2
     assert "is not a shardio cache directory" in capsys.readouterr().err
+
+
+def test_convert_uploads_shards_then_the_manifest_and_resumes(s3, proxy, tmp_path) -> None:
+    import h5py
+
+    source = str(tmp_path / "source.h5")
+    data = np.arange(4000 * 4, dtype=np.float32).reshape(4000, 4)
+    with h5py.File(source, "w") as file:
+        file["x"] = data
+    url = "s3://cache-test/converted.shardio"
+    options = s3.options(proxy.endpoint, **FAST)
+    staging = tmp_path / "staging"
+    shardio.convert(
+        source, url, format="lmdb", shard_size="16KB", storage_options=options, staging=staging
+    )
+    puts = [p for (m, p), n in proxy.calls.items() if m == "PUT" for _ in range(n)]
+    assert puts[-1] == "/cache-test/converted.shardio/manifest.json"  # the manifest last
+    assert len(puts) == len(set(puts)) > 3
+    with _open(url, s3, proxy, str(tmp_path / "cache"), cache_limit="10MB") as ds:
+        np.testing.assert_array_equal(ds.read_batch(np.arange(4000))["x"], data)
+    # An upload cut short: one shard and the manifest missing. Resume uploads just those.
+    s3.client().delete_objects(
+        Bucket="cache-test",
+        Delete={
+            "Objects": [
+                {"Key": "converted.shardio/manifest.json"},
+                {"Key": "converted.shardio/shard-00001.lmdb/data.mdb"},
+            ]
+        },
+    )
+    proxy.calls.clear()
+    shardio.convert(
+        source,
+        url,
+        format="lmdb",
+        shard_size="16KB",
+        storage_options=options,
+        staging=staging,
+        resume=True,
+    )
+    puts = sorted(p for (m, p), _ in proxy.calls.items() if m == "PUT")
+    assert puts == [
+        "/cache-test/converted.shardio/manifest.json",
+        "/cache-test/converted.shardio/shard-00001.lmdb/data.mdb",
+        "/cache-test/converted.shardio/shard-00001.lmdb/shardio-offsets.npy",
+    ]
+    with pytest.raises(shardio.OutputExistsError, match="overwrite=True"):
+        shardio.convert(source, url, format="lmdb", storage_options=options, staging=staging)

@@ -110,6 +110,8 @@ class FaultProxy:
     drop_after: int = 1024
     frozen: bool = False
     gets: Counter[str] = field(default_factory=Counter)
+    #: Requests by (method, path), query strings dropped.
+    calls: Counter[tuple[str, str]] = field(default_factory=Counter)
     requests: int = 0
 
     def __post_init__(self) -> None:
@@ -169,6 +171,7 @@ class FaultProxy:
                         self.requests += 1
                         if method == b"GET" and not query:
                             self.gets[path.decode()] += 1
+                        self.calls[(method.decode(), path.decode())] += 1
                         slow = self.slowdown > 0
                         if slow:
                             self.slowdown -= 1
