@@ -311,3 +311,39 @@ def test_convert_uploads_shards_then_the_manifest_and_resumes(s3, proxy, tmp_pat
     ]
     with pytest.raises(shardio.OutputExistsError, match="overwrite=True"):
         shardio.convert(source, url, format="lmdb", storage_options=options, staging=staging)
+
+
+def test_cli_convert_inspect_and_verify_take_urls(s3, proxy, tmp_path, monkeypatch, capsys) -> None:
+    import json
+
+    import h5py
+
+    from shardio.cli import main
+
+    monkeypatch.setenv("AWS_ENDPOINT_URL", proxy.endpoint)
+    monkeypatch.setenv("AWS_ACCESS_KEY_ID", "testing")
+    monkeypatch.setenv("AWS_SECRET_ACCESS_KEY", "testing")
+    monkeypatch.setenv("AWS_DEFAULT_REGION", "us-east-1")
+    source = str(tmp_path / "source.h5")
+    with h5py.File(source, "w") as file:
+        file["x"] = np.arange(3000 * 2, dtype=np.int32).reshape(3000, 2)
+    url = "s3://cache-test/cli.shardio"
+    staging = str(tmp_path / "staging")
+    args = ["convert", source, url, "--format", "mmap", "--shard-size", "8KB", "-q"]
+    assert main([*args, "--staging", staging]) == 0
+    assert main(["inspect", url, "--json"]) == 0
+    info = json.loads(capsys.readouterr().out)
+    assert info["format"] == "mmap" and info["num_samples"] == 3000 and len(info["shards"]) > 1
+    assert main(["verify", url, "-q"]) == 0
+    # One shard's bytes changed on the server (same size): verify names it.
+    shard = os.path.join(staging, "shard-00001.mmap", "000.bin")
+    with open(shard, "rb") as handle:
+        damaged = bytearray(handle.read())
+    damaged[5] ^= 0xFF
+    s3.client().put_object(
+        Bucket="cache-test", Key="cli.shardio/shard-00001.mmap/000.bin", Body=bytes(damaged)
+    )
+    capsys.readouterr()
+    assert main(["verify", url]) == 1
+    err = capsys.readouterr().err
+    assert "shard-00001.mmap" in err and "FAILED" in err and staging not in err
