@@ -347,3 +347,25 @@ def test_cli_convert_inspect_and_verify_take_urls(s3, proxy, tmp_path, monkeypat
     assert main(["verify", url]) == 1
     err = capsys.readouterr().err
     assert "shard-00001.mmap" in err and "FAILED" in err and staging not in err
+
+
+def test_diagnose_reports_each_workers_cache_figures(tmp_path) -> None:
+    import fsspec
+
+    local, data = _write(tmp_path, "mmap", rows=400, seed=12)
+    fsspec.filesystem("memory").put(local, "/diag/ds.shardio", recursive=True)
+    ds = ShardedDataset(
+        "memory://diag/ds.shardio", cache_dir=str(tmp_path / "cache"), cache_limit="10MB"
+    )
+    loader = torch.utils.data.DataLoader(
+        ds, batch_size=50, num_workers=2, multiprocessing_context="fork"
+    )
+    with shardio.trace(loader) as tr:
+        xs = np.concatenate([batch["x"].numpy() for batch in tr])
+    np.testing.assert_array_equal(xs, data)
+    workers = [m for m in tr.summary().memory if m.process.startswith("worker")]
+    assert len(workers) == 2
+    stats = [m.stats["cache"] for m in workers]
+    # (each worker's figures as of its last memory sample)
+    assert 0 < sum(s["downloads"] for s in stats) <= len(ds.shard_lengths)
+    assert "downloads" in tr.report() and "evictions" in tr.report()
