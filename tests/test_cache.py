@@ -222,7 +222,7 @@ def test_a_full_cache_disk_is_a_clear_error(s3, proxy, tmp_path) -> None:
 
 
 def test_the_sampler_downloads_ahead(s3, proxy, tmp_path) -> None:
-    local, data = _write(tmp_path, "mmap", rows=2000, shard_size="4KB", seed=10)
+    local, data = _write(tmp_path, "mmap", rows=1000, shard_size="2KB", seed=10)
     url = s3.upload(local, "ahead.shardio")
     with _open(url, s3, proxy, str(tmp_path / "cache"), cache_limit="10MB") as ds:
         sampler = shardio.ShardSampler(ds, order="shard-window", seed=0, window="8KB")
@@ -232,7 +232,7 @@ def test_the_sampler_downloads_ahead(s3, proxy, tmp_path) -> None:
             seen.extend(batch)
             np.testing.assert_array_equal(ds.read_batch(batch)["x"], data[batch])
         stats = ds.memory_stats()["cache"]
-    assert sorted(seen) == list(range(2000))
+    assert sorted(seen) == list(range(1000))
     assert stats["prefetched"] > 0 and stats["hits"] > 0
 
 

@@ -104,6 +104,7 @@ def test_dataloader_workers_share_the_cache(s3, proxy, tmp_path, fmt, context) -
     ds.close()
 
 
+@pytest.mark.slow  # DataLoader workers share a cache in the default run
 def test_two_jobs_download_each_shard_once(s3, proxy, tmp_path) -> None:
     url, data = _dataset(s3, tmp_path, "mmap", 2000, "16KB", "two-jobs")
     cache = str(tmp_path / "cache")
