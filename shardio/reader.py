@@ -28,7 +28,7 @@ from .cache import CACHE_OPEN_SHARDS, NoRoom, ShardCache
 from .errors import InvalidOptionError, ShardCorruptError, ShardioError, UnsupportedFeatureError
 from .index import ShardIndex
 from .integrity import ShardCheck, VerifyMode, check_mode
-from .layout import ShardFiles, shard_files_as_written
+from .layout import MANIFEST_NAME, ShardFiles, shard_files_as_written
 from .manifest import Manifest, ShardInfo
 from .memory import (
     AccessPattern,
@@ -150,6 +150,13 @@ class DatasetReader:
         else:
             self.format = fmt
             self._reader_class = reader_class(fmt, self.path)
+            if cache_dir is not None and is_remote(self.path):
+                raise UnsupportedFeatureError(
+                    f"cache_dir= serves the shards of a shardio dataset (a directory with "
+                    f"{MANIFEST_NAME}), but {self.path} is a single {fmt} file or store; "
+                    "convert it (shardio convert SRC s3://.../x.shardio), or read it without "
+                    "cache_dir (hdf5 and zarr read remotely)"
+                )
             self._check_remote()
             self._budget_shape = (1, len(self.fields) if self.fields else 4)
             reader = self._reader_class(self.path, fields=self.fields, **self.reader_options)

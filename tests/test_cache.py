@@ -369,3 +369,14 @@ def test_diagnose_reports_each_workers_cache_figures(tmp_path) -> None:
     # (each worker's figures as of its last memory sample)
     assert 0 < sum(s["downloads"] for s in stats) <= len(ds.shard_lengths)
     assert "downloads" in tr.report() and "evictions" in tr.report()
+
+
+def test_a_single_remote_file_with_cache_dir_says_convert(s3, tmp_path) -> None:
+    import h5py
+
+    local = tmp_path / "one.h5"
+    with h5py.File(local, "w") as file:
+        file["x"] = np.arange(10)
+    url = s3.upload(str(local), "one.h5")
+    with pytest.raises(shardio.UnsupportedFeatureError, match="shardio convert"):
+        ShardedDataset(url, storage_options=s3.options(), cache_dir=str(tmp_path / "c"))
