@@ -170,3 +170,48 @@ def test_kill_of_one_of_two_jobs(s3, proxy, tmp_path) -> None:
     assert _result(_job(url, proxy, cache, "120KB"))["sum"] == pytest.approx(expected)
     assert _leftovers(cache) == []
     assert CacheStore(cache, 1).used() <= 120_000
+
+
+def _rank_main(rank: int, init_file: str, out_dir: str, url: str, options: dict, cache: str):
+    import torch.distributed as dist
+
+    from shardio import ShardSampler
+
+    dist.init_process_group("gloo", init_method=f"file://{init_file}", rank=rank, world_size=2)
+    try:
+        torch.set_num_threads(1)
+        ds = ShardedDataset(url, storage_options=options, cache_dir=cache, cache_limit="50MB")
+        sampler = ShardSampler(ds, seed=3, window="16KB")  # rank and world from dist
+        loader = torch.utils.data.DataLoader(
+            ds, batch_size=25, sampler=sampler, num_workers=1, multiprocessing_context="fork"
+        )
+        rows = {}
+        for indices, batch in zip(
+            torch.utils.data.BatchSampler(sampler, 25, False), loader, strict=True
+        ):
+            for index, row in zip(indices, batch["x"].tolist(), strict=True):
+                rows[index] = row
+        with open(os.path.join(out_dir, f"rank{rank}.json"), "w") as handle:
+            json.dump(rows, handle)
+    finally:
+        dist.destroy_process_group()
+
+
+@pytest.mark.slow
+def test_two_gloo_ranks_share_one_cache(s3, proxy, tmp_path) -> None:
+    import torch.multiprocessing as mp
+
+    url, data = _dataset(s3, tmp_path, "lmdb", 600, "8KB", "gloo-ranks")
+    cache = str(tmp_path / "cache")
+    args = (str(tmp_path / "init"), str(tmp_path), url, s3.options(proxy.endpoint), cache)
+    mp.spawn(_rank_main, args=args, nprocs=2, join=True)
+    rows: dict[int, list[float]] = {}
+    for rank in range(2):
+        with open(tmp_path / f"rank{rank}.json") as handle:
+            found = {int(k): v for k, v in json.load(handle).items()}
+        assert not set(found) & set(rows)  # no sample read by both ranks
+        rows.update(found)
+    assert sorted(rows) == list(range(600))
+    np.testing.assert_array_equal(np.array([rows[i] for i in range(600)]), data)
+    gets = proxy.object_gets("/cache-procs/gloo-ranks/shard-")
+    assert len(gets) > 4 and set(gets.values()) == {1}
