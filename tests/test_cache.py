@@ -179,8 +179,10 @@ def test_throttling_and_dropped_connections_are_retried(s3, proxy, tmp_path) -> 
     assert proxy.slowdown == 0 and proxy.drops == 0  # every fault was met, and survived
 
 
-@pytest.mark.slow
-def test_a_dead_server_is_a_remote_error_naming_the_url(s3, proxy, tmp_path) -> None:
+def test_a_dead_server_is_a_remote_error_naming_the_url(s3, proxy, tmp_path, monkeypatch) -> None:
+    import shardio.cache.fetch
+
+    monkeypatch.setattr(shardio.cache.fetch, "BACKOFF_S", 0.05)  # 3 tries, quickly
     local, _ = _write(tmp_path, "mmap", rows=100, seed=7)
     url = s3.upload(local, "dead.shardio")
     with _open(url, s3, proxy, str(tmp_path / "cache"), cache_limit="10MB") as ds:
@@ -189,6 +191,7 @@ def test_a_dead_server_is_a_remote_error_naming_the_url(s3, proxy, tmp_path) -> 
         with pytest.raises(shardio.RemoteReadError, match=r"dead.shardio/shard-00000"):
             ds[0]
         assert time.monotonic() - started < 30
+        assert proxy.requests >= 3 * 2  # the cache's 3 tries of botocore's 2 attempts
 
 
 @pytest.mark.slow
