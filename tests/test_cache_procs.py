@@ -215,3 +215,28 @@ def test_two_gloo_ranks_share_one_cache(s3, proxy, tmp_path) -> None:
     np.testing.assert_array_equal(np.array([rows[i] for i in range(600)]), data)
     gets = proxy.object_gets("/cache-procs/gloo-ranks/shard-")
     assert len(gets) > 4 and set(gets.values()) == {1}
+
+
+@pytest.mark.slow
+def test_kills_while_evicting_leave_nothing_behind(s3, proxy, tmp_path) -> None:
+    # Zarr shards of many small chunk files: removing one takes a while, and a cache of
+    # about two shards evicts at nearly every shard, so kills land in evictions too.
+    data = np.random.default_rng(5).standard_normal((4000, 8)).astype(np.float32)
+    local = str(tmp_path / "evicted.local")
+    with ShardWriter(local, format="zarr", shard_size="24KB", max_chunk_rows=8) as writer:
+        writer.write_batch({"x": data})
+    url = s3.upload(local, "evicted")
+    with ShardedDataset(local) as probe:
+        limit = str(int(2.5 * max(probe.shard_nbytes)))
+    cache = str(tmp_path / "cache")
+    rng = np.random.default_rng(0)
+    for _ in range(4):
+        job = _job(url, proxy, cache, limit)
+        _wait_for_download(cache, job)
+        time.sleep(float(rng.uniform(0.2, 1.5)))
+        job.send_signal(signal.SIGKILL)
+        job.wait(10)
+    result = _result(_job(url, proxy, cache, limit))
+    assert result["sum"] == pytest.approx(float(data.astype(np.float64).sum()))
+    assert _leftovers(cache) == []
+    assert CacheStore(cache, 1).used() <= int(limit)
