@@ -20,6 +20,7 @@ __all__ = [
     "SchemaError",
     "ShardCorruptError",
     "RemoteReadError",
+    "CacheError",
     "OutputExistsError",
     "UnsupportedFeatureError",
     "VerificationError",
@@ -97,6 +98,12 @@ class DeviceError(ShardioError, ValueError):
 
 class OutputWriteError(ShardioError, OSError):
     """Writing output failed: the disk is full, a quota is reached, or the path is read-only."""
+
+
+class CacheError(ShardioError, OSError):
+    """The node's shard cache cannot hold or serve a shard: its directory is full,
+    read-only or held by other readers past the wait, or a download did not match
+    the digest its writer recorded."""
 
 
 class StateMismatchError(InvalidOptionError):

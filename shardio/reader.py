@@ -24,10 +24,11 @@ from .adapters.base import (
     is_run,
 )
 from .adapters.registry import SHARDED, detect_format, get_backend, is_remote, reader_class
+from .cache import CACHE_OPEN_SHARDS, NoRoom, ShardCache
 from .errors import InvalidOptionError, ShardCorruptError, ShardioError, UnsupportedFeatureError
 from .index import ShardIndex
 from .integrity import ShardCheck, VerifyMode, check_mode
-from .layout import ShardFiles, shard_files_as_written
+from .layout import MANIFEST_NAME, ShardFiles, shard_files_as_written
 from .manifest import Manifest, ShardInfo
 from .memory import (
     AccessPattern,
@@ -87,9 +88,12 @@ class DatasetReader:
         max_open_shards: int | None = None,
         allow_external: bool = False,
         verify: VerifyMode = "off",
+        cache_dir: str | os.PathLike[str] | None = None,
+        cache_limit: int | str | None = None,
         **options: Any,
     ) -> None:
         self.path = os.fspath(path)
+        self._cache: ShardCache | None = None
         self.allow_external = bool(allow_external)
         self.verify = check_mode(verify)
         self._checks: dict[int, ShardCheck] = {}
@@ -114,6 +118,8 @@ class DatasetReader:
             fmt = get_backend(fmt).name  # validates the name, resolves an alias
         self.manifest: Manifest | None = None
         self._readers: dict[int, ShardReader[Any]] = {}
+        if cache_dir is not None and max_open_shards is None and is_remote(self.path):
+            max_open_shards = CACHE_OPEN_SHARDS  # each open shard holds cache space
         self._recent = RecentlyUsed(resolve_open_limit(max_open_shards))
         self._budget: PerProcess[_ProcessBudget] = PerProcess()
         if fmt == SHARDED:
@@ -125,6 +131,16 @@ class DatasetReader:
                     self.manifest.check_directory(self.path)
             self.format = self.manifest.format
             self._reader_class = reader_class(self.format, self.path)
+            if cache_dir is not None and is_remote(self.path):
+                self._cache = ShardCache(
+                    self.path,
+                    self.manifest,
+                    cache_dir,
+                    cache_limit,
+                    frozenset(self._reader_class.transient_files),
+                    storage_options,
+                )
+                self.options.pop("storage_options", None)  # shards are read locally
             self._check_remote()
             field_count = len(self.fields) if self.fields else len(self.manifest.schema)
             self._budget_shape = (len(self.manifest.shards), field_count)
@@ -134,6 +150,13 @@ class DatasetReader:
         else:
             self.format = fmt
             self._reader_class = reader_class(fmt, self.path)
+            if cache_dir is not None and is_remote(self.path):
+                raise UnsupportedFeatureError(
+                    f"cache_dir= serves the shards of a shardio dataset (a directory with "
+                    f"{MANIFEST_NAME}), but {self.path} is a single {fmt} file or store; "
+                    "convert it (shardio convert SRC s3://.../x.shardio), or read it without "
+                    "cache_dir (hdf5 and zarr read remotely)"
+                )
             self._check_remote()
             self._budget_shape = (1, len(self.fields) if self.fields else 4)
             reader = self._reader_class(self.path, fields=self.fields, **self.reader_options)
@@ -184,10 +207,11 @@ class DatasetReader:
             check.check_ranges(reader.value_ranges(local))
 
     def _check_remote(self) -> None:
-        if is_remote(self.path) and not self._reader_class.remote:
+        if is_remote(self.path) and self._cache is None and not self._reader_class.remote:
             raise UnsupportedFeatureError(
                 f"the {self.format} backend reads local files only, but got {self.path}; "
-                "copy the dataset to local disk, or convert it to zarr or hdf5 shards"
+                "pass cache_dir= (a local directory) to read its shards through the node "
+                "cache, or convert it to zarr or hdf5 shards (see docs/cache.md)"
             )
 
     def _process_budget(self) -> _ProcessBudget | None:
@@ -294,6 +318,8 @@ class DatasetReader:
         with self._lock:
             self._use(number)
             reader = self._shard_reader(number)
+            if self._cache is not None and not reader.is_open:
+                self._cache_shard(number)  # it may have been evicted since it closed
             self._open_here(reader)
             if len(local) > 1:
                 reader.hint_access(self._access_pattern(local))
@@ -319,8 +345,12 @@ class DatasetReader:
         reader = self._readers.get(number)
         if reader is None:
             info = self.shard_infos[number]
-            path = self._shard_path(info)
-            if not is_remote(path) and (self.verify_sizes or not self.allow_external):
+            path = self._shard_path(info) if self._cache is None else self._cache_shard(number)
+            if (
+                self._cache is None
+                and not is_remote(path)
+                and (self.verify_sizes or not self.allow_external)
+            ):
                 files = self._scan(path, info)  # one listing serves both checks
                 self._check_contained(path, files.links)
                 if self.verify_sizes and files.nbytes != info.nbytes:
@@ -342,6 +372,21 @@ class DatasetReader:
                 )
             self._readers[number] = reader
         return reader
+
+    def _cache_shard(self, number: int) -> str:
+        """Shard ``number`` in the node cache (downloaded, checked and leased), the
+        leases of this process's closed shards given back (see shardio.cache)."""
+        assert self._cache is not None
+        try:
+            return self._cache.acquire(number, self._open_shards(), wait=False)
+        except NoRoom:  # close the shards open here but not read now, then wait for room
+            for other, reader in self._readers.items():
+                if other != number and reader.is_open and not self._in_use[other]:
+                    reader.close()
+            return self._cache.acquire(number, self._open_shards())
+
+    def _open_shards(self) -> set[int]:
+        return {n for n, r in self._readers.items() if r.is_open}
 
     @property
     def transient_files(self) -> frozenset[str]:
@@ -519,6 +564,10 @@ class DatasetReader:
         backends that cannot tell where samples lie (see ``ShardReader.byte_ranges``).
         """
         start, stop = max(0, int(start)), min(int(stop), len(self))
+        if self._cache is not None and stop > start:  # download ahead instead
+            first, last = self.index.locate(start)[0], self.index.locate(stop - 1)[0]
+            self._cache.prefetch(list(range(first, last + 1)))
+            return 0
         if stop <= start or is_remote(self.path) or not readahead_supported():
             return 0
         starts = self.index.starts
@@ -578,12 +627,16 @@ class DatasetReader:
         stats = self.guard.stats().as_dict()
         stats["bytes_read"] = self.bytes_read
         stats["readahead_bytes"] = self.readahead_bytes
+        if self._cache is not None:
+            stats["cache"] = self._cache.stats()
         return stats
 
     # ------------------------------------------------------------------- close
     def close(self) -> None:
         for reader in self._readers.values():
             reader.close()
+        if self._cache is not None:
+            self._cache.close()
 
     def __enter__(self) -> DatasetReader:
         return self

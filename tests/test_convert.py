@@ -509,8 +509,11 @@ def test_remote_hdf5_source_through_fsspec(tmp_path) -> None:
     result = shardio.convert("memory://bucket/p.h5", tmp_path / "out", format="raw")
     assert result.num_samples == 50
     np.testing.assert_array_equal(read_all(str(tmp_path / "out"))["x"], data)
-    with pytest.raises(shardio.UnsupportedFeatureError, match="convert locally"):
-        shardio.convert(local, "memory://bucket/out", format="raw")
+    # To a URL: written in a staging directory, then uploaded (manifest last).
+    result = shardio.convert(local, "memory://bucket/out", format="raw", staging=tmp_path / "st")
+    assert result.path == "memory://bucket/out"
+    with shardio.ShardedDataset("memory://bucket/out", cache_dir=tmp_path / "cache") as ds:
+        np.testing.assert_array_equal(ds.read_batch(np.arange(50))["x"], data)
 
 
 def test_cli_inspect_shows_where_a_dataset_came_from(tmp_path, rich, capsys) -> None:

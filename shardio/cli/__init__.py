@@ -28,6 +28,7 @@ _COMMANDS = (
     "shardio.cli._verify",
     "shardio.cli._bench",
     "shardio.cli._diagnose",
+    "shardio.cli._cache",
     "shardio.cli._demo",
 )
 

@@ -18,6 +18,7 @@ FLAGS = {
     "split_compound": "--split-compound",
     "skip_unsupported": "--skip-unsupported",
     "resume": "--resume",
+    "staging": "--staging",
     "overwrite": "--overwrite",
     "scheduler": "--scheduler",
     "source_format": "--source-format",
@@ -38,7 +39,17 @@ def add_parser(subparsers: Any) -> None:
         "temporary name and renamed when complete; the manifest is written last.",
     )
     parser.add_argument("src", help="source: HDF5 file, Zarr group, LMDB, shardio dataset")
-    parser.add_argument("dst", help="output dataset directory")
+    parser.add_argument(
+        "dst",
+        help="output dataset directory, or a URL (s3://bucket/x.shardio): written in a "
+        "staging directory, then uploaded shard by shard with the manifest last",
+    )
+    parser.add_argument(
+        "--staging",
+        metavar="DIR",
+        help="with a URL as DST: the local directory written before the upload "
+        "(default: one under the temporary directory named after the URL)",
+    )
     parser.add_argument(
         "--format",
         required=True,
@@ -127,6 +138,7 @@ def run(args: argparse.Namespace) -> int:
         split_compound=args.split_compound,
         skip_unsupported=args.skip_unsupported,
         resume=args.resume,
+        staging=args.staging,
         overwrite=args.overwrite,
         scheduler=args.scheduler,
         source_format=args.source_format,

@@ -3,8 +3,11 @@
 from __future__ import annotations
 
 import argparse
+import contextlib
+import tempfile
 from typing import Any
 
+from ..adapters.registry import is_remote
 from ..config import format_size
 from ..reader import DatasetReader
 from ._common import Output, add_output_options
@@ -79,8 +82,13 @@ def _conversion(reader: DatasetReader) -> dict[str, Any] | None:
 
 def run(args: argparse.Namespace) -> int:
     output = Output(args)
-    with DatasetReader(args.path, format=args.format, **selection(args)) as reader:
-        info = describe(reader)
+    with contextlib.ExitStack() as stack:
+        extra: dict[str, Any] = {}
+        if is_remote(args.path):  # LMDB and mmap shards open through a cache; none is read
+            extra["cache_dir"] = stack.enter_context(tempfile.TemporaryDirectory())
+        reader = DatasetReader(args.path, format=args.format, **selection(args), **extra)
+        with reader:
+            info = describe(reader)
     output.line(
         f"{info['path']}: {info['format']}, {info['num_samples']} samples, "
         f"{len(info['shards'])} shard(s), {format_size(info['nbytes'])}"

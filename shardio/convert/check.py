@@ -13,11 +13,13 @@ LMDB, say) is reported as such instead of taking the interpreter down.
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import os
 import signal
 import subprocess
 import sys
+import tempfile
 import time
 from dataclasses import dataclass, field
 from typing import Any
@@ -30,7 +32,6 @@ from ..checksum import hash_files
 from ..errors import (
     DatasetNotFoundError,
     ShardioError,
-    UnsupportedFeatureError,
     VerificationError,
 )
 from ..integrity import ShardCheck
@@ -98,6 +99,7 @@ def verify(
     source_options: dict[str, Any] | None = None,
     progress: bool | str = False,
     raise_errors: bool = True,
+    storage_options: dict[str, Any] | None = None,
 ) -> VerifyReport:
     """Check every shard of the dataset at ``path`` (sizes, checksums, counts, every
     sample decodes) and, with ``against``, that every sample equals the source's.
@@ -107,8 +109,11 @@ def verify(
     """
     started = time.perf_counter()
     location = os.fspath(path)
-    if is_remote(location):
-        raise UnsupportedFeatureError(f"verify reads local datasets, but got {location!r}")
+    if is_remote(location):  # copied to a temporary directory, then checked there
+        return _verify_remote(
+            location, against, source_format, source_options, progress, raise_errors,
+            storage_options,
+        )  # fmt: skip
     if os.path.isfile(location):
         raise DatasetNotFoundError(
             f"{location} is a file, not a shardio dataset directory: verify checks a "
@@ -156,6 +161,38 @@ def verify(
         more = f" (and {len(report.problems) - 3} more)" if len(report.problems) > 3 else ""
         raise VerificationError(
             f"{location} failed verification with {len(report.problems)} problem(s): {first}{more}"
+        )
+    return report
+
+
+def _verify_remote(
+    url: str,
+    against: str | os.PathLike[str] | None,
+    source_format: str | None,
+    source_options: dict[str, Any] | None,
+    progress: bool | str,
+    raise_errors: bool,
+    storage_options: dict[str, Any] | None,
+) -> VerifyReport:
+    from .mirror import mirror_dataset
+
+    with tempfile.TemporaryDirectory(prefix="shardio-verify-") as mirror:
+        copied = mirror_dataset(url, storage_options, mirror)
+        report = verify(
+            mirror, against, source_format=source_format, source_options=source_options,
+            progress=progress, raise_errors=False,
+        )  # fmt: skip
+    report.path = url
+    missing = {shard for shard, _ in copied}
+    report.problems = [Problem(s, m) for s, m in copied] + [
+        dataclasses.replace(p, message=p.message.replace(mirror, url))
+        for p in report.problems
+        if p.shard is None or os.path.basename(p.shard) not in missing
+    ]
+    if report.problems and raise_errors:
+        first = "; ".join(str(p) for p in report.problems[:3])
+        raise VerificationError(
+            f"{url} failed verification with {len(report.problems)} problem(s): {first}"
         )
     return report
 

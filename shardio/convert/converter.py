@@ -16,6 +16,7 @@ The guarantees, in the order the code keeps them:
 from __future__ import annotations
 
 import contextlib
+import dataclasses
 import math
 import os
 import re
@@ -34,7 +35,6 @@ from ..errors import (
     OutputWriteError,
     ShardioError,
     UnknownFormatError,
-    UnsupportedFeatureError,
 )
 from ..layout import MANIFEST_NAME, foreign_entries, remove_path, scan_shard, shard_name
 from ..manifest import Manifest, ShardInfo
@@ -123,6 +123,8 @@ def convert(
     source_format: str | None = None,
     source_options: dict[str, Any] | None = None,
     writer_options: dict[str, Any] | None = None,
+    storage_options: dict[str, Any] | None = None,
+    staging: str | os.PathLike[str] | None = None,
 ) -> ConvertResult:
     """Convert ``src`` (an HDF5 file or any dataset shardio reads) into ``dst``, a new
     sharded dataset directory of ``format`` (``lmdb``, ``zarr``, ``hdf5``, or ``mmap``
@@ -142,6 +144,20 @@ def convert(
     started = time.perf_counter()
     src_path = os.fspath(src)
     dst_path = os.fspath(dst)
+    if is_remote(dst_path):  # a local staging directory, then uploaded (convert.upload)
+        from .upload import staging_dir, upload_dataset
+
+        local = staging_dir(dst_path, staging)
+        result = convert(
+            src, local, format, shard_size, workers=workers, fields=fields,
+            compressor=compressor, split_compound=split_compound,
+            skip_unsupported=skip_unsupported, resume=resume, overwrite=overwrite,
+            client=client, scheduler=scheduler, progress=progress,
+            source_format=source_format, source_options=source_options,
+            writer_options=writer_options,
+        )  # fmt: skip
+        upload_dataset(local, dst_path, storage_options, overwrite, resume)
+        return dataclasses.replace(result, path=dst_path)
     fmt = _output_format(format)
     size = parse_size(shard_size, "shard_size")
     if size <= 0:
@@ -149,11 +165,6 @@ def convert(
             f"shard_size should be > 0 bytes, but got shard_size={shard_size!r}"
         )
     _check_options(workers, resume, overwrite, client, scheduler)
-    if is_remote(dst_path):
-        raise UnsupportedFeatureError(
-            f"conversion writes a local (or shared) directory, but got dst={dst_path!r}; "
-            "convert locally, then upload the directory"
-        )
     dst_path = os.path.abspath(dst_path)
     if not is_remote(src_path) and os.path.abspath(src_path) == dst_path:
         raise InvalidOptionError(f"dst should differ from src, but both are {dst_path}")

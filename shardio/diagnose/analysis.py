@@ -487,7 +487,7 @@ def format_report(s: TraceSummary) -> str:
                 f"({m.peak / _MIB:.0f})"
             )
             if m.stats:
-                line += "  " + _budget(m.stats)
+                line += "  " + _budget(m.stats) + _cache(m.stats.get("cache"))
             lines.append(line)
     if s.ranks:
         lines.append("")
@@ -501,6 +501,17 @@ def format_report(s: TraceSummary) -> str:
 
 def _any_stats(s: TraceSummary) -> bool:
     return any(m.stats for m in s.memory)
+
+
+def _cache(stats: Any) -> str:
+    """The node shard cache's counters of a process (``memory_stats()["cache"]``)."""
+    if not isinstance(stats, dict):
+        return ""
+    return (
+        f"; cache {stats.get('hits', 0)} hits, {stats.get('downloads', 0)} downloads "
+        f"({format_size(stats.get('bytes_downloaded', 0))}), waited "
+        f"{stats.get('wait_s', 0):.1f} s, {stats.get('evictions', 0)} evictions"
+    )
 
 
 def _budget(stats: dict[str, Any]) -> str:
