@@ -18,10 +18,11 @@ from .adapters.registry import get_backend, is_remote, writer_class
 from .checksum import hash_shard
 from .config import parse_size
 from .errors import InvalidOptionError, SchemaError, UnsupportedFeatureError
+from .fieldnames import check_field_names
 from .layout import partial_name, prepare_output, remove_path, scan_shard, shard_name
 from .manifest import Manifest, ShardInfo
 from .outputlock import lock_output
-from .schema import Sample, Schema
+from .schema import Sample, Schema, fit_dtype
 
 __all__ = ["ShardWriter", "finish_shard", "validate_columns"]
 
@@ -86,14 +87,8 @@ def validate_columns(
                 f"samples {first}..{first + count - 1}: field {fld.name!r} expects shape "
                 f"{fld.shape}, but the batch column has shape {array.shape[1:]} per sample"
             )
-        if array.dtype != fld.dtype:
-            if not np.can_cast(array.dtype, fld.dtype, casting="same_kind"):
-                raise SchemaError(
-                    f"samples {first}..{first + count - 1}: field {fld.name!r} expects dtype "
-                    f"{fld.dtype}, but got {array.dtype}"
-                )
-            array = array.astype(fld.dtype)
-        columns[fld.name] = array
+        where = f"samples {first}..{first + count - 1}: field {fld.name!r}"
+        columns[fld.name] = fit_dtype(array, fld.dtype, where)
     return columns, count
 
 
@@ -145,6 +140,8 @@ class ShardWriter:
             raise InvalidOptionError(
                 f"shard_size should be > 0 bytes, but got shard_size={shard_size!r}"
             )
+        if schema is not None:
+            check_field_names(schema.names, f"ShardWriter({self.path!r})")
         self.schema = schema
         self.checksum = checksum
         self.metadata = dict(metadata or {})
@@ -173,7 +170,7 @@ class ShardWriter:
         """Add one sample (a dict of field -> array, number or bytes)."""
         self._check_open()
         if self.schema is None:
-            self.schema = Schema.infer(sample)
+            self.schema = self._checked(Schema.infer(sample))
         if not isinstance(sample, Mapping) or set(sample) != set(self.schema.names):
             got = list(sample) if isinstance(sample, Mapping) else type(sample).__name__
             raise SchemaError(
@@ -190,9 +187,13 @@ class ShardWriter:
         self._check_open()
         self._flush_rows()
         if self.schema is None:
-            self.schema = Schema.infer_batch(batch)
+            self.schema = self._checked(Schema.infer_batch(batch))
         columns, count = validate_columns(batch, self.schema, first=self._written)
         self._add_columns(columns, count)
+
+    def _checked(self, schema: Schema) -> Schema:
+        check_field_names(schema.names, f"ShardWriter({self.path!r})")
+        return schema
 
     def _flush_rows(self) -> None:
         if not self._rows:

@@ -621,14 +621,18 @@ class HDF5Writer(ShardFileWriter):
             dataset.resize(stop, axis=0)
             column = columns[fld.name]
             if fld.variable:
-                values = np.empty(count, dtype=object)
+                # NOTE: slice assignment of an object array makes h5py broadcast values
+                # of one length as a 2-D array ("Can't broadcast"); write_direct of a
+                # vlen-typed array writes them as they are.
+                values = np.empty(count, dtype=dataset.dtype)
                 for i, value in enumerate(column):
                     values[i] = (
                         np.frombuffer(value, np.uint8)
                         if isinstance(value, bytes)
                         else np.asarray(value, fld.dtype)
                     )
-                dataset[start:stop] = values
+                if count:
+                    dataset.write_direct(values, dest_sel=np.s_[start:stop])
             else:
                 dataset[start:stop] = column
         self.count = stop
