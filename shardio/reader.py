@@ -25,6 +25,7 @@ from .adapters.base import (
 )
 from .adapters.registry import SHARDED, detect_format, get_backend, is_remote, reader_class
 from .errors import InvalidOptionError, ShardCorruptError, ShardioError, UnsupportedFeatureError
+from .generation import Generation, check_generation
 from .index import ShardIndex
 from .integrity import ShardCheck, VerifyMode, check_mode
 from .layout import ShardFiles, shard_files_as_written
@@ -93,6 +94,7 @@ class DatasetReader:
         self.allow_external = bool(allow_external)
         self.verify = check_mode(verify)
         self._checks: dict[int, ShardCheck] = {}
+        self._generations: dict[str, Generation] = {}  # shard path -> as first opened
         self.fields = (
             None if fields is None else ([fields] if isinstance(fields, str) else list(fields))
         )
@@ -137,6 +139,7 @@ class DatasetReader:
             self._check_remote()
             self._budget_shape = (1, len(self.fields) if self.fields else 4)
             reader = self._reader_class(self.path, fields=self.fields, **self.reader_options)
+            self._check_generation(reader)
             self._readers[0] = reader
             with _as_corrupt(self.path):
                 self.schema = reader.schema
@@ -225,7 +228,25 @@ class DatasetReader:
             reader.backend_options.update(
                 {k: v for k, v in self.reader_options.items() if k in reader.options}
             )
+            self._check_generation(reader)
         reader.handle  # noqa: B018 - opened here, under the lock, not by racing threads
+
+    def _check_generation(self, reader: ShardReader[Any]) -> None:
+        """Before (re)opening ``reader``: refuse a shard that is not the generation
+        this dataset first opened; with `verify=`, its blocks are checked again (those
+        checked before were another handle's)."""
+        if is_remote(reader.path):
+            return
+        transient = self._reader_class.transient_files
+        first = self._generations.get(reader.path)
+        if first is None:
+            with _as_corrupt(reader.path):
+                self._generations[reader.path] = Generation.of(reader.path, transient)
+            return
+        check_generation(reader.path, first, transient)
+        for number, check in list(self._checks.items()):
+            if check.path == reader.path:
+                del self._checks[number]
 
     @staticmethod
     def _local_nbytes(reader: ShardReader[Any]) -> int:
@@ -319,6 +340,7 @@ class DatasetReader:
                         f"{info.nbytes} (truncated or modified since it was written)"
                     )
             reader = self._reader_class(path, fields=self.fields, **self.reader_options)
+            self._check_generation(reader)  # the first open records it
             with _as_corrupt(path):
                 length, schema = len(reader), reader.schema
             if length != info.num_samples:

@@ -12,7 +12,7 @@ import numpy as np
 import pytest
 
 from shardio import Loader, ShardedDataset, ShardWriter
-from shardio.errors import SampleIndexError, SchemaError
+from shardio.errors import SampleIndexError, SchemaError, ShardCorruptError
 
 FORMATS = ["mmap", "lmdb", "zarr", "hdf5"]
 
@@ -127,3 +127,40 @@ def test_one_index_validation(tmp_path: Path) -> None:
     assert ds.read_batch([1, -1, np.int32(2)])["x"].tolist() == [1, 4, 2]
     assert ds.read_batch(np.array([3], np.uint8))["x"].tolist() == [3]
     assert ds.read_batch(range(2))["x"].tolist() == [0, 1]
+
+
+def _write_full(path: Path, fmt: str, value: int) -> None:
+    with ShardWriter(path, format=fmt, shard_size=64, overwrite=True) as writer:
+        writer.write_batch({"x": np.full(16, value, dtype=np.int64)})
+
+
+@pytest.mark.parametrize("fmt", FORMATS)
+@pytest.mark.parametrize("verify", ["off", "first-read"])
+def test_reopened_shard_is_the_generation_first_opened(
+    tmp_path: Path, fmt: str, verify: str
+) -> None:
+    path = tmp_path / "d"
+    _write_full(path, fmt, 1)
+    ds = ShardedDataset(path, max_open_shards=1, verify=verify)
+    assert len(ds.shard_lengths) > 1
+    assert ds.read_batch([0, len(ds) - 1])["x"].tolist() == [1, 1]  # shard 0 evicted
+    _write_full(path, fmt, 2)
+    with pytest.raises(ShardCorruptError, match="changed since this dataset first opened"):
+        ds.read_batch([0])
+    assert ShardedDataset(path).read_batch([0])["x"].tolist() == [2]  # a new one reads it
+
+
+def test_first_read_checks_blocks_again_after_a_reopen(tmp_path: Path) -> None:
+    """A rewrite that keeps inode, size and mtime passes the generation check; the
+    blocks checked under the old handle are not trusted for the new one."""
+    path = tmp_path / "d"
+    _write_full(path, "mmap", 1)
+    ds = ShardedDataset(path, max_open_shards=1, verify="first-read")
+    assert ds.read_batch([0, len(ds) - 1])["x"].tolist() == [1, 1]
+    (data,) = (path / "shard-00000.mmap").glob("*.bin")
+    stat = data.stat()
+    with open(data, "r+b") as handle:
+        handle.write(np.int64(7).tobytes())
+    os.utime(data, ns=(stat.st_atime_ns, stat.st_mtime_ns))
+    with pytest.raises(ShardCorruptError, match="differ from what was written"):
+        ds.read_batch([0])
