@@ -26,6 +26,8 @@ __all__ = [
     "DeviceError",
     "OutputWriteError",
     "StateMismatchError",
+    "UnreadableFileError",
+    "TooManyOpenFilesError",
     "ShardioWarning",
     "FieldsChosenWarning",
 ]
@@ -101,6 +103,15 @@ class OutputWriteError(ShardioError, OSError):
 
 class StateMismatchError(InvalidOptionError):
     """A saved (sampler) state belongs to another dataset or order than the one loading it."""
+
+
+class UnreadableFileError(ShardioError, OSError):
+    """A file shardio must read is no regular file (a FIFO, a device), is larger than
+    any such file can be, or may not be read (permissions)."""
+
+
+class TooManyOpenFilesError(ShardioError, OSError):
+    """The process ran out of file descriptors (`ulimit -n`) opening a shard."""
 
 
 class ShardioWarning(UserWarning):

@@ -8,6 +8,7 @@ from collections.abc import Callable
 from typing import IO, Any
 
 from .errors import ManifestError
+from .safeopen import open_regular
 
 __all__ = ["read_json", "write_json_atomic"]
 
@@ -48,7 +49,14 @@ def _reject_constant(name: str) -> Any:
 
 
 def _open_binary(path: str) -> IO[bytes]:
-    return open(path, "rb")
+    handle = open_regular(path)  # a FIFO or a device is refused before it is read
+    size = os.fstat(handle.fileno()).st_size
+    if size > MAX_JSON_BYTES:
+        handle.close()
+        raise ManifestError(
+            f"{path} holds {size} bytes, more than {MAX_JSON_BYTES}: not shardio metadata"
+        )
+    return handle
 
 
 def write_json_atomic(path: str, data: Any) -> None:

@@ -367,6 +367,8 @@ class DatasetReader:
             raise ShardCorruptError(f"shard {path} listed in the manifest is missing")
         try:
             return shard_files_as_written(path, info.nbytes, self._reader_class.transient_files)
+        except ShardioError:  # a special file, named as such
+            raise
         except OSError as exc:
             raise ShardCorruptError(f"cannot read shard {path}: {exc}") from exc
 

@@ -1,0 +1,95 @@
+"""Regular files only, read within a bound: what shardio opens of a user's directory.
+
+A FIFO in place of `manifest.json` or a chunk blocks `open()` forever, and a character
+device (`/dev/zero`) never ends; both are refused before anything is read from them.
+Metadata is read at most `limit` bytes, checked against the file's size first, so a
+huge file is refused before memory is allocated for it.
+"""
+
+from __future__ import annotations
+
+import errno
+import os
+import stat
+from typing import BinaryIO
+
+from .errors import TooManyOpenFilesError, UnreadableFileError
+
+__all__ = ["check_regular", "open_regular", "read_bounded", "refuse_special", "too_many_open"]
+
+_KINDS = {
+    stat.S_IFIFO: "a FIFO (named pipe)",
+    stat.S_IFCHR: "a character device",
+    stat.S_IFBLK: "a block device",
+    stat.S_IFSOCK: "a socket",
+    stat.S_IFLNK: "a symbolic link",
+}
+
+
+def refuse_special(path: str, mode: int) -> None:
+    """Raise `UnreadableFileError` unless ``mode`` (of ``path``) is a regular file or a
+    directory."""
+    if stat.S_ISREG(mode) or stat.S_ISDIR(mode):
+        return
+    kind = _KINDS.get(stat.S_IFMT(mode), "not a regular file")
+    raise UnreadableFileError(
+        f"{path} is {kind}: shardio reads only regular files and directories (reading "
+        "it could block forever or never end); replace it with the file that belongs there"
+    )
+
+
+def check_regular(path: str) -> os.stat_result:
+    """``os.stat(path)`` after refusing a special file (links are followed)."""
+    result = os.stat(path)
+    refuse_special(path, result.st_mode)
+    return result
+
+
+def too_many_open(path: str, exc: OSError) -> TooManyOpenFilesError:
+    """The error for EMFILE/ENFILE while opening ``path``."""
+    return TooManyOpenFilesError(
+        f"cannot open {path}: this process has run out of file descriptors ({exc.strerror}); "
+        "raise the limit (`ulimit -n`, or resource.setrlimit(RLIMIT_NOFILE) in the job) or "
+        "keep fewer shards open per process with max_open_shards="
+    )
+
+
+def open_regular(path: str) -> BinaryIO:
+    """``path`` opened for reading, refused when it is no regular file (checked on the
+    open descriptor: O_NONBLOCK keeps a FIFO from blocking the open itself)."""
+    try:
+        fd = os.open(path, os.O_RDONLY | os.O_NONBLOCK | os.O_CLOEXEC)
+    except PermissionError as exc:
+        raise UnreadableFileError(
+            f"cannot read {path}: permission denied; give this user read access "
+            f"(chmod u+r, or run as its owner)"
+        ) from exc
+    except OSError as exc:
+        if exc.errno in (errno.EMFILE, errno.ENFILE):
+            raise too_many_open(path, exc) from exc
+        raise
+    try:
+        refuse_special(path, os.fstat(fd).st_mode)
+        os.set_blocking(fd, True)
+        return os.fdopen(fd, "rb")
+    except BaseException:
+        os.close(fd)
+        raise
+
+
+def read_bounded(path: str, limit: int, what: str) -> bytes:
+    """At most ``limit`` bytes of regular file ``path``; `UnreadableFileError` naming
+    ``what`` when it holds more (checked from its size before reading)."""
+    with open_regular(path) as handle:
+        size = os.fstat(handle.fileno()).st_size
+        if size > limit:
+            raise UnreadableFileError(
+                f"{path} holds {size} bytes, more than the {limit} any {what} needs: it is not one"
+            )
+        pieces, total = [], 0
+        while total <= limit and (piece := handle.read(min(1 << 20, limit + 1 - total))):
+            pieces.append(piece)
+            total += len(piece)
+    if total > limit:  # grew while read
+        raise UnreadableFileError(f"{path} grew past the {limit} bytes any {what} needs")
+    return b"".join(pieces)
