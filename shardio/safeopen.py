@@ -15,7 +15,18 @@ from typing import BinaryIO
 
 from .errors import TooManyOpenFilesError, UnreadableFileError
 
-__all__ = ["check_regular", "open_regular", "read_bounded", "refuse_special", "too_many_open"]
+__all__ = [
+    "MAX_CHUNK_BYTES",
+    "check_regular",
+    "open_regular",
+    "read_bounded",
+    "refuse_special",
+    "too_many_open",
+]
+
+#: The largest chunk (decoded) an array may declare (Zarr, HDF5): a library allocates a
+#: whole chunk to read one row of it. Real chunks are kilobytes to tens of megabytes.
+MAX_CHUNK_BYTES = 256 * 1024 * 1024
 
 _KINDS = {
     stat.S_IFIFO: "a FIFO (named pipe)",

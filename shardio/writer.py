@@ -7,8 +7,9 @@ directory without a manifest is not a dataset.
 
 from __future__ import annotations
 
+import contextlib
 import os
-from collections.abc import Mapping
+from collections.abc import Iterator, Mapping
 from typing import Any
 
 import numpy as np
@@ -23,6 +24,7 @@ from .layout import partial_name, prepare_output, remove_path, scan_shard, shard
 from .manifest import Manifest, ShardInfo
 from .outputlock import lock_output
 from .schema import Sample, Schema, fit_dtype
+from .writefailure import write_failure
 
 __all__ = ["ShardWriter", "finish_shard", "validate_columns"]
 
@@ -146,6 +148,11 @@ class ShardWriter:
         self.checksum = checksum
         self.metadata = dict(metadata or {})
         self.options = options
+        if self.format == "hdf5":
+            # NOTE: a write failing inside libhdf5 (a full disk) leaves it in a state that
+            # segfaults at exit; a shard built in memory fails with an ordinary OSError
+            # (HDF5Writer's NOTE). It costs about twice the shard's size while closing.
+            self.options.setdefault("in_memory", True)
         self._writer_class = writer_class(self.format, self.path)
         prepare_output(self.path, overwrite)
         self._lock: int | None = lock_output(self.path)  # released by close() or abort()
@@ -224,7 +231,29 @@ class ShardWriter:
                 self._flush_pending()
 
     # ------------------------------------------------------------------ shards
+    @contextlib.contextmanager
+    def _writing(self) -> Iterator[None]:
+        """A failed write becomes `OutputWriteError` (a full disk says so, as in
+        conversion) after the partial shard is removed; other errors pass."""
+        try:
+            yield
+        except Exception as exc:
+            name = shard_name(len(self.shards), self._suffix)
+            then = "write the dataset again"
+            failure = write_failure(exc, self.path, name, self._writer_class.libraries, then)
+            if failure is None:
+                raise
+            with contextlib.suppress(Exception):
+                self.abort()
+            with contextlib.suppress(OSError):  # one whose writer had been let go
+                remove_path(os.path.join(self.path, partial_name(name)))
+            raise failure from exc
+
     def _flush_pending(self) -> None:
+        with self._writing():
+            self._write_pending()
+
+    def _write_pending(self) -> None:
         if not self._pending_count:
             return
         assert self.schema is not None
@@ -239,7 +268,11 @@ class ShardWriter:
         self._pending, self._pending_count, self._pending_bytes = [], 0, 0
 
     def _finish_current(self) -> None:
-        self._flush_pending()
+        with self._writing():
+            self._finish_shard()
+
+    def _finish_shard(self) -> None:
+        self._write_pending()
         if self._current is None:
             return
         writer, self._current = self._current, None
@@ -262,7 +295,8 @@ class ShardWriter:
         self.manifest = Manifest(
             self.format, self.schema, tuple(self.shards), metadata=self.metadata
         )
-        self.manifest.save(self.path)
+        with self._writing():
+            self.manifest.save(self.path)
         self._closed = True
         self._unlock()
         return self.manifest

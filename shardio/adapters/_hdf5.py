@@ -15,6 +15,7 @@ import mmap
 import os
 import sys
 import warnings
+from collections.abc import Mapping
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -33,6 +34,7 @@ from ..errors import (
 from ..integrity import ValueRanges
 from ..memory import FileRange, ReleaseResult
 from ..remote import open_remote
+from ..safeopen import MAX_CHUNK_BYTES
 from ..schema import Field, Schema
 from ._hdf5_discovery import (
     COUNT_ATTR,
@@ -330,6 +332,7 @@ class HDF5Reader(ShardReader[_File]):
                 plain = [d for d in datasets.values() if isinstance(d, h5py.Dataset)]
                 load_filters(plain, self.path)
             _check_claimed_rows(self.path, file, length, schema)
+            _check_chunk_sizes(self.path, datasets)
             for name, dataset in datasets.items():
                 if dataset.shape[0] < length:
                     raise ShardCorruptError(
@@ -487,6 +490,22 @@ def _as_bytes(data: np.ndarray, fld: Field) -> list[Any]:
         v.encode() if isinstance(v, str) else (v.tobytes() if isinstance(v, np.ndarray) else v)
         for v in data
     ]
+
+
+def _check_chunk_sizes(path: str, datasets: Mapping[str, Any]) -> None:
+    """Refuse chunks declared larger than `MAX_CHUNK_BYTES`: HDF5 allocates a whole
+    chunk to read one row of it."""
+    for name, dataset in datasets.items():
+        chunks = getattr(dataset, "chunks", None)
+        if chunks is None:
+            continue
+        declared = math.prod(int(c) for c in chunks) * dataset.dtype.itemsize
+        if declared > MAX_CHUNK_BYTES:
+            raise ShardCorruptError(
+                f"{path}: dataset {name!r} declares chunks of {declared} bytes ({chunks} of "
+                f"{dataset.dtype}), more than the {MAX_CHUNK_BYTES} shardio reads: corrupt, "
+                "or rechunk it (h5repack -l CHUNK=...)"
+            )
 
 
 def _reads_raw_chunks(dataset: h5py.Dataset) -> bool:

@@ -19,13 +19,10 @@ import numpy as np
 import zarr.storage
 
 from ..errors import ShardCorruptError
-from ..safeopen import check_regular
+from ..safeopen import MAX_CHUNK_BYTES, check_regular
 
 __all__ = ["MAX_CHUNK_BYTES", "MAX_METADATA_BYTES", "BoundedStore", "chunk_nbytes"]
 
-#: The largest chunk (decoded) an array may declare: zarr allocates a whole chunk to
-#: read one row of it. Real chunks are kilobytes to tens of megabytes.
-MAX_CHUNK_BYTES = 256 * 1024 * 1024
 #: The largest metadata file (zarr.json, .zarray, .zattrs, .zgroup) read.
 MAX_METADATA_BYTES = 64 * 1024 * 1024
 _METADATA = frozenset({"zarr.json", ".zarray", ".zattrs", ".zgroup", ".zmetadata"})
