@@ -24,7 +24,13 @@ from .adapters.base import (
     is_run,
 )
 from .adapters.registry import SHARDED, detect_format, get_backend, is_remote, reader_class
-from .errors import InvalidOptionError, ShardCorruptError, ShardioError, UnsupportedFeatureError
+from .errors import (
+    InvalidOptionError,
+    ShardCorruptError,
+    ShardioError,
+    TooManyOpenFilesError,
+    UnsupportedFeatureError,
+)
 from .generation import Generation, check_generation
 from .index import ShardIndex
 from .integrity import ShardCheck, VerifyMode, check_mode
@@ -41,6 +47,7 @@ from .memory import (
 )
 from .openlimit import RecentlyUsed, resolve_open_limit
 from .perprocess import ForkSafeLock, PerProcess
+from .safeopen import check_descriptor_headroom, out_of_descriptors, too_many_open
 from .schema import Sample, Schema
 
 __all__ = ["DatasetReader"]
@@ -55,6 +62,8 @@ def _as_corrupt(path: str) -> Iterator[None]:
     except (ShardioError, MemoryError):
         raise
     except Exception as exc:
+        if out_of_descriptors(exc):  # not damage: say what to change
+            raise too_many_open(path, exc) from exc
         raise ShardCorruptError(
             f"shard {path} cannot be read: {type(exc).__name__}: {exc}"
         ) from exc
@@ -116,7 +125,7 @@ class DatasetReader:
             fmt = get_backend(fmt).name  # validates the name, resolves an alias
         self.manifest: Manifest | None = None
         self._readers: dict[int, ShardReader[Any]] = {}
-        self._recent = RecentlyUsed(resolve_open_limit(max_open_shards))
+        resolve_open_limit(max_open_shards)  # checked now; sized below, from the schema
         self._budget: PerProcess[_ProcessBudget] = PerProcess()
         if fmt == SHARDED:
             if is_remote(self.path):
@@ -146,6 +155,8 @@ class DatasetReader:
                 lengths = [len(reader)]
             self.shard_infos = (ShardInfo(self.path, lengths[0], self._local_nbytes(reader)),)
         self.index = ShardIndex(lengths)
+        per_shard = self._reader_class.descriptors_per_shard(self.schema)
+        self._recent = RecentlyUsed(resolve_open_limit(max_open_shards, per_shard))
         if self.verify != "off":
             self._check_verifiable()
 
@@ -229,6 +240,12 @@ class DatasetReader:
                 {k: v for k, v in self.reader_options.items() if k in reader.options}
             )
             self._check_generation(reader)
+            reader.handle  # noqa: B018 - opened here, under the lock, not by racing threads
+            try:
+                check_descriptor_headroom(reader.path)
+            except TooManyOpenFilesError:
+                reader.close()
+                raise
         reader.handle  # noqa: B018 - opened here, under the lock, not by racing threads
 
     def _check_generation(self, reader: ShardReader[Any]) -> None:
@@ -343,6 +360,11 @@ class DatasetReader:
             self._check_generation(reader)  # the first open records it
             with _as_corrupt(path):
                 length, schema = len(reader), reader.schema
+            try:
+                check_descriptor_headroom(path)
+            except TooManyOpenFilesError:
+                reader.close()
+                raise
             if length != info.num_samples:
                 raise ShardCorruptError(
                     f"shard {path} holds {length} samples, but the manifest says {info.num_samples}"
@@ -370,6 +392,8 @@ class DatasetReader:
         except ShardioError:  # a special file, named as such
             raise
         except OSError as exc:
+            if out_of_descriptors(exc):
+                raise too_many_open(path, exc) from exc
             raise ShardCorruptError(f"cannot read shard {path}: {exc}") from exc
 
     def _check_contained(self, path: str, links: list[str]) -> None:

@@ -17,7 +17,9 @@ from .errors import TooManyOpenFilesError, UnreadableFileError
 
 __all__ = [
     "MAX_CHUNK_BYTES",
+    "check_descriptor_headroom",
     "check_regular",
+    "out_of_descriptors",
     "open_regular",
     "read_bounded",
     "refuse_special",
@@ -56,10 +58,46 @@ def check_regular(path: str) -> os.stat_result:
     return result
 
 
-def too_many_open(path: str, exc: OSError) -> TooManyOpenFilesError:
+def out_of_descriptors(exc: BaseException) -> bool:
+    """True when ``exc`` (or what caused it) is EMFILE/ENFILE, also as a library's
+    message (h5py, py-lmdb)."""
+    seen: set[int] = set()
+    current: BaseException | None = exc
+    while current is not None and id(current) not in seen:
+        seen.add(id(current))
+        if isinstance(current, OSError) and current.errno in (errno.EMFILE, errno.ENFILE):
+            return True
+        if "Too many open files" in str(current):
+            return True
+        current = current.__cause__ or current.__context__
+    return False
+
+
+#: Descriptors left free after opening a shard: a DataLoader worker needs some to hand
+#: batches over (torch passes shared memory as descriptors, and hangs when it cannot).
+DESCRIPTOR_RESERVE = 16
+
+
+def check_descriptor_headroom(path: str, reserve: int = DESCRIPTOR_RESERVE) -> None:
+    """Raise `TooManyOpenFilesError` when fewer than ``reserve`` descriptors are left
+    under this process's limit (after opening ``path``)."""
+    try:
+        import resource
+
+        soft, _ = resource.getrlimit(resource.RLIMIT_NOFILE)
+        if soft == resource.RLIM_INFINITY or soft > 1 << 16:
+            return
+        used = len(os.listdir("/proc/self/fd"))
+    except (ImportError, OSError, ValueError):
+        return
+    if soft - used < reserve:
+        raise too_many_open(path, OSError(errno.EMFILE, f"{used} of {soft} descriptors in use"))
+
+
+def too_many_open(path: str, exc: BaseException) -> TooManyOpenFilesError:
     """The error for EMFILE/ENFILE while opening ``path``."""
     return TooManyOpenFilesError(
-        f"cannot open {path}: this process has run out of file descriptors ({exc.strerror}); "
+        f"cannot open {path}: this process has run out of file descriptors ({exc}); "
         "raise the limit (`ulimit -n`, or resource.setrlimit(RLIMIT_NOFILE) in the job) or "
         "keep fewer shards open per process with max_open_shards="
     )

@@ -5,14 +5,25 @@ the ones the default run keeps."""
 
 from __future__ import annotations
 
+import contextlib
 import os
+import signal
+from collections.abc import Iterator
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import pytest
 
 from shardio import Loader, ShardedDataset, ShardWriter
-from shardio.errors import SampleIndexError, SchemaError, ShardCorruptError
+from shardio.errors import (
+    OutputWriteError,
+    SampleIndexError,
+    SchemaError,
+    ShardCorruptError,
+    ShardioError,
+    UnreadableFileError,
+)
 
 FORMATS = ["mmap", "lmdb", "zarr", "hdf5"]
 
@@ -164,3 +175,233 @@ def test_first_read_checks_blocks_again_after_a_reopen(tmp_path: Path) -> None:
     os.utime(data, ns=(stat.st_atime_ns, stat.st_mtime_ns))
     with pytest.raises(ShardCorruptError, match="differ from what was written"):
         ds.read_batch([0])
+
+
+# --------------------------------------------------------------- special files, bounds
+SPECIAL = {
+    "manifest.json": ("mmap", "manifest.json"),
+    "shardio-mmap.json": ("mmap", "shard-00000.mmap/shardio-mmap.json"),
+    "zarr.json": ("zarr", "shard-00000.zarr/zarr.json"),
+    "a Zarr chunk": ("zarr", "shard-00000.zarr/x/c/0"),
+    "data.mdb": ("lmdb", "shard-00000.lmdb/data.mdb"),
+    "an .h5 shard": ("hdf5", "shard-00000.h5"),
+}
+
+_READ_ALL = """
+import sys, shardio
+try:
+    ds = shardio.ShardedDataset(sys.argv[1])
+    ds.read_batch(list(range(len(ds))))
+    print("READ")
+except shardio.ShardioError as error:
+    print(type(error).__name__, error)
+"""
+
+
+def _run(script: str, *args: str, timeout: float = 60) -> str:
+    import subprocess
+    import sys
+
+    done = subprocess.run(
+        [sys.executable, "-c", script, *args], capture_output=True, text=True, timeout=timeout
+    )
+    return done.stdout + done.stderr[-2000:]
+
+
+@contextlib.contextmanager
+def _deadline(seconds: int) -> Iterator[None]:
+    """A blocking open() of a FIFO is interrupted: the test fails instead of hanging."""
+
+    def expire(*_: object) -> None:
+        raise TimeoutError(f"blocked for {seconds} s")
+
+    previous = signal.signal(signal.SIGALRM, expire)
+    signal.alarm(seconds)
+    try:
+        yield
+    finally:
+        signal.alarm(0)
+        signal.signal(signal.SIGALRM, previous)
+
+
+def test_a_fifo_is_refused_before_it_is_opened(tmp_path: Path) -> None:
+    refused = []
+    for number, what in enumerate(sorted(SPECIAL)):
+        fmt, relative = SPECIAL[what]
+        path = tmp_path / f"d{number}"
+        with ShardWriter(path, format=fmt) as writer:
+            writer.write_batch({"x": np.arange(100)})
+        target = path / relative
+        target.unlink()
+        os.mkfifo(target)
+        with _deadline(20), pytest.raises(ShardioError, match="is a FIFO") as info:
+            ds = ShardedDataset(path)
+            ds.read_batch(list(range(len(ds))))
+        assert "shardio reads only regular files" in str(info.value)
+        refused.append(what)
+    assert refused == sorted(SPECIAL)
+
+
+def test_manifest_as_dev_zero_is_refused_before_reading(tmp_path: Path) -> None:
+    path = tmp_path / "d"
+    with ShardWriter(path, format="mmap") as writer:
+        writer.write_batch({"x": np.arange(10)})
+    (path / "manifest.json").unlink()
+    (path / "manifest.json").symlink_to("/dev/zero")
+    with _deadline(20), pytest.raises(UnreadableFileError, match="character device"):
+        ShardedDataset(path)
+
+
+_BOMB_READ = """
+import resource, sys, shardio
+ds = shardio.ShardedDataset(sys.argv[1])
+ds.read_batch([len(ds) - 1])  # a sound chunk first: zarr and its codecs are loaded
+before = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
+try:
+    ds.read_batch([0])
+    print("READ")
+except shardio.ShardioError as error:
+    print(type(error).__name__, error)
+print("GROWTH", resource.getrusage(resource.RUSAGE_SELF).ru_maxrss - before)
+"""
+
+
+def _replace_chunk(path: Path, relative: str, data: bytes) -> None:
+    import json
+
+    (path / relative).write_bytes(data)
+    manifest = json.loads((path / "manifest.json").read_text())
+    shard = path / manifest["shards"][0]["path"]
+    manifest["shards"][0]["nbytes"] = sum(f.stat().st_size for f in shard.rglob("*") if f.is_file())
+    for key in ("checksum", "blocks"):
+        manifest["shards"][0].pop(key, None)
+    (path / "manifest.json").write_text(json.dumps(manifest))
+
+
+def strip_zstd_content_size(frame: bytes) -> bytes:
+    """The same zstd frame without its content size (as a streaming compressor writes)."""
+    descriptor = frame[4]
+    single = (descriptor >> 5) & 1
+    start = 5 + (0 if single else 1) + (0, 1, 2, 4)[descriptor & 3]
+    size_field = (1 if single else 0, 2, 4, 8)[descriptor >> 6]
+    window = (27 - 10) << 3  # 128 MiB window: the decoder needs no more for zeros
+    return frame[:4] + bytes([descriptor & 0b100, window]) + frame[start + size_field :]
+
+
+#: The stated bound (docs/reliability.md): 2x the declared chunk (256 KiB here) per chunk
+#: decoded, plus what a read of one chunk costs anyway; the margin is generous.
+BOMB_GROWTH_LIMIT_KIB = 64 * 1024
+
+
+def _bomb_dataset(tmp_path: Path, kind: str) -> Path:
+    import gzip
+
+    from numcodecs import Zstd
+
+    path = tmp_path / kind
+    with ShardWriter(path, format="zarr", compressor="gzip" if kind == "gzip" else "zstd") as w:
+        w.write_batch({"x": np.arange(100_000)})
+    zeros = np.zeros(1 << 30 if kind != "gzip" else 1 << 28, np.uint8)  # 1 GiB, 256 MiB
+    if kind == "gzip":
+        bomb = gzip.compress(zeros.tobytes(), 9)
+    else:
+        bomb = Zstd().encode(zeros)
+        if kind == "zstd-no-size":
+            bomb = strip_zstd_content_size(bomb)
+    del zeros
+    _replace_chunk(path, "shard-00000.zarr/x/c/0", bomb)
+    return path
+
+
+def test_a_zarr_chunk_bomb_is_corrupt(tmp_path: Path) -> None:
+    ds = ShardedDataset(_bomb_dataset(tmp_path, "zstd-no-size"))
+    with pytest.raises(ShardCorruptError, match="decodes to more than the 262144 bytes"):
+        ds.read_batch([0])
+    assert ds.read_batch([len(ds) - 1])["x"].tolist() == [len(ds) - 1]
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("kind", ["zstd", "zstd-no-size", "gzip"])
+def test_a_zarr_chunk_bomb_fails_within_the_bound(tmp_path: Path, kind: str) -> None:
+    path = _bomb_dataset(tmp_path, kind)
+    out = _run(_BOMB_READ, str(path), timeout=120)
+    assert "ShardCorruptError" in out and "decodes to more than the 262144 bytes" in out, out
+    growth = int(out.rsplit("GROWTH", 1)[1])
+    assert growth < BOMB_GROWTH_LIMIT_KIB, out
+
+
+def test_absurd_chunk_and_row_declarations_are_refused(tmp_path: Path) -> None:
+    import h5py
+    import zarr
+
+    with h5py.File(tmp_path / "big.h5", "w") as f:
+        f.create_dataset("x", shape=(100,), maxshape=(None,), chunks=(2**27,), dtype="i8")
+    group = zarr.open_group(tmp_path / "rows.zarr", mode="w")
+    group.create_array("x", shape=(10**12,), chunks=(1000,), dtype="i8")
+    chunky = zarr.open_group(tmp_path / "chunks.zarr", mode="w")
+    chunky.create_array("x", shape=(10, 8), chunks=(2**25, 8), dtype="i8")
+    for name, expected in [
+        ("big.h5", "declares chunks of 1073741824 bytes"),
+        ("rows.zarr", "declares 1000000000000 rows"),
+        ("chunks.zarr", "declares chunks of 2147483648 bytes"),
+    ]:
+        with pytest.raises(ShardCorruptError, match=expected):
+            ShardedDataset(tmp_path / name)[0]
+
+
+# ------------------------------------------------------------------ disks, descriptors
+@pytest.fixture
+def small_disk(tmp_path: Path) -> Any:
+    import subprocess
+
+    mount = tmp_path / "disk"
+    mount.mkdir()
+    done = subprocess.run(
+        ["mount", "-t", "tmpfs", "-o", "size=2m", "tmpfs", str(mount)], capture_output=True
+    )
+    if done.returncode:
+        pytest.skip(f"cannot mount a small tmpfs here: {done.stderr.decode()[:200]}")
+    try:
+        yield mount
+    finally:
+        subprocess.run(["umount", str(mount)], check=True)
+
+
+@pytest.mark.parametrize("fmt", FORMATS)
+def test_shardwriter_on_a_full_disk(small_disk: Path, fmt: str) -> None:
+    path = small_disk / "d"
+    full = pytest.raises(OutputWriteError, match="No space left on device")
+    with full as info, ShardWriter(path, format=fmt, shard_size="1MB") as writer:
+        for seed in range(20):
+            writer.write_batch({"x": np.random.default_rng(seed).integers(0, 2**62, (8192, 4))})
+    assert "free space" in str(info.value) and "writing shard shard-" in str(info.value)
+    left = sorted(os.listdir(path))
+    # Whole shards stay (LMDB preallocates: its first shard already fills the disk); no
+    # partial shard, temporary file or manifest does.
+    assert all(n.startswith("shard-") and "partial" not in n for n in left), left
+
+
+_WORKERS_UNDER_64 = """
+import resource, sys, torch, shardio
+torch.set_num_threads(1)
+resource.setrlimit(resource.RLIMIT_NOFILE, (64, 64))
+ds = shardio.ShardedDataset(sys.argv[1], **eval(sys.argv[2]))
+loader = torch.utils.data.DataLoader(ds, batch_size=8, shuffle=True, num_workers=2,
+                                     generator=torch.Generator().manual_seed(0))
+try:
+    print("READ", sum(len(batch["x"]) for batch in loader))
+except shardio.ShardioError as error:
+    print(type(error).__name__, str(error)[:600])
+"""
+
+
+@pytest.mark.slow
+def test_two_workers_over_199_mmap_shards_under_64_descriptors(tmp_path: Path) -> None:
+    path = tmp_path / "d"
+    with ShardWriter(path, format="mmap", shard_size=8 * 24) as writer:
+        writer.write_batch({"x": np.arange(199 * 8 * 2).reshape(-1, 2), "y": np.arange(199 * 8)})
+    assert len(ShardedDataset(path).shard_lengths) == 199
+    assert _run(_WORKERS_UNDER_64, str(path), "{}", timeout=120).startswith(f"READ {199 * 8}")
+    out = _run(_WORKERS_UNDER_64, str(path), "{'max_open_shards': 1000}", timeout=120)
+    assert "TooManyOpenFilesError" in out and "ulimit -n" in out, out
+    assert "max_open_shards" in out

@@ -290,6 +290,10 @@ class HDF5Reader(ShardReader[_File]):
     )
 
     @classmethod
+    def descriptors_per_shard(cls, schema: Schema) -> int:
+        return 2  # the file, and the descriptor pread mode keeps
+
+    @classmethod
     def budget_options(cls, max_rss: int, shard_count: int, field_count: int) -> dict[str, Any]:
         """pread instead of shardio's map of the file; HDF5's chunk caches, one per
         dataset in every open file, get 1/8 of each one's share of the budget (at

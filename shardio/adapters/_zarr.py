@@ -165,6 +165,10 @@ class ZarrReader(ShardReader[_Group]):
     holds_caches = True
     options = frozenset({"storage_options"})
 
+    @classmethod
+    def descriptors_per_shard(cls, schema: Schema) -> int:
+        return 1  # chunk files are open only while read
+
     def _open(self) -> _Group:
         group = self._open_node()
         store = group.group.store

@@ -68,6 +68,12 @@ class ShardReader(ABC, Generic[HandleT]):
     #: (not part of its size or checksum).
     transient_files: ClassVar[frozenset[str]] = frozenset()
 
+    @classmethod
+    def descriptors_per_shard(cls, schema: Schema) -> int:
+        """File descriptors one open shard of ``schema`` holds (sizes the default
+        `max_open_shards`)."""
+        return 3
+
     def __init__(
         self,
         path: str,
