@@ -16,10 +16,10 @@ __all__ = ["RecentlyUsed", "default_open_limit", "resolve_open_limit"]
 
 
 def default_open_limit(per_shard: int = 3) -> int:
-    """Shards a process keeps open by default: 3/8 of its file-descriptor limit shared
-    by shards holding ``per_shard`` descriptors each (the rest is left to DataLoader
-    pipes, shared memory and the program), at least 4; 128 where the limit cannot be
-    read."""
+    """Shards a process keeps open by default: a quarter of its file-descriptor limit
+    shared by shards holding ``per_shard`` descriptors each (the rest is left to
+    DataLoader pipes, batches handed over as shared memory, and the program), at least
+    4; 128 where the limit cannot be read."""
     try:
         import resource
 
@@ -28,7 +28,7 @@ def default_open_limit(per_shard: int = 3) -> int:
         return 128
     if soft == resource.RLIM_INFINITY:
         return 8192
-    return max(4, soft * 3 // (8 * max(1, per_shard)))
+    return max(4, soft // (4 * max(1, per_shard)))
 
 
 def resolve_open_limit(value: int | None, per_shard: int = 3) -> int:

@@ -391,7 +391,7 @@ loader = torch.utils.data.DataLoader(ds, batch_size=8, shuffle=True, num_workers
 try:
     print("READ", sum(len(batch["x"]) for batch in loader))
 except shardio.ShardioError as error:
-    print(type(error).__name__, str(error)[:600])
+    print(type(error).__name__, str(error)[-600:])
 """
 
 
