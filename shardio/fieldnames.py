@@ -11,9 +11,12 @@ from __future__ import annotations
 
 from collections.abc import Iterable
 
-from .errors import SchemaError
+import numpy as np
 
-__all__ = ["FIELD_NAME_RULE", "check_field_names"]
+from .errors import SchemaError
+from .schema import Schema
+
+__all__ = ["FIELD_NAME_RULE", "check_field_dtypes", "check_field_names"]
 
 FIELD_NAME_RULE = (
     "a field name is a non-empty string of `/`-separated parts; no part is empty, `.`, "
@@ -66,3 +69,35 @@ def check_field_names(names: Iterable[str], where: str = "schema") -> None:
                     f"(a variable field {name[: -len(suffix)]!r} is stored as {name!r}); "
                     f"{FIELD_NAME_RULE}"
                 )
+
+
+_NOT_STORED = {
+    "M": "int64 (`values.view('int64')`, and keep the unit)",
+    "m": "int64 (`values.view('int64')`, and keep the unit)",
+    "U": "bytes (`text.encode()`) or a fixed-size `S` dtype",
+}
+
+
+def _refused(dtype: np.dtype) -> str | None:
+    """What to store instead of ``dtype`` where not every backend stores it alike."""
+    if dtype.subdtype is not None:
+        return _refused(dtype.subdtype[0])
+    if dtype.fields is not None:
+        return next((r for n in dtype.fields if (r := _refused(dtype.fields[n][0]))), None)
+    if dtype.kind in _NOT_STORED:
+        return _NOT_STORED[dtype.kind]
+    if dtype.kind in "fc" and dtype.itemsize > (8 if dtype.kind == "f" else 16):
+        return "float64 (or complex128)"  # longdouble: Zarr and torch have none
+    return None
+
+
+def check_field_dtypes(schema: Schema, where: str = "schema") -> None:
+    """Refuse dtypes that not every backend (and torch's collate) stores alike: one
+    rule and one message for all of them."""
+    for fld in schema:
+        instead = _refused(fld.dtype)
+        if instead is not None:
+            raise SchemaError(
+                f"{where}: field {fld.name!r} has dtype {fld.dtype}, which not every "
+                f"backend stores; store it as {instead}"
+            )

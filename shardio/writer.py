@@ -19,7 +19,7 @@ from .adapters.registry import get_backend, is_remote, writer_class
 from .checksum import hash_shard
 from .config import parse_size
 from .errors import InvalidOptionError, SchemaError, UnsupportedFeatureError
-from .fieldnames import check_field_names
+from .fieldnames import check_field_dtypes, check_field_names
 from .layout import partial_name, prepare_output, remove_path, scan_shard, shard_name
 from .manifest import Manifest, ShardInfo
 from .outputlock import lock_output
@@ -143,7 +143,7 @@ class ShardWriter:
                 f"shard_size should be > 0 bytes, but got shard_size={shard_size!r}"
             )
         if schema is not None:
-            check_field_names(schema.names, f"ShardWriter({self.path!r})")
+            self._checked(schema)
         self.schema = schema
         self.checksum = checksum
         self.metadata = dict(metadata or {})
@@ -200,6 +200,7 @@ class ShardWriter:
 
     def _checked(self, schema: Schema) -> Schema:
         check_field_names(schema.names, f"ShardWriter({self.path!r})")
+        check_field_dtypes(schema, f"ShardWriter({self.path!r})")
         return schema
 
     def _flush_rows(self) -> None:
@@ -242,6 +243,9 @@ class ShardWriter:
             then = "write the dataset again"
             failure = write_failure(exc, self.path, name, self._writer_class.libraries, then)
             if failure is None:
+                if self._current is None:  # the shard writer failed to start: no leftover
+                    with contextlib.suppress(OSError):
+                        remove_path(os.path.join(self.path, partial_name(name)))
                 raise
             with contextlib.suppress(Exception):
                 self.abort()

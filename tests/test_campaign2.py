@@ -405,3 +405,53 @@ def test_two_workers_over_199_mmap_shards_under_64_descriptors(tmp_path: Path) -
     out = _run(_WORKERS_UNDER_64, str(path), "{'max_open_shards': 1000}", timeout=120)
     assert "TooManyOpenFilesError" in out and "ulimit -n" in out, out
     assert "max_open_shards" in out
+
+
+# ------------------------------------------------------------------- unclear errors
+@pytest.mark.parametrize("fmt", FORMATS)
+def test_every_backend_refuses_the_same_dtypes_alike(tmp_path: Path, fmt: str) -> None:
+    values = [
+        np.array(["2020-01-01"], dtype="datetime64[ns]"),
+        np.array([1], dtype="timedelta64[s]"),
+        np.array(["ab"]),
+        np.array([1], dtype=np.longdouble),
+    ]
+    messages = []
+    for number, value in enumerate(values):
+        with pytest.raises(SchemaError, match="which not every backend stores") as info:
+            ShardWriter(tmp_path / f"d{number}", format=fmt).write_batch({"x": value})
+        messages.append(str(info.value).split(": ", 1)[1])
+    assert len(messages) == len(values) and "store it as int64" in messages[0]
+
+
+@pytest.mark.parametrize("fmt", FORMATS)
+def test_equal_length_and_single_sample_variable_fields(tmp_path: Path, fmt: str) -> None:
+    blobs = [bytes([n]) * 7 for n in range(5)]  # one length: HDF5 broadcast them as 2-D
+    with ShardWriter(tmp_path / "d", format=fmt, shard_size="20B") as writer:  # 1 per shard
+        for blob in blobs:
+            writer.write({"jpeg": blob, "seq": np.arange(3)})
+        assert writer.schema is not None
+    ds = ShardedDataset(tmp_path / "d")
+    assert len(ds.shard_lengths) == 5
+    batch = ds.read_batch([4, 0])
+    assert batch["jpeg"] == [blobs[4], blobs[0]]
+    assert [s.tolist() for s in batch["seq"]] == [[0, 1, 2], [0, 1, 2]]
+
+
+@pytest.mark.parametrize("value", [float("nan"), float("inf")])
+def test_nan_and_inf_sizes_are_invalid_options(tmp_path: Path, value: float) -> None:
+    from shardio import MemoryPolicy, ShardSampler
+    from shardio.errors import InvalidOptionError
+
+    with ShardWriter(tmp_path / "d", format="mmap") as writer:
+        writer.write_batch({"x": np.arange(4)})
+    ds = ShardedDataset(tmp_path / "d")
+    attempts = [
+        lambda: ShardedDataset(tmp_path / "d", max_rss=value),
+        lambda: ShardWriter(tmp_path / "e", shard_size=value),
+        lambda: ShardSampler(ds, window=value),
+        lambda: MemoryPolicy(max_rss="1GB", reopen_every=value),
+    ]
+    for attempt in attempts:
+        with pytest.raises(InvalidOptionError, match="should be a finite size"):
+            attempt()

@@ -623,6 +623,13 @@ class HDF5Writer(ShardFileWriter):
                 rows = max(1, chunk_bytes // 1024)
                 shape: tuple[int, ...] = ()
             else:
+                if 0 in fld.shape:  # HDF5 chunks need every dimension >= 1
+                    self._file.close()
+                    raise UnsupportedFeatureError(
+                        f"field {fld.name!r} has shape {fld.shape}, which holds no values: "
+                        "HDF5 cannot store it (chunks need every dimension >= 1); drop the "
+                        "field, or write format='mmap', 'lmdb' or 'zarr'"
+                    )
                 dtype = fld.dtype
                 fixed_rows = self.chunk_rows(options, fld.sample_nbytes)
                 assert fixed_rows is not None  # chunk_bytes is set

@@ -17,7 +17,7 @@ from typing import Any, ClassVar, Generic, TypeVar
 import numpy as np
 
 from ..errors import InvalidOptionError, ShardCorruptError
-from ..fieldnames import check_field_names
+from ..fieldnames import check_field_dtypes, check_field_names
 from ..integrity import ValueRanges
 from ..memory import AccessPattern, FileRange, ReleaseKind, ReleaseResult
 from ..perprocess import PerProcess
@@ -274,6 +274,7 @@ class ShardFileWriter(ABC):
     def __init__(self, path: str, schema: Schema, **options: Any) -> None:
         _check_options(options, self.options, f"when writing {self.format} (writing {path})")
         check_field_names(schema.names, f"writing {path}")
+        check_field_dtypes(schema, f"writing {path}")
         self.path = path
         self.schema = schema
         self.count = 0
