@@ -455,3 +455,19 @@ def test_nan_and_inf_sizes_are_invalid_options(tmp_path: Path, value: float) -> 
     for attempt in attempts:
         with pytest.raises(InvalidOptionError, match="should be a finite size"):
             attempt()
+
+
+def test_an_hdf5_deflate_bomb_is_corrupt_not_zeros(tmp_path: Path) -> None:
+    import zlib
+
+    import h5py
+
+    path = tmp_path / "bomb.h5"
+    with h5py.File(path, "w") as f:
+        data = f.create_dataset("x", shape=(4096,), chunks=(1024,), dtype="i8", compression="gzip")
+        data[:] = np.arange(4096)
+        data.id.write_direct_chunk((0,), zlib.compress(bytes(32 << 20), 9), filter_mask=0)
+    ds = ShardedDataset(path)
+    assert ds.read_batch([1030, 4095])["x"].tolist() == [1030, 4095]
+    with pytest.raises(ShardCorruptError, match="inflates to more than the 8192 bytes"):
+        ds.read_batch([0, 1])

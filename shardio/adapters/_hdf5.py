@@ -36,6 +36,7 @@ from ..memory import FileRange, ReleaseResult
 from ..remote import open_remote
 from ..safeopen import MAX_CHUNK_BYTES
 from ..schema import Field, Schema
+from ._hdf5_bounds import DeflateBound
 from ._hdf5_discovery import (
     COUNT_ATTR,
     SCHEMA_ATTR,
@@ -208,6 +209,7 @@ class _File:
     view: np.ndarray | None = None
     fd: int | None = None  # the file, for read_mode="pread"
     hints: dict[str, _RowTable | _ChunkExtents | None] | None = None  # built on first use
+    deflate: dict[str, DeflateBound | None] = field(default_factory=dict)  # per field
 
 
 def open_hdf5(path: str, storage_options: dict[str, Any] | None = None, **cache: Any) -> h5py.File:
@@ -354,6 +356,11 @@ class HDF5Reader(ShardReader[_File]):
             {n: isinstance(d, h5py.Dataset) and _reads_raw_chunks(d) for n, d in datasets.items()},
             {n: s.member for n, s in specs.items() if s.member is not None},
         )
+        opened.deflate = {
+            n: DeflateBound.of(self.path, n, d)
+            for n, d in datasets.items()
+            if isinstance(d, h5py.Dataset)
+        }
         if "://" not in self.path or self.path.startswith("file://"):
             self._locate_rows(opened)
         return opened
@@ -466,6 +473,9 @@ class HDF5Reader(ShardReader[_File]):
                 dataset = handle.datasets[fld.name]
                 data = tables.get(dataset.name)
                 if data is None:
+                    bound = handle.deflate.get(fld.name)
+                    if bound is not None:
+                        bound.check(unique)
                     data = _gather(dataset, unique, handle.raw_chunks[fld.name])
                     if fld.name in handle.members:
                         tables[dataset.name] = data
