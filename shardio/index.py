@@ -59,9 +59,9 @@ class ShardIndex:
         bools, boolean masks, floats, strings, None and integers past int64 are refused
         rather than read as some other sample."""
         if isinstance(indices, (list, tuple)):  # np.asarray would turn True into 1
-            for value in indices:
-                if isinstance(value, (bool, np.bool_)) or not isinstance(value, (int, np.integer)):
-                    self.normalize(value)  # raises, naming the value
+            for kind in set(map(type, indices)):  # a few types, not one check per index
+                if issubclass(kind, (bool, np.bool_)) or not issubclass(kind, (int, np.integer)):
+                    self.normalize(next(v for v in indices if type(v) is kind))  # raises
         array = np.asarray(indices)
         if array.ndim != 1 or (array.size and array.dtype.kind not in "iuO"):
             raise SampleIndexError(
