@@ -7,7 +7,9 @@ from __future__ import annotations
 
 import contextlib
 import os
+import shutil
 import signal
+import tempfile
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -471,3 +473,35 @@ def test_an_hdf5_deflate_bomb_is_corrupt_not_zeros(tmp_path: Path) -> None:
     assert ds.read_batch([1030, 4095])["x"].tolist() == [1030, 4095]
     with pytest.raises(ShardCorruptError, match="inflates to more than the 8192 bytes"):
         ds.read_batch([0, 1])
+
+
+_AS_NOBODY = """
+import os, sys
+import shardio, shardio.manifest, shardio.adapters._mmap  # while the venv is readable
+from shardio import ShardedDataset, ShardioError
+import shardio.dataset
+os.setgid(65534)
+os.setuid(65534)
+try:
+    ShardedDataset(sys.argv[1])
+except ShardioError as error:
+    print(type(error).__name__, error)
+"""
+
+
+def test_an_unreadable_manifest_is_a_shardio_error(tmp_path: Path) -> None:
+    if os.geteuid() != 0:
+        pytest.skip("needs root to read as another user (root reads any file)")
+    root = Path(tempfile.mkdtemp(prefix="unreadable-", dir="/tmp"))
+    try:
+        root.chmod(0o755)
+        path = root / "d"
+        with ShardWriter(path, format="mmap") as writer:
+            writer.write_batch({"x": np.arange(4)})
+        path.chmod(0o755)
+        (path / "manifest.json").chmod(0)
+        out = _run(_AS_NOBODY, str(path))
+        assert out.startswith("UnreadableFileError cannot read"), out
+        assert "permission denied" in out
+    finally:
+        shutil.rmtree(root)
