@@ -505,3 +505,13 @@ def test_an_unreadable_manifest_is_a_shardio_error(tmp_path: Path) -> None:
         assert "permission denied" in out
     finally:
         shutil.rmtree(root)
+
+
+def test_a_huge_zarr_json_is_refused_before_it_is_read(tmp_path: Path) -> None:
+    path = tmp_path / "d"
+    with ShardWriter(path, format="zarr") as writer:
+        writer.write_batch({"x": np.arange(10)})
+    shard = path / "shard-00000.zarr"
+    os.truncate(shard / "x" / "zarr.json", 200 << 20)  # sparse: no 200 MB written
+    with pytest.raises(ShardCorruptError, match="more than any metadata file can"):
+        ShardedDataset(shard)[0]
