@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import math
 import numbers
 import re
 
@@ -49,6 +50,11 @@ def parse_size(value: int | float | str, option: str = "size") -> int:
     if isinstance(value, bool):
         raise InvalidOptionError(f"{option} should be a size such as '512MB', but got {value!r}")
     if isinstance(value, (int, float)):
+        if isinstance(value, float) and not math.isfinite(value):
+            raise InvalidOptionError(
+                f"{option} should be a finite size such as '512MB' or 4096, but got "
+                f"{option}={value!r}"
+            )
         if value < 0:
             raise InvalidOptionError(f"{option} should be >= 0 bytes, but got {option}={value!r}")
         return int(value)

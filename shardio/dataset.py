@@ -170,7 +170,7 @@ class ShardedDataset(torch.utils.data.Dataset[Any]):
         reader_out = (
             None if out is None else {k: v for k, v in out.items() if k not in self._swapped}
         )
-        columns = self.reader.read_many(np.asarray(indices, dtype=np.int64), out=reader_out)
+        columns = self.reader.read_many(indices, out=reader_out)  # checked there, not coerced
         for name in self._swapped:
             column = columns[name]
             target = None if out is None else out.get(name)

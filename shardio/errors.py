@@ -27,6 +27,8 @@ __all__ = [
     "DeviceError",
     "OutputWriteError",
     "StateMismatchError",
+    "UnreadableFileError",
+    "TooManyOpenFilesError",
     "ShardioWarning",
     "FieldsChosenWarning",
 ]
@@ -108,6 +110,15 @@ class CacheError(ShardioError, OSError):
 
 class StateMismatchError(InvalidOptionError):
     """A saved (sampler) state belongs to another dataset or order than the one loading it."""
+
+
+class UnreadableFileError(ShardioError, OSError):
+    """A file shardio must read is no regular file (a FIFO, a device), is larger than
+    any such file can be, or may not be read (permissions)."""
+
+
+class TooManyOpenFilesError(ShardioError, OSError):
+    """The process ran out of file descriptors (`ulimit -n`) opening a shard."""
 
 
 class ShardioWarning(UserWarning):

@@ -27,7 +27,7 @@ class ShardIndex:
     def __len__(self) -> int:
         return int(self.starts[-1])
 
-    def normalize(self, index: int) -> int:
+    def normalize(self, index: object) -> int:
         """A non-negative index, Python-style for negative ones; raises if out of range."""
         total = len(self)
         if isinstance(index, (bool, np.bool_)) or not isinstance(index, (int, np.integer)):
@@ -36,10 +36,7 @@ class ShardIndex:
             )
         position = int(index) + total if index < 0 else int(index)
         if not 0 <= position < total:
-            raise SampleIndexError(
-                f"sample index {int(index)} is out of range for a dataset of {total} samples "
-                f"(valid: {-total} to {total - 1})"
-            )
+            raise self._out_of_range(int(index))
         return position
 
     def locate(self, index: int) -> tuple[int, int]:
@@ -49,27 +46,46 @@ class ShardIndex:
         return shard, position - int(self.starts[shard])
 
     def locate_many(self, indices: Sequence[int] | np.ndarray) -> tuple[np.ndarray, np.ndarray]:
-        """Vectorized :meth:`locate`: arrays of shard numbers and local indices."""
-        array = np.asarray(indices)
-        if array.size == 0:
-            return np.empty(0, np.int64), np.empty(0, np.int64)
-        if array.dtype.kind not in "iu" or array.ndim != 1:
-            if array.ndim == 1 and array.dtype == object:
-                array = np.array([self.normalize(i) for i in array], dtype=np.int64)
-            else:
-                raise SampleIndexError(
-                    "sample indices should be a 1-D sequence of integers, "
-                    f"but got dtype {array.dtype} and shape {array.shape}"
-                )
-        array = array.astype(np.int64, copy=True)
-        total = len(self)
-        array[array < 0] += total
-        bad = (array < 0) | (array >= total)
-        if bad.any():
-            first = int(np.asarray(indices)[np.argmax(bad)])
-            raise SampleIndexError(
-                f"sample index {first} is out of range for a dataset of {total} samples "
-                f"(valid: {-total} to {total - 1})"
-            )
+        """Vectorized `locate`: arrays of shard numbers and local indices."""
+        array = self.check_many(indices)
         shards = np.searchsorted(self.starts, array, side="right") - 1
         return shards, array - self.starts[shards]
+
+    def check_many(self, indices: Sequence[int] | np.ndarray) -> np.ndarray:
+        """``indices`` as non-negative int64 positions, or `SampleIndexError`.
+
+        The one rule every read follows (`ds[i]`, `read_batch`, a `Loader`'s sampler):
+        integers in range, negative ones counted from the end; nothing is coerced, so
+        bools, boolean masks, floats, strings, None and integers past int64 are refused
+        rather than read as some other sample."""
+        if isinstance(indices, (list, tuple)):  # np.asarray would turn True into 1
+            for kind in set(map(type, indices)):  # a few types, not one check per index
+                if issubclass(kind, (bool, np.bool_)) or not issubclass(kind, (int, np.integer)):
+                    self.normalize(next(v for v in indices if type(v) is kind))  # raises
+        array = np.asarray(indices)
+        if array.ndim != 1 or (array.size and array.dtype.kind not in "iuO"):
+            raise SampleIndexError(
+                "sample indices should be a 1-D sequence of integers, but got dtype "
+                f"{array.dtype} and shape {array.shape}"
+                + (" (a boolean mask is not an index list)" if array.dtype.kind == "b" else "")
+            )
+        if array.size == 0:
+            return np.empty(0, np.int64)
+        if array.dtype.kind == "O":
+            return np.fromiter((self.normalize(i) for i in array), np.int64, count=array.size)
+        total = len(self)
+        if array.dtype.kind == "u" and int(array.max()) >= total:
+            raise self._out_of_range(int(array.max()))
+        positions = array.astype(np.int64, copy=True)
+        positions[positions < 0] += total
+        bad = (positions < 0) | (positions >= total)
+        if bad.any():
+            raise self._out_of_range(int(array[np.argmax(bad)]))
+        return positions
+
+    def _out_of_range(self, index: int) -> SampleIndexError:
+        total = len(self)
+        return SampleIndexError(
+            f"sample index {index} is out of range for a dataset of {total} samples "
+            f"(valid: {-total} to {total - 1})"
+        )

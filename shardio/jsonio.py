@@ -2,12 +2,14 @@
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 from collections.abc import Callable
 from typing import IO, Any
 
 from .errors import ManifestError
+from .safeopen import open_regular
 
 __all__ = ["read_json", "write_json_atomic"]
 
@@ -48,17 +50,29 @@ def _reject_constant(name: str) -> Any:
 
 
 def _open_binary(path: str) -> IO[bytes]:
-    return open(path, "rb")
+    handle = open_regular(path)  # a FIFO or a device is refused before it is read
+    size = os.fstat(handle.fileno()).st_size
+    if size > MAX_JSON_BYTES:
+        handle.close()
+        raise ManifestError(
+            f"{path} holds {size} bytes, more than {MAX_JSON_BYTES}: not shardio metadata"
+        )
+    return handle
 
 
 def write_json_atomic(path: str, data: Any) -> None:
     """Readers see the old file or the new one, never a part of it."""
     temporary = f"{path}.tmp-{os.getpid()}"
-    with open(temporary, "w", encoding="utf-8") as handle:
-        json.dump(data, handle, indent=1)
-        handle.flush()
-        os.fsync(handle.fileno())
-    os.replace(temporary, path)
+    try:
+        with open(temporary, "w", encoding="utf-8") as handle:
+            json.dump(data, handle, indent=1)
+            handle.flush()
+            os.fsync(handle.fileno())
+        os.replace(temporary, path)
+    except BaseException:
+        with contextlib.suppress(OSError):  # a full disk leaves no half-written file
+            os.remove(temporary)
+        raise
     directory = os.open(os.path.dirname(os.path.abspath(path)), os.O_RDONLY)
     try:
         os.fsync(directory)

@@ -17,6 +17,7 @@ from dataclasses import dataclass
 
 from .errors import OutputExistsError, OutputWriteError
 from .outputlock import lock_output
+from .safeopen import check_regular, refuse_special
 
 __all__ = [
     "MANIFEST_NAME",
@@ -100,7 +101,7 @@ def scan_shard(path: str) -> ShardFiles:
     look empty when the real problem is, say, EMFILE)."""
     links = [path] if os.path.islink(path) else []
     if not os.path.isdir(path):
-        return ShardFiles([path], [os.path.getsize(path)], links)
+        return ShardFiles([path], [check_regular(path).st_size], links)
     found: list[tuple[str, int]] = []
     pending = [path]
     while pending:
@@ -113,7 +114,9 @@ def scan_shard(path: str) -> ShardFiles:
                     if not link:
                         pending.append(entry.path)
                 else:
-                    found.append((entry.path, entry.stat().st_size))
+                    status = entry.stat()
+                    refuse_special(entry.path, status.st_mode)  # a FIFO would block reads
+                    found.append((entry.path, status.st_size))
     found.sort()
     return ShardFiles([p for p, _ in found], [n for _, n in found], links)
 

@@ -15,9 +15,11 @@ from .perprocess import PerProcess
 __all__ = ["RecentlyUsed", "default_open_limit", "resolve_open_limit"]
 
 
-def default_open_limit() -> int:
-    """An eighth of this process's file-descriptor limit (a shard holds up to about
-    three), at least 16; 128 where the limit cannot be read."""
+def default_open_limit(per_shard: int = 3) -> int:
+    """Shards a process keeps open by default: a quarter of its file-descriptor limit
+    shared by shards holding ``per_shard`` descriptors each (the rest is left to
+    DataLoader pipes, batches handed over as shared memory, and the program), at least
+    4; 128 where the limit cannot be read."""
     try:
         import resource
 
@@ -26,12 +28,12 @@ def default_open_limit() -> int:
         return 128
     if soft == resource.RLIM_INFINITY:
         return 8192
-    return max(16, soft // 8)
+    return max(4, soft // (4 * max(1, per_shard)))
 
 
-def resolve_open_limit(value: int | None) -> int:
+def resolve_open_limit(value: int | None, per_shard: int = 3) -> int:
     if value is None:
-        return default_open_limit()
+        return default_open_limit(per_shard)
     return positive_int(value, "max_open_shards")
 
 

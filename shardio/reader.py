@@ -25,7 +25,14 @@ from .adapters.base import (
 )
 from .adapters.registry import SHARDED, detect_format, get_backend, is_remote, reader_class
 from .cache import CACHE_OPEN_SHARDS, NoRoom, ShardCache
-from .errors import InvalidOptionError, ShardCorruptError, ShardioError, UnsupportedFeatureError
+from .errors import (
+    InvalidOptionError,
+    ShardCorruptError,
+    ShardioError,
+    TooManyOpenFilesError,
+    UnsupportedFeatureError,
+)
+from .generation import Generation, check_generation
 from .index import ShardIndex
 from .integrity import ShardCheck, VerifyMode, check_mode
 from .layout import MANIFEST_NAME, ShardFiles, shard_files_as_written
@@ -41,6 +48,7 @@ from .memory import (
 )
 from .openlimit import RecentlyUsed, resolve_open_limit
 from .perprocess import ForkSafeLock, PerProcess
+from .safeopen import check_descriptor_headroom, out_of_descriptors, too_many_open
 from .schema import Sample, Schema
 
 __all__ = ["DatasetReader"]
@@ -55,6 +63,8 @@ def _as_corrupt(path: str) -> Iterator[None]:
     except (ShardioError, MemoryError):
         raise
     except Exception as exc:
+        if out_of_descriptors(exc):  # not damage: say what to change
+            raise too_many_open(path, exc) from exc
         raise ShardCorruptError(
             f"shard {path} cannot be read: {type(exc).__name__}: {exc}"
         ) from exc
@@ -97,6 +107,7 @@ class DatasetReader:
         self.allow_external = bool(allow_external)
         self.verify = check_mode(verify)
         self._checks: dict[int, ShardCheck] = {}
+        self._generations: dict[str, Generation] = {}  # shard path -> as first opened
         self.fields = (
             None if fields is None else ([fields] if isinstance(fields, str) else list(fields))
         )
@@ -120,7 +131,7 @@ class DatasetReader:
         self._readers: dict[int, ShardReader[Any]] = {}
         if cache_dir is not None and max_open_shards is None and is_remote(self.path):
             max_open_shards = CACHE_OPEN_SHARDS  # each open shard holds cache space
-        self._recent = RecentlyUsed(resolve_open_limit(max_open_shards))
+        resolve_open_limit(max_open_shards)  # checked now; sized below, from the schema
         self._budget: PerProcess[_ProcessBudget] = PerProcess()
         if fmt == SHARDED:
             if is_remote(self.path):
@@ -160,12 +171,15 @@ class DatasetReader:
             self._check_remote()
             self._budget_shape = (1, len(self.fields) if self.fields else 4)
             reader = self._reader_class(self.path, fields=self.fields, **self.reader_options)
+            self._check_generation(reader)
             self._readers[0] = reader
             with _as_corrupt(self.path):
                 self.schema = reader.schema
                 lengths = [len(reader)]
             self.shard_infos = (ShardInfo(self.path, lengths[0], self._local_nbytes(reader)),)
         self.index = ShardIndex(lengths)
+        per_shard = self._reader_class.descriptors_per_shard(self.schema)
+        self._recent = RecentlyUsed(resolve_open_limit(max_open_shards, per_shard))
         if self.verify != "off":
             self._check_verifiable()
 
@@ -249,7 +263,31 @@ class DatasetReader:
             reader.backend_options.update(
                 {k: v for k, v in self.reader_options.items() if k in reader.options}
             )
+            self._check_generation(reader)
+            reader.handle  # noqa: B018 - opened here, under the lock, not by racing threads
+            try:
+                check_descriptor_headroom(reader.path)
+            except TooManyOpenFilesError:
+                reader.close()
+                raise
         reader.handle  # noqa: B018 - opened here, under the lock, not by racing threads
+
+    def _check_generation(self, reader: ShardReader[Any]) -> None:
+        """Before (re)opening ``reader``: refuse a shard that is not the generation
+        this dataset first opened; with `verify=`, its blocks are checked again (those
+        checked before were another handle's)."""
+        if is_remote(reader.path):
+            return
+        transient = self._reader_class.transient_files
+        first = self._generations.get(reader.path)
+        if first is None:
+            with _as_corrupt(reader.path):
+                self._generations[reader.path] = Generation.of(reader.path, transient)
+            return
+        check_generation(reader.path, first, transient)
+        for number, check in list(self._checks.items()):
+            if check.path == reader.path:
+                del self._checks[number]
 
     @staticmethod
     def _local_nbytes(reader: ShardReader[Any]) -> int:
@@ -359,8 +397,14 @@ class DatasetReader:
                         f"{info.nbytes} (truncated or modified since it was written)"
                     )
             reader = self._reader_class(path, fields=self.fields, **self.reader_options)
+            self._check_generation(reader)  # the first open records it
             with _as_corrupt(path):
                 length, schema = len(reader), reader.schema
+            try:
+                check_descriptor_headroom(path)
+            except TooManyOpenFilesError:
+                reader.close()
+                raise
             if length != info.num_samples:
                 raise ShardCorruptError(
                     f"shard {path} holds {length} samples, but the manifest says {info.num_samples}"
@@ -400,7 +444,11 @@ class DatasetReader:
             raise ShardCorruptError(f"shard {path} listed in the manifest is missing")
         try:
             return shard_files_as_written(path, info.nbytes, self._reader_class.transient_files)
+        except ShardioError:  # a special file, named as such
+            raise
         except OSError as exc:
+            if out_of_descriptors(exc):
+                raise too_many_open(path, exc) from exc
             raise ShardCorruptError(f"cannot read shard {path}: {exc}") from exc
 
     def _check_contained(self, path: str, links: list[str]) -> None:

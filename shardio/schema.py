@@ -16,7 +16,15 @@ import numpy as np
 
 from .errors import FieldNotFoundError, SchemaError
 
-__all__ = ["Field", "FieldKind", "Schema", "Sample", "dtype_to_json", "dtype_from_json"]
+__all__ = [
+    "Field",
+    "FieldKind",
+    "Schema",
+    "Sample",
+    "dtype_to_json",
+    "dtype_from_json",
+    "fit_dtype",
+]
 
 FieldKind = Literal["array", "ragged", "bytes"]
 Sample = dict[str, Any]
@@ -62,6 +70,46 @@ def dtype_from_json(value: Any) -> np.dtype:
     if "titles" in value:
         described["titles"] = value["titles"]
     return np.dtype(described)  # type: ignore[call-overload]
+
+
+def fit_dtype(array: np.ndarray, dtype: np.dtype, where: str) -> np.ndarray:
+    """``array`` as ``dtype`` when its values fit, else `SchemaError` (``where``: what).
+
+    Safe casts pass; within a kind (a later `int64` value for an `int8` field) every
+    integer must lie in the field's range and a finite float must stay finite (floats
+    round to the field's precision, as storing a float32 always does). No value is
+    wrapped, clipped or turned into `inf`.
+    """
+    if array.dtype == dtype:
+        return array
+    if not np.can_cast(array.dtype, dtype, casting="same_kind"):
+        raise SchemaError(f"{where} expects dtype {dtype}, but got {array.dtype}")
+    if np.can_cast(array.dtype, dtype, casting="safe") or array.size == 0:
+        return array.astype(dtype)
+    if dtype.kind in "iu" and array.dtype.kind in "biu":
+        info = np.iinfo(dtype)
+        low, high = int(array.min()), int(array.max())
+        if low < info.min or high > info.max:
+            bad = low if low < info.min else high
+            raise SchemaError(
+                f"{where} is {dtype}, which holds {info.min}..{info.max}, but got {bad} "
+                f"(as {array.dtype}); it would be stored as another number. Declare the "
+                "field wider (schema=) or write the first sample with the wider dtype"
+            )
+        return array.astype(dtype)
+    with np.errstate(over="ignore", invalid="ignore"):
+        converted = array.astype(dtype)
+    if dtype.kind in "fc":
+        with np.errstate(invalid="ignore"):
+            overflow = np.isfinite(array) & ~np.isfinite(converted)
+        if overflow.any():
+            bad = array.reshape(-1)[int(np.argmax(overflow.reshape(-1)))]
+            raise SchemaError(
+                f"{where} is {dtype}, but got {bad!r} (as {array.dtype}), which it stores "
+                "as inf. Declare the field wider (schema=) or write the first sample "
+                "with the wider dtype"
+            )
+    return converted
 
 
 @dataclass(frozen=True)
@@ -146,14 +194,7 @@ class Field:
             raise SchemaError(
                 f"{where}: field {self.name!r} expects bytes, but got {type(value).__name__}"
             )
-        array = np.asarray(value)
-        if array.dtype != self.dtype:
-            if not np.can_cast(array.dtype, self.dtype, casting="same_kind"):
-                raise SchemaError(
-                    f"{where}: field {self.name!r} expects dtype {self.dtype}, "
-                    f"but got {array.dtype}"
-                )
-            array = array.astype(self.dtype)
+        array = fit_dtype(np.asarray(value), self.dtype, f"{where}: field {self.name!r}")
         if self.kind == "ragged":
             if array.ndim != 1:
                 raise SchemaError(

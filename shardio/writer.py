@@ -7,8 +7,9 @@ directory without a manifest is not a dataset.
 
 from __future__ import annotations
 
+import contextlib
 import os
-from collections.abc import Mapping
+from collections.abc import Iterator, Mapping
 from typing import Any
 
 import numpy as np
@@ -18,10 +19,12 @@ from .adapters.registry import get_backend, is_remote, writer_class
 from .checksum import hash_shard
 from .config import parse_size
 from .errors import InvalidOptionError, SchemaError, UnsupportedFeatureError
+from .fieldnames import check_field_dtypes, check_field_names
 from .layout import partial_name, prepare_output, remove_path, scan_shard, shard_name
 from .manifest import Manifest, ShardInfo
 from .outputlock import lock_output
-from .schema import Sample, Schema
+from .schema import Sample, Schema, fit_dtype
+from .writefailure import write_failure
 
 __all__ = ["ShardWriter", "finish_shard", "validate_columns"]
 
@@ -86,14 +89,8 @@ def validate_columns(
                 f"samples {first}..{first + count - 1}: field {fld.name!r} expects shape "
                 f"{fld.shape}, but the batch column has shape {array.shape[1:]} per sample"
             )
-        if array.dtype != fld.dtype:
-            if not np.can_cast(array.dtype, fld.dtype, casting="same_kind"):
-                raise SchemaError(
-                    f"samples {first}..{first + count - 1}: field {fld.name!r} expects dtype "
-                    f"{fld.dtype}, but got {array.dtype}"
-                )
-            array = array.astype(fld.dtype)
-        columns[fld.name] = array
+        where = f"samples {first}..{first + count - 1}: field {fld.name!r}"
+        columns[fld.name] = fit_dtype(array, fld.dtype, where)
     return columns, count
 
 
@@ -145,10 +142,17 @@ class ShardWriter:
             raise InvalidOptionError(
                 f"shard_size should be > 0 bytes, but got shard_size={shard_size!r}"
             )
+        if schema is not None:
+            self._checked(schema)
         self.schema = schema
         self.checksum = checksum
         self.metadata = dict(metadata or {})
         self.options = options
+        if self.format == "hdf5":
+            # NOTE: a write failing inside libhdf5 (a full disk) leaves it in a state that
+            # segfaults at exit; a shard built in memory fails with an ordinary OSError
+            # (HDF5Writer's NOTE). It costs about twice the shard's size while closing.
+            self.options.setdefault("in_memory", True)
         self._writer_class = writer_class(self.format, self.path)
         prepare_output(self.path, overwrite)
         self._lock: int | None = lock_output(self.path)  # released by close() or abort()
@@ -173,7 +177,7 @@ class ShardWriter:
         """Add one sample (a dict of field -> array, number or bytes)."""
         self._check_open()
         if self.schema is None:
-            self.schema = Schema.infer(sample)
+            self.schema = self._checked(Schema.infer(sample))
         if not isinstance(sample, Mapping) or set(sample) != set(self.schema.names):
             got = list(sample) if isinstance(sample, Mapping) else type(sample).__name__
             raise SchemaError(
@@ -190,9 +194,14 @@ class ShardWriter:
         self._check_open()
         self._flush_rows()
         if self.schema is None:
-            self.schema = Schema.infer_batch(batch)
+            self.schema = self._checked(Schema.infer_batch(batch))
         columns, count = validate_columns(batch, self.schema, first=self._written)
         self._add_columns(columns, count)
+
+    def _checked(self, schema: Schema) -> Schema:
+        check_field_names(schema.names, f"ShardWriter({self.path!r})")
+        check_field_dtypes(schema, f"ShardWriter({self.path!r})")
+        return schema
 
     def _flush_rows(self) -> None:
         if not self._rows:
@@ -223,7 +232,32 @@ class ShardWriter:
                 self._flush_pending()
 
     # ------------------------------------------------------------------ shards
+    @contextlib.contextmanager
+    def _writing(self) -> Iterator[None]:
+        """A failed write becomes `OutputWriteError` (a full disk says so, as in
+        conversion) after the partial shard is removed; other errors pass."""
+        try:
+            yield
+        except Exception as exc:
+            name = shard_name(len(self.shards), self._suffix)
+            then = "write the dataset again"
+            failure = write_failure(exc, self.path, name, self._writer_class.libraries, then)
+            if failure is None:
+                if self._current is None:  # the shard writer failed to start: no leftover
+                    with contextlib.suppress(OSError):
+                        remove_path(os.path.join(self.path, partial_name(name)))
+                raise
+            with contextlib.suppress(Exception):
+                self.abort()
+            with contextlib.suppress(OSError):  # one whose writer had been let go
+                remove_path(os.path.join(self.path, partial_name(name)))
+            raise failure from exc
+
     def _flush_pending(self) -> None:
+        with self._writing():
+            self._write_pending()
+
+    def _write_pending(self) -> None:
         if not self._pending_count:
             return
         assert self.schema is not None
@@ -238,7 +272,11 @@ class ShardWriter:
         self._pending, self._pending_count, self._pending_bytes = [], 0, 0
 
     def _finish_current(self) -> None:
-        self._flush_pending()
+        with self._writing():
+            self._finish_shard()
+
+    def _finish_shard(self) -> None:
+        self._write_pending()
         if self._current is None:
             return
         writer, self._current = self._current, None
@@ -261,7 +299,8 @@ class ShardWriter:
         self.manifest = Manifest(
             self.format, self.schema, tuple(self.shards), metadata=self.metadata
         )
-        self.manifest.save(self.path)
+        with self._writing():
+            self.manifest.save(self.path)
         self._closed = True
         self._unlock()
         return self.manifest

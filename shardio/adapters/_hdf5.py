@@ -14,6 +14,7 @@ import math
 import mmap
 import os
 import sys
+from collections.abc import Mapping
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -34,8 +35,10 @@ from ..errors import (
 from ..integrity import ValueRanges
 from ..memory import FileRange, ReleaseResult
 from ..remote import is_remote, open_remote
+from ..safeopen import MAX_CHUNK_BYTES
 from ..schema import Field, Schema
 from ..warn import warn_user
+from ._hdf5_bounds import DeflateBound
 from ._hdf5_discovery import (
     COUNT_ATTR,
     SCHEMA_ATTR,
@@ -208,6 +211,7 @@ class _File:
     view: np.ndarray | None = None
     fd: int | None = None  # the file, for read_mode="pread"
     hints: dict[str, _RowTable | _ChunkExtents | None] | None = None  # built on first use
+    deflate: dict[str, DeflateBound | None] = field(default_factory=dict)  # per field
 
 
 def open_hdf5(path: str, storage_options: dict[str, Any] | None = None, **cache: Any) -> h5py.File:
@@ -326,6 +330,10 @@ class HDF5Reader(ShardReader[_File]):
     _cf: CFFields | None = None
 
     @classmethod
+    def descriptors_per_shard(cls, schema: Schema) -> int:
+        return 2  # the file, and the descriptor pread mode keeps
+
+    @classmethod
     def budget_options(cls, max_rss: int, shard_count: int, field_count: int) -> dict[str, Any]:
         """pread instead of shardio's map of the file; HDF5's chunk caches, one per
         dataset in every open file, get 1/8 of each one's share of the budget (at
@@ -368,6 +376,7 @@ class HDF5Reader(ShardReader[_File]):
                 plain = [d for d in datasets.values() if isinstance(d, h5py.Dataset)]
                 load_filters(plain, self.path)
             _check_claimed_rows(self.path, file, length, schema)
+            _check_chunk_sizes(self.path, datasets)
             for name, dataset in datasets.items():
                 if dataset.shape[0] < length:
                     raise ShardCorruptError(
@@ -390,6 +399,11 @@ class HDF5Reader(ShardReader[_File]):
             {n: isinstance(d, h5py.Dataset) and _reads_raw_chunks(d) for n, d in datasets.items()},
             {n: s.member for n, s in specs.items() if s.member is not None},
         )
+        opened.deflate = {
+            n: DeflateBound.of(self.path, n, d)
+            for n, d in datasets.items()
+            if isinstance(d, h5py.Dataset)
+        }
         if not is_remote(self.path):
             self._locate_rows(opened)
         return opened
@@ -502,6 +516,9 @@ class HDF5Reader(ShardReader[_File]):
                 dataset = handle.datasets[fld.name]
                 data = tables.get(dataset.name)
                 if data is None:
+                    bound = handle.deflate.get(fld.name)
+                    if bound is not None:
+                        bound.check(unique)
                     data = _gather(dataset, unique, handle.raw_chunks[fld.name])
                     if fld.name in handle.members:
                         tables[dataset.name] = data
@@ -540,6 +557,22 @@ def _as_bytes(data: np.ndarray, fld: Field) -> list[Any]:
         v.encode() if isinstance(v, str) else (v.tobytes() if isinstance(v, np.ndarray) else v)
         for v in data
     ]
+
+
+def _check_chunk_sizes(path: str, datasets: Mapping[str, Any]) -> None:
+    """Refuse chunks declared larger than `MAX_CHUNK_BYTES`: HDF5 allocates a whole
+    chunk to read one row of it."""
+    for name, dataset in datasets.items():
+        chunks = getattr(dataset, "chunks", None)
+        if chunks is None:
+            continue
+        declared = math.prod(int(c) for c in chunks) * dataset.dtype.itemsize
+        if declared > MAX_CHUNK_BYTES:
+            raise ShardCorruptError(
+                f"{path}: dataset {name!r} declares chunks of {declared} bytes ({chunks} of "
+                f"{dataset.dtype}), more than the {MAX_CHUNK_BYTES} shardio reads: corrupt, "
+                "or rechunk it (h5repack -l CHUNK=...)"
+            )
 
 
 def _reads_raw_chunks(dataset: h5py.Dataset) -> bool:
@@ -653,6 +686,13 @@ class HDF5Writer(ShardFileWriter):
                 rows = max(1, chunk_bytes // 1024)
                 shape: tuple[int, ...] = ()
             else:
+                if 0 in fld.shape:  # HDF5 chunks need every dimension >= 1
+                    self._file.close()
+                    raise UnsupportedFeatureError(
+                        f"field {fld.name!r} has shape {fld.shape}, which holds no values: "
+                        "HDF5 cannot store it (chunks need every dimension >= 1); drop the "
+                        "field, or write format='mmap', 'lmdb' or 'zarr'"
+                    )
                 dtype = fld.dtype
                 fixed_rows = self.chunk_rows(options, fld.sample_nbytes)
                 assert fixed_rows is not None  # chunk_bytes is set
@@ -674,14 +714,18 @@ class HDF5Writer(ShardFileWriter):
             dataset.resize(stop, axis=0)
             column = columns[fld.name]
             if fld.variable:
-                values = np.empty(count, dtype=object)
+                # NOTE: slice assignment of an object array makes h5py broadcast values
+                # of one length as a 2-D array ("Can't broadcast"); write_direct of a
+                # vlen-typed array writes them as they are.
+                values = np.empty(count, dtype=dataset.dtype)
                 for i, value in enumerate(column):
                     values[i] = (
                         np.frombuffer(value, np.uint8)
                         if isinstance(value, bytes)
                         else np.asarray(value, fld.dtype)
                     )
-                dataset[start:stop] = values
+                if count:
+                    dataset.write_direct(values, dest_sel=np.s_[start:stop])
             else:
                 dataset[start:stop] = column
         self.count = stop

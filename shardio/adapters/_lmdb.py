@@ -213,6 +213,11 @@ class LMDBReader(ShardReader[_Env]):
 
     format = "lmdb"
     maps_files = True
+
+    @classmethod
+    def descriptors_per_shard(cls, schema: Schema) -> int:
+        return 4  # the environment's, the guard's, and a mapping's (with its duplicate)
+
     #: shardio-written values are read at the positions the writer recorded
     #: (OFFSETS_NAME), without a B-tree walk per value: from shardio's own map of
     #: data.mdb, or with read_mode="pread" with pread, which maps no page at all

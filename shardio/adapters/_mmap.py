@@ -187,6 +187,12 @@ class MmapReader(ShardReader[_Mapped]):
     options = frozenset({"read_mode", "map_below"})
 
     @classmethod
+    def descriptors_per_shard(cls, schema: Schema) -> int:
+        """Two per file (the descriptor kept for the truncation check, and the one
+        Python's mmap duplicates for itself); a variable field has two files."""
+        return 2 * sum(2 if f.variable else 1 for f in schema)
+
+    @classmethod
     def budget_options(cls, max_rss: int, shard_count: int, field_count: int) -> dict[str, Any]:
         """pread instead of the mapping; a field whose file is at most 1/16 of its
         share of the budget (labels, say) stays mapped, since a system call per row

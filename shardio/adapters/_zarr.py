@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import asyncio
 import itertools
+import math
 import os
 from collections.abc import AsyncIterator, Mapping
 from dataclasses import dataclass
@@ -36,6 +37,7 @@ from ..errors import (
 )
 from ..memory import FileRange
 from ..remote import is_remote, remote_errors, storage_options_for, tune
+from ..safeopen import read_bounded
 from ..schema import Field, Schema
 from ..warn import warn_user
 from ._array_choice import (
@@ -48,6 +50,7 @@ from ._array_choice import (
     together,
 )
 from ._sparse import SparseRows
+from ._zarr_bounds import MAX_CHUNK_BYTES, BoundedStore, chunk_nbytes
 from .base import Columns, ShardFileWriter, ShardReader
 from .source import Skipped
 
@@ -81,7 +84,10 @@ def _store(path: str, options: dict[str, Any]) -> Any:
     """What ``zarr.open`` reads: a local path, or for a URL a store with shardio's
     remote defaults whose faults raise :class:`RemoteReadError` naming the URL."""
     if not is_remote(path):
-        return path.removeprefix("file://")
+        local = path.removeprefix("file://")
+        if not os.path.isdir(local):
+            return local  # zarr says what is wrong
+        return BoundedStore(zarr.storage.LocalStore(local, read_only=True))
     given = options.get("storage_options")
     with remote_errors(path):
         store = zarr.storage.FsspecStore.from_url(
@@ -243,7 +249,31 @@ class ZarrReader(ShardReader[_Group]):
     options = frozenset({"storage_options", "decode_cf"})
     _cf: CFFields | None = None
 
+    @classmethod
+    def descriptors_per_shard(cls, schema: Schema) -> int:
+        return 1  # chunk files are open only while read
+
     def _open(self) -> _Group:
+        group = self._open_node()
+        store = group.group.store
+        for column in group.columns.values():
+            for array in (column.data, column.offsets):
+                if array is None:
+                    continue
+                declared = chunk_nbytes(array)
+                if declared > MAX_CHUNK_BYTES:
+                    raise ShardCorruptError(
+                        f"{self.path}: array {array.path!r} declares chunks of {declared} "
+                        f"bytes ({tuple(array.chunks)} of {array.dtype}), more than the "
+                        f"{MAX_CHUNK_BYTES} shardio reads: corrupt, or rechunk it"
+                    )
+                if isinstance(store, BoundedStore):
+                    store.bound(array)
+        if isinstance(store, BoundedStore) and group.group.attrs.get(ATTR) is None:
+            _check_declared_rows(self.path, self._length or 0, group.columns)
+        return group
+
+    def _open_node(self) -> _Group:
         try:
             node = zarr.open(_store(self.path, self.backend_options), mode="r")
         except FileNotFoundError:
@@ -424,12 +454,28 @@ class _RawChunks:
 
     def read(self, chunk: int) -> np.ndarray:
         key = self.array.metadata.encode_chunk_key((chunk,) + (0,) * (len(self.chunks) - 1))
+        limit = math.prod(self.chunks) * self.dtype.itemsize
         try:
-            with open(os.path.join(self.root, key), "rb") as handle:
-                data = handle.read()
+            data = read_bounded(os.path.join(self.root, key), limit, "chunk of this array")
         except FileNotFoundError:  # never written: the fill value
             return np.full(self.chunks, self.fill, dtype=self.dtype)
         return np.frombuffer(data, dtype=self.dtype).reshape(self.chunks)
+
+
+def _check_declared_rows(path: str, rows: int, columns: Mapping[str, _Column]) -> None:
+    """Refuse a foreign group declaring far more rows than its files can hold (Zarr
+    leaves chunks of fill values unwritten, but not 8192 values per stored byte)."""
+    values = sum(rows * math.prod(int(n) for n in c.data.shape[1:]) for c in columns.values())
+    stored = sum(os.path.getsize(f) for f in _walk_files(path))
+    if values > 8192 * (stored + 4096):
+        raise ShardCorruptError(
+            f"{path} declares {rows} rows ({values} values), which its {stored} bytes of "
+            "files cannot hold: corrupt, or not written"
+        )
+
+
+def _walk_files(root: str) -> list[str]:
+    return [os.path.join(d, f) for d, _, names in os.walk(root) for f in names]
 
 
 def _stored_files(array: Any, first: int, last: int) -> list[FileRange]:

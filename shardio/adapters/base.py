@@ -17,6 +17,7 @@ from typing import Any, ClassVar, Generic, TypeVar
 import numpy as np
 
 from ..errors import InvalidOptionError, ShardCorruptError
+from ..fieldnames import check_field_dtypes, check_field_names
 from ..integrity import ValueRanges
 from ..memory import AccessPattern, FileRange, ReleaseKind, ReleaseResult
 from ..perprocess import PerProcess
@@ -66,6 +67,12 @@ class ShardReader(ABC, Generic[HandleT]):
     #: Files the backend's own library may create in a shard after it was written
     #: (not part of its size or checksum).
     transient_files: ClassVar[frozenset[str]] = frozenset()
+
+    @classmethod
+    def descriptors_per_shard(cls, schema: Schema) -> int:
+        """File descriptors one open shard of ``schema`` holds (sizes the default
+        `max_open_shards`)."""
+        return 3
 
     def __init__(
         self,
@@ -266,6 +273,8 @@ class ShardFileWriter(ABC):
 
     def __init__(self, path: str, schema: Schema, **options: Any) -> None:
         _check_options(options, self.options, f"when writing {self.format} (writing {path})")
+        check_field_names(schema.names, f"writing {path}")
+        check_field_dtypes(schema, f"writing {path}")
         self.path = path
         self.schema = schema
         self.count = 0

@@ -36,6 +36,7 @@ from ..errors import (
     ShardioError,
     UnknownFormatError,
 )
+from ..fieldnames import check_field_dtypes, check_field_names
 from ..layout import MANIFEST_NAME, foreign_entries, remove_path, scan_shard, shard_name
 from ..manifest import Manifest, ShardInfo
 from ..outputlock import lock_output
@@ -184,6 +185,8 @@ def convert(
         # which convert() takes as source_format=.
         raise UnknownFormatError(re.sub(r"\bformat=", "source_format=", str(exc))) from None
     with source:
+        check_field_names(source.schema.names, f"converting {src_path}")
+        check_field_dtypes(source.schema, f"converting {src_path}")
         sample_nbytes = estimate_sample_nbytes(source)
         plan = make_plan(source.num_samples, sample_nbytes, size, fmt, align=source.chunk_rows)
         if size < SMALL_SHARD_SIZE:

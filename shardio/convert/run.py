@@ -9,7 +9,6 @@ from __future__ import annotations
 
 import contextlib
 import ctypes
-import errno
 import os
 import signal
 import sys
@@ -20,16 +19,16 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from ..adapters.registry import get_backend, writer_class
-from ..config import format_size
 from ..errors import (
     BackendNotInstalledError,
     InvalidOptionError,
-    OutputWriteError,
     ShardCorruptError,
     ShardioError,
 )
 from ..layout import partial_name, remove_path, shard_name
 from ..manifest import ShardInfo
+from ..writefailure import disk_error
+from ..writefailure import write_failure as _write_failure
 from ..writer import finish_shard
 from .plan import ShardTask, columns_nbytes
 from .record import ProgressRecord
@@ -48,16 +47,8 @@ __all__ = [
 OnDone = Callable[[ShardTask, ShardInfo], None]
 OnBlock = Callable[[int, int], None]
 
-_LOW_SPACE_BYTES = 64 * 1024 * 1024
 #: How long to try reaching a Dask scheduler given by address.
 CONNECT_TIMEOUT = "20s"
-_DISK_ERRNOS = {errno.ENOSPC, errno.EDQUOT, errno.EFBIG, errno.EROFS}
-_DISK_MESSAGES = (
-    "No space left on device",
-    "Disk quota exceeded",
-    "File too large",
-    "Read-only file system",
-)
 
 
 @dataclass(frozen=True)
@@ -71,22 +62,6 @@ class ShardJob:
     block_rows: int = 1024
     #: Identifies this run of the conversion; see :func:`write_shard`.
     run_id: str = ""
-
-
-def disk_error(exc: BaseException) -> str | None:
-    """The reason, when ``exc`` (or what caused it) is a full disk, quota or read-only fs."""
-    seen: set[int] = set()
-    current: BaseException | None = exc
-    while current is not None and id(current) not in seen:
-        seen.add(id(current))
-        if isinstance(current, OSError) and current.errno in _DISK_ERRNOS:
-            return os.strerror(current.errno)
-        text = str(current)
-        for message in _DISK_MESSAGES:
-            if message in text:
-                return message
-        current = current.__cause__ or current.__context__
-    return None
 
 
 def write_shard(job: ShardJob, task: ShardTask, on_block: OnBlock | None = None) -> ShardInfo:
@@ -144,40 +119,6 @@ def _check_current(job: ShardJob, name: str) -> None:
             f"shard {name} of {job.output} was not written: the conversion run that asked "
             "for it has ended"
         )
-
-
-def _write_failure(
-    exc: BaseException, output: str, name: str, libraries: tuple[str, ...]
-) -> OutputWriteError | None:
-    """The clear error for a failure writing shard ``name``, or None to re-raise ``exc``
-    (``libraries``: the writer's, whose errors may stand for a full disk)."""
-    if isinstance(exc, ShardioError) or not isinstance(exc, Exception):
-        return None
-    reason = disk_error(exc)
-    backend = type(exc).__module__.split(".")[0] in libraries
-    if reason is None and not (isinstance(exc, OSError) or backend):
-        return None  # a bug, not an I/O failure: keep its traceback
-    if reason is None:
-        # NOTE: LMDB reports a short write (how a full disk shows up there) as EIO, so
-        # an unexplained failure with next to no free space is taken for a full disk.
-        free = free_bytes(output)
-        if free is not None and free < _LOW_SPACE_BYTES:
-            reason = f"No space left on device ({format_size(free)} free; the write failed: {exc})"
-    if reason is not None:
-        return OutputWriteError(
-            f"writing shard {name} into {output} failed: {reason}; free space (or choose "
-            "another output) and rerun with resume=True (--resume)"
-        )
-    return OutputWriteError(f"writing shard {name} into {output} failed: {exc}")
-
-
-def free_bytes(path: str) -> int | None:
-    """Bytes available to this user on the file system holding ``path``."""
-    try:
-        stat = os.statvfs(path)
-    except (OSError, AttributeError):
-        return None
-    return int(stat.f_bavail * stat.f_frsize)
 
 
 def _read(source: Source, start: int, stop: int) -> Any:
