@@ -9,6 +9,9 @@ from pathlib import Path
 
 import pytest
 from framework_runs import assert_once_each, python, results, run, write_labels
+from frameworks.mixes import mixture
+
+from shardio import MixSampler
 
 N = 200  # samples; 100 per rank, 13 batches of 8 (the last one short)
 
@@ -117,6 +120,71 @@ def test_fabric_resumes_exactly_from_its_checkpoint_mid_epoch(tmp_path: Path) ->
         )
     )
     whole, first, second = (_epochs(tmp_path, tag)["0"] for tag in ("whole", "first", "second"))
+    for rank in range(2):
+        assert len(first[rank]) == 8 * step
+        assert first[rank] + second[rank] == whole[rank], f"rank {rank}, resumed at step {step}"
+
+
+# A mixture: MixSampler is a DistributedSampler too, so the Trainer keeps it.
+MIX_SIZES = {"a": 70, "b": 50}  # labels: a's index, b's 1000 + index
+
+
+def _mix_data(root: Path) -> Path:
+    for i, (name, size) in enumerate(MIX_SIZES.items()):
+        write_labels(root / name, size, first=1000 * i)
+    return root
+
+
+def _mix_order(data: Path, epochs: int) -> list[int]:
+    """The labels of the mixture's order, read by one process alone."""
+    mix = mixture(data)
+    sampler = MixSampler(mix, window="2KB", rank=0, world_size=1)
+    labels: list[int] = []
+    for epoch in range(epochs):
+        sampler.set_epoch(epoch)
+        sources, local = mix.source_of(list(sampler))
+        labels += (sources * 1000 + local).tolist()
+    return labels
+
+
+def _merged(per_rank: list[list[int]]) -> list[int]:
+    """Two ranks' labels back in mixture order (rank r reads positions r, r + 2, ...)."""
+    return [label for row in zip(*per_rank, strict=True) for label in row]
+
+
+@pytest.mark.slow  # about 20 s alone; tests/test_frameworks_basics.py has a fast case
+def test_trainer_ddp_reads_a_mixture_in_its_order(tmp_path: Path) -> None:
+    data = _mix_data(tmp_path / "data")
+    run(python("run_lightning.py", str(data), str(tmp_path), "mix", "--mix", "--epochs", "2"))
+    epochs = _epochs(tmp_path, "mix")
+    assert sorted(epochs) == ["0", "1"]
+    total = sum(MIX_SIZES.values())
+    assert [len(labels) for labels in epochs["0"]] == [total // 2] * 2  # not re-sharded
+    expected = _mix_order(data, 2)
+    read = _merged(epochs["0"]) + _merged(epochs["1"])
+    assert read == expected  # each (source, index) as the mixture's order says, once
+
+
+@pytest.mark.slow
+def test_trainer_resumes_a_mixture_exactly_from_its_checkpoint(tmp_path: Path) -> None:
+    data = _mix_data(tmp_path / "data")
+    step = random.Random(3).randint(1, 6)
+    common = ["--mix", "--loader", "stateful", "--workers", "2"]
+    run(python("run_lightning.py", str(data), str(tmp_path), "whole", *common))
+    run(
+        python(
+            "run_lightning.py", str(data), str(tmp_path), "first", *common,
+            "--max-steps", str(step), "--save-at", str(step),
+        )
+    )  # fmt: skip
+    run(
+        python(
+            "run_lightning.py", str(data), str(tmp_path), "second", *common,
+            "--resume", str(tmp_path / "first.ckpt"),
+        )
+    )  # fmt: skip
+    whole, first, second = (_epochs(tmp_path, tag)["0"] for tag in ("whole", "first", "second"))
+    assert _merged(whole) == _mix_order(data, 1)
     for rank in range(2):
         assert len(first[rank]) == 8 * step
         assert first[rank] + second[rank] == whole[rank], f"rank {rank}, resumed at step {step}"
