@@ -167,6 +167,13 @@ def test_mix_sampler_is_a_distributed_sampler_that_accelerate_does_not_split(
     half = MixSampler(mix, rank=1, world_size=2)
     assert (half.rank, half.num_replicas, half.num_samples, half.total_size) == (1, 2, N, 2 * N)
     assert list(half) == whole[1::2]
+    it = iter(half)
+    head = [next(it) for _ in range(5)]
+    half.set_epoch(0)  # frameworks call it at every iter(); the position stays
+    assert half.state_dict()["done"] == 5 and len(half) == N
+    resumed = MixSampler(mix, rank=1, world_size=2)
+    resumed.load_state_dict(half.state_dict())
+    assert head + list(resumed) == whole[1::2]
 
     accelerate = pytest.importorskip("accelerate")
     from accelerate.utils import DataLoaderConfiguration

@@ -169,6 +169,15 @@ def test_trainer_ddp_reads_a_mixture_in_its_order(tmp_path: Path) -> None:
 
 
 @pytest.mark.slow
+def test_fabric_reads_a_mixture_in_its_order(tmp_path: Path) -> None:
+    data = _mix_data(tmp_path / "data")
+    argv = ["run_lightning.py", str(data), str(tmp_path), "fab", "--mix", "--fabric"]
+    run(python(*argv, "--epochs", "2"))
+    epochs = _epochs(tmp_path, "fab")
+    assert _merged(epochs["0"]) + _merged(epochs["1"]) == _mix_order(data, 2)
+
+
+@pytest.mark.slow
 def test_trainer_resumes_a_mixture_exactly_from_its_checkpoint(tmp_path: Path) -> None:
     data = _mix_data(tmp_path / "data")
     step = random.Random(3).randint(1, 6)

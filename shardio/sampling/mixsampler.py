@@ -216,10 +216,13 @@ class MixSampler(DistributedSampler[int]):
 
     def set_epoch(self, epoch: int) -> None:
         """Select the epoch the next pass yields; the epoch a loaded state belongs to
-        keeps its position, and the epoch after a pass goes on where that pass ended."""
+        keeps its position, and the epoch after a pass goes on where that pass ended.
+        The epoch the sampler is at again (frameworks call it at every ``iter()``)
+        keeps the position a pass in progress has reached for `state_dict`."""
         epoch = non_negative_int(epoch, "epoch")
         if epoch == self._epoch:
-            self._pass = None
+            if self._pass is not None and self._pass.done:
+                self._pass = None
             return
         if self.exhausted == "stop":
             # every source begins its epoch `epoch`; what other sources had left is skipped
