@@ -20,12 +20,12 @@ ROOT = HERE.parent
 SCRIPTS = HERE / "frameworks"
 
 
-def write_labels(path: Path, n: int) -> Path:
-    """A dataset of ``n`` samples whose ``label`` is their index, in several shards."""
+def write_labels(path: Path, n: int, first: int = 0) -> Path:
+    """A dataset of ``n`` samples whose ``label`` is ``first`` plus their index, in
+    several shards."""
+    labels = np.arange(first, first + n, dtype=np.int64)
     with ShardWriter(path, format="mmap", shard_size=600) as writer:
-        writer.write_batch(
-            {"label": np.arange(n, dtype=np.int64), "x": np.arange(n, dtype=np.float32)}
-        )
+        writer.write_batch({"label": labels, "x": labels.astype(np.float32)})
     return path
 
 

@@ -1,5 +1,5 @@
-"""What frameworks rely on, checked in one process: ShardSampler is a DistributedSampler
-that follows torch.distributed, keeps its position through set_epoch and len() as
+"""What frameworks rely on, checked in one process: ShardSampler and MixSampler are
+DistributedSamplers that follow torch.distributed, keeps its position through set_epoch and len() as
 DistributedSampler's; datasets index by lists, arrays and slices; scalar fields are
 numpy scalars."""
 
@@ -14,7 +14,7 @@ import torch
 import torch.distributed as dist
 from torch.utils.data import BatchSampler, DataLoader, DistributedSampler, RandomSampler
 
-from shardio import ShardedDataset, ShardSampler, ShardWriter
+from shardio import Mix, MixSampler, ShardedDataset, ShardSampler, ShardWriter
 from shardio.errors import InvalidOptionError
 
 torch.set_num_threads(1)
@@ -149,3 +149,37 @@ def test_a_batch_by_list_goes_through_the_transforms(ds: ShardedDataset) -> None
     assert per_sample[[4, 1]] == [5, 2] and per_sample[4] == 5
     per_batch = ShardedDataset(ds.path, batch_transform=_label_sum)
     assert per_batch[[4, 1, 10]] == 15  # applied to the batch as tensors, as in a DataLoader
+
+
+def test_mix_sampler_is_a_distributed_sampler_that_accelerate_does_not_split(
+    ds: ShardedDataset, tmp_path: Path
+) -> None:
+    mix = Mix({"a": ds, "b": ds}, weights={"a": 0.5, "b": 0.5}, seed=2)
+    sampler = MixSampler(mix)  # made before the process group, as in a script
+    assert isinstance(sampler, DistributedSampler)  # what Lightning and Fabric keep as it is
+    assert (sampler.rank, sampler.num_replicas, sampler.drop_last) == (0, 1, True)
+    dist.init_process_group("gloo", init_method=f"file://{tmp_path / 'init'}", rank=0, world_size=1)
+    try:
+        assert sampler.num_samples == sampler.total_size == len(sampler) == 2 * N
+        whole = list(sampler)
+    finally:
+        dist.destroy_process_group()
+    half = MixSampler(mix, rank=1, world_size=2)
+    assert (half.rank, half.num_replicas, half.num_samples, half.total_size) == (1, 2, N, 2 * N)
+    assert list(half) == whole[1::2]
+    it = iter(half)
+    head = [next(it) for _ in range(5)]
+    half.set_epoch(0)  # frameworks call it at every iter(); the position stays
+    assert half.state_dict()["done"] == 5 and len(half) == N
+    resumed = MixSampler(mix, rank=1, world_size=2)
+    resumed.load_state_dict(half.state_dict())
+    assert head + list(resumed) == whole[1::2]
+
+    accelerate = pytest.importorskip("accelerate")
+    from accelerate.utils import DataLoaderConfiguration
+
+    config = DataLoaderConfiguration(dispatch_batches=True)
+    accelerator = accelerate.Accelerator(cpu=True, dataloader_config=config)
+    loader = accelerator.prepare(DataLoader(mix, batch_size=8, sampler=half))
+    with pytest.raises(InvalidOptionError, match=r"MixSampler\(mix, rank=0, world_size=1\)"):
+        next(iter(loader))

@@ -6,9 +6,15 @@ from __future__ import annotations
 
 import random
 from pathlib import Path
+from typing import Any
 
 import pytest
 from framework_runs import assert_once_each, python, results, run, write_labels
+from frameworks.mixes import mixture
+from torch.utils.data import DataLoader
+
+import shardio
+from shardio import MixSampler, ShardedDataset, ShardSampler
 
 N = 200  # samples; 100 per rank, 13 batches of 8 (the last one short)
 
@@ -120,3 +126,148 @@ def test_fabric_resumes_exactly_from_its_checkpoint_mid_epoch(tmp_path: Path) ->
     for rank in range(2):
         assert len(first[rank]) == 8 * step
         assert first[rank] + second[rank] == whole[rank], f"rank {rank}, resumed at step {step}"
+
+
+# A mixture: MixSampler is a DistributedSampler too, so the Trainer keeps it.
+MIX_SIZES = {"a": 70, "b": 50}  # labels: a's index, b's 1000 + index
+
+
+def _mix_data(root: Path) -> Path:
+    for i, (name, size) in enumerate(MIX_SIZES.items()):
+        write_labels(root / name, size, first=1000 * i)
+    return root
+
+
+def _mix_order(data: Path, epochs: int) -> list[int]:
+    """The labels of the mixture's order, read by one process alone."""
+    mix = mixture(data)
+    sampler = MixSampler(mix, window="2KB", rank=0, world_size=1)
+    labels: list[int] = []
+    for epoch in range(epochs):
+        sampler.set_epoch(epoch)
+        sources, local = mix.source_of(list(sampler))
+        labels += (sources * 1000 + local).tolist()
+    return labels
+
+
+def _merged(per_rank: list[list[int]]) -> list[int]:
+    """Two ranks' labels back in mixture order (rank r reads positions r, r + 2, ...)."""
+    return [label for row in zip(*per_rank, strict=True) for label in row]
+
+
+@pytest.mark.slow  # about 20 s alone; tests/test_frameworks_basics.py has a fast case
+def test_trainer_ddp_reads_a_mixture_in_its_order(tmp_path: Path) -> None:
+    data = _mix_data(tmp_path / "data")
+    run(python("run_lightning.py", str(data), str(tmp_path), "mix", "--mix", "--epochs", "2"))
+    epochs = _epochs(tmp_path, "mix")
+    assert sorted(epochs) == ["0", "1"]
+    total = sum(MIX_SIZES.values())
+    assert [len(labels) for labels in epochs["0"]] == [total // 2] * 2  # not re-sharded
+    expected = _mix_order(data, 2)
+    read = _merged(epochs["0"]) + _merged(epochs["1"])
+    assert read == expected  # each (source, index) as the mixture's order says, once
+
+
+@pytest.mark.slow
+def test_fabric_reads_a_mixture_in_its_order(tmp_path: Path) -> None:
+    data = _mix_data(tmp_path / "data")
+    argv = ["run_lightning.py", str(data), str(tmp_path), "fab", "--mix", "--fabric"]
+    run(python(*argv, "--epochs", "2"))
+    epochs = _epochs(tmp_path, "fab")
+    assert _merged(epochs["0"]) + _merged(epochs["1"]) == _mix_order(data, 2)
+
+
+@pytest.mark.slow
+def test_trainer_resumes_a_mixture_exactly_from_its_checkpoint(tmp_path: Path) -> None:
+    data = _mix_data(tmp_path / "data")
+    step = random.Random(3).randint(1, 6)
+    common = ["--mix", "--loader", "stateful", "--workers", "2"]
+    run(python("run_lightning.py", str(data), str(tmp_path), "whole", *common))
+    run(
+        python(
+            "run_lightning.py", str(data), str(tmp_path), "first", *common,
+            "--max-steps", str(step), "--save-at", str(step),
+        )
+    )  # fmt: skip
+    run(
+        python(
+            "run_lightning.py", str(data), str(tmp_path), "second", *common,
+            "--resume", str(tmp_path / "first.ckpt"),
+        )
+    )  # fmt: skip
+    whole, first, second = (_epochs(tmp_path, tag)["0"] for tag in ("whole", "first", "second"))
+    assert _merged(whole) == _mix_order(data, 1)
+    for rank in range(2):
+        assert len(first[rank]) == 8 * step
+        assert first[rank] + second[rank] == whole[rank], f"rank {rank}, resumed at step {step}"
+
+
+# The doctor and the Prefetcher inside the frameworks, in this process (one CPU device).
+
+
+@pytest.mark.slow  # importing Lightning alone takes seconds
+def test_the_doctor_traces_the_loader_a_trainer_fits_on(tmp_path: Path) -> None:
+    import lightning as L
+    import torch
+
+    torch.set_num_threads(1)
+    ds = ShardedDataset(write_labels(tmp_path / "data", N))
+    loader = DataLoader(
+        ds, batch_size=8, sampler=ShardSampler(ds, seed=1), num_workers=2,
+        multiprocessing_context="fork",
+    )  # fmt: skip
+    seen: dict[int, list[int]] = {}
+
+    class Model(L.LightningModule):
+        def __init__(self) -> None:
+            super().__init__()
+            self.w = torch.nn.Parameter(torch.ones(1))
+
+        def training_step(self, batch: dict[str, Any], index: int) -> torch.Tensor:
+            seen.setdefault(self.current_epoch, []).extend(batch["label"].tolist())
+            return (self.w * batch["x"]).mean()
+
+        def configure_optimizers(self) -> Any:
+            return torch.optim.SGD(self.parameters(), lr=0.0)
+
+    trainer = L.Trainer(
+        accelerator="cpu", devices=1, max_epochs=2, logger=False, enable_progress_bar=False,
+        enable_model_summary=False, enable_checkpointing=False,
+    )  # fmt: skip
+    with shardio.trace(loader) as tr:
+        trainer.fit(Model(), train_dataloaders=loader)
+    assert sorted(seen) == [0, 1]
+    for labels in seen.values():
+        assert_once_each(labels, N, padding=0)
+    assert seen[0] != seen[1]  # Lightning's set_epoch reached the sampler through the trace
+    assert tr.passes == 2 and len(tr.records) == 2 * 25
+    assert {r.worker for r in tr.records} == {0, 1}  # timed in the DataLoader's workers
+    assert "DataLoader(2 workers): 50 batches in 2 pass(es)" in tr.report()
+
+
+@pytest.mark.slow  # importing Lightning alone takes seconds
+def test_the_prefetcher_in_a_fabric_loop(tmp_path: Path) -> None:
+    import lightning as L
+    import torch
+
+    torch.set_num_threads(1)
+    ds = ShardedDataset(write_labels(tmp_path / "data", N))
+    fabric = L.Fabric(accelerator="cpu", devices=1)
+    fabric.launch()
+    linear = torch.nn.Linear(1, 1)
+    model, optimizer = fabric.setup(linear, torch.optim.SGD(linear.parameters(), lr=0.0))
+    loader = fabric.setup_dataloaders(
+        DataLoader(ds, batch_size=8, sampler=ShardSampler(ds, seed=1)), move_to_device=False
+    )
+    seen = []
+    for _ in range(2):
+        labels = []
+        for batch in shardio.Prefetcher(loader, device=fabric.device, depth=2):
+            assert batch["x"].device == fabric.device
+            labels += batch["label"].tolist()
+            fabric.backward(model(batch["x"][:, None]).mean())
+            optimizer.step()
+        seen.append(labels)
+    for labels in seen:
+        assert_once_each(labels, N, padding=0)
+    assert seen[0] != seen[1]  # Fabric's loader calls set_epoch at each iter()

@@ -13,7 +13,17 @@ import torch
 from torch.utils.data import DataLoader
 
 import shardio
-from shardio import Field, Mix, MixSampler, Schema, SchemaError, ShardedDataset, ShardWriter
+from shardio import (
+    Field,
+    Mix,
+    MixSampler,
+    Schema,
+    SchemaError,
+    ShardedDataset,
+    ShardSampler,
+    ShardWriter,
+)
+from shardio.sampling import find_sampler_state
 
 torch.set_num_threads(1)
 
@@ -155,8 +165,20 @@ def test_stateful_dataloader_with_workers_resumes_a_mixture_exactly(data: Path) 
 
     second = loader(MixSampler(mix, window="4KB"))
     second.load_state_dict(state)
+    assert len(second) == -(-len(full) // 8)  # the whole epoch's, as frameworks count
     tail = [v for batch in second for v in batch["x"].tolist()]
     assert head + tail == full
+
+    # the sampler's own state, pulled out of the loader's (e.g. to change the workers)
+    found = find_sampler_state(state)
+    assert found["kind"] == "shardio.MixSampler" and found["done"] == len(head)
+    alone = MixSampler(mix, window="4KB")
+    alone.load_state_dict(found)
+    assert len(alone) == len(full)
+    assert head + _expected(mix, list(alone))[0] == full
+    shard_state = ShardSampler(mix, seed=1).state_dict()
+    with pytest.raises(shardio.InvalidOptionError, match="2 different"):
+        find_sampler_state({"a": state, "b": [shard_state]})
 
 
 def test_sources_share_one_limit_of_open_shards(data: Path) -> None:

@@ -1,6 +1,7 @@
 """Checks that a framework does not split a rank's order again, losing samples in silence.
 
-Lightning and Fabric keep a ``DistributedSampler`` (which ShardSampler is) as it is.
+Lightning and Fabric keep a ``DistributedSampler`` (which ShardSampler and MixSampler
+are) as it is.
 accelerate's ``prepare`` (and so the HF Trainer) shares one order between processes
 itself: it gives each process every ``num_processes``-th batch (``BatchSamplerShard``)
 or slices of the batches of process 0 (``dispatch_batches``). A sampler that already
@@ -38,11 +39,13 @@ def check_not_split(sampler: _Placed) -> None:
     splitter = _accelerate_splitter(sampler)
     if splitter is None:
         return
+    name = type(sampler).__name__
+    source = "mix" if name == "MixSampler" else "dataset"
     raise InvalidOptionError(
-        f"ShardSampler(rank={sampler.rank}, world_size={sampler.world_size}) yields one "
+        f"{name}(rank={sampler.rank}, world_size={sampler.world_size}) yields one "
         f"rank's share of the epoch, but it is inside accelerate's {splitter}, which "
         "shares one order between the processes itself: the other shares would never be "
-        "read. Create it with ShardSampler(dataset, rank=0, world_size=1) under accelerate "
+        f"read. Create it with {name}({source}, rank=0, world_size=1) under accelerate "
         "and the HF Trainer (every process then has the whole order, and accelerate gives "
         "each its batches); see docs/frameworks.md"
     )

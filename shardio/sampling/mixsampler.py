@@ -13,21 +13,21 @@ prefix of the mixture order: the state is one position plus a count per source.
 
 from __future__ import annotations
 
-import operator
 from collections.abc import Iterator, Mapping
 from dataclasses import dataclass
 from typing import Any
 
 import numpy as np
-import torch.distributed as dist
-from torch.utils.data import Sampler
+from torch.utils.data import DistributedSampler, Sampler
 
 from ..config import parse_size
 from ..errors import InvalidOptionError, StateMismatchError
+from .frameworks import check_not_split
 from .layout import ShardLayout, resolve_layout
 from .mixstate import MixState
 from .mixture import Interleave, normalize_weights, source_phase, source_seed
 from .orders import ORDERS, EpochPlan, OrderName, epoch_plan, order_digest
+from .ranks import non_negative_int, resolve_rank
 from .readahead import Hint, lookahead_indices
 
 __all__ = ["EXHAUSTED", "MixSampler"]
@@ -43,12 +43,17 @@ class _Pass:
     start: int
     stop: int  # where the epoch's pass ends (after the anchor)
     count: int
+    done_before: int  # this rank's samples of the epoch consumed before the pass
     yielded: int = 0
     done: bool = False
 
 
-class MixSampler(Sampler[int]):
+class MixSampler(DistributedSampler[int]):
     """Yields this rank's indices of a `shardio.Mix`, one epoch at a time.
+
+    A ``DistributedSampler`` subclass (with its attributes ``num_replicas``, ``rank``,
+    ``epoch``, ``num_samples``, ...), so Lightning's Trainer and Fabric keep it as the
+    rank's sampler instead of sharding its order again (see docs/frameworks.md).
 
     Args:
         mix: the mixture (its sources, weights, seed and ``exhausted`` rule).
@@ -57,7 +62,11 @@ class MixSampler(Sampler[int]):
         window: bytes the ``shard-window`` orders keep live at once, all sources
             together: each source gets ``window / sources``, so mixing more sources
             does not read more at once.
-        rank, world_size: taken from ``torch.distributed`` when it is initialized.
+        rank, world_size: this process's place among the readers; where not given,
+            taken from ``torch.distributed`` each time they are needed (so a sampler
+            made before a framework starts the process group follows it), else 0 and 1.
+            Under accelerate (and the HF Trainer), which split the batches of one order
+            between processes themselves, give ``rank=0, world_size=1``.
         samples_per_epoch: mixture positions in one epoch with ``exhausted="restart"``
             (default: the samples of all sources); each rank yields
             ``samples_per_epoch // world_size`` per epoch, and the positions left over
@@ -81,13 +90,14 @@ class MixSampler(Sampler[int]):
         samples_per_epoch: int | None = None,
         readahead: bool = True,
     ) -> None:
-        super().__init__()
+        Sampler.__init__(self)  # not DistributedSampler's: it needs a process group
+        self.dataset = mix  # DistributedSampler's name
         self.names: tuple[str, ...] = tuple(mix.names)
         sources = tuple(mix.sources)
         self.layouts: tuple[ShardLayout, ...] = tuple(resolve_layout(s) for s in sources)
         self.lengths = np.array([len(layout) for layout in self.layouts], dtype=np.int64)
         self.offsets = np.cumsum(self.lengths) - self.lengths
-        self.seed = _non_negative_int(mix.seed, "seed")
+        self.seed = non_negative_int(mix.seed, "seed")
         self.exhausted = mix.exhausted
         if self.exhausted not in EXHAUSTED:
             raise InvalidOptionError(
@@ -110,11 +120,14 @@ class MixSampler(Sampler[int]):
                 f"window should be a size such as '1GB', but got window={window!r}"
             )
         self.source_window = max(1, self.window // max(len(self.names), 1))
-        self.rank, self.world_size = _resolve_rank(rank, world_size)
+        resolve_rank(rank, world_size)  # checks what was given, now
+        self._placement = (rank, world_size)
+        self.shuffle = order != "sequential"  # DistributedSampler's names
+        self.drop_last = True  # positions left over begin the next epoch (or are skipped)
         total = int(self.lengths.sum())
         if samples_per_epoch is None:
             samples_per_epoch = total
-        self.samples_per_epoch = _non_negative_int(samples_per_epoch, "samples_per_epoch")
+        self.samples_per_epoch = non_negative_int(samples_per_epoch, "samples_per_epoch")
         self._phases = np.array([source_phase(self.seed, n) for n in self.names])
         self._source_seeds = [source_seed(self.seed, n) for n in self.names]
         self._fingerprints = tuple(layout.fingerprint() for layout in self.layouts)
@@ -126,6 +139,7 @@ class MixSampler(Sampler[int]):
         self._epoch = 0
         self._anchor = np.zeros(len(self.names), dtype=np.int64)
         self._start = 0  # where the next pass begins, after the anchor
+        self._done_before = 0  # this rank's samples of the epoch consumed before it
         self._pass_stop = -1  # where the current epoch's pass ends; -1: a whole epoch
         self._next_start: int | None = None  # where the epoch after a pass begins
         self._pass: _Pass | None = None
@@ -168,17 +182,47 @@ class MixSampler(Sampler[int]):
         self._anchor, self._interleave, self._start, self._pass_stop = self._effective()
         self._pending = None
 
+    # ------------------------------------------------------------------ ranks
+    @property
+    def rank(self) -> int:  # type: ignore[override]
+        """This process's place among the readers (see ``world_size``)."""
+        return resolve_rank(*self._placement)[0]
+
+    @property
+    def world_size(self) -> int:
+        """The number of readers: as given, else ``torch.distributed``'s when it is
+        initialized, else 1."""
+        return resolve_rank(*self._placement)[1]
+
+    @property
+    def num_replicas(self) -> int:  # type: ignore[override]
+        """``world_size``, under DistributedSampler's name."""
+        return self.world_size
+
+    @property
+    def num_samples(self) -> int:  # type: ignore[override]
+        """Indices this rank reads in the epoch: ``len(self)``."""
+        return len(self)
+
+    @property
+    def total_size(self) -> int:  # type: ignore[override]
+        """Indices all ranks read in the epoch."""
+        return len(self) * self.world_size
+
     # ------------------------------------------------------------------- epochs
     @property
-    def epoch(self) -> int:
+    def epoch(self) -> int:  # type: ignore[override]
         return self._epoch
 
     def set_epoch(self, epoch: int) -> None:
         """Select the epoch the next pass yields; the epoch a loaded state belongs to
-        keeps its position, and the epoch after a pass goes on where that pass ended."""
-        epoch = _non_negative_int(epoch, "epoch")
+        keeps its position, and the epoch after a pass goes on where that pass ended.
+        The epoch the sampler is at again (frameworks call it at every ``iter()``)
+        keeps the position a pass in progress has reached for `state_dict`."""
+        epoch = non_negative_int(epoch, "epoch")
         if epoch == self._epoch:
-            self._pass = None
+            if self._pass is not None and self._pass.done:
+                self._pass = None
             return
         if self.exhausted == "stop":
             # every source begins its epoch `epoch`; what other sources had left is skipped
@@ -192,6 +236,7 @@ class MixSampler(Sampler[int]):
             self._pending = None
             self._start = epoch * (self.samples_per_epoch // self.world_size) * self.world_size
         self._pass_stop, self._next_start = -1, None
+        self._done_before = 0
         self._epoch = epoch
         self._pass = None
 
@@ -208,21 +253,27 @@ class MixSampler(Sampler[int]):
 
     # ---------------------------------------------------------------- iteration
     def __len__(self) -> int:
+        """This rank's indices in the epoch: the whole epoch's also when a pass resumes
+        mid-epoch (what the rank consumed before, plus its share of the rest), since
+        frameworks (Lightning, accelerate, the HF Trainer) subtract the batches their
+        checkpoint counts as done."""
         if self._pass is not None and not self._pass.done:
-            return self._pass.count - self._pass.yielded
+            return self._pass.done_before + self._pass.count
         anchor, interleave, start, pass_stop = self._effective()
-        return max(0, self._stop(anchor, interleave, start, pass_stop) - start) // self.world_size
+        rest = max(0, self._stop(anchor, interleave, start, pass_stop) - start)
+        return self._done_before + rest // self.world_size
 
     def __iter__(self) -> Iterator[int]:
         self._apply_pending()
         stop = self._stop(self._anchor, self._interleave, self._start, self._pass_stop)
         count = max(0, stop - self._start) // self.world_size
-        progress = _Pass(self._start, stop, count)
+        progress = _Pass(self._start, stop, count, self._done_before)
         self._pass = progress
         self._next_start = self._start + count * self.world_size
         return self._run(progress)
 
     def _run(self, progress: _Pass) -> Iterator[int]:
+        check_not_split(self)
         step = self._step()
         hints = _Hints(self) if self._hint is not None and self.order == "shard-window" else None
         upcoming = self._chunk(progress, 0, step)
@@ -309,17 +360,18 @@ class MixSampler(Sampler[int]):
                 raise InvalidOptionError(
                     f"consumed should be 0 before iteration starts, but got consumed={consumed!r}"
                 )
-            return self._state(self._start, self._pass_stop).to_dict()
+            return self._state(self._start, self._pass_stop, self._done_before).to_dict()
         count = progress.yielded
         if consumed is not None:
-            count = _non_negative_int(consumed, "consumed")
+            count = non_negative_int(consumed, "consumed")
             if count > progress.yielded:
                 raise InvalidOptionError(
                     "consumed should count the samples taken since the current pass began, "
                     f"at most the {progress.yielded} indices it has yielded, "
                     f"but got consumed={consumed!r}"
                 )
-        return self._state(progress.start + count * self.world_size, progress.stop).to_dict()
+        position = progress.start + count * self.world_size
+        return self._state(position, progress.stop, progress.done_before + count).to_dict()
 
     def load_state_dict(self, state: Mapping[str, Any]) -> None:
         """Resume from `state_dict`, saved at any world size: the next pass reads the
@@ -329,7 +381,7 @@ class MixSampler(Sampler[int]):
         Raises `StateMismatchError` naming what differs (sources, their sizes or
         layouts, seed, order, window, ``exhausted``, ``samples_per_epoch``)."""
         saved = MixState.from_dict(state)
-        problems = saved.mismatches(self._state(0, -1))
+        problems = saved.mismatches(self._state(0, -1, 0))
         if problems:
             raise StateMismatchError(
                 "cannot resume this mixture from the state: it was saved with "
@@ -345,6 +397,7 @@ class MixSampler(Sampler[int]):
         self._anchor = np.asarray(saved.anchor, dtype=np.int64)
         self._interleave = Interleave(weights, self._phases)
         self._start, self._pass_stop = saved.position, saved.pass_stop
+        self._done_before = saved.done
         self._pass, self._plans = None, {}
         self._expected = {}
         for s, text in enumerate(saved.digests):
@@ -362,10 +415,11 @@ class MixSampler(Sampler[int]):
         else:
             self._next_start = None
 
-    def _state(self, position: int, pass_stop: int) -> MixState:
+    def _state(self, position: int, pass_stop: int, done: int) -> MixState:
         return MixState(
             epoch=self._epoch,
             position=position,
+            done=done,
             pass_stop=pass_stop,
             anchor=tuple(self._anchor.tolist()),
             weights=tuple(self._interleave.weights.tolist()),
@@ -456,40 +510,3 @@ class _Hints:
             )
             return False
         return True
-
-
-def _resolve_rank(rank: int | None, world_size: int | None) -> tuple[int, int]:
-    if dist.is_available() and dist.is_initialized():
-        rank = dist.get_rank() if rank is None else rank
-        world_size = dist.get_world_size() if world_size is None else world_size
-    elif (rank is None) != (world_size is None):
-        raise InvalidOptionError(
-            "rank and world_size should be given together when torch.distributed is not "
-            f"initialized, but got rank={rank!r}, world_size={world_size!r}"
-        )
-    elif rank is None or world_size is None:
-        rank, world_size = 0, 1
-    world_size = _non_negative_int(world_size, "world_size")
-    rank = _non_negative_int(rank, "rank")
-    if world_size < 1:
-        raise InvalidOptionError(f"world_size should be >= 1, but got world_size={world_size}")
-    if rank >= world_size:
-        raise InvalidOptionError(
-            f"rank should be in [0, {world_size - 1}] for world_size={world_size}, "
-            f"but got rank={rank}"
-        )
-    return rank, world_size
-
-
-def _non_negative_int(value: Any, option: str) -> int:
-    try:
-        if isinstance(value, bool):
-            raise TypeError
-        number = operator.index(value)
-    except TypeError:
-        raise InvalidOptionError(
-            f"{option} should be an integer >= 0, but got {option}={value!r}"
-        ) from None
-    if number < 0:
-        raise InvalidOptionError(f"{option} should be an integer >= 0, but got {option}={value!r}")
-    return number

@@ -42,6 +42,9 @@ class MixState:
     #: Per source, ``"epoch:digest"`` of the order it was reading (``orders.order_digest``),
     #: or ``""`` where it had not built one: a resume checks it sees the same orders.
     digests: tuple[str, ...] = ()
+    #: Samples each rank consumed in this epoch before ``position`` (what a framework's
+    #: checkpoint counts as done): ``len(sampler)`` stays the whole epoch's on resume.
+    done: int = 0
 
     def to_dict(self) -> dict[str, Any]:
         """Plain ints, floats, strings and lists: safe for torch.save and JSON."""
@@ -64,7 +67,8 @@ class MixState:
                 f"state should have version {MIX_STATE_VERSION} (from MixSampler.state_dict()), "
                 f"but got version={state.get('version')!r}"
             )
-        missing = [f.name for f in fields(cls) if f.name not in state and f.name != "digests"]
+        optional = {"digests", "done"}
+        missing = [f.name for f in fields(cls) if f.name not in state and f.name not in optional]
         if missing:
             raise InvalidOptionError(
                 f"state is missing {', '.join(missing)}: it does not come from "
@@ -84,10 +88,10 @@ class MixState:
                     f"state[{name!r}] should have one entry per source ({count}), "
                     f"but got {len(getattr(parsed, name))}"
                 )
-        if parsed.position < 0 or min(parsed.anchor, default=0) < 0:
+        if parsed.position < 0 or parsed.done < 0 or min(parsed.anchor, default=0) < 0:
             raise InvalidOptionError(
-                "state['position'] and state['anchor'] should be >= 0, but got "
-                f"position={parsed.position}, anchor={list(parsed.anchor)}"
+                "state['position'], state['done'] and state['anchor'] should be >= 0, but got "
+                f"position={parsed.position}, done={parsed.done}, anchor={list(parsed.anchor)}"
             )
         return parsed
 

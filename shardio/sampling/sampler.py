@@ -2,13 +2,11 @@
 
 from __future__ import annotations
 
-import operator
 from collections.abc import Iterable, Iterator, Mapping
 from dataclasses import dataclass
 from typing import Any
 
 import numpy as np
-import torch.distributed as dist
 from torch.utils.data import DistributedSampler, Sampler
 
 from ..config import parse_size
@@ -18,6 +16,7 @@ from .frameworks import check_not_split
 from .layout import ShardedSource, resolve_layout
 from .orders import ORDERS, EpochPlan, OrderName, epoch_plan, order_digest
 from .partition import PARTITIONS, PartitionName, rank_indices, samples_per_rank
+from .ranks import non_negative_int, resolve_rank
 from .readahead import BlockReadahead, Hint, lookahead_indices, order_chunks
 from .state import SamplerState
 
@@ -100,13 +99,13 @@ class ShardSampler(DistributedSampler[int]):
                 "order='shard-window' needs the bytes of every shard: pass a ShardedDataset "
                 "or shard_nbytes=, or use order='random'"
             )
-        self.seed = _non_negative_int(seed, "seed")
+        self.seed = non_negative_int(seed, "seed")
         self.window = parse_size(window, "window")
         if self.window <= 0:
             raise InvalidOptionError(
                 f"window should be a size such as '1GB', but got window={window!r}"
             )
-        _resolve_rank(rank, world_size)  # checks what was given, now
+        resolve_rank(rank, world_size)  # checks what was given, now
         self._placement = (rank, world_size)
         self.shuffle = self.order != "sequential"
         self.drop_last = bool(drop_last)
@@ -130,13 +129,13 @@ class ShardSampler(DistributedSampler[int]):
     @property
     def rank(self) -> int:  # type: ignore[override]
         """This process's place among the readers (see ``world_size``)."""
-        return _resolve_rank(*self._placement)[0]
+        return resolve_rank(*self._placement)[0]
 
     @property
     def world_size(self) -> int:
         """The number of readers: as given, else ``torch.distributed``'s when it is
         initialized, else 1."""
-        return _resolve_rank(*self._placement)[1]
+        return resolve_rank(*self._placement)[1]
 
     @property
     def num_replicas(self) -> int:  # type: ignore[override]
@@ -167,7 +166,7 @@ class ShardSampler(DistributedSampler[int]):
         ``iter()``). Another epoch starts that epoch from its beginning: the
         position in a pass in progress is dropped.
         """
-        epoch = _non_negative_int(epoch, "epoch")
+        epoch = non_negative_int(epoch, "epoch")
         if epoch == self._epoch:
             return
         self._resume_at, self._resume_digest, self._consumed = 0, "", NO_RUNS
@@ -177,7 +176,7 @@ class ShardSampler(DistributedSampler[int]):
 
     def indices(self, epoch: int | None = None) -> np.ndarray:
         """This rank's whole order for ``epoch`` (the current epoch by default)."""
-        epoch = self._epoch if epoch is None else _non_negative_int(epoch, "epoch")
+        epoch = self._epoch if epoch is None else non_negative_int(epoch, "epoch")
         return self._share(self._plan(epoch).indices)
 
     def __iter__(self) -> Iterator[int]:
@@ -263,7 +262,7 @@ class ShardSampler(DistributedSampler[int]):
             return self._state(self._resume_at, self._resume_digest, self._consumed).to_dict()
         count = progress.yielded
         if consumed is not None:
-            count = _non_negative_int(consumed, "consumed")
+            count = non_negative_int(consumed, "consumed")
             if count > progress.yielded:
                 raise InvalidOptionError(
                     "consumed should count the samples taken since the current pass "
@@ -301,7 +300,7 @@ class ShardSampler(DistributedSampler[int]):
                 f"state['consumed_runs'] should hold positions below dataset_len={n}, "
                 f"but got runs up to {int(consumed[-1, 1])}"
             )
-        world_size = _non_negative_int(saved.world_size, "state['world_size']")
+        world_size = non_negative_int(saved.world_size, "state['world_size']")
         if world_size < 1:
             raise InvalidOptionError(f"state['world_size'] should be >= 1, but got {world_size}")
         per_rank = pass_size(n, consumed, world_size, self.drop_last)
@@ -309,7 +308,7 @@ class ShardSampler(DistributedSampler[int]):
             raise InvalidOptionError(
                 f"state['offset'] should be between 0 and {per_rank}, but got offset={saved.offset}"
             )
-        epoch = _non_negative_int(saved.epoch, "state['epoch']")
+        epoch = non_negative_int(saved.epoch, "state['epoch']")
         offset = saved.offset
         self._len_base = 0
         if world_size != self.world_size:
@@ -369,40 +368,3 @@ def _resolve_order(order: str | None, shuffle: bool, sizes_known: bool) -> Order
             "pass shuffle=True or order='sequential'"
         )
     return order
-
-
-def _resolve_rank(rank: int | None, world_size: int | None) -> tuple[int, int]:
-    if dist.is_available() and dist.is_initialized():
-        rank = dist.get_rank() if rank is None else rank
-        world_size = dist.get_world_size() if world_size is None else world_size
-    elif (rank is None) != (world_size is None):
-        raise InvalidOptionError(
-            "rank and world_size should be given together when torch.distributed is not "
-            f"initialized, but got rank={rank!r}, world_size={world_size!r}"
-        )
-    elif rank is None or world_size is None:
-        rank, world_size = 0, 1
-    world_size = _non_negative_int(world_size, "world_size")
-    rank = _non_negative_int(rank, "rank")
-    if world_size < 1:
-        raise InvalidOptionError(f"world_size should be >= 1, but got world_size={world_size}")
-    if rank >= world_size:
-        raise InvalidOptionError(
-            f"rank should be in [0, {world_size - 1}] for world_size={world_size}, "
-            f"but got rank={rank}"
-        )
-    return rank, world_size
-
-
-def _non_negative_int(value: Any, option: str) -> int:
-    try:
-        if isinstance(value, bool):
-            raise TypeError
-        number = operator.index(value)
-    except TypeError:
-        raise InvalidOptionError(
-            f"{option} should be an integer >= 0, but got {option}={value!r}"
-        ) from None
-    if number < 0:
-        raise InvalidOptionError(f"{option} should be an integer >= 0, but got {option}={value!r}")
-    return number

@@ -20,6 +20,7 @@ from itertools import pairwise
 from typing import Any
 
 from ..errors import InvalidOptionError
+from .mixstate import KIND as MIX_KIND
 
 __all__ = ["STATE_VERSION", "SamplerState", "find_sampler_state"]
 
@@ -133,8 +134,9 @@ def _parse(name: str, kind: str, value: Any) -> Any:
 
 
 def find_sampler_state(state: Any) -> dict[str, Any]:
-    """The :class:`ShardSampler` state inside a bigger state, e.g. a torchdata
-    ``StatefulDataLoader.state_dict()``, to resume with another number of workers.
+    """The `ShardSampler` or `MixSampler` state inside a bigger state, e.g. a torchdata
+    ``StatefulDataLoader.state_dict()`` or a framework's checkpoint, to resume with
+    another number of workers.
 
     Raises :class:`~shardio.InvalidOptionError` when there is none, or more than one
     differing state (two samplers).
@@ -145,15 +147,19 @@ def find_sampler_state(state: Any) -> dict[str, Any]:
     if len(distinct) != 1:
         what = "no" if not distinct else f"{len(distinct)} different"
         raise InvalidOptionError(
-            f"state should hold exactly one ShardSampler state, but it holds {what} "
-            "(look for a dict with the keys 'version', 'epoch', 'offset' and 'digest')"
+            f"state should hold exactly one ShardSampler or MixSampler state, but it holds "
+            f"{what} (look for a dict with the keys 'version', 'epoch', 'offset' and 'digest', "
+            f"or with kind={MIX_KIND!r})"
         )
     return next(iter(distinct.values()))
 
 
+_SHARD_KEYS = frozenset({"version", "epoch", "offset", "digest", "layout"})
+
+
 def _collect(value: Any, found: list[dict[str, Any]]) -> None:
     if isinstance(value, Mapping):
-        if {"version", "epoch", "offset", "digest", "layout"} <= set(value):
+        if value.get("kind") == MIX_KIND or set(value) >= _SHARD_KEYS:
             found.append(dict(value))
             return
         for item in value.values():

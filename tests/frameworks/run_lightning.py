@@ -3,7 +3,10 @@ rank's training steps received. Run as a script by tests/test_frameworks_lightni
 
     python run_lightning.py DATA OUT TAG [--loader torch|stateful] [--workers N]
         [--batch B] [--epochs E] [--max-steps S] [--save-at K] [--resume CKPT]
-        [--fabric] [--devices D]
+        [--fabric] [--devices D] [--mix]
+
+With --mix, DATA holds two datasets, a/ and b/, read as a `shardio.Mix` (`mixes.mixture`)
+through a MixSampler.
 
 Writes OUT/TAG-rank{r}.json: {"epochs": {epoch: [labels...]}, "world_size": W}.
 """
@@ -22,14 +25,21 @@ import torch
 torch.set_num_threads(1)
 
 import lightning as L  # noqa: E402
+from mixes import mixture  # noqa: E402
 from torch.utils.data import DataLoader  # noqa: E402
 
-from shardio import ShardedDataset, ShardSampler  # noqa: E402
+from shardio import MixSampler, ShardedDataset, ShardSampler  # noqa: E402
 
 
 def make_loader(args: argparse.Namespace) -> Any:
-    dataset = ShardedDataset(args.data)
-    sampler = ShardSampler(dataset, seed=5, window="2KB")  # rank and world_size: lazily
+    dataset: Any
+    sampler: Any
+    if args.mix:
+        dataset = mixture(args.data)
+        sampler = MixSampler(dataset, window="2KB")  # rank and world_size: lazily
+    else:
+        dataset = ShardedDataset(args.data)
+        sampler = ShardSampler(dataset, seed=5, window="2KB")  # rank and world_size: lazily
     options: dict[str, Any] = {"batch_size": args.batch, "sampler": sampler}
     if args.workers:
         options.update(num_workers=args.workers, multiprocessing_context="fork")
@@ -124,6 +134,7 @@ def main() -> None:
     parser.add_argument("--resume", default=None)
     parser.add_argument("--fabric", action="store_true")
     parser.add_argument("--devices", type=int, default=2)
+    parser.add_argument("--mix", action="store_true")
     args = parser.parse_args()
     seen, rank, world = run_fabric(args) if args.fabric else run_trainer(args)
     out = Path(args.out, f"{args.tag}-rank{rank}.json")
