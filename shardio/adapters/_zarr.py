@@ -80,6 +80,17 @@ class _Group:
     columns: dict[str, _Column]
 
 
+def _arrays(column: _Column) -> list[Any]:
+    """The Zarr arrays behind a column (a sparse matrix's three), to bound."""
+    found: list[Any] = []
+    for part in (column.data, column.offsets):
+        if isinstance(part, SparseRows):
+            found += [part.data, part.indices, part.indptr]
+        elif part is not None:
+            found.append(part)
+    return found
+
+
 def _store(path: str, options: dict[str, Any]) -> Any:
     """What ``zarr.open`` reads: a local path, or for a URL a store with shardio's
     remote defaults whose faults raise :class:`RemoteReadError` naming the URL."""
@@ -257,9 +268,7 @@ class ZarrReader(ShardReader[_Group]):
         group = self._open_node()
         store = group.group.store
         for column in group.columns.values():
-            for array in (column.data, column.offsets):
-                if array is None:
-                    continue
+            for array in _arrays(column):
                 declared = chunk_nbytes(array)
                 if declared > MAX_CHUNK_BYTES:
                     raise ShardCorruptError(
