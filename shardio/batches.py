@@ -72,6 +72,12 @@ class Batch(Sequence[Sample]):
     def __len__(self) -> int:
         return self._count
 
+    def __reduce__(self) -> Any:
+        # A batch in a worker's reused slot pickles its columns by value (numpy copies
+        # them), never the slot: the worker writes a later batch there.
+        tensors = None if self._lease is not None else self._tensors
+        return Batch, (self.columns, self._count, tensors, self._transform)
+
     @overload
     def __getitem__(self, index: int) -> BatchRow: ...
     @overload

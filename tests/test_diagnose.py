@@ -355,6 +355,7 @@ def test_a_sweep_recommends_the_fewest_near_the_fastest() -> None:
         samples_per_s: float | None
         batches_per_s: float | None = None
 
-    runs = [Rates(100.0), Rates(195.0), Rates(200.0), Rates(120.0)]
-    assert recommend([0, 1, 2, 8], runs) == 1  # type: ignore[arg-type]
-    assert recommend([0, 1], [Rates(None), Rates(None)]) is None  # type: ignore[arg-type]
+    runs: list[Any] = [Rates(100.0), Rates(195.0), Rates(200.0), Rates(120.0)]
+    assert recommend([0, 1, 2, 8], runs) == 1
+    unknown: list[Any] = [Rates(None), Rates(None)]
+    assert recommend([0, 1], unknown) is None

@@ -5,6 +5,7 @@ from __future__ import annotations
 import os
 import subprocess
 import sys
+import tempfile
 import time
 from typing import Any
 
@@ -67,6 +68,12 @@ def test_transformed_and_custom_collated_batches_stay_correct(tmp_path: Any) -> 
     # A collate_fn that never sends the batch: its slot is freed in the worker.
     sums = list(DataLoader(ds, batch_size=4, num_workers=1, collate_fn=lambda b: len(b)))
     assert sum(sums) == len(ds)
+    # A collate_fn that sends the Batch itself: its columns travel by value, kept intact.
+    kept = list(DataLoader(ds, batch_size=4, num_workers=2, collate_fn=lambda b: b))
+    for batch, start in zip(kept, range(0, len(ds), 4), strict=True):
+        for name, column in ds.read_batch(range(start, min(start + 4, len(ds)))).items():
+            np.testing.assert_array_equal(batch.columns[name], column, err_msg=name)
+    assert len(kept) == -(-len(ds) // 4)
 
     def double(batch: dict[str, Any]) -> dict[str, Any]:
         return {"y": batch[label] * 2, "x": batch[label]}
@@ -111,24 +118,28 @@ def _gone(pids: list[int], timeout: float) -> bool:
 
 
 def _run_child(path: str, context: str, mode: str) -> tuple[list[int], str]:
-    process = subprocess.Popen(
-        [sys.executable, CHILD, path, context, mode],
-        stdout=subprocess.PIPE,
-        stderr=subprocess.PIPE,
-        text=True,
-    )
-    assert process.stdout is not None
-    first = process.stdout.readline().split()
-    assert first[:1] == ["workers"], process.stderr.read() if process.stderr else first
-    workers = [int(p) for p in first[1:]]
-    assert len(workers) == 2
-    if mode == "hang":
-        process.kill()  # kill -9 of the main process
-        process.wait(timeout=30)
-        return [process.pid, *workers], ""
-    out, err = process.communicate(timeout=120)
-    assert process.returncode == 0, err
-    return [process.pid, *workers], out
+    with tempfile.TemporaryFile("w+") as errors:
+        process = subprocess.Popen(
+            [sys.executable, CHILD, path, context, mode],
+            stdout=subprocess.PIPE,
+            stderr=errors,
+            text=True,
+        )
+        assert process.stdout is not None
+        first = process.stdout.readline().split()
+        errors.seek(0)
+        assert first[:1] == ["workers"], errors.read()
+        workers = [int(p) for p in first[1:]]
+        assert len(workers) == 2
+        if mode == "hang":
+            process.kill()  # kill -9 of the main process
+            process.wait(timeout=30)
+            return [process.pid, *workers], ""
+        out = process.stdout.read()  # the same buffer as readline: nothing is skipped
+        process.wait(timeout=120)
+        errors.seek(0)
+        assert process.returncode == 0, errors.read()
+        return [process.pid, *workers], out
 
 
 @pytest.mark.parametrize(

@@ -15,6 +15,7 @@ import mmap
 import os
 import sys
 import warnings
+from collections.abc import Mapping
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -44,7 +45,14 @@ from ._hdf5_discovery import (
     own_layout,
 )
 from ._hdf5_filters import load_filters
-from .base import Columns, ShardFileWriter, ShardReader, coalesce_ranges, raise_if_truncated
+from .base import (
+    Columns,
+    ShardFileWriter,
+    ShardReader,
+    coalesce_ranges,
+    put_rows,
+    raise_if_truncated,
+)
 
 __all__ = [
     "open_hdf5",
@@ -448,6 +456,9 @@ class HDF5Reader(ShardReader[_File]):
         return out
 
     def read_many(self, indices: np.ndarray) -> Columns:
+        return self.read_into(indices, {})
+
+    def read_into(self, indices: np.ndarray, out: Mapping[str, np.ndarray]) -> Columns:
         handle = self.handle
         unique, inverse = np.unique(indices, return_inverse=True)
         reorder = not (len(unique) == len(indices) and np.array_equal(unique, indices))
@@ -476,7 +487,7 @@ class HDF5Reader(ShardReader[_File]):
                 columns[fld.name] = [values[i] for i in inverse] if reorder else values
             else:
                 self.bytes_read += data.nbytes
-                columns[fld.name] = data[inverse] if reorder else data
+                columns[fld.name] = put_rows(data, inverse if reorder else None, out.get(fld.name))
         return columns
 
 

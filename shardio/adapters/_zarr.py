@@ -35,7 +35,7 @@ from ..errors import (
 from ..memory import FileRange
 from ..remote import remote_errors, storage_options_for, tune
 from ..schema import Field, Schema
-from .base import Columns, ShardFileWriter, ShardReader
+from .base import Columns, ShardFileWriter, ShardReader, put_rows
 
 __all__ = ["ZarrReader", "ZarrWriter", "ATTR", "make_compressors"]
 
@@ -243,6 +243,9 @@ class ZarrReader(ShardReader[_Group]):
         return ranges
 
     def read_many(self, indices: np.ndarray) -> Columns:
+        return self.read_into(indices, {})
+
+    def read_into(self, indices: np.ndarray, out: Mapping[str, np.ndarray]) -> Columns:
         handle = self.handle
         unique, inverse = np.unique(indices, return_inverse=True)
         reorder = not (len(unique) == len(indices) and np.array_equal(unique, indices))
@@ -263,7 +266,7 @@ class ZarrReader(ShardReader[_Group]):
                 columns[name] = [values[i] for i in inverse] if reorder else values
             else:
                 self.bytes_read += data.nbytes
-                columns[name] = data[inverse] if reorder else data
+                columns[name] = put_rows(data, inverse if reorder else None, out.get(name))
         return columns
 
     def _read_variable(self, column: _Column, unique: np.ndarray) -> list[Any]:
