@@ -37,6 +37,10 @@ def main() -> None:
         ds, batch_size=4, num_workers=2, multiprocessing_context=context, persistent_workers=True
     )
     it = iter(loader)
+    # NOTE: one batch from each worker first: a worker whose parent dies before its
+    # loop starts takes init as its parent and never notices (torch's ManagerWatchdog
+    # reads getppid() once there); that race is torch's, not the hand-over's.
+    next(it)
     next(it)
     workers = [w.pid for w in it._workers]  # type: ignore[attr-defined]
     print("workers", *workers, flush=True)
