@@ -58,6 +58,13 @@ def test_kept_batches_stay_intact_while_slots_are_reused(tmp_path: Any) -> None:
     for _ in range(2):
         assert check_kept(loader, ds, order, 6) == batches
     assert handover_stats()["received"] - before == 2 * batches  # all through slots
+    # Views of a batch's tensors keep its memory as well: nothing reuses it meanwhile.
+    fixed = [n for n in truth.names if n not in truth.variable]
+    views = [{n: b[n][1:3] for n in fixed} for b in loader]
+    for view, start in zip(views, range(0, len(order), 6), strict=True):
+        want = ds.read_batch(order[start : start + 6])
+        for name in fixed:
+            np.testing.assert_array_equal(view[name].numpy(), want[name][1:3], err_msg=name)
 
 
 def test_transformed_and_custom_collated_batches_stay_correct(tmp_path: Any) -> None:
