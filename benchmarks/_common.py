@@ -30,6 +30,12 @@ def machine_line() -> str:
     )
 
 
+def load_line() -> str:
+    """The 1, 5 and 15 minute load averages: targets are judged only on a quiet machine."""
+    one, five, fifteen = os.getloadavg()
+    return f"{one:.2f} {five:.2f} {fifteen:.2f}"
+
+
 def command_line() -> str:
     """How this script was run, relative to the repository root."""
     script = os.path.relpath(os.path.abspath(sys.argv[0]), os.path.dirname(HERE))

@@ -1,13 +1,17 @@
-"""shardio's batch paths beside peer loaders on the same samples, in one run (issue 13).
+"""shardio's batch paths beside peer loaders on the same samples, in one run (issue 24).
 
-Peers (installed in a separate virtualenv, see docs/bench.md; they are not shardio
-dependencies): SPDL (``spdl-core``) and ``torchdata.nodes``, both with 4 threads over
-a per-sample ``np.memmap`` read of the same raw shards (their documented idiom: map a
-per-sample function, batch, collate); Grain over its own ArrayRecord copy of the samples
-(``grain``, ``array-record``; 4 threads); Lance (``pylance``) ``take`` of each batch
-from its own copy. Against them, in alternation with the same harness as
-``bench_loader.py`` (fresh process per run, warm cache, random order, batch 256): the
-RAM gather, ``read_batch``, the README's DataLoader line and ``shardio.Loader``.
+Each peer reads the same bytes through its own fastest documented random-access path
+(no per-sample straw men): Lance ``take`` of each batch's ids, sorted (``pylance``);
+ArrayRecord's batched ``__getitems__`` (``array-record``); a Grain ``MapDataset``
+pipeline over that ArrayRecord copy with 2 threads (``grain``); MosaicML Streaming over
+its local MDS copy through a DataLoader with 2 workers (``mosaicml-streaming``); and
+hand-written ``Dataset``s whose ``__getitems__`` reads a whole batch, over an
+``np.memmap`` of the raw shard and over an h5py copy, each with 2 DataLoader workers.
+Peers are not shardio dependencies: install them in a separate virtualenv (see
+docs/bench.md); a peer that is not installed is reported as such. Against them, in
+alternation with the harness of ``bench_loader.py`` (fresh process per run, warm
+cache, random order, batch 256): ``read_batch``, the README's DataLoader line with 2
+workers and ``shardio.Loader`` with 2 and "auto" threads.
 
     PYTHONPATH=. .venv-peers/bin/python benchmarks/bench_loader_peers.py --write
 """
@@ -15,17 +19,19 @@ RAM gather, ``read_batch``, the README's DataLoader line and ``shardio.Loader``.
 from __future__ import annotations
 
 import argparse
+import importlib.util
+import json
 import multiprocessing
 import os
 import shutil
 import sys
 import tempfile
-from collections.abc import Iterable
+from collections.abc import Iterable, Sequence
 from typing import Any
 
 import numpy as np
 import torch
-from torch.utils.data import default_collate
+from torch.utils.data import DataLoader, Dataset
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 
@@ -33,25 +39,29 @@ import _common
 import bench_loader as bl
 
 from shardio import ShardedDataset, format_size, parse_size
-from shardio.bench import raw_reader
 from shardio.bench.synthetic import write_synthetic
 
-HEADING = "Batches end to end: shardio beside SPDL, torchdata.nodes, Grain, Lance (issue 13)"
-THREADS = 4
+HEADING = "Batches end to end: shardio beside Lance, ArrayRecord, Grain, Streaming (issue 24)"
 SHARDIO = (
     "RAM gather (ceiling)",
     "read_batch",
-    "DataLoader line, 0 workers",
+    "DataLoader line, 2 workers",
     "Loader, 2 threads",
-    "Loader, 4 threads",
-    "hand-written Dataset + DataLoader, 2 workers",
+    'Loader, "auto" threads',
 )
-PEERS = (
-    "SPDL pipeline, 4 threads, per-sample np.memmap",
-    "torchdata.nodes, 4 threads, per-sample np.memmap",
-    "Grain over ArrayRecord, 4 threads",
-    "Lance take",
-)
+PEERS = {
+    "Lance take, sorted ids": "lance",
+    "ArrayRecord __getitems__, batched": "array_record",
+    "Grain MapDataset over ArrayRecord, 2 threads": "grain",
+    "Streaming (local MDS), DataLoader 2 workers": "streaming",
+    "np.memmap Dataset (batched), DataLoader 2 workers": "numpy",
+    "h5py Dataset (batched), DataLoader 2 workers": "h5py",
+}
+"""Each peer path and the module it needs."""
+
+
+def installed(module: str) -> bool:
+    return importlib.util.find_spec(module) is not None
 
 
 def write_array_record(path: str, ram: dict[str, np.ndarray]) -> None:
@@ -74,10 +84,31 @@ def write_lance(path: str, ram: dict[str, np.ndarray]) -> None:
     lance.write_dataset(pa.table({"data": data, "label": pa.array(ram["label"])}), path)
 
 
+def write_mds(path: str, ram: dict[str, np.ndarray]) -> None:
+    from streaming import MDSWriter
+
+    with MDSWriter(out=path, columns={"data": "bytes", "label": "int"}) as writer:
+        for row, label in zip(ram["data"], ram["label"].tolist(), strict=True):
+            writer.write({"data": row.tobytes(), "label": label})
+
+
+def write_h5(path: str, ram: dict[str, np.ndarray]) -> None:
+    import h5py
+
+    with h5py.File(path, "w") as file:
+        file.create_dataset("data", data=ram["data"])
+        file.create_dataset("label", data=ram["label"])
+
+
 def _write_copies(path: str, num_samples: int, sample_bytes: int) -> None:
     ram = bl.in_ram(num_samples, sample_bytes)
-    write_array_record(path + ".arrayrecord", ram)
-    write_lance(path + ".lance", ram)
+    write_h5(path + ".h5", ram)
+    if installed("array_record"):
+        write_array_record(path + ".arrayrecord", ram)
+    if installed("lance"):
+        write_lance(path + ".lance", ram)
+    if installed("streaming"):
+        write_mds(path + ".mds", ram)
 
 
 class _Decode:
@@ -93,32 +124,110 @@ class _Decode:
         }
 
 
+class MemmapBatches(Dataset[Any]):
+    """A hand-written Dataset over the raw shard's files: one fancy-index gather from
+    an ``np.memmap`` per batch (``__getitems__``)."""
+
+    def __init__(self, path: str, width: int) -> None:
+        self.path, self.width = path, width
+        self.data: np.ndarray | None = None
+        self.label: np.ndarray | None = None
+
+    def _open(self) -> tuple[np.ndarray, np.ndarray]:
+        if self.data is None or self.label is None:
+            # The first shard's files, as its own description names them (the sampler
+            # draws from that shard's samples only: its length is this Dataset's).
+            names = sorted(os.listdir(self.path))
+            shard = next(
+                os.path.join(self.path, n)
+                for n in names
+                if os.path.isdir(os.path.join(self.path, n))
+            )
+            with open(os.path.join(shard, "shardio-mmap.json"), encoding="utf-8") as handle:
+                files = json.load(handle)["files"]
+            data = np.memmap(os.path.join(shard, files["data"]["data"]), np.uint8, "r")
+            self.data = data.reshape(-1, self.width)
+            self.label = np.memmap(os.path.join(shard, files["label"]["data"]), np.int64, "r")
+        return self.data, self.label
+
+    def __len__(self) -> int:
+        return len(self._open()[1])
+
+    def __getitem__(self, index: int) -> Any:
+        return self.__getitems__([index])[0]
+
+    def __getitems__(self, indices: Sequence[int]) -> Any:
+        data, label = self._open()
+        at = np.asarray(indices)
+        return [{"data": torch.from_numpy(data[at]), "label": torch.from_numpy(label[at])}]
+
+
+class H5Batches(Dataset[Any]):
+    """A hand-written h5py Dataset: one sorted-selection read per batch."""
+
+    def __init__(self, path: str) -> None:
+        self.path = path
+        self.file: Any = None
+
+    def __len__(self) -> int:
+        import h5py
+
+        with h5py.File(self.path, "r") as file:
+            return len(file["label"])
+
+    def __getitem__(self, index: int) -> Any:
+        return self.__getitems__([index])[0]
+
+    def __getitems__(self, indices: Sequence[int]) -> Any:
+        import h5py
+
+        if self.file is None:
+            self.file = h5py.File(self.path, "r")
+        at = np.asarray(indices)
+        order = np.argsort(at)
+        unique = at[order]
+        data = self.file["data"][unique]
+        label = self.file["label"][unique]
+        back = np.empty_like(order)
+        back[order] = np.arange(len(order))
+        return [{"data": torch.from_numpy(data[back]), "label": torch.from_numpy(label[back])}]
+
+
+def _first(batch: list[Any]) -> Any:
+    return batch[0]
+
+
 def _peer_loader(config: str, path: str, ds: ShardedDataset, width: int) -> Iterable[Any]:
-    order = bl.random_sampler(ds)
-    if config.startswith("SPDL"):
-        from spdl.pipeline import PipelineBuilder
+    if config.startswith("Lance"):
+        import lance
 
-        raw = raw_reader(ds)
-        pipeline = (
-            PipelineBuilder()
-            .add_source(iter(order))
-            .pipe(raw.read, concurrency=THREADS, output_order="input")
-            .aggregate(bl.BATCH)
-            .pipe(default_collate)
-            .add_sink(4)
-            .build(num_threads=THREADS)
-        )
-        pipeline.start()
-        return pipeline.get_iterator()
-    if config.startswith("torchdata"):
-        import torchdata.nodes as tn
+        table = lance.dataset(path + ".lance")
 
-        raw = raw_reader(ds)
-        node: Any = tn.SamplerWrapper(order)
-        node = tn.ParallelMapper(node, map_fn=raw.read, num_workers=THREADS, method="thread")
-        node = tn.Batcher(node, batch_size=bl.BATCH)
-        node = tn.Mapper(node, default_collate)
-        return tn.Loader(node)
+        def take(indices: np.ndarray) -> dict[str, Any]:
+            got = table.take(np.sort(indices).tolist(), columns=["data", "label"])
+            data = got.column("data").combine_chunks()
+            values = np.frombuffer(data.buffers()[1], np.uint8)
+            start = data.offset * width
+            return {
+                "data": values[start : start + len(data) * width].reshape(-1, width),
+                "label": got.column("label").to_numpy(),
+            }
+
+        return bl.gathers(take, len(ds))
+    if config.startswith("ArrayRecord"):
+        from array_record.python.array_record_data_source import ArrayRecordDataSource
+
+        source = ArrayRecordDataSource([path + ".arrayrecord"])
+        decode = _Decode(width)
+
+        def read(indices: np.ndarray) -> dict[str, Any]:
+            samples = [decode(r) for r in source.__getitems__(indices.tolist())]
+            return {
+                "data": np.stack([x["data"] for x in samples]),
+                "label": np.array([x["label"] for x in samples]),
+            }
+
+        return bl.gathers(read, len(ds))
     if config.startswith("Grain"):
         import grain
 
@@ -130,25 +239,31 @@ def _peer_loader(config: str, path: str, ds: ShardedDataset, width: int) -> Iter
             .map(_Decode(width))
             .batch(bl.BATCH)
         )
-        options = grain.ReadOptions(num_threads=THREADS, prefetch_buffer_size=4 * bl.BATCH)
+        options = grain.ReadOptions(num_threads=2, prefetch_buffer_size=4 * bl.BATCH)
         return dataset.to_iter_dataset(options)
-    if config.startswith("Lance"):
-        import lance
+    if config.startswith("Streaming"):
+        from streaming import StreamingDataset
 
-        table = lance.dataset(path + ".lance")
-
-        def take(indices: np.ndarray) -> dict[str, Any]:
-            got = table.take(indices.tolist(), columns=["data", "label"])
-            data = got.column("data").combine_chunks()
-            values = np.frombuffer(data.buffers()[1], np.uint8)
-            start = data.offset * width
-            return {
-                "data": values[start : start + len(data) * width].reshape(-1, width),
-                "label": got.column("label").to_numpy(),
-            }
-
-        return bl.gathers(take, len(ds))
-    raise ValueError(config)
+        stream = StreamingDataset(local=path + ".mds", shuffle=True, batch_size=bl.BATCH)
+        return bl.epochs(
+            DataLoader(stream, batch_size=bl.BATCH, num_workers=2, persistent_workers=True)
+        )
+    handwritten: Dataset[Any]
+    if config.startswith("np.memmap"):
+        handwritten = MemmapBatches(path, width)
+    elif config.startswith("h5py"):
+        handwritten = H5Batches(path + ".h5")
+    else:
+        raise ValueError(config)
+    loader = DataLoader(
+        handwritten,
+        batch_size=bl.BATCH,
+        shuffle=True,
+        num_workers=2,
+        persistent_workers=True,
+        collate_fn=_first,
+    )
+    return bl.epochs(loader)
 
 
 def _run(config: str, path: str, ram: dict[str, np.ndarray], seconds: float) -> dict[str, float]:
@@ -175,14 +290,19 @@ def run_case(
     writer.join()
     if writer.exitcode != 0:
         raise RuntimeError(f"writing the peers' copies failed (exit code {writer.exitcode})")
-    for copy in (path, path + ".arrayrecord", path + ".lance"):
+    for copy in (path, path + ".arrayrecord", path + ".lance", path + ".mds", path + ".h5"):
+        if not os.path.exists(copy):
+            continue
         if os.path.isdir(copy):
             bl.warm(copy)
         else:
             with open(copy, "rb") as handle:
                 while handle.read(1 << 24):
                     pass
-    configs = [*SHARDIO, *PEERS]
+    configs = [*SHARDIO, *(c for c, module in PEERS.items() if installed(module))]
+    missing = [c for c, module in PEERS.items() if not installed(module)]
+    if missing:
+        print(f"not installed, skipped: {'; '.join(missing)}", flush=True)
     runs: dict[str, list[dict[str, Any]]] = {c: [] for c in configs}
     for _ in range(rounds):
         for config in configs:
@@ -204,7 +324,11 @@ def main() -> None:
     parser.add_argument("--seconds", type=float, default=1.5)
     parser.add_argument("--rounds", type=int, default=3)
     parser.add_argument("--write", action="store_true", help="append the table to RESULTS.md")
+    parser.add_argument("--quick", action="store_true", help="a smoke run: small, short")
     args = parser.parse_args()
+    if args.quick:
+        args.size, args.seconds, args.rounds, args.sample_bytes = "32MB", 0.5, 1, "16384"
+    print(f"load average before: {_common.load_line()}", flush=True)
     size = parse_size(args.size, "--size")
     root = tempfile.mkdtemp(prefix="bench-loader-peers-")
     rows: list[list[str]] = []
@@ -216,9 +340,10 @@ def main() -> None:
         shutil.rmtree(root, ignore_errors=True)
     body = _common.markdown_table(["data", "sample", "loader", *bl.RESULT_COLUMNS], rows)
     print(body)
+    print(f"load average after: {_common.load_line()}", flush=True)
     if args.write:
         versions = []
-        for name in ("spdl-core", "torchdata", "grain", "array-record", "pylance"):
+        for name in ("grain", "array-record", "pylance", "mosaicml-streaming", "h5py"):
             try:
                 from importlib.metadata import version
 
@@ -227,11 +352,12 @@ def main() -> None:
                 versions.append(f"{name} (not installed)")
         text = (
             f"Command: `{_common.command_line()}`\n"
-            f"Machine: {_common.machine_line()}; {', '.join(versions)}. The 2 cores were "
-            "shared with other engineers' test runs, so compare within a run.\n"
+            f"Machine: {_common.machine_line()}; {', '.join(versions)}; load average "
+            f"{_common.load_line()} at the end.\n"
             f"Each dataset {format_size(size)} (peers read their own copy: ArrayRecord, "
-            f"Lance), warm page cache, random order, batch {bl.BATCH}; rates and CPU are "
-            f"medians of {args.rounds} alternated runs of about {args.seconds:g} s, each in "
+            f"Lance, MDS, HDF5), warm page cache, random order, batch {bl.BATCH}; "
+            f"rates and CPU are medians of {args.rounds} alternated runs of about "
+            f"{args.seconds:g} s, each in "
             "a fresh process, ratios the medians of the ratios within a round.\n\n"
             f"{body}\n"
         )

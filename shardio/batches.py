@@ -7,8 +7,8 @@ torch's ``default_collate`` dispatches on the type of ``batch[0]`` through
 there, so the plain ``DataLoader(ds, batch_size=..., num_workers=...)`` turns the
 columns straight into tensors: no per-sample dicts, no restacking.
 
-In a DataLoader worker, fixed fields are read straight into tensors in shared memory
-(:func:`shared_columns`), so sending a batch to the main process passes a handle.
+In a DataLoader worker, fixed fields are read straight into a reused shared-memory slot
+(`shardio.handover`), so sending a batch to the main process passes the slot's place.
 """
 
 from __future__ import annotations
@@ -22,6 +22,7 @@ from torch.utils.data._utils.collate import collate, default_collate_fn_map
 
 from .adapters.base import Columns
 from .errors import SampleIndexError
+from .handover import SlotLease
 from .returns import FieldBatch
 from .schema import Sample, Schema
 
@@ -53,7 +54,7 @@ class Batch(Sequence[Sample]):
     ``batch[i]`` and iteration build a sample on demand (rows of array columns are
     views); :meth:`collate`, which ``default_collate`` calls, never builds them."""
 
-    __slots__ = ("_count", "_tensors", "_transform", "columns")
+    __slots__ = ("_count", "_lease", "_tensors", "_transform", "columns")
 
     def __init__(
         self,
@@ -61,14 +62,22 @@ class Batch(Sequence[Sample]):
         count: int,
         tensors: Mapping[str, torch.Tensor] | None = None,
         batch_transform: BatchTransform | None = None,
+        lease: SlotLease | None = None,
     ) -> None:
         self.columns = columns
+        self._lease = lease  # the worker's shared-memory slot that backs ``tensors``
         self._count = count
         self._tensors = dict(tensors or {})  # shared-memory tensors that back columns
         self._transform = batch_transform
 
     def __len__(self) -> int:
         return self._count
+
+    def __reduce__(self) -> Any:
+        # A batch in a worker's reused slot pickles its columns by value (numpy copies
+        # them), never the slot: the worker writes a later batch there.
+        tensors = None if self._lease is not None else self._tensors
+        return Batch, (self.columns, self._count, tensors, self._transform)
 
     @overload
     def __getitem__(self, index: int) -> BatchRow: ...
@@ -110,7 +119,9 @@ class Batch(Sequence[Sample]):
         """The batch for the training loop: a tensor per fixed field (one row per
         sample), a list per variable field, then ``batch_transform``."""
         batch = columns_to_tensors(self.columns, self._tensors)
-        return self._transform(batch) if self._transform is not None else batch
+        if self._transform is not None:
+            return self._transform(batch)
+        return self._lease.wrap(batch) if self._lease is not None else batch
 
 
 def _same_sample(mine: Mapping[str, Any], theirs: Any) -> bool:

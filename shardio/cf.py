@@ -113,6 +113,17 @@ class CFFields:
                 columns[name] = decoder(columns[name])
         return columns
 
+    def into(self, columns: dict[str, Any], out: Mapping[str, np.ndarray]) -> dict[str, Any]:
+        """Decode `columns`, then copy each decoded field into its array in `out` (the
+        raw rows were read apart: their dtype is not the decoded one)."""
+        self(columns)
+        for name in self.decoders:
+            target = out.get(name)
+            if target is not None and name in columns:
+                target[...] = columns[name]
+                columns[name] = target
+        return columns
+
 
 def cf_decoder(field: Field, attrs: Mapping[str, Any]) -> CFDecoder | None:
     """The decoder of a field with these attributes, or None where nothing decodes."""

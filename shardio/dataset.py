@@ -12,6 +12,7 @@ import torch.utils.data
 from .adapters.base import Columns, columns_to_samples
 from .batches import Batch, BatchTransform, columns_to_tensors, shared_columns
 from .errors import InvalidOptionError
+from .handover import slot_columns
 from .loaderinfo import dataloader_worker
 from .reader import DatasetReader
 from .returns import Returns, ReturnsSpec
@@ -149,16 +150,19 @@ class ShardedDataset(torch.utils.data.Dataset[Any]):
 
         Without ``transform``, a :class:`~shardio.batches.Batch`: the columns, seen as
         a sequence of samples, that ``default_collate`` turns into tensors without
-        building them. In a DataLoader worker its fixed fields are read into shared
-        memory, so the batch reaches the main process without another copy."""
+        building them. In a DataLoader worker its fixed fields are read into a reused
+        shared-memory slot (`shardio.handover`), which the main process copies out once."""
         if self.transform is not None:
             samples = columns_to_samples(self.read_batch(indices), len(indices))
             return [self._per_sample(s) for s in samples]  # type: ignore[misc]
         if torch.utils.data.get_worker_info() is None:
             return Batch(self.read_batch(indices), len(indices), None, self._per_batch)
-        arrays, tensors = shared_columns(self.schema, len(indices))
+        if self._per_batch is None:  # a transform's output may keep slot memory
+            arrays, tensors, lease = slot_columns(self.schema, len(indices))
+        else:
+            (arrays, tensors), lease = shared_columns(self.schema, len(indices)), None
         columns = self.read_batch(indices, out=arrays)
-        return Batch(columns, len(indices), tensors, self._per_batch)
+        return Batch(columns, len(indices), tensors, self._per_batch, lease)
 
     def read_batch(
         self, indices: Sequence[int] | np.ndarray, out: dict[str, np.ndarray] | None = None

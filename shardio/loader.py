@@ -8,11 +8,12 @@ per-sample Python transforms hold the GIL: those still want DataLoader workers.
 
 from __future__ import annotations
 
+import os
 import threading
 from collections import deque
 from collections.abc import Callable, Iterable, Iterator, Sequence
 from concurrent.futures import Future, ThreadPoolExecutor
-from typing import Any
+from typing import Any, Literal
 
 import torch.utils.data
 from torch.utils.data import BatchSampler, RandomSampler, Sampler, SequentialSampler
@@ -20,9 +21,25 @@ from torch.utils.data._utils.collate import default_collate
 
 from .errors import InvalidOptionError
 
-__all__ = ["Loader"]
+__all__ = ["MAX_AUTO_THREADS", "Loader", "auto_threads"]
 
 THREAD_NAME = "shardio-loader"
+MAX_AUTO_THREADS = 4
+"""``threads="auto"`` reads with the cores this process may run on, up to this many."""
+
+
+def auto_threads() -> int:
+    """The threads ``threads="auto"`` picks: one per core this process may run on
+    (its CPU affinity), at least 1 and at most `MAX_AUTO_THREADS`.
+
+    A rule, not a measurement, so that it is the same from run to run: the reads
+    release the GIL and scale with cores, and threads beyond the cores only add
+    hand-offs (measured in benchmarks/bench_loader.py, see docs/loading.md)."""
+    try:
+        usable = len(os.sched_getaffinity(0))
+    except (AttributeError, OSError):  # not on Linux
+        usable = os.cpu_count() or 1
+    return max(1, min(MAX_AUTO_THREADS, usable))
 
 
 class Loader:
@@ -32,6 +49,8 @@ class Loader:
     drop_last=..., collate_fn=...)``: for a :class:`~shardio.ShardedDataset`, a dict
     of one tensor per fixed field and a list per variable field. Up to
     ``max(threads, prefetch)`` batches are read ahead of the loop, handed out in order.
+    ``threads="auto"`` takes one thread per core this process may use, up to 4
+    (`auto_threads`).
     ``state_dict()`` counts the batches handed to the loop, so resuming a
     :class:`~shardio.ShardSampler` through it is exact.
     """
@@ -43,13 +62,15 @@ class Loader:
         *,
         sampler: Sampler[int] | Iterable[int] | None = None,
         shuffle: bool = False,
-        threads: int = 4,
+        threads: int | Literal["auto"] = 4,
         prefetch: int = 4,
         drop_last: bool = False,
         collate_fn: Callable[[Any], Any] | None = None,
     ) -> None:
         _check_positive(batch_size, "batch_size")
-        _check_positive(threads, "threads")
+        if threads == "auto":
+            threads = auto_threads()
+        _check_positive(threads, "threads", 'or "auto"')
         _check_positive(prefetch, "prefetch")
         if sampler is not None and shuffle:
             raise InvalidOptionError(
@@ -61,7 +82,7 @@ class Loader:
         self.dataset = dataset
         self.batch_size = batch_size
         self.sampler = sampler
-        self.threads = threads
+        self.threads: int = threads
         self.prefetch = prefetch
         self.drop_last = drop_last
         self.collate_fn = collate_fn if collate_fn is not None else default_collate
@@ -179,8 +200,9 @@ class _LoaderIterator:
             self.close()
 
 
-def _check_positive(value: Any, option: str) -> None:
+def _check_positive(value: Any, option: str, other: str = "") -> None:
     if isinstance(value, bool) or not isinstance(value, int) or value < 1:
         raise InvalidOptionError(
-            f"{option} should be a positive integer, but got {option}={value!r}"
+            f"{option} should be a positive integer{' ' + other if other else ''}, "
+            f"but got {option}={value!r}"
         )

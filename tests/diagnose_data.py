@@ -90,3 +90,13 @@ class Failing(Dataset[Any]):
         if index == self.bad:
             raise ValueError(f"sample {index} is damaged")
         return torch.tensor([index])
+
+
+class BusyBatches(SleepyBatches):
+    """Each batch read keeps a CPU busy for ``load`` seconds of its thread's CPU time."""
+
+    def __getitems__(self, indices: Sequence[int]) -> list[torch.Tensor]:
+        until = time.thread_time() + self.load
+        while time.thread_time() < until:
+            pass
+        return [torch.tensor([i]) for i in indices]

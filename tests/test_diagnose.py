@@ -11,19 +11,21 @@ import json
 import multiprocessing
 import re
 import time
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 import pytest
 import torch
-from diagnose_data import Counting, Failing, Leaky, SleepyBatches, split_range
+from diagnose_data import BusyBatches, Counting, Failing, Leaky, SleepyBatches, split_range
 from torch.utils.data import DataLoader
 
 import shardio.cli
 import shardio.diagnose
 from shardio import InvalidOptionError, Prefetcher, ShardedDataset, ShardWriter, trace
 from shardio.diagnose import Trace
+from shardio.diagnose.analysis import CPU_BOUND, recommend, usable_cores
 
 LATE = 0.5  # seconds a sleep may overrun on a loaded machine (medians are held closer)
 torch.set_num_threads(1)
@@ -334,3 +336,29 @@ def test_cuda_prefetcher_chain_with_pinned_memory_records_the_copy(tmp_path: Pat
         assert r.worker in (0, 1) and r.copy is not None and r.copy >= 0
     tr.plot(tmp_path / "cuda.png")
     _check_png(tmp_path / "cuda.png")
+
+
+@pytest.mark.filterwarnings("ignore:This DataLoader will create")
+def test_cpu_bound_loads_are_never_told_to_add_workers_beyond_the_cores() -> None:
+    cores = usable_cores()
+    loader = DataLoader(BusyBatches(24, 0.03), batch_size=2, num_workers=cores + 1)
+    with trace(loader) as tr:
+        _run(tr, 0.001)
+    summary = tr.summary()
+    assert summary.cpu_fraction is not None and summary.cpu_fraction >= CPU_BOUND
+    assert summary.bound == "data-bound"
+    report = tr.report()
+    assert f"num_workers={cores}" in report, report
+    assert "would keep up" not in report or "load no faster" in report, report
+
+
+def test_a_sweep_recommends_the_fewest_near_the_fastest() -> None:
+    @dataclass
+    class Rates:
+        samples_per_s: float | None
+        batches_per_s: float | None = None
+
+    runs: list[Any] = [Rates(100.0), Rates(195.0), Rates(200.0), Rates(120.0)]
+    assert recommend([0, 1, 2, 8], runs) == 1
+    unknown: list[Any] = [Rates(None), Rates(None)]
+    assert recommend([0, 1], unknown) is None

@@ -14,7 +14,7 @@ from test_dataset_batches import assert_batch_equals_columns, order_of
 
 import shardio
 from shardio import Loader, Prefetcher, ShardedDataset, ShardSampler
-from shardio.loader import THREAD_NAME
+from shardio.loader import THREAD_NAME, auto_threads
 from shardio.testing.groundtruth import SOURCES, Truth
 
 torch.set_num_threads(1)
@@ -133,3 +133,16 @@ def test_per_sample_transform_and_budget_shared_by_threads(truth: Truth) -> None
     ds = open_dataset(truth, fields=fixed, transform=lambda s: int(s[label]))
     got = torch.cat(list(Loader(ds, 7, threads=3))).tolist()
     assert got == truth.columns[label].tolist()
+
+
+def test_auto_threads_reads_what_read_batch_reads(tmp_path: Any) -> None:
+    truth = SOURCES["sharded-lmdb"](str(tmp_path))
+    ds = open_dataset(truth)
+    loader = Loader(ds, batch_size=16, sampler=order_of(ds), threads="auto")
+    assert loader.threads == auto_threads() == max(1, min(4, len(os.sched_getaffinity(0))))
+    batches = list(loader)
+    for batch, start in zip(batches, range(0, len(ds), 16), strict=True):
+        assert_batch_equals_columns(batch, ds.read_batch(order_of(ds)[start : start + 16]))
+    assert len(batches) == -(-len(ds) // 16)
+    with pytest.raises(shardio.InvalidOptionError, match="or \"auto\", but got threads='all'"):
+        Loader(ds, threads="all")  # type: ignore[arg-type]

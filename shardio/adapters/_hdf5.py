@@ -49,7 +49,14 @@ from ._hdf5_discovery import (
     own_layout,
 )
 from ._hdf5_filters import load_filters
-from .base import Columns, ShardFileWriter, ShardReader, coalesce_ranges, raise_if_truncated
+from .base import (
+    Columns,
+    ShardFileWriter,
+    ShardReader,
+    coalesce_ranges,
+    put_rows,
+    raise_if_truncated,
+)
 
 __all__ = [
     "open_hdf5",
@@ -505,6 +512,9 @@ class HDF5Reader(ShardReader[_File]):
         return out
 
     def read_many(self, indices: np.ndarray) -> Columns:
+        return self.read_into(indices, {})
+
+    def read_into(self, indices: np.ndarray, out: Mapping[str, np.ndarray]) -> Columns:
         handle = self.handle
         unique, inverse = np.unique(indices, return_inverse=True)
         reorder = not (len(unique) == len(indices) and np.array_equal(unique, indices))
@@ -536,8 +546,10 @@ class HDF5Reader(ShardReader[_File]):
                 columns[fld.name] = [values[i] for i in inverse] if reorder else values
             else:
                 self.bytes_read += data.nbytes
-                columns[fld.name] = data[inverse] if reorder else data
-        return self._cf(columns) if self._cf else columns
+                raw = self._cf is not None and fld.name in self._cf.decoders  # decoded later
+                target = None if raw else out.get(fld.name)
+                columns[fld.name] = put_rows(data, inverse if reorder else None, target)
+        return self._cf.into(columns, out) if self._cf else columns
 
 
 def _attributes(dataset: h5py.Dataset | SparseRows) -> dict[str, Any]:

@@ -16,7 +16,7 @@ import itertools
 import json
 import mmap
 import os
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from typing import Any
 
@@ -168,6 +168,20 @@ def _close_inherited(envs: dict[tuple[int, int], tuple[lmdb.Environment, int]]) 
 
 
 _POOL = _EnvPool()
+
+
+def _rows(given: np.ndarray | None, dtype: np.dtype, count: int, size: int) -> np.ndarray:
+    """``given`` as (count, size) bytes when it can take a field's bytes as they are
+    stored (same dtype, C order), else a new array."""
+    if (
+        given is not None
+        and given.dtype == dtype
+        and given.flags.c_contiguous
+        and given.flags.writeable
+        and given.nbytes == count * size
+    ):
+        return given.reshape(-1).view(np.uint8).reshape(count, size)
+    return np.empty((count, size), dtype=np.uint8)
 
 
 @dataclass
@@ -432,17 +446,25 @@ class LMDBReader(ShardReader[_Env]):
         return advised
 
     def read_many(self, indices: np.ndarray) -> Columns:
+        return self.read_into(indices, {})
+
+    def read_into(self, indices: np.ndarray, out: Mapping[str, np.ndarray]) -> Columns:
         handle = self.handle
         if handle.pread_fd is None:
             handle.check_unchanged()
-        if handle.layout is None:
-            return self._read_foreign(handle, indices)
+        if handle.layout is None:  # foreign values are decoded, then copied
+            decoded = self._read_foreign(handle, indices)
+            for name, array in out.items():
+                array[...] = decoded[name]
+                decoded[name] = array
+            return decoded
         layout = handle.layout
         count = len(indices)
-        # Each selected fixed field's bytes go straight into its own output rows.
+        # Each selected fixed field's bytes go straight into its own output rows: the
+        # caller's array where it gave one of the field's dtype, else a new one.
         targets = [
-            _Target(offset, size, np.empty((count, size), dtype=np.uint8))
-            for _, offset, size in layout.fixed_fields
+            _Target(offset, size, _rows(out.get(name), self.schema[name].dtype, count, size))
+            for name, offset, size in layout.fixed_fields
         ]
         variable: dict[str, list[Any]] = {name: [] for name, _, _ in layout.variable_fields}
         if handle.offsets is not None:
@@ -452,7 +474,13 @@ class LMDBReader(ShardReader[_Env]):
         columns: Columns = dict(variable)
         for (name, _, _), target in zip(layout.fixed_fields, targets, strict=True):
             fld = self.schema[name]
-            columns[name] = target.rows.view(fld.dtype).reshape(count, *fld.shape)
+            rows = target.rows.view(fld.dtype).reshape(count, *fld.shape)
+            given = out.get(name)
+            if given is not None:
+                if not np.may_share_memory(given, target.rows):
+                    given[...] = rows  # another dtype or layout: converted as copied
+                rows = given
+            columns[name] = rows
         return {name: columns[name] for name in self.schema.names}
 
     def _read_through_map(

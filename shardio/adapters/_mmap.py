@@ -322,7 +322,14 @@ class MmapReader(ShardReader[_Mapped]):
         _check_unchanged(handle)
         for name, mapped in handle.fields.items():
             if mapped.offsets is None:
-                column = self._read_fixed(mapped, indices, out.get(name))
+                target = out.get(name)
+                if target is None or (
+                    target.dtype == mapped.field.dtype and target.flags.c_contiguous
+                ):
+                    column = self._read_fixed(mapped, indices, target)
+                else:  # another byte order or layout: converted as copied
+                    target[...] = self._read_fixed(mapped, indices)
+                    column = target
                 nbytes += column.nbytes
                 columns[name] = column
                 continue

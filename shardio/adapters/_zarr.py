@@ -51,7 +51,7 @@ from ._array_choice import (
 )
 from ._sparse import SparseRows
 from ._zarr_bounds import MAX_CHUNK_BYTES, BoundedStore, chunk_nbytes
-from .base import Columns, ShardFileWriter, ShardReader
+from .base import Columns, ShardFileWriter, ShardReader, put_rows
 from .source import Skipped
 
 __all__ = ["ZarrReader", "ZarrWriter", "ATTR", "make_compressors"]
@@ -371,6 +371,9 @@ class ZarrReader(ShardReader[_Group]):
         return ranges
 
     def read_many(self, indices: np.ndarray) -> Columns:
+        return self.read_into(indices, {})
+
+    def read_into(self, indices: np.ndarray, out: Mapping[str, np.ndarray]) -> Columns:
         handle = self.handle
         unique, inverse = np.unique(indices, return_inverse=True)
         reorder = not (len(unique) == len(indices) and np.array_equal(unique, indices))
@@ -391,8 +394,10 @@ class ZarrReader(ShardReader[_Group]):
                 columns[name] = [values[i] for i in inverse] if reorder else values
             else:
                 self.bytes_read += data.nbytes
-                columns[name] = data[inverse] if reorder else data
-        return self._cf(columns) if self._cf else columns
+                raw = self._cf is not None and name in self._cf.decoders  # decoded later
+                target = None if raw else out.get(name)
+                columns[name] = put_rows(data, inverse if reorder else None, target)
+        return self._cf.into(columns, out) if self._cf else columns
 
     def _read_variable(self, column: _Column, unique: np.ndarray) -> list[Any]:
         offsets = column.offsets

@@ -31,6 +31,7 @@ __all__ = [
     "columns_to_samples",
     "concat_columns",
     "is_run",
+    "put_rows",
     "raise_if_truncated",
     "samples_to_columns",
     "take_columns",
@@ -341,6 +342,20 @@ def coalesce_ranges(
         (path, int(offsets[a]), int(ends[b] - offsets[a]))
         for a, b in zip(firsts.tolist(), lasts.tolist(), strict=True)
     ]
+
+
+def put_rows(data: np.ndarray, order: np.ndarray | None, out: np.ndarray | None) -> np.ndarray:
+    """Rows ``order`` of ``data`` (all of them for ``None``), gathered straight into
+    ``out`` where the caller gave an array, not into a new one copied again."""
+    if out is None:
+        return data if order is None else data[order]
+    if order is None:
+        out[...] = data
+    elif out.dtype == data.dtype and out.flags.c_contiguous:
+        np.take(data, order, axis=0, out=out, mode="clip")  # "raise" buffers the output
+    else:
+        out[...] = data[order]  # another byte order: converted as copied
+    return out
 
 
 def columns_to_samples(columns: Mapping[str, Any], count: int) -> list[Sample]:

@@ -143,9 +143,12 @@ def run(args: argparse.Namespace) -> int:
     if args.plot:
         plots.plot_sweep(setting, values, summaries, args.plot)
         output.line(f"wrote {args.plot}")
+    from ..diagnose.analysis import recommend
+
     output.json(
         {
             "setting": setting,
+            "recommended": recommend(values, summaries),
             "runs": [{setting: v, **s.as_dict()} for v, s in zip(values, summaries, strict=True)],
         }
     )
@@ -154,7 +157,7 @@ def run(args: argparse.Namespace) -> int:
 
 def format_sweep(setting: str, values: list[int], summaries: list[Any], step: float) -> str:
     """The what-if table: one row per value of the swept setting."""
-    from ..diagnose.analysis import secs
+    from ..diagnose.analysis import recommend, secs
 
     lines = [
         f"what if {setting} were ... (a {secs(step)} step)" if step else f"what if {setting} ...",
@@ -169,4 +172,7 @@ def format_sweep(setting: str, values: list[int], summaries: list[Any], step: fl
             f"{value:>15}  {rate:>10}  {batches:>9}  {100 * s.wait_fraction:>6.0f}%  "
             f"{secs(per_batch):>10}  {s.bound}"
         )
+    best = recommend(values, summaries)
+    if best is not None:
+        lines.append(f"use {setting}={best}: the fewest within 10% of the fastest in this sweep")
     return "\n".join(lines)

@@ -33,16 +33,19 @@ class _ProxyBase:
 
     _dataset: Any
     _start: float | None
+    _cpu_start: float
     _memory_at: float
 
     def __init__(self, dataset: Any) -> None:
         object.__setattr__(self, "_dataset", dataset)
         object.__setattr__(self, "_start", None)
+        object.__setattr__(self, "_cpu_start", 0.0)
         object.__setattr__(self, "_memory_at", 0.0)
 
     def _begin(self) -> None:
         if self._start is None:
             object.__setattr__(self, "_start", time.perf_counter())
+            object.__setattr__(self, "_cpu_start", _on_cpu())
 
     def take_start(self) -> float | None:
         """When loading of the batch being collated began; resets for the next batch."""
@@ -137,6 +140,18 @@ def _arrived(batch: Any, timing: LoadTiming) -> Tagged:
     return Tagged(batch, timing)
 
 
+def _on_cpu() -> float:
+    """Seconds this thread has run or waited for a CPU (``/proc/thread-self/schedstat``:
+    a load slowed by other processes taking the cores is still CPU-bound); its CPU
+    time where that file is missing."""
+    try:
+        with open("/proc/thread-self/schedstat", "rb") as handle:
+            ran, waited = handle.read().split()[:2]
+        return (int(ran) + int(waited)) / 1e9
+    except (OSError, ValueError):
+        return time.thread_time()
+
+
 class TaggingCollate:
     """The user's ``collate_fn``, then the batch tagged with where and when it was loaded."""
 
@@ -153,6 +168,7 @@ class TaggingCollate:
         info = get_worker_info()
         proxy = info.dataset if info is not None else self._proxy
         start = proxy.take_start() if isinstance(proxy, _ProxyBase) else None
+        cpu_start = proxy._cpu_start if isinstance(proxy, _ProxyBase) else None
         # A list of samples, or a ShardedDataset's Batch (the rows of one batch read).
         samples = len(data) if isinstance(data, (list, Batch)) else None
         batch = self.collate_fn(data)
@@ -163,6 +179,7 @@ class TaggingCollate:
             start=end if start is None else start,
             end=end,
             samples=samples,
+            cpu=None if start is None or cpu_start is None else _on_cpu() - cpu_start,
         )
         if (
             info is not None

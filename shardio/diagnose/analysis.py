@@ -4,6 +4,7 @@ change it, in words with the arithmetic."""
 from __future__ import annotations
 
 import math
+import os
 import statistics
 from collections import defaultdict
 from collections.abc import Sequence
@@ -16,7 +17,15 @@ from .records import MAIN_PROCESS, BatchRecord, MemorySample
 if TYPE_CHECKING:
     from .tracer import Trace
 
-__all__ = ["Finding", "TraceSummary", "WorkerSummary", "format_report", "summarize"]
+__all__ = [
+    "Finding",
+    "TraceSummary",
+    "WorkerSummary",
+    "format_report",
+    "recommend",
+    "summarize",
+    "usable_cores",
+]
 
 DATA_BOUND_WAIT = 0.15
 """The loop is data-bound when it waits at least this fraction of its time."""
@@ -89,6 +98,7 @@ class TraceSummary:
     copy_median: float | None
     handover_median: float | None  # the loop's wait for a batch loaded before it asked
     stall_period: int | None
+    cpu_fraction: float | None  # median share of a load on or waiting for a CPU (1: CPU-bound)
     workers_to_keep_up: int | None  # workers that would supply a batch per step
     load_to_keep_up: float | None  # the load per batch at which these workers keep up
     workers: list[WorkerSummary]
@@ -150,6 +160,9 @@ def summarize(trace: Trace) -> TraceSummary:
             r.wait for r in known if r.load_end is not None and r.load_end <= r.ask
         ),
         stall_period=stall_period(records),
+        cpu_fraction=_median(
+            r.load_cpu / r.load for r in records if r.load_cpu is not None and r.load
+        ),
         workers_to_keep_up=None,
         load_to_keep_up=None,
         workers=_workers(records),
@@ -302,6 +315,17 @@ def _bound(s: TraceSummary) -> Finding:
             )
         return Finding("data-bound", text)
     needed = max((workers or 0) + 1, s.workers_to_keep_up or 1)
+    cores = usable_cores()
+    if needed > cores and (s.cpu_fraction or 0.0) >= CPU_BOUND:
+        # Workers beyond the cores load no faster: each one's load only stretches.
+        return Finding(
+            "data-bound",
+            text + f"; {_supply(workers, load)} against {rate(1 / step)} steps/s; about "
+            f"{needed} workers would keep up, but this process may use {cores} cores and "
+            f"workers beyond them load no faster: use num_workers={cores} (or "
+            f"Loader(threads='auto')); past that the read itself is the limit (a backend "
+            f"without compression, or fewer fields, reads faster)",
+        )
     if workers == 0:
         text += (
             f"; batches load in the training loop's process (num_workers=0), "
@@ -315,6 +339,12 @@ def _bound(s: TraceSummary) -> Finding:
         )
     else:
         supply = (workers or 1) / load
+        if workers and workers > cores and (s.cpu_fraction or 0.0) >= CPU_BOUND:
+            return Finding(
+                "data-bound",
+                text + f": {workers} workers share {cores} cores with the training loop, "
+                f"so each batch waits for a core on its way; use num_workers={cores}",
+            )
         text += f", but not on loading: {_supply(workers, load)}"
         if supply >= 1 / step:
             text += f" would keep up with {rate(1 / step)} steps/s"
@@ -327,6 +357,32 @@ def _bound(s: TraceSummary) -> Finding:
                 f"too few cores for the workers and the loop)"
             )
     return Finding("data-bound", text)
+
+
+CPU_BOUND = 0.5
+"""A load whose thread runs or waits for a CPU at least this share of its time is
+CPU-bound: more workers than cores cannot make such loads faster (loads that wait on
+I/O or sleep can)."""
+
+
+def usable_cores() -> int:
+    """Cores this process may run on (its CPU affinity)."""
+    try:
+        return len(os.sched_getaffinity(0))
+    except (AttributeError, OSError):  # not on Linux
+        return os.cpu_count() or 1
+
+
+def recommend(values: Sequence[int], summaries: Sequence[TraceSummary]) -> int | None:
+    """The value of a sweep to use: the smallest within 10% of the fastest samples/s
+    (batches/s where samples are unknown), so that noise between runs of the same
+    sweep does not flip the choice, and the cheaper setting wins a near tie."""
+    rates = [s.samples_per_s or s.batches_per_s for s in summaries]
+    known = [(v, r) for v, r in zip(values, rates, strict=True) if r]
+    if not known:
+        return None
+    best = max(r for _, r in known)
+    return min(v for v, r in known if r >= 0.9 * best)
 
 
 def pacing_load(s: TraceSummary) -> float | None:

@@ -30,6 +30,7 @@ class LoadTiming:
     samples: int | None = None
     arrive: float | None = None  # when the main process took it off the worker's queue
     memory: MemorySample | None = None
+    cpu: float | None = None  # seconds the loading thread ran or waited for a CPU
 
 
 @dataclass
@@ -60,6 +61,7 @@ class BatchRecord:
     copy_end: float | None = None
     step_end: float | None = None
     samples: int | None = None
+    load_cpu: float | None = None  # seconds of the load on or waiting for a CPU
 
     @property
     def wait(self) -> float:

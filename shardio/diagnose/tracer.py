@@ -103,6 +103,7 @@ class Trace:
         if timing is not None:
             record.worker, record.pid, record.samples = timing.worker, timing.pid, timing.samples
             record.load_start, record.load_end = timing.start, timing.end
+            record.load_cpu = timing.cpu
             record.arrive = timing.arrive
             if timing.memory is not None:
                 self.memory.append(timing.memory)

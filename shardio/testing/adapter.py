@@ -162,6 +162,31 @@ class AdapterTests:
             for index, sample in zip(indices, samples, strict=True):
                 assert_sample_equal(sample, truth.sample(index), f"sample {index}")
 
+    def test_read_into_fills_the_callers_arrays(self, truth: Truth) -> None:
+        ds = self.open(truth, fields=truth.names)
+        fixed = [f for f in ds.schema if not f.variable and f.dtype.kind in "biufc"]
+        rng = np.random.default_rng(2)
+        for start, reader in self.shards(ds):
+            local = np.array([*rng.permutation(len(reader))[:9], 0, 0], dtype=np.int64)
+            out = {f.name: np.full((len(local), *f.shape), 7, dtype=f.dtype) for f in fixed}
+            columns = reader.read_into(local, out)
+            assert sorted(columns) == sorted(truth.names)
+            at = local + start
+            for fld in fixed:
+                assert columns[fld.name] is out[fld.name], fld.name  # filled, not replaced
+                np.testing.assert_array_equal(out[fld.name], truth.columns[fld.name][at])
+            for name in truth.variable:
+                for got, index in zip(columns[name], at.tolist(), strict=True):
+                    assert_value_equal(got, truth.columns[name][index], f"{name} {index}")
+            # Native-order arrays (what ShardedDataset gives) take swapped fields too.
+            native = {
+                f.name: np.zeros((len(local), *f.shape), f.dtype.newbyteorder("=")) for f in fixed
+            }
+            again = reader.read_into(local, native)
+            for fld in fixed:
+                want = truth.columns[fld.name][at]
+                np.testing.assert_array_equal(again[fld.name], want, err_msg=fld.name)
+
     def test_empty_batch(self, truth: Truth) -> None:
         ds = self.open(truth, fields=truth.names)
         assert ds.__getitems__([]) == []
