@@ -170,6 +170,7 @@ def test_a_damaged_shard_on_the_server_is_an_error(s3, proxy, tmp_path) -> None:
             ds[ds.shard_lengths[0]]
 
 
+@pytest.mark.slow  # seconds of back-off; a dead server is the default run's fault case
 def test_throttling_and_dropped_connections_are_retried(s3, proxy, tmp_path) -> None:
     local, data = _write(tmp_path, "lmdb", rows=300, seed=6)
     url = s3.upload(local, "flaky.shardio")

@@ -489,6 +489,7 @@ except ShardioError as error:
 """
 
 
+@pytest.mark.slow  # runs a child as another user
 def test_an_unreadable_manifest_is_a_shardio_error(tmp_path: Path) -> None:
     if os.geteuid() != 0:
         pytest.skip("needs root to read as another user (root reads any file)")

@@ -104,7 +104,7 @@ def test_decoded_conversion_stores_decoded_values(written: dict[str, str], tmp_p
         times = [n for n, v in truth.items() if getattr(v, "dtype", None) is not None
                  and v.dtype.kind in "mM"]  # fmt: skip
         assert times, f"{name}: the corpus file should hold a time variable"
-        with pytest.raises(SchemaError, match="datetime64.*not every backend stores"):
+        with pytest.raises(SchemaError, match=r"datetime64.*not every backend stores"):
             convert(path, out + ".times", "zarr", source_options={"decode_cf": True})
         kept = [n for n in truth if n not in times]
         with warnings.catch_warnings():
