@@ -19,7 +19,7 @@ TITLE = "# Benchmark results\n"
 
 
 def machine_line() -> str:
-    from shardio.bench import machine_info
+    from shardio.tools.bench import machine_info
 
     info = machine_info()
     memory = (info.get("memory_bytes") or 0) / 2**30

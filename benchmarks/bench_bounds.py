@@ -48,7 +48,8 @@ def write(path: str, fmt: str, compressor: str, samples: int) -> None:
 @contextlib.contextmanager
 def bounds_off() -> Iterator[None]:
     """The read path as it was before the bounds: plain Zarr store, no deflate check."""
-    from shardio.adapters import _hdf5, _zarr
+    from shardio.storage.adapters.hdf5 import _adapter as _hdf5
+    from shardio.storage.adapters.zarr import _adapter as _zarr
 
     store, deflate = _zarr._store, _hdf5.DeflateBound.of
     _zarr._store = lambda path, options: (  # type: ignore[assignment]

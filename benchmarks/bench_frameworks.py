@@ -39,7 +39,7 @@ import torch
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 from _common import command_line, machine_line, markdown_table, replace_section
 
-from shardio.config import format_size, parse_size
+from shardio.core.config import format_size, parse_size
 
 CASES = ("shard-window", "shuffle=True")
 BATCH = 64

@@ -29,7 +29,7 @@ _PROBE = """
 import sys, time, warnings
 import numpy as np
 warnings.simplefilter("ignore")
-from shardio.reader import DatasetReader
+from shardio.storage.reader import DatasetReader
 kind, path = sys.argv[1], sys.argv[2]
 best = float("inf")
 if kind == "open":

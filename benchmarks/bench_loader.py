@@ -9,7 +9,7 @@ each, warm page cache, random order, batch 256), measures samples/s of
   N = 0 and 2;
 - ``shardio.Loader(ds, 256, shuffle=True, threads=T)``, T = 1, 2 and 4;
 - the torch DataLoader over a hand-written Dataset (per-sample ``np.memmap[i]``,
-  ``txn.get``, ``h5ds[i]``, ``zarr_array[i]``; :mod:`shardio.bench.raw`), N = 0 and 2.
+  ``txn.get``, ``h5ds[i]``, ``zarr_array[i]``; :mod:`shardio.tools.bench.raw`), N = 0 and 2.
 
 Every measurement runs in a fresh forked process that reads for about ``--seconds``;
 the configurations of a case run in alternation, ``--rounds`` times, and the table
@@ -44,8 +44,8 @@ sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 import _common
 
 from shardio import Loader, ShardedDataset, format_size, parse_size
-from shardio.bench import raw_reader
-from shardio.bench.synthetic import synthetic_batches, write_synthetic
+from shardio.tools.bench import raw_reader
+from shardio.tools.bench.synthetic import synthetic_batches, write_synthetic
 
 HEADING = "Batches end to end: DataLoader, workers and threads (issue 13)"
 TARGETS_HEADING = "The last hop: workers and threads against read_batch (issue 24)"

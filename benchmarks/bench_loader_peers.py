@@ -39,7 +39,7 @@ import _common
 import bench_loader as bl
 
 from shardio import ShardedDataset, format_size, parse_size
-from shardio.bench.synthetic import write_synthetic
+from shardio.tools.bench.synthetic import write_synthetic
 
 HEADING = "Batches end to end: shardio beside Lance, ArrayRecord, Grain, Streaming (issue 24)"
 SHARDIO = (

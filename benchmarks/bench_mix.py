@@ -40,7 +40,7 @@ import numpy as np
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 from _common import command_line, machine_line, markdown_table, replace_section
 
-from shardio.config import format_size, parse_size
+from shardio.core.config import format_size, parse_size
 
 HEADING = "Mixtures (bench_mix.py)"
 

@@ -38,8 +38,8 @@ sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 import _common
 
 from shardio import ShardedDataset, format_size, parse_size
-from shardio.bench import RssSampler, raw_reader
-from shardio.bench.synthetic import synthetic_batches, write_synthetic
+from shardio.tools.bench import RssSampler, raw_reader
+from shardio.tools.bench.synthetic import synthetic_batches, write_synthetic
 
 HEADING = "Peer loaders (issue 5)"
 NO_RANDOM = "n/a: no random access"
@@ -120,8 +120,8 @@ _POOLS: dict[int, np.ndarray] = {}
 
 
 def _litdata_sample(item: tuple[int, int]) -> dict[str, Any]:
-    """Sample ``index`` of the synthetic data (as shardio.bench.synthetic makes it)."""
-    from shardio.bench import synthetic
+    """Sample ``index`` of the synthetic data (as shardio.tools.bench.synthetic makes it)."""
+    from shardio.tools.bench import synthetic
 
     index, sample_bytes = item
     width = sample_bytes - 8

@@ -7,7 +7,7 @@ then reads them in random order in one process, batch 256, through
 - ``ds.__getitems__(indices)`` (what DataLoader calls with a batch),
 - ``ds[i]`` one by one,
 - the raw loop a user would write (``txn.get``, ``h5ds[i]``, ``zarr_array[i]``,
-  ``np.memmap[i]``; see shardio.bench.raw),
+  ``np.memmap[i]``; see shardio.tools.bench.raw),
 
 interleaved and repeated, best of the repeats, from a warm page cache. Prints a table
 and with ``--write`` puts it in benchmarks/RESULTS.md under "Read throughput (issue 2)".
@@ -33,9 +33,9 @@ sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 import _common
 
 from shardio import ShardedDataset, parse_size
-from shardio.bench import raw_reader
-from shardio.bench.cache import dataset_files
-from shardio.bench.synthetic import write_synthetic
+from shardio.tools.bench import raw_reader
+from shardio.tools.bench.cache import dataset_files
+from shardio.tools.bench.synthetic import write_synthetic
 
 FORMATS = ("lmdb", "mmap", "hdf5", "zarr")
 LOADERS = ("read_batch", "__getitems__", "ds[i]", "raw loop")

@@ -31,7 +31,7 @@ from _common import command_line, machine_line, markdown_table, replace_section
 from torch import Tensor
 
 from shardio import format_size, parse_size
-from shardio.reference import ModelConfig, ReferenceTransformer, saved_activation_bytes
+from shardio.tools.reference import ModelConfig, ReferenceTransformer, saved_activation_bytes
 
 HEADING = "Reference model: 8-bit saved activations (issue 8)"
 BYTES_TARGET = 0.35

@@ -39,8 +39,8 @@ sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 from _common import command_line, machine_line, markdown_table, replace_section
 
 import shardio
-from shardio.cache import CacheStore
-from shardio.config import format_size, parse_size
+from shardio.core.config import format_size, parse_size
+from shardio.storage.cache import CacheStore
 
 BUCKET = "bench"
 
@@ -50,7 +50,7 @@ def _serve(bandwidth: float, latency_s: float) -> tuple[subprocess.Popen[str], d
         [
             sys.executable,
             "-m",
-            "shardio.testing.objectstore",
+            "shardio.tools.testing.objectstore",
             BUCKET,
             str(bandwidth),
             str(latency_s),

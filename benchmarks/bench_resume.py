@@ -35,7 +35,7 @@ os.environ.setdefault("OMP_NUM_THREADS", "1")
 
 import torch
 
-from shardio.sampling import ShardSampler
+from shardio.loading.sampling import ShardSampler
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 from _common import command_line, machine_line, markdown_table, replace_section

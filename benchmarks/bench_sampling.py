@@ -27,7 +27,7 @@ from typing import Any
 
 import numpy as np
 
-from shardio.config import format_size, parse_size
+from shardio.core.config import format_size, parse_size
 
 #: shard-window with its block readahead (the default), without it, and the baseline.
 ORDERS = ("shard-window", "shard-window-no-readahead", "random")

@@ -36,7 +36,7 @@ def measure(name: str, args: argparse.Namespace) -> dict[str, Any]:
     import torch
     from torch.utils.data import DistributedSampler, RandomSampler, Sampler
 
-    from shardio.sampling import ShardSampler
+    from shardio.loading.sampling import ShardSampler
 
     data = _Layout(args.samples, args.shards, args.sample_bytes)
     rss_before = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024

@@ -23,8 +23,8 @@ sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 import _common
 
 from shardio import format_size, parse_size
-from shardio.bench import BenchConfig, format_table, run_bench, write_json, write_plot
-from shardio.bench.synthetic import write_synthetic
+from shardio.tools.bench import BenchConfig, format_table, run_bench, write_json, write_plot
+from shardio.tools.bench.synthetic import write_synthetic
 
 FORMATS = ("lmdb", "mmap", "hdf5", "zarr")
 HEADING = "shardio bench suite (issue 5)"

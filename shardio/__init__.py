@@ -1,7 +1,7 @@
 """shardio: data loading for deep learning from datasets larger than memory.
 
 Storage (adapters, writers, conversion) imports no torch; the torch-facing pieces
-(:class:`ShardedDataset`, :class:`Prefetcher`, samplers) are loaded on first use.
+(`ShardedDataset`, `Prefetcher`, samplers) are loaded on first use.
 """
 
 from __future__ import annotations
@@ -9,27 +9,27 @@ from __future__ import annotations
 import importlib
 from typing import TYPE_CHECKING, Any
 
-from .config import format_size, parse_size
-from .errors import *  # noqa: F403
-from .errors import __all__ as _error_names
-from .manifest import Manifest
+from .core.config import format_size, parse_size
+from .core.errors import *  # noqa: F403
+from .core.errors import __all__ as _error_names
+from .core.schema import Field, Schema
 from .memory import MemoryPolicy
-from .reader import DatasetReader
-from .schema import Field, Schema
-from .writer import ShardWriter
+from .storage.manifest import Manifest
+from .storage.reader import DatasetReader
+from .storage.writer import ShardWriter
 
 __version__ = "0.1.0"
 
 # name -> module that defines it; imported lazily so `import shardio` stays torch-free.
 _LAZY = {
-    "ShardedDataset": "shardio.dataset",
-    "Loader": "shardio.loader",
-    "Prefetcher": "shardio.prefetch",
-    "ShardSampler": "shardio.sampling",
-    "Mix": "shardio.mix",
-    "MixSampler": "shardio.sampling",
+    "ShardedDataset": "shardio.loading.dataset",
+    "Loader": "shardio.loading.loader",
+    "Prefetcher": "shardio.loading.prefetch",
+    "ShardSampler": "shardio.loading.sampling",
+    "Mix": "shardio.loading.mix",
+    "MixSampler": "shardio.loading.sampling",
     "verify": "shardio.convert",
-    "trace": "shardio.diagnose",
+    "trace": "shardio.tools.diagnose",
 }
 # name -> module that *is* the export: the package shardio.convert is callable as
 # convert() (see its docstring), so the attribute is the same object either way.
@@ -38,12 +38,12 @@ _LAZY_MODULES = {"convert": "shardio.convert"}
 if TYPE_CHECKING:
     from .convert import verify
     from .convert.converter import convert
-    from .dataset import ShardedDataset
-    from .diagnose import trace
-    from .loader import Loader
-    from .mix import Mix
-    from .prefetch import Prefetcher
-    from .sampling import MixSampler, ShardSampler
+    from .loading.dataset import ShardedDataset
+    from .loading.loader import Loader
+    from .loading.mix import Mix
+    from .loading.prefetch import Prefetcher
+    from .loading.sampling import MixSampler, ShardSampler
+    from .tools.diagnose import trace
 
 __all__ = [
     *_error_names,

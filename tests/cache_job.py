@@ -1,4 +1,4 @@
-"""A job reading a whole remote dataset through a shard cache (tests/test_cache_procs.py).
+"""A job reading a whole remote dataset through a shard cache (tests/storage/test_cache_procs.py).
 
     python tests/cache_job.py URL ENDPOINT CACHE_DIR CACHE_LIMIT
 
@@ -12,7 +12,7 @@ import sys
 
 import numpy as np
 
-from shardio.reader import DatasetReader
+from shardio.storage.reader import DatasetReader
 
 
 def main() -> None:

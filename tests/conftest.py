@@ -15,8 +15,8 @@ import pytest
 # DataLoader workers and subprocesses inherit it.
 os.environ.setdefault("OMP_NUM_THREADS", "1")
 
-from shardio.adapters import formats, unregister_backend
-from shardio.testing.groundtruth import SOURCES, Truth
+from shardio.storage.adapters import formats, unregister_backend
+from shardio.tools.testing.groundtruth import SOURCES, Truth
 
 
 @pytest.fixture(autouse=True)
@@ -36,7 +36,7 @@ _PARAMS = [(name, budget) for name in sorted(SOURCES) for budget in (None, 1)]
 
 @pytest.fixture(params=_PARAMS, ids=[f"{n}-budget" if b else n for n, b in _PARAMS])
 def truth(request: pytest.FixtureRequest, tmp_path_factory: pytest.TempPathFactory) -> Truth:
-    """Each ground-truth dataset, written without shardio (see shardio/testing)."""
+    """Each ground-truth dataset, written without shardio (see shardio/tools/testing)."""
     name, budget = request.param
     found = SOURCES[name](str(tmp_path_factory.mktemp(name)))
     if budget is not None:
@@ -48,7 +48,7 @@ def truth(request: pytest.FixtureRequest, tmp_path_factory: pytest.TempPathFacto
 def synthetic(tmp_path_factory: pytest.TempPathFactory) -> Callable[..., str]:
     """`write_synthetic(format, count, sample_bytes, **options)` as a fixture: each
     dataset is written once per session, in its own directory, and its path returned."""
-    from shardio.bench.synthetic import write_synthetic
+    from shardio.tools.bench.synthetic import write_synthetic
 
     made: dict[tuple[Any, ...], str] = {}
 

@@ -8,7 +8,7 @@ from typing import Any
 
 import numpy as np
 
-from shardio.sampling import MixSampler
+from shardio.loading.sampling import MixSampler
 
 
 @dataclass(frozen=True)

@@ -19,7 +19,12 @@ from collections import Counter
 from dataclasses import dataclass
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-CHECKS = ["tests/test_conformance.py", "tests/test_registry.py", "-k", "not spawn and not forked"]
+CHECKS = [
+    "tests/storage/test_conformance.py",
+    "tests/storage/test_registry.py",
+    "-k",
+    "not spawn and not forked",
+]
 
 
 @dataclass(frozen=True)
@@ -34,26 +39,26 @@ class Mutation:
 MUTATIONS = (
     Mutation(
         "LMDB _read_by_offsets: every offset one byte late",
-        "shardio/adapters/_lmdb.py",
+        "shardio/storage/adapters/lmdb/_adapter.py",
         "positions = handle.offsets[indices]\n",
         "positions = handle.offsets[indices] + [1, 0]\n",
         after="def _read_by_offsets(",
     ),
     Mutation(
         "Zarr _read_variable: variable-length ends one element short",
-        "shardio/adapters/_zarr.py",
+        "shardio/storage/adapters/zarr/_adapter.py",
         "ends = _gather(offsets, unique + 1).astype(np.int64)\n",
         "ends = _gather(offsets, unique + 1).astype(np.int64) - 1\n",
     ),
     Mutation(
         "raw mmap _read_fixed: a batch's last row dropped",
-        "shardio/adapters/_mmap.py",
+        "shardio/storage/adapters/mmap/_adapter.py",
         "return mapped.data[indices]",
         "return mapped.data[indices[:-1] if len(indices) > 1 else indices]",
     ),
     Mutation(
         "HDF5 _RowTable.positions: every row one byte late",
-        "shardio/adapters/_hdf5.py",
+        "shardio/storage/adapters/hdf5/_adapter.py",
         "return starts + (rows % self.rows) * self.row_bytes\n",
         "return starts + (rows % self.rows) * self.row_bytes + 1\n",
     ),
@@ -86,7 +91,7 @@ def run_checks(tree: str) -> tuple[str, Counter[str]]:
     )
     lines = done.stdout.strip().splitlines()
     failed = Counter(
-        m.group(1) for line in lines if (m := re.match(r"FAILED tests/\w+\.py::(\w+)", line))
+        m.group(1) for line in lines if (m := re.match(r"FAILED tests/[\w/]+\.py::(\w+)", line))
     )
     return (lines[-1] if lines else done.stderr.strip()[-200:]), failed
 

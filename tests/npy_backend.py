@@ -1,7 +1,7 @@
 """A backend in one module: a shard directory holding ``fields.txt`` (the field names,
 one per line, in order) and ``<field>.npy`` for each.
 
-docs/adapters.md shows this module as its example; tests/test_registry.py checks the
+docs/adapters.md shows this module as its example; tests/storage/test_registry.py checks the
 page and this file say the same, registers the backend and runs the conformance
 harness on it.
 """
@@ -13,9 +13,9 @@ from typing import Any
 
 import numpy as np
 
-from shardio.adapters import Columns, ShardFileWriter, ShardReader
-from shardio.errors import SchemaError, ShardCorruptError
-from shardio.schema import Field, Schema
+from shardio.core.errors import SchemaError, ShardCorruptError
+from shardio.core.schema import Field, Schema
+from shardio.storage.adapters import Columns, ShardFileWriter, ShardReader
 
 
 class NpyReader(ShardReader[dict[str, np.ndarray]]):

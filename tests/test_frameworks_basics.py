@@ -15,7 +15,7 @@ import torch.distributed as dist
 from torch.utils.data import BatchSampler, DataLoader, DistributedSampler, RandomSampler
 
 from shardio import Mix, MixSampler, ShardedDataset, ShardSampler, ShardWriter
-from shardio.errors import InvalidOptionError
+from shardio.core.errors import InvalidOptionError
 
 torch.set_num_threads(1)
 

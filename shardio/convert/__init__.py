@@ -6,7 +6,7 @@ Conversion imports no torch: it runs on CPU machines without paying for it.
 
 NOTE: ``shardio.convert`` is both this package and the function users call. Importing
 a submodule binds the package to the ``shardio.convert`` attribute, so the package
-module itself is made callable (``__call__`` is :func:`convert`): ``shardio.convert(...)``
+module itself is made callable (``__call__`` is `convert`): ``shardio.convert(...)``
 and ``from shardio.convert import convert`` both work, whichever import came first.
 """
 
@@ -38,7 +38,7 @@ __all__ = [
 
 
 class _CallableModule(types.ModuleType):
-    """This package, callable as :func:`convert`."""
+    """This package, callable as `convert`."""
 
     def __call__(self, *args: Any, **kwargs: Any) -> ConvertResult:
         return convert(*args, **kwargs)

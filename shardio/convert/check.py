@@ -26,19 +26,16 @@ from typing import Any
 
 import numpy as np
 
-from ..adapters.base import Columns
-from ..adapters.registry import is_remote
-from ..checksum import hash_files
-from ..errors import (
-    DatasetNotFoundError,
-    ShardioError,
-    VerificationError,
-)
-from ..integrity import ShardCheck
-from ..layout import shard_files_as_written
-from ..manifest import Manifest, ShardInfo
-from ..reader import DatasetReader
-from ..schema import Field, Schema
+from shardio.core.checksum import hash_files
+from shardio.core.errors import DatasetNotFoundError, ShardioError, VerificationError
+from shardio.core.schema import Field, Schema
+from shardio.storage.adapters.base import Columns
+from shardio.storage.adapters.registry import is_remote
+from shardio.storage.integrity import ShardCheck
+from shardio.storage.layout import shard_files_as_written
+from shardio.storage.manifest import Manifest, ShardInfo
+from shardio.storage.reader import DatasetReader
+
 from .progress import Progress, progress_mode
 from .source import Source, open_source
 
@@ -65,7 +62,7 @@ class Problem:
 
 @dataclass
 class VerifyReport:
-    """What :func:`verify` checked and found."""
+    """What `verify` checked and found."""
 
     path: str
     against: str | None = None
@@ -104,7 +101,7 @@ def verify(
     """Check every shard of the dataset at ``path`` (sizes, checksums, counts, every
     sample decodes) and, with ``against``, that every sample equals the source's.
 
-    Raises :class:`~shardio.errors.VerificationError` naming the first problems, unless
+    Raises `VerificationError` naming the first problems, unless
     ``raise_errors=False``: then the report lists them all (``report.ok`` is False).
     """
     started = time.perf_counter()

@@ -6,7 +6,7 @@ The guarantees, in the order the code keeps them:
   (replace) or ``resume`` (continue) is asked for; a lock on it keeps a second
   conversion out;
 * each shard is written under a temporary name and renamed when complete, then
-  recorded in the progress record (see :mod:`.record`);
+  recorded in the progress record (see `.record`);
 * ``resume`` reuses the recorded shards whose size and checksum still match, and
   rewrites the rest: the plan is deterministic, so the result is the dataset an
   uninterrupted run writes, byte for byte;
@@ -26,21 +26,28 @@ from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
-from ..adapters.registry import get_backend, is_remote, writer_class
-from ..checksum import hash_files
-from ..config import format_size, parse_size, positive_int
-from ..errors import (
+from shardio.core.checksum import hash_files
+from shardio.core.config import format_size, parse_size, positive_int
+from shardio.core.errors import (
     InvalidOptionError,
     OutputExistsError,
     OutputWriteError,
     ShardioError,
     UnknownFormatError,
 )
-from ..fieldnames import check_field_dtypes, check_field_names
-from ..layout import MANIFEST_NAME, foreign_entries, remove_path, scan_shard, shard_name
-from ..manifest import Manifest, ShardInfo
-from ..outputlock import lock_output
-from ..warn import warn_user
+from shardio.core.fieldnames import check_field_dtypes, check_field_names
+from shardio.core.warn import warn_user
+from shardio.storage.adapters.registry import get_backend, is_remote, writer_class
+from shardio.storage.layout import (
+    MANIFEST_NAME,
+    foreign_entries,
+    remove_path,
+    scan_shard,
+    shard_name,
+)
+from shardio.storage.manifest import Manifest, ShardInfo
+from shardio.storage.outputlock import lock_output
+
 from . import run as runner
 from .plan import Plan, ShardTask, estimate_sample_nbytes, make_plan
 from .progress import Progress, progress_mode
@@ -427,7 +434,7 @@ def _output_chunk_rows(plan: Plan, source: Source, options: dict[str, Any]) -> i
 
 
 def _conversion_metadata(source: Source, src_path: str, settings: dict[str, Any]) -> dict[str, Any]:
-    from .. import __version__
+    from shardio import __version__
 
     return {
         "source": src_path,

@@ -10,10 +10,10 @@ import dataclasses
 import os
 from typing import Any
 
-from ..cache.fetch import download_shard
-from ..errors import ShardioError
-from ..manifest import Manifest
-from ..remote import filesystem
+from shardio.core.errors import ShardioError
+from shardio.storage.cache.fetch import download_shard
+from shardio.storage.manifest import Manifest
+from shardio.storage.remote import filesystem
 
 __all__ = ["mirror_dataset"]
 

@@ -3,7 +3,7 @@
 The plan depends only on the source (its schema, length and, for variable-length
 fields, the sizes of a fixed set of rows) and the options, so an interrupted
 conversion rerun with ``resume`` computes the same shard boundaries. The settings
-that must not change between the runs are summarised by :meth:`Plan.settings`.
+that must not change between the runs are summarised by `Plan.settings`.
 """
 
 from __future__ import annotations
@@ -15,8 +15,9 @@ from typing import Any
 import numpy as np
 import xxhash
 
-from ..adapters.base import Columns
-from ..schema import Schema
+from shardio.core.schema import Schema
+from shardio.storage.adapters.base import Columns
+
 from .source import Source
 
 __all__ = ["ShardTask", "Plan", "make_plan", "estimate_sample_nbytes", "columns_nbytes"]

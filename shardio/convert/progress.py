@@ -6,8 +6,8 @@ import sys
 import time
 from typing import Any, TextIO
 
-from ..config import format_size
-from ..errors import InvalidOptionError
+from shardio.core.config import format_size
+from shardio.core.errors import InvalidOptionError
 
 __all__ = ["Progress", "progress_mode"]
 

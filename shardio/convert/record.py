@@ -15,7 +15,7 @@ import json
 import os
 from typing import Any
 
-from ..manifest import ShardInfo
+from shardio.storage.manifest import ShardInfo
 
 __all__ = ["PROGRESS_NAME", "ProgressRecord"]
 

@@ -1,6 +1,6 @@
 """Execute shard tasks: in this process, in local worker processes, or on a Dask cluster.
 
-Every way runs the same function, :func:`write_shard`, on the same tasks, and each
+Every way runs the same function, `write_shard`, on the same tasks, and each
 shard's bytes depend only on its task, so the output (and every checksum in the
 manifest) is identical whichever way it ran.
 """
@@ -18,18 +18,19 @@ from concurrent.futures import FIRST_COMPLETED, ProcessPoolExecutor, wait
 from dataclasses import dataclass, field
 from typing import Any
 
-from ..adapters.registry import get_backend, writer_class
-from ..errors import (
+from shardio.core.errors import (
     BackendNotInstalledError,
     InvalidOptionError,
     ShardCorruptError,
     ShardioError,
 )
-from ..layout import partial_name, remove_path, shard_name
-from ..manifest import ShardInfo
-from ..writefailure import disk_error
-from ..writefailure import write_failure as _write_failure
-from ..writer import finish_shard
+from shardio.storage.adapters.registry import get_backend, writer_class
+from shardio.storage.layout import partial_name, remove_path, shard_name
+from shardio.storage.manifest import ShardInfo
+from shardio.storage.writefailure import disk_error
+from shardio.storage.writefailure import write_failure as _write_failure
+from shardio.storage.writer import finish_shard
+
 from .plan import ShardTask, columns_nbytes
 from .record import ProgressRecord
 from .source import Source
@@ -60,7 +61,7 @@ class ShardJob:
     format: str
     options: dict[str, Any] = field(default_factory=dict)
     block_rows: int = 1024
-    #: Identifies this run of the conversion; see :func:`write_shard`.
+    #: Identifies this run of the conversion; see `write_shard`.
     run_id: str = ""
 
 
@@ -68,7 +69,7 @@ def write_shard(job: ShardJob, task: ShardTask, on_block: OnBlock | None = None)
     """Write shard ``task.number`` under a temporary name of this run, then rename it.
 
     On any failure the partial shard is removed and the error raised; a full disk
-    becomes :class:`~shardio.errors.OutputWriteError` naming the shard.
+    becomes `OutputWriteError` naming the shard.
 
     NOTE: a task of an abandoned run can outlive its coordinator (a Dask worker
     finishes a task whose conversion already failed and was resumed). Partial names
@@ -232,7 +233,7 @@ def run_dask(job: ShardJob, tasks: Sequence[ShardTask], client: Any, on_done: On
     submitted and the tasks already running are waited for (and recorded when they
     succeed): Dask cannot stop a running task, and one left behind would still be
     writing when the conversion is resumed. Only an interrupt (Ctrl-C) leaves without
-    waiting; the run id fence in :func:`write_shard` keeps such tasks harmless.
+    waiting; the run id fence in `write_shard` keeps such tasks harmless.
     """
     import distributed
 

@@ -3,7 +3,7 @@
 A backend may provide a source of its own (HDF5 does: files written by other tools
 hold nested groups, links, compound types, filters from plugins, which its source
 reports and refuses clearly); every other input (Zarr, LMDB, raw shards, shardio
-datasets) is read through :class:`~shardio.reader.DatasetReader`.
+datasets) is read through `DatasetReader`.
 """
 
 from __future__ import annotations
@@ -14,12 +14,12 @@ from typing import Any
 
 import numpy as np
 
-from ..adapters.base import Columns
-from ..adapters.registry import SHARDED, detect_format, source_class
-from ..adapters.source import Skipped, Source, native_dtype, path_signature, to_field
-from ..errors import InvalidOptionError, ShardCorruptError, ShardioError
-from ..reader import DatasetReader
-from ..schema import Field, Schema
+from shardio.core.errors import InvalidOptionError, ShardCorruptError, ShardioError
+from shardio.core.schema import Field, Schema
+from shardio.storage.adapters.base import Columns
+from shardio.storage.adapters.registry import SHARDED, detect_format, source_class
+from shardio.storage.adapters.source import Skipped, Source, native_dtype, path_signature, to_field
+from shardio.storage.reader import DatasetReader
 
 __all__ = [
     "ReaderSource",
@@ -32,7 +32,7 @@ __all__ = [
 
 
 class ReaderSource(Source):
-    """Any dataset :class:`~shardio.reader.DatasetReader` reads: Zarr, LMDB, raw, sharded."""
+    """Any dataset `DatasetReader` reads: Zarr, LMDB, raw, sharded."""
 
     def __init__(
         self,
@@ -96,7 +96,7 @@ def open_source(
     skip_unsupported: bool = False,
     options: dict[str, Any] | None = None,
 ) -> Source:
-    """The :class:`Source` that reads ``path`` (format detected unless given).
+    """The `Source` that reads ``path`` (format detected unless given).
 
     ``options`` go to the backend's reader (``decode=`` for a foreign LMDB,
     ``storage_options=`` for a remote URL, ...).

@@ -15,11 +15,11 @@ from dataclasses import dataclass
 from functools import partial
 from typing import Any
 
-from ..cache.fetch import _with_retries, remote_listing
-from ..errors import OutputExistsError, OutputWriteError
-from ..layout import MANIFEST_NAME, scan_shard
-from ..manifest import Manifest
-from ..remote import filesystem, remote_errors
+from shardio.core.errors import OutputExistsError, OutputWriteError
+from shardio.storage.cache.fetch import _with_retries, remote_listing
+from shardio.storage.layout import MANIFEST_NAME, scan_shard
+from shardio.storage.manifest import Manifest
+from shardio.storage.remote import filesystem, remote_errors
 
 __all__ = ["UploadResult", "staging_dir", "upload_dataset"]
 

@@ -1,6 +1,6 @@
 """One memory budget for a whole job, split between the main process and its workers.
 
-``max_rss="auto"`` takes the job's limit (see :mod:`.joblimit`); ``max_rss="total:8GB"``
+``max_rss="auto"`` takes the job's limit (see `.joblimit`); ``max_rss="total:8GB"``
 states it. From it come, in order: what the main process holds when reading starts
 (``in_use``), a margin for what the training loop allocates later, and an equal slot
 for the main process and for each DataLoader worker. A worker's slot also holds the
@@ -17,9 +17,10 @@ import weakref
 from dataclasses import dataclass
 from typing import Any
 
-from ..config import format_size, parse_size
-from ..errors import InvalidOptionError
-from ..warn import warn_user
+from shardio.core.config import format_size, parse_size
+from shardio.core.errors import InvalidOptionError
+from shardio.core.warn import warn_user
+
 from .joblimit import JobLimit, find_job_limit
 from .rss import read_rss
 
@@ -88,7 +89,7 @@ def split_job_budget(
 
     ``in_use``: RSS of the main process when reading starts; ``baseline``: the RSS of
     the process asking, at its start (0 for the main process, whose RSS is ``in_use``).
-    Raises :class:`~shardio.InvalidOptionError` where the share would be below 16 MiB.
+    Raises `InvalidOptionError` where the share would be below 16 MiB.
     """
     if workers < 0:
         raise InvalidOptionError(f"workers should be >= 0, but got workers={workers}")

@@ -43,8 +43,8 @@ def find_job_limit(
     """The lowest limit that applies to this process, or ``None`` where none is set.
 
     ``environ`` defaults to ``os.environ``; ``proc`` is where ``self/cgroup`` and
-    ``self/mountinfo`` are read (:data:`PROC_ROOT`); ``root`` prefixes the mount
-    points they name (:data:`FS_ROOT`)."""
+    ``self/mountinfo`` are read (`PROC_ROOT`); ``root`` prefixes the mount
+    points they name (`FS_ROOT`)."""
     found = job_limits(environ, proc, root)
     return min(found, key=lambda limit: limit.nbytes) if found else None
 

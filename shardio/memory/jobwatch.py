@@ -2,7 +2,7 @@
 
 RSS counts a page shared by N processes N times (SLURM's RSS accounting adds RSS this
 way); PSS counts it once, split between them (closer to what a cgroup charges). A
-:class:`JobWatch` samples the RSS from /proc at most every few seconds and warns once
+`JobWatch` samples the RSS from /proc at most every few seconds and warns once
 the sum nears the job's limit, naming the process that grew most. PSS costs more to
 read (smaps_rollup walks a process's page tables: 10-20 ms for a process with torch
 loaded), so it is read on request, at most every ``JOB_CHECK_SECONDS``.
@@ -15,7 +15,8 @@ import os
 import time
 from dataclasses import dataclass
 
-from ..config import format_size
+from shardio.core.config import format_size
+
 from .rss import read_pss, read_rss
 
 __all__ = ["JOB_CHECK_SECONDS", "WARN_FRACTION", "JobUsage", "JobWatch", "ProcessMemory"]

@@ -1,6 +1,6 @@
 """Memory budgets: when to release what reading has made resident, and how much.
 
-A :class:`MemoryGuard` enforces a :class:`MemoryPolicy` in the process that reads.
+A `MemoryGuard` enforces a `MemoryPolicy` in the process that reads.
 It checks ``RssFile`` from /proc after read calls and asks the readers to release
 mapped pages once it grows past the budget; it reopens cache-holding backends
 (HDF5, Zarr) every ``reopen_every`` bytes read. A counter of bytes read cannot bound
@@ -16,10 +16,11 @@ from collections.abc import Callable
 from dataclasses import asdict, dataclass, field, replace
 from typing import Any, Literal, get_args
 
-from ..config import parse_size, positive_int
-from ..errors import InvalidOptionError
-from ..perprocess import PerProcess
-from ..warn import warn_user
+from shardio.core.config import parse_size, positive_int
+from shardio.core.errors import InvalidOptionError
+from shardio.core.perprocess import PerProcess
+from shardio.core.warn import warn_user
+
 from .advise import madvise_supported
 from .jobbudget import JobBudget, WorkerInfo, warn_no_limit
 from .jobwatch import JOB_CHECK_SECONDS, JobWatch

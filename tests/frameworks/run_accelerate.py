@@ -26,7 +26,7 @@ from accelerate.utils import DataLoaderConfiguration  # noqa: E402
 from torch.utils.data import DataLoader  # noqa: E402
 
 from shardio import ShardedDataset, ShardSampler  # noqa: E402
-from shardio.errors import ShardioError  # noqa: E402
+from shardio.core.errors import ShardioError  # noqa: E402
 
 
 def main() -> None:

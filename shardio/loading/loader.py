@@ -1,0 +1,208 @@
+"""Loader: batches read by a few threads of one process, no worker processes.
+
+pread, memcpy, LMDB reads, HDF5 chunk reads and Zarr decompression release the GIL,
+so threads sharing one dataset (one reader, one memory budget) read batches in
+parallel and hand them to the training loop with no copy between processes. Heavy
+per-sample Python transforms hold the GIL: those still want DataLoader workers.
+"""
+
+from __future__ import annotations
+
+import os
+import threading
+from collections import deque
+from collections.abc import Callable, Iterable, Iterator, Sequence
+from concurrent.futures import Future, ThreadPoolExecutor
+from typing import Any, Literal
+
+import torch.utils.data
+from torch.utils.data import BatchSampler, RandomSampler, Sampler, SequentialSampler
+from torch.utils.data._utils.collate import default_collate
+
+from shardio.core.errors import InvalidOptionError
+
+__all__ = ["MAX_AUTO_THREADS", "Loader", "auto_threads"]
+
+THREAD_NAME = "shardio-loader"
+MAX_AUTO_THREADS = 4
+"""``threads="auto"`` reads with the cores this process may run on, up to this many."""
+
+
+def auto_threads() -> int:
+    """The threads ``threads="auto"`` picks: one per core this process may run on
+    (its CPU affinity), at least 1 and at most `MAX_AUTO_THREADS`.
+
+    A rule, not a measurement, so that it is the same from run to run: the reads
+    release the GIL and scale with cores, and threads beyond the cores only add
+    hand-offs (measured in benchmarks/bench_loader.py, see docs/loading.md)."""
+    try:
+        usable = len(os.sched_getaffinity(0))
+    except (AttributeError, OSError):  # not on Linux
+        usable = os.cpu_count() or 1
+    return max(1, min(MAX_AUTO_THREADS, usable))
+
+
+class Loader:
+    """An iterable over batches of ``dataset``, read by ``threads`` threads.
+
+    Batches are those of ``DataLoader(dataset, batch_size, sampler=..., shuffle=...,
+    drop_last=..., collate_fn=...)``: for a `ShardedDataset`, a dict
+    of one tensor per fixed field and a list per variable field. Up to
+    ``max(threads, prefetch)`` batches are read ahead of the loop, handed out in order.
+    ``threads="auto"`` takes one thread per core this process may use, up to 4
+    (`auto_threads`).
+    ``state_dict()`` counts the batches handed to the loop, so resuming a
+    `ShardSampler` through it is exact.
+    """
+
+    def __init__(
+        self,
+        dataset: torch.utils.data.Dataset[Any],
+        batch_size: int = 256,
+        *,
+        sampler: Sampler[int] | Iterable[int] | None = None,
+        shuffle: bool = False,
+        threads: int | Literal["auto"] = 4,
+        prefetch: int = 4,
+        drop_last: bool = False,
+        collate_fn: Callable[[Any], Any] | None = None,
+    ) -> None:
+        _check_positive(batch_size, "batch_size")
+        if threads == "auto":
+            threads = auto_threads()
+        _check_positive(threads, "threads", 'or "auto"')
+        _check_positive(prefetch, "prefetch")
+        if sampler is not None and shuffle:
+            raise InvalidOptionError(
+                "give sampler= or shuffle=True, not both: a sampler sets the order itself"
+            )
+        if sampler is None:
+            sized: Any = dataset
+            sampler = RandomSampler(sized) if shuffle else SequentialSampler(sized)
+        self.dataset = dataset
+        self.batch_size = batch_size
+        self.sampler = sampler
+        self.threads: int = threads
+        self.prefetch = prefetch
+        self.drop_last = drop_last
+        self.collate_fn = collate_fn if collate_fn is not None else default_collate
+        self.batch_sampler = BatchSampler(sampler, batch_size, drop_last)
+        self._delivered = 0  # samples handed to the loop in the current pass
+
+    def __len__(self) -> int:
+        return len(self.batch_sampler)
+
+    def __iter__(self) -> Iterator[Any]:
+        self._delivered = 0
+        return _LoaderIterator(self)
+
+    def __repr__(self) -> str:
+        return (
+            f"Loader({self.dataset!r}, batch_size={self.batch_size}, threads={self.threads}, "
+            f"prefetch={self.prefetch}, drop_last={self.drop_last})"
+        )
+
+    # ------------------------------------------------------------------ resume
+    def state_dict(self) -> dict[str, Any]:
+        """The sampler's position after the batches handed to the loop so far (not
+        those read ahead), for a checkpoint."""
+        return self._stateful_sampler().state_dict(consumed=self._delivered)
+
+    def load_state_dict(self, state: dict[str, Any]) -> None:
+        """Resume: the next pass yields the rest of the epoch the state was saved in."""
+        self._stateful_sampler().load_state_dict(state)
+
+    def _stateful_sampler(self) -> Any:
+        sampler = self.sampler
+        if not hasattr(sampler, "state_dict") or not hasattr(sampler, "load_state_dict"):
+            raise InvalidOptionError(
+                f"state_dict needs a sampler that can resume (a shardio.ShardSampler), "
+                f"but the sampler is a {type(sampler).__name__}"
+            )
+        return sampler
+
+    # ----------------------------------------------------------------- reading
+    def _load(self, indices: Sequence[int]) -> Any:
+        """One batch, read and collated in a loader thread."""
+        dataset: Any = self.dataset
+        getitems = getattr(dataset, "__getitems__", None)
+        data = getitems(indices) if getitems else [dataset[i] for i in indices]
+        return self.collate_fn(data)
+
+    def _describe_failure(self, indices: Sequence[int], error: BaseException) -> str:
+        """Name the first index of a failed batch that fails alone, and the dataset."""
+        failing = None
+        for index in indices:
+            try:
+                self.dataset[index]
+            except Exception:
+                failing = index
+                break
+        where = getattr(self.dataset, "path", type(self.dataset).__name__)
+        first = f"at index {failing}" if failing is not None else f"in indices {list(indices)[:8]}"
+        return f"shardio.Loader: reading a batch failed {first} of {where} ({type(error).__name__})"
+
+
+class _LoaderIterator:
+    """One pass: batches submitted to a thread pool, handed out in order."""
+
+    def __init__(self, loader: Loader) -> None:
+        self._loader = loader
+        self._batches = iter(loader.batch_sampler)
+        self._pool: ThreadPoolExecutor | None = ThreadPoolExecutor(
+            max_workers=loader.threads, thread_name_prefix=THREAD_NAME
+        )
+        self._pending: deque[tuple[list[int], Future[Any]]] = deque()
+        self._lock = threading.Lock()
+        self._fill()
+
+    def __iter__(self) -> _LoaderIterator:
+        return self
+
+    def _fill(self) -> None:
+        pool = self._pool
+        ahead = max(self._loader.threads, self._loader.prefetch)
+        while pool is not None and len(self._pending) < ahead:
+            indices = next(self._batches, None)
+            if indices is None:
+                return
+            self._pending.append((indices, pool.submit(self._loader._load, indices)))
+
+    def __next__(self) -> Any:
+        if not self._pending:
+            self.close()
+            raise StopIteration
+        indices, future = self._pending.popleft()
+        try:
+            batch = future.result()
+        except Exception as error:
+            note = self._loader._describe_failure(indices, error)
+            self.close()
+            error.add_note(note)
+            raise
+        self._loader._delivered += len(indices)
+        self._fill()
+        return batch
+
+    def close(self) -> None:
+        """Stop reading ahead and wait for the threads to end; safe to call twice."""
+        with self._lock:
+            pool, self._pool = self._pool, None
+        if pool is None:
+            return
+        for _, future in self._pending:
+            future.cancel()
+        self._pending.clear()
+        pool.shutdown(wait=True, cancel_futures=True)
+
+    def __del__(self) -> None:
+        if hasattr(self, "_pool"):  # not when __init__ failed
+            self.close()
+
+
+def _check_positive(value: Any, option: str, other: str = "") -> None:
+    if isinstance(value, bool) or not isinstance(value, int) or value < 1:
+        raise InvalidOptionError(
+            f"{option} should be a positive integer{' ' + other if other else ''}, "
+            f"but got {option}={value!r}"
+        )

@@ -1,0 +1,58 @@
+"""A sampler's place among the readers (rank, world size) and the integer option check
+both samplers share.
+
+Where ``rank`` and ``world_size`` are not given, they come from ``torch.distributed``
+each time they are asked for, so a sampler made before a framework (Lightning,
+Fabric) starts the process group follows it.
+"""
+
+from __future__ import annotations
+
+import operator
+from typing import Any
+
+import torch.distributed as dist
+
+from shardio.core.errors import InvalidOptionError
+
+__all__ = ["non_negative_int", "resolve_rank"]
+
+
+def resolve_rank(rank: int | None, world_size: int | None) -> tuple[int, int]:
+    """``(rank, world_size)``: as given, else ``torch.distributed``'s when it is
+    initialized, else ``(0, 1)``; checked."""
+    if dist.is_available() and dist.is_initialized():
+        rank = dist.get_rank() if rank is None else rank
+        world_size = dist.get_world_size() if world_size is None else world_size
+    elif (rank is None) != (world_size is None):
+        raise InvalidOptionError(
+            "rank and world_size should be given together when torch.distributed is not "
+            f"initialized, but got rank={rank!r}, world_size={world_size!r}"
+        )
+    elif rank is None or world_size is None:
+        rank, world_size = 0, 1
+    world_size = non_negative_int(world_size, "world_size")
+    rank = non_negative_int(rank, "rank")
+    if world_size < 1:
+        raise InvalidOptionError(f"world_size should be >= 1, but got world_size={world_size}")
+    if rank >= world_size:
+        raise InvalidOptionError(
+            f"rank should be in [0, {world_size - 1}] for world_size={world_size}, "
+            f"but got rank={rank}"
+        )
+    return rank, world_size
+
+
+def non_negative_int(value: Any, option: str) -> int:
+    """``value`` as an int >= 0 (not a bool), else `InvalidOptionError` naming ``option``."""
+    try:
+        if isinstance(value, bool):
+            raise TypeError
+        number = operator.index(value)
+    except TypeError:
+        raise InvalidOptionError(
+            f"{option} should be an integer >= 0, but got {option}={value!r}"
+        ) from None
+    if number < 0:
+        raise InvalidOptionError(f"{option} should be an integer >= 0, but got {option}={value!r}")
+    return number

@@ -1,0 +1,3 @@
+"""The LMDB backend: reader and writer."""
+
+__all__: list[str] = []

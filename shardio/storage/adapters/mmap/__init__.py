@@ -1,0 +1,3 @@
+"""The raw mmap backend: reader and writer."""
+
+__all__: list[str] = []

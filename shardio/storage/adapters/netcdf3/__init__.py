@@ -1,0 +1,3 @@
+"""The netCDF3 backend (read-only, through scipy)."""
+
+__all__: list[str] = []

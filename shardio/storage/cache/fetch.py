@@ -1,0 +1,127 @@
+"""Download one shard whole (a file or a directory) and check it against its digest.
+
+Retries: botocore (s3fs) already retries each request (`shardio.storage.remote` sets
+``total_max_attempts=3``; 503 SlowDown and 429 are retried as throttling, dropped
+connections and timeouts as transient). Around a whole shard this module adds
+`ATTEMPTS` tries with exponential backoff (`BACKOFF_S`, doubling), so a shard that
+keeps failing raises `RemoteReadError` naming its URL after at most
+``ATTEMPTS x (one request's bound) + 0.5 + 1 s`` (3 x 33 s + 1.5 s with the defaults
+of docs/remote.md).
+"""
+
+from __future__ import annotations
+
+import errno
+import os
+import time
+from typing import Any
+
+from shardio.core.checksum import hash_files
+from shardio.core.errors import CacheError, RemoteReadError, ShardCorruptError
+
+from ..layout import scan_shard
+from ..manifest import ShardInfo
+from ..remote import is_fault, remote_errors
+
+__all__ = ["ATTEMPTS", "BACKOFF_S", "download_shard", "remote_listing"]
+
+ATTEMPTS = 3
+# A download's local write failed: the cache's disk, not the network (never retried).
+_LOCAL_ERRNOS = frozenset(
+    {errno.ENOSPC, errno.EFBIG, errno.EROFS, errno.EACCES, errno.EDQUOT, errno.EPERM}
+)
+BACKOFF_S = 0.5
+
+
+def remote_listing(fs: Any, path: str, url: str) -> dict[str, int]:
+    """Files of the remote shard at ``path`` by their path inside it, with sizes."""
+    with remote_errors(url):
+        found = fs.find(path, detail=True, withdirs=False)
+    root = path.rstrip("/")
+    files: dict[str, int] = {}
+    for name, info in found.items():
+        name = name.rstrip("/")
+        relative = "" if name == root else os.path.relpath(name, root)
+        files[relative] = int(info.get("size") or 0)
+    return files
+
+
+def _with_retries(url: str, action: Any) -> Any:
+    delay = BACKOFF_S
+    for attempt in range(1, ATTEMPTS + 1):
+        try:
+            with remote_errors(url):
+                return action()
+        except RemoteReadError:
+            if attempt == ATTEMPTS:
+                raise
+        except Exception as exc:  # a fault remote_errors did not translate
+            if not is_fault(exc) or attempt == ATTEMPTS:
+                raise
+        time.sleep(delay)
+        delay *= 2
+    raise AssertionError("unreachable")
+
+
+def download_shard(
+    fs: Any, path: str, url: str, info: ShardInfo, target: str, transient: frozenset[str]
+) -> int:
+    """Download the shard at ``path`` (``url``) to ``target`` (which must not exist) and
+    check it against ``info``; returns the bytes downloaded.
+
+    A shard whose size or digest differs from the manifest's raises
+    `ShardCorruptError` (the dataset changed on the server, or the download was
+    damaged): nothing unchecked is ever left at ``target``."""
+    listing = _with_retries(url, lambda: remote_listing(fs, path, url))
+    if not listing:
+        raise ShardCorruptError(f"shard {url} listed in the manifest is missing on the server")
+    counted = {k: v for k, v in listing.items() if os.path.basename(k) not in transient}
+    nbytes = sum(counted.values())
+    if nbytes != info.nbytes:
+        raise ShardCorruptError(
+            f"shard {url} has {nbytes} bytes on the server, but the manifest says "
+            f"{info.nbytes}: the dataset was rewritten or damaged since its manifest was "
+            "read; open the dataset again"
+        )
+    single = list(counted) == [""]
+    try:
+        if not single:
+            os.makedirs(target)
+        for relative in sorted(counted):
+            local = target if single else os.path.join(target, relative)
+            remote = path if single else f"{path.rstrip('/')}/{relative}"
+            if not single:
+                os.makedirs(os.path.dirname(local), exist_ok=True)
+            _with_retries(f"{url}/{relative}" if relative else url, _getter(fs, remote, local))
+    except OSError as exc:
+        if isinstance(exc, (RemoteReadError, ShardCorruptError)):
+            raise
+        raise CacheError(
+            f"writing shard {url} into the cache at {target} failed: {exc.strerror or exc} "
+            "(the cache_dir is full or read-only; free space or pass another cache_dir)"
+        ) from exc
+    if info.checksum is not None:
+        files = scan_shard(target).without(transient)
+        actual = hash_files(files.paths, target)
+        if actual != info.checksum:
+            raise ShardCorruptError(
+                f"shard {url} downloaded with digest {actual}, but the manifest records "
+                f"{info.checksum}: the dataset was rewritten or damaged since its manifest "
+                "was read; open the dataset again (nothing was cached)"
+            )
+    return nbytes
+
+
+def _getter(fs: Any, remote: str, local: str) -> Any:
+    def get() -> None:
+        try:
+            fs.get_file(remote, local)
+        except OSError as exc:
+            if exc.errno not in _LOCAL_ERRNOS:
+                raise
+            raise CacheError(
+                f"writing {local} into the cache failed: {exc.strerror or exc} (the "
+                "cache_dir is full or read-only; free space or pass another cache_dir)"
+            ) from exc
+
+    return get

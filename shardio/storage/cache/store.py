@@ -1,0 +1,341 @@
+"""The cache directory: complete shards, downloads in progress, leases and eviction.
+
+One directory per node, shared by every process naming it, coordinated by file
+locks only (flock dies with its process, so a kill -9 leaves nothing held)::
+
+    CACHE_DIR/.lock                     global lock: space is reserved and freed under it
+    CACHE_DIR/<key>/source.json         the dataset URL this key caches (for listings)
+    CACHE_DIR/<key>/data/<shard>        complete shards, read as local shards
+    CACHE_DIR/<key>/tmp/<shard>.<nbytes>.<pid>/   a download in progress ("reserved")
+    CACHE_DIR/<key>/trash/...           an eviction in progress
+    CACHE_DIR/<key>/locks/<shard>.fetch one download per shard (filelock)
+    CACHE_DIR/<key>/locks/<shard>.lease shared flock while a reader has the shard open;
+                                        its mtime is the shard's last use (LRU)
+
+A key is one version of one dataset (its URL and manifest digest), so a dataset
+rewritten at the same URL gets a new key and is never served stale.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import fcntl
+import json
+import os
+import shutil
+from collections.abc import Iterator
+from dataclasses import dataclass
+
+from filelock import FileLock, Timeout
+
+from shardio.core.errors import CacheError
+
+__all__ = ["CacheEntry", "CacheStore", "Lease", "remove_tree"]
+
+_MARKER = ".shardio-cache"
+
+
+def _tree_nbytes(path: str) -> int:
+    """Bytes of the files under ``path`` (a file or a directory)."""
+    try:
+        if not os.path.isdir(path):
+            return os.lstat(path).st_size
+    except FileNotFoundError:
+        return 0
+    total = 0
+    for directory, _, names in os.walk(path):
+        for name in names:
+            with contextlib.suppress(FileNotFoundError):
+                total += os.lstat(os.path.join(directory, name)).st_size
+    return total
+
+
+def remove_tree(path: str) -> None:
+    if os.path.isdir(path) and not os.path.islink(path):
+        shutil.rmtree(path, ignore_errors=True)
+    else:
+        with contextlib.suppress(FileNotFoundError):
+            os.remove(path)
+
+
+@dataclass(frozen=True)
+class CacheEntry:
+    """One complete shard in the cache."""
+
+    key: str
+    name: str
+    nbytes: int
+    last_used: float
+    in_use: bool
+
+
+class Lease:
+    """A shared flock on a shard's lease file: while held, no process evicts the shard."""
+
+    def __init__(self, path: str) -> None:
+        self.fd = os.open(path, os.O_RDWR | os.O_CREAT | os.O_CLOEXEC, 0o644)
+        try:
+            fcntl.flock(self.fd, fcntl.LOCK_SH)
+            os.utime(self.fd)  # last use, for LRU eviction
+        except BaseException:
+            os.close(self.fd)
+            raise
+
+    def close(self) -> None:
+        if self.fd >= 0:
+            os.close(self.fd)  # releases the flock (with this process's last copy)
+            self.fd = -1
+
+
+class CacheStore:
+    """A cache directory holding at most ``limit`` bytes of shards."""
+
+    def __init__(self, directory: str, limit: int) -> None:
+        self.directory = os.path.abspath(directory)
+        self.limit = int(limit)
+        try:
+            os.makedirs(self.directory, exist_ok=True)
+            marker = os.path.join(self.directory, _MARKER)
+            if not os.path.exists(marker):
+                with open(marker, "w") as handle:
+                    handle.write("shardio shard cache: see `shardio cache --help`\n")
+        except OSError as exc:
+            raise CacheError(
+                f"cache_dir {self.directory} cannot be used: {exc.strerror or exc} "
+                "(it must be a writable local directory)"
+            ) from exc
+        self._global = os.path.join(self.directory, ".lock")
+
+    @classmethod
+    def existing(cls, directory: str) -> CacheStore:
+        """The cache at ``directory``, which must exist and be a shardio cache (so that
+        clearing it never removes anything else)."""
+        if not os.path.isfile(os.path.join(directory, _MARKER)):
+            raise CacheError(
+                f"{directory} is not a shardio cache directory (it has no {_MARKER} file); "
+                "name the cache_dir a dataset was read with"
+            )
+        return cls(directory, 0)
+
+    # ------------------------------------------------------------------ paths
+    def key_dir(self, key: str) -> str:
+        return os.path.join(self.directory, key)
+
+    def data_path(self, key: str, name: str) -> str:
+        return os.path.join(self.directory, key, "data", name)
+
+    def _lock_path(self, key: str, name: str, kind: str) -> str:
+        return os.path.join(self.directory, key, "locks", f"{name}.{kind}")
+
+    def prepare_key(self, key: str, source: str) -> None:
+        """Make ``key``'s directories and record which dataset it caches."""
+        root = self.key_dir(key)
+        try:
+            for sub in ("data", "tmp", "trash", "locks"):
+                os.makedirs(os.path.join(root, sub), exist_ok=True)
+            info = os.path.join(root, "source.json")
+            if not os.path.exists(info):
+                partial = f"{info}.{os.getpid()}"
+                with open(partial, "w") as handle:
+                    json.dump({"source": source}, handle)
+                os.replace(partial, info)
+        except OSError as exc:
+            raise CacheError(
+                f"cache_dir {self.directory} cannot be written: {exc.strerror or exc} "
+                "(it must be a writable local directory; pass another cache_dir)"
+            ) from exc
+
+    # ----------------------------------------------------------------- locks
+    def fetch_lock(self, key: str, name: str) -> FileLock:
+        """The lock one download of shard ``name`` holds (across processes and threads)."""
+        return FileLock(
+            self._lock_path(key, name, "fetch"), thread_local=False, preserve_lock_file=True
+        )
+
+    def lease(self, key: str, name: str) -> Lease:
+        return Lease(self._lock_path(key, name, "lease"))
+
+    @contextlib.contextmanager
+    def locked(self, timeout: float = -1) -> Iterator[None]:
+        """The global lock, under which space is counted, reserved and freed."""
+        with FileLock(self._global, timeout=timeout, thread_local=False, preserve_lock_file=True):
+            yield
+
+    # ----------------------------------------------------------------- space
+    def _keys(self) -> list[str]:
+        try:
+            return sorted(
+                e.name for e in os.scandir(self.directory) if e.is_dir() and e.name[0] != "."
+            )
+        except FileNotFoundError:
+            return []
+
+    def _listdir(self, *parts: str) -> list[str]:
+        try:
+            return sorted(os.listdir(os.path.join(self.directory, *parts)))
+        except FileNotFoundError:
+            return []
+
+    def _live(self, key: str, name: str) -> bool:
+        """True while some process holds shard ``name``'s download lock."""
+        lock = self.fetch_lock(key, name)
+        try:
+            lock.acquire(timeout=0)
+        except Timeout:
+            return True
+        lock.release()
+        return False
+
+    def sweep(self) -> None:
+        """Remove what dead processes left: evictions half done and downloads whose
+        process no longer holds their lock. Call under `locked`."""
+        for key in self._keys():
+            for name in self._listdir(key, "trash"):
+                remove_tree(os.path.join(self.directory, key, "trash", name))
+            for name in self._listdir(key, "tmp"):
+                shard = name.rsplit(".", 2)[0]
+                if not self._live(key, shard):
+                    remove_tree(os.path.join(self.directory, key, "tmp", name))
+
+    def mark_ahead(self, key: str, name: str) -> None:
+        """Mark shard ``name`` downloaded ahead and not read yet: evicted last."""
+        with open(self._lock_path(key, name, "ahead"), "w"):
+            pass
+        with contextlib.suppress(FileNotFoundError):
+            os.utime(self._lock_path(key, name, "lease"))  # recently used: evicted late
+
+    def clear_ahead(self, key: str, name: str) -> None:
+        with contextlib.suppress(FileNotFoundError):
+            os.remove(self._lock_path(key, name, "ahead"))
+
+    def ahead(self, key: str) -> set[str]:
+        """Shards of ``key`` downloaded ahead and not read yet."""
+        return {
+            n.removesuffix(".ahead")
+            for n in self._listdir(key, "locks")
+            if n.endswith(".ahead")
+            and os.path.exists(self.data_path(key, n.removesuffix(".ahead")))
+        }
+
+    def remove_partial(self, key: str, name: str) -> None:
+        """Remove downloads of ``name`` left by dead processes; call holding its
+        download lock (so none of them is live)."""
+        for entry in self._listdir(key, "tmp"):
+            if entry.rsplit(".", 2)[0] == name:
+                remove_tree(os.path.join(self.directory, key, "tmp", entry))
+
+    def used(self) -> int:
+        """Bytes of complete shards plus the bytes reserved by downloads in progress."""
+        total = 0
+        for key in self._keys():
+            for name in self._listdir(key, "data"):
+                total += _tree_nbytes(os.path.join(self.directory, key, "data", name))
+            for name in self._listdir(key, "tmp"):
+                with contextlib.suppress(ValueError, IndexError):
+                    total += int(name.rsplit(".", 2)[1])
+            for name in self._listdir(key, "trash"):
+                total += _tree_nbytes(os.path.join(self.directory, key, "trash", name))
+        return total
+
+    def disk_bytes(self) -> int:
+        """Bytes of every file the cache holds now (complete, partial and evicting)."""
+        return sum(
+            _tree_nbytes(os.path.join(self.directory, key, sub))
+            for key in self._keys()
+            for sub in ("data", "tmp", "trash")
+        )
+
+    def entries(self) -> list[CacheEntry]:
+        """Complete shards, least recently used first."""
+        found = []
+        for key in self._keys():
+            for name in self._listdir(key, "data"):
+                lease = self._lock_path(key, name, "lease")
+                try:
+                    last = os.stat(lease).st_mtime
+                except FileNotFoundError:
+                    last = 0.0
+                nbytes = _tree_nbytes(os.path.join(self.directory, key, "data", name))
+                found.append(CacheEntry(key, name, nbytes, last, self._in_use(key, name)))
+        return sorted(found, key=lambda e: e.last_used)
+
+    def _in_use(self, key: str, name: str) -> bool:
+        path = self._lock_path(key, name, "lease")
+        if not os.path.exists(path):
+            return False
+        fd = os.open(path, os.O_RDONLY | os.O_CLOEXEC)
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            return True
+        finally:
+            os.close(fd)
+        return False
+
+    def evict(self, entry: CacheEntry) -> bool:
+        """Remove ``entry`` unless a reader holds it; call under `locked`."""
+        path = self._lock_path(entry.key, entry.name, "lease")
+        fd = os.open(path, os.O_RDWR | os.O_CREAT | os.O_CLOEXEC, 0o644)
+        try:
+            try:
+                fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+            except BlockingIOError:
+                return False
+            source = self.data_path(entry.key, entry.name)
+            trash = os.path.join(self.key_dir(entry.key), "trash", f"{entry.name}.{os.getpid()}")
+            try:
+                os.rename(source, trash)
+            except FileNotFoundError:
+                return False
+            remove_tree(trash)
+            self.clear_ahead(entry.key, entry.name)
+            return True
+        finally:
+            os.close(fd)
+
+    def reserve(self, key: str, name: str, nbytes: int) -> tuple[str | None, int, int]:
+        """A download directory for ``nbytes`` of shard ``name``, made after evicting
+        unused shards (least recently used first) until it fits; call under
+        `locked`. Returns it (None when it does not fit), the bytes in use and the
+        number of shards evicted."""
+        self.sweep()
+        used = self.used()
+        evicted = 0
+        if used + nbytes > self.limit:
+            ahead = {(k, n) for k in self._keys() for n in self.ahead(k)}
+            entries = self.entries()  # least recently used first; read ones before ahead ones
+            entries.sort(key=lambda e: (e.key, e.name) in ahead)
+            for entry in entries:
+                if entry.in_use or (entry.key == key and entry.name == name):
+                    continue
+                if self.evict(entry):
+                    used -= entry.nbytes
+                    evicted += 1
+                    if used + nbytes <= self.limit:
+                        break
+        if used + nbytes > self.limit:
+            return None, used, evicted
+        path = os.path.join(self.key_dir(key), "tmp", f"{name}.{nbytes}.{os.getpid()}")
+        os.makedirs(path)
+        return path, used, evicted
+
+    def clear(self, key: str | None = None) -> tuple[int, int]:
+        """Remove unused complete shards (of ``key``, or all); returns (removed, kept)."""
+        removed = kept = 0
+        with self.locked():
+            self.sweep()
+            for entry in self.entries():
+                if key is not None and entry.key != key:
+                    continue
+                if self.evict(entry):
+                    removed += 1
+                else:
+                    kept += 1
+        return removed, kept
+
+    def source(self, key: str) -> str:
+        try:
+            with open(os.path.join(self.key_dir(key), "source.json")) as handle:
+                return str(json.load(handle).get("source", "?"))
+        except (OSError, ValueError):
+            return "?"

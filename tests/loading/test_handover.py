@@ -1,0 +1,172 @@
+"""Worker hand-over: batches travel through reused shared-memory slots, safely."""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+import tempfile
+import time
+from typing import Any
+
+import numpy as np
+import pytest
+import torch
+from torch.utils.data import DataLoader
+
+from shardio import ShardedDataset
+from shardio.loading.handover import MAX_SLOTS, SLOTS, handover_stats
+from shardio.tools.testing.groundtruth import SOURCES, Truth
+
+torch.set_num_threads(1)
+
+CHILD = os.path.join(os.path.dirname(os.path.dirname(__file__)), "handover_child.py")
+
+
+def assert_same(batch: dict[str, Any], columns: dict[str, Any]) -> None:
+    assert list(batch) == list(columns)
+    for name, column in columns.items():
+        if isinstance(column, np.ndarray):
+            np.testing.assert_array_equal(batch[name].numpy(), column, err_msg=name)
+        else:
+            assert len(batch[name]) == len(column), name
+            for got, want in zip(batch[name], column, strict=True):
+                assert got == want if isinstance(want, bytes) else np.array_equal(got, want)
+
+
+def check_kept(loader: DataLoader[Any], ds: ShardedDataset, order: list[int], size: int) -> int:
+    """Every batch kept while later ones arrive still holds what read_batch reads."""
+    kept = list(loader)
+    starts = range(0, len(order), size)
+    for batch, start in zip(kept, starts, strict=True):
+        assert_same(batch, ds.read_batch(order[start : start + size]))
+    return len(kept)
+
+
+def test_kept_batches_stay_intact_while_slots_are_reused(tmp_path: Any) -> None:
+    truth = SOURCES["mmap"](str(tmp_path))
+    ds = ShardedDataset(truth.path)
+    order = np.random.default_rng(4).permutation(len(ds)).tolist()
+    before = handover_stats()["received"]
+    # More batches than a ring has slots, several epochs of the same workers, a deep
+    # prefetch (the ring grows) and batches of two sizes (the last one is short).
+    loader = DataLoader(
+        ds, batch_size=6, sampler=order, num_workers=2, persistent_workers=True, prefetch_factor=6
+    )
+    batches = -(-len(ds) // 6)
+    assert batches > 2 * MAX_SLOTS // 2 > SLOTS
+    for _ in range(2):
+        assert check_kept(loader, ds, order, 6) == batches
+    assert handover_stats()["received"] - before == 2 * batches  # all through slots
+    # Views of a batch's tensors keep its memory as well: nothing reuses it meanwhile.
+    fixed = [n for n in truth.names if n not in truth.variable]
+    views = [{n: b[n][1:3] for n in fixed} for b in loader]
+    for view, start in zip(views, range(0, len(order), 6), strict=True):
+        want = ds.read_batch(order[start : start + 6])
+        for name in fixed:
+            np.testing.assert_array_equal(view[name].numpy(), want[name][1:3], err_msg=name)
+
+
+def test_transformed_and_custom_collated_batches_stay_correct(tmp_path: Any) -> None:
+    truth = SOURCES["mmap"](str(tmp_path))
+    fixed = [n for n in truth.names if n not in truth.variable]
+    label = next(n for n in fixed if n.endswith("label"))
+    ds = ShardedDataset(truth.path, fields=fixed)
+    # A collate_fn that never sends the batch: its slot is freed in the worker.
+    sums = list(DataLoader(ds, batch_size=4, num_workers=1, collate_fn=lambda b: len(b)))
+    assert sum(sums) == len(ds)
+    # A collate_fn that sends the Batch itself: its columns travel by value, kept intact.
+    kept = list(DataLoader(ds, batch_size=4, num_workers=2, collate_fn=lambda b: b))
+    for batch, start in zip(kept, range(0, len(ds), 4), strict=True):
+        for name, column in ds.read_batch(range(start, min(start + 4, len(ds)))).items():
+            np.testing.assert_array_equal(batch.columns[name], column, err_msg=name)
+    assert len(kept) == -(-len(ds) // 4)
+
+    def double(batch: dict[str, Any]) -> dict[str, Any]:
+        return {"y": batch[label] * 2, "x": batch[label]}
+
+    doubled = ShardedDataset(truth.path, fields=fixed, batch_transform=double)
+    got = torch.cat([b["x"] for b in DataLoader(doubled, batch_size=4, num_workers=2)])
+    np.testing.assert_array_equal(got.numpy(), truth.columns[label])
+
+
+@pytest.mark.parametrize(
+    "source,context",
+    [
+        pytest.param(s, c, marks=pytest.mark.slow)
+        for s in ("mmap", "sharded-lmdb", "hdf5", "zarr-variable")
+        for c in ("forkserver", "spawn")
+    ],
+)
+def test_started_workers_equal_read_batch(tmp_path: Any, source: str, context: str) -> None:
+    truth: Truth = SOURCES[source](str(tmp_path))
+    ds = ShardedDataset(truth.path, **truth.options)
+    order = np.random.default_rng(5).permutation(len(ds)).tolist()
+    loader = DataLoader(
+        ds, batch_size=8, sampler=order, num_workers=2, multiprocessing_context=context
+    )
+    assert check_kept(loader, ds, order, 8) == -(-len(ds) // 8)
+
+
+# ---------------------------------------------------------------- from outside
+def _shm_of(pids: list[int]) -> list[str]:
+    """Segments torch named for these processes that are still in /dev/shm."""
+    names = os.listdir("/dev/shm") if os.path.isdir("/dev/shm") else []
+    return [n for n in names if any(n.startswith(f"torch_{pid}_") for pid in pids)]
+
+
+def _gone(pids: list[int], timeout: float) -> bool:
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if not any(os.path.exists(f"/proc/{pid}") for pid in pids):
+            return True
+        time.sleep(0.1)
+    return False
+
+
+def _run_child(path: str, context: str, mode: str) -> tuple[list[int], str]:
+    with tempfile.TemporaryFile("w+") as errors:
+        process = subprocess.Popen(
+            [sys.executable, CHILD, path, context, mode],
+            stdout=subprocess.PIPE,
+            stderr=errors,
+            text=True,
+        )
+        assert process.stdout is not None
+        first = process.stdout.readline().split()
+        errors.seek(0)
+        assert first[:1] == ["workers"], errors.read()
+        workers = [int(p) for p in first[1:]]
+        assert len(workers) == 2
+        if mode == "hang":
+            process.kill()  # kill -9 of the main process
+            process.wait(timeout=30)
+            return [process.pid, *workers], ""
+        out = process.stdout.read()  # the same buffer as readline: nothing is skipped
+        process.wait(timeout=120)
+        errors.seek(0)
+        assert process.returncode == 0, errors.read()
+        return [process.pid, *workers], out
+
+
+@pytest.mark.parametrize(
+    "mode",
+    ["kill-worker", *(pytest.param(m, marks=pytest.mark.slow) for m in ("end", "error", "break"))],
+)
+def test_nothing_left_behind(tmp_path: Any, mode: str) -> None:
+    truth = SOURCES["mmap"](str(tmp_path))
+    pids, out = _run_child(truth.path, "fork", mode)
+    assert out.splitlines()[-1] == "done"
+    if mode in ("error", "kill-worker"):
+        assert "error" in out
+    assert _gone(pids, timeout=20)
+    assert _shm_of(pids) == []
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("context", ["fork", "spawn"])
+def test_nothing_left_after_kill_9_of_the_main_process(tmp_path: Any, context: str) -> None:
+    truth = SOURCES["mmap"](str(tmp_path))
+    pids, _ = _run_child(truth.path, context, "hang")
+    assert _gone(pids, timeout=30)  # workers notice their parent is gone
+    assert _shm_of(pids) == []

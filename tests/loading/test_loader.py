@@ -1,0 +1,148 @@
+"""shardio.Loader: batches read by threads of one process, against read_batch."""
+
+from __future__ import annotations
+
+import gc
+import os
+import threading
+from typing import Any
+
+import numpy as np
+import pytest
+import torch
+from test_dataset_batches import assert_batch_equals_columns, order_of
+
+import shardio
+from shardio import Loader, Prefetcher, ShardedDataset, ShardSampler
+from shardio.loading.loader import THREAD_NAME, auto_threads
+from shardio.tools.testing.groundtruth import SOURCES, Truth
+
+torch.set_num_threads(1)
+
+
+def open_dataset(truth: Truth, **kwargs: Any) -> ShardedDataset:
+    return ShardedDataset(truth.path, **truth.options, **kwargs)
+
+
+def loader_threads() -> list[threading.Thread]:
+    return [t for t in threading.enumerate() if t.name.startswith(THREAD_NAME)]
+
+
+@pytest.mark.parametrize("threads", [1, 3])
+def test_batches_equal_read_batch(truth: Truth, threads: int) -> None:
+    ds = open_dataset(truth)
+    order = order_of(ds)
+    loader = Loader(ds, batch_size=16, sampler=order, threads=threads, prefetch=2)
+    batches = list(loader)
+    assert len(batches) == len(loader) == -(-len(ds) // 16)
+    for batch, start in zip(batches, range(0, len(order), 16), strict=True):
+        assert_batch_equals_columns(batch, ds.read_batch(order[start : start + 16]))
+    assert loader_threads() == []
+
+
+def test_one_open_shard_shared_by_four_threads(tmp_path: Any) -> None:
+    """Threads evict each other's shards all the time: none is closed while read."""
+    for fmt in ("mmap", "lmdb"):
+        (tmp_path / fmt).mkdir()
+        truth = SOURCES[f"sharded-{fmt}"](str(tmp_path / fmt))
+        ds = open_dataset(truth, max_open_shards=1)
+        order = np.random.default_rng(2).permutation(np.tile(np.arange(len(ds)), 4)).tolist()
+        batches = list(Loader(ds, batch_size=5, sampler=order, threads=4, prefetch=8))
+        for batch, start in zip(batches, range(0, len(order), 5), strict=True):
+            assert_batch_equals_columns(batch, ds.read_batch(order[start : start + 5]))
+        assert len(ds.reader.open_readers) <= 1
+
+
+def test_len_drop_last_and_shuffle(truth: Truth) -> None:
+    ds = open_dataset(truth)
+    assert len(Loader(ds, batch_size=10, drop_last=True)) == len(ds) // 10
+    shuffled = list(Loader(ds, batch_size=10, shuffle=True, drop_last=True, threads=2))
+    assert len(shuffled) == len(ds) // 10
+    assert all(len(next(iter(b.values()))) == 10 for b in shuffled)
+    with pytest.raises(shardio.InvalidOptionError, match="sampler= or shuffle"):
+        Loader(ds, sampler=range(3), shuffle=True)
+    with pytest.raises(shardio.InvalidOptionError, match="threads=0"):
+        Loader(ds, threads=0)
+
+
+def test_resume_through_the_loader(truth: Truth) -> None:
+    ds = open_dataset(truth)
+    label = next(n for n in ds.fields if n.endswith("label"))
+
+    def labels(batches: list[Any]) -> list[int]:
+        return torch.cat([b[label] for b in batches]).tolist()
+
+    whole = labels(list(Loader(ds, 8, sampler=ShardSampler(ds, seed=4), threads=2)))
+    loader = Loader(ds, 8, sampler=ShardSampler(ds, seed=4), threads=3, prefetch=6)
+    seen = []
+    for number, batch in enumerate(loader):
+        seen.append(batch)
+        if number == 4:
+            break  # threads have read ahead: the state counts only what the loop took
+    state = loader.state_dict()
+    resumed = Loader(ds, 8, sampler=ShardSampler(ds, seed=4), threads=2)
+    resumed.load_state_dict(state)
+    rest = list(resumed)
+    assert labels(seen) + labels(rest) == whole
+    assert len(labels(seen)) == 40
+    with pytest.raises(shardio.InvalidOptionError, match="ShardSampler"):
+        Loader(ds, 8).state_dict()
+
+
+def test_error_in_a_thread_names_index_and_path(tmp_path: Any) -> None:
+    truth = SOURCES["sharded-mmap"](str(tmp_path))
+    ds = open_dataset(truth)
+    last = ds.reader.shard_paths[-1]
+    data = os.path.join(last, "000.bin")
+    with open(data, "r+b") as handle:
+        handle.truncate(8)  # the last shard (indices 40..96) is damaged
+    loader = Loader(ds, batch_size=8, threads=3, prefetch=3)
+    iterator = iter(loader)
+    got = [next(iterator) for _ in range(5)]  # indices 0..39 read fine
+    assert len(got) == 5
+    with pytest.raises(shardio.ShardCorruptError, match="truncated") as info:
+        next(iterator)
+    notes = " ".join(getattr(info.value, "__notes__", []))
+    assert "at index 40" in notes and truth.path in notes
+    assert loader_threads() == []  # the pass stopped cleanly
+    with pytest.raises(StopIteration):
+        next(iterator)
+
+
+def test_early_break_leaves_no_thread(truth: Truth) -> None:
+    ds = open_dataset(truth)
+    for batch in Loader(ds, batch_size=4, threads=4, prefetch=8):
+        assert len(next(iter(batch.values()))) == 4
+        break
+    gc.collect()
+    assert loader_threads() == []
+
+
+def test_prefetcher_over_the_loader(truth: Truth) -> None:
+    ds = open_dataset(truth)
+    order = order_of(ds, seed=11)
+    batches = list(Prefetcher(Loader(ds, 16, sampler=order, threads=2), device="cpu"))
+    for batch, start in zip(batches, range(0, len(order), 16), strict=True):
+        assert_batch_equals_columns(batch, ds.read_batch(order[start : start + 16]))
+    assert len(batches) == -(-len(ds) // 16)
+
+
+def test_per_sample_transform_and_budget_shared_by_threads(truth: Truth) -> None:
+    fixed = [n for n in truth.names if n not in truth.variable]
+    label = next(n for n in fixed if n.endswith("label"))
+    ds = open_dataset(truth, fields=fixed, transform=lambda s: int(s[label]))
+    got = torch.cat(list(Loader(ds, 7, threads=3))).tolist()
+    assert got == truth.columns[label].tolist()
+
+
+def test_auto_threads_reads_what_read_batch_reads(tmp_path: Any) -> None:
+    truth = SOURCES["sharded-lmdb"](str(tmp_path))
+    ds = open_dataset(truth)
+    loader = Loader(ds, batch_size=16, sampler=order_of(ds), threads="auto")
+    assert loader.threads == auto_threads() == max(1, min(4, len(os.sched_getaffinity(0))))
+    batches = list(loader)
+    for batch, start in zip(batches, range(0, len(ds), 16), strict=True):
+        assert_batch_equals_columns(batch, ds.read_batch(order_of(ds)[start : start + 16]))
+    assert len(batches) == -(-len(ds) // 16)
+    with pytest.raises(shardio.InvalidOptionError, match="or \"auto\", but got threads='all'"):
+        Loader(ds, threads="all")  # type: ignore[arg-type]
