@@ -87,3 +87,28 @@ def test_backends_without_remote_support_say_so(s3, tmp_path) -> None:
     upload(s3["fs"], local, "shardio-test/l.shardio")
     with pytest.raises(shardio.UnsupportedFeatureError, match="lmdb"):
         ShardedDataset("s3://shardio-test/l.shardio", storage_options=s3["options"])[0]
+
+
+@pytest.mark.parametrize("kind", ["zstd-no-size", "oversized"])
+def test_a_remote_zarr_chunk_past_its_bound_is_corrupt(s3, tmp_path, kind) -> None:
+    """A remote chunk is bounded as a local one: one that decodes past its declared size
+    (a bomb), or whose object is larger than any such chunk, is refused by name."""
+    from numcodecs import Zstd
+
+    from tests.storage.test_campaign2 import _replace_chunk, strip_zstd_content_size
+
+    local = tmp_path / kind
+    with ShardWriter(local, format="zarr", compressor="zstd") as writer:
+        writer.write_batch({"x": np.arange(100_000)})
+    if kind == "zstd-no-size":  # 64 MiB of zeros, a few KiB compressed
+        chunk = strip_zstd_content_size(Zstd().encode(np.zeros(64 << 20, np.uint8)))
+    else:  # incompressible bytes, far past what a 256 KiB chunk can compress to
+        chunk = np.random.default_rng(0).bytes(4 << 20)
+    _replace_chunk(local, "shard-00000.zarr/x/c/0", chunk)
+    upload(s3["fs"], str(local), f"shardio-test/bounds-{kind}.shardio")
+    ds = ShardedDataset(f"s3://shardio-test/bounds-{kind}.shardio", storage_options=s3["options"])
+    expected = "decodes to more than" if kind == "zstd-no-size" else "holds more than the"
+    with pytest.raises(shardio.ShardCorruptError, match=expected) as caught:
+        ds.read_batch([0])
+    assert "s3://shardio-test/" in str(caught.value)
+    assert ds.read_batch([len(ds) - 1])["x"].tolist() == [len(ds) - 1]  # the rest reads

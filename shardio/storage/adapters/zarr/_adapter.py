@@ -106,7 +106,7 @@ def _store(path: str, options: dict[str, Any]) -> Any:
             path, storage_options=storage_options_for(path, given), read_only=True
         )
     tune(store.fs, path)
-    return _RemoteStore(store, path)
+    return BoundedStore(_RemoteStore(store, path), where=path)
 
 
 class _RemoteStore(zarr.storage.WrapperStore[Any]):
@@ -279,7 +279,8 @@ class ZarrReader(ShardReader[_Group]):
                     )
                 if isinstance(store, BoundedStore):
                     store.bound(array)
-        if isinstance(store, BoundedStore) and group.group.attrs.get(ATTR) is None:
+        local = isinstance(store, BoundedStore) and store.local  # its files can be counted
+        if local and group.group.attrs.get(ATTR) is None:
             _check_declared_rows(self.path, self._length or 0, group.columns)
         return group
 

@@ -17,6 +17,7 @@ from typing import Any
 
 import numpy as np
 import zarr.storage
+from zarr.abc.store import RangeByteRequest
 
 from shardio.core.errors import ShardCorruptError
 from shardio.core.safeopen import MAX_CHUNK_BYTES, check_regular
@@ -92,12 +93,19 @@ def _decoded_past(data: bytes, codec: str, limit: int) -> bool:
 
 
 class BoundedStore(zarr.storage.WrapperStore[Any]):
-    """A local store whose metadata files and chunks are checked against their bounds
-    before zarr reads or decodes them."""
+    """A store whose metadata files and chunks are checked against their bounds before
+    zarr reads or decodes them. A local file's size is read first; a remote object is
+    fetched with a range one byte past its bound, so no object larger than its bound is
+    ever held whole (`where` names it in errors: the store's root path or URL)."""
 
-    def __init__(self, store: Any) -> None:
+    def __init__(self, store: Any, where: str | None = None) -> None:
         super().__init__(store)
         self._chunks: dict[str, tuple[int, str]] = {}  # array path -> (bytes, codec)
+        self._where = where  # None: a local store, whose files are looked at first
+
+    @property
+    def local(self) -> bool:
+        return self._where is None
 
     @property
     def root(self) -> Any:  # shardio reads uncompressed chunk files itself from here
@@ -118,21 +126,30 @@ class BoundedStore(zarr.storage.WrapperStore[Any]):
         return None
 
     async def get(self, key: str, prototype: Any, byte_range: Any = None) -> Any:
-        path = os.path.join(str(self.root), key)
         name = key.rsplit("/", 1)[-1]
         bound = None if name in _METADATA or byte_range is not None else self._chunk_of(key)
-        if name in _METADATA or bound is not None:
+        if name not in _METADATA and bound is None:
+            return await self._store.get(key, prototype, byte_range)
+        limit = MAX_METADATA_BYTES if bound is None else bound[0] + bound[0] // 8 + (64 << 10)
+        what = "metadata file" if bound is None else "chunk of this array"
+        if self._where is None:
+            path = os.path.join(str(self.root), key)
             try:
                 size = check_regular(path).st_size
             except (FileNotFoundError, NotADirectoryError):
                 size = 0  # the store answers None
-            limit = MAX_METADATA_BYTES if bound is None else bound[0] + bound[0] // 8 + (64 << 10)
             if size > limit:
-                what = "metadata file" if bound is None else "chunk of this array"
                 raise ShardCorruptError(
                     f"{path} holds {size} bytes, more than any {what} can ({limit}): corrupt"
                 )
-        buffer = await self._store.get(key, prototype, byte_range)
+            buffer = await self._store.get(key, prototype, byte_range)
+        else:
+            path = f"{self._where.rstrip('/')}/{key}"
+            buffer = await self._store.get(key, prototype, RangeByteRequest(0, limit + 1))
+            if buffer is not None and len(buffer) > limit:
+                raise ShardCorruptError(
+                    f"{path} holds more than the {limit} bytes any {what} can: corrupt"
+                )
         if buffer is not None and bound is not None:
             past = (
                 len(buffer) > bound[0]
