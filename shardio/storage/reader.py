@@ -274,6 +274,13 @@ class DatasetReader:
         checked before were another handle's)."""
         if is_remote(reader.path):
             return
+        if self._cache is not None:
+            # NOTE: the node cache checked this file against the manifest's digests when
+            # it fetched it (a rewritten dataset gets another cache key), so a shard
+            # evicted and fetched again is a new file of the same generation: only the
+            # blocks checked in the old file are checked again.
+            self._forget_checks(reader.path)
+            return
         transient = self._reader_class.transient_files
         first = self._generations.get(reader.path)
         if first is None:
@@ -281,8 +288,13 @@ class DatasetReader:
                 self._generations[reader.path] = Generation.of(reader.path, transient)
             return
         check_generation(reader.path, first, transient)
+        self._forget_checks(reader.path)
+
+    def _forget_checks(self, path: str) -> None:
+        """Integrity checks made on an earlier handle of shard ``path`` do not vouch for
+        the next one."""
         for number, check in list(self._checks.items()):
-            if check.path == reader.path:
+            if check.path == path:
                 del self._checks[number]
 
     @staticmethod
