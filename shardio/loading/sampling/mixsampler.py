@@ -18,7 +18,7 @@ from dataclasses import dataclass
 from typing import Any
 
 import numpy as np
-from torch.utils.data import DistributedSampler, Sampler
+from torch.utils.data import Sampler
 
 from shardio.core.config import parse_size
 from shardio.core.errors import InvalidOptionError, StateMismatchError
@@ -28,7 +28,7 @@ from .layout import ShardLayout, resolve_layout
 from .mixstate import MixState
 from .mixture import Interleave, normalize_weights, source_phase, source_seed
 from .orders import ORDERS, EpochPlan, OrderName, epoch_plan, order_digest
-from .ranks import non_negative_int, resolve_rank
+from .ranks import PlacedSampler, non_negative_int, resolve_rank
 from .readahead import Hint, lookahead_indices
 
 __all__ = ["EXHAUSTED", "MixSampler"]
@@ -49,7 +49,7 @@ class _Pass:
     done: bool = False
 
 
-class MixSampler(DistributedSampler[int]):
+class MixSampler(PlacedSampler):
     """Yields this rank's indices of a `shardio.Mix`, one epoch at a time.
 
     A ``DistributedSampler`` subclass (with its attributes ``num_replicas``, ``rank``,
@@ -185,36 +185,11 @@ class MixSampler(DistributedSampler[int]):
 
     # ------------------------------------------------------------------ ranks
     @property
-    def rank(self) -> int:  # type: ignore[override]
-        """This process's place among the readers (see ``world_size``)."""
-        return resolve_rank(*self._placement)[0]
-
-    @property
-    def world_size(self) -> int:
-        """The number of readers: as given, else ``torch.distributed``'s when it is
-        initialized, else 1."""
-        return resolve_rank(*self._placement)[1]
-
-    @property
-    def num_replicas(self) -> int:  # type: ignore[override]
-        """``world_size``, under DistributedSampler's name."""
-        return self.world_size
-
-    @property
     def num_samples(self) -> int:  # type: ignore[override]
         """Indices this rank reads in the epoch: ``len(self)``."""
         return len(self)
 
-    @property
-    def total_size(self) -> int:  # type: ignore[override]
-        """Indices all ranks read in the epoch."""
-        return len(self) * self.world_size
-
     # ------------------------------------------------------------------- epochs
-    @property
-    def epoch(self) -> int:  # type: ignore[override]
-        return self._epoch
-
     def set_epoch(self, epoch: int) -> None:
         """Select the epoch the next pass yields; the epoch a loaded state belongs to
         keeps its position, and the epoch after a pass goes on where that pass ended.

@@ -12,10 +12,46 @@ import operator
 from typing import Any
 
 import torch.distributed as dist
+from torch.utils.data import DistributedSampler
 
 from shardio.core.errors import InvalidOptionError
 
-__all__ = ["non_negative_int", "resolve_rank"]
+__all__ = ["PlacedSampler", "non_negative_int", "resolve_rank"]
+
+
+class PlacedSampler(DistributedSampler[int]):
+    """What `ShardSampler` and `MixSampler` share as `DistributedSampler`s: their place
+    among the readers, resolved at each use from `_placement` (the `rank` and
+    `world_size` given, or None), the epoch, and DistributedSampler's derived sizes.
+    A subclass sets `_placement` and `_epoch` and defines `num_samples`."""
+
+    _placement: tuple[int | None, int | None]
+    _epoch: int
+
+    @property
+    def rank(self) -> int:  # type: ignore[override]
+        """This process's place among the readers (see ``world_size``)."""
+        return resolve_rank(*self._placement)[0]
+
+    @property
+    def world_size(self) -> int:
+        """The number of readers: as given, else ``torch.distributed``'s when it is
+        initialized, else 1."""
+        return resolve_rank(*self._placement)[1]
+
+    @property
+    def num_replicas(self) -> int:  # type: ignore[override]
+        """``world_size``, under DistributedSampler's name."""
+        return self.world_size
+
+    @property
+    def total_size(self) -> int:  # type: ignore[override]
+        """Indices all ranks read in a whole epoch."""
+        return self.num_samples * self.world_size
+
+    @property
+    def epoch(self) -> int:  # type: ignore[override]
+        return self._epoch
 
 
 def resolve_rank(rank: int | None, world_size: int | None) -> tuple[int, int]:

@@ -7,7 +7,7 @@ from dataclasses import dataclass
 from typing import Any
 
 import numpy as np
-from torch.utils.data import DistributedSampler, Sampler
+from torch.utils.data import Sampler
 
 from shardio.core.config import parse_size
 from shardio.core.errors import InvalidOptionError, StateMismatchError
@@ -17,7 +17,7 @@ from .frameworks import check_not_split
 from .layout import ShardedSource, resolve_layout
 from .orders import ORDERS, EpochPlan, OrderName, epoch_plan, order_digest
 from .partition import PARTITIONS, PartitionName, rank_indices, samples_per_rank
-from .ranks import non_negative_int, resolve_rank
+from .ranks import PlacedSampler, non_negative_int, resolve_rank
 from .readahead import BlockReadahead, Hint, lookahead_indices, order_chunks
 from .state import SamplerState
 
@@ -37,7 +37,7 @@ class _PassProgress:
     done: bool = False
 
 
-class ShardSampler(DistributedSampler[int]):
+class ShardSampler(PlacedSampler):
     """Yields this rank's indices of a (sharded) dataset, one epoch at a time.
 
     A ``DistributedSampler`` subclass (with its attributes ``num_replicas``, ``rank``,
@@ -128,34 +128,9 @@ class ShardSampler(DistributedSampler[int]):
         self._len_base = 0  # indices of the epoch each rank read at a world size before
 
     @property
-    def rank(self) -> int:  # type: ignore[override]
-        """This process's place among the readers (see ``world_size``)."""
-        return resolve_rank(*self._placement)[0]
-
-    @property
-    def world_size(self) -> int:
-        """The number of readers: as given, else ``torch.distributed``'s when it is
-        initialized, else 1."""
-        return resolve_rank(*self._placement)[1]
-
-    @property
-    def num_replicas(self) -> int:  # type: ignore[override]
-        """``world_size``, under DistributedSampler's name."""
-        return self.world_size
-
-    @property
     def num_samples(self) -> int:  # type: ignore[override]
         """Indices each rank reads in a whole epoch (padding included)."""
         return samples_per_rank(len(self.layout), self.world_size, self.drop_last)
-
-    @property
-    def total_size(self) -> int:  # type: ignore[override]
-        """Indices all ranks read in a whole epoch (padding included)."""
-        return self.num_samples * self.world_size
-
-    @property
-    def epoch(self) -> int:  # type: ignore[override]
-        return self._epoch
 
     def set_epoch(self, epoch: int) -> None:
         """Select the epoch the next pass yields.
