@@ -113,6 +113,11 @@ class CFFields:
                 columns[name] = decoder(columns[name])
         return columns
 
+    def raw_out(self, out: Mapping[str, np.ndarray]) -> Mapping[str, np.ndarray]:
+        """The arrays of `out` the raw rows may be read into: those of fields no decoder
+        changes (a decoded field is read apart and copied in by `into`)."""
+        return {name: array for name, array in out.items() if name not in self.decoders}
+
     def into(self, columns: dict[str, Any], out: Mapping[str, np.ndarray]) -> dict[str, Any]:
         """Decode `columns`, then copy each decoded field into its array in `out` (the
         raw rows were read apart: their dtype is not the decoded one)."""

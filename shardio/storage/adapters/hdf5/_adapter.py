@@ -519,6 +519,7 @@ class HDF5Reader(ShardReader[_File]):
         handle = self.handle
         unique, inverse = np.unique(indices, return_inverse=True)
         reorder = not (len(unique) == len(indices) and np.array_equal(unique, indices))
+        targets = self._cf.raw_out(out) if self._cf else out
         columns: Columns = {}
         tables: dict[str, np.ndarray] = {}  # a table's rows, read once for all its columns
         for fld in self.schema:
@@ -547,9 +548,9 @@ class HDF5Reader(ShardReader[_File]):
                 columns[fld.name] = [values[i] for i in inverse] if reorder else values
             else:
                 self.bytes_read += data.nbytes
-                raw = self._cf is not None and fld.name in self._cf.decoders  # decoded later
-                target = None if raw else out.get(fld.name)
-                columns[fld.name] = put_rows(data, inverse if reorder else None, target)
+                columns[fld.name] = put_rows(
+                    data, inverse if reorder else None, targets.get(fld.name)
+                )
         return self._cf.into(columns, out) if self._cf else columns
 
 

@@ -379,6 +379,7 @@ class ZarrReader(ShardReader[_Group]):
         handle = self.handle
         unique, inverse = np.unique(indices, return_inverse=True)
         reorder = not (len(unique) == len(indices) and np.array_equal(unique, indices))
+        targets = self._cf.raw_out(out) if self._cf else out
         columns: Columns = {}
         for name, column in handle.columns.items():
             if column.offsets is not None:
@@ -396,9 +397,7 @@ class ZarrReader(ShardReader[_Group]):
                 columns[name] = [values[i] for i in inverse] if reorder else values
             else:
                 self.bytes_read += data.nbytes
-                raw = self._cf is not None and name in self._cf.decoders  # decoded later
-                target = None if raw else out.get(name)
-                columns[name] = put_rows(data, inverse if reorder else None, target)
+                columns[name] = put_rows(data, inverse if reorder else None, targets.get(name))
         return self._cf.into(columns, out) if self._cf else columns
 
     def _read_variable(self, column: _Column, unique: np.ndarray) -> list[Any]:
