@@ -10,7 +10,6 @@ import os
 import resource
 import signal
 import time
-from collections.abc import Iterator
 
 import numpy as np
 import pytest
@@ -22,7 +21,7 @@ from shardio.storage.cache import CacheStore
 pytest.importorskip("moto.server")
 pytest.importorskip("s3fs")
 torch = pytest.importorskip("torch")
-from shardio.tools.testing.objectstore import FaultProxy, S3Server, proxy_for, s3_server  # noqa: E402
+from shardio.tools.testing.objectstore import FaultProxy, S3Server  # noqa: E402
 
 # One attempt of 1 s per request: faults surface fast.
 FAST = {
@@ -32,17 +31,7 @@ FAST = {
 }
 
 
-@pytest.fixture(scope="module")
-def s3() -> Iterator[S3Server]:
-    with s3_server("cache-test") as server:
-        yield server
-
-
-@pytest.fixture
-def proxy(s3: S3Server) -> Iterator[FaultProxy]:
-    found = proxy_for(s3)
-    yield found
-    found.close()
+BUCKET = "cache-test"  # the s3 fixture (tests/storage/conftest.py) makes it
 
 
 def _write(tmp_path, fmt: str, rows: int = 600, shard_size: str = "4KB", seed: int = 0):

@@ -9,7 +9,6 @@ import signal
 import subprocess
 import sys
 import time
-from collections.abc import Iterator
 
 import numpy as np
 import pytest
@@ -20,23 +19,13 @@ from shardio.storage.cache import CacheStore
 pytest.importorskip("moto.server")
 pytest.importorskip("s3fs")
 torch = pytest.importorskip("torch")
-from shardio.tools.testing.objectstore import FaultProxy, S3Server, proxy_for, s3_server  # noqa: E402
+from shardio.tools.testing.objectstore import FaultProxy, S3Server  # noqa: E402
 
 JOB = os.path.join(os.path.dirname(os.path.dirname(__file__)), "cache_job.py")
 ROOT = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
 
-@pytest.fixture(scope="module")
-def s3() -> Iterator[S3Server]:
-    with s3_server("cache-procs") as server:
-        yield server
-
-
-@pytest.fixture
-def proxy(s3: S3Server) -> Iterator[FaultProxy]:
-    found = proxy_for(s3)
-    yield found
-    found.close()
+BUCKET = "cache-procs"  # the s3 fixture (tests/storage/conftest.py) makes it
 
 
 def _dataset(s3: S3Server, tmp_path, fmt: str, rows: int, shard_size: str, key: str):
