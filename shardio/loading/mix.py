@@ -23,6 +23,7 @@ from shardio.storage.openlimit import resolve_open_limit
 from shardio.storage.reader import DatasetReader
 
 from .batches import Batch, BatchTransform, shared_columns
+from .handover import slot_columns
 from .sampling.mixsampler import EXHAUSTED
 from .sampling.mixture import normalize_weights
 
@@ -148,9 +149,14 @@ class Mix(torch.utils.data.Dataset[Any]):
             return [self.transform(s) for s in samples]
         if torch.utils.data.get_worker_info() is None:
             return Batch(self.read_batch(indices), len(indices), None, self.batch_transform)
-        arrays, tensors = shared_columns(self.schema, len(indices))
+        # In a worker: the fixed fields go straight into a reused shared-memory slot
+        # (as ShardedDataset's), not fresh shared memory per batch.
+        if self.batch_transform is None:  # a transform's output may keep slot memory
+            arrays, tensors, lease = slot_columns(self.schema, len(indices))
+        else:
+            (arrays, tensors), lease = shared_columns(self.schema, len(indices)), None
         columns = self.read_batch(indices, out=arrays)
-        return Batch(columns, len(indices), tensors, self.batch_transform)
+        return Batch(columns, len(indices), tensors, self.batch_transform, lease)
 
     def read_batch(
         self, indices: Sequence[int] | np.ndarray, out: dict[str, np.ndarray] | None = None

@@ -23,6 +23,7 @@ from shardio import (
     ShardSampler,
     ShardWriter,
 )
+from shardio.loading.handover import handover_stats
 from shardio.loading.sampling import find_sampler_state
 
 torch.set_num_threads(1)
@@ -99,10 +100,13 @@ def test_dataloader_workers_read_the_right_samples(data: Path, context: str) -> 
     x, sources = _expected(mix, indices)
     got_x: list[int] = []
     got_sources: list[int] = []
+    received = handover_stats()["received"]
     for batch in loader:
         got_x += batch["x"].tolist()
         got_sources += batch["source"].tolist()
     assert got_x == x and got_sources == sources
+    # the workers handed every batch over in their reused shared-memory slots
+    assert handover_stats()["received"] - received == -(-len(indices) // 16)
     counts = Counter(sources)
     assert [counts[i] for i in range(3)] == [105, 63, 42]  # 210 positions at 0.5/0.3/0.2
 
