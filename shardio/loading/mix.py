@@ -232,13 +232,17 @@ class Mix(torch.utils.data.Dataset[Any]):
 
     def readahead(self, start: int, stop: int) -> int:
         """Hint global samples ``[start, stop)`` (within one source or across)."""
+        start, stop = max(0, int(start)), min(int(stop), len(self))
+        if stop <= start:
+            return 0
+        first = int(np.searchsorted(self._ends, start, side="right"))
+        last = int(np.searchsorted(self._ends, stop - 1, side="right"))
         hinted = 0
-        for s, source in enumerate(self.sources):
-            lo = max(start, int(self.offsets[s]))
-            hi = min(stop, int(self._ends[s]))
-            hint = getattr(source, "readahead", None)
-            if hi > lo and callable(hint):
-                hinted += int(hint(lo - int(self.offsets[s]), hi - int(self.offsets[s])) or 0)
+        for s in range(first, last + 1):  # one source, unless the range spans several
+            offset, end = int(self.offsets[s]), int(self._ends[s])
+            hint = getattr(self.sources[s], "readahead", None)
+            if callable(hint):
+                hinted += int(hint(max(start, offset) - offset, min(stop, end) - offset) or 0)
         return hinted
 
     def __getstate__(self) -> dict[str, Any]:

@@ -208,3 +208,7 @@ def test_each_source_s_blocks_are_read_ahead(data: Path) -> None:
     quiet = _mix(data)
     list(MixSampler(quiet, window="4KB", readahead=False))
     assert all(stats["readahead_bytes"] == 0 for stats in quiet.memory_stats().values())
+    # a range across two sources hints the end of one and the start of the next
+    assert quiet.readahead(110, 130) > 0 and quiet.readahead(-5, 0) == 0
+    after = {name: stats["readahead_bytes"] for name, stats in quiet.memory_stats().items()}
+    assert after["web"] > 0 and after["code"] > 0 and after["books"] == 0, after

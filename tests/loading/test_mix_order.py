@@ -77,6 +77,34 @@ def test_position_k_is_a_pure_function(weights: list[float], seed: int, a: int, 
             assert sources[position] == s and samples[position] == j
 
 
+@settings(max_examples=100, deadline=None)
+@given(
+    weights_,
+    st.integers(0, 2**32),
+    st.integers(0, 3_000),
+    st.integers(0, 400),
+    st.integers(1, 70),
+    st.data(),
+)
+def test_a_rank_s_slice_is_its_share_of_all_keys_merged(
+    weights: list[float], seed: int, a: int, size: int, stride: int, data: st.DataObject
+) -> None:
+    """`slice` against the definition: every source's keys, sorted by (key, source)."""
+    interleave = _interleave(weights, seed)
+    offset = data.draw(st.integers(0, stride - 1))
+    keys, sources, samples = [], [], []
+    for s in np.flatnonzero(interleave.weights > 0).tolist():
+        j = np.arange(int((a + size + 2) * interleave.weights[s]) + 2)
+        keys.append(interleave.keys(s, j))
+        sources.append(np.full(len(j), s))
+        samples.append(j)
+    order = np.lexsort((np.concatenate(sources), np.concatenate(keys)))[a : a + size]
+    got_sources, got_samples = interleave.slice(a, a + size, offset, stride)
+    assert len(order) == size
+    assert got_sources.tolist() == np.concatenate(sources)[order][offset::stride].tolist()
+    assert got_samples.tolist() == np.concatenate(samples)[order][offset::stride].tolist()
+
+
 def test_two_sources_are_within_one_and_bursts_are_spread() -> None:
     interleave = _interleave([0.7, 0.3], seed=5)
     sources, _ = interleave.slice(0, 10_000)

@@ -280,10 +280,8 @@ class MixSampler(PlacedSampler):
         source epoch and source-local index of each."""
         end = min(progress.count, begin + step)
         first = progress.start + begin * self.world_size
-        sources, samples = self._interleave.slice(first, progress.start + end * self.world_size)
-        sources, samples = (
-            sources[self.rank :: self.world_size],
-            samples[self.rank :: self.world_size],
+        sources, samples = self._interleave.slice(
+            first, progress.start + end * self.world_size, self.rank, self.world_size
         )
         return self.locate(sources, samples)
 

@@ -153,18 +153,30 @@ class Interleave:
         out += np.bincount(sources[order], minlength=len(self.weights))
         return out
 
-    def slice(self, a: int, b: int) -> tuple[np.ndarray, np.ndarray]:
-        """Positions ``[a, b)``: the source of each and its sample number in that source
-        (counted from 0 at position 0)."""
+    def slice(
+        self, a: int, b: int, offset: int = 0, stride: int = 1
+    ) -> tuple[np.ndarray, np.ndarray]:
+        """Positions ``a + offset, a + offset + stride, ...`` below ``b``: the source of
+        each and its sample number in that source (counted from 0 at position 0).
+
+        Each source's keys are one increasing run, laid out by source number, so a
+        stable sort of the keys merges the runs (ties go to the lower source, as
+        everywhere) in O(n log sources)."""
         first, last = self.counts(a), self.counts(max(a, b))
-        sources = np.repeat(np.arange(len(self.weights)), last - first)
-        samples = np.concatenate(
-            [np.arange(f, stop, dtype=np.int64) for f, stop in zip(first, last, strict=True)]
-        )
+        active = np.flatnonzero(last > first).tolist()
+        if not active:
+            empty = np.zeros(0, dtype=np.int64)
+            return empty, empty
+        samples = np.concatenate([np.arange(first[s], last[s], dtype=np.int64) for s in active])
         keys = np.empty(len(samples))
-        for s in np.flatnonzero(last > first).tolist():
-            keys[sources == s] = self.keys(s, samples[sources == s])
-        order = np.lexsort((sources, keys))
+        sources = np.empty(len(samples), dtype=np.int64)
+        at = 0
+        for s in active:
+            size = int(last[s] - first[s])
+            keys[at : at + size] = self.keys(s, samples[at : at + size])
+            sources[at : at + size] = s
+            at += size
+        order = np.argsort(keys, kind="stable")[offset::stride]
         return sources[order], samples[order]
 
     def position_of(self, source: int, j: int) -> int:
