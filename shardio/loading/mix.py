@@ -11,19 +11,21 @@ from __future__ import annotations
 
 import threading
 from collections.abc import Callable, Mapping, Sequence
-from typing import Any
+from typing import Any, cast
 
 import numpy as np
 import torch.utils.data
 
 from shardio.core.errors import InvalidOptionError, SampleIndexError, SchemaError
 from shardio.core.schema import Field, Sample, Schema
+from shardio.memory import MemoryPolicy
 from shardio.storage.adapters.base import Columns, columns_to_samples
 from shardio.storage.openlimit import resolve_open_limit
 from shardio.storage.reader import DatasetReader
 
 from .batches import Batch, BatchTransform, shared_columns
 from .handover import slot_columns
+from .mixbudget import MixBudget
 from .sampling.mixsampler import EXHAUSTED
 from .sampling.mixture import normalize_weights
 
@@ -49,6 +51,11 @@ class Mix(torch.utils.data.Dataset[Any]):
             default what one dataset keeps, an eighth of the file-descriptor limit):
             each source's reader is limited to its share, so mixing many sources of
             many shards does not run out of file descriptors.
+        max_rss, memory_policy: one memory budget for all sources together, per reading
+            process, as on `ShardedDataset` (``"512MB"``, ``"auto"``, ``"total:8GB"``):
+            one guard measures the process once against the whole budget, and each
+            source's backend is fitted to its shards' part of it (see docs/mixtures.md).
+            Give it here, not to the sources.
         transform, batch_transform: as on `ShardedDataset`.
 
     ``len(mix)`` is the samples of all sources; ``mix[i]`` is sample ``i`` of that
@@ -63,6 +70,8 @@ class Mix(torch.utils.data.Dataset[Any]):
         seed: int = 0,
         exhausted: str = "restart",
         max_open_shards: int | None = None,
+        max_rss: int | str | None = None,
+        memory_policy: MemoryPolicy | None = None,
         transform: Callable[[Sample], Any] | None = None,
         batch_transform: BatchTransform | None = None,
     ) -> None:
@@ -93,6 +102,18 @@ class Mix(torch.utils.data.Dataset[Any]):
             reader = getattr(source, "reader", None)
             if isinstance(reader, DatasetReader) and reader.max_open_shards > share:
                 reader.max_open_shards = share
+        self.budget: MixBudget | None = None
+        policy = MemoryPolicy.resolve(max_rss, memory_policy)
+        if policy is not None:
+            readers = [getattr(source, "reader", None) for source in self.sources]
+            for name, source, reader in zip(self.names, self.sources, readers, strict=True):
+                if not isinstance(reader, DatasetReader):
+                    raise InvalidOptionError(
+                        f"max_rss= on a Mix shares the budget between ShardedDataset sources, "
+                        f"but source {name!r} is a {type(source).__name__}"
+                    )
+            self.budget = MixBudget(policy, cast(list[DatasetReader], readers))
+            self.budget.attach(self.names)
         normalize_weights(self.names, weights)  # checked here, kept as given
         self.weights: dict[str, float] | None = None if weights is None else dict(weights)
         self.seed = seed
