@@ -383,3 +383,56 @@ def test_the_bound_holds_far_into_long_runs(
     assert len(sources) == size
     bound = window_bound(interleave.weights)
     assert (np.abs(counts - size * interleave.weights) <= bound + 1e-6).all()
+
+
+class _Hinted(Layouts):
+    """A mixture whose readahead records the ranges it is asked to hint."""
+
+    def __init__(self) -> None:
+        super().__init__(
+            {"web": [400, 400], "code": [300, 130]}, {"web": 3, "code": 2}, sample_bytes=1000
+        )
+        self.ranges: list[tuple[int, int]] = []
+
+    def readahead(self, start: int, stop: int) -> int:
+        self.ranges.append((start, stop))
+        return stop - start
+
+
+def test_the_ranks_of_a_node_split_the_hints(monkeypatch: pytest.MonkeyPatch) -> None:
+    """Every rank reads from every block of many samples; the node's ranks hint each
+    block once between them. (1000 positions: both sources stay in their first epoch,
+    where every block is read through.)"""
+    monkeypatch.delenv("LOCAL_WORLD_SIZE", raising=False)
+    alone = _Hinted()
+    list(MixSampler(alone, rank=0, world_size=1, window="800KB", samples_per_epoch=1000))
+    blocks = set(alone.ranges)
+    assert len(blocks) == len(alone.ranges) > 20  # each block once
+    rank1 = _Hinted()
+    list(MixSampler(rank1, rank=1, world_size=4, window="800KB", samples_per_epoch=1000))
+    big = {(a, b) for a, b in blocks if b - a >= 8}
+    assert big <= set(rank1.ranges) <= blocks  # without LOCAL_WORLD_SIZE: all it reaches
+
+    monkeypatch.setenv("LOCAL_WORLD_SIZE", "2")
+    parts = []
+    for rank in (2, 3):  # the second node of two
+        mix = _Hinted()
+        indices = list(
+            MixSampler(mix, rank=rank, world_size=4, window="800KB", samples_per_epoch=1000)
+        )
+        reference = MixSampler(
+            _Hinted(),
+            rank=rank,
+            world_size=4,
+            window="800KB",
+            samples_per_epoch=1000,
+            readahead=False,
+        )
+        assert indices == list(reference)  # hints change nothing of the order
+        parts.append(set(mix.ranges))
+    assert not parts[0] & parts[1] and len(parts[0]) > 5 and len(parts[1]) > 5
+    assert big <= parts[0] | parts[1] <= blocks
+    monkeypatch.setenv("LOCAL_WORLD_SIZE", "3")  # does not divide the world: all hints
+    odd = _Hinted()
+    list(MixSampler(odd, rank=1, world_size=4, window="800KB", samples_per_epoch=1000))
+    assert odd.ranges == rank1.ranges

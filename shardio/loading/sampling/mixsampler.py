@@ -13,6 +13,7 @@ prefix of the mixture order: the state is one position plus a count per source.
 
 from __future__ import annotations
 
+import os
 from collections.abc import Iterator, Mapping
 from dataclasses import dataclass
 from typing import Any
@@ -436,12 +437,20 @@ class MixSampler(PlacedSampler):
 
 class _Hints:
     """Hints each block of each source's order once, when a chunk about to be read
-    first reaches it (one set of flags per source: no thread, no pool)."""
+    first reaches it (one set of flags per source: no thread, no pool).
+
+    Every rank reads from every block (rank ``r`` takes every ``world_size``-th
+    position), and the ranks of one node share its page cache: where the launcher says
+    how many ranks a node runs (``LOCAL_WORLD_SIZE``, as torchrun does), each hints
+    only its part of the blocks (see `node_place`). A block the rank that hints it
+    does not reach (a few samples of a source's next epoch at the end of a pass) goes
+    unhinted: a hint only makes reads faster."""
 
     def __init__(self, sampler: MixSampler) -> None:
         self.sampler = sampler
         self.hinted: dict[tuple[int, int], np.ndarray] = {}
         self.disabled = False
+        self.local_rank, self.local_size = node_place(sampler.rank, sampler.world_size)
 
     def ahead(self, chunk: tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]) -> None:
         _, sources, epochs, local = chunk
@@ -463,6 +472,8 @@ class _Hints:
                 flags[new] = True
                 stops = np.append(starts[1:], sampler.lengths[s])
                 base = int(sampler.offsets[s])
+                if self.local_size > 1:  # the node's other ranks hint the others
+                    new = new[new % self.local_size == self.local_rank]
                 for b in new.tolist():
                     if not self._hint(base + int(starts[b]), base + int(stops[b])):
                         return
@@ -484,3 +495,15 @@ class _Hints:
             )
             return False
         return True
+
+
+def node_place(rank: int, world_size: int) -> tuple[int, int]:
+    """``(local_rank, local_world_size)`` of this rank on its node: ``LOCAL_WORLD_SIZE``
+    (set by torchrun) ranks per node, numbered node by node, so the local rank is
+    ``rank % LOCAL_WORLD_SIZE``; ``(0, 1)`` where it is not set or does not divide
+    ``world_size``."""
+    text = os.environ.get("LOCAL_WORLD_SIZE", "")
+    size = int(text) if text.isdigit() else 1
+    if not 1 < size <= world_size or world_size % size:
+        return 0, 1
+    return rank % size, size
