@@ -3,6 +3,7 @@ Prefetcher, the doctor, and a resume through each."""
 
 from __future__ import annotations
 
+import threading
 from collections import Counter
 from pathlib import Path
 from typing import Any
@@ -196,6 +197,17 @@ def test_sources_share_one_limit_of_open_shards(data: Path) -> None:
     assert sum(len(s.reader.open_readers) for s in mix.sources) <= 3
     default = _mix(data)  # one dataset's default limit, shared
     assert sum(s.reader.max_open_shards for s in default.sources) <= default.max_open_shards
+
+
+def test_reading_a_mixture_starts_no_thread_or_pool(data: Path) -> None:
+    """Nothing per source but its reader: a batch is one read per source in it, in the
+    thread that asks (with readahead hints from the sampler's thread)."""
+    before = {t.ident for t in threading.enumerate()}
+    mix = _mix(data, max_rss="64MB")
+    indices = list(MixSampler(mix, window="4KB"))
+    got = [v for i in range(0, len(indices), 32) for v in mix.read_batch(indices[i : i + 32])["x"]]
+    assert got == _expected(mix, indices)[0]
+    assert {t.ident for t in threading.enumerate()} == before
 
 
 def test_each_source_s_blocks_are_read_ahead(data: Path) -> None:
