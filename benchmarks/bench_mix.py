@@ -16,6 +16,7 @@ batch against a fresh epoch's first batch, and the state's size in bytes of JSON
     python benchmarks/bench_mix.py            # about 2-4 minutes on a quiet machine
     python benchmarks/bench_mix.py --write    # also records benchmarks/RESULTS.md
     python benchmarks/bench_mix.py --quick    # smoke run: seconds
+    python benchmarks/bench_mix.py --max-rss 256MB   # both reads under a budget per process
 """
 
 from __future__ import annotations
@@ -106,13 +107,15 @@ def child(args: argparse.Namespace) -> dict[str, Any]:
 
     torch.set_num_threads(1)
     paths = [Path(p) for p in args.paths]
-    datasets = [ShardedDataset(p) for p in paths]
+    budget = None if args.max_rss in (None, "none") else args.max_rss
     dataset: Any
     if args.child == "one":
-        dataset = datasets[0]
+        dataset = ShardedDataset(paths[0], max_rss=budget)
         sampler: Any = ShardSampler(dataset, window=args.window, seed=0)
     else:
-        dataset = Mix({f"s{i}": d for i, d in enumerate(datasets)}, seed=0)
+        datasets = [ShardedDataset(p) for p in paths]
+        sources = {f"s{i}": d for i, d in enumerate(datasets)}
+        dataset = Mix(sources, seed=0, max_rss=budget)  # one budget for all sources
         sampler = MixSampler(dataset, window=args.window)
     loader = DataLoader(
         dataset, batch_size=args.batch_size, sampler=sampler, num_workers=args.workers
@@ -141,6 +144,8 @@ def run_child(kind: str, paths: list[Path], args: argparse.Namespace) -> dict[st
         str(args.batch_size),
         "--workers",
         str(args.workers),
+        "--max-rss",
+        str(args.max_rss),
         "--paths",
         *map(str, paths),
     ]
@@ -216,6 +221,9 @@ def main() -> None:
     parser.add_argument("--window", default="256MB")
     parser.add_argument("--batch-size", type=int, default=256)
     parser.add_argument("--workers", type=int, default=2)
+    parser.add_argument(
+        "--max-rss", default="none", help="a budget per process for both reads, e.g. 256MB"
+    )
     parser.add_argument("--resume-samples", default="10M")
     parser.add_argument("--world", type=int, default=64)
     parser.add_argument("--dir", default=None, help="where to write the data (a temp dir)")
@@ -293,8 +301,9 @@ def main() -> None:
             f"{load_after:.1f} after the reads.",
             f"{format_size(per_source * args.sample_bytes * args.sources)} in "
             f"{args.sample_bytes}-byte samples, {args.workers} DataLoader workers, batch "
-            f"{args.batch_size}, window {args.window}, shards of {args.shard_size}, each "
-            "read from a cold page cache in a process of its own.",
+            f"{args.batch_size}, window {args.window}, shards of {args.shard_size}, "
+            f"max_rss {args.max_rss} (one budget for the mixture), each read from a cold "
+            "page cache in a process of its own.",
             table,
             f"RSS growth from 1 to {args.sources} sources: {growth:+,.0f} MB "
             f"({mix_many['peak_rss'] / max(mix_one['peak_rss'], 1):.2f}x).",
