@@ -20,7 +20,14 @@ from typing import Any
 
 from shardio.core.errors import InvalidOptionError
 from shardio.core.perprocess import ForkSafeLock, PerProcess
-from shardio.memory import MemoryGuard, MemoryPolicy, MemoryStats, ReleaseKind, ReleaseResult
+from shardio.memory import (
+    JobBudget,
+    MemoryGuard,
+    MemoryPolicy,
+    MemoryStats,
+    ReleaseKind,
+    ReleaseResult,
+)
 from shardio.storage.reader import DatasetReader
 
 from .loaderinfo import dataloader_worker
@@ -60,12 +67,13 @@ class MixBudget:
             reader.guard = _SourceGuard(self, number)
 
     def _share(self, shards: int, total: int) -> MemoryPolicy:
-        """The policy a source's backend is fitted to: its shards' part of the budget.
-        A job budget (``"auto"``, ``"total:SIZE"``) is split per process when reading
-        starts, so the sources are fitted to the whole process share."""
-        if self.policy.job is not None:
-            return self.policy
-        return replace(self.policy, max_rss=max(1, self.policy.max_rss * shards // max(total, 1)))
+        """The policy a source's backend is fitted to: its shards' part of the budget
+        (of this process's share of a job budget, ``"auto"`` or ``"total:SIZE"``)."""
+        fraction = shards / max(total, 1)
+        job = self.policy.job
+        if job is not None:
+            return replace(self.policy, job=_JobPart(job, fraction))
+        return replace(self.policy, max_rss=max(1, int(self.policy.max_rss * fraction)))
 
     def after_read(self, number: int, nbytes: int) -> None:
         """Source ``number`` read ``nbytes`` (its reader's lock is held): pay what it
@@ -112,6 +120,28 @@ def sum_results(results: Any) -> ReleaseResult:
     for result in results:
         total += result
     return total
+
+
+class _JobPart(JobBudget):
+    """A source's part of a job budget, for fitting its backend: ``fraction`` of the
+    process's share, whatever that share turns out to be when reading starts."""
+
+    def __init__(self, whole: JobBudget, fraction: float) -> None:
+        # NOTE: not JobBudget.__init__: the whole budget fixes its figure in use
+        # (before a fork, or when pickled); this part only scales what it says.
+        self.whole = whole
+        self.fraction = fraction
+        self.spec, self.limit, self.margin = whole.spec, whole.limit, whole.margin
+        self.reopen_every = whole.reopen_every
+
+    def provisional_share(self, workers: int = 0) -> int:
+        return max(1, int(self.whole.provisional_share(workers) * self.fraction))
+
+    def fix_in_use(self) -> None:
+        self.whole.fix_in_use()
+
+    def __getstate__(self) -> dict[str, Any]:
+        return dict(self.__dict__)  # the whole budget fixes its figure as it pickles
 
 
 class _SourceGuard(MemoryGuard):

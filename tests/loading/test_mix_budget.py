@@ -104,3 +104,20 @@ def test_the_budget_is_shared_after_pickling_and_refused_twice(paths: list[Path]
     assert own["b"].reader.memory_policy is None  # refused before any source was changed
     with pytest.raises(InvalidOptionError, match="max_rss= or memory_policy=, not both"):
         Mix({"b": own["b"]}, max_rss="8MB", memory_policy=mix.budget.policy)
+
+
+def test_a_job_budget_is_split_between_the_sources_by_shards(paths: list[Path]) -> None:
+    sources = {f"s{s}": ShardedDataset(p) for s, p in enumerate(paths[:3])}
+    shards = [len(source.shard_lengths) for source in sources.values()]
+    mix = Mix(sources, max_rss="total:4GB")
+    assert mix.budget is not None and mix.budget.policy.job is not None
+    whole = mix.budget.policy.job.provisional_share()
+    parts = [s.reader.memory_policy.job.provisional_share() for s in mix.sources]
+    for part, count in zip(parts, shards, strict=True):
+        assert part == pytest.approx(whole * count / sum(shards), rel=0.01)
+    # each backend's options follow: mmap maps only fields below 1/16 of a shard's part
+    below = [s.reader.reader_options["map_below"] for s in mix.sources]
+    assert below == pytest.approx([whole // sum(shards) // 2 // 16] * 3, rel=0.01)
+    restored = pickle.loads(pickle.dumps(mix))
+    assert restored.sources[0].reader.memory_policy.job.whole is restored.budget.policy.job
+    assert restored.read_batch([0, PER_SOURCE])["i"].tolist() == [0, 0]
