@@ -96,12 +96,9 @@ class Mix(torch.utils.data.Dataset[Any]):
                     f"schema), but got {type(source).__name__}"
                 )
         self.schema = _mixed_schema(self.names, self.sources)
+        normalize_weights(self.names, weights)  # checked here, kept as given
         self.max_open_shards = resolve_open_limit(max_open_shards)
-        share = max(1, self.max_open_shards // len(self.sources))
-        for source in self.sources:
-            reader = getattr(source, "reader", None)
-            if isinstance(reader, DatasetReader) and reader.max_open_shards > share:
-                reader.max_open_shards = share
+        # every check before the sources' readers change: refused, they stay as they were
         self.budget: MixBudget | None = None
         policy = MemoryPolicy.resolve(max_rss, memory_policy)
         if policy is not None:
@@ -114,7 +111,11 @@ class Mix(torch.utils.data.Dataset[Any]):
                     )
             self.budget = MixBudget(policy, cast(list[DatasetReader], readers))
             self.budget.attach(self.names)
-        normalize_weights(self.names, weights)  # checked here, kept as given
+        share = max(1, self.max_open_shards // len(self.sources))
+        for source in self.sources:
+            reader = getattr(source, "reader", None)
+            if isinstance(reader, DatasetReader) and reader.max_open_shards > share:
+                reader.max_open_shards = share
         self.weights: dict[str, float] | None = None if weights is None else dict(weights)
         self.seed = seed
         self.exhausted = exhausted

@@ -55,6 +55,12 @@ class MixBudget:
     def attach(self, names: Sequence[str]) -> None:
         """Point every reader at this budget: its guard, and its share for its backend."""
         for name, reader in zip(names, self.readers, strict=True):
+            if isinstance(reader.guard, _SourceGuard):
+                raise InvalidOptionError(
+                    f"source {name!r} is under the memory budget of another Mix already: "
+                    "give each Mix its own ShardedDataset objects (they may read the same "
+                    "path), or one Mix the budget"
+                )
             if reader.memory_policy is not None:
                 raise InvalidOptionError(
                     f"source {name!r} has a memory budget of its own (max_rss= or "

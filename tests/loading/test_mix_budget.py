@@ -101,7 +101,10 @@ def test_the_budget_is_shared_after_pickling_and_refused_twice(paths: list[Path]
     own = {"a": ShardedDataset(paths[0], max_rss="4MB"), "b": ShardedDataset(paths[1])}
     with pytest.raises(InvalidOptionError, match="source 'a' has a memory budget of its own"):
         Mix(own, max_rss="8MB")
-    assert own["b"].reader.memory_policy is None  # refused before any source was changed
+    # refused before any source was changed
+    assert own["b"].reader.memory_policy is None and own["b"].reader.max_open_shards > 1
+    with pytest.raises(InvalidOptionError, match="under the memory budget of another Mix"):
+        Mix({"again": mix.sources[0]}, max_rss="8MB")
     with pytest.raises(InvalidOptionError, match="max_rss= or memory_policy=, not both"):
         Mix({"b": own["b"]}, max_rss="8MB", memory_policy=mix.budget.policy)
 
