@@ -38,6 +38,7 @@ from shardio.memory import FileRange, ReleaseResult
 
 from ...cf import CFFields
 from ...integrity import ValueRanges
+from ...minc import hdf5_minc
 from ...remote import is_remote, open_remote
 from ..base import (
     Columns,
@@ -397,7 +398,9 @@ class HDF5Reader(ShardReader[_File]):
         if self.backend_options.get("decode_cf", False):
             # NOTE: decoded fields keep their names and shapes; only their dtype changes,
             # and the reads below take dtypes from the datasets, not from the schema.
-            self._cf = CFFields(schema, lambda n: _attributes(datasets[n]))
+            self._cf = CFFields(
+                schema, lambda n: _attributes(datasets[n]), hdf5_minc(file, datasets), self.path
+            )
             schema = self._cf.schema
         self._length = length
         self._schema = schema
