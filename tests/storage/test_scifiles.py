@@ -22,7 +22,12 @@ from torch.utils.data import DataLoader
 from shardio import ShardedDataset
 from shardio.convert.check import verify
 from shardio.convert.converter import convert
-from shardio.core.errors import SchemaError, UnknownFormatError, UnsupportedFeatureError
+from shardio.core.errors import (
+    FieldNotFoundError,
+    SchemaError,
+    UnknownFormatError,
+    UnsupportedFeatureError,
+)
 from shardio.tools.cli import main
 
 torch.set_num_threads(1)
@@ -237,3 +242,21 @@ def test_conversion_takes_what_the_reader_takes(written: dict[str, str], tmp_pat
     assert result.manifest.schema.names == _open(path).fields
     skipped = str(result.manifest.to_json())
     assert "uns/rank_genes_groups/names" in skipped
+
+
+def test_zarr_dim_picks_another_dimension(written: dict[str, str], tmp_path: Path) -> None:
+    """``dim=`` (--dim) on a Zarr group, as on netCDF and HDF5 files."""
+    import xarray as xr
+
+    path = written["zarr-v3-xarray"]
+    lat = _open(path, dim="lat")
+    assert lat.fields == ("lat",) and len(lat) == 4
+    with xr.open_zarr(path, consolidated=False) as reference:
+        assert np.array_equal(lat.read_batch(range(4))["lat"], reference["lat"].values)
+    with pytest.raises(FieldNotFoundError, match=r"no array has dimension 'depth'.*'lat'"):
+        _open(path, dim="depth")
+    assert (
+        main(["convert", path, str(tmp_path / "lat"), "--format", "lmdb", "--dim", "lat", "-q"])
+        == 0
+    )
+    assert _open(str(tmp_path / "lat")).fields == ("lat",)
