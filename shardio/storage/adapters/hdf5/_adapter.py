@@ -526,6 +526,7 @@ class HDF5Reader(ShardReader[_File]):
         targets = self._cf.raw_out(out) if self._cf else out
         columns: Columns = {}
         tables: dict[str, np.ndarray] = {}  # a table's rows, read once for all its columns
+        decoded = self._cf.decoders if self._cf else {}
         for fld in self.schema:
             data = self._read_located(handle, fld.name, unique)
             if data is None:
@@ -540,7 +541,7 @@ class HDF5Reader(ShardReader[_File]):
                         tables[dataset.name] = data
             if fld.name in handle.members:
                 data = np.ascontiguousarray(data[handle.members[fld.name]])
-            if fld.dtype.kind in TIME_KINDS and not fld.variable:
+            if fld.dtype.kind in TIME_KINDS and fld.name not in decoded and not fld.variable:
                 data = data.view(fld.dtype)  # stored as int64 units (shardio.core.timevalues)
             if fld.variable:
                 relabel = fld.kind == "ragged" and not fld.dtype.isnative and vlen_reads_unswapped()
@@ -549,7 +550,7 @@ class HDF5Reader(ShardReader[_File]):
                     if fld.kind == "bytes"
                     else (
                         np.asarray(v).view(fld.dtype)
-                        if relabel or fld.dtype.kind in TIME_KINDS
+                        if relabel or (fld.dtype.kind in TIME_KINDS and fld.name not in decoded)
                         else np.asarray(v, fld.dtype)
                     )
                     for v in _as_bytes(data, fld)
