@@ -187,8 +187,23 @@ def _write_stations(path: str, format: str) -> None:
 
 def _netcdf4_files(directory: str) -> None:
     """Writes the netCDF4 package's files once per directory (in another process)."""
-    if not os.path.exists(os.path.join(directory, "stations-netcdf4.nc")):
-        _elsewhere(f"_write_with_netcdf4({directory!r})")
+    start_netcdf4_files(directory)
+    done = _PENDING.pop(directory, None)
+    if done is not None:
+        _, stderr = done.communicate()
+        assert done.returncode == 0, stderr
+
+
+#: The netCDF4 writers running in another process, by directory.
+_PENDING: dict[str, subprocess.Popen[str]] = {}
+
+
+def start_netcdf4_files(directory: str) -> None:
+    """Start writing the netCDF4 package's files, so that the other producers write
+    theirs meanwhile (the first entry that needs them waits)."""
+    if directory in _PENDING or os.path.exists(os.path.join(directory, "stations-netcdf4.nc")):
+        return
+    _PENDING[directory] = _elsewhere(f"_write_with_netcdf4({directory!r})")
 
 
 def _netcdf4_writer(name: str) -> Callable[[str], str]:
@@ -199,16 +214,21 @@ def _netcdf4_writer(name: str) -> Callable[[str], str]:
     return write
 
 
-def _elsewhere(statement: str) -> None:
-    """Run ``statement`` (with this module's names) in a fresh interpreter.
+def _elsewhere(statement: str) -> subprocess.Popen[str]:
+    """Start ``statement`` (with this module's names) in a fresh interpreter.
 
     NOTE: the netCDF4 package carries its own HDF5 library; once imported, h5py's
     filter plugins (hdf5plugin's blosc) fail in that process. The netCDF4 engine is
     kept out of the test process."""
     code = f"import scifiles; exec({statement!r}, vars(scifiles))"
     env = {**os.environ, "PYTHONPATH": os.pathsep.join([_HERE, os.environ.get("PYTHONPATH", "")])}
-    done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, env=env)
-    assert done.returncode == 0, done.stderr
+    return subprocess.Popen(
+        [sys.executable, "-c", code],
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.PIPE,
+        text=True,
+        env=env,
+    )
 
 
 _HERE = os.path.dirname(os.path.abspath(__file__))

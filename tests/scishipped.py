@@ -101,7 +101,7 @@ def _astropy_truth(path: str, decoded: bool) -> dict[str, Any]:
 
 def shipped(make: Callable[..., Any]) -> tuple[Any, ...]:
     """The shipped files as ``make(name, write, truth, decodes, producer, requires)``."""
-    minc = "nibabel/tests/data"
+    minc = "MINC tools (nibabel test data)"
     entries = [
         # h5py's test data
         ("h5py-vlen-strings", ("h5py", "tests", "data_files", "vlen_string_dset.h5"),
