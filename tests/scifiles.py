@@ -370,6 +370,49 @@ def _old_anndata_truth(path: str, decoded: bool) -> dict[str, Any]:
         }
 
 
+def _write_anndata_07(directory: str) -> str:
+    """The layout anndata 0.7 wrote: ``obs`` a group of column datasets named by an
+    ``_index`` attribute, categoricals as codes with their categories under
+    ``obs/__categories``, X dense (anndata 0.12 cannot write it, so h5py lays it out)."""
+    path = os.path.join(directory, "layout-0.7.h5ad")
+    rng = np.random.default_rng(21)
+    n = 18
+    strings = h5py.string_dtype()
+    with h5py.File(path, "w") as f:
+        f["X"] = rng.random((n, 5)).astype("f4")
+        obs = f.create_group("obs")
+        obs.attrs["_index"] = "index"
+        obs.attrs["column-order"] = np.array(["leiden", "n_counts"], dtype=object)
+        obs.attrs["encoding-type"] = "dataframe"
+        obs.attrs["encoding-version"] = "0.1.0"
+        obs.create_dataset("index", data=np.array([f"c{i}" for i in range(n)], dtype=object),
+                           dtype=strings)  # fmt: skip
+        obs["leiden"] = rng.integers(0, 3, n).astype("i1")
+        obs["n_counts"] = rng.random(n).astype("f4")
+        categories = obs.create_group("__categories")
+        categories.create_dataset("leiden", data=np.array(["0", "1", "2"], dtype=object),
+                                  dtype=strings)  # fmt: skip
+        obs["leiden"].attrs["categories"] = categories["leiden"].ref  # as 0.7 linked them
+        var = f.create_group("var")
+        var.attrs["_index"] = "index"
+        var.create_dataset("index", data=np.array([f"g{j}" for j in range(5)], dtype=object),
+                           dtype=strings)  # fmt: skip
+        f.create_group("obsm")["X_umap"] = rng.random((n, 2))
+        f.create_group("uns")["leiden_colors"] = np.array([b"#1f77b4", b"#ff7f0e", b"#279e68"])
+    return path
+
+
+def _anndata_07_truth(path: str, decoded: bool) -> dict[str, Any]:
+    with h5py.File(path, "r") as f:
+        return {
+            "X": f["X"][:],
+            "obs/leiden": f["obs/leiden"][:],
+            "obs/n_counts": f["obs/n_counts"][:],
+            "obs/index": list(f["obs/index"][:]),
+            "obsm/X_umap": f["obsm/X_umap"][:],
+        }
+
+
 def _write_h5py(directory: str) -> str:
     path = os.path.join(directory, "plain.h5")
     rng = np.random.default_rng(1)
@@ -520,6 +563,7 @@ _WRITTEN: tuple[SciFile, ...] = (
     SciFile("anndata-zarr2-csr", _anndata("zarr2", sparse=True), _anndata_truth),
     SciFile("anndata-zarr3-csr", _anndata("zarr3", sparse=True), _anndata_truth),
     SciFile("anndata-0.6-layout-h5ad", _write_old_anndata, _old_anndata_truth),
+    SciFile("anndata-0.7-layout-h5ad", _write_anndata_07, _anndata_07_truth),
     SciFile("h5py", _write_h5py, _h5py_truth),
     SciFile("netcdf4-classic-netcdf4", _netcdf4_writer("air-netcdf4-netcdf4_classic.nc"),
             _xarray_truth, True),
@@ -549,6 +593,7 @@ _PRODUCERS = {
     "anndata-zarr2-csr": "anndata write_zarr (v2, CSR X)",
     "anndata-zarr3-csr": "anndata write_zarr (v3, CSR X)",
     "anndata-0.6-layout-h5ad": "h5py, in anndata 0.6's layout",
+    "anndata-0.7-layout-h5ad": "h5py, in anndata 0.7's layout",
     "h5py": "h5py",
     "netcdf4-classic-netcdf4": "xarray to_netcdf(engine='netcdf4', NETCDF4_CLASSIC)",
     "netcdf4-h5netcdf": "xarray to_netcdf(engine='h5netcdf')",

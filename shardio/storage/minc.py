@@ -116,8 +116,8 @@ def _decoder(
             bounds.append(name)
         else:
             raise SchemaError(
-                f"{path}: decode_cf=True scales MINC image {fld.name!r} by its per-slice "
-                f"{name!r}, which is not read: add it to fields= (--fields)"
+                f"{path}: with decode_cf=, MINC image {fld.name!r} is scaled by its "
+                f"per-slice {name!r}, which is not read: add it to fields= (--fields)"
             )
     decoded = Field(fld.name, np.dtype(np.float64), fld.shape, "array")
     return MincDecoder(decoded, view, dmin, dmax, bounds[0], bounds[1], len(low.dims))
