@@ -170,6 +170,8 @@ def test_decoded_conversion_stores_decoded_values(written: dict[str, str], tmp_p
         ("zarr-v3-xarray", "mmap"),
         ("minc1-4d", "lmdb"),
     ):
+        if name not in written:  # MINC needs nibabel for its truth
+            continue
         path, out = written[name], str(tmp_path / f"{name}.shardio")
         truth = next(f for f in CORPUS if f.name == name).truth(path, True)
         with warnings.catch_warnings():
