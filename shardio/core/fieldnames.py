@@ -72,8 +72,6 @@ def check_field_names(names: Iterable[str], where: str = "schema") -> None:
 
 
 _NOT_STORED = {
-    "M": "int64 (`values.view('int64')`, and keep the unit)",
-    "m": "int64 (`values.view('int64')`, and keep the unit)",
     "U": "bytes (`text.encode()`) or a fixed-size `S` dtype",
 }
 

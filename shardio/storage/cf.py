@@ -21,6 +21,8 @@ import numpy as np
 
 from shardio.core.schema import Field, Schema
 
+from .minc import MincDecoder, MincVariable, minc_decoders
+
 __all__ = ["CFDecoder", "CFFields", "cf_decoder"]
 
 _TIME_UNITS = {
@@ -42,6 +44,10 @@ _TIME_UNITS = {
 }
 _STANDARD_CALENDARS = ("standard", "gregorian", "proleptic_gregorian")
 _SINCE = re.compile(r"^\s*(\w+)\s+since\s+(.+?)\s*$")
+#: A CF reference date as netCDF tools write it: "1996-1-1", "1900-01-01 00:00:0.0".
+_DATE = re.compile(
+    r"^(-?\d{1,4})-(\d{1,2})-(\d{1,2})(?:[T ](\d{1,2}):(\d{1,2})(?::(\d{1,2})(\.\d*)?)?)?$"
+)
 
 
 @dataclass(frozen=True)
@@ -94,12 +100,21 @@ class CFFields:
 
     __slots__ = ("decoders", "schema")
 
-    def __init__(self, schema: Schema, attributes: Callable[[str], Mapping[str, Any]]) -> None:
-        self.decoders = {
+    def __init__(
+        self,
+        schema: Schema,
+        attributes: Callable[[str], Mapping[str, Any]],
+        minc: Callable[[str], MincVariable | None] | None = None,
+        path: str = "",
+    ) -> None:
+        """`minc` looks a variable up by name, for MINC files (`shardio.storage.minc`)."""
+        self.decoders: dict[str, CFDecoder | MincDecoder] = {
             f.name: decoder
             for f in schema
             if (decoder := cf_decoder(f, attributes(f.name))) is not None
         }
+        if minc is not None:
+            self.decoders.update(minc_decoders(path, schema, minc))
         self.schema = Schema(
             tuple(self.decoders[f.name].field if f.name in self.decoders else f for f in schema)
         )
@@ -108,9 +123,13 @@ class CFFields:
         return bool(self.decoders)
 
     def __call__(self, columns: dict[str, Any]) -> dict[str, Any]:
+        raw = dict(columns)  # MINC scaling reads its image-min/max rows as stored
         for name, decoder in self.decoders.items():
             if name in columns:
-                columns[name] = decoder(columns[name])
+                if isinstance(decoder, MincDecoder):
+                    columns[name] = decoder(columns[name], raw)
+                else:
+                    columns[name] = decoder(columns[name])
         return columns
 
     def raw_out(self, out: Mapping[str, np.ndarray]) -> Mapping[str, np.ndarray]:
@@ -188,6 +207,21 @@ def _packed_float(dtype: np.dtype, attrs: Mapping[str, Any]) -> type[np.floating
     return scale_type.type
 
 
+def _epoch(reference: str) -> np.datetime64 | None:
+    """The reference date of a CF time unit (unpadded fields allowed, as udunits reads)."""
+    match = _DATE.match(reference)
+    if match is None:
+        return None
+    year, month, day, hour, minute, second, fraction = match.groups()
+    text = f"{int(year):04d}-{int(month):02d}-{int(day):02d}T{int(hour or 0):02d}:"
+    text += f"{int(minute or 0):02d}:{int(second or 0):02d}"
+    digits = (fraction or ".").lstrip(".")[:9]
+    try:
+        return np.datetime64(text, "ns") + np.timedelta64(int(digits.ljust(9, "0")), "ns")
+    except ValueError:
+        return None
+
+
 def _time(attrs: Mapping[str, Any]) -> tuple[np.datetime64, np.timedelta64] | None:
     units = attrs.get("units")
     if isinstance(units, bytes):
@@ -203,10 +237,9 @@ def _time(attrs: Mapping[str, Any]) -> tuple[np.datetime64, np.timedelta64] | No
     if match is None or match.group(1).lower() not in _TIME_UNITS:
         return None
     reference = match.group(2).strip().removesuffix("UTC").removesuffix("Z").strip()
-    reference = re.sub(r"[+-]00:?00$", "", reference).strip().replace(" ", "T", 1)
-    try:
-        epoch = np.datetime64(reference, "ns")
-    except ValueError:
+    reference = re.sub(r"[+-]00:?00$", "", reference).strip()
+    epoch = _epoch(reference)
+    if epoch is None:
         return None
     step: np.timedelta64 = np.timedelta64(1, _TIME_UNITS[match.group(1).lower()])  # type: ignore[call-overload]
     return epoch, step

@@ -21,13 +21,13 @@ def add_selection_flags(parser: argparse.ArgumentParser, *, fields: bool = True)
         "--group", help="HDF5: read the datasets under this group (an .h5ad's obs, say)"
     )
     parser.add_argument(
-        "--dim", help="HDF5/netCDF: read the variables along this dimension (time, say)"
+        "--dim", help="HDF5/netCDF/Zarr: read the variables along this dimension (time, say)"
     )
     parser.add_argument(
         "--decode-cf",
         action="store_true",
-        help="netCDF/Zarr: apply scale_factor, add_offset, _FillValue and time units as "
-        "xarray does (default: values as stored)",
+        help="netCDF/Zarr/MINC: apply scale_factor, add_offset, _FillValue, time units and "
+        "MINC scaling as xarray and nibabel do (default: values as stored)",
     )
 
 

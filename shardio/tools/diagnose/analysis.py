@@ -289,8 +289,9 @@ def _findings(s: TraceSummary) -> list[Finding]:
             Finding(
                 "slow-copy",
                 f"the device copy takes {secs(s.copy_median)} per batch, longer than a "
-                f"{secs(s.step_median)} step: smaller batches on the host (a narrower dtype) "
-                f"or pinned memory would shorten it",
+                f"{secs(s.step_median)} step: DataLoader(pin_memory=True) (pinned memory) "
+                f"or smaller batches on the host (batch_size=, a narrower dtype) would "
+                f"shorten it",
             )
         )
     findings.extend(_memory_growth(s))
@@ -306,7 +307,12 @@ def _bound(s: TraceSummary) -> Finding:
         text = f"compute-bound: {waited}"
         if load is not None and step:
             text += f"; {_supply(workers, load)} against {rate(1 / step)} steps/s"
-        return Finding("compute-bound", text + "; a faster step, not more workers, would help")
+        keep = f"num_workers={workers}" if workers is not None else "num_workers"
+        return Finding(
+            "compute-bound",
+            text + f"; a faster step, not more workers, would help (keep {keep}; "
+            "loading needs no change)",
+        )
     text = f"data-bound: {waited}"
     if load is None or not step:  # no per-worker detail, or no step time to compare
         if s.batches_per_s and step:
@@ -314,7 +320,11 @@ def _bound(s: TraceSummary) -> Finding:
                 f": batches arrive at {rate(s.batches_per_s)}/s against "
                 f"{rate(1 / step)} steps/s ({secs(step)} per step)"
             )
-        return Finding("data-bound", text)
+        return Finding(
+            "data-bound",
+            text + f"; raise DataLoader(num_workers=...) (--workers), up to {usable_cores()} "
+            "(the cores this process may use)",
+        )
     needed = max((workers or 0) + 1, s.workers_to_keep_up or 1)
     cores = usable_cores()
     if needed > cores and (s.cpu_fraction or 0.0) >= CPU_BOUND:
@@ -331,13 +341,17 @@ def _bound(s: TraceSummary) -> Finding:
         text += (
             f"; batches load in the training loop's process (num_workers=0), "
             f"{secs(load)} each against a {secs(step)} step; about {needed} workers "
-            f"would keep up"
+            f"would keep up: use num_workers={min(needed, cores)} (--workers "
+            f"{min(needed, cores)})"
         )
     elif workers and not _lost_in_transit(s, workers / load, 1 / step):
         text += (
             f"; {_supply(workers, load)} against {rate(1 / step)} steps/s; about {needed} "
-            f"workers, or loads under {secs(s.load_to_keep_up or 0)}, would keep up"
+            f"workers, or loads under {secs(s.load_to_keep_up or 0)}, would keep up: use "
+            f"num_workers={min(needed, cores)} (--workers {min(needed, cores)})"
         )
+        if needed > cores:
+            text += ", then fewer fields (fields=, --fields) or a backend without compression"
     else:
         supply = (workers or 1) / load
         if workers and workers > cores and (s.cpu_fraction or 0.0) >= CPU_BOUND:
@@ -357,7 +371,23 @@ def _bound(s: TraceSummary) -> Finding:
                 f"to reach it (passing through the workers' queue, a busy main process, or "
                 f"too few cores for the workers and the loop)"
             )
+        text += "; " + _transit_remedy(workers, cores)
     return Finding("data-bound", text)
+
+
+def _transit_remedy(workers: int | None, cores: int) -> str:
+    """What shortens a batch's way from a worker to the loop."""
+    if workers and workers >= cores:
+        fewer = max(cores - 1, 1)
+        return (
+            f"leave the loop a core: num_workers={fewer} (--workers {fewer}), or "
+            f"Loader(threads='auto') for batches without worker processes"
+        )
+    return (
+        "hand batches over in the loop's process: Loader(threads='auto') instead of "
+        "DataLoader workers, or DataLoader(pin_memory=False) if a pin-memory thread "
+        "competes for the loop's core"
+    )
 
 
 CPU_BOUND = 0.5
@@ -430,6 +460,11 @@ def _slow_worker(s: TraceSummary) -> tuple[Finding, float] | None:
     if s.wait_seconds > 0:
         share = worker.loop_wait / s.wait_seconds
         text += f"; {pct(share)} of the loop's waiting was for its batches"
+    text += (
+        "; DataLoader(in_order=False) lets the other workers' batches pass its own; if "
+        "its shards are remote, a node cache (cache_dir=, --cache-dir) takes their "
+        "fetches off the read"
+    )
     return Finding("slow-worker", text), ratio
 
 

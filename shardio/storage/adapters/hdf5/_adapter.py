@@ -33,11 +33,13 @@ from shardio.core.errors import (
 )
 from shardio.core.safeopen import MAX_CHUNK_BYTES
 from shardio.core.schema import Field, Schema
+from shardio.core.timevalues import TIME_KINDS, as_stored, stored_dtype
 from shardio.core.warn import warn_user
 from shardio.memory import FileRange, ReleaseResult
 
 from ...cf import CFFields
 from ...integrity import ValueRanges
+from ...minc import hdf5_minc
 from ...remote import is_remote, open_remote
 from ..base import (
     Columns,
@@ -397,7 +399,9 @@ class HDF5Reader(ShardReader[_File]):
         if self.backend_options.get("decode_cf", False):
             # NOTE: decoded fields keep their names and shapes; only their dtype changes,
             # and the reads below take dtypes from the datasets, not from the schema.
-            self._cf = CFFields(schema, lambda n: _attributes(datasets[n]))
+            self._cf = CFFields(
+                schema, lambda n: _attributes(datasets[n]), hdf5_minc(file, datasets), self.path
+            )
             schema = self._cf.schema
         self._length = length
         self._schema = schema
@@ -522,6 +526,7 @@ class HDF5Reader(ShardReader[_File]):
         targets = self._cf.raw_out(out) if self._cf else out
         columns: Columns = {}
         tables: dict[str, np.ndarray] = {}  # a table's rows, read once for all its columns
+        decoded = self._cf.decoders if self._cf else {}
         for fld in self.schema:
             data = self._read_located(handle, fld.name, unique)
             if data is None:
@@ -536,12 +541,18 @@ class HDF5Reader(ShardReader[_File]):
                         tables[dataset.name] = data
             if fld.name in handle.members:
                 data = np.ascontiguousarray(data[handle.members[fld.name]])
+            if fld.dtype.kind in TIME_KINDS and fld.name not in decoded and not fld.variable:
+                data = data.view(fld.dtype)  # stored as int64 units (shardio.core.timevalues)
             if fld.variable:
                 relabel = fld.kind == "ragged" and not fld.dtype.isnative and vlen_reads_unswapped()
                 values = [
                     bytes(v)
                     if fld.kind == "bytes"
-                    else (np.asarray(v).view(fld.dtype) if relabel else np.asarray(v, fld.dtype))
+                    else (
+                        np.asarray(v).view(fld.dtype)
+                        if relabel or (fld.dtype.kind in TIME_KINDS and fld.name not in decoded)
+                        else np.asarray(v, fld.dtype)
+                    )
                     for v in _as_bytes(data, fld)
                 ]
                 self.bytes_read += sum(len(v) if isinstance(v, bytes) else v.nbytes for v in values)
@@ -696,7 +707,7 @@ class HDF5Writer(ShardFileWriter):
         self._datasets: dict[str, h5py.Dataset] = {}
         for fld in schema:
             if fld.variable:
-                dtype = h5py.vlen_dtype(fld.dtype)
+                dtype = h5py.vlen_dtype(stored_dtype(fld.dtype))
                 rows = max(1, chunk_bytes // 1024)
                 shape: tuple[int, ...] = ()
             else:
@@ -707,7 +718,7 @@ class HDF5Writer(ShardFileWriter):
                         "HDF5 cannot store it (chunks need every dimension >= 1); drop the "
                         "field, or write format='mmap', 'lmdb' or 'zarr'"
                     )
-                dtype = fld.dtype
+                dtype = stored_dtype(fld.dtype)  # HDF5 has no dates: int64 units
                 fixed_rows = self.chunk_rows(options, fld.sample_nbytes)
                 assert fixed_rows is not None  # chunk_bytes is set
                 rows = fixed_rows
@@ -736,12 +747,12 @@ class HDF5Writer(ShardFileWriter):
                     values[i] = (
                         np.frombuffer(value, np.uint8)
                         if isinstance(value, bytes)
-                        else np.asarray(value, fld.dtype)
+                        else as_stored(np.asarray(value, fld.dtype))
                     )
                 if count:
                     dataset.write_direct(values, dest_sel=np.s_[start:stop])
             else:
-                dataset[start:stop] = column
+                dataset[start:stop] = as_stored(np.asarray(column, fld.dtype))
         self.count = stop
 
     def close(self) -> None:

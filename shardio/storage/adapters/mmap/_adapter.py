@@ -29,6 +29,7 @@ from shardio.core.config import parse_size
 from shardio.core.errors import InvalidOptionError, ManifestError, ShardCorruptError
 from shardio.core.jsonio import read_json
 from shardio.core.schema import Field, Schema
+from shardio.core.timevalues import as_stored
 from shardio.memory import AccessPattern, FileRange, ReleaseResult
 
 from ...integrity import ValueRanges
@@ -434,7 +435,8 @@ class MmapWriter(ShardFileWriter):
             out = self._data[fld.name]
             column = columns[fld.name]
             if not fld.variable:
-                out.write(np.ascontiguousarray(column, dtype=fld.dtype).data)  # no copy
+                # no copy; dates and durations as their int64 bytes (a buffer has no M/m)
+                out.write(as_stored(np.ascontiguousarray(column, dtype=fld.dtype)).data)
                 continue
             lengths = np.empty(count, dtype=np.int64)
             for i, value in enumerate(column):

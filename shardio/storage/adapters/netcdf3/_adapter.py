@@ -31,6 +31,7 @@ from shardio.core.schema import Field, Schema
 from shardio.core.warn import warn_user
 
 from ...cf import CFFields
+from ...minc import MincVariable
 from .._array_choice import Choice, axis_reason, choose, chosen_line, left_out_line, together
 from ..base import Columns, ShardReader
 from ..source import Skipped
@@ -78,7 +79,12 @@ class NetCDF3Reader(ShardReader[_Open]):
                 fields.append(_field(name, data))
             schema = Schema(tuple(fields))
             if self.backend_options.get("decode_cf", False):
-                self._cf = CFFields(schema, lambda n: _attributes(file.variables[n]))
+                self._cf = CFFields(
+                    schema,
+                    lambda n: _attributes(file.variables[n]),
+                    minc=lambda n: _minc_variable(file, n),
+                    path=self.path,
+                )
                 schema = self._cf.schema
             self._schema = schema
             self._length = int(handle.arrays[names[0]].shape[0])
@@ -145,6 +151,8 @@ class NetCDF3Reader(ShardReader[_Open]):
         columns: Columns = {}
         for fld in self.schema:
             rows = np.take(arrays[fld.name], indices, axis=0)  # a copy, never a view
+            if not rows.dtype.isnative:
+                rows = rows.astype(rows.dtype.newbyteorder("="))  # big-endian as stored
             self.bytes_read += rows.nbytes
             if fld.kind == "bytes":
                 columns[fld.name] = [row.tobytes().rstrip(b"\0") for row in rows]
@@ -201,7 +209,9 @@ def _unreadable(variable: Any) -> str | None:
 def _field(name: str, data: np.ndarray) -> Field:
     if data.dtype.kind == "S":  # (rows, string length) chars: one string per row
         return Field(name, np.dtype(np.uint8), (), "bytes")
-    return Field(name, data.dtype, tuple(data.shape[1:]), "array")
+    # Rows come back in native byte order (netCDF3 stores big-endian; torch has no such
+    # types), so the schema says native too.
+    return Field(name, data.dtype.newbyteorder("="), tuple(data.shape[1:]), "array")
 
 
 def _attributes(variable: Any) -> dict[str, Any]:
@@ -209,3 +219,12 @@ def _attributes(variable: Any) -> dict[str, Any]:
         key: value.decode(errors="replace") if isinstance(value, bytes) else value
         for key, value in variable._attributes.items()
     }
+
+
+def _minc_variable(file: Any, name: str) -> MincVariable | None:
+    variable = file.variables.get(name)
+    if variable is None:
+        return None
+    return MincVariable(
+        _attributes(variable), tuple(variable.dimensions), lambda: np.array(variable.data)
+    )

@@ -143,7 +143,9 @@ class _RemoteStore(zarr.storage.WrapperStore[Any]):
                 yield item
 
 
-def _foreign_fields(path: str, group: Any, wanted: list[str] | None) -> list[tuple[Field, Any]]:
+def _foreign_fields(
+    path: str, group: Any, wanted: list[str] | None, dim: str | None = None
+) -> list[tuple[Field, Any]]:
     """The fields of a Zarr group shardio did not write, chosen by the rule HDF5 files
     follow (`_array_choice`): a first dimension xarray names, AnnData's cells, else
     the largest set of arrays sharing a first axis."""
@@ -172,7 +174,7 @@ def _foreign_fields(path: str, group: Any, wanted: list[str] | None) -> list[tup
                 "pick arrays of one length with fields= (--fields)"
             )
     else:
-        chosen = _choose_arrays(path, group, arrays)
+        chosen = _choose_arrays(path, group, arrays, dim)
     result = []
     for name, array in chosen.items():
         dtype = np.dtype(array.dtype)
@@ -199,7 +201,9 @@ def _sparse_matrices(members: list[tuple[str, Any]]) -> dict[str, SparseRows]:
     return found
 
 
-def _choose_arrays(path: str, group: Any, arrays: dict[str, Any]) -> dict[str, Any]:
+def _choose_arrays(
+    path: str, group: Any, arrays: dict[str, Any], dim: str | None
+) -> dict[str, Any]:
     encoding = group.attrs.get("encoding-type")
     layout = "anndata" if is_anndata(encoding, (n for n, _ in group.members())) else "zarr"
     candidates = []
@@ -219,7 +223,7 @@ def _choose_arrays(path: str, group: Any, arrays: dict[str, Any]) -> dict[str, A
         raise SchemaError(
             f"{path} holds no array with a first axis to read samples from ({listing})"
         )
-    picked, others = choose(path, candidates, None, layout)
+    picked, others = choose(path, candidates, dim, layout)
     left = [Skipped(c.name, axis_reason(c, picked[0], layout)) for c in others] + skipped
     if left:
         for line in (
@@ -258,7 +262,7 @@ class ZarrReader(ShardReader[_Group]):
     format = "zarr"
     remote = True
     holds_caches = True
-    options = frozenset({"storage_options", "decode_cf"})
+    options = frozenset({"storage_options", "decode_cf", "dim"})
     _cf: CFFields | None = None
 
     @classmethod
@@ -305,7 +309,8 @@ class ZarrReader(ShardReader[_Group]):
         info = node.attrs.get(ATTR)
         if info is not None:
             return self._open_shardio(node, info)
-        fields = _foreign_fields(self.path, node, self.requested_fields)
+        dim = self.backend_options.get("dim")
+        fields = _foreign_fields(self.path, node, self.requested_fields, dim)
         schema = Schema(tuple(f for f, _ in fields))
         if self.backend_options.get("decode_cf", False):
             arrays = {f.name: a for f, a in fields}
