@@ -15,6 +15,7 @@ from shardio.storage.adapters.base import Columns, columns_to_samples
 from shardio.storage.reader import DatasetReader
 
 from .batches import Batch, BatchTransform, columns_to_tensors, shared_columns
+from .blocks import pooled_columns
 from .handover import slot_columns
 from .loaderinfo import dataloader_worker
 from .returns import Returns, ReturnsSpec
@@ -157,8 +158,9 @@ class ShardedDataset(torch.utils.data.Dataset[Any]):
         if self.transform is not None:
             samples = columns_to_samples(self.read_batch(indices), len(indices))
             return [self._per_sample(s) for s in samples]  # type: ignore[misc]
-        if torch.utils.data.get_worker_info() is None:
-            return Batch(self.read_batch(indices), len(indices), None, self._per_batch)
+        if torch.utils.data.get_worker_info() is None:  # into reused blocks (loading.blocks)
+            columns = self.read_batch(indices, out=pooled_columns(self.schema, len(indices)))
+            return Batch(columns, len(indices), None, self._per_batch)
         if self._per_batch is None:  # a transform's output may keep slot memory
             arrays, tensors, lease = slot_columns(self.schema, len(indices))
         else:

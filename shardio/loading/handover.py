@@ -21,7 +21,6 @@ import functools
 import os
 import secrets
 import threading
-import weakref
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 from typing import Any
@@ -32,6 +31,7 @@ import torch
 from shardio.core.errors import ShardioError
 from shardio.core.schema import Schema
 
+from .blocks import BLOCKS
 from .returns import FieldBatch
 
 __all__ = [
@@ -284,7 +284,7 @@ def _receive(
     pinned = _pinning()
     batch: dict[str, Any] = FieldBatch()  # as collated in-process: refuses unpacking
     try:
-        owner = None if pinned else _DESTINATIONS.take(_span(items))
+        owner = None if pinned else BLOCKS.take(_span(items))
         for name, layout, value in items:
             if layout is None:
                 batch[name] = value
@@ -320,43 +320,6 @@ def _described(dtype: torch.dtype, shape: tuple[int, ...]) -> tuple[np.dtype[Any
     a dict lookup, not torch calls)."""
     numpy_dtype = torch.empty(0, dtype=dtype).numpy().dtype
     return numpy_dtype, int(np.prod(shape, dtype=np.int64)) * numpy_dtype.itemsize
-
-
-class _Destinations:
-    """Pre-faulted blocks that received batches are copied into, reused once the loop
-    lets go of every tensor of a batch.
-
-    NOTE: a fresh 4 MB tensor per batch costs more than the copy (page faults, and
-    glibc maps and unmaps it): 2.8 ms against 0.17 ms into memory already touched.
-    Each batch's arrays are views of an ``owner`` array (``np.frombuffer`` of a block:
-    numpy views of it keep it, not the block, as their base); the tensors keep those
-    views alive, so the block returns to the pool only when the last tensor (or view of
-    one) of that batch is freed. A batch the loop keeps keeps its block."""
-
-    KEEP = 8  # free blocks kept per size; more are let go
-
-    def __init__(self) -> None:
-        self.free: dict[int, list[np.ndarray]] = {}
-
-    def take(self, nbytes: int) -> np.ndarray:
-        size = _round_up(max(nbytes, 1), _PAGE)
-        free = self.free.setdefault(size, [])
-        try:
-            block = free.pop()
-        except IndexError:
-            block = np.empty(size, dtype=np.uint8)
-            block.fill(0)  # fault the pages in once, here
-        owner = np.frombuffer(block.data, dtype=np.uint8)
-        weakref.finalize(owner, self._give, free, block)
-        return owner
-
-    @classmethod
-    def _give(cls, free: list[np.ndarray], block: np.ndarray) -> None:
-        if len(free) < cls.KEEP:
-            free.append(block)
-
-
-_DESTINATIONS = _Destinations()
 
 
 def _pinning() -> bool:
