@@ -14,7 +14,7 @@ from shardio.core.schema import Sample, Schema
 from shardio.storage.adapters.base import Columns, columns_to_samples
 from shardio.storage.reader import DatasetReader
 
-from .batches import Batch, BatchTransform, columns_to_tensors, shared_columns
+from .batches import Batch, BatchTransform, columns_to_tensors
 from .blocks import pooled_columns
 from .handover import slot_columns
 from .loaderinfo import dataloader_worker
@@ -161,10 +161,7 @@ class ShardedDataset(torch.utils.data.Dataset[Any]):
         if torch.utils.data.get_worker_info() is None:  # into reused blocks (loading.blocks)
             columns = self.read_batch(indices, out=pooled_columns(self.schema, len(indices)))
             return Batch(columns, len(indices), None, self._per_batch)
-        if self._per_batch is None:  # a transform's output may keep slot memory
-            arrays, tensors, lease = slot_columns(self.schema, len(indices))
-        else:
-            (arrays, tensors), lease = shared_columns(self.schema, len(indices)), None
+        arrays, tensors, lease = slot_columns(self.schema, len(indices))
         columns = self.read_batch(indices, out=arrays)
         return Batch(columns, len(indices), tensors, self._per_batch, lease)
 

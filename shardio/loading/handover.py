@@ -17,11 +17,12 @@ on the main process and can never deadlock a shutdown.
 
 from __future__ import annotations
 
+import contextlib
 import functools
 import os
 import secrets
 import threading
-from collections.abc import Mapping
+from collections.abc import Iterator, Mapping
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -32,14 +33,16 @@ from shardio.core.errors import ShardioError
 from shardio.core.schema import Schema
 
 from .blocks import BLOCKS
-from .returns import FieldBatch
+from .skeleton import Unwalkable, fill, strip
 
 __all__ = [
     "MAX_SLOTS",
     "SLOTS",
     "HandedBatch",
     "SlotLease",
+    "hand_over",
     "handover_stats",
+    "receive_pinned",
     "slot_columns",
 ]
 
@@ -64,6 +67,8 @@ class _Stats:
     slot_batches: int = 0
     fallback_batches: int = 0
     received: int = 0
+    received_pinned: int = 0
+    kept_slots: int = 0
 
 
 _STATS = _Stats()
@@ -71,7 +76,8 @@ _STATS = _Stats()
 
 def handover_stats() -> dict[str, int]:
     """Counters of this process: rings made and batches sent through slots or through a
-    fresh segment (in a worker), batches received from slots (in the main process)."""
+    fresh segment (in a worker), batches received from slots (in the main process), and
+    fields copied out of a slot straight into pinned memory."""
     return dict(vars(_STATS))
 
 
@@ -136,44 +142,147 @@ class SlotLease:
 
     ring: _Ring
     slot: int
-    tensors: dict[str, torch.Tensor]
-    layout: dict[str, tuple[int, torch.dtype, tuple[int, ...]]]
     sent: bool = field(default=False)
 
     def __del__(self) -> None:
         if not self.sent:  # never pickled (a custom collate_fn): the slot is free again
             self.ring.release(self.slot)
 
-    def wrap(self, batch: dict[str, Any]) -> dict[str, Any]:
-        """The collated ``batch`` as a `HandedBatch` when its tensors are this slot's."""
-        if any(batch.get(name) is not tensor for name, tensor in self.tensors.items()):
-            return batch
-        return HandedBatch(batch, self)
+    @property
+    def start(self) -> int:
+        return _HEADER + self.slot * self.ring.slot_nbytes
+
+
+def hand_over(batch: Any, lease: SlotLease) -> Any:
+    """In a worker: the collated ``batch`` (after ``returns=`` and ``batch_transform``),
+    which pickles as the places of its tensors in a slot: those already in ``lease``'s
+    slot stay there, the others are copied into a free slot once. A dict, list or tuple
+    stays one (a subclass); a batch of another kind goes as torch sends it, with copies
+    of the tensors that show the slot."""
+    kind = type(batch)
+    if isinstance(batch, dict):
+        return HandedBatch(batch, lease, kind)
+    if kind is list:
+        return _HandedList(batch, lease, kind)
+    if kind is tuple:
+        return _HandedTuple(batch, lease)
+    return _detached(batch, lease)
 
 
 class HandedBatch(dict[str, Any]):
-    """A collated batch in a worker whose fixed fields lie in a slot: it pickles as the
-    slot's place, and unpickles in the main process as a plain dict of copies."""
+    """A collated batch in a worker whose tensors lie in a slot: it pickles as the slot's
+    place and its structure, and unpickles in the main process with copies."""
 
-    __slots__ = ("lease",)
+    __slots__ = ("kind", "lease")
 
-    def __init__(self, values: Mapping[str, Any], lease: SlotLease) -> None:
+    def __init__(self, values: Mapping[str, Any], lease: SlotLease, kind: type) -> None:
         super().__init__(values)
         self.lease = lease
+        self.kind = kind
 
     def __reduce__(self) -> Any:
-        lease = self.lease
-        ring = lease.ring
-        items = [
-            (name, lease.layout[name], None) if name in lease.layout else (name, None, value)
-            for name, value in self.items()
-        ]
-        with ring.lock:
-            storage = None if ring.announced else ring.storage
-            ring.announced = True
-            lease.sent = True
-        start = _HEADER + lease.slot * ring.slot_nbytes
-        return _receive, (ring.token, storage, ring.count, lease.slot, start, items)
+        return _reduce(self.kind(self), self.lease)
+
+
+class _HandedList(list[Any]):
+    __slots__ = ("kind", "lease")
+
+    def __init__(self, values: list[Any], lease: SlotLease, kind: type) -> None:
+        super().__init__(values)
+        self.lease = lease
+        self.kind = kind
+
+    def __reduce__(self) -> Any:
+        return _reduce(list(self), self.lease)
+
+
+class _HandedTuple(tuple[Any, ...]):
+    lease: SlotLease
+
+    def __new__(cls, values: tuple[Any, ...], lease: SlotLease) -> _HandedTuple:
+        made = super().__new__(cls, values)
+        made.lease = lease
+        return made
+
+    def __reduce__(self) -> Any:
+        return _reduce(tuple(self), self.lease)
+
+
+def _same(value: Any) -> Any:
+    return value
+
+
+def _detached(batch: Any, lease: SlotLease) -> Any:
+    """``batch`` with copies of its tensors, for torch's own sharing (which would send
+    the slot's segment itself); what cannot be walked keeps the slot for good."""
+    tensors: list[torch.Tensor] = []
+    try:
+        skeleton = strip(batch, tensors)
+    except Unwalkable:
+        # NOTE: an object of the user's own class may hold views of the slot: the slot
+        # goes with it and is never reused (a ring then falls back to fresh segments).
+        lease.sent = True
+        _STATS.kept_slots += 1
+        return batch
+    return fill(skeleton, lambda i: tensors[i].clone())
+
+
+def _sendable(tensor: torch.Tensor) -> bool:
+    return (
+        tensor.device.type == "cpu"
+        and tensor.layout == torch.strided
+        and not tensor.requires_grad
+        and not tensor.is_quantized
+    )
+
+
+def _reduce(batch: Any, lease: SlotLease) -> Any:
+    """What a handed batch pickles as: the slot's place, its tensors' places in it and
+    the batch's structure; or, when that cannot be, the batch as torch sends it."""
+    tensors: list[torch.Tensor] = []
+    try:
+        skeleton = strip(batch, tensors)
+    except Unwalkable:
+        return _same, (_detached(batch, lease),)
+    if not tensors or not all(_sendable(t) for t in tensors):
+        return _same, (_detached(batch, lease),)
+    places = _places_in(lease, tensors)
+    if places is None:  # tensors made by a transform: copied into a free slot once
+        layout, nbytes = [], 0
+        for tensor in tensors:
+            layout.append((nbytes, tensor.dtype, tuple(tensor.shape)))
+            nbytes += _round_up(tensor.numel() * tensor.element_size(), _ALIGN)
+        found = _ring_for(nbytes)
+        if found is None:
+            _STATS.fallback_batches += 1
+            return _same, (_detached(batch, lease),)
+        lease = SlotLease(*found)
+        for tensor, (at, dtype, shape) in zip(tensors, layout, strict=True):
+            _view(lease.ring.bytes, lease.start + at, dtype, shape).copy_(tensor)
+        places = layout
+    ring = lease.ring
+    with ring.lock:
+        storage = None if ring.announced else ring.storage
+        ring.announced = True
+        lease.sent = True
+    return _receive, (ring.token, storage, ring.count, lease.slot, lease.start, skeleton, places)
+
+
+def _places_in(
+    lease: SlotLease, tensors: list[torch.Tensor]
+) -> list[tuple[int, torch.dtype, tuple[int, ...]]] | None:
+    """Where each of ``tensors`` lies in ``lease``'s slot, or ``None`` if one does not
+    (or is not contiguous there)."""
+    ring = lease.ring
+    base = ring.bytes.data_ptr() + lease.start
+    places = []
+    for tensor in tensors:
+        at = tensor.data_ptr() - base
+        nbytes = tensor.numel() * tensor.element_size()
+        if not (at >= 0 and at + nbytes <= ring.slot_nbytes and tensor.is_contiguous()):
+            return None
+        places.append((at, tensor.dtype, tuple(tensor.shape)))
+    return places
 
 
 def slot_columns(
@@ -205,7 +314,7 @@ def slot_columns(
         for name, (at, dtype, shape) in layout.items()
     }
     _STATS.slot_batches += 1
-    lease = SlotLease(ring, slot, tensors, layout)
+    lease = SlotLease(ring, slot)
     return {name: t.numpy() for name, t in tensors.items()}, tensors, lease
 
 
@@ -268,8 +377,9 @@ def _receive(
     count: int,
     slot: int,
     start: int,
-    items: list[tuple[str, Any, Any]],
-) -> dict[str, Any]:
+    skeleton: Any,
+    places: list[tuple[int, torch.dtype, tuple[int, ...]]],
+) -> Any:
     """In the main process: the batch in ``slot`` copied out, and the slot freed."""
     with _mapped_lock:
         ring = _mapped.get(token)
@@ -282,36 +392,30 @@ def _receive(
                 )
             ring = _register(token, storage, count)
     pinned = _pinning()
-    batch: dict[str, Any] = FieldBatch()  # as collated in-process: refuses unpacking
+    tensors: list[torch.Tensor] = []
     try:
-        owner = None if pinned else BLOCKS.take(_span(items))
-        for name, layout, value in items:
-            if layout is None:
-                batch[name] = value
-                continue
-            at, dtype, shape = layout
+        owner = None if pinned else BLOCKS.take(_span(places))
+        for at, dtype, shape in places:
             numpy_dtype, nbytes = _described(dtype, shape)
             source = ring.array[start + at : start + at + nbytes]
             if owner is None:
                 target = torch.empty(shape, dtype=dtype, pin_memory=True)
                 target.view(-1).view(torch.uint8).copy_(torch.from_numpy(source))
-                batch[name] = target
+                _STATS.received_pinned += 1
+                tensors.append(target)
             else:
                 place = owner[at : at + nbytes]
                 np.copyto(place, source)
-                batch[name] = torch.from_numpy(place.view(numpy_dtype).reshape(shape))
+                tensors.append(torch.from_numpy(place.view(numpy_dtype).reshape(shape)))
     finally:
         ring.flags[slot] = 0  # copied out (or failed): the worker may reuse the slot
     _STATS.received += 1
-    return batch
+    return fill(skeleton, tensors.__getitem__)
 
 
-def _span(items: list[tuple[str, Any, Any]]) -> int:
-    """Bytes from a slot's start to the end of its last fixed field."""
-    return max(
-        (layout[0] + _described(layout[1], layout[2])[1] for _, layout, _ in items if layout),
-        default=0,
-    )
+def _span(places: list[tuple[int, torch.dtype, tuple[int, ...]]]) -> int:
+    """Bytes from a slot's start to the end of its last tensor."""
+    return max((at + _described(dtype, shape)[1] for at, dtype, shape in places), default=0)
 
 
 @functools.lru_cache(maxsize=256)
@@ -322,9 +426,28 @@ def _described(dtype: torch.dtype, shape: tuple[int, ...]) -> tuple[np.dtype[Any
     return numpy_dtype, int(np.prod(shape, dtype=np.int64)) * numpy_dtype.itemsize
 
 
+_receiver = threading.local()
+
+
+@contextlib.contextmanager
+def receive_pinned() -> Iterator[None]:
+    """Batches this thread receives from worker slots meanwhile are copied straight into
+    pinned memory (with CUDA present): the `Prefetcher`'s read-ahead thread then sends
+    them to the device with no second host copy."""
+    before = getattr(_receiver, "pinned", False)
+    _receiver.pinned = True
+    try:
+        yield
+    finally:
+        _receiver.pinned = before
+
+
 def _pinning() -> bool:
-    """Whether this thread is torch's pin-memory thread with CUDA present: then the one
-    copy out of a slot goes straight into pinned memory, which ``pin_memory`` keeps."""
+    """Whether this thread is torch's pin-memory thread, or one in `receive_pinned`, with
+    CUDA present: then the one copy out of a slot goes straight into pinned memory,
+    which ``pin_memory`` and the `Prefetcher` keep."""
+    if getattr(_receiver, "pinned", False):
+        return torch.cuda.is_available()
     thread = threading.current_thread()
     target = getattr(thread, "_target", None)
     if target is None or getattr(target, "__name__", "") != "_pin_memory_loop":
