@@ -154,7 +154,8 @@ class ShardedDataset(torch.utils.data.Dataset[Any]):
         Without ``transform``, a `Batch`: the columns, seen as
         a sequence of samples, that ``default_collate`` turns into tensors without
         building them. In a DataLoader worker its fixed fields are read into a reused
-        shared-memory slot (`shardio.loading.handover`), which the main process copies out once."""
+        shared-memory slot (`shardio.loading.handover`), which the main process hands
+        the loop as views."""
         if self.transform is not None:
             samples = columns_to_samples(self.read_batch(indices), len(indices))
             return [self._per_sample(s) for s in samples]  # type: ignore[misc]

@@ -5,14 +5,18 @@ batch's fixed fields straight into a free slot, and sends the main process a sma
 message: the slot number and where each field lies in it. The ring's storage itself
 travels once, with the first batch of the ring, through torch's own sharing strategy
 (by default ``file_descriptor``: the segment is unlinked when it is made, so nothing
-can be left in ``/dev/shm`` by a crash). The main process maps each ring once, copies
-the batch out of its slot (into pinned memory when it is torch's pin-memory thread
-and CUDA is there) and marks the slot free in the ring's header; the worker reuses it.
+can be left in ``/dev/shm`` by a crash). The main process maps each ring once and
+hands the loop tensors that are views of the slot; when the last of them is freed, it
+marks the slot free in the ring's header and the worker reuses it. Where the batch goes
+on to a GPU (torch's pin-memory thread, or the `Prefetcher`'s, with CUDA there) it is
+copied once, straight into pinned memory, and the slot is free at once.
 
-Lifetimes: a batch the loop holds is a copy, never a slot, so no later batch can
-overwrite it. A worker that finds no free slot grows its ring (to at most
-`MAX_SLOTS`), then falls back to a fresh segment for that batch, so it never waits
-on the main process and can never deadlock a shutdown.
+Lifetimes: a slot is written only while its flag is clear, and the flag is cleared
+only when nothing in the main process shows the slot any more, so no later batch can
+overwrite a batch the loop holds. A loop that keeps batches keeps their slots: a worker
+that finds no free slot grows its ring (to at most `MAX_SLOTS`), then falls back to a
+fresh segment for that batch, so it never waits on the main process and can never
+deadlock a shutdown.
 """
 
 from __future__ import annotations
@@ -22,6 +26,7 @@ import functools
 import os
 import secrets
 import threading
+import weakref
 from collections.abc import Iterator, Mapping
 from dataclasses import dataclass, field
 from typing import Any
@@ -36,6 +41,7 @@ from .blocks import BLOCKS
 from .skeleton import Unwalkable, fill, strip
 
 __all__ = [
+    "COPY_OUT",
     "MAX_SLOTS",
     "SLOTS",
     "HandedBatch",
@@ -46,6 +52,9 @@ __all__ = [
     "slot_columns",
 ]
 
+COPY_OUT = False
+"""Copy each batch out of its slot in the main process (into a pooled block) instead of
+handing the loop views of the slot; for measuring the two (benchmarks/bench_loader.py)."""
 SLOTS = 4
 """Slots a ring starts with: a worker's batches in flight with ``prefetch_factor=2``."""
 MAX_SLOTS = 16
@@ -391,26 +400,51 @@ def _receive(
                     "hands over are unpickled once, by the process the worker serves"
                 )
             ring = _register(token, storage, count)
-    pinned = _pinning()
-    tensors: list[torch.Tensor] = []
-    try:
-        owner = None if pinned else BLOCKS.take(_span(places))
+    span = max(_span(places), 1)
+    if _pinning() or COPY_OUT:
+        try:
+            tensors = _copied(ring, start, places, pinned=_pinning())
+        finally:
+            ring.flags[slot] = 0  # copied out (or failed): the worker may reuse the slot
+    else:
+        # The loop gets views of the slot; the slot is the worker's again once the last
+        # of them (or of views of them) is freed. NOTE: views of `owner` keep it as
+        # their base (np.frombuffer of a memoryview; see shardio.loading.blocks).
+        owner = np.frombuffer(ring.array[start : start + span].data, dtype=np.uint8)
+        done = weakref.finalize(owner, _free_slot, ring.flags, slot)
+        done.atexit = False
+        tensors = []
         for at, dtype, shape in places:
             numpy_dtype, nbytes = _described(dtype, shape)
-            source = ring.array[start + at : start + at + nbytes]
-            if owner is None:
-                target = torch.empty(shape, dtype=dtype, pin_memory=True)
-                target.view(-1).view(torch.uint8).copy_(torch.from_numpy(source))
-                _STATS.received_pinned += 1
-                tensors.append(target)
-            else:
-                place = owner[at : at + nbytes]
-                np.copyto(place, source)
-                tensors.append(torch.from_numpy(place.view(numpy_dtype).reshape(shape)))
-    finally:
-        ring.flags[slot] = 0  # copied out (or failed): the worker may reuse the slot
+            view = owner[at : at + nbytes].view(numpy_dtype).reshape(shape)
+            tensors.append(torch.from_numpy(view))
     _STATS.received += 1
     return fill(skeleton, tensors.__getitem__)
+
+
+def _free_slot(flags: np.ndarray, slot: int) -> None:
+    flags[slot] = 0
+
+
+def _copied(
+    ring: _Mapped, start: int, places: list[tuple[int, torch.dtype, tuple[int, ...]]], pinned: bool
+) -> list[torch.Tensor]:
+    """The tensors of a slot copied out: into pinned memory, or into a pooled block."""
+    owner = None if pinned else BLOCKS.take(_span(places))
+    tensors = []
+    for at, dtype, shape in places:
+        numpy_dtype, nbytes = _described(dtype, shape)
+        source = ring.array[start + at : start + at + nbytes]
+        if owner is None:
+            target = torch.empty(shape, dtype=dtype, pin_memory=True)
+            target.view(-1).view(torch.uint8).copy_(torch.from_numpy(source))
+            _STATS.received_pinned += 1
+            tensors.append(target)
+        else:
+            place = owner[at : at + nbytes]
+            np.copyto(place, source)
+            tensors.append(torch.from_numpy(place.view(numpy_dtype).reshape(shape)))
+    return tensors
 
 
 def _span(places: list[tuple[int, torch.dtype, tuple[int, ...]]]) -> int:

@@ -222,3 +222,24 @@ def test_returns_and_batch_transform_outputs_travel_through_slots(tmp_path: Any)
         through_slots = handover_stats()["received"] - before
         kind = type(kept[0]).__name__
         assert through_slots == (len(want) if kind in ("tuple", "dict", "list") else 0), kind
+
+
+def test_the_loop_holds_views_of_slots_until_it_frees_them(tmp_path: Any) -> None:
+    """Batches arrive as views of their slots: a kept batch keeps its slot (workers grow
+    their rings, then send fresh segments), a freed one gives it back."""
+    truth = SOURCES["mmap"](str(tmp_path))
+    ds = ShardedDataset(truth.path)
+    order = np.random.default_rng(9).permutation(len(ds)).tolist()
+    loader = DataLoader(ds, batch_size=1, sampler=order, num_workers=2, prefetch_factor=4)
+    before = handover_stats()["received"]
+    kept = list(loader)  # 97 batches held: more than the rings of 2 workers grow to
+    assert len(kept) == len(ds) > 2 * (SLOTS + 2 * SLOTS + MAX_SLOTS)
+    slots = handover_stats()["received"] - before
+    assert 2 * SLOTS <= slots < len(ds)  # the rest came in fresh segments
+    for batch, start in zip(kept, range(len(order)), strict=True):
+        assert_same(batch, ds.read_batch(order[start : start + 1]))
+    del kept, batch
+    before = handover_stats()["received"]
+    for batch, start in zip(loader, range(len(order)), strict=True):
+        assert_same(batch, ds.read_batch(order[start : start + 1]))
+    assert handover_stats()["received"] - before == len(ds)  # all through slots
