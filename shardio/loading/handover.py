@@ -38,6 +38,7 @@ from shardio.core.errors import ShardioError
 from shardio.core.schema import Schema
 
 from .blocks import BLOCKS
+from .returns import FieldBatch
 from .skeleton import Unwalkable, fill, strip
 
 __all__ = [
@@ -167,9 +168,9 @@ def hand_over(batch: Any, lease: SlotLease) -> Any:
     which pickles as the places of its tensors in a slot: those already in ``lease``'s
     slot stay there, the others are copied into a free slot once. A dict, list or tuple
     stays one (a subclass); a batch of another kind goes as torch sends it, with copies
-    of the tensors that show the slot."""
+    of the tensors that show the slot (as does a handed batch pickled a second time)."""
     kind = type(batch)
-    if isinstance(batch, dict):
+    if kind is dict or kind is FieldBatch:  # subclasses may not rebuild from a dict
         return HandedBatch(batch, lease, kind)
     if kind is list:
         return _HandedList(batch, lease, kind)
@@ -248,6 +249,8 @@ def _sendable(tensor: torch.Tensor) -> bool:
 def _reduce(batch: Any, lease: SlotLease) -> Any:
     """What a handed batch pickles as: the slot's place, its tensors' places in it and
     the batch's structure; or, when that cannot be, the batch as torch sends it."""
+    if lease.sent:  # pickled before: its first receiver may have let go of the slot
+        return _same, (_detached(batch, lease),)
     tensors: list[torch.Tensor] = []
     try:
         skeleton = strip(batch, tensors)

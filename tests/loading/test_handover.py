@@ -243,3 +243,22 @@ def test_the_loop_holds_views_of_slots_until_it_frees_them(tmp_path: Any) -> Non
     for batch, start in zip(loader, range(len(order)), strict=True):
         assert_same(batch, ds.read_batch(order[start : start + 1]))
     assert handover_stats()["received"] - before == len(ds)  # all through slots
+
+
+def test_a_handed_batch_pickled_twice_is_copied_the_second_time() -> None:
+    """A collate_fn that returns the same batch object twice (cached): the second
+    message must not show a slot the first receiver may already have given back."""
+    from shardio.loading.handover import SlotLease, _ring_for, hand_over
+
+    found = _ring_for(4096)
+    assert found is not None
+    lease = SlotLease(*found)
+    tensor = torch.from_numpy(found[0].bytes.numpy()[lease.start : lease.start + 8])
+    tensor[:] = torch.arange(8, dtype=torch.uint8)
+    handed = hand_over({"x": tensor}, lease)
+    once = handed.__reduce__()
+    assert once[0].__name__ == "_receive" and lease.sent
+    again = handed.__reduce__()
+    assert again[0].__name__ == "_same"
+    copy = again[1][0]["x"]
+    assert torch.equal(copy, tensor) and copy.data_ptr() != tensor.data_ptr()
