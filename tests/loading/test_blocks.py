@@ -6,13 +6,14 @@ import gc
 from typing import Any
 
 import numpy as np
+import pytest
 import torch
 from test_dataset_batches import assert_batch_equals_columns
 from torch.utils.data import DataLoader, RandomSampler
 
 from shardio import Loader, ShardedDataset
 from shardio.loading.blocks import BlockPool, pooled_columns
-from shardio.tools.testing.groundtruth import Truth
+from shardio.tools.testing.groundtruth import SOURCES
 
 torch.set_num_threads(1)
 
@@ -41,7 +42,9 @@ def test_a_block_comes_back_only_when_its_last_view_is_freed() -> None:
     assert _address(other) != first
 
 
-def test_pooled_columns_lay_out_fixed_fields(truth: Truth) -> None:
+@pytest.mark.parametrize("source", ["mmap", "hdf5", "zarr-variable", "lmdb-foreign"])
+def test_pooled_columns_lay_out_fixed_fields(tmp_path: Any, source: str) -> None:
+    truth = SOURCES[source](str(tmp_path))
     ds = ShardedDataset(truth.path, **truth.options)
     arrays = pooled_columns(ds.schema, 5)
     fixed = [f.name for f in ds.schema if not f.variable and f.dtype.kind in "biufc"]
@@ -50,24 +53,28 @@ def test_pooled_columns_lay_out_fixed_fields(truth: Truth) -> None:
         assert array.shape == (5, *ds.schema[name].shape) and array.dtype.isnative
 
 
-def test_batches_kept_by_the_loop_stay_intact(truth: Truth) -> None:
+@pytest.mark.parametrize("source", ["mmap", "sharded-lmdb", "hdf5", "zarr-variable"])
+def test_batches_kept_by_the_loop_stay_intact(tmp_path: Any, source: str) -> None:
     """Loader threads (torch's own sampler: index arrays) and the 0-worker DataLoader
     read into reused blocks: every kept batch still equals read_batch at the end."""
+    truth = SOURCES[source](str(tmp_path))
     ds = ShardedDataset(truth.path, **truth.options)
-    seed = 5
+    seed, size = 5, 8
     order = list(RandomSampler(ds, generator=torch.Generator().manual_seed(seed)))
     loaders: list[Any] = [
         Loader(
             ds,
-            4,
+            size,
             sampler=RandomSampler(ds, generator=torch.Generator().manual_seed(seed)),
             threads=2,
         ),
-        DataLoader(ds, 4, sampler=RandomSampler(ds, generator=torch.Generator().manual_seed(seed))),
+        DataLoader(
+            ds, size, sampler=RandomSampler(ds, generator=torch.Generator().manual_seed(seed))
+        ),
     ]
     for loader in loaders:
         kept = list(loader)  # every batch held while the later ones are read
-        starts = range(0, len(order), 4)
+        starts = range(0, len(order), size)
         assert len(kept) == len(starts) > 1
         for batch, start in zip(kept, starts, strict=True):
-            assert_batch_equals_columns(batch, ds.read_batch(order[start : start + 4]))
+            assert_batch_equals_columns(batch, ds.read_batch(order[start : start + size]))
