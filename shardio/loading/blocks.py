@@ -4,8 +4,10 @@ NOTE: a fresh batch array faults its pages on the first write whenever the alloc
 gave them back to the kernel (2.8 ms for 4 MB against 0.17 ms into memory already
 touched). glibc does so often in reading threads' arenas: measured with 16 KiB samples,
 batches of 256, the thread `Loader` faulted 665 pages per batch (35 at 4 KiB) and the
-0-worker DataLoader 126; reads into these blocks fault none. A batch's arrays are views of an ``owner`` array (``np.frombuffer`` of a block:
-numpy views of it keep it, not the block, as their base); the tensors keep those views
+0-worker DataLoader 126; reads into these blocks fault none.
+
+A batch's arrays are views of an ``owner`` array (``np.frombuffer`` of a block: numpy
+views of it keep it, not the block, as their base); the tensors keep those views
 alive, so the block returns to the pool only when the last tensor (or view of one) of
 that batch is freed. A batch the loop keeps keeps its block; nothing is ever overwritten
 while something refers to it.
