@@ -6,7 +6,8 @@ each, warm page cache, random order, batch 256), measures samples/s of
 - a numpy fancy-index gather from the same samples held in RAM (the ceiling);
 - ``ds.read_batch(indices)``;
 - the README's line ``DataLoader(ds, batch_size=256, shuffle=True, num_workers=N)``,
-  N = 0 and 2;
+  N = 0 and 2 (and with 2 workers whose batches the main process copies out of their
+  slots instead of taking views, ``shardio.loading.handover.COPY_OUT``);
 - ``shardio.Loader(ds, 256, shuffle=True, threads=T)``, T = 1, 2 and 4;
 - the torch DataLoader over a hand-written Dataset (per-sample ``np.memmap[i]``,
   ``txn.get``, ``h5ds[i]``, ``zarr_array[i]``; :mod:`shardio.tools.bench.raw`), N = 0 and 2.
@@ -44,6 +45,7 @@ sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 import _common
 
 from shardio import Loader, ShardedDataset, format_size, parse_size
+from shardio.loading import handover
 from shardio.tools.bench import raw_reader
 from shardio.tools.bench.synthetic import synthetic_batches, write_synthetic
 
@@ -68,6 +70,7 @@ CONFIGS = (
     "DataLoader line, 2 workers",
     "DataLoader line, 2 workers, first epoch",
     "DataLoader line, 2 workers, pin_memory",
+    "DataLoader line, 2 workers, slots copied out",
     "Loader, 1 thread",
     "Loader, 2 threads",
     "Loader, 4 threads",
@@ -81,6 +84,7 @@ TARGETS = (
     "read_batch",
     "DataLoader line, 0 workers",
     "DataLoader line, 2 workers",
+    "DataLoader line, 2 workers, slots copied out",
     "Loader, 2 threads",
 )
 
@@ -218,6 +222,9 @@ def _run(config: str, path: str, ram: dict[str, np.ndarray], seconds: float) -> 
     elif config.endswith("first epoch"):
         return first_epoch(ds, workers)
     elif config.startswith("DataLoader line"):
+        # "slots copied out": the main process copies each batch out of its worker's slot
+        # (the other choice of shardio.loading.handover) instead of handing the loop views.
+        handover.COPY_OUT = "copied out" in config
         # The README's line, epoch after epoch with persistent workers; the first
         # epoch is untimed (see first_epoch for it).
         line = DataLoader(

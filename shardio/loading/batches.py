@@ -24,7 +24,7 @@ from shardio.core.errors import SampleIndexError
 from shardio.core.schema import Sample, Schema
 from shardio.storage.adapters.base import Columns
 
-from .handover import SlotLease
+from .handover import SlotLease, hand_over
 from .returns import FieldBatch
 
 __all__ = ["Batch", "BatchRow", "BatchTransform", "columns_to_tensors", "shared_columns"]
@@ -121,8 +121,8 @@ class Batch(Sequence[Sample]):
         sample), a list per variable field, then ``batch_transform``."""
         batch = columns_to_tensors(self.columns, self._tensors)
         if self._transform is not None:
-            return self._transform(batch)
-        return self._lease.wrap(batch) if self._lease is not None else batch
+            batch = self._transform(batch)
+        return hand_over(batch, self._lease) if self._lease is not None else batch
 
 
 def _same_sample(mine: Mapping[str, Any], theirs: Any) -> bool:

@@ -14,7 +14,8 @@ from shardio.core.schema import Sample, Schema
 from shardio.storage.adapters.base import Columns, columns_to_samples
 from shardio.storage.reader import DatasetReader
 
-from .batches import Batch, BatchTransform, columns_to_tensors, shared_columns
+from .batches import Batch, BatchTransform, columns_to_tensors
+from .blocks import pooled_columns
 from .handover import slot_columns
 from .loaderinfo import dataloader_worker
 from .returns import Returns, ReturnsSpec
@@ -153,16 +154,15 @@ class ShardedDataset(torch.utils.data.Dataset[Any]):
         Without ``transform``, a `Batch`: the columns, seen as
         a sequence of samples, that ``default_collate`` turns into tensors without
         building them. In a DataLoader worker its fixed fields are read into a reused
-        shared-memory slot (`shardio.loading.handover`), which the main process copies out once."""
+        shared-memory slot (`shardio.loading.handover`), which the main process hands
+        the loop as views."""
         if self.transform is not None:
             samples = columns_to_samples(self.read_batch(indices), len(indices))
             return [self._per_sample(s) for s in samples]  # type: ignore[misc]
-        if torch.utils.data.get_worker_info() is None:
-            return Batch(self.read_batch(indices), len(indices), None, self._per_batch)
-        if self._per_batch is None:  # a transform's output may keep slot memory
-            arrays, tensors, lease = slot_columns(self.schema, len(indices))
-        else:
-            (arrays, tensors), lease = shared_columns(self.schema, len(indices)), None
+        if torch.utils.data.get_worker_info() is None:  # into reused blocks (loading.blocks)
+            columns = self.read_batch(indices, out=pooled_columns(self.schema, len(indices)))
+            return Batch(columns, len(indices), None, self._per_batch)
+        arrays, tensors, lease = slot_columns(self.schema, len(indices))
         columns = self.read_batch(indices, out=arrays)
         return Batch(columns, len(indices), tensors, self._per_batch, lease)
 

@@ -5,24 +5,29 @@ batch's fixed fields straight into a free slot, and sends the main process a sma
 message: the slot number and where each field lies in it. The ring's storage itself
 travels once, with the first batch of the ring, through torch's own sharing strategy
 (by default ``file_descriptor``: the segment is unlinked when it is made, so nothing
-can be left in ``/dev/shm`` by a crash). The main process maps each ring once, copies
-the batch out of its slot (into pinned memory when it is torch's pin-memory thread
-and CUDA is there) and marks the slot free in the ring's header; the worker reuses it.
+can be left in ``/dev/shm`` by a crash). The main process maps each ring once and
+hands the loop tensors that are views of the slot; when the last of them is freed, it
+marks the slot free in the ring's header and the worker reuses it. Where the batch goes
+on to a GPU (torch's pin-memory thread, or the `Prefetcher`'s, with CUDA there) it is
+copied once, straight into pinned memory, and the slot is free at once.
 
-Lifetimes: a batch the loop holds is a copy, never a slot, so no later batch can
-overwrite it. A worker that finds no free slot grows its ring (to at most
-`MAX_SLOTS`), then falls back to a fresh segment for that batch, so it never waits
-on the main process and can never deadlock a shutdown.
+Lifetimes: a slot is written only while its flag is clear, and the flag is cleared
+only when nothing in the main process shows the slot any more, so no later batch can
+overwrite a batch the loop holds. A loop that keeps batches keeps their slots: a worker
+that finds no free slot grows its ring (to at most `MAX_SLOTS`), then falls back to a
+fresh segment for that batch, so it never waits on the main process and can never
+deadlock a shutdown.
 """
 
 from __future__ import annotations
 
+import contextlib
 import functools
 import os
 import secrets
 import threading
 import weakref
-from collections.abc import Mapping
+from collections.abc import Iterator, Mapping
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -32,17 +37,25 @@ import torch
 from shardio.core.errors import ShardioError
 from shardio.core.schema import Schema
 
+from .blocks import BLOCKS
 from .returns import FieldBatch
+from .skeleton import Unwalkable, fill, strip
 
 __all__ = [
+    "COPY_OUT",
     "MAX_SLOTS",
     "SLOTS",
     "HandedBatch",
     "SlotLease",
+    "hand_over",
     "handover_stats",
+    "receive_pinned",
     "slot_columns",
 ]
 
+COPY_OUT = False
+"""Copy each batch out of its slot in the main process (into a pooled block) instead of
+handing the loop views of the slot; for measuring the two (benchmarks/bench_loader.py)."""
 SLOTS = 4
 """Slots a ring starts with: a worker's batches in flight with ``prefetch_factor=2``."""
 MAX_SLOTS = 16
@@ -64,6 +77,8 @@ class _Stats:
     slot_batches: int = 0
     fallback_batches: int = 0
     received: int = 0
+    received_pinned: int = 0
+    kept_slots: int = 0
 
 
 _STATS = _Stats()
@@ -71,7 +86,8 @@ _STATS = _Stats()
 
 def handover_stats() -> dict[str, int]:
     """Counters of this process: rings made and batches sent through slots or through a
-    fresh segment (in a worker), batches received from slots (in the main process)."""
+    fresh segment (in a worker), batches received from slots (in the main process), and
+    fields copied out of a slot straight into pinned memory."""
     return dict(vars(_STATS))
 
 
@@ -136,44 +152,149 @@ class SlotLease:
 
     ring: _Ring
     slot: int
-    tensors: dict[str, torch.Tensor]
-    layout: dict[str, tuple[int, torch.dtype, tuple[int, ...]]]
     sent: bool = field(default=False)
 
     def __del__(self) -> None:
         if not self.sent:  # never pickled (a custom collate_fn): the slot is free again
             self.ring.release(self.slot)
 
-    def wrap(self, batch: dict[str, Any]) -> dict[str, Any]:
-        """The collated ``batch`` as a `HandedBatch` when its tensors are this slot's."""
-        if any(batch.get(name) is not tensor for name, tensor in self.tensors.items()):
-            return batch
-        return HandedBatch(batch, self)
+    @property
+    def start(self) -> int:
+        return _HEADER + self.slot * self.ring.slot_nbytes
+
+
+def hand_over(batch: Any, lease: SlotLease) -> Any:
+    """In a worker: the collated ``batch`` (after ``returns=`` and ``batch_transform``),
+    which pickles as the places of its tensors in a slot: those already in ``lease``'s
+    slot stay there, the others are copied into a free slot once. A dict, list or tuple
+    stays one (a subclass); a batch of another kind goes as torch sends it, with copies
+    of the tensors that show the slot (as does a handed batch pickled a second time)."""
+    kind = type(batch)
+    if kind is dict or kind is FieldBatch:  # subclasses may not rebuild from a dict
+        return HandedBatch(batch, lease, kind)
+    if kind is list:
+        return _HandedList(batch, lease, kind)
+    if kind is tuple:
+        return _HandedTuple(batch, lease)
+    return _detached(batch, lease)
 
 
 class HandedBatch(dict[str, Any]):
-    """A collated batch in a worker whose fixed fields lie in a slot: it pickles as the
-    slot's place, and unpickles in the main process as a plain dict of copies."""
+    """A collated batch in a worker whose tensors lie in a slot: it pickles as the slot's
+    place and its structure, and unpickles in the main process with copies."""
 
-    __slots__ = ("lease",)
+    __slots__ = ("kind", "lease")
 
-    def __init__(self, values: Mapping[str, Any], lease: SlotLease) -> None:
+    def __init__(self, values: Mapping[str, Any], lease: SlotLease, kind: type) -> None:
         super().__init__(values)
         self.lease = lease
+        self.kind = kind
 
     def __reduce__(self) -> Any:
-        lease = self.lease
-        ring = lease.ring
-        items = [
-            (name, lease.layout[name], None) if name in lease.layout else (name, None, value)
-            for name, value in self.items()
-        ]
-        with ring.lock:
-            storage = None if ring.announced else ring.storage
-            ring.announced = True
-            lease.sent = True
-        start = _HEADER + lease.slot * ring.slot_nbytes
-        return _receive, (ring.token, storage, ring.count, lease.slot, start, items)
+        return _reduce(self.kind(self), self.lease)
+
+
+class _HandedList(list[Any]):
+    __slots__ = ("kind", "lease")
+
+    def __init__(self, values: list[Any], lease: SlotLease, kind: type) -> None:
+        super().__init__(values)
+        self.lease = lease
+        self.kind = kind
+
+    def __reduce__(self) -> Any:
+        return _reduce(list(self), self.lease)
+
+
+class _HandedTuple(tuple[Any, ...]):
+    lease: SlotLease
+
+    def __new__(cls, values: tuple[Any, ...], lease: SlotLease) -> _HandedTuple:
+        made = super().__new__(cls, values)
+        made.lease = lease
+        return made
+
+    def __reduce__(self) -> Any:
+        return _reduce(tuple(self), self.lease)
+
+
+def _same(value: Any) -> Any:
+    return value
+
+
+def _detached(batch: Any, lease: SlotLease) -> Any:
+    """``batch`` with copies of its tensors, for torch's own sharing (which would send
+    the slot's segment itself); what cannot be walked keeps the slot for good."""
+    tensors: list[torch.Tensor] = []
+    try:
+        skeleton = strip(batch, tensors)
+    except Unwalkable:
+        # NOTE: an object of the user's own class may hold views of the slot: the slot
+        # goes with it and is never reused (a ring then falls back to fresh segments).
+        lease.sent = True
+        _STATS.kept_slots += 1
+        return batch
+    return fill(skeleton, lambda i: tensors[i].clone())
+
+
+def _sendable(tensor: torch.Tensor) -> bool:
+    return (
+        tensor.device.type == "cpu"
+        and tensor.layout == torch.strided
+        and not tensor.requires_grad
+        and not tensor.is_quantized
+    )
+
+
+def _reduce(batch: Any, lease: SlotLease) -> Any:
+    """What a handed batch pickles as: the slot's place, its tensors' places in it and
+    the batch's structure; or, when that cannot be, the batch as torch sends it."""
+    if lease.sent:  # pickled before: its first receiver may have let go of the slot
+        return _same, (_detached(batch, lease),)
+    tensors: list[torch.Tensor] = []
+    try:
+        skeleton = strip(batch, tensors)
+    except Unwalkable:
+        return _same, (_detached(batch, lease),)
+    if not tensors or not all(_sendable(t) for t in tensors):
+        return _same, (_detached(batch, lease),)
+    places = _places_in(lease, tensors)
+    if places is None:  # tensors made by a transform: copied into a free slot once
+        layout, nbytes = [], 0
+        for tensor in tensors:
+            layout.append((nbytes, tensor.dtype, tuple(tensor.shape)))
+            nbytes += _round_up(tensor.numel() * tensor.element_size(), _ALIGN)
+        found = _ring_for(nbytes)
+        if found is None:
+            _STATS.fallback_batches += 1
+            return _same, (_detached(batch, lease),)
+        lease = SlotLease(*found)
+        for tensor, (at, dtype, shape) in zip(tensors, layout, strict=True):
+            _view(lease.ring.bytes, lease.start + at, dtype, shape).copy_(tensor)
+        places = layout
+    ring = lease.ring
+    with ring.lock:
+        storage = None if ring.announced else ring.storage
+        ring.announced = True
+        lease.sent = True
+    return _receive, (ring.token, storage, ring.count, lease.slot, lease.start, skeleton, places)
+
+
+def _places_in(
+    lease: SlotLease, tensors: list[torch.Tensor]
+) -> list[tuple[int, torch.dtype, tuple[int, ...]]] | None:
+    """Where each of ``tensors`` lies in ``lease``'s slot, or ``None`` if one does not
+    (or is not contiguous there)."""
+    ring = lease.ring
+    base = ring.bytes.data_ptr() + lease.start
+    places = []
+    for tensor in tensors:
+        at = tensor.data_ptr() - base
+        nbytes = tensor.numel() * tensor.element_size()
+        if not (at >= 0 and at + nbytes <= ring.slot_nbytes and tensor.is_contiguous()):
+            return None
+        places.append((at, tensor.dtype, tuple(tensor.shape)))
+    return places
 
 
 def slot_columns(
@@ -205,7 +326,7 @@ def slot_columns(
         for name, (at, dtype, shape) in layout.items()
     }
     _STATS.slot_batches += 1
-    lease = SlotLease(ring, slot, tensors, layout)
+    lease = SlotLease(ring, slot)
     return {name: t.numpy() for name, t in tensors.items()}, tensors, lease
 
 
@@ -268,8 +389,9 @@ def _receive(
     count: int,
     slot: int,
     start: int,
-    items: list[tuple[str, Any, Any]],
-) -> dict[str, Any]:
+    skeleton: Any,
+    places: list[tuple[int, torch.dtype, tuple[int, ...]]],
+) -> Any:
     """In the main process: the batch in ``slot`` copied out, and the slot freed."""
     with _mapped_lock:
         ring = _mapped.get(token)
@@ -281,37 +403,56 @@ def _receive(
                     "hands over are unpickled once, by the process the worker serves"
                 )
             ring = _register(token, storage, count)
-    pinned = _pinning()
-    batch: dict[str, Any] = FieldBatch()  # as collated in-process: refuses unpacking
-    try:
-        owner = None if pinned else _DESTINATIONS.take(_span(items))
-        for name, layout, value in items:
-            if layout is None:
-                batch[name] = value
-                continue
-            at, dtype, shape = layout
+    span = max(_span(places), 1)
+    if _pinning() or COPY_OUT:
+        try:
+            tensors = _copied(ring, start, places, pinned=_pinning())
+        finally:
+            ring.flags[slot] = 0  # copied out (or failed): the worker may reuse the slot
+    else:
+        # The loop gets views of the slot; the slot is the worker's again once the last
+        # of them (or of views of them) is freed. NOTE: views of `owner` keep it as
+        # their base (np.frombuffer of a memoryview; see shardio.loading.blocks).
+        owner = np.frombuffer(ring.array[start : start + span].data, dtype=np.uint8)
+        done = weakref.finalize(owner, _free_slot, ring.flags, slot)
+        done.atexit = False
+        tensors = []
+        for at, dtype, shape in places:
             numpy_dtype, nbytes = _described(dtype, shape)
-            source = ring.array[start + at : start + at + nbytes]
-            if owner is None:
-                target = torch.empty(shape, dtype=dtype, pin_memory=True)
-                target.view(-1).view(torch.uint8).copy_(torch.from_numpy(source))
-                batch[name] = target
-            else:
-                place = owner[at : at + nbytes]
-                np.copyto(place, source)
-                batch[name] = torch.from_numpy(place.view(numpy_dtype).reshape(shape))
-    finally:
-        ring.flags[slot] = 0  # copied out (or failed): the worker may reuse the slot
+            view = owner[at : at + nbytes].view(numpy_dtype).reshape(shape)
+            tensors.append(torch.from_numpy(view))
     _STATS.received += 1
-    return batch
+    return fill(skeleton, tensors.__getitem__)
 
 
-def _span(items: list[tuple[str, Any, Any]]) -> int:
-    """Bytes from a slot's start to the end of its last fixed field."""
-    return max(
-        (layout[0] + _described(layout[1], layout[2])[1] for _, layout, _ in items if layout),
-        default=0,
-    )
+def _free_slot(flags: np.ndarray, slot: int) -> None:
+    flags[slot] = 0
+
+
+def _copied(
+    ring: _Mapped, start: int, places: list[tuple[int, torch.dtype, tuple[int, ...]]], pinned: bool
+) -> list[torch.Tensor]:
+    """The tensors of a slot copied out: into pinned memory, or into a pooled block."""
+    owner = None if pinned else BLOCKS.take(_span(places))
+    tensors = []
+    for at, dtype, shape in places:
+        numpy_dtype, nbytes = _described(dtype, shape)
+        source = ring.array[start + at : start + at + nbytes]
+        if owner is None:
+            target = torch.empty(shape, dtype=dtype, pin_memory=True)
+            target.view(-1).view(torch.uint8).copy_(torch.from_numpy(source))
+            _STATS.received_pinned += 1
+            tensors.append(target)
+        else:
+            place = owner[at : at + nbytes]
+            np.copyto(place, source)
+            tensors.append(torch.from_numpy(place.view(numpy_dtype).reshape(shape)))
+    return tensors
+
+
+def _span(places: list[tuple[int, torch.dtype, tuple[int, ...]]]) -> int:
+    """Bytes from a slot's start to the end of its last tensor."""
+    return max((at + _described(dtype, shape)[1] for at, dtype, shape in places), default=0)
 
 
 @functools.lru_cache(maxsize=256)
@@ -322,46 +463,28 @@ def _described(dtype: torch.dtype, shape: tuple[int, ...]) -> tuple[np.dtype[Any
     return numpy_dtype, int(np.prod(shape, dtype=np.int64)) * numpy_dtype.itemsize
 
 
-class _Destinations:
-    """Pre-faulted blocks that received batches are copied into, reused once the loop
-    lets go of every tensor of a batch.
-
-    NOTE: a fresh 4 MB tensor per batch costs more than the copy (page faults, and
-    glibc maps and unmaps it): 2.8 ms against 0.17 ms into memory already touched.
-    Each batch's arrays are views of an ``owner`` array (``np.frombuffer`` of a block:
-    numpy views of it keep it, not the block, as their base); the tensors keep those
-    views alive, so the block returns to the pool only when the last tensor (or view of
-    one) of that batch is freed. A batch the loop keeps keeps its block."""
-
-    KEEP = 8  # free blocks kept per size; more are let go
-
-    def __init__(self) -> None:
-        self.free: dict[int, list[np.ndarray]] = {}
-
-    def take(self, nbytes: int) -> np.ndarray:
-        size = _round_up(max(nbytes, 1), _PAGE)
-        free = self.free.setdefault(size, [])
-        try:
-            block = free.pop()
-        except IndexError:
-            block = np.empty(size, dtype=np.uint8)
-            block.fill(0)  # fault the pages in once, here
-        owner = np.frombuffer(block.data, dtype=np.uint8)
-        weakref.finalize(owner, self._give, free, block)
-        return owner
-
-    @classmethod
-    def _give(cls, free: list[np.ndarray], block: np.ndarray) -> None:
-        if len(free) < cls.KEEP:
-            free.append(block)
+_receiver = threading.local()
 
 
-_DESTINATIONS = _Destinations()
+@contextlib.contextmanager
+def receive_pinned() -> Iterator[None]:
+    """Batches this thread receives from worker slots meanwhile are copied straight into
+    pinned memory (with CUDA present): the `Prefetcher`'s read-ahead thread then sends
+    them to the device with no second host copy."""
+    before = getattr(_receiver, "pinned", False)
+    _receiver.pinned = True
+    try:
+        yield
+    finally:
+        _receiver.pinned = before
 
 
 def _pinning() -> bool:
-    """Whether this thread is torch's pin-memory thread with CUDA present: then the one
-    copy out of a slot goes straight into pinned memory, which ``pin_memory`` keeps."""
+    """Whether this thread is torch's pin-memory thread, or one in `receive_pinned`, with
+    CUDA present: then the one copy out of a slot goes straight into pinned memory,
+    which ``pin_memory`` and the `Prefetcher` keep."""
+    if getattr(_receiver, "pinned", False):
+        return torch.cuda.is_available()
     thread = threading.current_thread()
     target = getattr(thread, "_target", None)
     if target is None or getattr(target, "__name__", "") != "_pin_memory_loop":

@@ -8,6 +8,7 @@ per-sample Python transforms hold the GIL: those still want DataLoader workers.
 
 from __future__ import annotations
 
+import itertools
 import os
 import threading
 from collections import deque
@@ -15,11 +16,15 @@ from collections.abc import Callable, Iterable, Iterator, Sequence
 from concurrent.futures import Future, ThreadPoolExecutor
 from typing import Any, Literal
 
+import numpy as np
 import torch.utils.data
 from torch.utils.data import BatchSampler, RandomSampler, Sampler, SequentialSampler
 from torch.utils.data._utils.collate import default_collate
 
 from shardio.core.errors import InvalidOptionError
+
+from .batches import Batch
+from .dataset import ShardedDataset
 
 __all__ = ["MAX_AUTO_THREADS", "Loader", "auto_threads"]
 
@@ -122,14 +127,32 @@ class Loader:
         return sampler
 
     # ----------------------------------------------------------------- reading
-    def _load(self, indices: Sequence[int]) -> Any:
+    def _index_batches(self) -> Iterator[Sequence[int] | np.ndarray]:
+        """The batches of indices: those of ``batch_sampler``, or for a `ShardedDataset`
+        under torch's own samplers (whose indices are ints in range) the same indices as
+        int64 arrays, which the read checks without a pass over Python ints."""
+        sampler = self.sampler
+        if type(sampler) not in _INT_SAMPLERS or not isinstance(self.dataset, ShardedDataset):
+            yield from self.batch_sampler
+            return
+        indices = iter(sampler)
+        size = self.batch_size
+        while True:
+            batch = np.fromiter(itertools.islice(indices, size), dtype=np.int64)
+            if not len(batch) or (self.drop_last and len(batch) < size):
+                return
+            yield batch
+
+    def _load(self, indices: Sequence[int] | np.ndarray) -> Any:
         """One batch, read and collated in a loader thread."""
         dataset: Any = self.dataset
         getitems = getattr(dataset, "__getitems__", None)
         data = getitems(indices) if getitems else [dataset[i] for i in indices]
+        if self.collate_fn is default_collate and isinstance(data, Batch):
+            return data.collate()  # what default_collate does with it, without dispatch
         return self.collate_fn(data)
 
-    def _describe_failure(self, indices: Sequence[int], error: BaseException) -> str:
+    def _describe_failure(self, indices: Sequence[int] | np.ndarray, error: BaseException) -> str:
         """Name the first index of a failed batch that fails alone, and the dataset."""
         failing = None
         for index in indices:
@@ -139,7 +162,11 @@ class Loader:
                 failing = index
                 break
         where = getattr(self.dataset, "path", type(self.dataset).__name__)
-        first = f"at index {failing}" if failing is not None else f"in indices {list(indices)[:8]}"
+        first = (
+            f"at index {failing}"
+            if failing is not None
+            else f"in indices {[int(i) for i in list(indices)[:8]]}"
+        )
         return f"shardio.Loader: reading a batch failed {first} of {where} ({type(error).__name__})"
 
 
@@ -148,11 +175,11 @@ class _LoaderIterator:
 
     def __init__(self, loader: Loader) -> None:
         self._loader = loader
-        self._batches = iter(loader.batch_sampler)
+        self._batches = loader._index_batches()
         self._pool: ThreadPoolExecutor | None = ThreadPoolExecutor(
             max_workers=loader.threads, thread_name_prefix=THREAD_NAME
         )
-        self._pending: deque[tuple[list[int], Future[Any]]] = deque()
+        self._pending: deque[tuple[Sequence[int] | np.ndarray, Future[Any]]] = deque()
         self._lock = threading.Lock()
         self._fill()
 
@@ -198,6 +225,9 @@ class _LoaderIterator:
     def __del__(self) -> None:
         if hasattr(self, "_pool"):  # not when __init__ failed
             self.close()
+
+
+_INT_SAMPLERS = (RandomSampler, SequentialSampler)
 
 
 def _check_positive(value: Any, option: str, other: str = "") -> None:

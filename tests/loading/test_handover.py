@@ -7,7 +7,7 @@ import subprocess
 import sys
 import tempfile
 import time
-from typing import Any
+from typing import Any, NamedTuple
 
 import numpy as np
 import pytest
@@ -170,3 +170,95 @@ def test_nothing_left_after_kill_9_of_the_main_process(tmp_path: Any, context: s
     pids, _ = _run_child(truth.path, context, "hang")
     assert _gone(pids, timeout=30)  # workers notice their parent is gone
     assert _shm_of(pids) == []
+
+
+class _Pair(NamedTuple):
+    x: torch.Tensor
+    y: torch.Tensor
+
+
+class _Box:
+    """An object of the user's own class: the hand-over cannot look inside."""
+
+    def __init__(self, value: torch.Tensor) -> None:
+        self.value = value
+
+
+def test_returns_and_batch_transform_outputs_travel_through_slots(tmp_path: Any) -> None:
+    """Tuples from returns=, new tensors from a batch_transform, named tuples and
+    objects of the user's own class: every batch kept equals what read_batch reads."""
+    truth = SOURCES["mmap"](str(tmp_path))
+    fixed = [n for n in truth.names if n not in truth.variable]
+    label = next(n for n in fixed if n.endswith("label"))
+    order = np.random.default_rng(6).permutation(len(truth.columns[label])).tolist()
+    want = [order[s : s + 4] for s in range(0, len(order), 4)]
+    image = fixed[0]
+    # (options, the batch's tensors as (tensor, field it should equal))
+    cases: list[tuple[dict[str, Any], Any]] = [
+        ({"returns": (image, {"y": label})}, lambda b: [(b[0], image), (b[1]["y"], label)]),
+        (
+            {"batch_transform": lambda b: {"twice": b[label] * 2, "same": b[label]}},
+            lambda b: [(b["twice"] // 2, label), (b["same"], label)],
+        ),
+        (
+            {"batch_transform": lambda b: [b[image].double(), b[label][1:]]},
+            lambda b: [(b[0].to(b[0].dtype), image), (b[1], label, 1)],
+        ),
+        (
+            {"batch_transform": lambda b: _Pair(b[image], b[label] + 1)},
+            lambda b: [(b.x, image), (b.y - 1, label)],
+        ),
+        ({"batch_transform": lambda b: _Box(b[label])}, lambda b: [(b.value, label)]),
+    ]
+    for options, unpack in cases:
+        ds = ShardedDataset(truth.path, fields=fixed, **options)
+        before = handover_stats()["received"]
+        kept = list(DataLoader(ds, batch_size=4, sampler=order, num_workers=2))
+        assert len(kept) == len(want) > MAX_SLOTS
+        for batch, indices in zip(kept, want, strict=True):
+            for got, name, *skip in unpack(batch):
+                expected = truth.columns[name][indices][skip[0] if skip else 0 :]
+                np.testing.assert_array_equal(got.numpy(), expected, err_msg=name)
+        through_slots = handover_stats()["received"] - before
+        kind = type(kept[0]).__name__
+        assert through_slots == (len(want) if kind in ("tuple", "dict", "list") else 0), kind
+
+
+def test_the_loop_holds_views_of_slots_until_it_frees_them(tmp_path: Any) -> None:
+    """Batches arrive as views of their slots: a kept batch keeps its slot (workers grow
+    their rings, then send fresh segments), a freed one gives it back."""
+    truth = SOURCES["mmap"](str(tmp_path))
+    ds = ShardedDataset(truth.path)
+    order = np.random.default_rng(9).permutation(len(ds)).tolist()
+    loader = DataLoader(ds, batch_size=1, sampler=order, num_workers=2, prefetch_factor=4)
+    before = handover_stats()["received"]
+    kept = list(loader)  # 97 batches held: more than the rings of 2 workers grow to
+    assert len(kept) == len(ds) > 2 * (SLOTS + 2 * SLOTS + MAX_SLOTS)
+    slots = handover_stats()["received"] - before
+    assert 2 * SLOTS <= slots < len(ds)  # the rest came in fresh segments
+    for batch, start in zip(kept, range(len(order)), strict=True):
+        assert_same(batch, ds.read_batch(order[start : start + 1]))
+    del kept, batch
+    before = handover_stats()["received"]
+    for batch, start in zip(loader, range(len(order)), strict=True):
+        assert_same(batch, ds.read_batch(order[start : start + 1]))
+    assert handover_stats()["received"] - before == len(ds)  # all through slots
+
+
+def test_a_handed_batch_pickled_twice_is_copied_the_second_time() -> None:
+    """A collate_fn that returns the same batch object twice (cached): the second
+    message must not show a slot the first receiver may already have given back."""
+    from shardio.loading.handover import SlotLease, _ring_for, hand_over
+
+    found = _ring_for(4096)
+    assert found is not None
+    lease = SlotLease(*found)
+    tensor = torch.from_numpy(found[0].bytes.numpy()[lease.start : lease.start + 8])
+    tensor[:] = torch.arange(8, dtype=torch.uint8)
+    handed = hand_over({"x": tensor}, lease)
+    once = handed.__reduce__()
+    assert once[0].__name__ == "_receive" and lease.sent
+    again = handed.__reduce__()
+    assert again[0].__name__ == "_same"
+    copy = again[1][0]["x"]
+    assert torch.equal(copy, tensor) and copy.data_ptr() != tensor.data_ptr()

@@ -572,3 +572,28 @@ def test_cuda_index_past_the_last_gpu_is_an_error() -> None:
     count = torch.cuda.device_count()
     with pytest.raises(DeviceError, match=rf"{count} CUDA device.*device='cuda:{count}'"):
         Prefetcher([], device=f"cuda:{count}")
+
+
+@pytest.mark.gpu
+@needs_cuda
+def test_worker_batches_reach_the_gpu_from_pinned_memory_copied_once(tmp_path: Path) -> None:
+    """The read-ahead thread receives worker batches straight into pinned memory."""
+    from shardio import ShardedDataset
+    from shardio.loading.handover import handover_stats
+    from shardio.tools.testing.groundtruth import SOURCES
+
+    truth = SOURCES["mmap"](str(tmp_path))
+    fixed = [n for n in truth.names if n not in truth.variable]
+    ds = ShardedDataset(truth.path, fields=fixed)
+    order = np.random.default_rng(8).permutation(len(ds)).tolist()
+    before = handover_stats()["received_pinned"]
+    loader = DataLoader(ds, batch_size=4, sampler=order, num_workers=2)
+    batches = [
+        {k: v.cpu() for k, v in b.items()} for b in Prefetcher(loader, device="cuda", depth=2)
+    ]
+    starts = range(0, len(order), 4)
+    assert len(batches) == len(starts) > 2
+    for batch, start in zip(batches, starts, strict=True):
+        for name, column in ds.read_batch(order[start : start + 4]).items():
+            np.testing.assert_array_equal(batch[name].numpy(), column, err_msg=name)
+    assert handover_stats()["received_pinned"] - before == len(fixed) * len(batches)

@@ -21,6 +21,8 @@ Transform = Callable[[Any], Any]
 
 
 class Transfer(Protocol):
+    pins: bool  # whether batches should reach it in pinned memory
+
     def start_thread(self) -> None: ...
 
     def prepare(self, batch: Any) -> tuple[Any, Any]: ...
@@ -41,6 +43,8 @@ def make_transfer(device: torch.device, transform: Transform | None) -> Transfer
 
 class HostTransfer:
     """CPU target: numpy leaves become tensors and the transform runs on the read-ahead thread."""
+
+    pins = False
 
     def __init__(self, device: torch.device, transform: Transform | None) -> None:
         self._device = device
@@ -82,7 +86,13 @@ class CudaTransfer:
     every device tensor is ``record_stream``-ed on it: the tensors were allocated on the
     side stream, and without this the caching allocator could hand their memory to the
     next batch while the step still reads it.
+
+    A leaf already in pinned memory (``pin_memory=True``, or a batch the read-ahead
+    thread received from a worker's slot, see `shardio.loading.handover`) is sent from
+    where it is: one host copy per batch, never two.
     """
+
+    pins = True
 
     def __init__(self, device: torch.device, transform: Transform | None) -> None:
         self._device = device

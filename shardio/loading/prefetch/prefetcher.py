@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import sys
 import threading
 import time
@@ -15,6 +16,7 @@ import torch
 from shardio.core.config import positive_int
 from shardio.core.errors import InvalidOptionError
 
+from ..handover import receive_pinned
 from ._channel import Channel
 from ._device import resolve_device
 from ._transfer import Transfer, make_transfer
@@ -211,18 +213,25 @@ class _ReadAhead:
         try:
             self._transfer.start_thread()
             iterator = iter(self._loader)
-            for batch in iterator:
-                if self._channel.closed:
-                    return
-                if not self._channel.put(self._transfer.prepare(batch)):
-                    return
-                del batch  # do not hold a host batch while waiting for the next one
-            self._channel.put(_End())
+            # Batches from DataLoader workers' slots: copied once, into pinned memory when
+            # they go to a GPU (see shardio.loading.handover), then sent from there.
+            pinned = receive_pinned() if self._transfer.pins else contextlib.nullcontext()
+            with pinned:
+                self._forward(iterator)
         except BaseException as error:
             self._channel.put(_Failure(error))
         finally:
             _close_iterator(iterator)
             iterator = None  # this frame lives on in a forwarded exception's traceback
+
+    def _forward(self, iterator: Iterator[Any]) -> None:
+        for batch in iterator:
+            if self._channel.closed:
+                return
+            if not self._channel.put(self._transfer.prepare(batch)):
+                return
+            del batch  # do not hold a host batch while waiting for the next one
+        self._channel.put(_End())
 
 
 def _close_iterator(iterator: Iterator[Any] | None) -> None:

@@ -14,6 +14,7 @@ import math
 import mmap
 import os
 import sys
+import threading
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 from typing import Any
@@ -291,7 +292,12 @@ def vlen_reads_unswapped() -> bool:
     reads as 256). Tested once on an in-memory file, so a fixed h5py is not undone."""
     foreign = np.dtype(">i2") if sys.byteorder == "little" else np.dtype("<i2")
     with h5py.File(
-        f"shardio-vlen-probe-{os.getpid()}", "w", driver="core", backing_store=False
+        # one name per thread: Loader threads may probe at once, and HDF5 refuses a
+        # second "w" open of a name open in the process
+        f"shardio-vlen-probe-{os.getpid()}-{threading.get_ident()}",
+        "w",
+        driver="core",
+        backing_store=False,
     ) as file:
         dataset = file.create_dataset("v", (1,), dtype=h5py.vlen_dtype(foreign))
         dataset[0] = np.array([1], dtype=foreign)
