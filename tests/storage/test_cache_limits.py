@@ -1,0 +1,123 @@
+"""The node shard cache under a tight limit: what it evicts, and how long it may wait.
+
+A real S3 API server (moto) on 127.0.0.1 behind the fault proxy, which counts GETs per
+object (tests/storage/conftest.py).
+"""
+
+from __future__ import annotations
+
+import threading
+import time
+
+import numpy as np
+import pytest
+
+import shardio
+from shardio import ShardedDataset, ShardWriter
+from shardio.storage.cache import ShardCache
+from shardio.storage.manifest import Manifest
+
+pytest.importorskip("moto.server")
+pytest.importorskip("s3fs")
+from shardio.tools.testing.objectstore import FaultProxy, S3Server
+
+BUCKET = "cache-limits"  # the s3 fixture (tests/storage/conftest.py) makes it
+FAST = {
+    "connect_timeout": 1,
+    "read_timeout": 1,
+    "retries": {"mode": "standard", "total_max_attempts": 2},
+}
+
+
+def _dataset(tmp_path, name: str, shards: int = 4, rows: int = 10):
+    """``shards`` mmap shards of ``rows`` rows of 4 float32 (64 B of a row each)."""
+    data = np.arange(shards * rows * 4, dtype=np.float32).reshape(-1, 4)
+    local = str(tmp_path / name)
+    with ShardWriter(local, format="mmap", shard_size=rows * data[0].nbytes) as writer:
+        writer.write_batch({"x": data})
+    with ShardedDataset(local) as probe:
+        assert len(probe.shard_lengths) == shards, probe.shard_lengths
+        sizes = probe.shard_nbytes
+    return local, data, sizes
+
+
+def _open(url: str, s3: S3Server, proxy: FaultProxy, cache: str, **kwargs) -> ShardedDataset:
+    options = s3.options(proxy.endpoint, **FAST)
+    return ShardedDataset(url, storage_options=options, cache_dir=cache, **kwargs)
+
+
+def test_a_shard_closed_last_is_evicted_last(s3, proxy, tmp_path) -> None:
+    # A shard read for a long time was stamped with the time it was opened, so once
+    # closed it was evicted first, before shards closed long before it, and the next
+    # read of it downloaded it again: the thrashing of bench_remote's LMDB run.
+    local, data, sizes = _dataset(tmp_path, "closed-last.shardio")
+    url = s3.upload(local, "closed-last.shardio")
+    limit = 3 * max(sizes) + min(sizes) // 2  # room for 3 shards
+    with _open(url, s3, proxy, str(tmp_path / "cache"), cache_limit=limit, max_open_shards=2) as ds:
+
+        def read(shard: int) -> None:
+            rows = [10 * shard, 10 * shard + 9]
+            np.testing.assert_array_equal(ds.read_batch(rows)["x"], data[rows])
+            time.sleep(0.02)  # distinct file times
+
+        for shard in (0, 1, 0, 2, 2, 3):  # shard 1 is closed at 2, shard 0 at 3
+            read(shard)
+        read(0)  # with room for 3, 3 evicted the shard closed longest ago: 1, not 0
+        stats = ds.memory_stats()["cache"]
+    gets = proxy.object_gets("/cache-limits/closed-last.shardio/shard-")
+    assert gets["/cache-limits/closed-last.shardio/shard-00000.mmap/000.bin"] == 1
+    assert stats["downloads"] == 4 and stats["evictions"] == 1 and stats["hits"] >= 1
+
+
+def test_waiting_for_room_holds_no_download_lock(s3, proxy, tmp_path) -> None:
+    # One process waiting for room for a shard made each other process that wanted
+    # the same shard wait for it first: N processes, N x wait_s. Now each waits at
+    # most wait_s, then CacheError names cache_limit.
+    local, _, sizes = _dataset(tmp_path, "no-room.shardio", shards=5)
+    url = s3.upload(local, "no-room.shardio")
+    options = s3.options(proxy.endpoint, **FAST)
+    manifest = Manifest.load_remote(url, options)
+    cache = str(tmp_path / "cache")
+    limit = 4 * max(sizes) + min(sizes) // 2  # 4 shards: one for each of 4 readers
+
+    def make() -> ShardCache:
+        return ShardCache(url, manifest, cache, limit, frozenset(), options, wait_s=1.0)
+
+    holder = make()
+    for number in range(4):  # leased: nothing else fits
+        holder.acquire(number, keep=set(range(number)))
+    errors: list[tuple[float, BaseException]] = []
+
+    def wait_for_room() -> None:
+        started = time.monotonic()
+        try:
+            make().acquire(4)
+        except shardio.CacheError as exc:
+            errors.append((time.monotonic() - started, exc))
+
+    threads = [threading.Thread(target=wait_for_room) for _ in range(3)]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join(30)
+    holder.close()
+    assert len(errors) == 3 and not any(t.is_alive() for t in threads)
+    for waited, exc in errors:
+        assert "cache_limit=" in str(exc) and "no room" in str(exc)
+        assert waited < 2.5, waited  # 1 s each, not one after another (3 s for the last)
+
+
+def test_more_readers_than_the_limit_holds_is_an_error_at_their_start(s3, proxy, tmp_path) -> None:
+    local, data, sizes = _dataset(tmp_path, "readers.shardio", shards=4)
+    url = s3.upload(local, "readers.shardio")
+    cache = str(tmp_path / "cache")
+    limit = max(sizes) + min(sizes) // 2  # one shard: one reading process
+    with _open(url, s3, proxy, cache, cache_limit=limit) as first:
+        np.testing.assert_array_equal(first.read_batch([0])["x"], data[[0]])
+        with _open(url, s3, proxy, cache, cache_limit=limit) as second:
+            started = time.monotonic()
+            with pytest.raises(shardio.CacheError, match=r"cache_limit=.*2 readers"):
+                second.read_batch([15])
+            assert time.monotonic() - started < 5  # at once, not after the wait for room
+    with _open(url, s3, proxy, cache, cache_limit=limit) as alone:  # the first is gone
+        np.testing.assert_array_equal(alone.read_batch([15, 35])["x"], data[[15, 35]])
