@@ -44,9 +44,9 @@ __all__ = [
 CACHE_WAIT_S = 60.0
 #: Downloads in flight per process for download-ahead.
 PREFETCH_THREADS = 4
-#: A reading process keeps at most this many shards open (each holds cache space:
-#: a reader short of room closes the ones it is not reading first) unless
-#: ``max_open_shards`` says otherwise: the blocks of one shard-window.
+#: A reading process keeps open at least this many shards, and at most as many as half
+#: of ``cache_limit`` holds (each holds cache space: a reader short of room closes the
+#: ones it is not reading first), unless ``max_open_shards`` says otherwise.
 CACHE_OPEN_SHARDS = 8
 #: Without ``cache_limit``: this share of the free space of ``cache_dir`` when opened.
 DEFAULT_LIMIT_SHARE = 0.75
@@ -130,6 +130,12 @@ class ShardCache:
     @property
     def local(self) -> _Local:
         return self._local.get(_Local, _drop_inherited)
+
+    def open_shards(self) -> int:
+        """Shards a reading process keeps open by default: as many as half the limit
+        holds (at least `CACHE_OPEN_SHARDS`), so a sampler window of up to half the
+        limit (docs/cache.md) is read without closing and reopening its shards."""
+        return max(CACHE_OPEN_SHARDS, self.limit // (2 * max(self.largest, 1)))
 
     def path(self, number: int) -> str:
         """Where shard ``number`` lies in the cache (it may not be there yet)."""
