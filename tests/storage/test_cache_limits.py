@@ -6,6 +6,9 @@ object (tests/storage/conftest.py).
 
 from __future__ import annotations
 
+import contextlib
+import os
+import tempfile
 import threading
 import time
 
@@ -19,7 +22,7 @@ from shardio.storage.manifest import Manifest
 
 pytest.importorskip("moto.server")
 pytest.importorskip("s3fs")
-from shardio.tools.testing.objectstore import FaultProxy, S3Server
+from shardio.tools.testing.objectstore import FaultProxy, S3Server, proxy_for
 
 BUCKET = "cache-limits"  # the s3 fixture (tests/storage/conftest.py) makes it
 FAST = {
@@ -145,3 +148,40 @@ def test_a_window_of_half_the_limit_opens_each_shard_once(s3, proxy, tmp_path) -
     assert after["downloads"] == before["downloads"] == 24
     # A lease is taken at each open: each shard opened at most once (8 open: 40-60 times).
     assert 12 <= after["hits"] - before["hits"] <= 24
+
+
+def test_verify_of_a_url_holds_one_shard_on_disk_at_a_time(s3, tmp_path, monkeypatch) -> None:
+    from shardio.convert import verify
+
+    local, _, sizes = _dataset(tmp_path, "verify.shardio", shards=4, rows=400)
+    url = s3.upload(local, "verify.shardio")
+    scratch = tmp_path / "scratch"
+    scratch.mkdir()
+    monkeypatch.setattr(tempfile, "tempdir", str(scratch))
+    seen: list[int] = []
+    stop = threading.Event()
+
+    def sample() -> None:  # bytes of shard files under the scratch directory
+        while not stop.is_set():
+            total = 0
+            for directory, _, names in os.walk(scratch):
+                for name in names:
+                    if name != "manifest.json":
+                        with contextlib.suppress(FileNotFoundError):
+                            total += os.path.getsize(os.path.join(directory, name))
+            seen.append(total)
+            time.sleep(0.001)
+
+    # Slow enough that the sampler sees each download.
+    slow = proxy_for(s3, bandwidth=100_000)
+    thread = threading.Thread(target=sample)
+    thread.start()
+    try:
+        report = verify(url, storage_options=s3.options(slow.endpoint, **FAST))
+    finally:
+        stop.set()
+        thread.join()
+        slow.close()
+    assert report.ok and report.samples_read == 1600 and report.num_shards == 4
+    assert 0 < max(seen) <= max(sizes)  # never two shards at once
+    assert os.listdir(scratch) == []  # nothing left behind
