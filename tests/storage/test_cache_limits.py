@@ -185,3 +185,21 @@ def test_verify_of_a_url_holds_one_shard_on_disk_at_a_time(s3, tmp_path, monkeyp
     assert report.ok and report.samples_read == 1600 and report.num_shards == 4
     assert 0 < max(seen) <= max(sizes)  # never two shards at once
     assert os.listdir(scratch) == []  # nothing left behind
+
+
+@pytest.mark.slow
+def test_dataloader_workers_the_limit_cannot_serve_fail_at_start(s3, proxy, tmp_path) -> None:
+    torch = pytest.importorskip("torch")
+    torch.set_num_threads(1)
+    local, _, sizes = _dataset(tmp_path, "workers.shardio", shards=6)
+    url = s3.upload(local, "workers.shardio")
+    limit = 2 * max(sizes) + min(sizes) // 2  # one shard for each of 2 readers, not 3
+    with _open(url, s3, proxy, str(tmp_path / "cache"), cache_limit=limit) as ds:
+        loader = torch.utils.data.DataLoader(
+            ds, batch_size=4, num_workers=3, multiprocessing_context="fork"
+        )
+        started = time.monotonic()
+        with pytest.raises(shardio.CacheError, match=r"cache_limit=.*3 readers"):
+            for _ in loader:
+                pass
+        assert time.monotonic() - started < 30  # at start, not after the wait for room
