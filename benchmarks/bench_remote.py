@@ -1,7 +1,7 @@
 """Training from object storage through the node shard cache, against local disk.
 
     python benchmarks/bench_remote.py            # 2 GB per format, about 10-15 minutes
-    python benchmarks/bench_remote.py --quick    # a smoke run, under a minute
+    python benchmarks/bench_remote.py --quick    # a smoke run, a few minutes
 
 A dataset (mmap and LMDB; Zarr reported) is written locally, uploaded to a moto S3
 server behind a proxy that caps bandwidth (``--bandwidth``) and adds latency per
@@ -139,17 +139,29 @@ def bench_format(fmt: str, args: argparse.Namespace, root: str) -> list[list[str
     sample = parse_size(args.sample_bytes)
     rows = max(64, size // sample)
     shard = max(size // args.shards, sample)
-    limit = size // 4
-    # Blocks of whole shards (window / 8 >= a shard): each shard is downloaded once an
-    # epoch; the window (what readers hold) takes at most half the cache, download-ahead
-    # the rest (see docs/cache.md).
-    window = min(8 * shard + shard // 2, limit // 2)
     local = os.path.join(root, f"{fmt}.shardio")
     rng = np.random.default_rng(0)
     with shardio.ShardWriter(local, format=fmt, shard_size=shard) as writer:
         for start in range(0, rows, 256):
             count = min(256, rows - start)
             writer.write_batch({"x": rng.integers(0, 255, (count, sample), dtype=np.uint8)})
+    with shardio.ShardedDataset(local) as probe:
+        largest = max(probe.shard_nbytes)
+        total = sum(probe.shard_nbytes)  # more than --size for LMDB and Zarr
+    limit = total // 4
+    # Blocks of whole shards (window / 8 >= the largest shard as written, which for LMDB
+    # and Zarr is more than shard_size): each shard is downloaded once an epoch; the
+    # window (what readers hold) takes at most half the cache, download-ahead the rest
+    # (see docs/cache.md). NOTE: a window from shard_size split every LMDB shard in two
+    # blocks, and its readers held more shards than the cache had room for beside the
+    # downloads ahead: each shard was downloaded 7-8 times an epoch.
+    window = min(8 * largest + largest // 2, limit // 2)
+    if window // 8 < largest:
+        print(
+            f"  {fmt}: window {format_size(window)} splits shards of {format_size(largest)} "
+            "(raise --shards): shards are downloaded more than once an epoch",
+            flush=True,
+        )
     process, endpoints = _serve(parse_size(args.bandwidth), args.latency_ms / 1000)
     results: list[list[str]] = []
     try:
@@ -165,7 +177,7 @@ def bench_format(fmt: str, args: argparse.Namespace, root: str) -> list[list[str
             ("cache 100%, ahead", 1.0, True),
         ):
             cache = os.path.join(root, f"cache-{fmt}-{name.replace(' ', '').replace(',', '-')}")
-            cache_limit = int(size * share * 1.05) if share == 1.0 else limit
+            cache_limit = int(total * 1.05) if share == 1.0 else limit
             sampler = CacheSampler(cache)
             with shardio.ShardedDataset(
                 url, storage_options=options, cache_dir=cache, cache_limit=cache_limit
@@ -211,7 +223,7 @@ def main() -> None:
     parser.add_argument("--quick", action="store_true", help="a tiny smoke run")
     parser.add_argument("--size", default="2GB", help="dataset bytes per format")
     parser.add_argument("--sample-bytes", default="64KB")
-    parser.add_argument("--shards", type=int, default=64, help="shards per dataset")
+    parser.add_argument("--shards", type=int, default=128, help="shards per dataset")
     parser.add_argument("--bandwidth", default="100MB", help="the link's bytes per second")
     parser.add_argument("--latency-ms", type=float, default=20.0, help="added per request")
     parser.add_argument("--formats", default="mmap,lmdb,zarr")
@@ -220,8 +232,8 @@ def main() -> None:
     parser.add_argument("--record", action="store_true", help="write benchmarks/RESULTS.md")
     args = parser.parse_args()
     if args.quick:
-        args.size, args.sample_bytes, args.shards, args.formats = "8MB", "16KB", 64, "mmap,lmdb"
-        args.bandwidth = "20MB"
+        args.size, args.sample_bytes, args.shards = "16MB", "16KB", 80
+        args.latency_ms = 5.0
     torch.set_num_threads(1)
     print(machine_line())
     print(

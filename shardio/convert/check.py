@@ -21,6 +21,7 @@ import subprocess
 import sys
 import tempfile
 import time
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -31,10 +32,13 @@ from shardio.core.errors import DatasetNotFoundError, ShardioError, Verification
 from shardio.core.schema import Field, Schema
 from shardio.storage.adapters.base import Columns
 from shardio.storage.adapters.registry import is_remote
+from shardio.storage.cache.fetch import download_shard
+from shardio.storage.cache.store import remove_tree
 from shardio.storage.integrity import ShardCheck
 from shardio.storage.layout import shard_files_as_written
 from shardio.storage.manifest import Manifest, ShardInfo
 from shardio.storage.reader import DatasetReader
+from shardio.storage.remote import filesystem
 
 from .progress import Progress, progress_mode
 from .source import Source, open_source
@@ -106,7 +110,7 @@ def verify(
     """
     started = time.perf_counter()
     location = os.fspath(path)
-    if is_remote(location):  # copied to a temporary directory, then checked there
+    if is_remote(location):  # each shard downloaded, checked and removed in turn
         return _verify_remote(
             location, against, source_format, source_options, progress, raise_errors,
             storage_options,
@@ -128,13 +132,42 @@ def verify(
         manifest.check_directory(location)
     except ShardioError as exc:
         report.problems.append(Problem(None, str(exc)))
+    _check_shards(location, manifest, report, against, source_format, source_options, progress)
+    report.seconds = time.perf_counter() - started
+    _raise_if(report, location, raise_errors)
+    return report
+
+
+def _raise_if(report: VerifyReport, where: str, raise_errors: bool) -> None:
+    if report.problems and raise_errors:
+        first = "; ".join(str(p) for p in report.problems[:3])
+        more = f" (and {len(report.problems) - 3} more)" if len(report.problems) > 3 else ""
+        raise VerificationError(
+            f"{where} failed verification with {len(report.problems)} problem(s): {first}{more}"
+        )
+
+
+def _check_shards(
+    location: str,
+    manifest: Manifest,
+    report: VerifyReport,
+    against: str | os.PathLike[str] | None,
+    source_format: str | None,
+    source_options: dict[str, Any] | None,
+    progress: bool | str,
+    fetch: Callable[[ShardInfo], Problem | None] | None = None,
+) -> None:
+    """Check each shard of ``manifest`` in ``location``, adding problems to ``report``.
+
+    With ``fetch``, each shard is first copied into ``location`` by ``fetch`` (a
+    problem when it cannot be) and removed once checked: one shard on disk at a time."""
     source = None
     if against is not None:
         source = _open_against(manifest, os.fspath(against), source_format, source_options, report)
     reader = DatasetReader(location, verify_sizes=False)
     display = Progress(
         progress_mode(progress),
-        f"shardio verify {os.path.basename(location.rstrip('/'))}",
+        f"shardio verify {os.path.basename(report.path.rstrip('/'))}",
         total_samples=manifest.num_samples,
         total_bytes=manifest.nbytes,
         total_shards=len(manifest.shards),
@@ -142,9 +175,17 @@ def verify(
     try:
         start = 0
         for number, info in enumerate(manifest.shards):
-            report.problems.extend(
-                _check_shard(location, reader, manifest, number, info, start, source, report)
-            )
+            copied = None if fetch is None else fetch(info)
+            if copied is not None:
+                report.problems.append(copied)
+            else:
+                report.problems.extend(
+                    _check_shard(location, reader, manifest, number, info, start, source, report)
+                )
+            if fetch is not None:  # this shard is done: free its disk space
+                for shard in reader.open_readers:
+                    shard.close()
+                remove_tree(os.path.join(location, info.path))
             display.shard_done(info.num_samples, info.nbytes)
             start += info.num_samples
     finally:
@@ -152,14 +193,6 @@ def verify(
         reader.close()
         if source is not None:
             source.close()
-    report.seconds = time.perf_counter() - started
-    if report.problems and raise_errors:
-        first = "; ".join(str(p) for p in report.problems[:3])
-        more = f" (and {len(report.problems) - 3} more)" if len(report.problems) > 3 else ""
-        raise VerificationError(
-            f"{location} failed verification with {len(report.problems)} problem(s): {first}{more}"
-        )
-    return report
 
 
 def _verify_remote(
@@ -171,26 +204,38 @@ def _verify_remote(
     raise_errors: bool,
     storage_options: dict[str, Any] | None,
 ) -> VerifyReport:
-    from .mirror import mirror_dataset
+    """`verify` of a URL: each shard downloaded into a temporary directory, checked
+    there and removed, so the local disk holds one shard at a time."""
+    started = time.perf_counter()
+    url = url.rstrip("/")
+    manifest = Manifest.load_remote(url, storage_options)
+    report = VerifyReport(
+        url, None if against is None else os.fspath(against), len(manifest.shards),
+        manifest.num_samples,
+    )  # fmt: skip
+    with tempfile.TemporaryDirectory(prefix="shardio-verify-") as local:
+        manifest.save(local)
 
-    with tempfile.TemporaryDirectory(prefix="shardio-verify-") as mirror:
-        copied = mirror_dataset(url, storage_options, mirror)
-        report = verify(
-            mirror, against, source_format=source_format, source_options=source_options,
-            progress=progress, raise_errors=False,
-        )  # fmt: skip
-    report.path = url
-    missing = {shard for shard, _ in copied}
-    report.problems = [Problem(s, m) for s, m in copied] + [
-        dataclasses.replace(p, message=p.message.replace(mirror, url))
-        for p in report.problems
-        if p.shard is None or os.path.basename(p.shard) not in missing
-    ]
-    if report.problems and raise_errors:
-        first = "; ".join(str(p) for p in report.problems[:3])
-        raise VerificationError(
-            f"{url} failed verification with {len(report.problems)} problem(s): {first}"
+        def fetch(info: ShardInfo) -> Problem | None:
+            fs, path = filesystem(f"{url}/{info.path}", storage_options)
+            unchecked = dataclasses.replace(info, checksum=None)  # checked as a local shard
+            try:
+                download_shard(
+                    fs, path, f"{url}/{info.path}", unchecked, os.path.join(local, info.path),
+                    frozenset(),
+                )  # fmt: skip
+            except ShardioError as exc:
+                return Problem(info.path, str(exc))
+            return None
+
+        _check_shards(
+            local, manifest, report, against, source_format, source_options, progress, fetch
         )
+        report.problems = [
+            dataclasses.replace(p, message=p.message.replace(local, url)) for p in report.problems
+        ]
+    report.seconds = time.perf_counter() - started
+    _raise_if(report, url, raise_errors)
     return report
 
 

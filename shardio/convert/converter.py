@@ -54,6 +54,7 @@ from .progress import Progress, progress_mode
 from .record import PROGRESS_NAME, ProgressRecord
 from .run import ShardJob, disk_error
 from .source import Skipped, Source, open_source
+from .upload import UPLOADER, ShardUploader, staging_dir
 
 __all__ = ["convert", "ConvertResult", "writer_options_for"]
 
@@ -152,19 +153,22 @@ def convert(
     started = time.perf_counter()
     src_path = os.fspath(src)
     dst_path = os.fspath(dst)
-    if is_remote(dst_path):  # a local staging directory, then uploaded (convert.upload)
-        from .upload import staging_dir, upload_dataset
-
+    if is_remote(dst_path):  # staged locally, each shard uploaded as it completes
         local = staging_dir(dst_path, staging)
-        result = convert(
+        uploader = ShardUploader(local, dst_path, storage_options, overwrite, resume)
+        token = UPLOADER.set(uploader)
+        try:
+            result = convert(
             src, local, format, shard_size, workers=workers, fields=fields,
             compressor=compressor, split_compound=split_compound,
             skip_unsupported=skip_unsupported, resume=resume, overwrite=overwrite,
             client=client, scheduler=scheduler, progress=progress,
             source_format=source_format, source_options=source_options,
             writer_options=writer_options,
-        )  # fmt: skip
-        upload_dataset(local, dst_path, storage_options, overwrite, resume)
+            )  # fmt: skip
+        finally:
+            UPLOADER.reset(token)
+        uploader.finish(result.manifest)
         return dataclasses.replace(result, path=dst_path)
     fmt = _output_format(format)
     size = parse_size(shard_size, "shard_size")
@@ -257,9 +261,13 @@ def _convert(
     serial = client is None and scheduler is None and workers == 1
     written = {"samples": 0, "bytes": 0}
 
+    uploader = UPLOADER.get()
+
     def on_done(task: ShardTask, info: ShardInfo) -> None:
         shards[task.number] = info
         record.add(task.number, info)
+        if uploader is not None:  # converting to a URL: upload it now, free its space
+            uploader.shard_done(info)
         written["samples"] += task.num_samples
         estimate = int(task.num_samples * plan.sample_nbytes)
         written["bytes"] += estimate
@@ -552,6 +560,9 @@ def _check_shard(dst: str, number: int, info: ShardInfo, plan: Plan) -> str | No
         return f"it holds {info.num_samples} samples, the plan {plan.tasks[number].num_samples}"
     path = os.path.join(dst, info.path)
     if not os.path.exists(path):
+        uploader = UPLOADER.get()
+        if uploader is not None and uploader.on_server(info):
+            return None  # uploaded before, and removed from staging
         return "it is missing"
     files = scan_shard(path)
     if files.nbytes != info.nbytes:

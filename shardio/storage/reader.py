@@ -40,7 +40,7 @@ from shardio.memory import (
 
 from .adapters.base import Columns, ShardReader, concat_columns, is_run
 from .adapters.registry import SHARDED, detect_format, get_backend, is_remote, reader_class
-from .cache import CACHE_OPEN_SHARDS, NoRoom, ShardCache
+from .cache import NoRoom, ShardCache
 from .generation import Generation, check_generation
 from .integrity import ShardCheck, VerifyMode, check_mode
 from .layout import MANIFEST_NAME, ShardFiles, shard_files_as_written
@@ -125,8 +125,6 @@ class DatasetReader:
             fmt = get_backend(fmt).name  # validates the name, resolves an alias
         self.manifest: Manifest | None = None
         self._readers: dict[int, ShardReader[Any]] = {}
-        if cache_dir is not None and max_open_shards is None and is_remote(self.path):
-            max_open_shards = CACHE_OPEN_SHARDS  # each open shard holds cache space
         resolve_open_limit(max_open_shards)  # checked now; sized below, from the schema
         self._budget: PerProcess[_ProcessBudget] = PerProcess()
         if fmt == SHARDED:
@@ -175,6 +173,8 @@ class DatasetReader:
             self.shard_infos = (ShardInfo(self.path, lengths[0], self._local_nbytes(reader)),)
         self.index = ShardIndex(lengths)
         per_shard = self._reader_class.descriptors_per_shard(self.schema)
+        if max_open_shards is None and self._cache is not None:  # open shards hold cache space
+            max_open_shards = min(self._cache.open_shards(), resolve_open_limit(None, per_shard))
         self._recent = RecentlyUsed(resolve_open_limit(max_open_shards, per_shard))
         if self.verify != "off":
             self._check_verifiable()

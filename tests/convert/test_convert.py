@@ -509,7 +509,7 @@ def test_remote_hdf5_source_through_fsspec(tmp_path) -> None:
     result = shardio.convert("memory://bucket/p.h5", tmp_path / "out", format="raw")
     assert result.num_samples == 50
     np.testing.assert_array_equal(read_all(str(tmp_path / "out"))["x"], data)
-    # To a URL: written in a staging directory, then uploaded (manifest last).
+    # To a URL: each shard uploaded as it completes, the manifest last.
     result = shardio.convert(local, "memory://bucket/out", format="raw", staging=tmp_path / "st")
     assert result.path == "memory://bucket/out"
     with shardio.ShardedDataset("memory://bucket/out", cache_dir=tmp_path / "cache") as ds:

@@ -277,6 +277,8 @@ def test_convert_uploads_shards_then_the_manifest_and_resumes(s3, proxy, tmp_pat
     )
     puts = [p for (m, p), n in proxy.calls.items() if m == "PUT" for _ in range(n)]
     assert puts[-1] == "/cache-test/converted.shardio/manifest.json"  # the manifest last
+    # Each shard left staging once uploaded: the local disk never held the dataset.
+    assert not [name for name in os.listdir(staging) if name.startswith("shard-")]
     assert len(puts) == len(set(puts)) > 3
     with _open(url, s3, proxy, str(tmp_path / "cache"), cache_limit="10MB") as ds:
         np.testing.assert_array_equal(ds.read_batch(np.arange(4000))["x"], data)
@@ -333,9 +335,8 @@ def test_cli_convert_inspect_and_verify_take_urls(s3, proxy, tmp_path, monkeypat
     assert info["format"] == "mmap" and info["num_samples"] == 3000 and len(info["shards"]) > 1
     assert main(["verify", url, "-q"]) == 0
     # One shard's bytes changed on the server (same size): verify names it.
-    shard = os.path.join(staging, "shard-00001.mmap", "000.bin")
-    with open(shard, "rb") as handle:
-        damaged = bytearray(handle.read())
+    key = "cli.shardio/shard-00001.mmap/000.bin"
+    damaged = bytearray(s3.client().get_object(Bucket="cache-test", Key=key)["Body"].read())
     damaged[5] ^= 0xFF
     s3.client().put_object(
         Bucket="cache-test", Key="cli.shardio/shard-00001.mmap/000.bin", Body=bytes(damaged)

@@ -28,7 +28,7 @@ from shardio.core.perprocess import PerProcess
 from ..manifest import Manifest, ShardInfo
 from ..remote import filesystem
 from .fetch import download_shard
-from .store import CacheStore, Lease, remove_tree
+from .store import CacheStore, Lease, ReaderMark, remove_tree
 
 __all__ = [
     "NoRoom",
@@ -44,9 +44,9 @@ __all__ = [
 CACHE_WAIT_S = 60.0
 #: Downloads in flight per process for download-ahead.
 PREFETCH_THREADS = 4
-#: A reading process keeps at most this many shards open (each holds cache space:
-#: a reader short of room closes the ones it is not reading first) unless
-#: ``max_open_shards`` says otherwise: the blocks of one shard-window.
+#: A reading process keeps open at least this many shards, and at most as many as half
+#: of ``cache_limit`` holds (each holds cache space: a reader short of room closes the
+#: ones it is not reading first), unless ``max_open_shards`` says otherwise.
 CACHE_OPEN_SHARDS = 8
 #: Without ``cache_limit``: this share of the free space of ``cache_dir`` when opened.
 DEFAULT_LIMIT_SHARE = 0.75
@@ -70,6 +70,7 @@ class _Local:
     """This process's leases, downloads ahead and counters."""
 
     leases: dict[int, Lease] = field(default_factory=dict)
+    mark: ReaderMark | None = None  # set at this process's first read
     pending: dict[int, Future[None]] = field(default_factory=dict)
     pool: ThreadPoolExecutor | None = None
     lock: threading.Lock = field(default_factory=threading.Lock)
@@ -87,6 +88,8 @@ def _drop_inherited(local: _Local) -> None:
     # own copies keep the leases; the child's would keep them until it exits.
     for lease in local.leases.values():
         lease.close()
+    if local.mark is not None:
+        local.mark.close(remove=False)  # the parent's mark; the child makes its own
 
 
 class ShardCache:
@@ -109,11 +112,12 @@ class ShardCache:
             free = shutil.disk_usage(self.store.directory).free
             limit = int(DEFAULT_LIMIT_SHARE * free) + self.store.used()
         self.limit = self.store.limit = parse_size(limit, "cache_limit")
+        self.largest = max((s.nbytes for s in manifest.shards), default=0)
         self.key = cache_key(url, manifest)
         self.transient = transient
         self.storage_options = storage_options
         self.wait_s = float(wait_s)
-        largest = max((s.nbytes for s in self.shards), default=0)
+        largest = self.largest
         if largest > self.limit:
             raise InvalidOptionError(
                 f"cache_limit={format_size(self.limit)} cannot hold one shard of {url} "
@@ -126,6 +130,12 @@ class ShardCache:
     @property
     def local(self) -> _Local:
         return self._local.get(_Local, _drop_inherited)
+
+    def open_shards(self) -> int:
+        """Shards a reading process keeps open by default: as many as half the limit
+        holds (at least `CACHE_OPEN_SHARDS`), so a sampler window of up to half the
+        limit (docs/cache.md) is read without closing and reopening its shards."""
+        return max(CACHE_OPEN_SHARDS, self.limit // (2 * max(self.largest, 1)))
 
     def path(self, number: int) -> str:
         """Where shard ``number`` lies in the cache (it may not be there yet)."""
@@ -143,6 +153,8 @@ class ShardCache:
         elsewhere to close shards, then raise `CacheError`; else raise `NoRoom` at
         once (the caller closes shards it holds but does not use, and asks again)."""
         local = self.local
+        if local.mark is None:
+            self._start_reading(local)
         with local.lock:
             for other in [n for n in local.leases if n not in keep and n != number]:
                 local.leases.pop(other).close()
@@ -170,6 +182,28 @@ class ShardCache:
             local.wait_s += time.monotonic() - started
         return path
 
+    def _start_reading(self, local: _Local) -> None:
+        """Mark this process as a reader of the cache; refuse at once when the limit
+        cannot hold one shard for each reader on the node (each needs one to read)."""
+        with local.lock:
+            if local.mark is not None:
+                return
+            local.mark = self.store.mark_reader(self.largest)
+        needed = self.store.readers()
+        if sum(needed) > self.limit:
+            with local.lock:
+                mark, local.mark = local.mark, None
+            mark.close()
+            raise CacheError(
+                f"cache_limit={format_size(self.limit)} cannot hold one shard for each of "
+                f"the {len(needed)} readers of cache_dir {self.store.directory} now "
+                f"(processes reading through it: DataLoader workers, ranks, jobs), which "
+                f"need {format_size(sum(needed))} (the largest shard of {self.url} is "
+                f"{format_size(self.largest)}); raise cache_limit to at least "
+                f"{format_size(sum(needed))} plus what download-ahead should use, or read "
+                "with fewer processes"
+            )
+
     def release(self, number: int) -> None:
         """Let shard ``number`` be evicted again (its reader closed)."""
         local = self.local
@@ -191,58 +225,33 @@ class ShardCache:
     def _fetch(self, number: int, wait_lock: bool, wait_room: bool) -> bool:
         """Download shard ``number`` unless it is there; False when it could not start
         now: another process downloads it (unless ``wait_lock``), or no room (unless
-        ``wait_room``)."""
+        ``wait_room``).
+
+        NOTE: the shard's download lock is held only while a download runs (each
+        bounded by `RemoteReadError`'s retries), never while waiting for room: a
+        process waiting for room under that lock made every other process wanting
+        the shard wait behind it, one ``wait_s`` after another."""
         info = self.shards[number]
         path = self.path(number)
-        lock = self.store.fetch_lock(self.key, info.path)
-        try:
-            lock.acquire(timeout=-1 if wait_lock else 0)
-        except Timeout:
-            return False
-        try:
-            if os.path.exists(path):
-                return True  # another process downloaded it meanwhile
-            self.store.remove_partial(self.key, info.path)
-            reserved = self._reserve(info, wait_room)
-            if reserved is None:
-                return False
-            try:
-                target = os.path.join(reserved, info.path)
-                fs, remote = filesystem(f"{self.url}/{info.path}", self.storage_options)
-                nbytes = download_shard(
-                    fs, remote, f"{self.url}/{info.path}", info, target, self.transient
-                )
-                try:
-                    os.rename(target, path)
-                except OSError as exc:
-                    raise CacheError(
-                        f"cannot move shard {info.path} into the cache at {path}: {exc}"
-                    ) from exc
-                local = self.local
-                local.downloads += 1
-                local.bytes_downloaded += nbytes
-            finally:
-                remove_tree(reserved)
-            return True
-        finally:
-            lock.release()
-
-    def _reserve(self, info: ShardInfo, wait: bool) -> str | None:
         deadline = time.monotonic() + self.wait_s
         while True:
+            lock = self.store.fetch_lock(self.key, info.path)
             try:
-                with self.store.locked():
-                    reserved, used, evicted = self.store.reserve(self.key, info.path, info.nbytes)
-            except OSError as exc:
-                raise CacheError(
-                    f"cache_dir {self.store.directory} cannot be written: "
-                    f"{exc.strerror or exc} (pass a writable cache_dir)"
-                ) from exc
-            self.local.evictions += evicted
-            if reserved is not None:
-                return reserved
-            if not wait:
-                return None
+                lock.acquire(timeout=-1 if wait_lock else 0)
+            except Timeout:
+                return False
+            try:
+                if os.path.exists(path):
+                    return True  # another process downloaded it meanwhile
+                self.store.remove_partial(self.key, info.path)
+                reserved, used = self._reserve(info)
+                if reserved is not None:
+                    self._download(info, reserved, path)
+                    return True
+            finally:
+                lock.release()
+            if not wait_room:
+                return False
             if time.monotonic() > deadline:
                 raise CacheError(
                     f"cache_dir {self.store.directory} has no room for shard {info.path} "
@@ -252,6 +261,39 @@ class ShardCache:
                     "fewer processes or a smaller max_open_shards"
                 )
             time.sleep(_POLL_S)
+
+    def _download(self, info: ShardInfo, reserved: str, path: str) -> None:
+        """Download ``info`` into the ``reserved`` directory, then move it to ``path``."""
+        try:
+            target = os.path.join(reserved, info.path)
+            fs, remote = filesystem(f"{self.url}/{info.path}", self.storage_options)
+            nbytes = download_shard(
+                fs, remote, f"{self.url}/{info.path}", info, target, self.transient
+            )
+            try:
+                os.rename(target, path)
+            except OSError as exc:
+                raise CacheError(
+                    f"cannot move shard {info.path} into the cache at {path}: {exc}"
+                ) from exc
+            local = self.local
+            local.downloads += 1
+            local.bytes_downloaded += nbytes
+        finally:
+            remove_tree(reserved)
+
+    def _reserve(self, info: ShardInfo) -> tuple[str | None, int]:
+        """Room for ``info`` now (evicting unused shards), or None; with the bytes in use."""
+        try:
+            with self.store.locked():
+                reserved, used, evicted = self.store.reserve(self.key, info.path, info.nbytes)
+        except OSError as exc:
+            raise CacheError(
+                f"cache_dir {self.store.directory} cannot be written: "
+                f"{exc.strerror or exc} (pass a writable cache_dir)"
+            ) from exc
+        self.local.evictions += evicted
+        return reserved, used
 
     def prefetch(self, numbers: list[int]) -> int:
         """Start downloading shards ``numbers`` in the background (at most
@@ -318,3 +360,7 @@ class ShardCache:
             local.pool.shutdown(wait=True, cancel_futures=True)
             local.pool = None
         self.release_all()
+        with local.lock:
+            mark, local.mark = local.mark, None
+        if mark is not None:
+            mark.close()

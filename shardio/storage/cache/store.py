@@ -4,6 +4,8 @@ One directory per node, shared by every process naming it, coordinated by file
 locks only (flock dies with its process, so a kill -9 leaves nothing held)::
 
     CACHE_DIR/.lock                     global lock: space is reserved and freed under it
+    CACHE_DIR/.readers/<pid>.<id>.<nbytes>  shared flock while a process reads through the
+                                        cache; <nbytes> is the largest shard it may hold
     CACHE_DIR/<key>/source.json         the dataset URL this key caches (for listings)
     CACHE_DIR/<key>/data/<shard>        complete shards, read as local shards
     CACHE_DIR/<key>/tmp/<shard>.<nbytes>.<pid>/   a download in progress ("reserved")
@@ -30,7 +32,7 @@ from filelock import FileLock, Timeout
 
 from shardio.core.errors import CacheError
 
-__all__ = ["CacheEntry", "CacheStore", "Lease", "remove_tree"]
+__all__ = ["CacheEntry", "CacheStore", "Lease", "ReaderMark", "remove_tree"]
 
 _MARKER = ".shardio-cache"
 
@@ -83,7 +85,38 @@ class Lease:
 
     def close(self) -> None:
         if self.fd >= 0:
+            # NOTE: the shard was used until now: without this, a shard read for a
+            # long time kept the time it was opened and was evicted first once closed,
+            # often just before the next block of the order needed it again.
+            with contextlib.suppress(OSError):
+                os.utime(self.fd)
             os.close(self.fd)  # releases the flock (with this process's last copy)
+            self.fd = -1
+
+
+class ReaderMark:
+    """A reading process's mark in the cache: a shared flock on its own file, which
+    dies with the process; its name carries the largest shard the reader may hold."""
+
+    def __init__(self, directory: str, nbytes: int) -> None:
+        os.makedirs(directory, exist_ok=True)
+        while True:
+            name = f"{os.getpid()}.{os.urandom(4).hex()}.{int(nbytes)}"
+            self.path = os.path.join(directory, name)
+            self.fd = os.open(self.path, os.O_RDWR | os.O_CREAT | os.O_EXCL | os.O_CLOEXEC, 0o644)
+            fcntl.flock(self.fd, fcntl.LOCK_SH)
+            # A sweep may have removed the file between its creation and the flock.
+            if os.path.exists(self.path):
+                return
+            os.close(self.fd)
+
+    def close(self, remove: bool = True) -> None:
+        """Give the mark up (``remove=False`` in a forked child: the parent's file)."""
+        if self.fd >= 0:
+            if remove:
+                with contextlib.suppress(FileNotFoundError):
+                    os.remove(self.path)
+            os.close(self.fd)
             self.fd = -1
 
 
@@ -160,6 +193,41 @@ class CacheStore:
         """The global lock, under which space is counted, reserved and freed."""
         with FileLock(self._global, timeout=timeout, thread_local=False, preserve_lock_file=True):
             yield
+
+    # --------------------------------------------------------------- readers
+    def mark_reader(self, nbytes: int) -> ReaderMark:
+        """Mark this process as reading through the cache, holding shards of up to
+        ``nbytes`` (see `readers`)."""
+        try:
+            return ReaderMark(os.path.join(self.directory, ".readers"), nbytes)
+        except OSError as exc:
+            raise CacheError(
+                f"cache_dir {self.directory} cannot be written: {exc.strerror or exc} "
+                "(it must be a writable local directory; pass another cache_dir)"
+            ) from exc
+
+    def readers(self) -> list[int]:
+        """Per live reader (process and dataset) marked in the cache, the largest shard
+        it may hold; the marks of dead processes are removed."""
+        directory = os.path.join(self.directory, ".readers")
+        found = []
+        for name in self._listdir(".readers"):
+            path = os.path.join(directory, name)
+            try:
+                fd = os.open(path, os.O_RDONLY | os.O_CLOEXEC)
+            except FileNotFoundError:
+                continue
+            try:
+                fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+            except BlockingIOError:  # its process holds it: alive
+                with contextlib.suppress(ValueError, IndexError):
+                    found.append(int(name.rsplit(".", 1)[1]))
+            else:  # nobody holds it: its process died
+                with contextlib.suppress(FileNotFoundError):
+                    os.remove(path)
+            finally:
+                os.close(fd)
+        return found
 
     # ----------------------------------------------------------------- space
     def _keys(self) -> list[str]:

@@ -41,14 +41,15 @@ def add_parser(subparsers: Any) -> None:
     parser.add_argument("src", help="source: HDF5 file, Zarr group, LMDB, shardio dataset")
     parser.add_argument(
         "dst",
-        help="output dataset directory, or a URL (s3://bucket/x.shardio): written in a "
-        "staging directory, then uploaded shard by shard with the manifest last",
+        help="output dataset directory, or a URL (s3://bucket/x.shardio): each shard is "
+        "uploaded as soon as it is written (and removed locally), the manifest last",
     )
     parser.add_argument(
         "--staging",
         metavar="DIR",
-        help="with a URL as DST: the local directory written before the upload "
-        "(default: one under the temporary directory named after the URL)",
+        help="with a URL as DST: the local directory shards are written in before their "
+        "upload; it holds only the shards in progress (default: one under the temporary "
+        "directory named after the URL)",
     )
     parser.add_argument(
         "--format",

@@ -1,0 +1,205 @@
+"""The node shard cache under a tight limit: what it evicts, and how long it may wait.
+
+A real S3 API server (moto) on 127.0.0.1 behind the fault proxy, which counts GETs per
+object (tests/storage/conftest.py).
+"""
+
+from __future__ import annotations
+
+import contextlib
+import os
+import tempfile
+import threading
+import time
+
+import numpy as np
+import pytest
+
+import shardio
+from shardio import ShardedDataset, ShardWriter
+from shardio.storage.cache import ShardCache
+from shardio.storage.manifest import Manifest
+
+pytest.importorskip("moto.server")
+pytest.importorskip("s3fs")
+from shardio.tools.testing.objectstore import FaultProxy, S3Server, proxy_for
+
+BUCKET = "cache-limits"  # the s3 fixture (tests/storage/conftest.py) makes it
+FAST = {
+    "connect_timeout": 1,
+    "read_timeout": 1,
+    "retries": {"mode": "standard", "total_max_attempts": 2},
+}
+
+
+def _dataset(tmp_path, name: str, shards: int = 4, rows: int = 10):
+    """``shards`` mmap shards of ``rows`` rows of 4 float32 (64 B of a row each)."""
+    data = np.arange(shards * rows * 4, dtype=np.float32).reshape(-1, 4)
+    local = str(tmp_path / name)
+    with ShardWriter(local, format="mmap", shard_size=rows * data[0].nbytes) as writer:
+        writer.write_batch({"x": data})
+    with ShardedDataset(local) as probe:
+        assert len(probe.shard_lengths) == shards, probe.shard_lengths
+        sizes = probe.shard_nbytes
+    return local, data, sizes
+
+
+def _open(url: str, s3: S3Server, proxy: FaultProxy, cache: str, **kwargs) -> ShardedDataset:
+    options = s3.options(proxy.endpoint, **FAST)
+    return ShardedDataset(url, storage_options=options, cache_dir=cache, **kwargs)
+
+
+def test_a_shard_closed_last_is_evicted_last(s3, proxy, tmp_path) -> None:
+    # A shard read for a long time was stamped with the time it was opened, so once
+    # closed it was evicted first, before shards closed long before it, and the next
+    # read of it downloaded it again: the thrashing of bench_remote's LMDB run.
+    local, data, sizes = _dataset(tmp_path, "closed-last.shardio")
+    url = s3.upload(local, "closed-last.shardio")
+    limit = 3 * max(sizes) + min(sizes) // 2  # room for 3 shards
+    with _open(url, s3, proxy, str(tmp_path / "cache"), cache_limit=limit, max_open_shards=2) as ds:
+
+        def read(shard: int) -> None:
+            rows = [10 * shard, 10 * shard + 9]
+            np.testing.assert_array_equal(ds.read_batch(rows)["x"], data[rows])
+            time.sleep(0.02)  # distinct file times
+
+        for shard in (0, 1, 0, 2, 2, 3):  # shard 1 is closed at 2, shard 0 at 3
+            read(shard)
+        read(0)  # with room for 3, 3 evicted the shard closed longest ago: 1, not 0
+        stats = ds.memory_stats()["cache"]
+    gets = proxy.object_gets("/cache-limits/closed-last.shardio/shard-")
+    assert gets["/cache-limits/closed-last.shardio/shard-00000.mmap/000.bin"] == 1
+    assert stats["downloads"] == 4 and stats["evictions"] == 1 and stats["hits"] >= 1
+
+
+def test_waiting_for_room_holds_no_download_lock(s3, proxy, tmp_path) -> None:
+    # One process waiting for room for a shard made each other process that wanted
+    # the same shard wait for it first: N processes, N x wait_s. Now each waits at
+    # most wait_s, then CacheError names cache_limit.
+    local, _, sizes = _dataset(tmp_path, "no-room.shardio", shards=5)
+    url = s3.upload(local, "no-room.shardio")
+    options = s3.options(proxy.endpoint, **FAST)
+    manifest = Manifest.load_remote(url, options)
+    cache = str(tmp_path / "cache")
+    limit = 4 * max(sizes) + min(sizes) // 2  # 4 shards: one for each of 4 readers
+
+    def make() -> ShardCache:
+        return ShardCache(url, manifest, cache, limit, frozenset(), options, wait_s=1.0)
+
+    holder = make()
+    for number in range(4):  # leased: nothing else fits
+        holder.acquire(number, keep=set(range(number)))
+    errors: list[tuple[float, BaseException]] = []
+
+    def wait_for_room() -> None:
+        started = time.monotonic()
+        try:
+            make().acquire(4)
+        except shardio.CacheError as exc:
+            errors.append((time.monotonic() - started, exc))
+
+    threads = [threading.Thread(target=wait_for_room) for _ in range(3)]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join(30)
+    holder.close()
+    assert len(errors) == 3 and not any(t.is_alive() for t in threads)
+    for waited, exc in errors:
+        assert "cache_limit=" in str(exc) and "no room" in str(exc)
+        assert waited < 2.5, waited  # 1 s each, not one after another (3 s for the last)
+
+
+def test_more_readers_than_the_limit_holds_is_an_error_at_their_start(s3, proxy, tmp_path) -> None:
+    local, data, sizes = _dataset(tmp_path, "readers.shardio", shards=4)
+    url = s3.upload(local, "readers.shardio")
+    cache = str(tmp_path / "cache")
+    limit = max(sizes) + min(sizes) // 2  # one shard: one reading process
+    with _open(url, s3, proxy, cache, cache_limit=limit) as first:
+        np.testing.assert_array_equal(first.read_batch([0])["x"], data[[0]])
+        with _open(url, s3, proxy, cache, cache_limit=limit) as second:
+            started = time.monotonic()
+            with pytest.raises(shardio.CacheError, match=r"cache_limit=.*2 readers"):
+                second.read_batch([15])
+            assert time.monotonic() - started < 5  # at once, not after the wait for room
+    with _open(url, s3, proxy, cache, cache_limit=limit) as alone:  # the first is gone
+        np.testing.assert_array_equal(alone.read_batch([15, 35])["x"], data[[15, 35]])
+
+
+def test_a_window_of_half_the_limit_opens_each_shard_once(s3, proxy, tmp_path) -> None:
+    # With 8 shards open per process, a window of more than 8 shards closed and reopened
+    # its shards all epoch long (lease, LMDB open, offsets): a warm epoch read at 0.69x
+    # of local disk. A process now keeps open as many shards as half the limit holds.
+    local, data, sizes = _dataset(tmp_path, "window.shardio", shards=20)
+    url = s3.upload(local, "window.shardio")
+    limit = 20 * max(sizes) + max(sizes)  # holds them all; half of it: 10 shards
+    with _open(url, s3, proxy, str(tmp_path / "cache"), cache_limit=limit) as ds:
+        assert ds.reader.max_open_shards == 10
+        ds.read_batch(np.arange(len(data)))  # every shard downloaded once
+        window = 9 * max(sizes)  # 9 shards live at once, in blocks of whole shards
+        sampler = shardio.ShardSampler(ds, order="shard-window", window=window, seed=3)
+        before = ds.memory_stats()["cache"]
+        order = list(sampler)
+        for start in range(0, len(order), 16):
+            batch = order[start : start + 16]
+            np.testing.assert_array_equal(ds.read_batch(batch)["x"], data[batch])
+        after = ds.memory_stats()["cache"]
+    assert sorted(order) == list(range(len(data)))
+    assert after["downloads"] == before["downloads"] == 20
+    # A lease is taken at each open: each shard opened at most once (8 open: about 40).
+    assert 10 <= after["hits"] - before["hits"] <= 20
+
+
+def test_verify_of_a_url_holds_one_shard_on_disk_at_a_time(s3, tmp_path, monkeypatch) -> None:
+    from shardio.convert import verify
+
+    local, _, sizes = _dataset(tmp_path, "verify.shardio", shards=4, rows=400)
+    url = s3.upload(local, "verify.shardio")
+    scratch = tmp_path / "scratch"
+    scratch.mkdir()
+    monkeypatch.setattr(tempfile, "tempdir", str(scratch))
+    seen: list[int] = []
+    stop = threading.Event()
+
+    def sample() -> None:  # bytes of shard files under the scratch directory
+        while not stop.is_set():
+            total = 0
+            for directory, _, names in os.walk(scratch):
+                for name in names:
+                    if name != "manifest.json":
+                        with contextlib.suppress(FileNotFoundError):
+                            total += os.path.getsize(os.path.join(directory, name))
+            seen.append(total)
+            time.sleep(0.001)
+
+    # Slow enough that the sampler sees each download.
+    slow = proxy_for(s3, bandwidth=100_000)
+    thread = threading.Thread(target=sample)
+    thread.start()
+    try:
+        report = verify(url, storage_options=s3.options(slow.endpoint, **FAST))
+    finally:
+        stop.set()
+        thread.join()
+        slow.close()
+    assert report.ok and report.samples_read == 1600 and report.num_shards == 4
+    assert 0 < max(seen) <= max(sizes)  # never two shards at once
+    assert os.listdir(scratch) == []  # nothing left behind
+
+
+@pytest.mark.slow
+def test_dataloader_workers_the_limit_cannot_serve_fail_at_start(s3, proxy, tmp_path) -> None:
+    torch = pytest.importorskip("torch")
+    torch.set_num_threads(1)
+    local, _, sizes = _dataset(tmp_path, "workers.shardio", shards=6)
+    url = s3.upload(local, "workers.shardio")
+    limit = 2 * max(sizes) + min(sizes) // 2  # one shard for each of 2 readers, not 3
+    with _open(url, s3, proxy, str(tmp_path / "cache"), cache_limit=limit) as ds:
+        loader = torch.utils.data.DataLoader(
+            ds, batch_size=4, num_workers=3, multiprocessing_context="fork"
+        )
+        started = time.monotonic()
+        with pytest.raises(shardio.CacheError, match=r"cache_limit=.*3 readers"):
+            for _ in loader:
+                pass
+        assert time.monotonic() - started < 30  # at start, not after the wait for room
