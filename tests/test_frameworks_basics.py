@@ -260,3 +260,34 @@ def test_trainer_resume_refuses_another_world_size_and_sets_the_epoch(
     loader = DataLoader(ds, batch_size=8, sampler=BatchSampler(sampler, 8, False))
     TrainerResume().on_epoch_begin(args, resumed, TrainerControl(), train_dataloader=loader)
     assert sampler.epoch == 1  # the epoch in progress at step 4 of 1.25 epochs
+
+
+def _doubled_x(batch: Any) -> tuple[torch.Tensor, torch.Tensor]:
+    # Any: ShardedDataset's hint says a dict, but with returns= a tuple comes in.
+    x, label = batch
+    return x * 2, label
+
+
+@pytest.mark.parametrize(
+    ("module", "name"),
+    [
+        ("accelerate.utils", "send_to_device"),
+        pytest.param(  # importing Lightning alone takes seconds
+            "lightning.fabric.utilities.apply_func", "move_data_to_device", marks=pytest.mark.slow
+        ),
+    ],
+)
+def test_dict_and_tuple_batches_go_through_the_frameworks_device_transfer(
+    ds: ShardedDataset, module: str, name: str
+) -> None:
+    """accelerate's `send_to_device` and Lightning's `move_data_to_device` rebuild a batch's
+    structure: our dict batch stays one (its type too), a tuple from a batch_transform a tuple."""
+    move = getattr(pytest.importorskip(module), name)
+    as_dict = next(iter(DataLoader(ds, batch_size=4)))
+    pairs = ShardedDataset(ds.path, returns=("x", "label"), batch_transform=_doubled_x)
+    as_tuple = next(iter(DataLoader(pairs, batch_size=4)))
+    moved = move(as_dict, torch.device("cpu"))
+    assert type(moved) is type(as_dict) and moved["label"].tolist() == [0, 1, 2, 3]
+    x, label = move(as_tuple, torch.device("cpu"))
+    assert label.tolist() == [0, 1, 2, 3]
+    assert torch.equal(x, 2 * torch.arange(8, dtype=torch.float32).reshape(4, 2))
