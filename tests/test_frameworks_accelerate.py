@@ -56,23 +56,60 @@ def test_save_state_load_state_resumes_exactly(tmp_path: Path, workers: int) -> 
         )
 
 
-@pytest.mark.parametrize(("saved_at", "resumed_at"), [(2, 1), (1, 2)])
-def test_a_mid_epoch_resume_at_another_process_count_is_refused(
-    tmp_path: Path, saved_at: int, resumed_at: int
+@pytest.mark.parametrize(
+    ("saved_at", "resumed_at", "mode", "workers"),
+    [
+        (2, 1, "default", 0),
+        (1, 2, "default", 2),
+        (2, 1, "split_batches", 2),
+        (1, 2, "split_batches", 0),
+    ],
+)
+def test_a_mid_epoch_resume_at_another_process_count_is_exact(
+    tmp_path: Path, saved_at: int, resumed_at: int, mode: str, workers: int
 ) -> None:
     data = write_labels(tmp_path / "data", N)
     common = [str(data), str(tmp_path)]
-    run(torchrun("run_accelerate.py", *common, "first", "--stop-at", "4", nproc=saved_at))
+    options = ["--mode", mode, "--workers", str(workers)]
+    step = random.Random(saved_at * 10 + workers).randint(1, 5)
+    stop = ["--stop-at", str(step)]
+    run(torchrun("run_accelerate.py", *common, "first", *options, *stop, nproc=saved_at))
     state = str(tmp_path / "first-state")
-    run(torchrun("run_accelerate.py", *common, "second", "--resume", state, nproc=resumed_at))
+    resumed = torchrun("run_accelerate.py", *common, "second", *options, nproc=resumed_at)
+    run([*resumed, "--resume", state])
     first = results(tmp_path, "first", saved_at)
-    assert [len(r["labels"]) for r in first] == [4 * BATCH] * saved_at
     second = results(tmp_path, "second", resumed_at)
-    for record in second:
-        assert record["labels"] == []  # nothing read in silence
-        assert record["error"].startswith("StateMismatchError: cannot resume epoch 0 exactly")
-        assert f"num_processes {saved_at} (now {resumed_at})" in record["error"]
-        assert f"accelerate launch --num_processes {saved_at}" in record["error"]
+    per_step = BATCH * (1 if mode == "split_batches" else saved_at)  # samples of a step
+    per_rank = per_step // saved_at
+    assert [len(r["labels"]) for r in first] == [per_rank * step] * saved_at
+    assert [r["error"] for r in second] == [None] * resumed_at
+    read = [label for r in first + second for label in r["labels"]]
+    assert_once_each(read, N, padding=2 * BATCH)  # even_batches pads the last step
+    # The resumed processes start where the first run's steps ended, in the order.
+    order, done = _order(data, epoch=0), step * per_step
+    if mode == "default":  # process p takes batch p of each step
+        starts = [order[done + p * BATCH : done + (p + 1) * BATCH] for p in range(resumed_at)]
+    else:  # each batch of the order is split between the processes
+        part = BATCH // resumed_at
+        starts = [order[done + p * part : done + (p + 1) * part] for p in range(resumed_at)]
+    assert [r["labels"][: len(s)] for r, s in zip(second, starts, strict=True)] == starts
+
+
+def test_a_mid_epoch_resume_at_another_process_count_under_dispatch_batches_is_refused(
+    tmp_path: Path,
+) -> None:
+    data = write_labels(tmp_path / "data", N)
+    common = [str(data), str(tmp_path), "--mode", "dispatch_batches"]
+    run(torchrun("run_accelerate.py", *common[:2], "first", *common[2:], "--stop-at", "4"))
+    state = str(tmp_path / "first-state")
+    resumed = torchrun("run_accelerate.py", *common[:2], "second", *common[2:], nproc=1)
+    run([*resumed, "--resume", state])
+    assert [len(r["labels"]) for r in results(tmp_path, "first")] == [4 * BATCH] * 2
+    (record,) = results(tmp_path, "second", 1)
+    assert record["labels"] == []  # nothing read in silence
+    assert record["error"].startswith("StateMismatchError: cannot resume epoch 0 exactly")
+    assert "num_processes=2 (now 1)" in record["error"]
+    assert "accelerate launch --num_processes 2" in record["error"]
 
 
 @pytest.mark.parametrize(("saved_at", "resumed_at"), [(2, 1), (1, 2)])

@@ -185,7 +185,7 @@ def test_mix_sampler_is_a_distributed_sampler_that_accelerate_does_not_split(
         next(iter(loader))
 
 
-def test_accelerate_resume_restores_the_epoch_and_refuses_another_process_count(
+def test_accelerate_resume_restores_the_epoch_and_the_position_at_another_process_count(
     ds: ShardedDataset, tmp_path: Path
 ) -> None:
     accelerate = pytest.importorskip("accelerate")
@@ -195,15 +195,16 @@ def test_accelerate_resume_restores_the_epoch_and_refuses_another_process_count(
     from shardio.core.errors import StateMismatchError
     from shardio.loading.sampling.accelerate_resume import sampler_of
 
-    def prepared() -> tuple[Any, Any]:
+    def prepared() -> tuple[Any, Any, AccelerateResume]:
         config = DataLoaderConfiguration(use_stateful_dataloader=True)
         accelerator = accelerate.Accelerator(cpu=True, dataloader_config=config)
         sampler = ShardSampler(ds, seed=3, rank=0, world_size=1)
         loader = accelerator.prepare(DataLoader(ds, batch_size=8, sampler=sampler))
-        accelerator.register_for_checkpointing(AccelerateResume(loader))
-        return accelerator, loader
+        guard = AccelerateResume(loader)
+        accelerator.register_for_checkpointing(guard)
+        return accelerator, loader, guard
 
-    accelerator, loader = prepared()
+    accelerator, loader, _ = prepared()
     epoch0 = [label for batch in loader for label in batch["label"].tolist()]
     head: list[int] = []
     for step, batch in enumerate(loader, start=1):  # epoch 1
@@ -211,7 +212,7 @@ def test_accelerate_resume_restores_the_epoch_and_refuses_another_process_count(
         if step == 4:
             accelerator.save_state(str(tmp_path / "state"))
             break
-    accelerator, loader = prepared()  # a new job: its loader counts epochs from 0
+    accelerator, loader, guard = prepared()  # a new job: its loader counts epochs from 0
     accelerator.load_state(str(tmp_path / "state"))
     rest = [label for batch in loader for label in batch["label"].tolist()]
     order = ShardSampler(ds, seed=3, rank=0, world_size=1)
@@ -220,10 +221,18 @@ def test_accelerate_resume_restores_the_epoch_and_refuses_another_process_count(
 
     saved = torch.load(tmp_path / "state" / "custom_checkpoint_0.pkl", weights_only=False)
     assert (saved["epoch"], saved["mid_epoch"], saved["num_processes"]) == (1, True, 1)
-    guard = AccelerateResume(loader)
-    with pytest.raises(StateMismatchError, match=r"num_processes 2 \(now 1\).*--num_processes 2"):
-        guard.load_state_dict({**saved, "num_processes": 2})
-    guard.load_state_dict({**saved, "num_processes": 2, "mid_epoch": False, "epoch": 3})
+    assert saved["sampler"]["offset"] == 32  # 4 batches of 8
+    # As if saved at 2 processes after one step of 8 each: accelerate's count (4 batches,
+    # loaded again) would skip 32 samples; the sampler's position says 16.
+    accelerator, loader, guard = prepared()
+    accelerator.load_state(str(tmp_path / "state"))
+    two = {**saved, "num_processes": 2, "total_batch_size": 16}
+    guard.load_state_dict({**two, "sampler": {**saved["sampler"], "offset": 16}})
+    rest = [label for batch in loader for label in batch["label"].tolist()]
+    assert rest == order.indices(1).tolist()[16:]
+    with pytest.raises(StateMismatchError, match=r"num_processes=2 \(now 1\).*--num_processes 2"):
+        guard.load_state_dict({**two, "sampler": None})  # e.g. under dispatch_batches
+    guard.load_state_dict({**two, "mid_epoch": False, "epoch": 3, "sampler": None})
     restored = sampler_of(loader)
     assert restored is not None and restored.epoch == loader.iteration == 3
     with pytest.raises(InvalidOptionError, match=r"AccelerateResume\.state_dict"):
