@@ -1,6 +1,8 @@
 """accelerate under torchrun on 2 CPU ranks (gloo) with ShardSampler: every sample once
 per epoch in each batch mode, a sampler of one rank's share refused at the first batch
-(naming the fix), and exact resume through save_state/load_state."""
+(naming the fix), and exact resume through save_state/load_state with `AccelerateResume`:
+at the same process count, at another (2 -> 1 and 1 -> 2, refused under dispatch_batches),
+in a later epoch and between epochs."""
 
 from __future__ import annotations
 

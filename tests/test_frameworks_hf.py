@@ -1,6 +1,8 @@
 """The HF Trainer under torchrun on 2 CPU ranks (gloo): a field named ``label`` through its
-default collator, ShardSampler through ``_get_train_sampler``, every sample once, and
-``resume_from_checkpoint`` at a random step resuming exactly."""
+default collator, ShardSampler through ``_get_train_sampler``, every sample once,
+``resume_from_checkpoint`` at a random step resuming exactly (in a later epoch too, with
+`TrainerResume` setting the sampler's epoch), and a resume at another world size refused
+by `TrainerResume` before a batch is read."""
 
 from __future__ import annotations
 
@@ -61,12 +63,13 @@ def test_a_resume_at_another_world_size_is_refused_before_the_first_batch(
         )
 
 
-def test_a_resume_in_a_later_epoch_goes_on_in_that_epoch(tmp_path: Path) -> None:
+@pytest.mark.parametrize("workers", [0, 2])
+def test_a_resume_in_a_later_epoch_goes_on_in_that_epoch(tmp_path: Path, workers: int) -> None:
     data = write_labels(tmp_path / "data", N)
-    common = [str(data), str(tmp_path), "--epochs", "2"]
+    common = [str(data), str(tmp_path), "--epochs", "2", "--workers", str(workers)]
     run(torchrun("run_hf_trainer.py", *common, "whole"))
     steps_per_epoch = -(-N // (2 * BATCH))  # 13: the last batch of each rank is short
-    step = steps_per_epoch + random.Random(5).randint(1, 11)
+    step = steps_per_epoch + random.Random(5 + workers).randint(1, 11)
     stop = ["--max-steps", str(step), "--save-at", str(step)]
     run(torchrun("run_hf_trainer.py", *common, "first", *stop))
     checkpoint = str(tmp_path / "first-run" / f"checkpoint-{step}")
