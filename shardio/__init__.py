@@ -23,6 +23,7 @@ __version__ = "0.1.0"
 # name -> module that defines it; imported lazily so `import shardio` stays torch-free.
 _LAZY = {
     "AccelerateResume": "shardio.loading.sampling",
+    # Not in __all__: it imports transformers, which `from shardio import *` must not need.
     "TrainerResume": "shardio.loading.sampling.trainer_resume",
     "ShardedDataset": "shardio.loading.dataset",
     "Loader": "shardio.loading.loader",
@@ -45,7 +46,7 @@ if TYPE_CHECKING:
     from .loading.mix import Mix
     from .loading.prefetch import Prefetcher
     from .loading.sampling import AccelerateResume, MixSampler, ShardSampler
-    from .loading.sampling.trainer_resume import TrainerResume
+    from .loading.sampling.trainer_resume import TrainerResume as TrainerResume
     from .tools.diagnose import trace
 
 __all__ = [
@@ -63,7 +64,6 @@ __all__ = [
     "ShardSampler",
     "ShardWriter",
     "ShardedDataset",
-    "TrainerResume",
     "__version__",
     "convert",
     "format_size",
