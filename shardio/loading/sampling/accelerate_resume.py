@@ -42,7 +42,8 @@ _LINKS = ("batch_sampler", "sampler")  # how a prepared loader reaches the sampl
 
 
 class AccelerateResume:
-    """The epoch and process count of a loader prepared by accelerate, for its checkpoints.
+    """The epoch, process count and sampler position of a loader prepared by accelerate,
+    for its checkpoints.
 
     Args:
         loader: what `accelerator.prepare` returned for a `DataLoader` whose sampler is a
@@ -142,15 +143,20 @@ class AccelerateResume:
                 differences = ", ".join(
                     f"{name}={saved[name]} (now {now[name]})" for name in changed
                 )
+                why = (
+                    "holds no position of the sampler (saved under dispatch_batches, or in the "
+                    "padded last step of the epoch)"
+                    if position is None
+                    else "cannot be applied: this AccelerateResume was made after the loader "
+                    "was iterated (make it right after accelerator.prepare)"
+                )
                 raise StateMismatchError(
                     f"cannot resume epoch {epoch} exactly from this accelerate checkpoint: it "
-                    f"was saved mid-epoch with {differences}, and holds no position of the "
-                    "sampler (saved under dispatch_batches, or at the epoch's padded end): "
-                    "accelerate would skip the batches it counted then, per process, which are "
-                    "other samples now. Resume with "
-                    f"{saved['num_processes']} processes (accelerate launch --num_processes "
-                    f"{saved['num_processes']}) and the same batch size, or from a checkpoint "
-                    "saved between epochs (after the loop over the loader)."
+                    f"was saved mid-epoch with {differences}, and {why}; accelerate would skip "
+                    "the batches it counted then, per process, which are other samples now. "
+                    f"Resume with {saved['num_processes']} processes (accelerate launch "
+                    f"--num_processes {saved['num_processes']}) and the same batch size, or "
+                    "from a checkpoint saved between epochs (after the loop over the loader)."
                 )
             # accelerate's count of batches means other samples now: start the loader's
             # pass afresh, and the sampler's where those batches ended.
