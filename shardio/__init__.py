@@ -22,6 +22,9 @@ __version__ = "0.1.0"
 
 # name -> module that defines it; imported lazily so `import shardio` stays torch-free.
 _LAZY = {
+    "AccelerateResume": "shardio.loading.sampling",
+    # Not in __all__: it imports transformers, which `from shardio import *` must not need.
+    "TrainerResume": "shardio.loading.sampling.trainer_resume",
     "ShardedDataset": "shardio.loading.dataset",
     "Loader": "shardio.loading.loader",
     "Prefetcher": "shardio.loading.prefetch",
@@ -42,11 +45,13 @@ if TYPE_CHECKING:
     from .loading.loader import Loader
     from .loading.mix import Mix
     from .loading.prefetch import Prefetcher
-    from .loading.sampling import MixSampler, ShardSampler
+    from .loading.sampling import AccelerateResume, MixSampler, ShardSampler
+    from .loading.sampling.trainer_resume import TrainerResume as TrainerResume
     from .tools.diagnose import trace
 
 __all__ = [
     *_error_names,
+    "AccelerateResume",
     "DatasetReader",
     "Field",
     "Loader",

@@ -183,3 +183,120 @@ def test_mix_sampler_is_a_distributed_sampler_that_accelerate_does_not_split(
     loader = accelerator.prepare(DataLoader(mix, batch_size=8, sampler=half))
     with pytest.raises(InvalidOptionError, match=r"MixSampler\(mix, rank=0, world_size=1\)"):
         next(iter(loader))
+
+
+def test_accelerate_resume_restores_the_epoch_and_the_position_at_another_process_count(
+    ds: ShardedDataset, tmp_path: Path
+) -> None:
+    accelerate = pytest.importorskip("accelerate")
+    from accelerate.utils import DataLoaderConfiguration
+
+    from shardio import AccelerateResume
+    from shardio.core.errors import StateMismatchError
+    from shardio.loading.sampling.accelerate_resume import sampler_of
+
+    def prepared() -> tuple[Any, Any, AccelerateResume]:
+        config = DataLoaderConfiguration(use_stateful_dataloader=True)
+        accelerator = accelerate.Accelerator(cpu=True, dataloader_config=config)
+        sampler = ShardSampler(ds, seed=3, rank=0, world_size=1)
+        loader = accelerator.prepare(DataLoader(ds, batch_size=8, sampler=sampler))
+        guard = AccelerateResume(loader)
+        accelerator.register_for_checkpointing(guard)
+        return accelerator, loader, guard
+
+    accelerator, loader, _ = prepared()
+    epoch0 = [label for batch in loader for label in batch["label"].tolist()]
+    head: list[int] = []
+    for step, batch in enumerate(loader, start=1):  # epoch 1
+        head += batch["label"].tolist()
+        if step == 4:
+            accelerator.save_state(str(tmp_path / "state"))
+            break
+    accelerator, loader, guard = prepared()  # a new job: its loader counts epochs from 0
+    accelerator.load_state(str(tmp_path / "state"))
+    rest = [label for batch in loader for label in batch["label"].tolist()]
+    order = ShardSampler(ds, seed=3, rank=0, world_size=1)
+    assert epoch0 == order.indices(0).tolist()
+    assert head + rest == order.indices(1).tolist() and len(head) == 32
+
+    saved = torch.load(tmp_path / "state" / "custom_checkpoint_0.pkl", weights_only=False)
+    assert (saved["epoch"], saved["mid_epoch"], saved["num_processes"]) == (1, True, 1)
+    assert saved["sampler"]["offset"] == 32  # 4 batches of 8
+    # As if saved at 2 processes after one step of 8 each: accelerate's count (4 batches,
+    # loaded again) would skip 32 samples; the sampler's position says 16.
+    accelerator, loader, guard = prepared()
+    accelerator.load_state(str(tmp_path / "state"))
+    two = {**saved, "num_processes": 2, "total_batch_size": 16}
+    guard.load_state_dict({**two, "sampler": {**saved["sampler"], "offset": 16}})
+    rest = [label for batch in loader for label in batch["label"].tolist()]
+    assert rest == order.indices(1).tolist()[16:]
+    with pytest.raises(StateMismatchError, match=r"num_processes=2 \(now 1\).*--num_processes 2"):
+        guard.load_state_dict({**two, "sampler": None})  # e.g. under dispatch_batches
+    guard.load_state_dict({**two, "mid_epoch": False, "epoch": 3, "sampler": None})
+    restored = sampler_of(loader)
+    assert restored is not None and restored.epoch == loader.iteration == 3
+    with pytest.raises(InvalidOptionError, match=r"AccelerateResume\.state_dict"):
+        guard.load_state_dict({"epoch": 1})
+    with pytest.raises(InvalidOptionError, match=r"accelerator\.prepare"):
+        AccelerateResume(DataLoader(ds, batch_size=8))
+
+
+@pytest.mark.slow  # importing transformers' Trainer takes seconds; about 12 s on a busy machine
+def test_trainer_resume_refuses_another_world_size_and_sets_the_epoch(
+    ds: ShardedDataset, tmp_path: Path
+) -> None:
+    pytest.importorskip("transformers")
+    from transformers import TrainerControl, TrainerState, TrainingArguments
+
+    from shardio import TrainerResume
+    from shardio.core.errors import StateMismatchError
+
+    args = TrainingArguments(output_dir=str(tmp_path), use_cpu=True, report_to=[])
+    settings = {"world_size": 1, "per_device_train_batch_size": 8, "gradient_accumulation_steps": 1}
+    callback = TrainerResume()
+    fresh = TrainerState(stateful_callbacks=[callback])
+    callback.on_train_begin(args, fresh, TrainerControl())  # a first run: nothing to compare
+    assert callback.state()["attributes"]["settings"] == settings
+    saved = {"args": {}, "attributes": {"settings": {**settings, "world_size": 2}}}
+    stored: Any = {"TrainerResume": saved}  # as the Trainer loads it from trainer_state.json
+    resumed = TrainerState(global_step=4, epoch=1.25, stateful_callbacks=stored)
+    with pytest.raises(StateMismatchError, match=r"world_size \(processes\) 2 \(now 1\)"):
+        TrainerResume().on_train_begin(args, resumed, TrainerControl())
+    saved["attributes"]["settings"] = settings
+    TrainerResume().on_train_begin(args, resumed, TrainerControl())  # the same: goes on
+
+    sampler = ShardSampler(ds, seed=0, rank=0, world_size=1)
+    loader = DataLoader(ds, batch_size=8, sampler=BatchSampler(sampler, 8, False))
+    TrainerResume().on_epoch_begin(args, resumed, TrainerControl(), train_dataloader=loader)
+    assert sampler.epoch == 1  # the epoch in progress at step 4 of 1.25 epochs
+
+
+def _doubled_x(batch: Any) -> tuple[torch.Tensor, torch.Tensor]:
+    # Any: ShardedDataset's hint says a dict, but with returns= a tuple comes in.
+    x, label = batch
+    return x * 2, label
+
+
+@pytest.mark.parametrize(
+    ("module", "name"),
+    [
+        ("accelerate.utils", "send_to_device"),
+        pytest.param(  # importing Lightning alone takes seconds
+            "lightning.fabric.utilities.apply_func", "move_data_to_device", marks=pytest.mark.slow
+        ),
+    ],
+)
+def test_dict_and_tuple_batches_go_through_the_frameworks_device_transfer(
+    ds: ShardedDataset, module: str, name: str
+) -> None:
+    """accelerate's `send_to_device` and Lightning's `move_data_to_device` rebuild a batch's
+    structure: our dict batch stays one (its type too), a tuple from a batch_transform a tuple."""
+    move = getattr(pytest.importorskip(module), name)
+    as_dict = next(iter(DataLoader(ds, batch_size=4)))
+    pairs = ShardedDataset(ds.path, returns=("x", "label"), batch_transform=_doubled_x)
+    as_tuple = next(iter(DataLoader(pairs, batch_size=4)))
+    moved = move(as_dict, torch.device("cpu"))
+    assert type(moved) is type(as_dict) and moved["label"].tolist() == [0, 1, 2, 3]
+    x, label = move(as_tuple, torch.device("cpu"))
+    assert label.tolist() == [0, 1, 2, 3]
+    assert torch.equal(x, 2 * torch.arange(8, dtype=torch.float32).reshape(4, 2))

@@ -2,12 +2,16 @@
 Run by tests/test_frameworks_accelerate.py:
 
     torchrun --nproc-per-node 2 run_accelerate.py DATA OUT TAG [--mode M] [--workers N]
-        [--stop-at K] [--resume DIR] [--world-from-dist]
+        [--stop-at K] [--stop-epoch E] [--epochs N] [--resume DIR] [--world-from-dist]
 
 ``--mode``: default, split_batches or dispatch_batches. ``--world-from-dist``: the sampler
 takes its rank and world size from torch.distributed (refused under accelerate).
-``--stop-at K`` saves the state after K steps (save_state, with a StatefulDataLoader) and
-stops; ``--resume DIR`` loads it first. Writes OUT/TAG-rank{r}.json.
+``--stop-at K`` saves the state after K steps of epoch ``--stop-epoch`` (save_state, with a
+StatefulDataLoader and `AccelerateResume` registered) and stops; ``--save-between`` saves
+it after that epoch's loop instead. ``--resume DIR`` loads it first and goes on from the
+epoch it was saved in (the next one with ``--save-between``). ``--epochs N``: epochs of
+the whole run. Writes OUT/TAG-rank{r}.json: the labels of each epoch's steps, and the
+ShardioError raised, if any.
 """
 
 from __future__ import annotations
@@ -25,7 +29,7 @@ from accelerate import Accelerator  # noqa: E402
 from accelerate.utils import DataLoaderConfiguration  # noqa: E402
 from torch.utils.data import DataLoader  # noqa: E402
 
-from shardio import ShardedDataset, ShardSampler  # noqa: E402
+from shardio import AccelerateResume, ShardedDataset, ShardSampler  # noqa: E402
 from shardio.core.errors import ShardioError  # noqa: E402
 
 
@@ -38,11 +42,14 @@ def main() -> None:
     parser.add_argument("--workers", type=int, default=0)
     parser.add_argument("--batch", type=int, default=8)
     parser.add_argument("--stop-at", type=int, default=0)
+    parser.add_argument("--stop-epoch", type=int, default=0)
+    parser.add_argument("--epochs", type=int, default=1)
+    parser.add_argument("--save-between", action="store_true")
     parser.add_argument("--resume", default=None)
     parser.add_argument("--world-from-dist", action="store_true")
     args = parser.parse_args()
 
-    stateful = bool(args.stop_at or args.resume)
+    stateful = bool(args.stop_at or args.save_between or args.resume)
     config = DataLoaderConfiguration(
         split_batches=args.mode == "split_batches",
         dispatch_batches=True if args.mode == "dispatch_batches" else None,
@@ -60,24 +67,42 @@ def main() -> None:
     model = torch.nn.Linear(1, 1)
     optimizer = torch.optim.SGD(model.parameters(), lr=0.0)
     model, optimizer, loader = accelerator.prepare(model, optimizer, DataLoader(dataset, **options))
-    if args.resume:
-        accelerator.load_state(args.resume)
+    if stateful:
+        accelerator.register_for_checkpointing(AccelerateResume(loader))
 
-    seen: list[int] = []
+    epochs: list[list[int]] = []
     error = None
+    first = (args.stop_epoch + args.save_between) if args.resume else 0
+    state_dir = str(Path(args.out, f"{args.tag}-state"))
     try:
-        for step, batch in enumerate(loader, start=1):
-            seen.extend(batch["label"].tolist())
-            loss = model(batch["x"].float()[:, None]).mean()
-            accelerator.backward(loss)
-            optimizer.step()
-            if step == args.stop_at:
-                accelerator.save_state(str(Path(args.out, f"{args.tag}-state")))
-                break
+        if args.resume:
+            accelerator.load_state(args.resume)
+        for epoch in range(first, args.epochs):
+            seen: list[int] = []
+            epochs.append(seen)
+            for step, batch in enumerate(loader, start=1):
+                seen.extend(batch["label"].tolist())
+                loss = model(batch["x"].float()[:, None]).mean()
+                accelerator.backward(loss)
+                optimizer.step()
+                if epoch == args.stop_epoch and step == args.stop_at and not args.resume:
+                    accelerator.save_state(state_dir)
+                    break
+            if epoch == args.stop_epoch and not args.resume:
+                if args.save_between:
+                    accelerator.save_state(state_dir)
+                if args.save_between or args.stop_at:
+                    break
     except ShardioError as exc:
-        error = str(exc)
+        error = f"{type(exc).__name__}: {exc}"
     rank = accelerator.process_index
-    result = {"labels": seen, "error": error, "world_size": accelerator.num_processes}
+    labels = [label for seen in epochs for label in seen]
+    result = {
+        "labels": labels,
+        "epochs": epochs,
+        "error": error,
+        "world_size": accelerator.num_processes,
+    }
     Path(args.out, f"{args.tag}-rank{rank}.json").write_text(json.dumps(result))
 
 

@@ -2,9 +2,10 @@
 through ``_get_train_sampler``; records the labels each rank's steps received.
 
     torchrun --nproc-per-node 2 run_hf_trainer.py DATA OUT TAG [--workers N]
-        [--max-steps S] [--save-at K] [--resume CHECKPOINT]
+        [--max-steps S] [--save-at K] [--resume CHECKPOINT] [--epochs E]
 
-Writes OUT/TAG-rank{r}.json: {"labels": [...], "world_size": W}.
+`TrainerResume` is among the callbacks. Writes OUT/TAG-rank{r}.json:
+{"labels": [...], "world_size": W, "error": the ShardioError train() raised, or null}.
 """
 
 from __future__ import annotations
@@ -20,7 +21,8 @@ torch.set_num_threads(1)
 
 from transformers import Trainer, TrainingArguments  # noqa: E402
 
-from shardio import ShardedDataset, ShardSampler  # noqa: E402
+from shardio import ShardedDataset, ShardSampler, TrainerResume  # noqa: E402
+from shardio.core.errors import ShardioError  # noqa: E402
 
 
 class Model(torch.nn.Module):
@@ -50,6 +52,7 @@ def main() -> None:
     parser.add_argument("--max-steps", type=int, default=-1)
     parser.add_argument("--save-at", type=int, default=0)
     parser.add_argument("--resume", default=None)
+    parser.add_argument("--epochs", type=int, default=1)
     args = parser.parse_args()
 
     training = TrainingArguments(
@@ -57,7 +60,7 @@ def main() -> None:
         use_cpu=True,
         ddp_backend="gloo",
         per_device_train_batch_size=8,
-        num_train_epochs=1,
+        num_train_epochs=args.epochs,
         max_steps=args.max_steps,
         dataloader_num_workers=args.workers,
         save_strategy="steps" if args.save_at else "no",
@@ -69,10 +72,19 @@ def main() -> None:
         seed=1,
     )
     model = Model()
-    trainer = ShardTrainer(model=model, args=training, train_dataset=ShardedDataset(args.data))
-    trainer.train(resume_from_checkpoint=args.resume)
+    trainer = ShardTrainer(
+        model=model,
+        args=training,
+        train_dataset=ShardedDataset(args.data),
+        callbacks=[TrainerResume()],
+    )
+    error = None
+    try:
+        trainer.train(resume_from_checkpoint=args.resume)
+    except ShardioError as exc:
+        error = f"{type(exc).__name__}: {exc}"
     rank = training.process_index
-    result = {"labels": model.seen, "world_size": training.world_size}
+    result = {"labels": model.seen, "world_size": training.world_size, "error": error}
     Path(args.out, f"{args.tag}-rank{rank}.json").write_text(json.dumps(result))
 
 

@@ -95,7 +95,7 @@ def run_trainer(args: argparse.Namespace) -> tuple[dict[int, list[int]], int, in
 
 
 def run_fabric(args: argparse.Namespace) -> tuple[dict[int, list[int]], int, int]:
-    fabric = L.Fabric(accelerator="cpu", devices=2, strategy="ddp")
+    fabric = L.Fabric(accelerator="cpu", devices=args.devices, strategy="ddp")
     fabric.launch()
     model = torch.nn.Linear(1, 1)
     optimizer = torch.optim.SGD(model.parameters(), lr=0.0)

@@ -7,6 +7,7 @@ the dataset or adapter modules.
 
 from __future__ import annotations
 
+from .accelerate_resume import AccelerateResume
 from .layout import ShardedSource, ShardLayout
 from .mixsampler import MixSampler
 from .orders import ORDERS, epoch_order
@@ -25,4 +26,5 @@ __all__ = [
     "rank_indices",
     "samples_per_rank",
     "find_sampler_state",
+    "AccelerateResume",
 ]
