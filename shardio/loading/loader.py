@@ -154,19 +154,15 @@ class Loader:
 
     def _describe_failure(self, indices: Sequence[int] | np.ndarray, error: BaseException) -> str:
         """Name the first index of a failed batch that fails alone, and the dataset."""
-        failing = None
+        shown = [i.item() if isinstance(i, np.generic) else i for i in list(indices)[:8]]
+        first = f"in indices {shown!r}"
         for index in indices:
             try:
                 self.dataset[index]
             except Exception:
-                failing = index
+                first = f"at index {index.item() if isinstance(index, np.generic) else index!r}"
                 break
         where = getattr(self.dataset, "path", type(self.dataset).__name__)
-        first = (
-            f"at index {failing}"
-            if failing is not None
-            else f"in indices {[int(i) for i in list(indices)[:8]]}"
-        )
         return f"shardio.Loader: reading a batch failed {first} of {where} ({type(error).__name__})"
 
 
