@@ -190,14 +190,23 @@ class ShardReader(ABC, Generic[HandleT]):
         return []
 
     # ------------------------------------------------------------------ memory
-    def release_memory(self, kind: ReleaseKind = "advise") -> ReleaseResult:
+    def release_memory(
+        self, kind: ReleaseKind = "advise", *, may_close: bool = True
+    ) -> ReleaseResult:
         """Drop what reading has made resident: mapped pages (``advise``), or every
-        handle (``reopen``), or the handles of cache-holding backends (``reopen-caches``)."""
+        handle (``reopen``), or the handles of cache-holding backends (``reopen-caches``).
+
+        ``may_close=False`` (another thread reads through this reader now): mapped
+        pages are dropped where there are any, and nothing is closed."""
         if not self.is_open:
             return ReleaseResult()
         if kind == "advise" and self.maps_files:
-            return self._drop_pages()
-        if kind == "reopen-caches" and not self.holds_caches:
+            dropped = self._drop_pages()
+            if dropped is not None:
+                return dropped
+        elif kind == "reopen-caches" and not self.holds_caches:
+            return ReleaseResult()
+        if not may_close:
             return ReleaseResult()
         self.close()
         self.reopens += 1
@@ -208,11 +217,10 @@ class ShardReader(ABC, Generic[HandleT]):
         """True when reading faults pages of a file mapping into this process."""
         return self.maps_files
 
-    def _drop_pages(self) -> ReleaseResult:
-        """madvise(MADV_DONTNEED) on this reader's mappings; backends that map files override."""
-        self.close()
-        self.reopens += 1
-        return ReleaseResult(reopens=1)
+    def _drop_pages(self) -> ReleaseResult | None:
+        """madvise(MADV_DONTNEED) on this reader's mappings; None where it has none
+        now (then a release closes the reader). Backends that map files override it."""
+        return None
 
     def hint_access(self, pattern: AccessPattern) -> None:
         """Tell the backend how it is read, once per pattern change and open handle."""

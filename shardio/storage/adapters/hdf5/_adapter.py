@@ -478,11 +478,11 @@ class HDF5Reader(ShardReader[_File]):
         lengths = np.concatenate([n for _, n in spans])
         return coalesce_ranges(self.path.removeprefix("file://"), offsets, lengths, _HINT_GAP)
 
-    def _drop_pages(self) -> ReleaseResult:
+    def _drop_pages(self) -> ReleaseResult | None:
         """madvise(MADV_DONTNEED) on shardio's map of the file; else reopen."""
         handle = self.handle
         if handle.own_map is None or not hasattr(mmap, "MADV_DONTNEED"):
-            return super()._drop_pages()
+            return None  # nothing to advise: a release closes the reader
         handle.own_map.madvise(mmap.MADV_DONTNEED)
         return ReleaseResult(advise_calls=1, advised_bytes=len(handle.own_map))
 

@@ -417,7 +417,7 @@ class LMDBReader(ShardReader[_Env]):
             handle.own_map.close()
         _POOL.release(handle.env)
 
-    def _drop_pages(self) -> ReleaseResult:
+    def _drop_pages(self) -> ReleaseResult | None:
         """madvise(MADV_DONTNEED) on the environment's map.
 
         NOTE: safe because the environment is open read-only: a dropped page is
@@ -425,7 +425,7 @@ class LMDBReader(ShardReader[_Env]):
         """
         mappings = self._advise_mappings("dontneed")
         if not mappings:
-            return super()._drop_pages()
+            return None  # nothing to advise: a release closes the reader
         return ReleaseResult(
             advise_calls=len(mappings), advised_bytes=sum(m.length for m in mappings)
         )

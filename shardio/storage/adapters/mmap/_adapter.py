@@ -386,10 +386,10 @@ class MmapReader(ShardReader[_Mapped]):
         return values
 
     # ------------------------------------------------------------------ memory
-    def _drop_pages(self) -> ReleaseResult:
+    def _drop_pages(self) -> ReleaseResult | None:
         """``madvise(MADV_DONTNEED)`` on every mapping: RSS drops, the page cache stays."""
         if not hasattr(mmap, "MADV_DONTNEED"):
-            return super()._drop_pages()
+            return None  # nothing to advise: a release closes the reader
         result = ReleaseResult()
         for mapping in self.handle.maps:
             # NOTE: safe on a read-only shared file mapping: dropped pages are simply
