@@ -1,7 +1,9 @@
 """The memory budget around the read path: what a process may add by reading, the
 backend options fitted to it, and the reads made in pieces with an RSS check between.
 
-`ReadBudget` wraps the one call that reads a shard (`read`) and tells the guard
+`ReadBudget` wraps the one call that reads a shard: it says how many rows one call
+may read (`pieces`; a reader that maps pages reads a large batch in pieces), and
+after each call (`after`, `settle`) tells the guard
 (`shardio.memory.MemoryGuard`) what was read; the guard decides which releases are
 due and the budget makes them on the dataset's `OpenShards`, whose readers it was
 given when made. Nothing here is called back from below.
@@ -75,38 +77,38 @@ class ReadBudget:
             worker = self.guard.worker()
             budget = policy.job.provisional_share(workers=worker[1] if worker else 0)
         options = self._reader_class.budget_options(budget, *self._shape)
-        # NOTE: one touched page can map a whole large folio (up to 2 MiB) of the page
-        # cache, so a batch from a mapping is read in pieces with an RSS check between.
         return _Process(budget, options, max(4, budget // (4 * _WORST_FAULT_BYTES)))
 
-    def read(
-        self, reader: ShardReader[Any], local: np.ndarray, out: Mapping[str, np.ndarray]
+    def pieces(self, reader: ShardReader[Any]) -> int:
+        """Rows per read call for ``reader`` (0: a batch in one call).
+
+        NOTE: one touched page can map a whole large folio (up to 2 MiB) of the page
+        cache, so a batch from a mapping is read in pieces with an RSS check between."""
+        return self.here.step if reader.touches_mapped_pages else 0
+
+    def read_in_pieces(
+        self, reader: ShardReader[Any], local: np.ndarray, out: Mapping[str, np.ndarray], step: int
     ) -> Columns:
-        """``reader.read_into(local, out)`` under the budget."""
-        here = self.here
-        if not reader.touches_mapped_pages:
-            # Readers that map no pages are checked once per batch (`settle`), not once
-            # per shard: a batch spread over many shards would read /proc per shard.
-            before = reader.bytes_read
-            columns = reader.read_into(local, out)
-            with self._lock:
-                here.unchecked += reader.bytes_read - before
-            return columns
-        step = here.step
-        if len(local) <= step:
-            before = reader.bytes_read
-            columns = reader.read_into(local, out)
-            self._account(reader.bytes_read - before)
-            return columns
+        """``reader.read_into(local, out)`` in pieces of ``step`` rows, each accounted."""
         parts = []
         for start in range(0, len(local), step):
             piece = {name: target[start : start + step] for name, target in out.items()}
             before = reader.bytes_read
             parts.append(reader.read_into(local[start : start + step], piece))
-            self._account(reader.bytes_read - before)
+            self.after(reader, reader.bytes_read - before)
         columns = concat_columns(parts)
         columns.update(out)  # the pieces were read into views of ``out``
         return columns
+
+    def after(self, reader: ShardReader[Any], nbytes: int) -> None:
+        """Account one read call of ``reader`` that read ``nbytes``."""
+        if reader.touches_mapped_pages:
+            self._account(nbytes)
+            return
+        # Readers that map no pages are checked once per batch (`settle`), not once per
+        # shard: a batch spread over many shards would read /proc per shard.
+        with self._lock:
+            self.here.unchecked += nbytes
 
     def settle(self) -> None:
         """The check of a batch's reads that mapped no pages (once per batch)."""

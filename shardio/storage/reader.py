@@ -401,8 +401,8 @@ class DatasetReader:
         owns the memory (shared memory in a DataLoader worker).
 
         The batch is grouped by shard; each group is one call of the shard reader's
-        `read_into`, wrapped by the integrity checks (before) and the memory budget
-        (around)."""
+        `read_into`, with the integrity checks before it and the memory budget's
+        accounting after it (a large batch from a mapping: in pieces)."""
         shards, local = self.index.locate_many(indices)
         count = len(local)
         out = {} if out is None else out
@@ -423,10 +423,14 @@ class DatasetReader:
             try:
                 self._checks.check(number, reader, rows)
                 target = out if positions is None else {}
-                if budget is None:
-                    part = reader.read_into(rows, target)
+                step = 0 if budget is None else budget.pieces(reader)
+                if budget is not None and step and len(rows) > step:
+                    part = budget.read_in_pieces(reader, rows, target, step)
                 else:
-                    part = budget.read(reader, rows, target)
+                    before = reader.bytes_read
+                    part = reader.read_into(rows, target)
+                    if budget is not None:
+                        budget.after(reader, reader.bytes_read - before)
             except (ShardioError, MemoryError):
                 raise
             except Exception as exc:

@@ -16,18 +16,19 @@ import shardio
 from shardio import ShardedDataset, ShardWriter
 from shardio.loading.batches import Batch
 
-#: The adapter functions that call into the backend's library or the kernel.
-_BACKEND_CALLS = {"_read_by_offsets", "_read_through_map", "_read_fixed", "_read_located"}
+#: The functions that call into the backend's library or the kernel: the adapters'
+#: and the positioned-read layer's.
+_BACKEND_CALLS = {"_read_by_offsets", "_read_through_map", "_read_fixed", "read_rows", "pread_rows"}
 _ROOT = shardio.__path__[0]
 
 
 def shardio_frames_to_backend(ds: ShardedDataset, indices: list[int]) -> list[str]:
-    """The shardio frames on the stack when the adapter calls its backend, from
-    `__getitems__` down to (and with) the adapter's function that makes the call."""
+    """The shardio frames on the stack when the backend is called, from `__getitems__`
+    down to (and with) the function that makes the call: the deepest such stack."""
     seen: list[list[str]] = []
 
     def profile(frame: FrameType, event: str, arg: Any) -> None:
-        if event != "call" or frame.f_code.co_name not in _BACKEND_CALLS or seen:
+        if event != "call" or frame.f_code.co_name not in _BACKEND_CALLS:
             return
         names: list[str] = []
         at: FrameType | None = frame
@@ -46,8 +47,9 @@ def shardio_frames_to_backend(ds: ShardedDataset, indices: list[int]) -> list[st
     finally:
         sys.setprofile(None)
     assert seen, "no backend call was seen"
-    assert seen[0][0] == "ShardedDataset.__getitems__"
-    return seen[0]
+    deepest = max(seen, key=len)
+    assert deepest[0] == "ShardedDataset.__getitems__"
+    return deepest
 
 
 def _write(path: Any, fmt: str, rows: int = 60) -> np.ndarray:

@@ -16,13 +16,14 @@ from typing import Any, ClassVar, Generic, TypeVar
 
 import numpy as np
 
-from shardio.core.errors import InvalidOptionError, ShardCorruptError
+from shardio.core.errors import InvalidOptionError
 from shardio.core.fieldnames import check_field_dtypes, check_field_names
 from shardio.core.perprocess import PerProcess
 from shardio.core.schema import Sample, Schema
 from shardio.memory import AccessPattern, FileRange, ReleaseKind, ReleaseResult
 
 from ..integrity import ValueRanges
+from .positioned import raise_if_truncated
 
 __all__ = [
     "Columns",
@@ -301,20 +302,6 @@ class ShardFileWriter(ABC):
         """Stop without finishing; the caller removes the partial output."""
         with contextlib.suppress(Exception):  # the partial shard is discarded anyway
             self.close()
-
-
-def raise_if_truncated(path: str, size: int, expected: int) -> None:
-    """Raise before a mapped read of ``path`` when it holds fewer than the ``expected``
-    bytes that were mapped.
-
-    NOTE: touching a mapped page past the end of a truncated file raises SIGBUS, which
-    kills the process; adapters that read through a mapping check the size (one fstat)
-    before each read call. A truncation between the check and the copy still faults:
-    docs/reliability.md states that window."""
-    if size < expected:
-        raise ShardCorruptError(
-            f"{path} was truncated while open: {size} bytes, expected {expected}"
-        )
 
 
 # ------------------------------------------------------------------- columns
