@@ -36,6 +36,7 @@ __all__ = [
     "put_rows",
     "raise_if_truncated",
     "samples_to_columns",
+    "sorted_rows",
     "take_columns",
 ]
 
@@ -338,6 +339,16 @@ def coalesce_ranges(
         (path, int(offsets[a]), int(ends[b] - offsets[a]))
         for a, b in zip(firsts.tolist(), lasts.tolist(), strict=True)
     ]
+
+
+def sorted_rows(indices: np.ndarray) -> tuple[np.ndarray, np.ndarray | None]:
+    """The distinct rows of ``indices`` in ascending order (how HDF5 and Zarr select
+    them), and the positions that put them back in the order asked (None where
+    ``indices`` are already distinct and ascending)."""
+    unique, inverse = np.unique(indices, return_inverse=True)
+    if len(unique) == len(indices) and np.array_equal(unique, indices):
+        return unique, None
+    return unique, inverse
 
 
 def put_rows(data: np.ndarray, order: np.ndarray | None, out: np.ndarray | None) -> np.ndarray:

@@ -44,6 +44,7 @@ from ..base import (
     ShardReader,
     coalesce_ranges,
     put_rows,
+    sorted_rows,
 )
 from ..positioned import PositionedFile
 from ._bounds import DeflateBound
@@ -477,8 +478,7 @@ class HDF5Reader(ShardReader[_File]):
 
     def read_into(self, indices: np.ndarray, out: Mapping[str, np.ndarray]) -> Columns:
         handle = self.handle
-        unique, inverse = np.unique(indices, return_inverse=True)
-        reorder = not (len(unique) == len(indices) and np.array_equal(unique, indices))
+        unique, order = sorted_rows(indices)
         targets = self._cf.raw_out(out) if self._cf else out
         columns: Columns = {}
         tables: dict[str, np.ndarray] = {}  # a table's rows, read once for all its columns
@@ -514,12 +514,10 @@ class HDF5Reader(ShardReader[_File]):
                     for v in _as_bytes(data, fld)
                 ]
                 self.bytes_read += sum(len(v) if isinstance(v, bytes) else v.nbytes for v in values)
-                columns[fld.name] = [values[i] for i in inverse] if reorder else values
+                columns[fld.name] = values if order is None else [values[i] for i in order]
             else:
                 self.bytes_read += data.nbytes
-                columns[fld.name] = put_rows(
-                    data, inverse if reorder else None, targets.get(fld.name)
-                )
+                columns[fld.name] = put_rows(data, order, targets.get(fld.name))
         return self._cf.into(columns, out) if self._cf else columns
 
 
