@@ -69,8 +69,10 @@ class ShardedDataset(torch.utils.data.Dataset[Any]):
                 "give transform= (per sample) or batch_transform= (per collated batch), "
                 "not both: apply the batch step to the collated batch in your loop instead"
             )
-        self.reader = DatasetReader(path, fields=fields, format=format, **options)
-        self.reader.guard.worker_info = dataloader_worker  # splits max_rss="auto"
+        # The worker identity (asked once per process) splits max_rss="auto".
+        self.reader = DatasetReader(
+            path, fields=fields, format=format, worker_info=dataloader_worker, **options
+        )
         # `returns` picks the structure first; transform / batch_transform then get it.
         self.returns = None if returns is None else Returns(returns, self.reader.schema.names)
         self.transform = transform
@@ -160,10 +162,13 @@ class ShardedDataset(torch.utils.data.Dataset[Any]):
             samples = columns_to_samples(self.read_batch(indices), len(indices))
             return [self._per_sample(s) for s in samples]  # type: ignore[misc]
         if torch.utils.data.get_worker_info() is None:  # into reused blocks (loading.blocks)
-            columns = self.read_batch(indices, out=pooled_columns(self.schema, len(indices)))
-            return Batch(columns, len(indices), None, self._per_batch)
-        arrays, tensors, lease = slot_columns(self.schema, len(indices))
-        columns = self.read_batch(indices, out=arrays)
+            arrays, tensors, lease = pooled_columns(self.schema, len(indices)), None, None
+        else:
+            arrays, tensors, lease = slot_columns(self.schema, len(indices))
+        if self._swapped:
+            columns = self.read_batch(indices, out=arrays)
+        else:  # read_batch's work without its frame: the batch path stays short
+            columns = self.reader.read_many(indices, out=arrays)
         return Batch(columns, len(indices), tensors, self._per_batch, lease)
 
     def read_batch(

@@ -6,10 +6,9 @@ backends are fitted to (``reader.memory_policy``, a share of the budget by shard
 count, so the sources together size their caches as one dataset of all their shards).
 A process's RSS growth is measured once, from one baseline, against the whole budget.
 
-Releasing: the source whose read crossed the budget releases at once (its reader's
-lock is held by this thread, as for a single dataset); every other source releases at
-its own next read, under its own lock. A reader is never touched from a thread that
-does not hold its lock: another thread may be closing or mapping its shards.
+Releasing: the guard decides, each source's read path acts (as for one dataset). The
+source whose read crossed the budget is told the releases due at once; every other
+source is told them at its own next read. Nothing here touches a source's shards.
 """
 
 from __future__ import annotations
@@ -28,6 +27,7 @@ from shardio.memory import (
     ReleaseKind,
     ReleaseResult,
 )
+from shardio.memory.jobbudget import WorkerInfo
 from shardio.storage.reader import DatasetReader
 
 from .loaderinfo import dataloader_worker
@@ -45,9 +45,8 @@ class MixBudget:
     def __init__(self, policy: MemoryPolicy, readers: Sequence[DatasetReader]) -> None:
         self.policy = policy
         self.readers = tuple(readers)
-        self.guard = MemoryGuard(policy, self._release, dataloader_worker)
+        self.guard = MemoryGuard(policy, dataloader_worker)
         self._lock = ForkSafeLock()  # one check at a time, whichever source reads
-        self._reading: int | None = None  # the source whose read is being checked
         # releases each source owes, made at its next read (per process: a worker
         # owes nothing of what its parent owed)
         self._owed: PerProcess[list[set[ReleaseKind]]] = PerProcess()
@@ -69,8 +68,8 @@ class MixBudget:
                 )
         total = sum(len(reader.shard_lengths) for reader in self.readers)
         for number, reader in enumerate(self.readers):
-            reader.memory_policy = self._share(len(reader.shard_lengths), total)
-            reader.guard = _SourceGuard(self, number)
+            share = self._share(len(reader.shard_lengths), total)
+            reader.share_budget(share, _SourceGuard(self, number))
 
     def _share(self, shards: int, total: int) -> MemoryPolicy:
         """The policy a source's backend is fitted to: its shards' part of the budget
@@ -81,51 +80,25 @@ class MixBudget:
             return replace(self.policy, job=_JobPart(job, fraction))
         return replace(self.policy, max_rss=max(1, int(self.policy.max_rss * fraction)))
 
-    def after_read(self, number: int, nbytes: int) -> None:
-        """Source ``number`` read ``nbytes`` (its reader's lock is held): pay what it
-        owes, then one check of the process against the whole budget."""
+    def after_read(self, number: int, nbytes: int) -> tuple[ReleaseKind, ...]:
+        """Source ``number`` read ``nbytes``: what it owes, then one check of the
+        process against the whole budget; the others owe what that check found due."""
         with self._lock:
-            owed = self._owed_now()[number]
-            if owed:
-                kinds = [kind for kind in _ORDER if kind in owed]
-                owed.clear()
-                self._record(sum_results(self.readers[number].release_memory(k) for k in kinds))
-            self._reading = number
-            try:
-                self.guard.after_read(nbytes)
-            finally:
-                self._reading = None
-
-    def _release(self, kind: ReleaseKind) -> ReleaseResult:
-        """The guard's release: the reading source now, every other one at its next read."""
-        number = self._reading
-        for other, owed in enumerate(self._owed_now()):
-            if other != number:
-                owed.add(kind)
-        if number is None:  # not from a read (nothing calls it so today)
-            return ReleaseResult()
-        return self.readers[number].release_memory(kind)
+            owed = self._owed_now()
+            mine = owed[number]
+            due = self.guard.after_read(nbytes)
+            for other, theirs in enumerate(owed):
+                if other != number:
+                    theirs.update(due)
+            kinds = tuple(kind for kind in _ORDER if kind in mine or kind in due)
+            mine.clear()
+            return kinds
 
     def _owed_now(self) -> list[set[ReleaseKind]]:
         return self._owed.get(lambda: [set() for _ in self.readers])
 
-    def _record(self, result: ReleaseResult) -> None:
-        stats = self.guard.state.stats
-        if result.advise_calls or result.reopens:
-            stats.releases += 1
-        stats.advise_calls += result.advise_calls
-        stats.advised_bytes += result.advised_bytes
-        stats.reopens += result.reopens
-
     def stats(self) -> MemoryStats:
         return self.guard.stats()
-
-
-def sum_results(results: Any) -> ReleaseResult:
-    total = ReleaseResult()
-    for result in results:
-        total += result
-    return total
 
 
 class _JobPart(JobBudget):
@@ -154,12 +127,18 @@ class _SourceGuard(MemoryGuard):
     """What one source's reader sees as its guard: the mixture's one guard."""
 
     def __init__(self, budget: MixBudget, number: int) -> None:
-        super().__init__(budget.policy, budget.readers[number].release_memory, dataloader_worker)
+        super().__init__(budget.policy, dataloader_worker)
         self.budget = budget
         self.number = number
 
-    def after_read(self, nbytes: int) -> None:
-        self.budget.after_read(self.number, nbytes)
+    def worker(self) -> WorkerInfo | None:
+        return self.budget.guard.worker()
+
+    def after_read(self, nbytes: int) -> tuple[ReleaseKind, ...]:
+        return self.budget.after_read(self.number, nbytes)
+
+    def released(self, kind: ReleaseKind, result: ReleaseResult) -> None:
+        self.budget.guard.released(kind, result)
 
     def start(self) -> None:
         self.budget.guard.start()

@@ -19,6 +19,7 @@ from .policy import (
     ReleaseResult,
 )
 from .rss import RssInfo, process_rss, read_pss, read_rss
+from .sampler import RssSampler
 
 __all__ = [
     "AccessPattern",
@@ -35,6 +36,7 @@ __all__ = [
     "ReleaseKind",
     "ReleaseResult",
     "RssInfo",
+    "RssSampler",
     "advise_range",
     "find_job_limit",
     "find_mappings",

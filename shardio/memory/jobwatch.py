@@ -18,6 +18,7 @@ from dataclasses import dataclass
 from shardio.core.config import format_size
 
 from .rss import read_pss, read_rss
+from .sampler import RssSampler
 
 __all__ = ["JOB_CHECK_SECONDS", "WARN_FRACTION", "JobUsage", "JobWatch", "ProcessMemory"]
 
@@ -111,17 +112,13 @@ class JobWatch:
         self.last_pss: int | None = None
         self.warnings = 0
         self._first_rss: dict[int, int] = {}
-        self._next = 0.0
+        self._clock = RssSampler(interval)  # when the next sample is due
         self._next_pss = 0.0
         self._warned = False
 
     def maybe_check(self) -> JobUsage | None:
         """A sample if ``interval`` has passed since the last one, else ``None``."""
-        now = time.monotonic()
-        if now < self._next:
-            return None
-        self._next = now + self.interval
-        return self.check()
+        return self.check() if self._clock.due() else None
 
     def check(self, pss: bool = False) -> JobUsage:
         """A sample now; with ``pss=True`` PSS too, unless read less than ``interval``

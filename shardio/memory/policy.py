@@ -189,19 +189,30 @@ _warned_unmeasured = False
 class MemoryGuard:
     """Enforces a policy in whichever process reads; a forked or spawned worker
     starts its own accounting from its own baseline, and takes its share of a job
-    budget then. ``worker_info`` tells a DataLoader worker's ``(id, num_workers)``
-    (set by the torch layer; storage never imports torch)."""
+    budget then.
+
+    The guard decides, the read path acts: `after_read` returns the releases due
+    (none, or e.g. ``("advise",)``), the caller makes them on what it holds open and
+    reports each with `released`. ``worker_info`` (given at construction; storage
+    never imports torch) tells a DataLoader worker's ``(id, num_workers)``; it is
+    asked once per process (`worker`)."""
 
     def __init__(
         self,
         policy: MemoryPolicy | None,
-        release: Callable[[ReleaseKind], ReleaseResult],
         worker_info: Callable[[], WorkerInfo | None] | None = None,
     ) -> None:
         self.policy = policy
         self.worker_info = worker_info
-        self._release = release
+        self._worker: PerProcess[tuple[WorkerInfo | None]] = PerProcess()
         self._state: PerProcess[_State] = PerProcess()
+
+    def worker(self) -> WorkerInfo | None:
+        """This process's DataLoader worker identity (None in the main process),
+        decided the first time it is asked in the process."""
+        return self._worker.get(
+            lambda: (self.worker_info() if self.worker_info is not None else None,)
+        )[0]
 
     @property
     def state(self) -> _State:
@@ -213,7 +224,7 @@ class MemoryGuard:
         baseline = read_rss()
         policy, watch, split = self.policy, None, None
         if policy is not None and policy.job is not None and policy.job.limit is not None:
-            worker = self.worker_info() if self.worker_info is not None else None
+            worker = self.worker()
             split = policy.job.for_process(worker, baseline.rss if baseline else 0)
             policy = policy.for_share(split.share)
             main_pid = os.getppid() if worker is not None else pid
@@ -233,8 +244,9 @@ class MemoryGuard:
         """Take this process's baseline now (after imports and open)."""
         self.state  # noqa: B018
 
-    def after_read(self, nbytes: int) -> None:
-        """Account for one read call of ``nbytes``; release memory when over budget."""
+    def after_read(self, nbytes: int) -> tuple[ReleaseKind, ...]:
+        """Account for one read call of ``nbytes``; the releases now due, in order
+        (the caller makes each and reports it with `released`)."""
         state = self.state
         state.stats.bytes_read += nbytes
         state.bytes_since_reopen += nbytes
@@ -243,27 +255,30 @@ class MemoryGuard:
         if state.watch is not None and state.watch.maybe_check() is not None:
             self._record_job(state)
         if policy is None or state.calls % policy.check_every:
-            return
+            return ()
         assert policy.reopen_every is not None
         info = read_rss()
         state.stats.checks += 1
         if info is None or state.baseline is None:
             self._warn_unmeasured()
-            if state.bytes_since_reopen >= policy.reopen_every:
-                self._do("reopen")
-            return
+            return ("reopen",) if state.bytes_since_reopen >= policy.reopen_every else ()
         self._record(info)
+        due: list[ReleaseKind] = []
+        pending = state.bytes_since_reopen
         if info.file - state.baseline.file > policy.max_rss:
-            self._do(
+            kind: ReleaseKind = (
                 "reopen" if policy.release == "reopen" or not madvise_supported() else "advise"
             )
-            self._record(read_rss() or info)
-        if state.bytes_since_reopen >= policy.reopen_every:
-            self._do("reopen-caches")  # HDF5 and Zarr drop what their libraries cache
+            due.append(kind)
+            if kind == "reopen":
+                pending = 0
+        if pending >= policy.reopen_every:
+            due.append("reopen-caches")  # HDF5 and Zarr drop what their libraries cache
+        return tuple(due)
 
-    def _do(self, kind: ReleaseKind) -> None:
+    def released(self, kind: ReleaseKind, result: ReleaseResult) -> None:
+        """Record a release `after_read` asked for, and the RSS after it."""
         state = self.state
-        result = self._release(kind)
         if result.advise_calls or result.reopens:
             state.stats.releases += 1
         state.stats.advise_calls += result.advise_calls
@@ -271,6 +286,10 @@ class MemoryGuard:
         state.stats.reopens += result.reopens
         if kind != "advise":
             state.bytes_since_reopen = 0
+        if kind != "reopen-caches" and state.baseline is not None:
+            info = read_rss()
+            if info is not None:
+                self._record(info)
 
     def _record(self, info: RssInfo) -> None:
         stats = self.state.stats

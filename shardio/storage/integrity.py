@@ -13,9 +13,9 @@ from __future__ import annotations
 import base64
 import mmap
 import os
-from collections.abc import Sequence
+from collections.abc import Collection, Sequence
 from dataclasses import dataclass
-from typing import Literal
+from typing import TYPE_CHECKING, Any, Literal
 
 import numpy as np
 import xxhash
@@ -24,7 +24,22 @@ from shardio.core.checksum import BLOCK_BYTES, hash_files
 from shardio.core.errors import InvalidOptionError, ShardCorruptError
 from shardio.core.perprocess import ForkSafeLock, PerProcess
 
-__all__ = ["VerifyMode", "VERIFY_MODES", "ShardCheck", "ValueRanges", "check_mode"]
+from .generation import Generation, check_generation
+from .layout import shard_files_as_written
+from .remote import is_remote
+
+if TYPE_CHECKING:
+    from .adapters.base import ShardReader
+    from .manifest import ShardInfo
+
+__all__ = [
+    "VERIFY_MODES",
+    "ShardCheck",
+    "ShardChecks",
+    "ValueRanges",
+    "VerifyMode",
+    "check_mode",
+]
 
 VerifyMode = Literal["off", "open", "first-read"]
 VERIFY_MODES: tuple[VerifyMode, ...] = ("off", "open", "first-read")
@@ -194,3 +209,87 @@ def _spans(first: np.ndarray, last: np.ndarray) -> np.ndarray:
     counts = last - first + 1
     starts = np.repeat(first - np.concatenate(([0], np.cumsum(counts)[:-1])), counts)
     return starts + np.arange(int(counts.sum()))
+
+
+class ShardChecks:
+    """The integrity checks around a dataset's reads in this process: a shard is the
+    generation first opened (`before_open`), and with ``verify=`` its bytes match the
+    digests its writer recorded before a value is handed out (`check`)."""
+
+    def __init__(
+        self,
+        mode: VerifyMode,
+        infos: Sequence[ShardInfo],
+        transient: Collection[str],
+        cached: bool,
+    ) -> None:
+        self.mode = mode
+        self._infos = infos
+        self._transient = transient
+        # NOTE: the node cache checked each file against the manifest's digests when it
+        # fetched it (a rewritten dataset gets another cache key), so a shard evicted
+        # and fetched again is a new file of the same generation: only the blocks
+        # checked in the old file are checked again.
+        self._cached = cached
+        self._checks: dict[int, ShardCheck] = {}
+        self._generations: dict[str, Generation] = {}  # shard path -> as first opened
+
+    def check_verifiable(self, dataset: str, has_digests: bool) -> None:
+        """Refuse ``verify=`` on ``dataset`` where no digests were recorded."""
+        if self.mode == "off":
+            return
+        if not has_digests:
+            raise InvalidOptionError(
+                f"verify={self.mode!r} checks shards against the digests their writer "
+                f"recorded, which {dataset} has none of: it needs a local dataset "
+                "directory written by shardio (shardio convert makes one)"
+            )
+        recorded = "checksum" if self.mode == "open" else "blocks"
+        missing = [s.path for s in self._infos if getattr(s, recorded) is None]
+        if missing:
+            raise InvalidOptionError(
+                f"verify={self.mode!r} needs the {recorded} of every shard, but "
+                f"{dataset}'s manifest has none for {missing[:3]} (written with "
+                "checksum=False, or by an older shardio); write it again, or use "
+                + ("verify='off'" if self.mode == "open" else "verify='open'")
+            )
+
+    def check(self, number: int, reader: ShardReader[Any], local: np.ndarray) -> None:
+        """Raise before handing out values ``local`` of shard ``number`` where it is
+        not as written (a no-op with ``verify="off"``)."""
+        if self.mode == "off":
+            return
+        check = self._checks.get(number)
+        if check is None:
+            info = self._infos[number]
+            assert info.checksum is not None
+            files = shard_files_as_written(reader.path, info.nbytes, self._transient)
+            check = ShardCheck(reader.path, files.paths, info.checksum, info.blocks)
+            self._checks[number] = check
+        if check.complete:
+            return
+        if self.mode == "open":
+            check.check_whole()
+        else:
+            check.check_ranges(reader.value_ranges(local))
+
+    def before_open(self, path: str) -> None:
+        """Before (re)opening shard ``path``: refuse a shard that is not the generation
+        this dataset first opened; with ``verify=``, its blocks are checked again (those
+        checked before were another handle's)."""
+        if is_remote(path):
+            return
+        if self._cached:
+            self._forget(path)
+            return
+        first = self._generations.get(path)
+        if first is None:
+            self._generations[path] = Generation.of(path, self._transient)
+            return
+        check_generation(path, first, self._transient)
+        self._forget(path)
+
+    def _forget(self, path: str) -> None:
+        for number, check in list(self._checks.items()):
+            if check.path == path:
+                del self._checks[number]

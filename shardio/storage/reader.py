@@ -1,31 +1,30 @@
 """DatasetReader: a torch-free reader over one file or a sharded dataset directory.
 
-It resolves a path to its adapter, maps global indices onto shards and opens each
-shard's reader on first use. `ShardedDataset` wraps it for
-torch; conversion and verification use it directly without importing torch.
+It owns the dataset's shards: the manifest (or the one file), the index from global
+sample numbers to (shard, local index), and the open shard readers (`OpenShards`).
+`read_many(indices, out)` groups a batch by shard and calls each shard reader's
+`read_into`; the memory budget (`ReadBudget`) and the integrity checks
+(`ShardChecks`) each wrap that call, and nothing below calls back up.
+`ShardedDataset` wraps it for torch; conversion and verification use it directly
+without importing torch.
 """
 
 from __future__ import annotations
 
-import contextlib
 import functools
 import os
-from collections import Counter
-from collections.abc import Iterator, Mapping, Sequence
-from dataclasses import dataclass
+from collections.abc import Callable, Mapping, Sequence
 from typing import Any
 
 import numpy as np
 
 from shardio.core.errors import (
-    InvalidOptionError,
     ShardCorruptError,
     ShardioError,
     TooManyOpenFilesError,
     UnsupportedFeatureError,
 )
 from shardio.core.index import ShardIndex
-from shardio.core.perprocess import ForkSafeLock, PerProcess
 from shardio.core.safeopen import check_descriptor_headroom, out_of_descriptors, too_many_open
 from shardio.core.schema import Sample, Schema
 from shardio.memory import (
@@ -37,49 +36,38 @@ from shardio.memory import (
     hint_ranges,
     readahead_supported,
 )
+from shardio.memory.jobbudget import WorkerInfo
 
-from .adapters.base import Columns, ShardReader, concat_columns, is_run
+from .adapters.base import Columns, ShardReader, columns_to_samples, is_run
 from .adapters.registry import SHARDED, detect_format, get_backend, is_remote, reader_class
+from .budget import ReadBudget
 from .cache import NoRoom, ShardCache
-from .generation import Generation, check_generation
-from .integrity import ShardCheck, VerifyMode, check_mode
+from .integrity import ShardChecks, VerifyMode, check_mode
 from .layout import MANIFEST_NAME, ShardFiles, shard_files_as_written
 from .manifest import Manifest, ShardInfo
-from .openlimit import RecentlyUsed, resolve_open_limit
+from .openlimit import resolve_open_limit
+from .openshards import OpenShards
 
 __all__ = ["DatasetReader"]
 
 
-@contextlib.contextmanager
-def _as_corrupt(path: str) -> Iterator[None]:
-    """Errors a backend library raises on damaged files become a ShardCorruptError
-    naming the shard (ShardioErrors, memory errors and interrupts pass through)."""
-    try:
-        yield
-    except (ShardioError, MemoryError):
-        raise
-    except Exception as exc:
-        if out_of_descriptors(exc):  # not damage: say what to change
-            raise too_many_open(path, exc) from exc
-        raise ShardCorruptError(
-            f"shard {path} cannot be read: {type(exc).__name__}: {exc}"
-        ) from exc
+def _as_corrupt(path: str, exc: Exception) -> ShardioError:
+    """The error to raise for ``exc``, raised by a backend library reading shard
+    ``path`` (not a ShardioError): damage becomes a ShardCorruptError naming the
+    shard; running out of file descriptors says what to change."""
+    if out_of_descriptors(exc):  # not damage: say what to change
+        return too_many_open(path, exc)
+    return ShardCorruptError(f"shard {path} cannot be read: {type(exc).__name__}: {exc}")
 
 
 _SMALL_SAMPLE = 32 * 1024
-_WORST_FAULT_BYTES = 2 * 1024 * 1024
-
-
-@dataclass(frozen=True)
-class _ProcessBudget:
-    """What one process may add by reading, and the backend options fitted to it."""
-
-    max_rss: int
-    options: dict[str, Any]
 
 
 class DatasetReader:
-    """Reads samples by global index from a dataset of one or more shards."""
+    """Reads samples by global index from a dataset of one or more shards.
+
+    ``worker_info`` tells a DataLoader worker's ``(id, num_workers)`` (None in the
+    main process); it is asked once per process, and splits a job-wide ``max_rss``."""
 
     def __init__(
         self,
@@ -96,14 +84,13 @@ class DatasetReader:
         verify: VerifyMode = "off",
         cache_dir: str | os.PathLike[str] | None = None,
         cache_limit: int | str | None = None,
+        worker_info: Callable[[], WorkerInfo | None] | None = None,
         **options: Any,
     ) -> None:
         self.path = os.fspath(path)
         self._cache: ShardCache | None = None
         self.allow_external = bool(allow_external)
         self.verify = check_mode(verify)
-        self._checks: dict[int, ShardCheck] = {}
-        self._generations: dict[str, Generation] = {}  # shard path -> as first opened
         self.fields = (
             None if fields is None else ([fields] if isinstance(fields, str) else list(fields))
         )
@@ -112,21 +99,17 @@ class DatasetReader:
         if storage_options is not None:
             self.options["storage_options"] = storage_options
         self.memory_policy = MemoryPolicy.resolve(max_rss, memory_policy)
-        self.guard = MemoryGuard(self.memory_policy, self.release_memory)
+        self.guard = MemoryGuard(self.memory_policy, worker_info)
         self.readahead_bytes = 0
-        # NOTE: threads of one process share this reader (shardio.Loader). The lock
-        # guards bookkeeping only (open shards, their use counts, the memory guard),
-        # never the reads themselves, which release the GIL.
-        self._lock = ForkSafeLock()
-        self._in_use: Counter[int] = Counter()
-        self._close_when_unused: set[int] = set()
         fmt = format if format is not None else detect_format(self.path, storage_options)
         if fmt != SHARDED:
             fmt = get_backend(fmt).name  # validates the name, resolves an alias
         self.manifest: Manifest | None = None
-        self._readers: dict[int, ShardReader[Any]] = {}
-        resolve_open_limit(max_open_shards)  # checked now; sized below, from the schema
-        self._budget: PerProcess[_ProcessBudget] = PerProcess()
+        # Checked now; sized below, from the schema.
+        self._shards = OpenShards(resolve_open_limit(max_open_shards))
+        self._lock = self._shards.lock
+        self._budget: ReadBudget | None = None
+        self._checked: set[int] = set()  # shards checked against the manifest
         if fmt == SHARDED:
             if is_remote(self.path):
                 self.manifest = Manifest.load_remote(self.path, storage_options)
@@ -148,9 +131,10 @@ class DatasetReader:
                 self.options.pop("storage_options", None)  # shards are read locally
             self._check_remote()
             field_count = len(self.fields) if self.fields else len(self.manifest.schema)
-            self._budget_shape = (len(self.manifest.shards), field_count)
+            self._make_budget((len(self.manifest.shards), field_count))
             self.schema: Schema = self.manifest.schema.select(self.fields, where=self.path)
             self.shard_infos: tuple[ShardInfo, ...] = self.manifest.shards
+            self._checks = self._make_checks()
             lengths = [s.num_samples for s in self.shard_infos]
         else:
             self.format = fmt
@@ -163,58 +147,50 @@ class DatasetReader:
                     "cache_dir (hdf5 and zarr read remotely)"
                 )
             self._check_remote()
-            self._budget_shape = (1, len(self.fields) if self.fields else 4)
+            self._make_budget((1, len(self.fields) if self.fields else 4))
+            self.shard_infos = ()
+            self._checks = self._make_checks()
             reader = self._reader_class(self.path, fields=self.fields, **self.reader_options)
-            self._check_generation(reader)
-            self._readers[0] = reader
-            with _as_corrupt(self.path):
+            self._before_open(reader)
+            self._shards.readers[0] = reader
+            self._checked.add(0)
+            try:
                 self.schema = reader.schema
                 lengths = [len(reader)]
+            except (ShardioError, MemoryError):
+                raise
+            except Exception as exc:
+                raise _as_corrupt(self.path, exc) from exc
             self.shard_infos = (ShardInfo(self.path, lengths[0], self._local_nbytes(reader)),)
         self.index = ShardIndex(lengths)
         per_shard = self._reader_class.descriptors_per_shard(self.schema)
         if max_open_shards is None and self._cache is not None:  # open shards hold cache space
             max_open_shards = min(self._cache.open_shards(), resolve_open_limit(None, per_shard))
-        self._recent = RecentlyUsed(resolve_open_limit(max_open_shards, per_shard))
-        if self.verify != "off":
-            self._check_verifiable()
+        self._shards.recent.limit = resolve_open_limit(max_open_shards, per_shard)
+        self._checks.check_verifiable(
+            self.path, self.manifest is not None and not is_remote(self.path)
+        )
 
-    def _check_verifiable(self) -> None:
-        if self.manifest is None or is_remote(self.path):
-            raise InvalidOptionError(
-                f"verify={self.verify!r} checks shards against the digests their writer "
-                f"recorded, which {self.path} has none of: it needs a local dataset "
-                "directory written by shardio (shardio convert makes one)"
-            )
-        recorded = "checksum" if self.verify == "open" else "blocks"
-        missing = [s.path for s in self.shard_infos if getattr(s, recorded) is None]
-        if missing:
-            raise InvalidOptionError(
-                f"verify={self.verify!r} needs the {recorded} of every shard, but "
-                f"{self.path}'s manifest has none for {missing[:3]} (written with "
-                "checksum=False, or by an older shardio); write it again, or use "
-                + ("verify='off'" if self.verify == "open" else "verify='open'")
+    def share_budget(self, policy: MemoryPolicy, guard: MemoryGuard) -> None:
+        """Read under ``policy``, reporting reads to ``guard``: a budget shared with
+        other readers (a `Mix`'s sources), given before the first read."""
+        self.memory_policy, self.guard = policy, guard
+        self._make_budget(self._budget_shape)
+
+    def _make_budget(self, shape: tuple[int, int]) -> None:
+        self._budget_shape = shape
+        if self.memory_policy is not None:
+            self._budget = ReadBudget(
+                self.memory_policy, self.guard, self._shards, self._reader_class, shape
             )
 
-    def _shard_check(self, number: int, reader: ShardReader[Any]) -> ShardCheck:
-        check = self._checks.get(number)
-        if check is None:
-            info = self.shard_infos[number]
-            assert info.checksum is not None
-            files = shard_files_as_written(reader.path, info.nbytes, reader.transient_files)
-            check = ShardCheck(reader.path, files.paths, info.checksum, info.blocks)
-            self._checks[number] = check
-        return check
-
-    def _check_integrity(self, number: int, reader: ShardReader[Any], local: np.ndarray) -> None:
-        """Raise before handing out values of a shard that is not as written."""
-        check = self._shard_check(number, reader)
-        if check.complete:
-            return
-        if self.verify == "open":
-            check.check_whole()
-        else:
-            check.check_ranges(reader.value_ranges(local))
+    def _make_checks(self) -> ShardChecks:
+        return ShardChecks(
+            self.verify,
+            self.shard_infos,
+            self._reader_class.transient_files,
+            cached=self._cache is not None,
+        )
 
     def _check_remote(self) -> None:
         if is_remote(self.path) and self._cache is None and not self._reader_class.remote:
@@ -224,78 +200,33 @@ class DatasetReader:
                 "cache, or convert it to zarr or hdf5 shards (see docs/cache.md)"
             )
 
-    def _process_budget(self) -> _ProcessBudget | None:
-        """This process's budget and the backend options fitted to it (None: no budget).
-
-        A job-wide budget (``max_rss="auto"`` or ``"total:SIZE"``) is split between
-        the main process and each DataLoader worker: a worker fits its caches and its
-        read pieces to its own slot of the job, not to what the main process could
-        hold reading alone."""
-        policy = self.memory_policy
-        if policy is None:
-            return None
-        return self._budget.get(lambda: self._fit_budget(policy))
-
-    def _fit_budget(self, policy: MemoryPolicy) -> _ProcessBudget:
-        budget = policy.max_rss
-        if policy.job is not None and policy.job.limit is not None:
-            worker = self.guard.worker_info() if self.guard.worker_info is not None else None
-            budget = policy.job.provisional_share(workers=worker[1] if worker else 0)
-        options = self._reader_class.budget_options(budget, *self._budget_shape)
-        return _ProcessBudget(budget, options)
-
     @property
     def reader_options(self) -> dict[str, Any]:
         """The options shard readers of this process are made and opened with: the
         backend's budget options, then the options given (which win)."""
-        budget = self._process_budget()
-        options = {**(budget.options if budget else {}), **self.options}
+        fitted = self._budget.here.options if self._budget is not None else {}
+        options = {**fitted, **self.options}
         return {**options, "allow_external": True} if self.allow_external else options
 
+    def _before_open(self, reader: ShardReader[Any]) -> None:
+        try:
+            self._checks.before_open(reader.path)
+        except (ShardioError, MemoryError):
+            raise
+        except Exception as exc:
+            raise _as_corrupt(reader.path, exc) from exc
+
     def _open_here(self, reader: ShardReader[Any]) -> None:
-        """Open ``reader`` in this process (under the lock), with this process's
-        budget options: a reader made in the main process is reopened in a worker."""
-        if not reader.is_open:
-            reader.backend_options.update(
-                {k: v for k, v in self.reader_options.items() if k in reader.options}
-            )
-            self._check_generation(reader)
-            reader.handle  # noqa: B018 - opened here, under the lock, not by racing threads
-            try:
-                check_descriptor_headroom(reader.path)
-            except TooManyOpenFilesError:
-                reader.close()
-                raise
+        """Open ``reader`` (made in this process, with its options) under the lock."""
+        if reader.is_open:
+            return
+        self._before_open(reader)
         reader.handle  # noqa: B018 - opened here, under the lock, not by racing threads
-
-    def _check_generation(self, reader: ShardReader[Any]) -> None:
-        """Before (re)opening ``reader``: refuse a shard that is not the generation
-        this dataset first opened; with `verify=`, its blocks are checked again (those
-        checked before were another handle's)."""
-        if is_remote(reader.path):
-            return
-        if self._cache is not None:
-            # NOTE: the node cache checked this file against the manifest's digests when
-            # it fetched it (a rewritten dataset gets another cache key), so a shard
-            # evicted and fetched again is a new file of the same generation: only the
-            # blocks checked in the old file are checked again.
-            self._forget_checks(reader.path)
-            return
-        transient = self._reader_class.transient_files
-        first = self._generations.get(reader.path)
-        if first is None:
-            with _as_corrupt(reader.path):
-                self._generations[reader.path] = Generation.of(reader.path, transient)
-            return
-        check_generation(reader.path, first, transient)
-        self._forget_checks(reader.path)
-
-    def _forget_checks(self, path: str) -> None:
-        """Integrity checks made on an earlier handle of shard ``path`` do not vouch for
-        the next one."""
-        for number, check in list(self._checks.items()):
-            if check.path == path:
-                del self._checks[number]
+        try:
+            check_descriptor_headroom(reader.path)
+        except TooManyOpenFilesError:
+            reader.close()
+            raise
 
     @staticmethod
     def _local_nbytes(reader: ShardReader[Any]) -> int:
@@ -325,11 +256,11 @@ class DatasetReader:
     def max_open_shards(self) -> int:
         """Most shards this reader keeps open in a process (a `Mix` lowers it to share
         one limit between its sources)."""
-        return self._recent.limit
+        return self._shards.recent.limit
 
     @max_open_shards.setter
     def max_open_shards(self, value: int) -> None:
-        self._recent.limit = resolve_open_limit(value)
+        self._shards.recent.limit = resolve_open_limit(value)
 
     def _shard_path(self, info: ShardInfo) -> str:
         if is_remote(self.path):
@@ -342,103 +273,92 @@ class DatasetReader:
         At most ``max_open_shards`` readers stay open in a process: using one more
         closes the least recently used (it reopens on its next use)."""
         with self._lock:
-            self._use(number)
+            self._shards.use(number)
             return self._shard_reader(number)
 
-    def _use(self, number: int) -> None:
-        """Count a use of shard ``number``; close the least recently used one beyond the
-        limit, or, while another thread reads it, as soon as that read is done."""
-        evicted = self._recent.use(number)
-        self._close_when_unused.discard(number)
-        if evicted is None or evicted not in self._readers:
-            return
-        if self._in_use[evicted]:
-            self._close_when_unused.add(evicted)
-        else:
-            self._readers[evicted].close()
-
-    @contextlib.contextmanager
-    def _reading(self, number: int, local: np.ndarray) -> Iterator[ShardReader[Any]]:
-        """Shard ``number``'s reader, open and marked in use (never closed by another
-        thread) while the caller reads ``local`` from it."""
+    def _enter(self, number: int, local: np.ndarray | None) -> ShardReader[Any]:
+        """Shard ``number``'s reader, open in this process and counted in use (no
+        other thread closes it) until `OpenShards.leave`. ``local``: the rows about to
+        be read (a use, hinted to the backend); None: a readahead hint, not a use."""
         with self._lock:
-            self._use(number)
+            if local is not None:
+                self._shards.use(number)
+            made = number not in self._shards.readers
             reader = self._shard_reader(number)
-            if self._cache is not None and not reader.is_open:
+            if self._cache is not None and not made and not reader.is_open:
                 self._cache_shard(number)  # it may have been evicted since it closed
             self._open_here(reader)
-            if len(local) > 1:
+            if local is not None and len(local) > 1:
                 reader.hint_access(self._access_pattern(local))
-            self._in_use[number] += 1
-        try:
-            yield reader
-        finally:
-            with self._lock:
-                self._in_use[number] -= 1
-                if not self._in_use[number]:
-                    del self._in_use[number]
-                    if number in self._close_when_unused:
-                        self._close_when_unused.discard(number)
-                        reader.close()
-
-    def _after_read(self, nbytes: int) -> None:
-        with self._lock:
-            self.guard.after_read(nbytes)
+            self._shards.enter(number)
+        return reader
 
     def _shard_reader(self, number: int) -> ShardReader[Any]:
-        """The reader of shard ``number``, created and checked on first use, without
-        counting as a use (see `shard`)."""
-        reader = self._readers.get(number)
+        """This process's reader of shard ``number``, made on first use here with this
+        process's options (a DataLoader worker's budget), without counting as a use
+        (see `shard`). The shard is checked once per dataset, where it is first made."""
+        reader = self._shards.readers.get(number)
         if reader is None:
-            info = self.shard_infos[number]
-            path = self._shard_path(info) if self._cache is None else self._cache_shard(number)
-            if (
-                self._cache is None
-                and not is_remote(path)
-                and (self.verify_sizes or not self.allow_external)
-            ):
-                files = self._scan(path, info)  # one listing serves both checks
-                self._check_contained(path, files.links)
-                if self.verify_sizes and files.nbytes != info.nbytes:
-                    raise ShardCorruptError(
-                        f"shard {path} has {files.nbytes} bytes, but the manifest says "
-                        f"{info.nbytes} (truncated or modified since it was written)"
-                    )
+            if self.manifest is None:  # the one file, checked when this dataset was made
+                path = self.path
+            elif self._cache is None:
+                path = self._shard_path(self.shard_infos[number])
+            else:
+                path = self._cache_shard(number)
             reader = self._reader_class(path, fields=self.fields, **self.reader_options)
-            self._check_generation(reader)  # the first open records it
-            with _as_corrupt(path):
-                length, schema = len(reader), reader.schema
-            try:
-                check_descriptor_headroom(path)
-            except TooManyOpenFilesError:
-                reader.close()
-                raise
-            if length != info.num_samples:
-                raise ShardCorruptError(
-                    f"shard {path} holds {length} samples, but the manifest says {info.num_samples}"
-                )
-            if schema != self.schema:
-                raise ShardCorruptError(
-                    f"shard {path} has fields {list(reader.schema.names)} that differ from the "
-                    f"manifest's {list(self.schema.names)}"
-                )
-            self._readers[number] = reader
+            if number not in self._checked:
+                self._check_shard(number, reader)
+                self._checked.add(number)
+            self._shards.readers[number] = reader
         return reader
+
+    def _check_shard(self, number: int, reader: ShardReader[Any]) -> None:
+        """Refuse shard ``number`` where its files, sample count or fields are not
+        what the manifest says (opens it)."""
+        info, path = self.shard_infos[number], reader.path
+        if (
+            self._cache is None
+            and not is_remote(path)
+            and (self.verify_sizes or not self.allow_external)
+        ):
+            files = self._scan(path, info)  # one listing serves both checks
+            self._check_contained(path, files.links)
+            if self.verify_sizes and files.nbytes != info.nbytes:
+                raise ShardCorruptError(
+                    f"shard {path} has {files.nbytes} bytes, but the manifest says "
+                    f"{info.nbytes} (truncated or modified since it was written)"
+                )
+        self._before_open(reader)  # the first open records the generation
+        try:
+            length, schema = len(reader), reader.schema
+        except (ShardioError, MemoryError):
+            raise
+        except Exception as exc:
+            raise _as_corrupt(path, exc) from exc
+        try:
+            check_descriptor_headroom(path)
+        except TooManyOpenFilesError:
+            reader.close()
+            raise
+        if length != info.num_samples:
+            raise ShardCorruptError(
+                f"shard {path} holds {length} samples, but the manifest says {info.num_samples}"
+            )
+        if schema != self.schema:
+            raise ShardCorruptError(
+                f"shard {path} has fields {list(reader.schema.names)} that differ from the "
+                f"manifest's {list(self.schema.names)}"
+            )
 
     def _cache_shard(self, number: int) -> str:
         """Shard ``number`` in the node cache (downloaded, checked and leased), the
         leases of this process's closed shards given back (see shardio.storage.cache)."""
         assert self._cache is not None
         try:
-            return self._cache.acquire(number, self._open_shards(), wait=False)
+            return self._cache.acquire(number, self._shards.open_numbers(), wait=False)
         except NoRoom:  # close the shards open here but not read now, then wait for room
-            for other, reader in self._readers.items():
-                if other != number and reader.is_open and not self._in_use[other]:
-                    reader.close()
-            return self._cache.acquire(number, self._open_shards())
-
-    def _open_shards(self) -> set[int]:
-        return {n for n, r in self._readers.items() if r.is_open}
+            self._shards.close_unused(keep=number)
+            return self._cache.acquire(number, self._shards.open_numbers())
 
     @property
     def transient_files(self) -> frozenset[str]:
@@ -475,18 +395,8 @@ class DatasetReader:
 
     # ----------------------------------------------------------------- reading
     def read(self, index: int) -> Sample:
-        shard, local = self.index.locate(index)
-        at = np.array([local], dtype=np.int64)
-        with self._reading(shard, at) as reader:
-            before = reader.bytes_read
-            with _as_corrupt(reader.path):
-                if self.verify != "off":
-                    self._check_integrity(shard, reader, at)
-                sample = reader.read(local)
-            nbytes = reader.bytes_read - before
-        if self.memory_policy is not None:
-            self._after_read(nbytes)
-        return sample
+        """One sample: the batch path with one index."""
+        return columns_to_samples(self.read_many([index]), 1)[0]
 
     def read_many(
         self, indices: Sequence[int] | np.ndarray, out: Mapping[str, np.ndarray] | None = None
@@ -495,68 +405,51 @@ class DatasetReader:
 
         ``out`` maps fixed fields to arrays of ``len(indices)`` rows (the field's dtype
         and shape) that those fields are read into, and returned as, where the caller
-        owns the memory (shared memory in a DataLoader worker)."""
+        owns the memory (shared memory in a DataLoader worker).
+
+        The batch is grouped by shard; each group is one call of the shard reader's
+        `read_into`, with the integrity checks before it and the memory budget's
+        accounting after it (a large batch from a mapping: in pieces)."""
         shards, local = self.index.locate_many(indices)
         count = len(local)
         out = {} if out is None else out
         if count == 0:
             return {**self._empty_columns(), **out}
         first = int(shards[0])
-        unchecked = [0]  # bytes read by map-free readers, checked once per call below
         if (shards == first).all():
-            columns = self._read_shard(first, local, out, unchecked)
+            groups: list[tuple[int, np.ndarray | None]] = [(first, None)]
         else:
-            columns = self._gather_shards(shards, local, out, unchecked)
-        if unchecked[0]:
-            # Readers that map no pages are checked once per call, not once per shard:
-            # a batch spread over many shards would otherwise read /proc per shard.
-            self._after_read(unchecked[0])
-        return columns
-
-    def _read_shard(
-        self,
-        number: int,
-        local: np.ndarray,
-        out: Mapping[str, np.ndarray],
-        unchecked: list[int],
-    ) -> Columns:
-        with self._reading(number, local) as reader, _as_corrupt(reader.path):
-            if self.verify != "off":
-                self._check_integrity(number, reader, local)
-            return self._read_open_shard(reader, local, out, unchecked)
-
-    def _read_open_shard(
-        self,
-        reader: ShardReader[Any],
-        local: np.ndarray,
-        out: Mapping[str, np.ndarray],
-        unchecked: list[int],
-    ) -> Columns:
-        def read(indices: np.ndarray, target: Mapping[str, np.ndarray]) -> Columns:
-            return reader.read_into(indices, target) if target else reader.read_many(indices)
-
-        if self.memory_policy is None:
-            return read(local, out)
-        if not reader.touches_mapped_pages:
-            before = reader.bytes_read
-            columns = read(local, out)
-            unchecked[0] += reader.bytes_read - before
-            return columns
-        # NOTE: one touched page can map a whole large folio (up to 2 MiB) of the page
-        # cache, so a batch is read in pieces with an RSS check between them.
-        budget = self._process_budget()
-        assert budget is not None  # a memory policy is set
-        step = max(4, budget.max_rss // (4 * _WORST_FAULT_BYTES))
-        parts = []
-        for start in range(0, len(local), step):
-            piece = {name: target[start : start + step] for name, target in out.items()}
-            before = reader.bytes_read
-            parts.append(read(local[start : start + step], piece))
-            self._after_read(reader.bytes_read - before)
-        if len(parts) == 1:
-            return parts[0]
-        columns = concat_columns(parts)
-        columns.update(out)  # the pieces were read into views of ``out``
+            order = np.argsort(shards, kind="stable")
+            boundaries = np.flatnonzero(np.diff(shards[order])) + 1
+            groups = [(int(shards[p[0]]), p) for p in np.split(order, boundaries)]
+        columns: Columns = dict(out)
+        budget = self._budget
+        for number, positions in groups:
+            rows = local if positions is None else local[positions]
+            reader = self._enter(number, rows)
+            try:
+                self._checks.check(number, reader, rows)
+                target = out if positions is None else {}
+                step = 0 if budget is None else budget.pieces(reader)
+                if budget is not None and step and len(rows) > step:
+                    part = budget.read_in_pieces(reader, rows, target, step)
+                else:
+                    before = reader.bytes_read
+                    part = reader.read_into(rows, target)
+                    if budget is not None:
+                        budget.after(reader, reader.bytes_read - before)
+            except (ShardioError, MemoryError):
+                raise
+            except Exception as exc:
+                raise _as_corrupt(reader.path, exc) from exc
+            finally:
+                self._shards.leave(number)
+            if positions is None:
+                columns = part
+            else:
+                _scatter(part, positions, count, columns)
+        if budget is not None:
+            budget.settle()
         return columns
 
     def _access_pattern(self, local: np.ndarray) -> AccessPattern:
@@ -573,34 +466,6 @@ class DatasetReader:
         # readahead turns many page faults into one I/O.
         sample_bytes = self.schema.fixed_sample_nbytes or _SMALL_SAMPLE
         return "random" if sample_bytes < _SMALL_SAMPLE else "normal"
-
-    def _gather_shards(
-        self,
-        shards: np.ndarray,
-        local: np.ndarray,
-        out: Mapping[str, np.ndarray],
-        unchecked: list[int],
-    ) -> Columns:
-        count = len(local)
-        order = np.argsort(shards, kind="stable")
-        boundaries = np.flatnonzero(np.diff(shards[order])) + 1
-        columns: Columns = dict(out)
-        for positions in np.split(order, boundaries):
-            part = self._read_shard(int(shards[positions[0]]), local[positions], {}, unchecked)
-            for name, column in part.items():
-                if name not in columns:
-                    columns[name] = (
-                        np.empty((count, *column.shape[1:]), dtype=column.dtype)
-                        if isinstance(column, np.ndarray)
-                        else [None] * count
-                    )
-                target = columns[name]
-                if isinstance(target, np.ndarray):
-                    target[positions] = column
-                else:
-                    for position, value in zip(positions.tolist(), column, strict=True):
-                        target[position] = value
-        return columns
 
     def _empty_columns(self) -> Columns:
         return {
@@ -635,47 +500,32 @@ class DatasetReader:
             lo, hi = max(start, offset) - offset, min(stop, int(starts[number + 1])) - offset
             if hi <= lo:
                 continue
-            with self._lock:
-                known = self._readers.get(number)
-                was_open = known is not None and known.is_open
-                reader = self._shard_reader(number)  # a hint is not a use: nothing is evicted
-                if not was_open:
-                    self._in_use[number] += 1  # no other thread closes it meanwhile
-                self._open_here(reader)
+            known = self._shards.readers.get(number)
+            was_open = known is not None and known.is_open
+            reader = self._enter(number, None)  # a hint is not a use: nothing is evicted
             try:
                 hinted += hint_ranges(reader.byte_ranges(lo, hi))
             finally:
-                if not was_open:
-                    with self._lock:
-                        self._in_use[number] -= 1
-                        if not self._in_use[number]:
-                            del self._in_use[number]
-                            reader.close()  # this process may only hint: hold no handles
+                # This process may only hint: it holds no handle it did not hold before.
+                self._shards.leave(number, close=not was_open)
         self.readahead_bytes += hinted
         return hinted
 
     # ------------------------------------------------------------------ memory
     @property
     def open_readers(self) -> list[ShardReader[Any]]:
-        return [r for r in self._readers.values() if r.is_open]
+        return [r for r in self._shards.readers.values() if r.is_open]
 
     def release_memory(self, kind: ReleaseKind = "advise") -> ReleaseResult:
         """Ask every open shard reader to release what reading made resident.
 
         A reader another thread is reading from is only advised, never closed: its
         next release (or reopen) comes with a later check."""
-        total = ReleaseResult()
-        for number, reader in list(self._readers.items()):
-            if not reader.is_open:
-                continue
-            if self._in_use[number] and not (kind == "advise" and reader.maps_files):
-                continue
-            total += reader.release_memory(kind)
-        return total
+        return self._shards.release(kind)
 
     @property
     def bytes_read(self) -> int:
-        return sum(r.bytes_read for r in self._readers.values())
+        return sum(r.bytes_read for r in self._shards.readers.values())
 
     def memory_stats(self) -> dict[str, Any]:
         """RSS of this process (total, file-backed, anonymous), its growth over the
@@ -689,8 +539,7 @@ class DatasetReader:
 
     # ------------------------------------------------------------------- close
     def close(self) -> None:
-        for reader in self._readers.values():
-            reader.close()
+        self._shards.close()
         if self._cache is not None:
             self._cache.close()
 
@@ -699,3 +548,20 @@ class DatasetReader:
 
     def __exit__(self, *exc: object) -> None:
         self.close()
+
+
+def _scatter(part: Columns, positions: np.ndarray, count: int, columns: Columns) -> None:
+    """Put one shard's ``part`` of a batch at its ``positions`` in ``columns``."""
+    for name, column in part.items():
+        if name not in columns:
+            columns[name] = (
+                np.empty((count, *column.shape[1:]), dtype=column.dtype)
+                if isinstance(column, np.ndarray)
+                else [None] * count
+            )
+        target = columns[name]
+        if isinstance(target, np.ndarray):
+            target[positions] = column
+        else:
+            for position, value in zip(positions.tolist(), column, strict=True):
+                target[position] = value

@@ -16,13 +16,14 @@ from typing import Any, ClassVar, Generic, TypeVar
 
 import numpy as np
 
-from shardio.core.errors import InvalidOptionError, ShardCorruptError
+from shardio.core.errors import InvalidOptionError
 from shardio.core.fieldnames import check_field_dtypes, check_field_names
 from shardio.core.perprocess import PerProcess
 from shardio.core.schema import Sample, Schema
 from shardio.memory import AccessPattern, FileRange, ReleaseKind, ReleaseResult
 
 from ..integrity import ValueRanges
+from .positioned import raise_if_truncated
 
 __all__ = [
     "Columns",
@@ -35,6 +36,7 @@ __all__ = [
     "put_rows",
     "raise_if_truncated",
     "samples_to_columns",
+    "sorted_rows",
     "take_columns",
 ]
 
@@ -190,14 +192,23 @@ class ShardReader(ABC, Generic[HandleT]):
         return []
 
     # ------------------------------------------------------------------ memory
-    def release_memory(self, kind: ReleaseKind = "advise") -> ReleaseResult:
+    def release_memory(
+        self, kind: ReleaseKind = "advise", *, may_close: bool = True
+    ) -> ReleaseResult:
         """Drop what reading has made resident: mapped pages (``advise``), or every
-        handle (``reopen``), or the handles of cache-holding backends (``reopen-caches``)."""
+        handle (``reopen``), or the handles of cache-holding backends (``reopen-caches``).
+
+        ``may_close=False`` (another thread reads through this reader now): mapped
+        pages are dropped where there are any, and nothing is closed."""
         if not self.is_open:
             return ReleaseResult()
         if kind == "advise" and self.maps_files:
-            return self._drop_pages()
-        if kind == "reopen-caches" and not self.holds_caches:
+            dropped = self._drop_pages()
+            if dropped is not None:
+                return dropped
+        elif kind == "reopen-caches" and not self.holds_caches:
+            return ReleaseResult()
+        if not may_close:
             return ReleaseResult()
         self.close()
         self.reopens += 1
@@ -208,11 +219,10 @@ class ShardReader(ABC, Generic[HandleT]):
         """True when reading faults pages of a file mapping into this process."""
         return self.maps_files
 
-    def _drop_pages(self) -> ReleaseResult:
-        """madvise(MADV_DONTNEED) on this reader's mappings; backends that map files override."""
-        self.close()
-        self.reopens += 1
-        return ReleaseResult(reopens=1)
+    def _drop_pages(self) -> ReleaseResult | None:
+        """madvise(MADV_DONTNEED) on this reader's mappings; None where it has none
+        now (then a release closes the reader). Backends that map files override it."""
+        return None
 
     def hint_access(self, pattern: AccessPattern) -> None:
         """Tell the backend how it is read, once per pattern change and open handle."""
@@ -295,20 +305,6 @@ class ShardFileWriter(ABC):
             self.close()
 
 
-def raise_if_truncated(path: str, size: int, expected: int) -> None:
-    """Raise before a mapped read of ``path`` when it holds fewer than the ``expected``
-    bytes that were mapped.
-
-    NOTE: touching a mapped page past the end of a truncated file raises SIGBUS, which
-    kills the process; adapters that read through a mapping check the size (one fstat)
-    before each read call. A truncation between the check and the copy still faults:
-    docs/reliability.md states that window."""
-    if size < expected:
-        raise ShardCorruptError(
-            f"{path} was truncated while open: {size} bytes, expected {expected}"
-        )
-
-
 # ------------------------------------------------------------------- columns
 def is_run(indices: np.ndarray) -> bool:
     """True when ``indices`` are ascending and consecutive (``k, k + 1, ...``).
@@ -343,6 +339,16 @@ def coalesce_ranges(
         (path, int(offsets[a]), int(ends[b] - offsets[a]))
         for a, b in zip(firsts.tolist(), lasts.tolist(), strict=True)
     ]
+
+
+def sorted_rows(indices: np.ndarray) -> tuple[np.ndarray, np.ndarray | None]:
+    """The distinct rows of ``indices`` in ascending order (how HDF5 and Zarr select
+    them), and the positions that put them back in the order asked (None where
+    ``indices`` are already distinct and ascending)."""
+    unique, inverse = np.unique(indices, return_inverse=True)
+    if len(unique) == len(indices) and np.array_equal(unique, indices):
+        return unique, None
+    return unique, inverse
 
 
 def put_rows(data: np.ndarray, order: np.ndarray | None, out: np.ndarray | None) -> np.ndarray:

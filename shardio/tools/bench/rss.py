@@ -1,4 +1,5 @@
-"""Resident memory over time: a sampler thread in every process of a benchmark.
+"""Resident memory over time: a sampler thread in every process of a benchmark
+(`shardio.memory.RssSampler`, the one sampler shardio has, with numpy arrays).
 
 RSS is read from ``/proc/<pid>/status`` (``VmRSS`` with its parts ``RssAnon``,
 ``RssFile`` and ``RssShmem``), so file-backed pages mapped in by ``mmap`` (LMDB, raw
@@ -16,7 +17,6 @@ worker exits through ``os._exit`` without running finalizers.
 
 from __future__ import annotations
 
-import contextlib
 import multiprocessing.util
 import os
 import threading
@@ -27,7 +27,9 @@ from typing import Any
 
 import numpy as np
 
-from shardio.memory.rss import RssInfo, process_rss, read_rss
+from shardio.memory.rss import read_rss
+from shardio.memory.sampler import RSS_ROW
+from shardio.memory.sampler import RssSampler as MemoryRssSampler
 
 __all__ = [
     "RSS_DTYPE",
@@ -41,6 +43,7 @@ __all__ = [
 #: One sample: seconds (``time.monotonic``) and bytes of RSS and its parts (-1 where the
 #: OS does not say).
 RSS_DTYPE = np.dtype([("t", "<f8"), ("rss", "<i8"), ("anon", "<i8"), ("file", "<i8")])
+assert RSS_DTYPE.itemsize == RSS_ROW.size  # the rows a sampler writes to its file
 
 
 @dataclass
@@ -86,90 +89,26 @@ class RssSeries:
         }
 
 
-class RssSampler:
-    """Samples this process's RSS every ``interval`` seconds from a daemon thread.
+class RssSampler(MemoryRssSampler):
+    """`shardio.memory.RssSampler` with its samples as a numpy array (`RSS_DTYPE`).
 
     The first sample is taken synchronously by `start`, so even a process that
     dies at once has its baseline. With ``path``, every sample is also appended to
     that file (the way DataLoader workers report to the main process).
     """
 
-    def __init__(
-        self,
-        interval: float = 0.02,
-        path: str | None = None,
-        on_sample: Callable[[], None] | None = None,
-    ) -> None:
-        if interval <= 0:
-            from shardio.core.errors import InvalidOptionError
-
-            raise InvalidOptionError(f"interval should be > 0 seconds, but got {interval!r}")
-        self.interval = interval
-        self.path = path
-        self.on_sample = on_sample
-        self._rows: list[tuple[float, int, int, int]] = []
-        self._lock = threading.Lock()
-        self._stop = threading.Event()
-        self._thread: threading.Thread | None = None
-        self._fd: int | None = None
-
-    def start(self) -> RssSampler:
-        if self._thread is not None:
-            return self
-        if self.path is not None:
-            self._fd = os.open(self.path, os.O_WRONLY | os.O_CREAT | os.O_APPEND, 0o644)
-        self.sample()
-        self._stop.clear()
-        self._thread = threading.Thread(target=self._loop, name="shardio-rss", daemon=True)
-        self._thread.start()
-        return self
-
-    def sample(self) -> RssInfo | None:
-        """Take one sample now (also called by the thread); ``None`` where /proc is
-        missing (the row then holds psutil's total, its parts -1)."""
-        reading = read_rss()
-        if reading is not None:
-            row = (time.monotonic(), reading.rss, reading.anon, reading.file)
-        else:
-            row = (time.monotonic(), process_rss() or 0, -1, -1)
-        with self._lock:
-            self._rows.append(row)
-        if self._fd is not None:
-            os.write(self._fd, np.array([row], dtype=RSS_DTYPE).tobytes())
-        return reading
-
-    def _loop(self) -> None:
-        while not self._stop.wait(self.interval):
-            self.sample()
-            if self.on_sample is not None:
-                with contextlib.suppress(Exception):  # a report hook never stops sampling
-                    self.on_sample()
-
-    def stop(self) -> np.ndarray:
+    def stop(self) -> np.ndarray:  # type: ignore[override]
         """Stop the thread after one last sample; returns every sample taken."""
-        if self._thread is not None:
-            self._stop.set()
-            self._thread.join()
-            self._thread = None
-            self.sample()
-        if self._fd is not None:
-            os.close(self._fd)
-            self._fd = None
+        super().stop()
         return self.samples
 
     @property
     def samples(self) -> np.ndarray:
         with self._lock:
-            return np.array(self._rows, dtype=RSS_DTYPE)
+            return np.array(self.rows, dtype=RSS_DTYPE)
 
     def series(self, label: str) -> RssSeries:
         return RssSeries(label, self.samples, [os.getpid()])
-
-    def __enter__(self) -> RssSampler:
-        return self.start()
-
-    def __exit__(self, *exc: object) -> None:
-        self.stop()
 
 
 # One sampler per worker process; a module global so the thread lives as long as the

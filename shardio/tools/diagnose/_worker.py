@@ -15,13 +15,13 @@ from typing import Any
 from torch.utils.data import Dataset, IterableDataset, get_worker_info
 
 from shardio.loading.batches import Batch
-from shardio.memory import process_rss
+from shardio.memory import RssSampler, process_rss
 
 from .records import MAIN_PROCESS, LoadTiming, MemorySample
 
 __all__ = ["MapProxy", "IterableProxy", "TaggingCollate", "Tagged", "make_proxy"]
 
-_OWN = ("_dataset", "_start", "_memory_at")
+_OWN = ("_dataset", "_start", "_memory_clock")
 
 
 class _ProxyBase:
@@ -35,13 +35,13 @@ class _ProxyBase:
     _dataset: Any
     _start: float | None
     _cpu_start: float
-    _memory_at: float
+    _memory_clock: RssSampler | None  # when this process's next memory sample is due
 
     def __init__(self, dataset: Any) -> None:
         object.__setattr__(self, "_dataset", dataset)
         object.__setattr__(self, "_start", None)
         object.__setattr__(self, "_cpu_start", 0.0)
-        object.__setattr__(self, "_memory_at", 0.0)
+        object.__setattr__(self, "_memory_clock", None)
 
     def _begin(self) -> None:
         if self._start is None:
@@ -55,10 +55,12 @@ class _ProxyBase:
         return start
 
     def memory_due(self, now: float, every: float) -> bool:
-        if now - self._memory_at < every:
-            return False
-        object.__setattr__(self, "_memory_at", now)
-        return True
+        """True at most every ``every`` seconds (``now`` on the caller's clock)."""
+        clock = self._memory_clock
+        if clock is None:
+            clock = RssSampler(every)
+            object.__setattr__(self, "_memory_clock", clock)
+        return bool(clock.due(now))
 
     def __len__(self) -> int:
         return len(self._dataset)

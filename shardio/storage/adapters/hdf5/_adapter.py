@@ -11,7 +11,6 @@ from __future__ import annotations
 import functools
 import json
 import math
-import mmap
 import os
 import sys
 import threading
@@ -48,8 +47,9 @@ from ..base import (
     ShardReader,
     coalesce_ranges,
     put_rows,
-    raise_if_truncated,
+    sorted_rows,
 )
+from ..positioned import PositionedFile
 from ._bounds import DeflateBound
 from ._discovery import (
     COUNT_ATTR,
@@ -218,9 +218,7 @@ class _File:
     raw_chunks: dict[str, bool]  # per field: chunks hold plain values (see _gather)
     members: dict[str, str] = field(default_factory=dict)  # field -> compound member it reads
     tables: dict[str, _RowTable | None] = field(default_factory=dict)
-    own_map: mmap.mmap | None = None  # the file mapped by shardio, read at table positions
-    view: np.ndarray | None = None
-    fd: int | None = None  # the file, for read_mode="pread"
+    rows_file: PositionedFile | None = None  # the file, read at table positions
     hints: dict[str, _RowTable | _ChunkExtents | None] | None = None  # built on first use
     deflate: dict[str, DeflateBound | None] = field(default_factory=dict)  # per field
 
@@ -360,7 +358,8 @@ class HDF5Reader(ShardReader[_File]):
 
     @property
     def touches_mapped_pages(self) -> bool:
-        return self.handle.view is not None
+        rows_file = self.handle.rows_file
+        return rows_file is not None and rows_file.mapped
 
     def _open(self) -> _File:
         file = self._open_file()
@@ -435,15 +434,9 @@ class HDF5Reader(ShardReader[_File]):
         }
         if not any(opened.tables.values()):
             return
-        fd = os.open(self.path.removeprefix("file://"), os.O_RDONLY)
-        if self.backend_options.get("read_mode", "map") == "pread":
-            opened.fd = fd
-            return
-        try:
-            opened.own_map = mmap.mmap(fd, 0, access=mmap.ACCESS_READ)
-        finally:
-            os.close(fd)
-        opened.view = np.frombuffer(opened.own_map, np.uint8)
+        pread = self.backend_options.get("read_mode", "map") == "pread"
+        local = self.path.removeprefix("file://")
+        opened.rows_file = PositionedFile(local, "pread" if pread else "map")
 
     def _open_file(self) -> h5py.File:
         cache = {
@@ -453,11 +446,8 @@ class HDF5Reader(ShardReader[_File]):
 
     def _close(self, handle: _File) -> None:
         handle.datasets.clear()
-        handle.view = None
-        if handle.own_map is not None:
-            handle.own_map.close()
-        if handle.fd is not None:
-            os.close(handle.fd)
+        if handle.rows_file is not None:
+            handle.rows_file.close()
         handle.file.close()
 
     def value_ranges(self, indices: np.ndarray) -> ValueRanges | None:
@@ -488,57 +478,36 @@ class HDF5Reader(ShardReader[_File]):
         lengths = np.concatenate([n for _, n in spans])
         return coalesce_ranges(self.path.removeprefix("file://"), offsets, lengths, _HINT_GAP)
 
-    def _drop_pages(self) -> ReleaseResult:
+    def _drop_pages(self) -> ReleaseResult | None:
         """madvise(MADV_DONTNEED) on shardio's map of the file; else reopen."""
-        handle = self.handle
-        if handle.own_map is None or not hasattr(mmap, "MADV_DONTNEED"):
-            return super()._drop_pages()
-        handle.own_map.madvise(mmap.MADV_DONTNEED)
-        return ReleaseResult(advise_calls=1, advised_bytes=len(handle.own_map))
-
-    def _read_located(self, handle: _File, name: str, unique: np.ndarray) -> np.ndarray | None:
-        """Rows read at their file positions, or None where the table cannot serve them."""
-        table = handle.tables.get(name)
-        if table is None:
-            return None
-        positions = table.positions(unique)
-        if positions is None:
-            return None
-        fld = self.schema[name]
-        out = np.empty((len(unique), *fld.shape), dtype=handle.datasets[name].dtype)
-        rows = out.reshape(len(unique), math.prod(fld.shape)).view(np.uint8)  # len 0 too
-        size = table.row_bytes
-        if handle.view is not None:
-            assert handle.own_map is not None
-            local = self.path.removeprefix("file://")
-            raise_if_truncated(local, os.path.getsize(local), len(handle.own_map))
-            view = handle.view
-            for row, position in enumerate(positions.tolist()):
-                rows[row] = view[position : position + size]
-            return out
-        assert handle.fd is not None
-        for row, position in enumerate(positions.tolist()):
-            if os.preadv(handle.fd, [rows[row].data], position) != size:
-                raise ShardCorruptError(f"{self.path}: the file ends inside {name!r} row")
-        return out
+        rows_file = self.handle.rows_file
+        return None if rows_file is None else rows_file.drop_pages()
 
     def read_many(self, indices: np.ndarray) -> Columns:
         return self.read_into(indices, {})
 
     def read_into(self, indices: np.ndarray, out: Mapping[str, np.ndarray]) -> Columns:
         handle = self.handle
-        unique, inverse = np.unique(indices, return_inverse=True)
-        reorder = not (len(unique) == len(indices) and np.array_equal(unique, indices))
+        unique, order = sorted_rows(indices)
         targets = self._cf.raw_out(out) if self._cf else out
         columns: Columns = {}
         tables: dict[str, np.ndarray] = {}  # a table's rows, read once for all its columns
         decoded = self._cf.decoders if self._cf else {}
         for fld in self.schema:
-            data = self._read_located(handle, fld.name, unique)
-            if data is None:
+            # Rows at their file positions where the table serves them (one positioned
+            # read), else through h5py.
+            table = handle.tables.get(fld.name)
+            positions = None if table is None else table.positions(unique)
+            if positions is not None:
+                assert handle.rows_file is not None  # a table is only made with the file
+                data = np.empty((len(unique), *fld.shape), dtype=handle.datasets[fld.name].dtype)
+                handle.rows_file.read_rows(positions.tolist(), [data])
+            else:
                 dataset = handle.datasets[fld.name]
-                data = tables.get(dataset.name)
-                if data is None:
+                cached = tables.get(dataset.name)
+                if cached is not None:
+                    data = cached
+                else:
                     bound = handle.deflate.get(fld.name)
                     if bound is not None:
                         bound.check(unique)
@@ -562,12 +531,10 @@ class HDF5Reader(ShardReader[_File]):
                     for v in _as_bytes(data, fld)
                 ]
                 self.bytes_read += sum(len(v) if isinstance(v, bytes) else v.nbytes for v in values)
-                columns[fld.name] = [values[i] for i in inverse] if reorder else values
+                columns[fld.name] = values if order is None else [values[i] for i in order]
             else:
                 self.bytes_read += data.nbytes
-                columns[fld.name] = put_rows(
-                    data, inverse if reorder else None, targets.get(fld.name)
-                )
+                columns[fld.name] = put_rows(data, order, targets.get(fld.name))
         return self._cf.into(columns, out) if self._cf else columns
 
 

@@ -14,7 +14,6 @@ from __future__ import annotations
 import contextlib
 import itertools
 import json
-import mmap
 import os
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass
@@ -45,6 +44,7 @@ from ..base import (
     raise_if_truncated,
     samples_to_columns,
 )
+from ..positioned import PositionedFile
 
 __all__ = ["LMDBReader", "LMDBWriter", "META_KEY", "encode_key"]
 
@@ -201,10 +201,8 @@ class _Env:
     keys: list[bytes] | None
     decode: Callable[[bytes], Sample] | None
     data_file: str = ""
-    pread_fd: int | None = None  # the data file, for read_mode="pread"
     offsets: np.ndarray | None = None  # (N, 2): offset and length of each value in data.mdb
-    own_map: mmap.mmap | None = None  # data.mdb mapped by shardio, read at those offsets
-    view: np.ndarray | None = None  # own_map as uint8
+    values: PositionedFile | None = None  # data.mdb, read at those offsets (map or pread)
     guard_fd: int | None = None  # the data file, to notice a truncation before a mapped read
     mapped_size: int = 0
 
@@ -291,15 +289,8 @@ class LMDBReader(ShardReader[_Env]):
             if opened.layout:
                 opened.offsets = self._load_offsets(env)
             if opened.offsets is not None:
-                fd = os.open(data_file, os.O_RDONLY)
-                if self.backend_options.get("read_mode", "map") == "pread":
-                    opened.pread_fd = fd
-                else:
-                    try:
-                        opened.own_map = mmap.mmap(fd, 0, access=mmap.ACCESS_READ)
-                    finally:
-                        os.close(fd)
-                    opened.view = np.frombuffer(opened.own_map, np.uint8)
+                pread = self.backend_options.get("read_mode", "map") == "pread"
+                opened.values = PositionedFile(data_file, "pread" if pread else "map")
             opened.guard_fd = os.open(data_file, os.O_RDONLY)
             opened.mapped_size = os.fstat(opened.guard_fd).st_size
             return opened
@@ -407,17 +398,14 @@ class LMDBReader(ShardReader[_Env]):
         return offsets
 
     def _close(self, handle: _Env) -> None:
-        if handle.pread_fd is not None:
-            os.close(handle.pread_fd)
         if handle.guard_fd is not None:
             os.close(handle.guard_fd)
             handle.guard_fd = None
-        handle.view = None  # releases the buffer export, so the map can close
-        if handle.own_map is not None:
-            handle.own_map.close()
+        if handle.values is not None:
+            handle.values.close()
         _POOL.release(handle.env)
 
-    def _drop_pages(self) -> ReleaseResult:
+    def _drop_pages(self) -> ReleaseResult | None:
         """madvise(MADV_DONTNEED) on the environment's map.
 
         NOTE: safe because the environment is open read-only: a dropped page is
@@ -425,7 +413,7 @@ class LMDBReader(ShardReader[_Env]):
         """
         mappings = self._advise_mappings("dontneed")
         if not mappings:
-            return super()._drop_pages()
+            return None  # nothing to advise: a release closes the reader
         return ReleaseResult(
             advise_calls=len(mappings), advised_bytes=sum(m.length for m in mappings)
         )
@@ -451,7 +439,7 @@ class LMDBReader(ShardReader[_Env]):
 
     def read_into(self, indices: np.ndarray, out: Mapping[str, np.ndarray]) -> Columns:
         handle = self.handle
-        if handle.pread_fd is None:
+        if handle.values is None or handle.values.mapped:
             handle.check_unchanged()
         if handle.layout is None:  # foreign values are decoded, then copied
             decoded = self._read_foreign(handle, indices)
@@ -522,7 +510,16 @@ class LMDBReader(ShardReader[_Env]):
         assert handle.offsets is not None and handle.layout is not None
         layout = handle.layout
         positions = handle.offsets[indices]
-        view = handle.view
+        values = handle.values
+        assert values is not None
+        # Fields stored side by side are one row each of the positioned-read layer's.
+        adjacent = all(a.offset + a.size == b.offset for a, b in itertools.pairwise(targets))
+        if adjacent and not variable:
+            if targets:
+                first = layout.header + targets[0].offset
+                values.read_rows((positions[:, 0] + first).tolist(), [t.rows for t in targets])
+            return int(positions[:, 1].sum())
+        view = values.view
         if view is not None:
             for row, (offset, length) in enumerate(positions.tolist()):
                 for target in targets:
@@ -531,32 +528,15 @@ class LMDBReader(ShardReader[_Env]):
                 if variable:
                     self._split_variable(view[offset : offset + length].data, layout, variable)
             return int(positions[:, 1].sum())
-        fd = handle.pread_fd
-        assert fd is not None
-        # Fields stored side by side are read by one scattering preadv per sample.
-        adjacent = all(a.offset + a.size == b.offset for a, b in itertools.pairwise(targets))
+        fd = values.fd
         for row, (offset, length) in enumerate(positions.tolist()):
-            if variable or not adjacent:
-                value = os.pread(fd, length, offset)
-                if len(value) != length:
-                    raise ShardCorruptError(
-                        f"{self.path}: data.mdb ends inside sample {indices[row]}"
-                    )
-                for target in targets:
-                    start = layout.header + target.offset
-                    target.rows[row] = np.frombuffer(value, np.uint8, target.size, start)
-                self._split_variable(memoryview(value), layout, variable)
-            elif targets:
-                wanted = sum(t.size for t in targets)
-                got = os.preadv(
-                    fd,
-                    [t.rows[row].data for t in targets],
-                    offset + layout.header + targets[0].offset,
-                )
-                if got != wanted:
-                    raise ShardCorruptError(
-                        f"{self.path}: data.mdb ends inside sample {indices[row]}"
-                    )
+            value = os.pread(fd, length, offset)
+            if len(value) != length:
+                raise ShardCorruptError(f"{self.path}: data.mdb ends inside sample {indices[row]}")
+            for target in targets:
+                start = layout.header + target.offset
+                target.rows[row] = np.frombuffer(value, np.uint8, target.size, start)
+            self._split_variable(memoryview(value), layout, variable)
         return int(positions[:, 1].sum())
 
     @staticmethod

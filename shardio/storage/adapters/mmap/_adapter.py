@@ -34,6 +34,7 @@ from shardio.memory import AccessPattern, FileRange, ReleaseResult
 
 from ...integrity import ValueRanges
 from ..base import Columns, ShardFileWriter, ShardReader, is_run, raise_if_truncated
+from ..positioned import pread_into, pread_rows
 
 __all__ = ["MmapReader", "MmapWriter", "META_NAME"]
 
@@ -85,11 +86,6 @@ def _open_fd(path: str, expected: int, fds: list[int]) -> int:
     fd = os.open(path, os.O_RDONLY)
     fds.append(fd)
     return fd
-
-
-def _pread_into(fd: int, buffer: np.ndarray, offset: int, path: str) -> None:
-    if os.preadv(fd, [buffer.data], offset) != buffer.nbytes:
-        raise ShardCorruptError(f"shard file {path} ended early (truncated while open?)")
 
 
 def _checked_offsets(offsets: np.ndarray, count: int, fld: Field, data_path: str) -> int:
@@ -359,18 +355,10 @@ class MmapReader(ShardReader[_Mapped]):
         if count == 0 or size == 0:
             return out
         if is_run(indices):
-            _pread_into(mapped.fd, out, int(indices[0]) * size, self.path)  # one read
+            pread_into(mapped.fd, out, int(indices[0]) * size, self.path)  # one read
             return out
-        # NOTE: the per-row loop is the hot path under a budget: memoryview slices and
-        # precomputed offsets keep it at one preadv call per row and little else.
-        view = out.reshape(-1).view(np.uint8).data
-        fd, preadv = mapped.fd, os.preadv
         offsets = (indices.astype(np.int64, copy=False) * size).tolist()
-        for start, offset in zip(range(0, count * size, size), offsets, strict=True):
-            if preadv(fd, [view[start : start + size]], offset) != size:
-                raise ShardCorruptError(
-                    f"shard file {mapped.path} ended early (truncated while open?)"
-                )
+        pread_rows(mapped.fd, mapped.path, out.reshape(-1).view(np.uint8).data, size, offsets)
         return out
 
     def _pread_variable(
@@ -382,15 +370,15 @@ class MmapReader(ShardReader[_Mapped]):
         for start, end in zip(starts.tolist(), ends.tolist(), strict=True):
             value = np.empty(end - start, dtype=mapped.field.dtype)
             if end > start:
-                _pread_into(mapped.fd, value, start * itemsize, self.path)
+                pread_into(mapped.fd, value, start * itemsize, self.path)
             values.append(value.tobytes() if mapped.field.kind == "bytes" else value)
         return values
 
     # ------------------------------------------------------------------ memory
-    def _drop_pages(self) -> ReleaseResult:
+    def _drop_pages(self) -> ReleaseResult | None:
         """``madvise(MADV_DONTNEED)`` on every mapping: RSS drops, the page cache stays."""
         if not hasattr(mmap, "MADV_DONTNEED"):
-            return super()._drop_pages()
+            return None  # nothing to advise: a release closes the reader
         result = ReleaseResult()
         for mapping in self.handle.maps:
             # NOTE: safe on a read-only shared file mapping: dropped pages are simply

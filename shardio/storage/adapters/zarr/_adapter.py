@@ -51,7 +51,7 @@ from .._array_choice import (
     together,
 )
 from .._sparse import SparseRows
-from ..base import Columns, ShardFileWriter, ShardReader, put_rows
+from ..base import Columns, ShardFileWriter, ShardReader, put_rows, sorted_rows
 from ..source import Skipped
 from ._bounds import MAX_CHUNK_BYTES, BoundedStore, chunk_nbytes
 
@@ -382,14 +382,13 @@ class ZarrReader(ShardReader[_Group]):
 
     def read_into(self, indices: np.ndarray, out: Mapping[str, np.ndarray]) -> Columns:
         handle = self.handle
-        unique, inverse = np.unique(indices, return_inverse=True)
-        reorder = not (len(unique) == len(indices) and np.array_equal(unique, indices))
+        unique, order = sorted_rows(indices)
         targets = self._cf.raw_out(out) if self._cf else out
         columns: Columns = {}
         for name, column in handle.columns.items():
             if column.offsets is not None:
                 values = self._read_variable(column, unique)
-                columns[name] = [values[i] for i in inverse] if reorder else values
+                columns[name] = values if order is None else [values[i] for i in order]
                 continue
             data = _gather(column.data, unique, column.raw)
             if _stored_as_bytes(column.field) and data.dtype == np.uint8:
@@ -399,10 +398,10 @@ class ZarrReader(ShardReader[_Group]):
             if column.field.kind == "bytes":  # a foreign array of objects
                 values = [v if isinstance(v, bytes) else str(v).encode() for v in data]
                 self.bytes_read += sum(len(v) for v in values)
-                columns[name] = [values[i] for i in inverse] if reorder else values
+                columns[name] = values if order is None else [values[i] for i in order]
             else:
                 self.bytes_read += data.nbytes
-                columns[name] = put_rows(data, inverse if reorder else None, targets.get(name))
+                columns[name] = put_rows(data, order, targets.get(name))
         return self._cf.into(columns, out) if self._cf else columns
 
     def _read_variable(self, column: _Column, unique: np.ndarray) -> list[Any]:

@@ -1,0 +1,177 @@
+"""Rows at recorded byte offsets of a local file: the positioned-read layer that the
+backends reading files share (raw mmap, LMDB, HDF5).
+
+A `PositionedFile` is one file opened read-only in one of two modes: ``"map"`` (a
+read-only shared mapping, copied from; its pages count in RSS until released with
+``madvise(MADV_DONTNEED)``) or ``"pread"`` (``preadv`` into the caller's rows; no page
+is mapped: the mode under a memory budget). An adapter knows where its rows lie; this
+layer reads them there, straight into the caller's arrays, guards mapped reads
+against a file truncated since it was mapped, releases mapped pages, and passes
+access hints on.
+"""
+
+from __future__ import annotations
+
+import mmap
+import os
+from collections.abc import Sequence
+from typing import Literal
+
+import numpy as np
+
+from shardio.core.errors import ShardCorruptError
+from shardio.memory import AccessPattern, ReleaseResult
+
+__all__ = ["PositionedFile", "ReadMode", "pread_into", "pread_rows", "raise_if_truncated"]
+
+#: How a `PositionedFile` reads: through a map of the file, or with pread.
+ReadMode = Literal["map", "pread"]
+
+_ADVICE = {
+    "random": getattr(mmap, "MADV_RANDOM", None),
+    "sequential": getattr(mmap, "MADV_SEQUENTIAL", None),
+    "normal": getattr(mmap, "MADV_NORMAL", None),
+}
+
+
+def raise_if_truncated(path: str, size: int, expected: int) -> None:
+    """Raise before a mapped read of ``path`` when it holds fewer than the ``expected``
+    bytes that were mapped.
+
+    NOTE: touching a mapped page past the end of a truncated file raises SIGBUS, which
+    kills the process; adapters that read through a mapping check the size (one fstat)
+    before each read call. A truncation between the check and the copy still faults:
+    docs/reliability.md states that window."""
+    if size < expected:
+        raise ShardCorruptError(
+            f"{path} was truncated while open: {size} bytes, expected {expected}"
+        )
+
+
+def pread_into(fd: int, buffer: np.ndarray, offset: int, path: str) -> None:
+    """``buffer.nbytes`` bytes of file ``fd`` (``path``) from ``offset`` (one pread)."""
+    if os.preadv(fd, [buffer.data], offset) != buffer.nbytes:
+        raise ShardCorruptError(f"shard file {path} ended early (truncated while open?)")
+
+
+def pread_rows(fd: int, path: str, data: memoryview, size: int, offsets: Sequence[int]) -> None:
+    """Row ``r`` (``size`` bytes of the flat buffer ``data``) from ``offsets[r]`` of file
+    ``fd``: one ``preadv`` per row.
+
+    NOTE: the per-row loop is the hot path under a budget: memoryview slices and
+    precomputed offsets keep it at one preadv call per row and little else."""
+    if not size:
+        return
+    preadv = os.preadv
+    for start, offset in zip(range(0, len(offsets) * size, size), offsets, strict=True):
+        if preadv(fd, [data[start : start + size]], offset) != size:
+            raise ShardCorruptError(
+                f"shard file {path} ends inside the row at byte {offset} (truncated while open?)"
+            )
+
+
+class PositionedFile:
+    """One local file read at byte offsets, mapped (``mode="map"``) or with pread.
+
+    The descriptor stays open in both modes: pread reads through it, and a mapped
+    read checks through it that the file still holds what was mapped (`check_size`)."""
+
+    __slots__ = ("fd", "map", "path", "size", "view")
+
+    def __init__(self, path: str, mode: ReadMode = "map") -> None:
+        self.path = path
+        self.fd = os.open(path, os.O_RDONLY)
+        self.map: mmap.mmap | None = None
+        #: The mapping as bytes (``None`` in pread mode).
+        self.view: np.ndarray | None = None
+        try:
+            self.size = os.fstat(self.fd).st_size
+            if mode == "map" and self.size:
+                self.map = mmap.mmap(self.fd, 0, access=mmap.ACCESS_READ)
+                self.view = np.frombuffer(self.map, np.uint8)
+        except BaseException:
+            os.close(self.fd)
+            raise
+
+    @property
+    def mapped(self) -> bool:
+        """True when reads touch pages of a mapping (they count in this process's RSS)."""
+        return self.map is not None
+
+    def array(self, dtype: np.dtype, count: int) -> np.ndarray:
+        """The first ``count`` values of the mapped file as a 1-D array of ``dtype``."""
+        assert self.map is not None
+        return np.frombuffer(self.map, dtype=dtype, count=count)
+
+    def check_size(self) -> None:
+        """Raise before a mapped read where the file was truncated since it was mapped."""
+        if self.map is not None:
+            raise_if_truncated(self.path, os.fstat(self.fd).st_size, self.size)
+
+    def read_rows(self, offsets: Sequence[int], rows: Sequence[np.ndarray]) -> None:
+        """Row ``r`` of each of ``rows`` (C-contiguous arrays of ``len(offsets)`` rows,
+        whose bytes lie side by side in the file) from ``offsets[r]``: copied out of
+        the map, or one scattering ``preadv`` per row."""
+        assert all(part.flags.c_contiguous for part in rows)  # written through views
+        sizes = [part.nbytes // max(1, len(part)) for part in rows]
+        if not len(offsets) or not any(sizes):
+            return
+        flats = [part.reshape(-1).view(np.uint8) for part in rows]
+        view = self.view
+        if view is not None:
+            self.check_size()
+            if len(flats) == 1:
+                table, size = flats[0].reshape(len(offsets), sizes[0]), sizes[0]
+                for row, offset in enumerate(offsets):
+                    table[row] = view[offset : offset + size]
+                return
+            for row, offset in enumerate(offsets):
+                at = offset
+                for flat, size in zip(flats, sizes, strict=True):
+                    flat[row * size : (row + 1) * size] = view[at : at + size]
+                    at += size
+            return
+        fd, preadv, wanted = self.fd, os.preadv, sum(sizes)
+        if len(flats) == 1:  # pread_rows, without one more call on the batch path
+            data, size = flats[0].data, sizes[0]
+            for start, offset in zip(range(0, len(offsets) * size, size), offsets, strict=True):
+                if preadv(fd, [data[start : start + size]], offset) != size:
+                    raise ShardCorruptError(
+                        f"shard file {self.path} ends inside the row at byte {offset} "
+                        "(truncated while open?)"
+                    )
+            return
+        datas = [flat.data for flat in flats]
+        for row, offset in enumerate(offsets):
+            parts = [
+                data[row * size : (row + 1) * size] for data, size in zip(datas, sizes, strict=True)
+            ]
+            if preadv(fd, parts, offset) != wanted:
+                raise ShardCorruptError(
+                    f"shard file {self.path} ends inside the row at byte {offset} "
+                    "(truncated while open?)"
+                )
+
+    def drop_pages(self) -> ReleaseResult | None:
+        """``madvise(MADV_DONTNEED)`` on the map: RSS drops, the page cache stays. None
+        where nothing is mapped (or the platform cannot), for the caller to reopen.
+
+        NOTE: safe on a read-only shared file mapping: dropped pages are faulted back
+        in from the page cache (or the file) on the next touch, and nothing is lost."""
+        if self.map is None or not hasattr(mmap, "MADV_DONTNEED"):
+            return None
+        self.map.madvise(mmap.MADV_DONTNEED)
+        return ReleaseResult(advise_calls=1, advised_bytes=len(self.map))
+
+    def advise(self, pattern: AccessPattern) -> None:
+        """Tell the kernel how the map is read (nothing to tell in pread mode)."""
+        advice = _ADVICE.get(pattern)
+        if self.map is not None and advice is not None:
+            self.map.madvise(advice)
+
+    def close(self) -> None:
+        self.view = None  # releases the buffer export, so the map can close
+        if self.map is not None:
+            self.map.close()
+            self.map = None
+        os.close(self.fd)

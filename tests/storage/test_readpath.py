@@ -1,0 +1,105 @@
+"""The read path from `ShardedDataset.__getitems__` to a backend: its depth, and that a
+memory budget never closes a shard another thread reads (docs/architecture.md)."""
+
+from __future__ import annotations
+
+import sys
+import threading
+from pathlib import Path
+from types import FrameType
+from typing import Any
+
+import numpy as np
+import pytest
+
+import shardio
+from shardio import ShardedDataset, ShardWriter
+from shardio.loading.batches import Batch
+
+#: The functions that call into the backend's library or the kernel: the adapters'
+#: and the positioned-read layer's.
+_BACKEND_CALLS = {"_read_by_offsets", "_read_through_map", "_read_fixed", "read_rows", "pread_rows"}
+_ROOT = shardio.__path__[0]
+
+
+def shardio_frames_to_backend(ds: ShardedDataset, indices: list[int]) -> list[str]:
+    """The shardio frames on the stack when the backend is called, from `__getitems__`
+    down to (and with) the function that makes the call: the deepest such stack."""
+    seen: list[list[str]] = []
+
+    def profile(frame: FrameType, event: str, arg: Any) -> None:
+        if event != "call" or frame.f_code.co_name not in _BACKEND_CALLS:
+            return
+        names: list[str] = []
+        at: FrameType | None = frame
+        while at is not None:
+            if at.f_code.co_filename.startswith(_ROOT):
+                names.append(at.f_code.co_qualname)
+            if at.f_code.co_name == "__getitems__":
+                break
+            at = at.f_back
+        seen.append(names[::-1])
+
+    ds.__getitems__(indices)  # shards opened: the steady state is measured
+    sys.setprofile(profile)
+    try:
+        ds.__getitems__(indices)
+    finally:
+        sys.setprofile(None)
+    assert seen, "no backend call was seen"
+    deepest = max(seen, key=len)
+    assert deepest[0] == "ShardedDataset.__getitems__"
+    return deepest
+
+
+def _write(path: Any, fmt: str, rows: int = 60) -> np.ndarray:
+    data = np.arange(rows * 4, dtype=np.float32).reshape(rows, 4)
+    with ShardWriter(path, format=fmt, shard_size=rows * 8) as writer:
+        writer.write_batch({"x": data, "y": np.arange(rows)})
+    return data
+
+
+@pytest.mark.parametrize("fmt", ["lmdb", "mmap", "hdf5"])
+@pytest.mark.parametrize("budget", [None, "64MB"])
+def test_a_batch_reaches_the_backend_within_five_frames(
+    tmp_path: Path, fmt: str, budget: str | None
+) -> None:
+    data = _write(tmp_path / "ds", fmt)
+    options: dict[str, Any] = {} if budget is None else {"max_rss": budget}
+    ds = ShardedDataset(tmp_path / "ds", **options)
+    assert len(ds.shard_lengths) >= 3
+    starts = np.cumsum((0, *ds.shard_lengths))
+    indices = [int(starts[n]) + 1 for n in range(3)]  # one sample in each of 3 shards
+    frames = shardio_frames_to_backend(ds, indices)
+    assert len(frames) <= 5, frames
+    batch = ds.__getitems__(indices)
+    assert isinstance(batch, Batch)
+    np.testing.assert_array_equal(np.asarray(batch.columns["x"]), data[indices])
+
+
+def test_a_budget_closes_no_shard_another_thread_reads(tmp_path: Path) -> None:
+    """max_rss=1 releases after every read; with HDF5 in pread mode a release closes
+    the file, which must wait until no thread reads it (it was "Bad file descriptor")."""
+    data = _write(tmp_path / "ds", "hdf5", rows=300)
+    ds = ShardedDataset(tmp_path / "ds", max_rss=1)
+    errors: list[BaseException] = []
+    got: list[bool] = []
+
+    def read(seed: int) -> None:
+        order = np.random.default_rng(seed).permutation(len(data))
+        try:
+            for start in range(0, len(order), 7):
+                chunk = order[start : start + 7]
+                batch = ds.read_batch(chunk)
+                got.append(bool(np.array_equal(batch["x"], data[chunk])))
+        except BaseException as exc:
+            errors.append(exc)
+
+    threads = [threading.Thread(target=read, args=(seed,)) for seed in range(4)]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join()
+    assert errors == []
+    assert len(got) == 4 * 43 and all(got)
+    assert ds.memory_stats()["reopens"] > 0  # the budget did close files
