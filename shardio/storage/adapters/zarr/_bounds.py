@@ -66,19 +66,20 @@ def _zstd_content_size(data: bytes) -> int | None:
     return size + 256 if field == 2 else size
 
 
-def _decoded_past(data: bytes, codec: str, limit: int) -> bool:
-    """True when ``data`` decodes to more than ``limit`` bytes (never allocating much
-    more than ``limit`` to tell)."""
+def _decoded_past(data: np.ndarray, codec: str, limit: int) -> bool:
+    """True when ``data`` (a chunk's bytes, as a uint8 view) decodes to more than
+    ``limit`` bytes (never allocating much more than ``limit`` to tell). zstd and
+    blosc declare the decoded size in their first bytes: only those are read."""
     if codec == "none":
         return len(data) > limit
     if codec == "blosc":
-        return len(data) >= 8 and int.from_bytes(data[4:8], "little") > limit
+        return len(data) >= 8 and int.from_bytes(data[4:8].tobytes(), "little") > limit
     if codec == "gzip":
         try:
-            return len(zlib.decompressobj(wbits=47).decompress(data, limit + 1)) > limit
+            return len(zlib.decompressobj(wbits=47).decompress(data.data, limit + 1)) > limit
         except zlib.error:
             return False  # damaged otherwise: zarr's decode says how
-    declared = _zstd_content_size(data)
+    declared = _zstd_content_size(data[:18].tobytes())
     if declared is not None:
         return declared > limit
     from numcodecs import Zstd
@@ -154,7 +155,7 @@ class BoundedStore(zarr.storage.WrapperStore[Any]):
             past = (
                 len(buffer) > bound[0]
                 if bound[1] == "none"
-                else _decoded_past(buffer.to_bytes(), bound[1], bound[0])
+                else _decoded_past(buffer.as_numpy_array().view(np.uint8), bound[1], bound[0])
             )
             if past:
                 raise ShardCorruptError(
