@@ -38,7 +38,7 @@ from shardio.memory import (
 )
 from shardio.memory.jobbudget import WorkerInfo
 
-from .adapters.base import Columns, ShardReader, columns_to_samples, is_run
+from .adapters.base import Columns, ShardReader, is_run
 from .adapters.registry import SHARDED, detect_format, get_backend, is_remote, reader_class
 from .budget import ReadBudget
 from .cache import NoRoom, ShardCache
@@ -395,8 +395,26 @@ class DatasetReader:
 
     # ----------------------------------------------------------------- reading
     def read(self, index: int) -> Sample:
-        """One sample: the batch path with one index."""
-        return columns_to_samples(self.read_many([index]), 1)[0]
+        """One sample: the batch path's steps for one index, without its grouping."""
+        number, local = self.index.locate(index)
+        rows = np.array([local], dtype=np.int64)
+        reader = self._enter(number, rows)
+        budget = self._budget
+        try:
+            self._checks.check(number, reader, rows)
+            before = reader.bytes_read
+            sample = reader.read(local)
+            if budget is not None:
+                budget.after(reader, reader.bytes_read - before)
+        except (ShardioError, MemoryError):
+            raise
+        except Exception as exc:
+            raise _as_corrupt(reader.path, exc) from exc
+        finally:
+            self._shards.leave(number)
+        if budget is not None:
+            budget.settle()
+        return sample
 
     def read_many(
         self, indices: Sequence[int] | np.ndarray, out: Mapping[str, np.ndarray] | None = None
