@@ -102,17 +102,6 @@ def test_trainer_resumes_at_another_world_size(tmp_path: Path) -> None:
 @pytest.mark.parametrize(
     ("fabric", "saved_at", "resumed_at"),
     [
-        pytest.param(
-            False,
-            1,
-            2,
-            marks=pytest.mark.xfail(
-                strict=True,
-                reason="the Trainer sizes the resumed epoch by len() before the loader's "
-                "state reaches the sampler: at more devices it ends the epoch before the rest "
-                "(docs/frameworks.md, Lightning Trainer)",
-            ),
-        ),
         (True, 2, 1),
         (True, 1, 2),
     ],
@@ -137,6 +126,23 @@ def test_a_checkpoint_resumes_at_another_world_size(
     assert [len(labels) for labels in first] == [8 * step] * saved_at
     # DistributedSampler's padding: fewer than the world size at each pass
     assert_once_each([label for labels in first + second for label in labels], N, padding=1)
+
+
+@pytest.mark.slow
+def test_the_trainer_refuses_a_mid_epoch_resume_at_more_devices(tmp_path: Path) -> None:
+    """The Trainer sizes the resumed epoch with len() before the loader's state reaches
+    the sampler, and at more devices would end the epoch before the rest: the sampler
+    refuses the state (StateMismatchError naming the world size to resume at) instead
+    of losing samples in silence."""
+    data = write_labels(tmp_path / "data", N)
+    common = ["--loader", "stateful", "--workers", "2"]
+    first = python("run_lightning.py", str(data), str(tmp_path), "first", *common)
+    run([*first, "--max-steps", "4", "--save-at", "4", "--devices", "1"])
+    second = python("run_lightning.py", str(data), str(tmp_path), "second", *common)
+    with pytest.raises(AssertionError) as refused:
+        run([*second, "--resume", str(tmp_path / "first.ckpt"), "--devices", "2"])
+    assert "StateMismatchError" in str(refused.value)
+    assert "Resume at world_size=1" in str(refused.value)
 
 
 @pytest.mark.slow

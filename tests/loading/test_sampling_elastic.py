@@ -355,3 +355,25 @@ def test_find_sampler_state_needs_exactly_one() -> None:
 def test_epoch_order_is_exported_for_checks() -> None:
     s = ranks([5, 5], 1, window=300, seed=4)[0]
     assert list(s) == epoch_order("shard-window", s.layout, 300, 4, 0).tolist()
+
+
+def test_a_state_that_outgrows_an_earlier_len_is_refused() -> None:
+    """A loop that sized the epoch with len() before the state arrived (Lightning's
+    Trainer) would stop early at more ranks: refused, naming the world size; fewer
+    ranks, or the same, or `forget_len()` first, resume."""
+    lengths = [50, 50, 50, 50]
+    _, state = consume(ranks(lengths, 1), 40)
+    grown = ranks(lengths, 2)[0]
+    answered = len(grown)
+    with pytest.raises(StateMismatchError, match=r"len\(\)=100 .*Resume at world_size=1"):
+        grown.load_state_dict(state)
+    trusting = ranks(lengths, 2)[0]
+    assert len(trusting) == answered
+    trusting.forget_len()
+    trusting.load_state_dict(state)
+    assert len(list(trusting)) == 80  # (200 - 40) / 2: the rest, each rank half
+    _, state2 = consume(ranks(lengths, 2), 30)
+    shrunk = ranks(lengths, 1)[0]
+    assert len(shrunk) == 200
+    shrunk.load_state_dict(state2)
+    assert len(list(shrunk)) == 140  # 200 - 2 * 30

@@ -161,6 +161,8 @@ class AccelerateResume:
             # accelerate's count of batches means other samples now: start the loader's
             # pass afresh, and the sampler's where those batches ended.
             self.loader.load_state_dict(self._fresh)
+            # accelerate's loop ends when the sampler does, whatever len() said before
+            self.sampler.forget_len()
             self.sampler.load_state_dict(position)
         self.loader.set_epoch(epoch)
 

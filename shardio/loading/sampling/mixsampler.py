@@ -216,6 +216,7 @@ class MixSampler(PlacedSampler):
         self._done_before = 0
         self._epoch = epoch
         self._pass = None
+        self._len_answered = None
 
     def _stop(self, anchor: np.ndarray, interleave: Interleave, start: int, pass_stop: int) -> int:
         """Where the pass of this epoch ends, after the anchor."""
@@ -235,10 +236,10 @@ class MixSampler(PlacedSampler):
         frameworks (Lightning, accelerate, the HF Trainer) subtract the batches their
         checkpoint counts as done."""
         if self._pass is not None and not self._pass.done:
-            return self._pass.done_before + self._pass.count
+            return self._answered(self._pass.done_before + self._pass.count)
         anchor, interleave, start, pass_stop = self._effective()
         rest = max(0, self._stop(anchor, interleave, start, pass_stop) - start)
-        return self._done_before + rest // self.world_size
+        return self._answered(self._done_before + rest // self.world_size)
 
     def __iter__(self) -> Iterator[int]:
         self._apply_pending()
@@ -389,6 +390,10 @@ class MixSampler(PlacedSampler):
             self._next_start = saved.position + rest * self.world_size
         else:
             self._next_start = None
+        if saved.world_size != self.world_size and saved.position:
+            self._check_sized_epoch(saved.epoch, saved.world_size)
+        else:
+            self._len_answered = None
 
     def _state(self, position: int, pass_stop: int, done: int) -> MixState:
         return MixState(

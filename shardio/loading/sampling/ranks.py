@@ -14,7 +14,7 @@ from typing import Any
 import torch.distributed as dist
 from torch.utils.data import DistributedSampler
 
-from shardio.core.errors import InvalidOptionError
+from shardio.core.errors import InvalidOptionError, StateMismatchError
 
 __all__ = ["PlacedSampler", "non_negative_int", "resolve_rank"]
 
@@ -52,6 +52,41 @@ class PlacedSampler(DistributedSampler[int]):
     @property
     def epoch(self) -> int:  # type: ignore[override]
         return self._epoch
+
+    # The largest len() answered in this epoch: a loop that sized the epoch with it
+    # (Lightning's Trainer, before the loader hands the sampler its state) stops after
+    # that many indices, whatever a state loaded later leaves.
+    _len_answered: int | None = None
+
+    def _answered(self, size: int) -> int:
+        self._len_answered = max(size, self._len_answered or 0)
+        return size
+
+    def forget_len(self) -> None:
+        """Say that no loop sized this epoch with an earlier `len()`.
+
+        `load_state_dict` refuses a mid-epoch state that leaves this rank more
+        indices than `len()` answered before it (saved at fewer processes): a loop
+        counting its batches from that answer would stop early. A loop that ends when
+        the sampler does (a plain `for` over the loader, accelerate) may call this first."""
+        self._len_answered = None
+
+    def _check_sized_epoch(self, epoch: int, saved_world_size: int) -> None:
+        """After a state was loaded: refuse if an earlier `len()` now falls short."""
+        answered, self._len_answered = self._len_answered, None
+        left = len(self)
+        self._len_answered = None
+        if answered is not None and left > answered:
+            raise StateMismatchError(
+                f"cannot resume epoch {epoch} here: the state was saved mid-epoch at "
+                f"world_size={saved_world_size} and leaves this rank {left} indices at "
+                f"world_size={self.world_size}, but the epoch was sized with "
+                f"len()={answered} before the state was loaded, so a loop that counts its "
+                "batches from len() (Lightning's Trainer) would stop before reading them "
+                f"all. Resume at world_size={saved_world_size}, or from a checkpoint saved "
+                "at the end of an epoch; a loop that ends when the sampler does may call "
+                "forget_len() before load_state_dict()."
+            )
 
 
 def resolve_rank(rank: int | None, world_size: int | None) -> tuple[int, int]:

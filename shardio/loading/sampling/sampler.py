@@ -149,6 +149,7 @@ class ShardSampler(PlacedSampler):
         self._epoch = epoch
         self._pass = None
         self._len_base = 0
+        self._len_answered = None
 
     def indices(self, epoch: int | None = None) -> np.ndarray:
         """This rank's whole order for ``epoch`` (the current epoch by default)."""
@@ -211,7 +212,7 @@ class ShardSampler(PlacedSampler):
         consumed = self._consumed
         if self._pass is not None and not self._pass.done:
             consumed = self._pass.consumed
-        return self._len_base + self._pass_size(consumed)
+        return self._answered(self._len_base + self._pass_size(consumed))
 
     def _pass_size(self, consumed: np.ndarray) -> int:
         return pass_size(len(self.layout), consumed, self.world_size, self.drop_last)
@@ -298,6 +299,7 @@ class ShardSampler(PlacedSampler):
         self._epoch, self._consumed = epoch, consumed
         self._resume_at, self._resume_digest = offset, saved.digest
         self._pass = None
+        self._check_sized_epoch(epoch, world_size)
 
     def _state(self, offset: int, digest: str, consumed: np.ndarray) -> SamplerState:
         return SamplerState(
