@@ -14,6 +14,7 @@ from __future__ import annotations
 import errno
 import os
 import time
+from concurrent.futures import ThreadPoolExecutor
 from typing import Any
 
 from shardio.core.checksum import hash_files
@@ -31,6 +32,9 @@ _LOCAL_ERRNOS = frozenset(
     {errno.ENOSPC, errno.EFBIG, errno.EROFS, errno.EACCES, errno.EDQUOT, errno.EPERM}
 )
 BACKOFF_S = 0.5
+#: Requests in flight for one directory shard (a Zarr shard is one file per chunk):
+#: one at a time, each file costs the link's latency.
+FILE_CONCURRENCY = 8
 
 
 def remote_listing(fs: Any, path: str, url: str) -> dict[str, int]:
@@ -83,16 +87,11 @@ def download_shard(
             f"{info.nbytes}: the dataset was rewritten or damaged since its manifest was "
             "read; open the dataset again"
         )
-    single = list(counted) == [""]
     try:
-        if not single:
-            os.makedirs(target)
-        for relative in sorted(counted):
-            local = target if single else os.path.join(target, relative)
-            remote = path if single else f"{path.rstrip('/')}/{relative}"
-            if not single:
-                os.makedirs(os.path.dirname(local), exist_ok=True)
-            _with_retries(f"{url}/{relative}" if relative else url, _getter(fs, remote, local))
+        if list(counted) == [""]:
+            _with_retries(url, _getter(fs, path, target))
+        else:
+            _fetch_directory(fs, path, url, target, sorted(counted))
     except OSError as exc:
         if isinstance(exc, (RemoteReadError, ShardCorruptError)):
             raise
@@ -110,6 +109,26 @@ def download_shard(
                 "was read; open the dataset again (nothing was cached)"
             )
     return nbytes
+
+
+def _fetch_directory(fs: Any, path: str, url: str, target: str, files: list[str]) -> None:
+    """The ``files`` of a directory shard into ``target``, `FILE_CONCURRENCY` at a time,
+    each with its own retries; the first failure is raised once all have ended."""
+    os.makedirs(target)
+    for relative in files:
+        os.makedirs(os.path.dirname(os.path.join(target, relative)), exist_ok=True)
+    root = path.rstrip("/")
+    with ThreadPoolExecutor(max_workers=min(FILE_CONCURRENCY, len(files))) as pool:
+        fetches = [
+            pool.submit(
+                _with_retries,
+                f"{url}/{relative}",
+                _getter(fs, f"{root}/{relative}", os.path.join(target, relative)),
+            )
+            for relative in files
+        ]
+    for fetch in fetches:
+        fetch.result()
 
 
 def _getter(fs: Any, remote: str, local: str) -> Any:
