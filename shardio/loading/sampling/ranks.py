@@ -73,9 +73,9 @@ class PlacedSampler(DistributedSampler[int]):
 
     def _check_sized_epoch(self, epoch: int, saved_world_size: int) -> None:
         """After a state was loaded: refuse if an earlier `len()` now falls short."""
-        answered, self._len_answered = self._len_answered, None
+        answered = self._len_answered
         left = len(self)
-        self._len_answered = None
+        self._len_answered = None  # len() above answered too: the new epoch's count starts
         if answered is not None and left > answered:
             raise StateMismatchError(
                 f"cannot resume epoch {epoch} here: the state was saved mid-epoch at "
