@@ -86,6 +86,35 @@ def test_a_batch_says_where_each_sample_came_from(data: Path) -> None:
         mix[210]
 
 
+def test_a_batch_across_many_shards_of_every_source_is_in_order(data: Path) -> None:
+    """Read shard by shard, all sources at once, into the caller's arrays or new ones."""
+    mix = _mix(data)
+    indices = np.random.default_rng(0).permutation(210)[:150].tolist()
+    x, sources = _expected(mix, indices)
+    out = {"x": np.zeros(150, np.int64), "v": np.zeros((150, 2), np.float32)}
+    out["source"] = np.full(150, -1, np.int64)
+    for target in (None, out):
+        columns = mix.read_batch(indices, out=target)
+        assert columns["x"].tolist() == x and columns["source"].tolist() == sources
+        assert columns["v"][:, 1].tolist() == [-float(v) for v in x]
+        assert [t.tolist() for t in columns["tokens"]] == [list(range(v % 5)) for v in x]
+    assert out["x"].tolist() == x and out["source"].tolist() == sources  # read into out
+    one_source = [5, 119, 0, 64]  # web's shards only: one read of that source
+    assert mix.read_batch(one_source)["x"].tolist() == [5, 119, 0, 64]
+
+
+def test_scratch_buffers_begin_half_a_page_in() -> None:
+    from shardio.loading.mix import _mid_page_array
+
+    for dtype, shape in ((np.uint8, (3, 16384)), (np.float64, (5, 7)), (np.int32, (1,))):
+        array = _mid_page_array(shape, np.dtype(dtype))
+        assert array.shape == shape and array.dtype == dtype and array.flags.c_contiguous
+        assert array.ctypes.data % 4096 == 2048
+        array[...] = 1  # writable, the size it says
+        assert int(array.sum()) == int(np.prod(shape))
+    assert _mid_page_array((0, 4), np.dtype(np.int16)).shape == (0, 4)
+
+
 @pytest.mark.parametrize(
     "context",
     ["fork", pytest.param("spawn", marks=pytest.mark.slow)],  # spawn: 9 s of imports

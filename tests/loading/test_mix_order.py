@@ -20,6 +20,7 @@ from mix_helpers import Layouts, merged_pass, ranks
 from shardio import InvalidOptionError, StateMismatchError
 from shardio.loading.sampling import MixSampler
 from shardio.loading.sampling.layout import resolve_layout
+from shardio.loading.sampling.mixsampler import source_blocks, source_plan
 from shardio.loading.sampling.mixture import (
     Interleave,
     normalize_weights,
@@ -27,7 +28,7 @@ from shardio.loading.sampling.mixture import (
     source_seed,
     window_bound,
 )
-from shardio.loading.sampling.orders import epoch_plan
+from shardio.loading.sampling.orders import BLOCKS_PER_WINDOW, epoch_plan
 
 
 def _interleave(weights: list[float], seed: int) -> Interleave:
@@ -120,7 +121,8 @@ def _source_order(mix: Layouts, sampler: MixSampler, s: int, epochs: int) -> lis
     seed = source_seed(mix.seed, mix.names[s])
     out: list[int] = []
     for e in range(epochs):
-        plan = epoch_plan(sampler.order, layout, sampler.source_window, seed, e)
+        blocks = source_blocks(len(mix.names))
+        plan = source_plan(sampler.order, layout, sampler.source_window, blocks, seed, e)
         out += (plan.indices.astype(np.int64) + mix.offsets[s]).tolist()
     return out
 
@@ -152,6 +154,47 @@ def test_each_source_reads_its_own_orders_exactly_once_per_epoch() -> None:
     assert sampler.order == "shard-window"
     # web, the largest source, went through 3+ of its own epochs at weight 0.5 of 660
     assert (sources == 0).sum() == 330 and (sources == 2).sum() == 132
+
+
+def test_a_source_s_order_cuts_its_window_into_fewer_blocks_the_more_sources() -> None:
+    assert [source_blocks(s) for s in (1, 2, 3, 4, 8, 9, 10, 100)] == [8, 4, 3, 2, 1, 1, 1, 1]
+    layout = resolve_layout(Layouts({"a": [300, 200, 250]}).sources[0])
+    alone = source_plan("shard-window", layout, 20_000, BLOCKS_PER_WINDOW, 7, 2)
+    assert (
+        alone.indices.tolist() == epoch_plan("shard-window", layout, 20_000, 7, 2).indices.tolist()
+    )
+    for blocks in (1, 2, 3):
+        plan = source_plan("shard-window", layout, 20_000, blocks, 7, 2)
+        order = plan.indices.astype(np.int64)
+        assert sorted(order.tolist()) == list(range(750))  # a permutation
+        assert plan.block_starts is not None
+        # the bytes of the blocks begun and not finished never exceed the window
+        block = np.searchsorted(plan.block_starts, order, side="right") - 1
+        first = np.full(len(plan.block_starts), len(order))
+        last = np.zeros(len(plan.block_starts), dtype=np.int64)
+        np.minimum.at(first, block, np.arange(len(order)))
+        np.maximum.at(last, block, np.arange(len(order)))
+        sizes = np.diff(np.append(plan.block_starts, 750)) * 100
+        live = [sizes[(first <= p) & (last >= p)].sum() for p in range(len(order))]
+        assert max(live) <= 20_000, (blocks, max(live))
+        assert len(plan.block_starts) >= 750 * 100 // (20_000 // blocks)
+
+
+def test_a_batch_of_ten_sources_touches_about_as_many_shards_as_one_dataset() -> None:
+    """Locality: the sources share the window and about BLOCKS_PER_WINDOW live blocks
+    between them, so a batch of 256 reads about as many shards as one dataset's."""
+    ten = Layouts({f"s{i}": [400] * 3 for i in range(10)}, sample_bytes=16384)
+    one = Layouts({"all": [400] * 30}, sample_bytes=16384)
+
+    def shards_per_batch(mix: Layouts) -> float:
+        order = np.asarray(list(MixSampler(mix, rank=0, world_size=1, window="64MB")))
+        shard = order // 400  # every shard of either holds 400 samples
+        batches = shard[: len(shard) // 256 * 256].reshape(-1, 256)
+        return float(np.mean([len(np.unique(b)) for b in batches]))
+
+    mixed, alone = shards_per_batch(ten), shards_per_batch(one)
+    assert mixed <= 1.5 * alone, (mixed, alone)
+    assert mixed >= 10  # every batch holds every source (weights equal)
 
 
 @settings(max_examples=25, deadline=None)
@@ -401,16 +444,18 @@ class _Hinted(Layouts):
 
 def test_the_ranks_of_a_node_split_the_hints(monkeypatch: pytest.MonkeyPatch) -> None:
     """Every rank reads from every block of many samples; the node's ranks hint each
-    block once between them. (1000 positions: both sources stay in their first epoch,
-    where every block is read through.)"""
+    block once between them. (1000 positions: both sources stay in their first epoch;
+    a block begun in the first 600 is read by every rank, the ones begun later may
+    not be.)"""
     monkeypatch.delenv("LOCAL_WORLD_SIZE", raising=False)
     alone = _Hinted()
-    list(MixSampler(alone, rank=0, world_size=1, window="800KB", samples_per_epoch=1000))
+    order = list(MixSampler(alone, rank=0, world_size=1, window="400KB", samples_per_epoch=1000))
     blocks = set(alone.ranges)
     assert len(blocks) == len(alone.ranges) > 20  # each block once
     rank1 = _Hinted()
-    list(MixSampler(rank1, rank=1, world_size=4, window="800KB", samples_per_epoch=1000))
-    big = {(a, b) for a, b in blocks if b - a >= 8}
+    list(MixSampler(rank1, rank=1, world_size=4, window="400KB", samples_per_epoch=1000))
+    big = {(a, b) for a, b in blocks if b - a >= 8 and any(a <= i < b for i in order[:600])}
+    assert len(big) > 10
     assert big <= set(rank1.ranges) <= blocks  # without LOCAL_WORLD_SIZE: all it reaches
 
     monkeypatch.setenv("LOCAL_WORLD_SIZE", "2")
@@ -418,13 +463,13 @@ def test_the_ranks_of_a_node_split_the_hints(monkeypatch: pytest.MonkeyPatch) ->
     for rank in (2, 3):  # the second node of two
         mix = _Hinted()
         indices = list(
-            MixSampler(mix, rank=rank, world_size=4, window="800KB", samples_per_epoch=1000)
+            MixSampler(mix, rank=rank, world_size=4, window="400KB", samples_per_epoch=1000)
         )
         reference = MixSampler(
             _Hinted(),
             rank=rank,
             world_size=4,
-            window="800KB",
+            window="400KB",
             samples_per_epoch=1000,
             readahead=False,
         )
@@ -434,5 +479,5 @@ def test_the_ranks_of_a_node_split_the_hints(monkeypatch: pytest.MonkeyPatch) ->
     assert big <= parts[0] | parts[1] <= blocks
     monkeypatch.setenv("LOCAL_WORLD_SIZE", "3")  # does not divide the world: all hints
     odd = _Hinted()
-    list(MixSampler(odd, rank=1, world_size=4, window="800KB", samples_per_epoch=1000))
+    list(MixSampler(odd, rank=1, world_size=4, window="400KB", samples_per_epoch=1000))
     assert odd.ranges == rank1.ranges

@@ -28,7 +28,18 @@ from .frameworks import check_not_split
 from .layout import ShardLayout, resolve_layout
 from .mixstate import MixState
 from .mixture import Interleave, normalize_weights, source_phase, source_seed
-from .orders import ORDERS, EpochPlan, OrderName, epoch_plan, order_digest
+from .orders import (
+    BLOCKS_PER_WINDOW,
+    ORDERS,
+    EpochPlan,
+    OrderName,
+    epoch_plan,
+    epoch_rng,
+    interleave_blocks,
+    order_digest,
+    random_order,
+    shard_blocks,
+)
 from .ranks import PlacedSampler, non_negative_int, resolve_rank
 from .readahead import Hint, lookahead_indices
 
@@ -62,8 +73,9 @@ class MixSampler(PlacedSampler):
         order: each source's own order: ``"shard-window"`` (default where shard sizes
             are known), ``"random"`` or ``"sequential"``.
         window: bytes the ``shard-window`` orders keep live at once, all sources
-            together: each source gets ``window / sources``, so mixing more sources
-            does not read more at once.
+            together: each source gets ``window / sources``, cut into
+            ``ceil(8 / sources)`` blocks (`source_blocks`), so mixing more sources
+            reads neither more bytes nor more blocks at once.
         rank, world_size: this process's place among the readers; where not given,
             taken from ``torch.distributed`` each time they are needed (so a sampler
             made before a framework starts the process group follows it), else 0 and 1.
@@ -309,8 +321,13 @@ class MixSampler(PlacedSampler):
         for cached_epoch, cached, _ in kept:
             if cached_epoch == epoch:
                 return cached
-        plan = epoch_plan(
-            self.order, self.layouts[source], self.source_window, self._source_seeds[source], epoch
+        plan = source_plan(
+            self.order,
+            self.layouts[source],
+            self.source_window,
+            source_blocks(len(self.names)),
+            self._source_seeds[source],
+            epoch,
         )
         digest = order_digest(plan.indices)
         expected = self._expected.get(source)
@@ -438,6 +455,29 @@ class MixSampler(PlacedSampler):
             f"MixSampler(sources={list(self.names)}, order={self.order!r}, seed={self.seed}, "
             f"rank={self.rank}, world_size={self.world_size}, epoch={self._epoch})"
         )
+
+
+def source_blocks(sources: int) -> int:
+    """Blocks each source's ``shard-window`` order interleaves at once: about
+    ``BLOCKS_PER_WINDOW`` live blocks in the whole mixture, as in one dataset's order,
+    so a batch touches about as many blocks (and shards) however many sources it
+    mixes (at least one block per source)."""
+    return max(1, -(-BLOCKS_PER_WINDOW // max(sources, 1)))
+
+
+def source_plan(
+    order: OrderName, layout: ShardLayout, window: int, blocks: int, seed: int, epoch: int
+) -> EpochPlan:
+    """A source's epoch order: `epoch_plan`, with ``shard-window`` cutting the
+    source's ``window`` into ``blocks`` blocks (not ``BLOCKS_PER_WINDOW``)."""
+    if order != "shard-window" or layout.nbytes is None or blocks == BLOCKS_PER_WINDOW:
+        return epoch_plan(order, layout, window, seed, epoch)
+    rng = epoch_rng(seed, epoch)
+    n = len(layout)
+    if n == 0 or window >= sum(layout.nbytes):
+        return EpochPlan(random_order(n, rng))
+    starts, lengths, nbytes = shard_blocks(layout.lengths, layout.nbytes, window / blocks, rng)
+    return EpochPlan(interleave_blocks(starts, lengths, nbytes, window, rng), starts)
 
 
 class _Hints:
