@@ -7,13 +7,21 @@ peak RSS is its own), through a DataLoader with workers:
 - ``Mix`` of that one dataset (what the mixture machinery costs by itself);
 - ``Mix`` of ``--sources`` datasets of ``--total / sources`` bytes each, equal weights.
 
+Method: every file is written back (``os.sync``) before the first read, and each read
+drops its files from the page cache the same way (``fsync`` then
+``POSIX_FADV_DONTNEED``, `shardio.tools.bench.cache.drop_cache`) and measures with
+``mincore`` how much stayed resident (printed; a read is only cold where that is near
+0); it is timed from its first batch to its last (the workers' start left out).
+``--repeats`` rounds, each reading the three in a rotated order; printed are the
+medians of samples/s and of the ratios within a round (with their range).
+
 Printed: samples/s and the ratio mixture / baseline (target >= 0.8), peak RSS (main +
 workers) and its growth from 1 to ``--sources`` sources. Then resume: a state saved at
 the middle of a ``--resume-samples`` epoch of ``--sources`` sources by rank 0 of
 ``--world`` ranks, loaded at the same and at another world size; time to the first
 batch against a fresh epoch's first batch, and the state's size in bytes of JSON.
 
-    python benchmarks/bench_mix.py            # about 2-4 minutes on a quiet machine
+    python benchmarks/bench_mix.py            # about 3 minutes on a quiet machine
     python benchmarks/bench_mix.py --write    # also records benchmarks/RESULTS.md
     python benchmarks/bench_mix.py --quick    # smoke run: seconds
     python benchmarks/bench_mix.py --max-rss 256MB   # both reads under a budget per process
@@ -63,13 +71,13 @@ def write(path: Path, samples: int, sample_bytes: int, shard_size: int, seed: in
             writer.write_batch({"x": x.astype(np.uint8).reshape(rows, sample_bytes)})
 
 
-def drop_page_cache(path: Path) -> None:
-    for file in sorted(p for p in path.rglob("*") if p.is_file()):
-        fd = os.open(file, os.O_RDONLY)
-        try:
-            os.posix_fadvise(fd, 0, 0, os.POSIX_FADV_DONTNEED)
-        finally:
-            os.close(fd)
+def drop_page_cache(paths: list[Path]) -> float | None:
+    """Drop every file of ``paths`` from the page cache (dirty pages written back
+    first); the fraction of their bytes still resident after, None if unmeasurable."""
+    from shardio.tools.bench.cache import drop_cache
+
+    files = [str(f) for path in paths for f in sorted(path.rglob("*")) if f.is_file()]
+    return drop_cache(files).resident_fraction
 
 
 class _PeakRss(threading.Thread):
@@ -120,16 +128,18 @@ def child(args: argparse.Namespace) -> dict[str, Any]:
     loader = DataLoader(
         dataset, batch_size=args.batch_size, sampler=sampler, num_workers=args.workers
     )
-    for path in paths:
-        drop_page_cache(path)
+    resident = drop_page_cache(paths)  # nothing of them is open or mapped here yet
     watcher = _PeakRss()
     watcher.start()
+    iterator = iter(loader)
+    next(iterator)  # timed from the first batch on: the workers' start is not the read's
     start = time.perf_counter()
     samples = 0
-    for batch in loader:
+    for batch in iterator:
         samples += len(batch["x"])
     elapsed = time.perf_counter() - start
-    return {"samples": samples, "seconds": elapsed, "peak_rss": watcher.stop()}
+    peak = watcher.stop()
+    return {"samples": samples, "seconds": elapsed, "peak_rss": peak, "resident": resident}
 
 
 def run_child(kind: str, paths: list[Path], args: argparse.Namespace) -> dict[str, Any]:
@@ -221,6 +231,7 @@ def main() -> None:
     parser.add_argument("--window", default="256MB")
     parser.add_argument("--batch-size", type=int, default=256)
     parser.add_argument("--workers", type=int, default=2)
+    parser.add_argument("--repeats", type=int, default=3, help="rounds of the three reads")
     parser.add_argument(
         "--max-rss", default="none", help="a budget per process for both reads, e.g. 256MB"
     )
@@ -237,6 +248,7 @@ def main() -> None:
     if args.quick:
         args.total, args.shard_size, args.window = "8MB", "256KB", "2MB"
         args.resume_samples, args.world, args.workers = "200k", 8, 1
+        args.repeats = 2
 
     total = parse_size(args.total, "--total")
     samples = total // args.sample_bytes
@@ -250,38 +262,76 @@ def main() -> None:
         parts = [root / f"s{i}" for i in range(args.sources)]
         for i, path in enumerate(parts):
             write(path, per_source, args.sample_bytes, shard_size, i)
+        os.sync()  # written back once: no read starts with dirty pages it cannot drop
         load_before = os.getloadavg()[0]
-        baseline = run_child("one", [one], args)
-        mix_one = run_child("mix", [one], args)
-        mix_many = run_child("mix", parts, args)
+        kinds = {"one": [one], "mix1": [one], "mix": parts}
+        runs: dict[str, list[dict[str, Any]]] = {kind: [] for kind in kinds}
+        names = list(kinds)
+        for round_ in range(args.repeats):
+            # rotated, so no kind always reads first (or right after the same other)
+            for kind in names[round_ % 3 :] + names[: round_ % 3]:
+                child_kind = "one" if kind == "one" else "mix"
+                runs[kind].append(run_child(child_kind, kinds[kind], args))
         load_after = os.getloadavg()[0]
     resumed = resume(count(args.resume_samples), args.sources, args.world, args.batch_size)
 
     def rate(result: dict[str, Any]) -> float:
         return result["samples"] / result["seconds"]
 
+    def median(values: list[float]) -> float:
+        return float(np.median(values))
+
+    def ratios(kind: str) -> list[float]:  # within each round
+        return [rate(m) / rate(b) for m, b in zip(runs[kind], runs["one"], strict=True)]
+
+    def ratio_text(kind: str) -> str:
+        values = ratios(kind)
+        if len(values) == 1:
+            return f"{values[0]:.2f}"
+        return f"{median(values):.2f} ({min(values):.2f}-{max(values):.2f})"
+
+    baseline = {
+        "rate": median([rate(r) for r in runs["one"]]),
+        "peak_rss": max(r["peak_rss"] for r in runs["one"]),
+    }
+    mix_one = {
+        "rate": median([rate(r) for r in runs["mix1"]]),
+        "peak_rss": max(r["peak_rss"] for r in runs["mix1"]),
+    }
+    mix_many = {
+        "rate": median([rate(r) for r in runs["mix"]]),
+        "peak_rss": max(r["peak_rss"] for r in runs["mix"]),
+    }
+    resident = [r["resident"] for rs in runs.values() for r in rs]
+    resident_text = (
+        "not measurable here"
+        if any(r is None for r in resident)
+        else f"at most {max(resident):.1%} of the files' bytes"
+    )
     mb = 1e6
     rows = [
         [
             "one dataset, ShardSampler (baseline)",
-            f"{rate(baseline):,.0f}",
+            f"{baseline['rate']:,.0f}",
             "1.00",
             f"{baseline['peak_rss'] / mb:,.0f}",
         ],
         [
             "Mix of 1 source",
-            f"{rate(mix_one):,.0f}",
-            f"{rate(mix_one) / rate(baseline):.2f}",
+            f"{mix_one['rate']:,.0f}",
+            ratio_text("mix1"),
             f"{mix_one['peak_rss'] / mb:,.0f}",
         ],
         [
             f"Mix of {args.sources} sources",
-            f"{rate(mix_many):,.0f}",
-            f"{rate(mix_many) / rate(baseline):.2f}",
+            f"{mix_many['rate']:,.0f}",
+            ratio_text("mix"),
             f"{mix_many['peak_rss'] / mb:,.0f}",
         ],
     ]
-    table = markdown_table(["read (cold cache)", "samples/s", "x baseline", "peak RSS MB"], rows)
+    table = markdown_table(
+        ["read (cold cache)", "samples/s (median)", "x baseline (range)", "peak RSS MB"], rows
+    )
     growth = (mix_many["peak_rss"] - mix_one["peak_rss"]) / mb
     new_world = max(1, args.world * 3 // 4)
     resume_rows = [
@@ -303,7 +353,9 @@ def main() -> None:
             f"{args.sample_bytes}-byte samples, {args.workers} DataLoader workers, batch "
             f"{args.batch_size}, window {args.window}, shards of {args.shard_size}, "
             f"max_rss {args.max_rss} (one budget for the mixture), each read from a cold "
-            "page cache in a process of its own.",
+            f"page cache in a process of its own; {args.repeats} rounds in rotated order, "
+            "medians of samples/s and of the ratios within a round (range in brackets); "
+            f"resident after each drop: {resident_text}.",
             table,
             f"RSS growth from 1 to {args.sources} sources: {growth:+,.0f} MB "
             f"({mix_many['peak_rss'] / max(mix_one['peak_rss'], 1):.2f}x).",
