@@ -206,7 +206,11 @@ class Mix(torch.utils.data.Dataset[Any]):
             columns = dict(self.sources[int(sources[0])].read_batch(local, out=part_out))
         else:
             shards = np.searchsorted(self._shard_ends, array, side="right")
-            columns = self._read_grouped(shards, local, fixed, out)
+            if self.budget is None:
+                columns = self._read_grouped(shards, local, fixed, out)
+            else:  # one check of the budget for the batch, not one per source read
+                with self.budget.batch():
+                    columns = self._read_grouped(shards, local, fixed, out)
         source_column = None if out is None else out.get(SOURCE_FIELD)
         if source_column is None:
             source_column = np.empty(count, dtype=np.int64)

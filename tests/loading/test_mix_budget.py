@@ -86,6 +86,19 @@ def test_a_mix_stays_within_one_budget_for_all_sources(paths: list[Path]) -> Non
     mix.close()
 
 
+def test_a_mixed_batch_is_checked_once_not_once_per_source(paths: list[Path]) -> None:
+    """Reading RSS costs a /proc read: a batch of every source is one check, as one
+    dataset's batch of many shards is (32 MiB read before a check at the latest)."""
+    mix = _mix(paths, max_rss="4GB")
+    batches = [[s * PER_SOURCE + i for s in range(SOURCES)] * 2 for i in range(0, 40, 2)]
+    for batch in batches:
+        assert mix.read_batch(batch)["i"].tolist() == [i % PER_SOURCE for i in batch]
+    stats = mix.sources[0].memory_stats()
+    assert stats["checks"] == len(batches), stats  # not SOURCES per batch
+    assert stats["bytes_read"] == len(batches) * 2 * (VALUE + 8)
+    mix.close()
+
+
 def test_the_budget_is_shared_after_pickling_and_refused_twice(paths: list[Path]) -> None:
     mix = pickle.loads(pickle.dumps(_mix(paths[:2], max_rss="8MB")))
     assert mix.budget is not None
