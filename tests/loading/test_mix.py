@@ -167,6 +167,30 @@ def test_loader_resumes_with_new_weights_and_prefetcher_and_doctor_read_it(data:
     assert len(set(head)) == len(head)
 
 
+def test_the_doctor_traces_a_mixture_read_by_workers(data: Path) -> None:
+    """The traced twin of the loader holds a proxy of the Mix in each worker: the
+    batches are the same, with their sources, and every one is recorded by worker."""
+    mix = _mix(data)
+    loader = DataLoader(
+        mix,
+        batch_size=21,
+        sampler=MixSampler(mix, window="4KB"),
+        num_workers=2,
+        multiprocessing_context="fork",
+    )
+    indices = list(MixSampler(mix, window="4KB"))
+    x, sources = _expected(mix, indices)
+    got_x: list[int] = []
+    got_sources: list[int] = []
+    with shardio.trace(loader) as tr:
+        for batch in tr:
+            got_x += batch["x"].tolist()
+            got_sources += batch["source"].tolist()
+    assert got_x == x and got_sources == sources
+    assert len(tr.records) == 10 and {r.worker for r in tr.records} == {0, 1}
+    assert tr.summary().batches == 10 and tr.report()
+
+
 def test_sources_with_other_fields_are_refused(data: Path, tmp_path: Path) -> None:
     _write(tmp_path / "other", np.arange(5), "mmap")  # no tokens field
     sources = {"web": ShardedDataset(data / "web"), "other": ShardedDataset(tmp_path / "other")}
