@@ -501,7 +501,7 @@ class HDF5Reader(ShardReader[_File]):
             if positions is not None:
                 assert handle.rows_file is not None  # a table is only made with the file
                 data = np.empty((len(unique), *fld.shape), dtype=handle.datasets[fld.name].dtype)
-                handle.rows_file.read_rows(positions.tolist(), [data])
+                handle.rows_file.read_rows(positions, [data])
             else:
                 dataset = handle.datasets[fld.name]
                 cached = tables.get(dataset.name)

@@ -517,7 +517,7 @@ class LMDBReader(ShardReader[_Env]):
         if adjacent and not variable:
             if targets:
                 first = layout.header + targets[0].offset
-                values.read_rows((positions[:, 0] + first).tolist(), [t.rows for t in targets])
+                values.read_rows(positions[:, 0] + first, [t.rows for t in targets])
             return int(positions[:, 1].sum())
         view = values.view
         if view is not None:
