@@ -163,6 +163,7 @@ class DatasetReader:
                 raise _as_corrupt(self.path, exc) from exc
             self.shard_infos = (ShardInfo(self.path, lengths[0], self._local_nbytes(reader)),)
         self.index = ShardIndex(lengths)
+        self._reader_class.check_options(self.options, self.path)  # now, not at first read
         per_shard = self._reader_class.descriptors_per_shard(self.schema)
         if max_open_shards is None and self._cache is not None:  # open shards hold cache space
             max_open_shards = min(self._cache.open_shards(), resolve_open_limit(None, per_shard))

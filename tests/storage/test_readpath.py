@@ -103,3 +103,32 @@ def test_a_budget_closes_no_shard_another_thread_reads(tmp_path: Path) -> None:
     assert errors == []
     assert len(got) == 4 * 43 and all(got)
     assert ds.memory_stats()["reopens"] > 0  # the budget did close files
+
+
+@pytest.mark.parametrize("fmt", ["lmdb", "mmap", "hdf5"])
+def test_an_unknown_read_mode_is_refused_when_the_dataset_is_made(tmp_path: Path, fmt: str) -> None:
+    """One check for every backend with a read mode: LMDB and HDF5 took any other
+    value as "map"; the dataset refuses it before any shard opens."""
+    _write(tmp_path / "ds", fmt)
+    with pytest.raises(
+        shardio.InvalidOptionError, match=r"'map' or 'pread', but got read_mode='mapped'"
+    ):
+        ShardedDataset(tmp_path / "ds", read_mode="mapped")
+
+
+@pytest.mark.parametrize("fmt", ["lmdb", "mmap", "hdf5"])
+@pytest.mark.parametrize("mode", ["map", "pread"])
+def test_touching_mapped_pages_is_declared_without_opening(
+    tmp_path: Path, fmt: str, mode: str
+) -> None:
+    """The budget asks a reader whether reads fault mapped pages: a declared answer
+    (the class and its read mode) that opens nothing, and is true of the open reader."""
+    data = _write(tmp_path / "ds", fmt)
+    ds = ShardedDataset(tmp_path / "ds", read_mode=mode)
+    path = ds.reader.shard_paths[0]
+    reader = ds.reader._reader_class(path, read_mode=mode)
+    assert reader.touches_mapped_pages == (mode == "map")
+    assert not reader.is_open
+    np.testing.assert_array_equal(reader.read_many(np.array([2, 0]))["x"], data[[2, 0]])
+    assert reader.touches_mapped_pages == (mode == "map")  # the positioned rows' map
+    reader.close()

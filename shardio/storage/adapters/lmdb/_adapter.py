@@ -301,11 +301,14 @@ class LMDBReader(ShardReader[_Env]):
             if opened.layout:
                 opened.offsets = self._load_offsets(env)
             if opened.offsets is not None:
-                pread = self.backend_options.get("read_mode", "map") == "pread"
+                pread = self.read_mode == "pread"
                 opened.values = PositionedFile(data_file, "pread" if pread else "map")
             else:  # values are read through LMDB's map: guarded through a descriptor
                 opened.guard_fd = os.open(data_file, os.O_RDONLY)
                 opened.mapped_size = os.fstat(opened.guard_fd).st_size
+            # Values found through the B-tree are read through LMDB's map, whatever
+            # read_mode says.
+            self.touches_mapped_pages = opened.values is None or opened.values.mapped
             return opened
         except BaseException:
             _POOL.release(env)
@@ -354,10 +357,6 @@ class LMDBReader(ShardReader[_Env]):
         self._length = len(keys)
         self._schema = schema
         return _Env(env, None, keys, decode)
-
-    @property
-    def touches_mapped_pages(self) -> bool:
-        return self.handle.offsets is None  # values read by offset never touch the map
 
     def value_ranges(self, indices: np.ndarray) -> ValueRanges | None:
         handle = self.handle
