@@ -132,3 +132,22 @@ def test_touching_mapped_pages_is_declared_without_opening(
     np.testing.assert_array_equal(reader.read_many(np.array([2, 0]))["x"], data[[2, 0]])
     assert reader.touches_mapped_pages == (mode == "map")  # the positioned rows' map
     reader.close()
+
+
+@pytest.mark.parametrize("offset", [-8, 1000 - 7])
+def test_a_mapped_row_outside_the_file_is_refused(tmp_path: Path, offset: int) -> None:
+    """A damaged table of positions: a row past the end or before the start of the file
+    is an error naming the file, not a short or wrapped copy."""
+    from shardio.storage.adapters.positioned import PositionedFile
+
+    path = tmp_path / "rows.bin"
+    path.write_bytes(bytes(range(250)) * 4)
+    rows = np.zeros((2, 8), dtype=np.uint8)
+    values = PositionedFile(str(path), "map")
+    try:
+        values.read_rows(np.array([8, 16]), [rows])
+        assert rows.tolist() == [list(range(8, 16)), list(range(16, 24))]
+        with pytest.raises(shardio.ShardCorruptError, match=r"rows\.bin: a row lies outside"):
+            values.read_rows(np.array([0, offset]), [rows])
+    finally:
+        values.close()

@@ -123,6 +123,14 @@ class PositionedFile:
         flats = [part.reshape(-1).view(np.uint8) for part in rows]
         if self._bytes is not None:
             self.check_size()
+            # A memoryview slice clips past the end and counts a negative start from
+            # the end: offsets outside the file are refused, not read short or wrapped.
+            if int(offsets.min()) < 0 or int(offsets.max()) + wanted > self.size:
+                raise ShardCorruptError(
+                    f"{self.path}: a row lies outside the file's {self.size} bytes "
+                    f"(offsets {int(offsets.min())} to {int(offsets.max())}, {wanted} bytes "
+                    "each): its table of positions is damaged"
+                )
             # NOTE: one copy per row and field between memoryviews: slicing a memoryview
             # costs a fraction of slicing an array, and a vectorized gather (fancy
             # indexing a strided view of the map) allocates a temporary that faults in
