@@ -180,6 +180,9 @@ class _JobPart(JobBudget):
     def provisional_share(self, workers: int = 0) -> int:
         return max(1, int(self.whole.provisional_share(workers) * self.fraction))
 
+    def part_of(self, share: int) -> int:
+        return max(1, int(share * self.fraction))
+
     def fix_in_use(self) -> None:
         self.whole.fix_in_use()
 
@@ -197,6 +200,9 @@ class _SourceGuard(MemoryGuard):
 
     def worker(self) -> WorkerInfo | None:
         return self.budget.guard.worker()
+
+    def share(self) -> int | None:
+        return self.budget.guard.share()
 
     def after_read(self, nbytes: int) -> tuple[ReleaseKind, ...]:
         return self.budget.after_read(self.number, nbytes)

@@ -168,6 +168,11 @@ class JobBudget:
         margin = default_margin(self.limit.nbytes) if self.margin is None else self.margin
         return max(MIN_SHARE, (self.limit.nbytes - in_use - margin) // (workers + 1))
 
+    def part_of(self, share: int) -> int:
+        """What a reader under this budget may add of a process's ``share`` (all of it;
+        a part of a job budget, such as a `Mix` source's, scales it)."""
+        return share
+
     def for_process(self, worker: WorkerInfo | None, baseline: int) -> JobSplit:
         """This process's split: ``worker`` is ``(id, num_workers)`` in a DataLoader
         worker, ``None`` in the main process; ``baseline`` its RSS at its start."""

@@ -240,6 +240,14 @@ class MemoryGuard:
             stats.workers = split.workers
         return _State(pid, baseline, policy, watch, stats=stats)
 
+    def share(self) -> int | None:
+        """This process's ``max_rss``, decided once per process: the policy's, or its
+        slot of a job budget (`JobBudget.for_process`, with this process's worker
+        identity and starting RSS). The one figure the guard enforces and the read
+        path fits its caches and read pieces to; None without a policy."""
+        policy = self.state.policy
+        return policy.max_rss if policy is not None else None
+
     def start(self) -> None:
         """Take this process's baseline now (after imports and open)."""
         self.state  # noqa: B018

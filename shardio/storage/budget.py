@@ -65,17 +65,19 @@ class ReadBudget:
         """This process's budget.
 
         A job-wide budget (``max_rss="auto"`` or ``"total:SIZE"``) is split between
-        the main process and each DataLoader worker (the guard's `worker`, asked once
-        per process): a worker fits its caches and its read pieces to its own slot of
-        the job, not to what the main process could hold reading alone."""
+        the main process and each DataLoader worker once per process, by the guard
+        (`MemoryGuard.share`, from the worker identity it was given and the process's
+        starting RSS): the caches and read pieces fitted here and the RSS the guard
+        enforces are the same figure."""
         return self._process.get(self._fit)
 
     def _fit(self) -> _Process:
         policy = self.policy
         budget = policy.max_rss
         if policy.job is not None and policy.job.limit is not None:
-            worker = self.guard.worker()
-            budget = policy.job.provisional_share(workers=worker[1] if worker else 0)
+            share = self.guard.share()
+            assert share is not None  # the guard holds the same job policy
+            budget = policy.job.part_of(share)
         options = self._reader_class.budget_options(budget, *self._shape)
         return _Process(budget, options, max(4, budget // (4 * _WORST_FAULT_BYTES)))
 

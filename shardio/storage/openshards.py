@@ -20,11 +20,11 @@ from shardio.memory import ReleaseKind, ReleaseResult
 from .adapters.base import ShardReader
 from .openlimit import RecentlyUsed
 
-__all__ = ["OpenShards"]
+__all__ = ["OpenShards", "ProcessShards"]
 
 
 @dataclass
-class _Held:
+class ProcessShards:
     """One process's readers and who is reading them."""
 
     readers: dict[int, ShardReader[Any]] = field(default_factory=dict)
@@ -44,53 +44,66 @@ class OpenShards:
         self.recent = RecentlyUsed(limit)
         # NOTE: a forked child drops the parent's readers without closing them (their
         # handles are the parent's); threads that were reading exist only there.
-        self._held: PerProcess[_Held] = PerProcess()
+        self._held: PerProcess[ProcessShards] = PerProcess()
 
     @property
     def readers(self) -> dict[int, ShardReader[Any]]:
         """This process's shard readers by number (made on first use here)."""
-        return self._held.get(_Held).readers
+        return self._held.get(ProcessShards).readers
 
-    @property
-    def _users(self) -> Counter[int]:
-        return self._held.get(_Held).users
+    def here(self) -> ProcessShards:
+        """This process's readers and users, looked up once for a batch's bookkeeping."""
+        return self._held.get(ProcessShards)
 
-    @property
-    def _close_when_unused(self) -> set[int]:
-        return self._held.get(_Held).close_when_unused
-
-    def use(self, number: int) -> None:
+    def use(self, number: int, held: ProcessShards | None = None) -> None:
         """Count a use of shard ``number`` for the open limit (under ``lock``): the
         least recently used shard beyond it closes now, or when its last reader leaves."""
+        held = held if held is not None else self._held.get(ProcessShards)
         evicted = self.recent.use(number)
-        self._close_when_unused.discard(number)
-        if evicted is None or evicted not in self.readers:
+        held.close_when_unused.discard(number)
+        if evicted is None or evicted not in held.readers:
             return
-        if self._users[evicted]:
-            self._close_when_unused.add(evicted)
+        if held.users[evicted]:
+            held.close_when_unused.add(evicted)
         else:
-            self.readers[evicted].close()
+            held.readers[evicted].close()
 
-    def enter(self, number: int) -> None:
+    def enter(self, number: int, held: ProcessShards | None = None) -> None:
         """A thread starts reading shard ``number`` (under ``lock``)."""
-        self._users[number] += 1
+        (held if held is not None else self._held.get(ProcessShards)).users[number] += 1
 
     def leave(self, number: int, close: bool = False) -> None:
         """A thread is done with shard ``number``; the last one closes it where that
         was asked meanwhile (or ``close``: a reader opened only for this use)."""
         with self.lock:
-            self._users[number] -= 1
-            if self._users[number]:
-                return
-            del self._users[number]
-            if close or number in self._close_when_unused:
-                self._close_when_unused.discard(number)
-                self.readers[number].close()
+            self._leave(self._held.get(ProcessShards), number, close)
+
+    def leave_all(self, numbers: list[int]) -> None:
+        """`leave` for each of ``numbers`` (shards a batch entered), under one lock."""
+        with self.lock:
+            self.leave_held(self._held.get(ProcessShards), numbers)
+
+    def leave_held(self, held: ProcessShards, numbers: list[int]) -> None:
+        """`leave_all` for a caller that holds ``lock`` and looked up ``held``."""
+        for number in numbers:
+            self._leave(held, number, False)
+
+    @staticmethod
+    def _leave(held: ProcessShards, number: int, close: bool) -> None:
+        users = held.users
+        users[number] -= 1
+        if users[number]:
+            return
+        del users[number]
+        if close or number in held.close_when_unused:
+            held.close_when_unused.discard(number)
+            held.readers[number].close()
 
     def close_unused(self, keep: int) -> None:
         """Close every open reader no thread reads, but shard ``keep``'s (under ``lock``)."""
-        for number, reader in self.readers.items():
-            if number != keep and reader.is_open and not self._users[number]:
+        held = self._held.get(ProcessShards)
+        for number, reader in held.readers.items():
+            if number != keep and reader.is_open and not held.users[number]:
                 reader.close()
 
     def open_numbers(self) -> set[int]:
@@ -102,9 +115,10 @@ class OpenShards:
         next release comes with a later check."""
         total = ReleaseResult()
         with self.lock:
-            for number, reader in self.readers.items():
+            held = self._held.get(ProcessShards)
+            for number, reader in held.readers.items():
                 if reader.is_open:
-                    total += reader.release_memory(kind, may_close=not self._users[number])
+                    total += reader.release_memory(kind, may_close=not held.users[number])
         return total
 
     def close(self) -> None:

@@ -46,7 +46,7 @@ from .integrity import ShardChecks, VerifyMode, check_mode
 from .layout import MANIFEST_NAME, ShardFiles, shard_files_as_written
 from .manifest import Manifest, ShardInfo
 from .openlimit import resolve_open_limit
-from .openshards import OpenShards
+from .openshards import OpenShards, ProcessShards
 
 __all__ = ["DatasetReader"]
 
@@ -163,6 +163,7 @@ class DatasetReader:
                 raise _as_corrupt(self.path, exc) from exc
             self.shard_infos = (ShardInfo(self.path, lengths[0], self._local_nbytes(reader)),)
         self.index = ShardIndex(lengths)
+        self._reader_class.check_options(self.options, self.path)  # now, not at first read
         per_shard = self._reader_class.descriptors_per_shard(self.schema)
         if max_open_shards is None and self._cache is not None:  # open shards hold cache space
             max_open_shards = min(self._cache.open_shards(), resolve_open_limit(None, per_shard))
@@ -281,16 +282,26 @@ class DatasetReader:
         other thread closes it) until `OpenShards.leave`. ``local``: the rows about to
         be read (a use, hinted to the backend); None: a readahead hint, not a use."""
         with self._lock:
-            if local is not None:
-                self._shards.use(number)
-            made = number not in self._shards.readers
+            return self._enter_held(self._shards.here(), number, local)
+
+    def _enter_held(
+        self, held: ProcessShards, number: int, local: np.ndarray | None
+    ) -> ShardReader[Any]:
+        """`_enter` for a caller that holds the lock and looked up this process's
+        ``held`` readers (once for a batch's shards)."""
+        if local is not None:
+            self._shards.use(number, held)
+        reader = held.readers.get(number)
+        if reader is None:
             reader = self._shard_reader(number)
-            if self._cache is not None and not made and not reader.is_open:
+            self._open_here(reader)
+        elif not reader.is_open:
+            if self._cache is not None:
                 self._cache_shard(number)  # it may have been evicted since it closed
             self._open_here(reader)
-            if local is not None and len(local) > 1:
-                reader.hint_access(self._access_pattern(local))
-            self._shards.enter(number)
+        if local is not None and len(local) > 1:
+            reader.hint_access(self._access_pattern(local))
+        held.users[number] += 1
         return reader
 
     def _shard_reader(self, number: int) -> ShardReader[Any]:
@@ -434,38 +445,55 @@ class DatasetReader:
         if count == 0:
             return {**self._empty_columns(), **out}
         first = int(shards[0])
-        if (shards == first).all():
-            groups: list[tuple[int, np.ndarray | None]] = [(first, None)]
+        if len(self.index.lengths) == 1 or (shards == first).all():
+            groups: list[tuple[int, np.ndarray | None, np.ndarray]] = [(first, None, local)]
         else:
             order = np.argsort(shards, kind="stable")
             boundaries = np.flatnonzero(np.diff(shards[order])) + 1
-            groups = [(int(shards[p[0]]), p) for p in np.split(order, boundaries)]
+            groups = [(int(shards[p[0]]), p, local[p]) for p in np.split(order, boundaries)]
         columns: Columns = dict(out)
         budget = self._budget
-        for number, positions in groups:
-            rows = local if positions is None else local[positions]
-            reader = self._enter(number, rows)
+        checks = self._checks if self._checks.mode != "off" else None
+        # A batch's shards are entered and left under one lock each, as many at a time
+        # as may be open (through the node cache: one at a time, as it may wait for room).
+        window = 1 if self._cache is not None else max(1, self._shards.recent.limit)
+        for at in range(0, len(groups), window):
+            part = groups[at : at + window] if window < len(groups) else groups
+            numbers = [number for number, _, _ in part]
+            readers: list[ShardReader[Any]] = []
+            with self._lock:
+                held = self._shards.here()
+                try:
+                    for number, _, rows in part:
+                        readers.append(self._enter_held(held, number, rows))
+                except BaseException:
+                    self._shards.leave_held(held, numbers[: len(readers)])
+                    raise
             try:
-                self._checks.check(number, reader, rows)
-                target = out if positions is None else {}
-                step = 0 if budget is None else budget.pieces(reader)
-                if budget is not None and step and len(rows) > step:
-                    part = budget.read_in_pieces(reader, rows, target, step)
-                else:
-                    before = reader.bytes_read
-                    part = reader.read_into(rows, target)
-                    if budget is not None:
-                        budget.after(reader, reader.bytes_read - before)
-            except (ShardioError, MemoryError):
-                raise
-            except Exception as exc:
-                raise _as_corrupt(reader.path, exc) from exc
+                for (number, positions, rows), reader in zip(part, readers, strict=True):
+                    try:
+                        if checks is not None:
+                            checks.check(number, reader, rows)
+                        target = out if positions is None else {}
+                        step = 0 if budget is None else budget.pieces(reader)
+                        if budget is None:
+                            part_columns = reader.read_into(rows, target)
+                        elif step and len(rows) > step:
+                            part_columns = budget.read_in_pieces(reader, rows, target, step)
+                        else:
+                            before = reader.bytes_read
+                            part_columns = reader.read_into(rows, target)
+                            budget.after(reader, reader.bytes_read - before)
+                    except (ShardioError, MemoryError):
+                        raise
+                    except Exception as exc:
+                        raise _as_corrupt(reader.path, exc) from exc
+                    if positions is None:
+                        columns = part_columns
+                    else:
+                        _scatter(part_columns, positions, count, columns)
             finally:
-                self._shards.leave(number)
-            if positions is None:
-                columns = part
-            else:
-                _scatter(part, positions, count, columns)
+                self._shards.leave_all(numbers)
         if budget is not None:
             budget.settle()
         return columns

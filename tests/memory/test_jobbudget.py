@@ -282,7 +282,8 @@ def test_the_job_warning_reaches_memory_stats(small, caplog) -> None:
 
 
 class CacheProbe(torch.utils.data.Dataset):
-    """Returns the HDF5 chunk cache the reading process's shard reader was opened with."""
+    """Returns the HDF5 chunk cache the reading process's shard reader was opened with,
+    and the process's budget and starting RSS as its guard enforces them."""
 
     def __init__(self, ds: ShardedDataset) -> None:
         self.ds = ds
@@ -290,17 +291,20 @@ class CacheProbe(torch.utils.data.Dataset):
     def __len__(self) -> int:
         return len(self.ds)
 
-    def __getitem__(self, index: int) -> tuple[int, int, int]:
+    def __getitem__(self, index: int) -> tuple[int, int, int, int, int]:
         value = int(self.ds[index]["x"][0])
         shard, _ = self.ds.reader.index.locate(index)
         reader = self.ds.reader.shard(shard)
-        return os.getpid(), reader.backend_options["rdcc_nbytes"], value
+        stats = self.ds.memory_stats()
+        cache = reader.backend_options["rdcc_nbytes"]
+        return os.getpid(), cache, value, stats["budget"], stats["baseline_rss"]
 
 
 @pytest.mark.parametrize("context", ["fork", "spawn"])
 def test_worker_caches_fit_the_workers_slot_not_the_main_process(tmp_path, context) -> None:
     """HDF5 chunk caches are sized from the budget of the process that opens the file:
-    a DataLoader worker of a job budget gets a slot of the job, and its caches fit it."""
+    a DataLoader worker of a job budget gets a slot of the job less its starting RSS,
+    decided once in the worker, and its caches fit the very figure its guard enforces."""
     rows = np.arange(1024 * 1024, dtype=np.int32).reshape(-1, 16)  # 4 MiB
     with ShardWriter(tmp_path / "ds", format="hdf5", shard_size="16KB") as writer:
         writer.write_batch({"x": rows})
@@ -317,10 +321,12 @@ def test_worker_caches_fit_the_workers_slot_not_the_main_process(tmp_path, conte
         sampler=range(0, len(ds), 977),
     )  # fmt: skip
     seen = list(loader)
-    assert [value for _, _, value in seen] == [int(rows[i, 0]) for i in range(0, len(ds), 977)]
-    caches = {pid: cache for pid, cache, _ in seen}
+    assert [s[2] for s in seen] == [int(rows[i, 0]) for i in range(0, len(ds), 977)]
+    caches = {pid: (cache, budget, baseline) for pid, cache, _, budget, baseline in seen}
     assert len(caches) == 2 and os.getpid() not in caches
     job = ds.reader.memory_policy.job
     slot = (8 * 10**9 - job.in_use - default_margin(8 * 10**9)) // 3
-    assert set(caches.values()) == {max(64 * 1024, slot // (shards * 8))}
-    assert max(caches.values()) < main_cache / 2
+    for cache, budget, baseline in caches.values():
+        assert budget == slot - baseline  # what the guard enforces: one figure
+        assert cache == max(64 * 1024, budget // (shards * 8))
+    assert max(cache for cache, _, _ in caches.values()) < main_cache / 2

@@ -103,3 +103,51 @@ def test_a_budget_closes_no_shard_another_thread_reads(tmp_path: Path) -> None:
     assert errors == []
     assert len(got) == 4 * 43 and all(got)
     assert ds.memory_stats()["reopens"] > 0  # the budget did close files
+
+
+@pytest.mark.parametrize("fmt", ["lmdb", "mmap", "hdf5"])
+def test_an_unknown_read_mode_is_refused_when_the_dataset_is_made(tmp_path: Path, fmt: str) -> None:
+    """One check for every backend with a read mode: LMDB and HDF5 took any other
+    value as "map"; the dataset refuses it before any shard opens."""
+    _write(tmp_path / "ds", fmt)
+    with pytest.raises(
+        shardio.InvalidOptionError, match=r"'map' or 'pread', but got read_mode='mapped'"
+    ):
+        ShardedDataset(tmp_path / "ds", read_mode="mapped")
+
+
+@pytest.mark.parametrize("fmt", ["lmdb", "mmap", "hdf5"])
+@pytest.mark.parametrize("mode", ["map", "pread"])
+def test_touching_mapped_pages_is_declared_without_opening(
+    tmp_path: Path, fmt: str, mode: str
+) -> None:
+    """The budget asks a reader whether reads fault mapped pages: a declared answer
+    (the class and its read mode) that opens nothing, and is true of the open reader."""
+    data = _write(tmp_path / "ds", fmt)
+    ds = ShardedDataset(tmp_path / "ds", read_mode=mode)
+    path = ds.reader.shard_paths[0]
+    reader = ds.reader._reader_class(path, read_mode=mode)
+    assert reader.touches_mapped_pages == (mode == "map")
+    assert not reader.is_open
+    np.testing.assert_array_equal(reader.read_many(np.array([2, 0]))["x"], data[[2, 0]])
+    assert reader.touches_mapped_pages == (mode == "map")  # the positioned rows' map
+    reader.close()
+
+
+@pytest.mark.parametrize("offset", [-8, 1000 - 7])
+def test_a_mapped_row_outside_the_file_is_refused(tmp_path: Path, offset: int) -> None:
+    """A damaged table of positions: a row past the end or before the start of the file
+    is an error naming the file, not a short or wrapped copy."""
+    from shardio.storage.adapters.positioned import PositionedFile
+
+    path = tmp_path / "rows.bin"
+    path.write_bytes(bytes(range(250)) * 4)
+    rows = np.zeros((2, 8), dtype=np.uint8)
+    values = PositionedFile(str(path), "map")
+    try:
+        values.read_rows(np.array([8, 16]), [rows])
+        assert rows.tolist() == [list(range(8, 16)), list(range(16, 24))]
+        with pytest.raises(shardio.ShardCorruptError, match=r"rows\.bin: a row lies outside"):
+            values.read_rows(np.array([0, offset]), [rows])
+    finally:
+        values.close()

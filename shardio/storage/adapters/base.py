@@ -66,11 +66,31 @@ class ShardReader(ABC, Generic[HandleT]):
     #: or holds library caches that only a reopen drops.
     maps_files: ClassVar[bool] = False
     holds_caches: ClassVar[bool] = False
+    #: The ``read_mode=`` values a backend that names ``"read_mode"`` in `options`
+    #: accepts: ``"map"`` (the default: through a mapping) or ``"pread"`` (copied with
+    #: pread: no page mapped; the mode under a memory budget). Checked here, once.
+    READ_MODES: ClassVar[tuple[str, ...]] = ("map", "pread")
     #: Backend-specific keyword options this reader accepts.
     options: ClassVar[frozenset[str]] = frozenset()
     #: Files the backend's own library may create in a shard after it was written
     #: (not part of its size or checksum).
     transient_files: ClassVar[frozenset[str]] = frozenset()
+
+    @classmethod
+    def check_options(cls, options: Mapping[str, Any], path: str) -> str | None:
+        """Refuse an option the backend does not take, or a ``read_mode`` it does not
+        offer (the one place either is checked); returns the read mode, None where the
+        backend takes none."""
+        _check_options(options, cls.options, f"by the {cls.format} backend (reading {path})")
+        if "read_mode" not in cls.options:
+            return None
+        mode = options.get("read_mode", "map")
+        if mode not in cls.READ_MODES:
+            raise InvalidOptionError(
+                f"read_mode should be {' or '.join(map(repr, cls.READ_MODES))}, but got "
+                f"read_mode={mode!r} (the {cls.format} backend, reading {path})"
+            )
+        return str(mode)
 
     @classmethod
     def descriptors_per_shard(cls, schema: Schema) -> int:
@@ -86,13 +106,19 @@ class ShardReader(ABC, Generic[HandleT]):
         allow_external: bool = False,
         **options: Any,
     ) -> None:
-        _check_options(options, self.options, f"by the {self.format} backend (reading {path})")
+        #: ``"map"`` or ``"pread"`` where the backend takes ``read_mode=``, else None.
+        self.read_mode = self.check_options(options, path)
         self.path = path
         #: Read data that metadata places outside the shard (HDF5 external storage and
         #: virtual datasets, files named by path in shard metadata); refused by default.
         self.allow_external = allow_external
         self.requested_fields = None if fields is None else list(fields)
         self.backend_options = options
+        #: Reading faults pages of a file mapping into this process (RSS grows with
+        #: what is read): declared from the class and the read mode, never by opening
+        #: a file; a backend that learns otherwise when it opens (a file it reads
+        #: without its map) sets it then.
+        self.touches_mapped_pages = self.maps_files and self.read_mode != "pread"
         self._handle: PerProcess[HandleT] = PerProcess()
         self._length: int | None = None
         self._schema: Schema | None = None
@@ -213,11 +239,6 @@ class ShardReader(ABC, Generic[HandleT]):
         self.close()
         self.reopens += 1
         return ReleaseResult(reopens=1)
-
-    @property
-    def touches_mapped_pages(self) -> bool:
-        """True when reading faults pages of a file mapping into this process."""
-        return self.maps_files
 
     def _drop_pages(self) -> ReleaseResult | None:
         """madvise(MADV_DONTNEED) on this reader's mappings; None where it has none

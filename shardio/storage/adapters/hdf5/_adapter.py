@@ -356,11 +356,6 @@ class HDF5Reader(ShardReader[_File]):
         cache = min(max(share // 8, 64 * 1024), 16 * 1024 * 1024)
         return {"read_mode": "pread", "rdcc_nbytes": cache}
 
-    @property
-    def touches_mapped_pages(self) -> bool:
-        rows_file = self.handle.rows_file
-        return rows_file is not None and rows_file.mapped
-
     def _open(self) -> _File:
         file = self._open_file()
         try:
@@ -423,6 +418,9 @@ class HDF5Reader(ShardReader[_File]):
         }
         if not is_remote(self.path):
             self._locate_rows(opened)
+        # Only rows read at their file positions through shardio's map touch mapped
+        # pages; HDF5's own reads copy into its buffers.
+        self.touches_mapped_pages = opened.rows_file is not None and opened.rows_file.mapped
         return opened
 
     def _locate_rows(self, opened: _File) -> None:
@@ -434,7 +432,7 @@ class HDF5Reader(ShardReader[_File]):
         }
         if not any(opened.tables.values()):
             return
-        pread = self.backend_options.get("read_mode", "map") == "pread"
+        pread = self.read_mode == "pread"
         local = self.path.removeprefix("file://")
         opened.rows_file = PositionedFile(local, "pread" if pread else "map")
 
@@ -501,7 +499,7 @@ class HDF5Reader(ShardReader[_File]):
             if positions is not None:
                 assert handle.rows_file is not None  # a table is only made with the file
                 data = np.empty((len(unique), *fld.shape), dtype=handle.datasets[fld.name].dtype)
-                handle.rows_file.read_rows(positions.tolist(), [data])
+                handle.rows_file.read_rows(positions, [data])
             else:
                 dataset = handle.datasets[fld.name]
                 cached = tables.get(dataset.name)

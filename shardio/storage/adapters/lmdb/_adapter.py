@@ -76,6 +76,11 @@ class _Layout:
     fixed_fields: list[tuple[str, int, int]]  # (name, offset in fixed block, nbytes)
     variable_fields: list[tuple[str, int, bool]]  # (name, position in header, is bytes)
     variable_dtypes: dict[str, np.dtype]
+    #: (dtype, shape) of each of ``fixed_fields``, looked up once, not per read.
+    fixed_types: list[tuple[np.dtype, tuple[int, ...]]]
+    #: The selected fixed fields lie side by side in a value, in the order selected:
+    #: one row each of one positioned read.
+    fixed_adjacent: bool
 
     @classmethod
     def of(cls, full: Schema, selected: Schema) -> _Layout:
@@ -87,16 +92,19 @@ class _Layout:
                 fixed_offsets[fld.name] = offset
                 offset += fld.sample_nbytes
         positions = {f.name: k for k, f in enumerate(variable)}
+        fixed_fields = [
+            (f.name, fixed_offsets[f.name], f.sample_nbytes) for f in selected if not f.variable
+        ]
         return cls(
             header=_LENGTH.itemsize * len(variable),
             fixed=offset,
-            fixed_fields=[
-                (f.name, fixed_offsets[f.name], f.sample_nbytes) for f in selected if not f.variable
-            ],
+            fixed_fields=fixed_fields,
             variable_fields=[
                 (f.name, positions[f.name], f.kind == "bytes") for f in selected if f.variable
             ],
             variable_dtypes={f.name: f.dtype for f in selected if f.variable},
+            fixed_types=[(f.dtype, f.shape) for f in selected if not f.variable],
+            fixed_adjacent=all(a[1] + a[2] == b[1] for a, b in itertools.pairwise(fixed_fields)),
         )
 
 
@@ -203,12 +211,16 @@ class _Env:
     data_file: str = ""
     offsets: np.ndarray | None = None  # (N, 2): offset and length of each value in data.mdb
     values: PositionedFile | None = None  # data.mdb, read at those offsets (map or pread)
-    guard_fd: int | None = None  # the data file, to notice a truncation before a mapped read
+    # Without ``values``: the data file, to notice a truncation before a read through
+    # LMDB's map (``values`` guards its own map).
+    guard_fd: int | None = None
     mapped_size: int = 0
 
     def check_unchanged(self) -> None:
         """Raise before a mapped read of a data file truncated since it was opened."""
-        if self.guard_fd is not None:
+        if self.values is not None:
+            self.values.check_size()  # a no-op in pread mode
+        elif self.guard_fd is not None:
             raise_if_truncated(self.data_file, os.fstat(self.guard_fd).st_size, self.mapped_size)
 
     def mapped(self) -> list[Any]:
@@ -289,10 +301,14 @@ class LMDBReader(ShardReader[_Env]):
             if opened.layout:
                 opened.offsets = self._load_offsets(env)
             if opened.offsets is not None:
-                pread = self.backend_options.get("read_mode", "map") == "pread"
+                pread = self.read_mode == "pread"
                 opened.values = PositionedFile(data_file, "pread" if pread else "map")
-            opened.guard_fd = os.open(data_file, os.O_RDONLY)
-            opened.mapped_size = os.fstat(opened.guard_fd).st_size
+            else:  # values are read through LMDB's map: guarded through a descriptor
+                opened.guard_fd = os.open(data_file, os.O_RDONLY)
+                opened.mapped_size = os.fstat(opened.guard_fd).st_size
+            # Values found through the B-tree are read through LMDB's map, whatever
+            # read_mode says.
+            self.touches_mapped_pages = opened.values is None or opened.values.mapped
             return opened
         except BaseException:
             _POOL.release(env)
@@ -341,10 +357,6 @@ class LMDBReader(ShardReader[_Env]):
         self._length = len(keys)
         self._schema = schema
         return _Env(env, None, keys, decode)
-
-    @property
-    def touches_mapped_pages(self) -> bool:
-        return self.handle.offsets is None  # values read by offset never touch the map
 
     def value_ranges(self, indices: np.ndarray) -> ValueRanges | None:
         handle = self.handle
@@ -439,7 +451,7 @@ class LMDBReader(ShardReader[_Env]):
 
     def read_into(self, indices: np.ndarray, out: Mapping[str, np.ndarray]) -> Columns:
         handle = self.handle
-        if handle.values is None or handle.values.mapped:
+        if handle.values is None:  # `PositionedFile.read_rows` checks its own map
             handle.check_unchanged()
         if handle.layout is None:  # foreign values are decoded, then copied
             decoded = self._read_foreign(handle, indices)
@@ -452,8 +464,10 @@ class LMDBReader(ShardReader[_Env]):
         # Each selected fixed field's bytes go straight into its own output rows: the
         # caller's array where it gave one of the field's dtype, else a new one.
         targets = [
-            _Target(offset, size, _rows(out.get(name), self.schema[name].dtype, count, size))
-            for name, offset, size in layout.fixed_fields
+            _Target(offset, size, _rows(out.get(name), dtype, count, size))
+            for (name, offset, size), (dtype, _) in zip(
+                layout.fixed_fields, layout.fixed_types, strict=True
+            )
         ]
         variable: dict[str, list[Any]] = {name: [] for name, _, _ in layout.variable_fields}
         if handle.offsets is not None:
@@ -461,15 +475,18 @@ class LMDBReader(ShardReader[_Env]):
         else:
             self.bytes_read += self._read_through_map(handle, indices, targets, variable)
         columns: Columns = dict(variable)
-        for (name, _, _), target in zip(layout.fixed_fields, targets, strict=True):
-            fld = self.schema[name]
-            rows = target.rows.view(fld.dtype).reshape(count, *fld.shape)
+        for (name, _, _), (dtype, shape), target in zip(
+            layout.fixed_fields, layout.fixed_types, targets, strict=True
+        ):
+            rows = target.rows.view(dtype).reshape(count, *shape)
             given = out.get(name)
             if given is not None:
                 if not np.may_share_memory(given, target.rows):
                     given[...] = rows  # another dtype or layout: converted as copied
                 rows = given
             columns[name] = rows
+        if not variable:  # fixed fields only: already in the schema's order
+            return columns
         return {name: columns[name] for name in self.schema.names}
 
     def _read_through_map(
@@ -513,14 +530,14 @@ class LMDBReader(ShardReader[_Env]):
         values = handle.values
         assert values is not None
         # Fields stored side by side are one row each of the positioned-read layer's.
-        adjacent = all(a.offset + a.size == b.offset for a, b in itertools.pairwise(targets))
-        if adjacent and not variable:
+        if layout.fixed_adjacent and not variable:
             if targets:
                 first = layout.header + targets[0].offset
-                values.read_rows((positions[:, 0] + first).tolist(), [t.rows for t in targets])
+                values.read_rows(positions[:, 0] + first, [t.rows for t in targets])
             return int(positions[:, 1].sum())
         view = values.view
         if view is not None:
+            values.check_size()
             for row, (offset, length) in enumerate(positions.tolist()):
                 for target in targets:
                     start = offset + layout.header + target.offset

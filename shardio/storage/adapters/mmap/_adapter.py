@@ -125,15 +125,6 @@ def _check_unchanged(mapped: _Mapped) -> None:
         raise_if_truncated(path, os.fstat(fd).st_size, expected)
 
 
-def _read_mode(options: dict[str, Any], path: str) -> str:
-    mode = options.get("read_mode", "map")
-    if mode not in ("map", "pread"):
-        raise InvalidOptionError(
-            f"read_mode should be 'map' or 'pread', but got read_mode={mode!r} (reading {path})"
-        )
-    return str(mode)
-
-
 def _map_below(options: dict[str, Any], path: str) -> int:
     value = options.get("map_below", 0)
     try:
@@ -192,12 +183,8 @@ class MmapReader(ShardReader[_Mapped]):
         share = max_rss // (max(1, shard_count) * max(1, field_count))
         return {"read_mode": "pread", "map_below": share // 16}
 
-    @property
-    def touches_mapped_pages(self) -> bool:
-        return _read_mode(self.backend_options, self.path) != "pread"
-
     def _open(self) -> _Mapped:
-        pread = _read_mode(self.backend_options, self.path) == "pread"
+        pread = self.read_mode == "pread"
         map_below = _map_below(self.backend_options, self.path)
         meta = read_meta(self.path)
         count = meta["count"]
