@@ -262,3 +262,50 @@ def test_a_handed_batch_pickled_twice_is_copied_the_second_time() -> None:
     assert again[0].__name__ == "_same"
     copy = again[1][0]["x"]
     assert torch.equal(copy, tensor) and copy.data_ptr() != tensor.data_ptr()
+
+
+def test_a_batch_of_the_slots_own_tensors_goes_as_a_short_message(
+    tmp_path: Any, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The usual batch (the slot's own tensors, after returns=) pickles as the slot's
+    number and the layout's; a transform that changes a tensor in place sends the
+    general message instead. Both arrive equal to what read_batch reads."""
+    from multiprocessing.reduction import ForkingPickler
+
+    from shardio.loading import handover
+    from shardio.loading.batches import Batch
+
+    monkeypatch.setattr(handover, "_ring", None)  # a ring of this test's own
+    truth = SOURCES["mmap"](str(tmp_path))
+    fixed = [n for n in truth.names if n not in truth.variable]
+    image, label = fixed[0], next(n for n in fixed if n.endswith("label"))
+    indices = [5, 0, 3, 2]
+
+    def unsqueezed(batch: dict[str, Any]) -> dict[str, Any]:
+        batch[label].unsqueeze_(1)
+        return batch
+
+    cases: list[tuple[dict[str, Any], str, Any]] = [
+        ({}, "_receive_flat", lambda b: {n: b[n] for n in fixed}),
+        ({"returns": (label, image)}, "_receive_flat", lambda b: {label: b[0], image: b[1]}),
+        ({"returns": {"y": label}}, "_receive_flat", lambda b: {label: b["y"]}),
+        ({"batch_transform": unsqueezed}, "_receive", lambda b: {n: b[n] for n in fixed}),
+    ]
+    for options, receiver, fields in cases:
+        ds = ShardedDataset(truth.path, fields=fixed, **options)
+        want = ds.reader.read_many(indices)
+        for _ in range(3):  # the layout travels once per ring, then only its number
+            arrays, tensors, lease = handover.slot_columns(ds.schema, len(indices))
+            assert lease is not None
+            columns = ds.reader.read_many(indices, out=arrays)
+            batch = Batch(columns, len(indices), tensors, ds._per_batch, lease).collate()
+            message = bytes(ForkingPickler.dumps(batch))
+            assert (b"_receive_flat" in message) == (receiver == "_receive_flat")
+            assert b"_receive" in message
+            got = fields(ForkingPickler.loads(message))
+            del batch
+            for name, tensor in got.items():
+                expected = want[name]
+                if "batch_transform" in options and name == label:
+                    expected = expected[:, None]
+                np.testing.assert_array_equal(tensor.numpy(), expected, err_msg=name)
