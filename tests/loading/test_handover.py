@@ -309,3 +309,22 @@ def test_a_batch_of_the_slots_own_tensors_goes_as_a_short_message(
                 if "batch_transform" in options and name == label:
                     expected = expected[:, None]
                 np.testing.assert_array_equal(tensor.numpy(), expected, err_msg=name)
+
+
+def test_a_mix_with_a_batch_transform_hands_over_through_slots(tmp_path: Any) -> None:
+    """A `Mix` read by workers with a batch_transform uses the slots too (no segment per
+    batch): every batch arrives through a slot, equal to what its sources hold."""
+    from shardio import Mix, ShardWriter
+
+    for number in range(2):
+        with ShardWriter(tmp_path / str(number), format="mmap") as writer:
+            writer.write_batch({"x": np.arange(40, dtype=np.int64) + 1000 * number})
+    sources = {str(n): ShardedDataset(tmp_path / str(n)) for n in range(2)}
+    mix = Mix(sources, weights={"0": 0.5, "1": 0.5}, seed=1, batch_transform=lambda b: b)
+    order = np.random.default_rng(2).permutation(len(mix)).tolist()
+    before = handover_stats()["received"]
+    got = [b["x"] for b in DataLoader(mix, batch_size=8, sampler=order, num_workers=2)]
+    assert handover_stats()["received"] - before == len(got) == len(order) // 8
+    sources_of, local = mix.source_of(order)
+    want = (sources_of * 1000 + local).tolist()
+    assert torch.cat(got).tolist() == want
