@@ -50,6 +50,7 @@ __all__ = [
     "hand_over",
     "handover_stats",
     "receive_pinned",
+    "receiving_pinned",
     "slot_columns",
 ]
 
@@ -130,7 +131,7 @@ class _Ring:
         if len(self.views) >= 4 * MAX_SLOTS:  # a few layouts (batch sizes) in practice
             self.views.clear()
         number = self.layout_ids.setdefault(id(layout), len(self.layout_ids))
-        views = _SlotViews(self.bytes.numpy(), _HEADER + slot * self.slot_nbytes, layout, number)
+        views = _SlotViews(self.bytes, _HEADER + slot * self.slot_nbytes, layout, number)
         self.views[key] = views
         return views
 
@@ -144,16 +145,19 @@ class _SlotViews:
 
     __slots__ = ("arrays", "checks", "index", "layout", "number", "tensors", "wire")
 
-    def __init__(self, whole: np.ndarray, start: int, layout: Layout, number: int) -> None:
+    def __init__(self, whole: torch.Tensor, start: int, layout: Layout, number: int) -> None:
         self.layout = layout
         self.number = number
         self.arrays: dict[str, np.ndarray] = {}
         self.tensors: dict[str, torch.Tensor] = {}
         wire = []
         for name, (at, dtype, shape) in layout.items():
-            array = np.ndarray(shape, dtype=dtype, buffer=whole, offset=start + at)
-            self.arrays[name] = array
-            self.tensors[name] = torch.from_numpy(array)
+            # Views of the ring's shared storage (torch's own sharing, where a batch goes
+            # that way, then sends the ring rather than a copy), and numpy views of them.
+            torch_dtype = torch.from_numpy(np.empty(0, dtype=dtype)).dtype
+            tensor = _view(whole, start + at, torch_dtype, shape)
+            self.tensors[name] = tensor
+            self.arrays[name] = tensor.numpy()
             wire.append((at, dtype.str, shape))
         self.wire = tuple(wire)  # what the main process needs to make the views
         tensors = list(self.tensors.values())
@@ -649,6 +653,12 @@ def receive_pinned() -> Iterator[None]:
         yield
     finally:
         _receiver.pinned = before
+
+
+def receiving_pinned() -> bool:
+    """Whether this thread is in `receive_pinned` with CUDA present (a `Loader` made
+    here then reads its batches straight into pinned memory)."""
+    return getattr(_receiver, "pinned", False) and torch.cuda.is_available()
 
 
 def _pinning() -> bool:

@@ -24,7 +24,9 @@ from torch.utils.data._utils.collate import default_collate
 from shardio.core.errors import InvalidOptionError
 
 from .batches import Batch
+from .blocks import reading_pinned
 from .dataset import ShardedDataset
+from .handover import receiving_pinned
 
 __all__ = ["MAX_AUTO_THREADS", "Loader", "auto_threads"]
 
@@ -143,6 +145,11 @@ class Loader:
                 return
             yield batch
 
+    def _load_pinned(self, indices: Sequence[int] | np.ndarray) -> Any:
+        """One batch read straight into pinned memory (under the CUDA `Prefetcher`)."""
+        with reading_pinned():
+            return self._load(indices)
+
     def _load(self, indices: Sequence[int] | np.ndarray) -> Any:
         """One batch, read and collated in a loader thread."""
         dataset: Any = self.dataset
@@ -177,6 +184,9 @@ class _LoaderIterator:
         )
         self._pending: deque[tuple[Sequence[int] | np.ndarray, Future[Any]]] = deque()
         self._lock = threading.Lock()
+        # Made by the CUDA Prefetcher's read-ahead thread: read into pinned memory, which
+        # it sends to the GPU as it is (one host copy, the read itself).
+        self._load = loader._load_pinned if receiving_pinned() else loader._load
         self._fill()
 
     def __iter__(self) -> _LoaderIterator:
@@ -189,7 +199,7 @@ class _LoaderIterator:
             indices = next(self._batches, None)
             if indices is None:
                 return
-            self._pending.append((indices, pool.submit(self._loader._load, indices)))
+            self._pending.append((indices, pool.submit(self._load, indices)))
 
     def __next__(self) -> Any:
         if not self._pending:
