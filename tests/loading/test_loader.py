@@ -196,3 +196,43 @@ def test_a_loader_under_the_cuda_prefetcher_reads_into_pinned_memory(tmp_path: A
     for batch, start in zip(got, range(0, len(order), 16), strict=True):
         assert_batch_equals_columns(batch, ds.read_batch(order[start : start + 16]))
     assert len(got) == -(-len(ds) // 16)
+
+
+@pytest.mark.parametrize("drop_last", [False, True])
+def test_index_arrays_match_torchs_samplers(tmp_path: Any, drop_last: bool) -> None:
+    """For torch's own samplers the Loader draws whole permutations as arrays: the
+    same batches as torch's BatchSampler, and the generator left in the same state."""
+    from torch.utils.data import BatchSampler, RandomSampler, SequentialSampler
+
+    ds = open_dataset(SOURCES["mmap"](str(tmp_path)))
+    n = len(ds)
+
+    def samplers() -> list[Any]:
+        return [
+            SequentialSampler(ds),
+            RandomSampler(ds, generator=torch.Generator().manual_seed(1)),
+            RandomSampler(ds, num_samples=2 * n + 5, generator=torch.Generator().manual_seed(2)),
+            RandomSampler(ds, num_samples=n - 3, generator=torch.Generator().manual_seed(3)),
+            RandomSampler(ds, num_samples=2 * n, generator=torch.Generator().manual_seed(4)),
+            RandomSampler(ds),  # from torch's global generator
+        ]
+
+    for size in (7, n, n + 2):
+        torch.manual_seed(5)
+        want = [[list(BatchSampler(s, size, drop_last)) for _ in range(2)] for s in samplers()]
+        torch.manual_seed(5)
+        mine = samplers()
+        got = [
+            [
+                [
+                    np.asarray(b).tolist()
+                    for b in Loader(ds, size, sampler=s, drop_last=drop_last)._index_batches()
+                ]
+                for _ in range(2)
+            ]
+            for s in mine
+        ]
+        assert got == want
+        assert all(
+            isinstance(b, np.ndarray) for b in Loader(ds, size, sampler=mine[1])._index_batches()
+        )
