@@ -110,7 +110,9 @@ class _Ring:
         # slot's views are made once, not per batch (the layout object is kept in them,
         # so its id is not reused while they are here).
         self.views: dict[tuple[int, int], _SlotViews] = {}
-        self.layout_ids: dict[int, int] = {}  # id(layout) -> its number on this ring
+        # A layout's places (not its object, whose id may be reused once it is gone) ->
+        # its number on this ring: the same number always means the same places.
+        self.layout_numbers: dict[tuple[tuple[int, str, tuple[int, ...]], ...], int] = {}
         self.layouts_sent: set[int] = set()  # numbers the main process already knows
         _STATS.rings += 1
 
@@ -130,8 +132,8 @@ class _Ring:
             return views
         if len(self.views) >= 4 * MAX_SLOTS:  # a few layouts (batch sizes) in practice
             self.views.clear()
-        number = self.layout_ids.setdefault(id(layout), len(self.layout_ids))
-        views = _SlotViews(self.bytes, _HEADER + slot * self.slot_nbytes, layout, number)
+        views = _SlotViews(self.bytes, _HEADER + slot * self.slot_nbytes, layout)
+        views.number = self.layout_numbers.setdefault(views.wire, len(self.layout_numbers))
         self.views[key] = views
         return views
 
@@ -145,9 +147,9 @@ class _SlotViews:
 
     __slots__ = ("arrays", "checks", "index", "layout", "number", "tensors", "wire")
 
-    def __init__(self, whole: torch.Tensor, start: int, layout: Layout, number: int) -> None:
+    def __init__(self, whole: torch.Tensor, start: int, layout: Layout) -> None:
         self.layout = layout
-        self.number = number
+        self.number = -1  # set by the ring
         self.arrays: dict[str, np.ndarray] = {}
         self.tensors: dict[str, torch.Tensor] = {}
         wire = []

@@ -328,3 +328,36 @@ def test_a_mix_with_a_batch_transform_hands_over_through_slots(tmp_path: Any) ->
     sources_of, local = mix.source_of(order)
     want = (sources_of * 1000 + local).tolist()
     assert torch.cat(got).tolist() == want
+
+
+def test_many_batch_sizes_keep_their_own_layouts(tmp_path: Any) -> None:
+    """More batch sizes than the layout caches hold (they are cleared and remade, rings
+    grow for larger batches): each short message still names its own places."""
+    truth = SOURCES["mmap"](str(tmp_path))
+    ds = ShardedDataset(truth.path)
+    rng = np.random.default_rng(10)
+    sizes = [*range(1, 80), *range(79, 0, -3)]
+    batches = [rng.integers(0, len(ds), size).tolist() for size in sizes]
+    before = handover_stats()["received"]
+    loader = DataLoader(ds, batch_sampler=batches, num_workers=2, persistent_workers=True)
+    for _ in range(2):
+        count = 0
+        for batch, indices in zip(loader, batches, strict=True):
+            assert_same(batch, ds.read_batch(indices))
+            count += 1
+        assert count == len(batches)
+    assert handover_stats()["received"] - before == 2 * len(batches)
+
+
+def test_a_layout_number_stands_for_its_places() -> None:
+    """Layout numbers go by the places (a layout object's id may be reused once it is
+    gone): equal places, one number; other places, another."""
+    from shardio.loading.blocks import Layout
+    from shardio.loading.handover import _Ring
+
+    ring = _Ring(8192, 2)
+    first: Layout = {"x": (0, np.dtype("<i8"), (4,))}
+    number = ring.views_for(0, first).number
+    assert ring.views_for(0, {"x": (0, np.dtype("<f4"), (4,))}).number != number
+    assert ring.views_for(1, dict(first)).number == number
+    assert ring.views_for(0, {"y": (0, np.dtype("<i8"), (4,))}).number == number  # keys travel
