@@ -125,8 +125,9 @@ def pooled_columns(schema: Schema, count: int, pool: BlockPool = BLOCKS) -> dict
 
 def views(owner: np.ndarray, layout: Layout) -> dict[str, np.ndarray]:
     """The arrays of ``layout`` over ``owner``'s bytes."""
+    # NOTE: one constructor call per field; each array's base is ``owner`` itself.
     return {
-        name: owner[at : at + dtype.itemsize * _count(shape)].view(dtype).reshape(shape)
+        name: np.ndarray(shape, dtype=dtype, buffer=owner, offset=at)
         for name, (at, dtype, shape) in layout.items()
     }
 
