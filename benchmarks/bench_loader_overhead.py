@@ -18,7 +18,7 @@ LMDB (warm page cache, random order):
 Each configuration runs in a fresh forked process; figures are medians of ``--rounds``.
 Judge them on a quiet machine only (the load average is printed beside them):
 
-    python benchmarks/bench_loader_overhead.py          # about 1 minute
+    python benchmarks/bench_loader_overhead.py          # about 4 minutes
     python benchmarks/bench_loader_overhead.py --quick  # a smoke run, seconds
 """
 
