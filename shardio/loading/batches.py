@@ -21,13 +21,13 @@ import torch
 from torch.utils.data._utils.collate import collate, default_collate_fn_map
 
 from shardio.core.errors import SampleIndexError
-from shardio.core.schema import Sample, Schema
+from shardio.core.schema import Sample
 from shardio.storage.adapters.base import Columns
 
 from .handover import SlotLease, hand_over
 from .returns import FieldBatch
 
-__all__ = ["Batch", "BatchRow", "BatchTransform", "columns_to_tensors", "shared_columns"]
+__all__ = ["Batch", "BatchRow", "BatchTransform", "columns_to_tensors"]
 
 BatchTransform = Callable[[dict[str, Any]], Any]
 """Takes a collated batch (field -> tensor, or list for variable fields), returns the batch."""
@@ -154,39 +154,6 @@ def columns_to_tensors(
         else:
             batch[name] = column
     return batch
-
-
-def shared_columns(
-    schema: Schema, count: int
-) -> tuple[dict[str, np.ndarray], dict[str, torch.Tensor]]:
-    """Tensors in shared memory for the fixed fields of ``count`` samples (in native byte order),
-    and the numpy views a reader fills (as ``default_collate`` allocates in workers)."""
-    arrays: dict[str, np.ndarray] = {}
-    tensors: dict[str, torch.Tensor] = {}
-    if count == 0:
-        return arrays, tensors
-    for fld in schema:
-        if fld.variable or fld.dtype.kind not in _TORCH_KINDS:
-            continue
-        native = fld.dtype.newbyteorder("=")  # swapped fields are converted as they are copied
-        dtype = torch.from_numpy(np.empty(0, dtype=native)).dtype
-        shape = (count, *fld.shape)
-        nbytes = count * fld.sample_nbytes
-        if nbytes == 0:
-            continue
-        storage = torch.UntypedStorage._new_shared(nbytes)
-        tensor = torch.empty(0, dtype=dtype).set_(storage, 0, shape, _strides(fld.shape))
-        tensors[fld.name] = tensor
-        arrays[fld.name] = tensor.numpy()
-    return arrays, tensors
-
-
-def _strides(shape: tuple[int, ...]) -> tuple[int, ...]:
-    """C-order strides, in elements, of rows of ``shape`` stacked on a leading axis."""
-    strides = [1]
-    for size in reversed(shape):
-        strides.insert(0, strides[0] * size)
-    return tuple(strides)
 
 
 def _collate_rows(batch: Sequence[Any], *, collate_fn_map: Any = None) -> Any:

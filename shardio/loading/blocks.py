@@ -15,15 +15,25 @@ while something refers to it.
 
 from __future__ import annotations
 
+import contextlib
 import threading
 import weakref
+from collections.abc import Iterator
 from typing import Any
 
 import numpy as np
+import torch
 
 from shardio.core.schema import Schema
 
-__all__ = ["BLOCKS", "BlockPool", "fixed_layout", "pooled_columns"]
+__all__ = [
+    "BLOCKS",
+    "BlockPool",
+    "block_columns",
+    "fixed_layout",
+    "pooled_columns",
+    "reading_pinned",
+]
 
 _ALIGN = 64
 _PAGE = 4096
@@ -115,8 +125,9 @@ def pooled_columns(schema: Schema, count: int, pool: BlockPool = BLOCKS) -> dict
 
 def views(owner: np.ndarray, layout: Layout) -> dict[str, np.ndarray]:
     """The arrays of ``layout`` over ``owner``'s bytes."""
+    # NOTE: one constructor call per field; each array's base is ``owner`` itself.
     return {
-        name: owner[at : at + dtype.itemsize * _count(shape)].view(dtype).reshape(shape)
+        name: np.ndarray(shape, dtype=dtype, buffer=owner, offset=at)
         for name, (at, dtype, shape) in layout.items()
     }
 
@@ -126,3 +137,46 @@ def _count(shape: tuple[int, ...]) -> int:
     for size in shape:
         total *= size
     return total
+
+
+_reading = threading.local()
+
+
+@contextlib.contextmanager
+def reading_pinned() -> Iterator[None]:
+    """Batches `block_columns` makes in this thread meanwhile go to pinned memory (a
+    `Loader` thread under the CUDA `Prefetcher`): read once, sent to the GPU from there."""
+    before = getattr(_reading, "pinned", False)
+    _reading.pinned = True
+    try:
+        yield
+    finally:
+        _reading.pinned = before
+
+
+def block_columns(
+    schema: Schema, count: int
+) -> tuple[dict[str, np.ndarray], dict[str, torch.Tensor] | None]:
+    """Arrays to read the fixed fields of ``count`` samples into, and the tensors that
+    must stand for them (``None``: make them with ``torch.from_numpy``).
+
+    Usually a pooled block (`pooled_columns`). In `reading_pinned`, one pinned buffer
+    from torch's caching host allocator, with the tensors as views of it: a
+    ``non_blocking`` copy from them records its stream there, so the memory is not
+    reused before the copy has read it (which a pool of our own could not know)."""
+    if not getattr(_reading, "pinned", False):
+        return pooled_columns(schema, count), None
+    layout, nbytes = fixed_layout(schema, count)
+    if not layout:
+        return {}, None
+    whole = _pinned_bytes(max(nbytes, 1))
+    tensors = {}
+    for name, (at, dtype, shape) in layout.items():
+        torch_dtype = torch.from_numpy(np.empty(0, dtype=dtype)).dtype
+        part = whole[at : at + dtype.itemsize * _count(shape)]
+        tensors[name] = part.view(torch_dtype).view(shape)
+    return {name: tensor.numpy() for name, tensor in tensors.items()}, tensors
+
+
+def _pinned_bytes(nbytes: int) -> torch.Tensor:
+    return torch.empty(nbytes, dtype=torch.uint8, pin_memory=True)

@@ -15,7 +15,7 @@ from shardio.storage.adapters.base import Columns, columns_to_samples
 from shardio.storage.reader import DatasetReader
 
 from .batches import Batch, BatchTransform, columns_to_tensors
-from .blocks import pooled_columns
+from .blocks import block_columns
 from .handover import slot_columns
 from .loaderinfo import dataloader_worker
 from .returns import Returns, ReturnsSpec
@@ -162,7 +162,7 @@ class ShardedDataset(torch.utils.data.Dataset[Any]):
             samples = columns_to_samples(self.read_batch(indices), len(indices))
             return [self._per_sample(s) for s in samples]  # type: ignore[misc]
         if torch.utils.data.get_worker_info() is None:  # into reused blocks (loading.blocks)
-            arrays, tensors, lease = pooled_columns(self.schema, len(indices)), None, None
+            (arrays, tensors), lease = block_columns(self.schema, len(indices)), None
         else:
             arrays, tensors, lease = slot_columns(self.schema, len(indices))
         if self._swapped:

@@ -37,7 +37,7 @@ import torch
 from shardio.core.errors import ShardioError
 from shardio.core.schema import Schema
 
-from .blocks import BLOCKS
+from .blocks import BLOCKS, Layout, fixed_layout
 from .returns import FieldBatch
 from .skeleton import Unwalkable, fill, strip
 
@@ -50,6 +50,7 @@ __all__ = [
     "hand_over",
     "handover_stats",
     "receive_pinned",
+    "receiving_pinned",
     "slot_columns",
 ]
 
@@ -105,19 +106,80 @@ class _Ring:
         self.flags = self.bytes.numpy()[:count]  # 1: written, not yet copied out
         self.announced = False  # the storage travels with the first message only
         self.lock = threading.Lock()
+        # (slot, id(layout)) -> the arrays and tensors of that layout in that slot: the
+        # slot's views are made once, not per batch (the layout object is kept in them,
+        # so its id is not reused while they are here).
+        self.views: dict[tuple[int, int], _SlotViews] = {}
+        # A layout's places (not its object, whose id may be reused once it is gone) ->
+        # its number on this ring: the same number always means the same places.
+        self.layout_numbers: dict[tuple[tuple[int, str, tuple[int, ...]], ...], int] = {}
+        self.layouts_sent: set[int] = set()  # numbers the main process already knows
         _STATS.rings += 1
 
     def acquire(self) -> int | None:
         with self.lock:
-            free = np.flatnonzero(self.flags == 0)
-            if not len(free):
+            slot = self.flags.tobytes().find(0)  # ``count`` bytes: one C scan
+            if slot < 0:
                 return None
-            slot = int(free[0])
             self.flags[slot] = 1
             return slot
 
+    def views_for(self, slot: int, layout: Layout) -> _SlotViews:
+        """The arrays and tensors of ``layout`` in ``slot``, made on first use."""
+        key = (slot, id(layout))
+        views = self.views.get(key)
+        if views is not None and views.layout is layout and views.intact():
+            return views
+        if len(self.views) >= 4 * MAX_SLOTS:  # a few layouts (batch sizes) in practice
+            self.views.clear()
+        views = _SlotViews(self.bytes, _HEADER + slot * self.slot_nbytes, layout)
+        views.number = self.layout_numbers.setdefault(views.wire, len(self.layout_numbers))
+        self.views[key] = views
+        return views
+
     def release(self, slot: int) -> None:
         self.flags[slot] = 0
+
+
+class _SlotViews:
+    """A layout's arrays in one slot, the tensors over them, and where each lies (for
+    the message that hands a batch of exactly these tensors over)."""
+
+    __slots__ = ("arrays", "checks", "index", "layout", "number", "tensors", "wire")
+
+    def __init__(self, whole: torch.Tensor, start: int, layout: Layout) -> None:
+        self.layout = layout
+        self.number = -1  # set by the ring
+        self.arrays: dict[str, np.ndarray] = {}
+        self.tensors: dict[str, torch.Tensor] = {}
+        wire = []
+        for name, (at, dtype, shape) in layout.items():
+            # Views of the ring's shared storage (torch's own sharing, where a batch goes
+            # that way, then sends the ring rather than a copy), and numpy views of them.
+            torch_dtype = torch.from_numpy(np.empty(0, dtype=dtype)).dtype
+            tensor = _view(whole, start + at, torch_dtype, shape)
+            self.tensors[name] = tensor
+            self.arrays[name] = tensor.numpy()
+            wire.append((at, dtype.str, shape))
+        self.wire = tuple(wire)  # what the main process needs to make the views
+        tensors = list(self.tensors.values())
+        self.index = {id(t): i for i, t in enumerate(tensors)}
+        # What an in-place change of a tensor's place or shape (a transform's `t_()`,
+        # `unsqueeze_()`, `set_()`) would change: such a batch takes the general path.
+        self.checks = [(t, t.data_ptr(), t.shape, t.stride()) for t in tensors]
+
+    def intact(self) -> bool:
+        """Whether every tensor still shows its place as made (a transform may have
+        changed one in place, for this batch and, as they are reused, the next)."""
+        for tensor, pointer, shape, stride in self.checks:
+            if (
+                tensor.requires_grad
+                or tensor.data_ptr() != pointer
+                or tensor.shape != shape
+                or tensor.stride() != stride
+            ):
+                return False
+        return True
 
 
 _ring: _Ring | None = None
@@ -152,6 +214,7 @@ class SlotLease:
 
     ring: _Ring
     slot: int
+    views: _SlotViews | None = field(default=None)
     sent: bool = field(default=False)
 
     def __del__(self) -> None:
@@ -251,6 +314,9 @@ def _reduce(batch: Any, lease: SlotLease) -> Any:
     the batch's structure; or, when that cannot be, the batch as torch sends it."""
     if lease.sent:  # pickled before: its first receiver may have let go of the slot
         return _same, (_detached(batch, lease),)
+    flat = _flat(batch, lease)
+    if flat is not None:
+        return flat
     tensors: list[torch.Tensor] = []
     try:
         skeleton = strip(batch, tensors)
@@ -280,6 +346,55 @@ def _reduce(batch: Any, lease: SlotLease) -> Any:
     return _receive, (ring.token, storage, ring.count, lease.slot, lease.start, skeleton, places)
 
 
+_KINDS: tuple[type, ...] = (FieldBatch, dict, tuple, list)
+
+
+def _flat(batch: Any, lease: SlotLease) -> Any:
+    """The short message for the usual batch: a dict, tuple or list of exactly the
+    slot's own tensors (as `Batch.collate` makes them, after ``returns=``), unchanged.
+    It names the slot, the layout's number (the layout itself goes once per ring) and
+    which tensor goes where; ``None`` for any other batch."""
+    views = lease.views
+    if views is None:
+        return None
+    kind = type(batch)
+    if kind is FieldBatch or kind is dict:
+        keys: tuple[str, ...] | None = tuple(batch.keys())
+        values = batch.values()
+    elif kind is tuple or kind is list:
+        keys, values = None, batch
+    else:
+        return None
+    index = views.index
+    order = []
+    for value in values:
+        position = index.get(id(value))
+        if position is None:
+            return None
+        order.append(position)
+    if not views.intact():
+        return None
+    ring = lease.ring
+    with ring.lock:
+        storage = None if ring.announced else ring.storage
+        ring.announced = True
+        wire = None if views.number in ring.layouts_sent else views.wire
+        ring.layouts_sent.add(views.number)
+        lease.sent = True
+    return _receive_flat, (
+        ring.token,
+        storage,
+        ring.count,
+        lease.slot,
+        lease.start,
+        views.number,
+        wire,
+        _KINDS.index(kind),
+        keys,
+        tuple(order),
+    )
+
+
 def _places_in(
     lease: SlotLease, tensors: list[torch.Tensor]
 ) -> list[tuple[int, torch.dtype, tuple[int, ...]]] | None:
@@ -302,40 +417,33 @@ def slot_columns(
 ) -> tuple[dict[str, np.ndarray], dict[str, torch.Tensor], SlotLease | None]:
     """Arrays a reader fills for the fixed fields of ``count`` samples, the tensors over
     them, and the lease of the ring slot they lie in (``None``: a fresh segment, as
-    when every slot is in flight)."""
-    layout: dict[str, tuple[int, torch.dtype, tuple[int, ...]]] = {}
-    offset = 0
-    for fld in schema:
-        if fld.variable or fld.dtype.kind not in _TORCH_KINDS or count * fld.sample_nbytes == 0:
-            continue
-        native = fld.dtype.newbyteorder("=")  # swapped fields are converted as copied
-        dtype = torch.from_numpy(np.empty(0, dtype=native)).dtype
-        layout[fld.name] = (offset, dtype, (count, *fld.shape))
-        offset += _round_up(count * fld.sample_nbytes, _ALIGN)
+    when every slot is in flight). The dicts are the caller's; the arrays and tensors
+    are the slot's own, made once per slot and layout."""
+    layout, nbytes = fixed_layout(schema, count)
     if not layout:
         return {}, {}, None
-    found = _ring_for(offset)
+    found = _ring_for(nbytes)
     if found is None:
         _STATS.fallback_batches += 1
-        arrays, tensors = _fresh_columns(layout, offset)
+        arrays, tensors = _fresh_columns(layout, nbytes)
         return arrays, tensors, None
     ring, slot = found
-    start = _HEADER + slot * ring.slot_nbytes
-    tensors = {
-        name: _view(ring.bytes, start + at, dtype, shape)
-        for name, (at, dtype, shape) in layout.items()
-    }
+    views = ring.views_for(slot, layout)
     _STATS.slot_batches += 1
-    lease = SlotLease(ring, slot)
-    return {name: t.numpy() for name, t in tensors.items()}, tensors, lease
+    return dict(views.arrays), dict(views.tensors), SlotLease(ring, slot, views)
 
 
 def _fresh_columns(
-    layout: Mapping[str, tuple[int, torch.dtype, tuple[int, ...]]], nbytes: int
+    layout: Layout, nbytes: int
 ) -> tuple[dict[str, np.ndarray], dict[str, torch.Tensor]]:
-    storage = torch.UntypedStorage._new_shared(nbytes)
+    """A new segment for one batch: tensors that are views of its shared storage (so
+    torch sends them by the segment's place), and the arrays over them."""
+    storage = torch.UntypedStorage._new_shared(max(nbytes, 1))
     whole = torch.empty(0, dtype=torch.uint8).set_(storage)
-    tensors = {name: _view(whole, at, dtype, shape) for name, (at, dtype, shape) in layout.items()}
+    tensors = {
+        name: _view(whole, at, torch.from_numpy(np.empty(0, dtype=dtype)).dtype, shape)
+        for name, (at, dtype, shape) in layout.items()
+    }
     return {name: t.numpy() for name, t in tensors.items()}, tensors
 
 
@@ -353,6 +461,28 @@ class _Mapped:
     bytes: torch.Tensor
     array: np.ndarray  # the same memory as numpy bytes: slicing it is cheap
     flags: np.ndarray
+    layouts: dict[int, _Places] = field(default_factory=dict)  # by the ring's numbers
+
+
+_Place = tuple[int, np.dtype[Any], tuple[int, ...], int, torch.dtype]
+"""Where a tensor lies in a slot: byte offset, numpy dtype, shape, bytes, torch dtype."""
+
+
+@dataclass
+class _Places:
+    """The tensors of a batch in a slot, and the bytes from its start to the last's end."""
+
+    places: list[_Place]
+    span: int
+
+    @classmethod
+    def of_wire(cls, wire: tuple[tuple[int, str, tuple[int, ...]], ...]) -> _Places:
+        places = []
+        for at, code, shape in wire:
+            dtype = np.dtype(code)
+            nbytes = dtype.itemsize * int(np.prod(shape, dtype=np.int64))
+            places.append((at, dtype, shape, nbytes, torch.from_numpy(np.empty(0, dtype)).dtype))
+        return cls(places, max((p[0] + p[3] for p in places), default=0))
 
 
 _mapped: dict[str, _Mapped] = {}
@@ -403,40 +533,88 @@ def _receive(
                     "hands over are unpickled once, by the process the worker serves"
                 )
             ring = _register(token, storage, count)
-    span = max(_span(places), 1)
-    if _pinning() or COPY_OUT:
+    described = []
+    for at, dtype, shape in places:
+        numpy_dtype, nbytes = _described(dtype, shape)
+        described.append((at, numpy_dtype, shape, nbytes, dtype))
+    tensors = _slot_tensors(ring, slot, start, _Places(described, _span(places)))
+    return fill(skeleton, tensors.__getitem__)
+
+
+_MAKE: tuple[type, ...] = (FieldBatch, dict, tuple, list)  # as `_KINDS` in the worker
+
+
+def _receive_flat(
+    token: str,
+    storage: torch.UntypedStorage | None,
+    count: int,
+    slot: int,
+    start: int,
+    number: int,
+    wire: tuple[tuple[int, str, tuple[int, ...]], ...] | None,
+    kind: int,
+    keys: tuple[str, ...] | None,
+    order: tuple[int, ...],
+) -> Any:
+    """In the main process: a batch of a slot's own tensors (see `_flat`), as views."""
+    with _mapped_lock:
+        ring = _mapped.get(token)
+        if ring is None:
+            if storage is None:
+                raise ShardioError(
+                    f"a batch from DataLoader worker ring {token} arrived in process "
+                    f"{os.getpid()}, which never received that ring: batches a worker "
+                    "hands over are unpickled once, by the process the worker serves"
+                )
+            ring = _register(token, storage, count)
+        if wire is not None:
+            ring.layouts[number] = _Places.of_wire(wire)
+        places = ring.layouts.get(number)
+    if places is None:
+        ring.flags[slot] = 0
+        raise ShardioError(
+            f"a batch from DataLoader worker ring {token} names layout {number}, which "
+            f"never arrived in process {os.getpid()}: batches a worker hands over are "
+            "unpickled once, in order, by the process the worker serves"
+        )
+    tensors = _slot_tensors(ring, slot, start, places)
+    made = [tensors[i] for i in order]
+    if keys is not None:
+        return _MAKE[kind](zip(keys, made, strict=True))
+    return made if kind == 3 else tuple(made)
+
+
+def _slot_tensors(ring: _Mapped, slot: int, start: int, places: _Places) -> list[torch.Tensor]:
+    """The tensors of a slot: views (the slot is freed with the last of them), or
+    copies into pinned memory or a pooled block (the slot is freed at once)."""
+    _STATS.received += 1
+    pinning = _pinning()
+    if pinning or COPY_OUT:
         try:
-            tensors = _copied(ring, start, places, pinned=_pinning())
+            return _copied(ring, start, places, pinned=pinning)
         finally:
             ring.flags[slot] = 0  # copied out (or failed): the worker may reuse the slot
-    else:
-        # The loop gets views of the slot; the slot is the worker's again once the last
-        # of them (or of views of them) is freed. NOTE: views of `owner` keep it as
-        # their base (np.frombuffer of a memoryview; see shardio.loading.blocks).
-        owner = np.frombuffer(ring.array[start : start + span].data, dtype=np.uint8)
-        done = weakref.finalize(owner, _free_slot, ring.flags, slot)
-        done.atexit = False
-        tensors = []
-        for at, dtype, shape in places:
-            numpy_dtype, nbytes = _described(dtype, shape)
-            view = owner[at : at + nbytes].view(numpy_dtype).reshape(shape)
-            tensors.append(torch.from_numpy(view))
-    _STATS.received += 1
-    return fill(skeleton, tensors.__getitem__)
+    # The slot is the worker's again once the last of these views (or of views of them)
+    # is freed. NOTE: views of `owner` keep it as their base (np.frombuffer of a
+    # memoryview; see shardio.loading.blocks).
+    owner = np.frombuffer(ring.array[start : start + max(places.span, 1)].data, dtype=np.uint8)
+    done = weakref.finalize(owner, _free_slot, ring.flags, slot)
+    done.atexit = False
+    return [
+        torch.from_numpy(np.ndarray(shape, dtype=dtype, buffer=owner, offset=at))
+        for at, dtype, shape, _, _ in places.places
+    ]
 
 
 def _free_slot(flags: np.ndarray, slot: int) -> None:
     flags[slot] = 0
 
 
-def _copied(
-    ring: _Mapped, start: int, places: list[tuple[int, torch.dtype, tuple[int, ...]]], pinned: bool
-) -> list[torch.Tensor]:
+def _copied(ring: _Mapped, start: int, places: _Places, pinned: bool) -> list[torch.Tensor]:
     """The tensors of a slot copied out: into pinned memory, or into a pooled block."""
-    owner = None if pinned else BLOCKS.take(_span(places))
+    owner = None if pinned else BLOCKS.take(places.span)
     tensors = []
-    for at, dtype, shape in places:
-        numpy_dtype, nbytes = _described(dtype, shape)
+    for at, numpy_dtype, shape, nbytes, dtype in places.places:
         source = ring.array[start + at : start + at + nbytes]
         if owner is None:
             target = torch.empty(shape, dtype=dtype, pin_memory=True)
@@ -477,6 +655,12 @@ def receive_pinned() -> Iterator[None]:
         yield
     finally:
         _receiver.pinned = before
+
+
+def receiving_pinned() -> bool:
+    """Whether this thread is in `receive_pinned` with CUDA present (a `Loader` made
+    here then reads its batches straight into pinned memory)."""
+    return getattr(_receiver, "pinned", False) and torch.cuda.is_available()
 
 
 def _pinning() -> bool:

@@ -8,7 +8,6 @@ per-sample Python transforms hold the GIL: those still want DataLoader workers.
 
 from __future__ import annotations
 
-import itertools
 import os
 import threading
 from collections import deque
@@ -24,7 +23,9 @@ from torch.utils.data._utils.collate import default_collate
 from shardio.core.errors import InvalidOptionError
 
 from .batches import Batch
+from .blocks import reading_pinned
 from .dataset import ShardedDataset
+from .handover import receiving_pinned
 
 __all__ = ["MAX_AUTO_THREADS", "Loader", "auto_threads"]
 
@@ -129,19 +130,41 @@ class Loader:
     # ----------------------------------------------------------------- reading
     def _index_batches(self) -> Iterator[Sequence[int] | np.ndarray]:
         """The batches of indices: those of ``batch_sampler``, or for a `ShardedDataset`
-        under torch's own samplers (whose indices are ints in range) the same indices as
-        int64 arrays, which the read checks without a pass over Python ints."""
-        sampler = self.sampler
-        if type(sampler) not in _INT_SAMPLERS or not isinstance(self.dataset, ShardedDataset):
+        under torch's own samplers the same indices as int64 arrays, drawn a permutation
+        at a time (`_orders`): no Python int per sample, no pass over them to check."""
+        if not isinstance(self.dataset, ShardedDataset):
             yield from self.batch_sampler
             return
-        indices = iter(sampler)
+        orders = _orders(self.sampler)
+        if orders is None:
+            yield from self.batch_sampler
+            return
         size = self.batch_size
-        while True:
-            batch = np.fromiter(itertools.islice(indices, size), dtype=np.int64)
-            if not len(batch) or (self.drop_last and len(batch) < size):
-                return
-            yield batch
+        held: list[np.ndarray] = []  # the start of the next batch, across permutations
+        count = 0
+        for order in orders:
+            at = 0
+            if count:  # complete the batch begun in the last permutation
+                take = order[: size - count]
+                held.append(take)
+                count += len(take)
+                at = len(take)
+                if count < size:
+                    continue
+                yield np.concatenate(held)
+                held, count = [], 0
+            whole = at + (len(order) - at) // size * size
+            for start in range(at, whole, size):
+                yield order[start : start + size]
+            if whole < len(order):
+                held, count = [order[whole:]], len(order) - whole
+        if count and not self.drop_last:
+            yield np.concatenate(held)
+
+    def _load_pinned(self, indices: Sequence[int] | np.ndarray) -> Any:
+        """One batch read straight into pinned memory (under the CUDA `Prefetcher`)."""
+        with reading_pinned():
+            return self._load(indices)
 
     def _load(self, indices: Sequence[int] | np.ndarray) -> Any:
         """One batch, read and collated in a loader thread."""
@@ -177,6 +200,9 @@ class _LoaderIterator:
         )
         self._pending: deque[tuple[Sequence[int] | np.ndarray, Future[Any]]] = deque()
         self._lock = threading.Lock()
+        # Made by the CUDA Prefetcher's read-ahead thread: read into pinned memory, which
+        # it sends to the GPU as it is (one host copy, the read itself).
+        self._load = loader._load_pinned if receiving_pinned() else loader._load
         self._fill()
 
     def __iter__(self) -> _LoaderIterator:
@@ -189,7 +215,7 @@ class _LoaderIterator:
             indices = next(self._batches, None)
             if indices is None:
                 return
-            self._pending.append((indices, pool.submit(self._loader._load, indices)))
+            self._pending.append((indices, pool.submit(self._load, indices)))
 
     def __next__(self) -> Any:
         if not self._pending:
@@ -223,7 +249,41 @@ class _LoaderIterator:
             self.close()
 
 
-_INT_SAMPLERS = (RandomSampler, SequentialSampler)
+def _orders(sampler: Any) -> Iterator[np.ndarray] | None:
+    """What ``iter(sampler)`` yields, as int64 arrays (a permutation each), for torch's
+    `SequentialSampler` and `RandomSampler` without replacement: the same draws from
+    the same generator, at the same points (a permutation when its first index is
+    needed), as torch's own ``__iter__`` makes them. ``None`` for any other sampler
+    (a subclass, or one whose ``__iter__`` was replaced)."""
+    kind = type(sampler)
+    if kind is SequentialSampler and kind.__iter__ is _SEQUENTIAL_ITER:
+        return iter((np.arange(len(sampler.data_source), dtype=np.int64),))
+    if kind is not RandomSampler or kind.__iter__ is not _RANDOM_ITER or sampler.replacement:
+        return None
+    return _permutations(sampler)
+
+
+def _permutations(sampler: RandomSampler) -> Iterator[np.ndarray]:
+    # NOTE: torch's RandomSampler.__iter__ (torch 2.x), with numpy arrays for lists;
+    # tests/loading/test_loader.py checks the two give the same indices.
+    n = len(sampler.data_source)
+    if sampler.generator is None:
+        seed = int(torch.empty((), dtype=torch.int64).random_().item())
+        generator = torch.Generator()
+        generator.manual_seed(seed)
+    else:
+        generator = sampler.generator
+    for _ in range(sampler.num_samples // n):
+        yield torch.randperm(n, generator=generator).numpy()
+    # torch draws this one even when none of it is taken (the generator's state after
+    # an epoch stays the same), once the loop asks past the last whole permutation.
+    last = torch.randperm(n, generator=generator).numpy()[: sampler.num_samples % n]
+    if len(last):
+        yield last
+
+
+_SEQUENTIAL_ITER = SequentialSampler.__iter__
+_RANDOM_ITER = RandomSampler.__iter__
 
 
 def _check_positive(value: Any, option: str, other: str = "") -> None:

@@ -23,7 +23,7 @@ from shardio.storage.adapters.base import Columns, columns_to_samples
 from shardio.storage.openlimit import resolve_open_limit
 from shardio.storage.reader import DatasetReader
 
-from .batches import Batch, BatchTransform, shared_columns
+from .batches import Batch, BatchTransform
 from .handover import slot_columns
 from .mixbudget import MixBudget
 from .sampling.mixsampler import EXHAUSTED
@@ -176,11 +176,9 @@ class Mix(torch.utils.data.Dataset[Any]):
         if torch.utils.data.get_worker_info() is None:
             return Batch(self.read_batch(indices), len(indices), None, self.batch_transform)
         # In a worker: the fixed fields go straight into a reused shared-memory slot
-        # (as ShardedDataset's), not fresh shared memory per batch.
-        if self.batch_transform is None:  # a transform's output may keep slot memory
-            arrays, tensors, lease = slot_columns(self.schema, len(indices))
-        else:
-            (arrays, tensors), lease = shared_columns(self.schema, len(indices)), None
+        # (as ShardedDataset's), not fresh shared memory per batch; what a transform
+        # makes of them is handed over as shardio.loading.handover says.
+        arrays, tensors, lease = slot_columns(self.schema, len(indices))
         columns = self.read_batch(indices, out=arrays)
         return Batch(columns, len(indices), tensors, self.batch_transform, lease)
 

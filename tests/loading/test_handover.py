@@ -262,3 +262,102 @@ def test_a_handed_batch_pickled_twice_is_copied_the_second_time() -> None:
     assert again[0].__name__ == "_same"
     copy = again[1][0]["x"]
     assert torch.equal(copy, tensor) and copy.data_ptr() != tensor.data_ptr()
+
+
+def test_a_batch_of_the_slots_own_tensors_goes_as_a_short_message(
+    tmp_path: Any, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The usual batch (the slot's own tensors, after returns=) pickles as the slot's
+    number and the layout's; a transform that changes a tensor in place sends the
+    general message instead. Both arrive equal to what read_batch reads."""
+    from multiprocessing.reduction import ForkingPickler
+
+    from shardio.loading import handover
+    from shardio.loading.batches import Batch
+
+    monkeypatch.setattr(handover, "_ring", None)  # a ring of this test's own
+    truth = SOURCES["mmap"](str(tmp_path))
+    fixed = [n for n in truth.names if n not in truth.variable]
+    image, label = fixed[0], next(n for n in fixed if n.endswith("label"))
+    indices = [5, 0, 3, 2]
+
+    def unsqueezed(batch: dict[str, Any]) -> dict[str, Any]:
+        batch[label].unsqueeze_(1)
+        return batch
+
+    cases: list[tuple[dict[str, Any], str, Any]] = [
+        ({}, "_receive_flat", lambda b: {n: b[n] for n in fixed}),
+        ({"returns": (label, image)}, "_receive_flat", lambda b: {label: b[0], image: b[1]}),
+        ({"returns": {"y": label}}, "_receive_flat", lambda b: {label: b["y"]}),
+        ({"batch_transform": unsqueezed}, "_receive", lambda b: {n: b[n] for n in fixed}),
+    ]
+    for options, receiver, fields in cases:
+        ds = ShardedDataset(truth.path, fields=fixed, **options)
+        want = ds.reader.read_many(indices)
+        for _ in range(3):  # the layout travels once per ring, then only its number
+            arrays, tensors, lease = handover.slot_columns(ds.schema, len(indices))
+            assert lease is not None
+            columns = ds.reader.read_many(indices, out=arrays)
+            batch = Batch(columns, len(indices), tensors, ds._per_batch, lease).collate()
+            message = bytes(ForkingPickler.dumps(batch))
+            assert (b"_receive_flat" in message) == (receiver == "_receive_flat")
+            assert b"_receive" in message
+            got = fields(ForkingPickler.loads(message))
+            del batch
+            for name, tensor in got.items():
+                expected = want[name]
+                if "batch_transform" in options and name == label:
+                    expected = expected[:, None]
+                np.testing.assert_array_equal(tensor.numpy(), expected, err_msg=name)
+
+
+def test_a_mix_with_a_batch_transform_hands_over_through_slots(tmp_path: Any) -> None:
+    """A `Mix` read by workers with a batch_transform uses the slots too (no segment per
+    batch): every batch arrives through a slot, equal to what its sources hold."""
+    from shardio import Mix, ShardWriter
+
+    for number in range(2):
+        with ShardWriter(tmp_path / str(number), format="mmap") as writer:
+            writer.write_batch({"x": np.arange(40, dtype=np.int64) + 1000 * number})
+    sources = {str(n): ShardedDataset(tmp_path / str(n)) for n in range(2)}
+    mix = Mix(sources, weights={"0": 0.5, "1": 0.5}, seed=1, batch_transform=lambda b: b)
+    order = np.random.default_rng(2).permutation(len(mix)).tolist()
+    before = handover_stats()["received"]
+    got = [b["x"] for b in DataLoader(mix, batch_size=8, sampler=order, num_workers=2)]
+    assert handover_stats()["received"] - before == len(got) == len(order) // 8
+    sources_of, local = mix.source_of(order)
+    want = (sources_of * 1000 + local).tolist()
+    assert torch.cat(got).tolist() == want
+
+
+def test_many_batch_sizes_keep_their_own_layouts(tmp_path: Any) -> None:
+    """More batch sizes than the layout caches hold (they are cleared and remade, rings
+    grow for larger batches): each short message still names its own places."""
+    truth = SOURCES["mmap"](str(tmp_path))
+    ds = ShardedDataset(truth.path)
+    rng = np.random.default_rng(10)
+    sizes = [*range(1, 80), *range(79, 0, -3)]
+    batches = [rng.integers(0, len(ds), size).tolist() for size in sizes]
+    before = handover_stats()["received"]
+    loader = DataLoader(ds, batch_sampler=batches, num_workers=2, persistent_workers=True)
+    for _ in range(2):
+        count = 0
+        for batch, indices in zip(loader, batches, strict=True):
+            assert_same(batch, ds.read_batch(indices))
+            count += 1
+        assert count == len(batches)
+    assert handover_stats()["received"] - before == 2 * len(batches)
+
+
+def test_a_layout_number_stands_for_its_places() -> None:
+    """Layout numbers go by the places (a layout object's id may be reused once it is
+    gone): equal places, one number; other places, another."""
+    from shardio.loading.blocks import Layout
+    from shardio.loading.handover import _Ring
+
+    ring = _Ring(8192, 2)
+    first: Layout = {"x": (0, np.dtype("<i8"), (4,))}
+    number = ring.views_for(0, first).number
+    assert ring.views_for(0, {"x": (0, np.dtype("<f4"), (4,))}).number != number
+    assert ring.views_for(1, dict(first)).number == number
+    assert ring.views_for(0, {"y": (0, np.dtype("<i8"), (4,))}).number == number  # keys travel

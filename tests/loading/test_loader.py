@@ -146,3 +146,93 @@ def test_auto_threads_reads_what_read_batch_reads(tmp_path: Any) -> None:
     assert len(batches) == -(-len(ds) // 16)
     with pytest.raises(shardio.InvalidOptionError, match="or \"auto\", but got threads='all'"):
         Loader(ds, threads="all")  # type: ignore[arg-type]
+
+
+def test_a_loader_made_under_receive_pinned_reads_into_pinned_buffers(
+    tmp_path: Any, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The code path of a Loader under the CUDA Prefetcher, on a CPU machine: every
+    batch is read into a buffer of its own from the pinned allocator (here ordinary
+    memory stands in for it), and the tensors are views of that buffer."""
+    from shardio.loading import blocks, handover, loader
+
+    made: list[torch.Tensor] = []
+
+    def fake_pinned(nbytes: int) -> torch.Tensor:
+        made.append(torch.empty(nbytes, dtype=torch.uint8))
+        return made[-1]
+
+    monkeypatch.setattr(blocks, "_pinned_bytes", fake_pinned)
+    monkeypatch.setattr(loader, "receiving_pinned", lambda: handover.receiving_pinned() or True)
+    truth = SOURCES["mmap"](str(tmp_path))
+    ds = open_dataset(truth)
+    order = order_of(ds, seed=12)
+    batches = list(Loader(ds, 16, sampler=order, threads=2))  # kept: each in its own buffer
+    assert len(batches) == len(made) == -(-len(ds) // 16)
+    buffers = {b.untyped_storage().data_ptr() for b in made}
+    for batch, start in zip(batches, range(0, len(order), 16), strict=True):
+        assert_batch_equals_columns(batch, ds.read_batch(order[start : start + 16]))
+        fixed = [t for t in batch.values() if isinstance(t, torch.Tensor)]
+        assert fixed and all(t.untyped_storage().data_ptr() in buffers for t in fixed)
+    monkeypatch.undo()
+    assert not handover.receiving_pinned()  # no CUDA here: the real check says no
+
+
+@pytest.mark.gpu
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA device")
+def test_a_loader_under_the_cuda_prefetcher_reads_into_pinned_memory(tmp_path: Any) -> None:
+    from shardio.loading.handover import receive_pinned
+
+    truth = SOURCES["mmap"](str(tmp_path))
+    ds = open_dataset(truth)
+    order = order_of(ds, seed=13)
+    with receive_pinned():
+        pinned = list(Loader(ds, 16, sampler=order, threads=2))
+    assert all(t.is_pinned() for b in pinned for t in b.values() if isinstance(t, torch.Tensor))
+    got = [
+        {k: v.cpu() if isinstance(v, torch.Tensor) else v for k, v in b.items()}
+        for b in Prefetcher(Loader(ds, 16, sampler=order, threads=2), device="cuda", depth=2)
+    ]
+    for batch, start in zip(got, range(0, len(order), 16), strict=True):
+        assert_batch_equals_columns(batch, ds.read_batch(order[start : start + 16]))
+    assert len(got) == -(-len(ds) // 16)
+
+
+@pytest.mark.parametrize("drop_last", [False, True])
+def test_index_arrays_match_torchs_samplers(tmp_path: Any, drop_last: bool) -> None:
+    """For torch's own samplers the Loader draws whole permutations as arrays: the
+    same batches as torch's BatchSampler, and the generator left in the same state."""
+    from torch.utils.data import BatchSampler, RandomSampler, SequentialSampler
+
+    ds = open_dataset(SOURCES["mmap"](str(tmp_path)))
+    n = len(ds)
+
+    def samplers() -> list[Any]:
+        return [
+            SequentialSampler(ds),
+            RandomSampler(ds, generator=torch.Generator().manual_seed(1)),
+            RandomSampler(ds, num_samples=2 * n + 5, generator=torch.Generator().manual_seed(2)),
+            RandomSampler(ds, num_samples=n - 3, generator=torch.Generator().manual_seed(3)),
+            RandomSampler(ds, num_samples=2 * n, generator=torch.Generator().manual_seed(4)),
+            RandomSampler(ds),  # from torch's global generator
+        ]
+
+    for size in (7, n, n + 2):
+        torch.manual_seed(5)
+        want = [[list(BatchSampler(s, size, drop_last)) for _ in range(2)] for s in samplers()]
+        torch.manual_seed(5)
+        mine = samplers()
+        got = [
+            [
+                [
+                    np.asarray(b).tolist()
+                    for b in Loader(ds, size, sampler=s, drop_last=drop_last)._index_batches()
+                ]
+                for _ in range(2)
+            ]
+            for s in mine
+        ]
+        assert got == want
+        assert all(
+            isinstance(b, np.ndarray) for b in Loader(ds, size, sampler=mine[1])._index_batches()
+        )

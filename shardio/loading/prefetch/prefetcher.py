@@ -212,11 +212,12 @@ class _ReadAhead:
         iterator: Iterator[Any] | None = None
         try:
             self._transfer.start_thread()
-            iterator = iter(self._loader)
             # Batches from DataLoader workers' slots: copied once, into pinned memory when
-            # they go to a GPU (see shardio.loading.handover), then sent from there.
+            # they go to a GPU (see shardio.loading.handover), then sent from there; a
+            # Loader made here reads into pinned memory itself.
             pinned = receive_pinned() if self._transfer.pins else contextlib.nullcontext()
             with pinned:
+                iterator = iter(self._loader)
                 self._forward(iterator)
         except BaseException as error:
             self._channel.put(_Failure(error))
