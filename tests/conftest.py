@@ -60,3 +60,17 @@ def synthetic(tmp_path_factory: pytest.TempPathFactory) -> Callable[..., str]:
         return made[key]
 
     return make
+
+
+def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
+    """The conformance harness's spawned-worker case starts a fresh interpreter (seconds
+    each): the default run keeps it for sharded LMDB, `-m slow` runs it for every class.
+    Spawned workers of every backend are also read in tests/loading/test_dataset_batches.py."""
+    for item in items:
+        cls = getattr(item, "cls", None)
+        if (
+            item.name == "test_spawned_worker_reads_fixed_fields"
+            and cls is not None
+            and cls.__name__ != "TestShardedLMDB"
+        ):
+            item.add_marker(pytest.mark.slow)

@@ -122,7 +122,7 @@ def test_truncated_shard_is_refused_before_it_is_mapped(tmp_path, fmt: str) -> N
     assert os.path.basename(shard) in str(info.value)
 
 
-@pytest.mark.parametrize("fmt", ["mmap", "lmdb"])
+@pytest.mark.parametrize("fmt", [pytest.param("mmap", marks=pytest.mark.slow), "lmdb"])
 def test_truncated_single_shard_without_manifest_does_not_crash(tmp_path, fmt: str) -> None:
     """Opened directly (no manifest to compare with), reading must raise, not SIGBUS."""
     path = _dataset(tmp_path, fmt)

@@ -62,7 +62,10 @@ def test_dataloader_line_equals_read_batch(truth: Truth, workers: int) -> None:
     assert check_loader(loader, ds, order, 16) == -(-len(ds) // 16)
 
 
-@pytest.mark.parametrize("source", ["mmap", "sharded-lmdb", "hdf5", "zarr"])
+@pytest.mark.parametrize(
+    "source",
+    ["mmap", *(pytest.param(s, marks=pytest.mark.slow) for s in ("sharded-lmdb", "hdf5", "zarr"))],
+)
 def test_spawned_workers_equal_read_batch(tmp_path: Any, source: str) -> None:
     ds = open_dataset(SOURCES[source](str(tmp_path)))
     order = order_of(ds, seed=5)

@@ -55,7 +55,7 @@ def test_opened_twice_then_forked_workers(dataset_path: tuple[str, str]) -> None
     assert first[9]["x"].tolist() == [27, 28, 29]  # the parent's handles still work
 
 
-@pytest.mark.parametrize("context", ["spawn", "forkserver"])
+@pytest.mark.parametrize("context", [pytest.param("spawn", marks=pytest.mark.slow), "forkserver"])
 def test_lmdb_opened_twice_then_spawned_workers(tmp_path, context: str) -> None:
     path = str(tmp_path / "ds")
     _write(path, "lmdb")

@@ -207,7 +207,7 @@ def run_loader(ds: ShardedDataset, workers: int, context: str | None = None) -> 
 
 
 @pytest.mark.filterwarnings("ignore:This DataLoader will create:UserWarning")
-@pytest.mark.parametrize("workers", [0, 1, 4, 16])
+@pytest.mark.parametrize("workers", [0, 1, 4, pytest.param(16, marks=pytest.mark.slow)])
 def test_each_worker_learns_its_share_when_it_starts(small, monkeypatch, workers: int) -> None:
     monkeypatch.setenv("SLURM_MEM_PER_NODE", "16384")
     ds = ShardedDataset(small, max_rss="auto")
@@ -300,7 +300,7 @@ class CacheProbe(torch.utils.data.Dataset):
         return os.getpid(), cache, value, stats["budget"], stats["baseline_rss"]
 
 
-@pytest.mark.parametrize("context", ["fork", "spawn"])
+@pytest.mark.parametrize("context", ["fork", pytest.param("spawn", marks=pytest.mark.slow)])
 def test_worker_caches_fit_the_workers_slot_not_the_main_process(tmp_path, context) -> None:
     """HDF5 chunk caches are sized from the budget of the process that opens the file:
     a DataLoader worker of a job budget gets a slot of the job less its starting RSS,

@@ -82,6 +82,7 @@ def random_batches(n: int, epochs: int, batch: int = 256) -> Iterator[np.ndarray
             yield order[start : start + batch]
 
 
+@pytest.mark.slow
 def test_raw_lmdb_loop_grows_rss_toward_the_data_size(big_datasets) -> None:
     """The control: without shardio, touched pages stay mapped (so the watchdog measures)."""
     shard = os.path.join(big_datasets["lmdb"], "shard-00000.lmdb")

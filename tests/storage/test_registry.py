@@ -78,7 +78,7 @@ def test_a_registered_backend_writes_reads_detects_and_converts(tmp_path, npy) -
     assert shardio.convert.verify(tmp_path / "converted").ok
 
 
-@pytest.mark.parametrize("context", ["fork", "spawn"])
+@pytest.mark.parametrize("context", ["fork", pytest.param("spawn", marks=pytest.mark.slow)])
 def test_dataloader_workers_read_a_registered_backend(tmp_path, npy, context: str) -> None:
     columns = _columns()
     with shardio.ShardWriter(tmp_path / "ds", format="npy", shard_size=256) as writer:

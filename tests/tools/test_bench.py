@@ -243,7 +243,9 @@ def test_config_validates_options() -> None:
     assert BenchConfig(max_rss=("512MB", None)).max_rss == (512 * 10**6, None)
 
 
-@pytest.mark.parametrize("fmt", FORMATS)
+@pytest.mark.parametrize(
+    "fmt", [f if f == "mmap" else pytest.param(f, marks=pytest.mark.slow) for f in FORMATS]
+)
 def test_compare_raw_reports_a_ratio(fmt: str, tmp_path: Any) -> None:
     path = write_synthetic(str(tmp_path / f"d-{fmt}.shardio"), fmt, 600, 512, shard_size="100KB")
     config = BenchConfig(workers=(0,), epochs=1, batch_size=64, compare_raw=True, ceiling=False)
@@ -315,6 +317,7 @@ def test_json_report_has_the_documented_keys(small: str, tmp_path: Any) -> None:
     assert "shardio w1" in table and "samples/s" in table and "ceiling" in table
 
 
+@pytest.mark.slow
 def test_plot_is_a_png(small: str, tmp_path: Any) -> None:
     config = BenchConfig(workers=(0, 1), epochs=1, ceiling=False)
     report = run_bench(small, config)

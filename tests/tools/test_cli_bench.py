@@ -52,6 +52,7 @@ def test_report_echoes_sizes_and_shows_each_workers_own_memory(
     assert main_read is not None and main_read.group(2) == "KiB"  # 400 KB read by main alone
 
 
+@pytest.mark.slow
 def test_json_to_stdout_quiet_and_verbose(
     mmap_dataset: str, capsys: pytest.CaptureFixture[str]
 ) -> None:

@@ -62,6 +62,7 @@ def test_demo_prints_progress_and_a_summary(capsys: pytest.CaptureFixture[str]) 
     assert f"torch intra-op threads: {torch.get_num_threads()} (OMP_NUM_THREADS={threads})\n" in out
 
 
+@pytest.mark.slow
 def test_demo_keep_keeps_the_dataset_and_says_where(capsys: pytest.CaptureFixture[str]) -> None:
     code, out, err = _run([*TINY, "--samples", "64", "--workers", "0", "--keep"], capsys)
     assert code == 0, err
@@ -74,6 +75,7 @@ def test_demo_keep_keeps_the_dataset_and_says_where(capsys: pytest.CaptureFixtur
         shutil.rmtree(os.path.dirname(kept.group(1)))
 
 
+@pytest.mark.slow
 def test_demo_compare_reports_both_runs(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
     picture = tmp_path / "demo.png"
     args = ["--samples", "128", "--compare", "--workers", "0", "--workdir", str(tmp_path)]
