@@ -23,7 +23,7 @@ def test_one_run_prints_the_verdict_and_writes_the_plot_and_trace(
 ) -> None:
     png, chrome = tmp_path / "timeline.png", tmp_path / "trace.json"
     code = main(
-        ["diagnose", dataset, "--workers", "0", "--batch-size", "16", "--step-ms", "30",
+        ["diagnose", dataset, "--workers", "0", "--batch-size", "16", "--step-ms", "100",
          "--batches", "10", "--plot", str(png), "--trace", str(chrome)]
     )  # fmt: skip
     out = capsys.readouterr().out
