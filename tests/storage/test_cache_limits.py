@@ -203,3 +203,53 @@ def test_dataloader_workers_the_limit_cannot_serve_fail_at_start(s3, proxy, tmp_
             for _ in loader:
                 pass
         assert time.monotonic() - started < 30  # at start, not after the wait for room
+
+
+def test_directory_shards_downloaded_ahead_stay_within_the_limit(tmp_path) -> None:
+    # A download moved its shard into data/ and dropped its reservation outside the
+    # cache's lock, while a reservation elsewhere listed data/ before the reservations:
+    # a shard completed between the two listings was counted in neither, and the
+    # cache went one shard over cache_limit. Zarr's directory shards (slow to list)
+    # hit it under download-ahead (bench_remote: 64.5 MiB against 63.1 MiB). Served
+    # from fsspec's in-memory file system, downloads complete fast enough to race.
+    import fsspec
+
+    rows, fields = 2, 4
+    data = {f"f{i}": np.full((40 * rows, 8), i, dtype=np.uint8) for i in range(fields)}
+    local = str(tmp_path / "dirs.shardio")
+    with ShardWriter(
+        local, format="zarr", shard_size=rows * fields * 8, max_chunk_rows=1
+    ) as writer:  # directory shards of many small files, like Zarr's
+        writer.write_batch(data)
+    manifest = Manifest.load(local)
+    assert len(manifest.shards) == 40
+    url = f"memory://{tmp_path.name}/dirs.shardio"
+    fsspec.filesystem("memory").put(local, url, recursive=True)
+    sizes = [s.nbytes for s in manifest.shards]
+    limit = 12 * max(sizes)
+    cache = ShardCache(url, manifest, str(tmp_path / "cache"), limit, frozenset())
+    peak, stop = [0], threading.Event()
+
+    def sample() -> None:
+        while not stop.wait(0.001):
+            with cache.store.locked():
+                peak[0] = max(peak[0], cache.store.disk_bytes())
+
+    def download(offset: int) -> None:
+        order = np.random.default_rng(offset).permutation(len(sizes)).tolist()
+        for number in order:
+            cache._fetch(number, wait_lock=False, wait_room=False)  # the download-ahead path
+
+    sampler = threading.Thread(target=sample)
+    sampler.start()
+    workers = [threading.Thread(target=download, args=(i,)) for i in range(4)]
+    for worker in workers:
+        worker.start()
+    for worker in workers:
+        worker.join()
+    stop.set()
+    sampler.join()
+    stats = cache.stats()
+    cache.close()
+    assert stats["downloads"] > len(sizes) and stats["evictions"] > 0, stats
+    assert 0 < peak[0] <= limit, (peak[0], limit)

@@ -19,7 +19,6 @@ from dataclasses import dataclass, field
 from typing import Any
 
 import xxhash
-from filelock import Timeout
 
 from shardio.core.config import format_size, parse_size
 from shardio.core.errors import CacheError, InvalidOptionError, ShardCorruptError
@@ -236,9 +235,7 @@ class ShardCache:
         deadline = time.monotonic() + self.wait_s
         while True:
             lock = self.store.fetch_lock(self.key, info.path)
-            try:
-                lock.acquire(timeout=-1 if wait_lock else 0)
-            except Timeout:
+            if not lock.acquire(blocking=wait_lock):
                 return False
             try:
                 if os.path.exists(path):
@@ -271,7 +268,7 @@ class ShardCache:
                 fs, remote, f"{self.url}/{info.path}", info, target, self.transient
             )
             try:
-                os.rename(target, path)
+                self.store.complete(reserved, target, path)
             except OSError as exc:
                 raise CacheError(
                     f"cannot move shard {info.path} into the cache at {path}: {exc}"
@@ -292,7 +289,9 @@ class ShardCache:
                 f"cache_dir {self.store.directory} cannot be written: "
                 f"{exc.strerror or exc} (pass a writable cache_dir)"
             ) from exc
-        self.local.evictions += evicted
+        for trash in evicted:  # removed before this download writes (see CacheStore.evict)
+            remove_tree(trash)
+        self.local.evictions += len(evicted)
         return reserved, used
 
     def prefetch(self, numbers: list[int]) -> int:
