@@ -11,6 +11,7 @@ import os
 import tempfile
 import threading
 import time
+import warnings
 
 import numpy as np
 import pytest
@@ -253,3 +254,58 @@ def test_directory_shards_downloaded_ahead_stay_within_the_limit(tmp_path) -> No
     cache.close()
     assert stats["downloads"] > len(sizes) and stats["evictions"] > 0, stats
     assert 0 < peak[0] <= limit, (peak[0], limit)
+
+
+def test_readers_together_keep_open_half_the_limit(tmp_path) -> None:
+    # Each reader kept open what half the limit holds: three readers could lease one
+    # and a half limits, and downloads ahead found no room (bench_remote's cold epoch
+    # with a 25% cache). The readers marked in the cache now share half the limit.
+    import fsspec
+
+    local, _, sizes = _dataset(tmp_path, "readers.shardio", shards=4)
+    url = f"memory://{tmp_path.name}/readers.shardio"
+    fsspec.filesystem("memory").put(local, url, recursive=True)
+    manifest, cache_dir = Manifest.load(local), str(tmp_path / "cache")
+    limit = 24 * max(sizes)
+
+    def allowance() -> int:  # a new instance counts the readers now
+        return ShardCache(url, manifest, cache_dir, limit, frozenset()).open_shards()
+
+    assert allowance() == 12  # no reader yet: this process alone
+    store = ShardCache(url, manifest, cache_dir, limit, frozenset()).store
+    marks = [store.mark_reader(max(sizes)) for _ in range(3)]
+    assert allowance() == 4
+    marks.pop().close()
+    assert allowance() == 6
+    for mark in marks:
+        mark.close()
+    tiny = ShardCache(url, manifest, cache_dir, 3 * max(sizes), frozenset())
+    assert tiny.open_shards() == 1  # one to read, however small the share
+
+
+def test_a_shard_evicted_while_still_read_is_counted_and_warned_once(tmp_path) -> None:
+    # A window that cuts shards into blocks, or a cache too small for what is read
+    # together, downloads a shard two or three times a pass: said once, at run time,
+    # naming the options that fix it, and counted in memory_stats()["cache"].
+    import fsspec
+
+    local, data, sizes = _dataset(tmp_path, "refetch.shardio", shards=8)
+    url = f"memory://{tmp_path.name}/refetch.shardio"
+    fsspec.filesystem("memory").put(local, url, recursive=True)
+    limit = 2 * max(sizes) + min(sizes) // 2  # room for 2 shards
+
+    def read(ds: ShardedDataset, shards: list[int]) -> None:
+        for shard in shards:
+            rows = [10 * shard, 10 * shard + 9]
+            np.testing.assert_array_equal(ds.read_batch(rows)["x"], data[rows])
+
+    cache = str(tmp_path / "cache")
+    with ShardedDataset(url, cache_dir=cache, cache_limit=limit, max_open_shards=1) as ds:
+        with warnings.catch_warnings():
+            warnings.simplefilter("error")
+            read(ds, list(range(8)) * 2)  # whole passes: each shard once a pass
+        assert ds.memory_stats()["cache"]["refetches"] == 0
+        with pytest.warns(RuntimeWarning, match=r"ShardSampler\(window=.*cache_limit") as caught:
+            read(ds, [0, 1, 2, 0, 1, 2])  # 0, 1 and 2 evicted while still being read
+        stats = ds.memory_stats()["cache"]
+    assert len(caught) == 1 and stats["refetches"] == 3, (len(caught), stats)
