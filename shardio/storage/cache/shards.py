@@ -187,10 +187,10 @@ class ShardCache:
             os.utime(lease.fd)
         path = self.path(number)
         local.acquires += 1
-        previous = local.last_acquired.get(number)
-        local.last_acquired[number] = local.acquires
+        previous = local.last_acquired.get(number)  # when this process last had it
         if os.path.exists(path):
             local.hits += 1
+            local.last_acquired[number] = local.acquires
             self.store.clear_ahead(self.key, self.shards[number].path)
             return path
         local.misses += 1
@@ -202,6 +202,7 @@ class ShardCache:
                 raise NoRoom(f"no room in {self.store.directory} for shard {number} now")
         finally:
             local.wait_s += time.monotonic() - started
+        local.last_acquired[number] = local.acquires
         return path
 
     def _refetch(self, local: _Local, number: int) -> None:
