@@ -151,11 +151,12 @@ def bench_format(fmt: str, args: argparse.Namespace, root: str) -> list[list[str
     limit = total // 4
     # Blocks of whole shards (window / 8 >= the largest shard as written, which for LMDB
     # and Zarr is more than shard_size): each shard is downloaded once an epoch; the
-    # window (what readers hold) takes at most half the cache, download-ahead the rest
-    # (see docs/cache.md). NOTE: a window from shard_size split every LMDB shard in two
-    # blocks, and its readers held more shards than the cache had room for beside the
-    # downloads ahead: each shard was downloaded 7-8 times an epoch.
-    window = min(8 * largest + largest // 2, limit // 2)
+    # readers together keep open at most half the cache, so each worker's window is at
+    # most its share of that half; download-ahead has the rest (see docs/cache.md).
+    # NOTE: a window from shard_size split every LMDB shard in two blocks, and its
+    # readers held more shards than the cache had room for beside the downloads ahead:
+    # each shard was downloaded 7-8 times an epoch.
+    window = min(8 * largest + largest // 2, limit // (2 * max(1, args.workers)))
     if window // 8 < largest:
         print(
             f"  {fmt}: window {format_size(window)} splits shards of {format_size(largest)} "

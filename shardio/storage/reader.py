@@ -165,8 +165,12 @@ class DatasetReader:
         self.index = ShardIndex(lengths)
         self._reader_class.check_options(self.options, self.path)  # now, not at first read
         per_shard = self._reader_class.descriptors_per_shard(self.schema)
+        # With a cache and no max_open_shards, the open limit follows the cache's
+        # readers (ShardCache.open_shards), capped by the descriptors' limit.
+        self._open_cap: int | None = None
         if max_open_shards is None and self._cache is not None:  # open shards hold cache space
-            max_open_shards = min(self._cache.open_shards(), resolve_open_limit(None, per_shard))
+            self._open_cap = resolve_open_limit(None, per_shard)
+            max_open_shards = min(self._cache.open_shards(), self._open_cap)
         self._shards.recent.limit = resolve_open_limit(max_open_shards, per_shard)
         self._checks.check_verifiable(
             self.path, self.manifest is not None and not is_remote(self.path)
@@ -261,6 +265,7 @@ class DatasetReader:
 
     @max_open_shards.setter
     def max_open_shards(self, value: int) -> None:
+        self._open_cap = None  # set: no longer the cache's readers' share
         self._shards.recent.limit = resolve_open_limit(value)
 
     def _shard_path(self, info: ShardInfo) -> str:
@@ -366,10 +371,13 @@ class DatasetReader:
         leases of this process's closed shards given back (see shardio.storage.cache)."""
         assert self._cache is not None
         try:
-            return self._cache.acquire(number, self._shards.open_numbers(), wait=False)
+            path = self._cache.acquire(number, self._shards.open_numbers(), wait=False)
         except NoRoom:  # close the shards open here but not read now, then wait for room
             self._shards.close_unused(keep=number)
-            return self._cache.acquire(number, self._shards.open_numbers())
+            path = self._cache.acquire(number, self._shards.open_numbers())
+        if self._open_cap is not None:
+            self._shards.recent.limit = min(self._cache.open_shards(), self._open_cap)
+        return path
 
     @property
     def transient_files(self) -> frozenset[str]:

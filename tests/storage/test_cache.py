@@ -378,3 +378,57 @@ def test_a_single_remote_file_with_cache_dir_says_convert(s3, tmp_path) -> None:
     url = s3.upload(str(local), "one.h5")
     with pytest.raises(shardio.UnsupportedFeatureError, match="shardio convert"):
         ShardedDataset(url, storage_options=s3.options(), cache_dir=str(tmp_path / "c"))
+
+
+@pytest.mark.slow
+def test_kill_9_during_a_streamed_upload_then_resume(s3, proxy, tmp_path) -> None:
+    # `shardio convert SRC s3://...` killed with -9 while it uploads shards: the
+    # dataset is not presented as complete (no manifest), and `convert --resume`
+    # finishes it, after which `verify` passes and every row reads back.
+    import subprocess
+    import sys
+
+    import h5py
+
+    source = str(tmp_path / "source.h5")
+    data = np.arange(4000 * 4, dtype=np.float32).reshape(4000, 4)
+    with h5py.File(source, "w") as file:
+        file["x"] = data
+    url, staging = "s3://cache-test/killed.shardio", str(tmp_path / "staging")
+    env = {
+        **os.environ,
+        "AWS_ENDPOINT_URL": proxy.endpoint,
+        "AWS_ACCESS_KEY_ID": "testing",
+        "AWS_SECRET_ACCESS_KEY": "testing",
+        "AWS_DEFAULT_REGION": "us-east-1",
+        "PYTHONPATH": os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__)))),
+    }
+    command = [sys.executable, "-m", "shardio", "convert", source, url]
+    command += ["--format", "lmdb", "--shard-size", "4KB", "--staging", staging, "-q"]
+    proxy.latency_s = 0.05  # each upload takes a while: the kill lands among them
+    process = subprocess.Popen(command, env=env, stderr=subprocess.PIPE, text=True)
+    try:
+        deadline = time.monotonic() + 60
+        while time.monotonic() < deadline and process.poll() is None:
+            puts = [p for (m, p) in list(proxy.calls) if m == "PUT" and "/shard-" in p]
+            if len(puts) >= 4:
+                break
+            time.sleep(0.01)
+    finally:
+        if process.poll() is None:
+            os.kill(process.pid, signal.SIGKILL)
+        _, err = process.communicate()
+    assert process.returncode == -signal.SIGKILL, f"the upload ended before the kill: {err}"
+    proxy.latency_s = 0.0
+    keys = [o["Key"] for o in s3.client().list_objects_v2(Bucket=BUCKET)["Contents"]]
+    uploaded = [k for k in keys if k.startswith("killed.shardio/")]
+    assert uploaded and "killed.shardio/manifest.json" not in uploaded, uploaded
+    with pytest.raises(shardio.ShardioError):  # not a dataset yet, short or not
+        _open(url, s3, proxy, str(tmp_path / "cache"))
+    resumed = subprocess.run([*command, "--resume"], env=env, capture_output=True, text=True)
+    assert resumed.returncode == 0, resumed.stderr
+    verify = [sys.executable, "-m", "shardio", "verify", url, "--against", source]
+    verified = subprocess.run(verify, env=env, capture_output=True, text=True)
+    assert verified.returncode == 0, verified.stdout + verified.stderr
+    with _open(url, s3, proxy, str(tmp_path / "cache"), cache_limit="10MB") as ds:
+        np.testing.assert_array_equal(ds.read_batch(np.arange(4000))["x"], data)

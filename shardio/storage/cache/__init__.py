@@ -8,7 +8,6 @@ from __future__ import annotations
 
 from .fetch import ATTEMPTS, BACKOFF_S, download_shard
 from .shards import (
-    CACHE_OPEN_SHARDS,
     CACHE_WAIT_S,
     DEFAULT_LIMIT_SHARE,
     PREFETCH_THREADS,
@@ -21,7 +20,6 @@ from .store import CacheEntry, CacheStore
 __all__ = [
     "ATTEMPTS",
     "BACKOFF_S",
-    "CACHE_OPEN_SHARDS",
     "CACHE_WAIT_S",
     "DEFAULT_LIMIT_SHARE",
     "PREFETCH_THREADS",

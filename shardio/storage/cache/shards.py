@@ -19,11 +19,11 @@ from dataclasses import dataclass, field
 from typing import Any
 
 import xxhash
-from filelock import Timeout
 
 from shardio.core.config import format_size, parse_size
 from shardio.core.errors import CacheError, InvalidOptionError, ShardCorruptError
 from shardio.core.perprocess import PerProcess
+from shardio.core.warn import warn_user
 
 from ..manifest import Manifest, ShardInfo
 from ..remote import filesystem
@@ -32,7 +32,6 @@ from .store import CacheStore, Lease, ReaderMark, remove_tree
 
 __all__ = [
     "NoRoom",
-    "CACHE_OPEN_SHARDS",
     "CACHE_WAIT_S",
     "DEFAULT_LIMIT_SHARE",
     "PREFETCH_THREADS",
@@ -44,10 +43,8 @@ __all__ = [
 CACHE_WAIT_S = 60.0
 #: Downloads in flight per process for download-ahead.
 PREFETCH_THREADS = 4
-#: A reading process keeps open at least this many shards, and at most as many as half
-#: of ``cache_limit`` holds (each holds cache space: a reader short of room closes the
-#: ones it is not reading first), unless ``max_open_shards`` says otherwise.
-CACHE_OPEN_SHARDS = 8
+#: How long a process reuses its count of the cache's readers.
+_READERS_TTL_S = 1.0
 #: Without ``cache_limit``: this share of the free space of ``cache_dir`` when opened.
 DEFAULT_LIMIT_SHARE = 0.75
 _POLL_S = 0.1
@@ -81,6 +78,12 @@ class _Local:
     wait_s: float = 0.0
     evictions: int = 0
     prefetched: int = 0
+    readers: int = 1  # readers of the cache, counted at readers_at (open_shards)
+    acquires: int = 0  # shards opened through the cache by this process
+    last_acquired: dict[int, int] = field(default_factory=dict)  # shard -> acquires then
+    refetches: int = 0
+    warned: bool = False
+    readers_at: float = float("-inf")
 
 
 def _drop_inherited(local: _Local) -> None:
@@ -132,10 +135,23 @@ class ShardCache:
         return self._local.get(_Local, _drop_inherited)
 
     def open_shards(self) -> int:
-        """Shards a reading process keeps open by default: as many as half the limit
-        holds (at least `CACHE_OPEN_SHARDS`), so a sampler window of up to half the
-        limit (docs/cache.md) is read without closing and reopening its shards."""
-        return max(CACHE_OPEN_SHARDS, self.limit // (2 * max(self.largest, 1)))
+        """Shards a reading process keeps open by default: its share of half the limit,
+        shared by the readers marked in the cache now (DataLoader workers, ranks and
+        jobs; at least one, this process), at least 1. Each holds cache space: a reader
+        short of room closes the shards it is not reading first.
+
+        NOTE: each reader used to keep open what half the limit holds; three readers
+        then could lease one and a half limits, and shards downloaded ahead found no
+        room (bench_remote's cold epoch at 0.76x of the link with a 25% cache). Now
+        the readers together lease at most half the limit, and download-ahead keeps
+        the other half. A process counts the readers again at most once a second."""
+        local = self.local
+        now = time.monotonic()
+        if now - local.readers_at > _READERS_TTL_S:
+            local.readers = max(1, len(self.store.readers()))
+            local.readers_at = now
+        share = self.limit // (2 * local.readers * max(self.largest, 1))
+        return max(1, share)
 
     def path(self, number: int) -> str:
         """Where shard ``number`` lies in the cache (it may not be there yet)."""
@@ -155,6 +171,7 @@ class ShardCache:
         local = self.local
         if local.mark is None:
             self._start_reading(local)
+            local.readers_at = float("-inf")  # count the readers again, with this one
         with local.lock:
             for other in [n for n in local.leases if n not in keep and n != number]:
                 local.leases.pop(other).close()
@@ -169,18 +186,44 @@ class ShardCache:
         else:
             os.utime(lease.fd)
         path = self.path(number)
+        local.acquires += 1
+        previous = local.last_acquired.get(number)  # when this process last had it
         if os.path.exists(path):
             local.hits += 1
+            local.last_acquired[number] = local.acquires
             self.store.clear_ahead(self.key, self.shards[number].path)
             return path
         local.misses += 1
+        if previous is not None and local.acquires - previous <= len(self.shards) // 2:
+            self._refetch(local, number)
         started = time.monotonic()
         try:
             if not self._fetch(number, wait_lock=True, wait_room=wait):
                 raise NoRoom(f"no room in {self.store.directory} for shard {number} now")
         finally:
             local.wait_s += time.monotonic() - started
+        local.last_acquired[number] = local.acquires
         return path
+
+    def _refetch(self, local: _Local, number: int) -> None:
+        """Count (and warn once per process about) shard ``number`` evicted and needed
+        again soon after this process read it: fewer shards than half the dataset
+        were opened here since, so it is downloaded more than once a pass."""
+        local.refetches += 1
+        if local.warned:
+            return
+        local.warned = True
+        warn_user(
+            f"the node cache at {self.store.directory} evicted shard {number} of {self.url} "
+            "while it was still being read, and downloads it again: with "
+            f"cache_limit={format_size(self.limit)} the shards read together (the "
+            "sampler's window, times the reading processes) and those downloaded ahead "
+            "do not fit. Pass ShardSampler(window=...) of at most half of cache_limit "
+            "divided by the reading processes, in whole shards (at least 8 x "
+            f"{format_size(self.largest)}), or raise cache_limit (see docs/cache.md; "
+            'memory_stats()["cache"]["refetches"] counts them)',
+            RuntimeWarning,
+        )
 
     def _start_reading(self, local: _Local) -> None:
         """Mark this process as a reader of the cache; refuse at once when the limit
@@ -236,9 +279,7 @@ class ShardCache:
         deadline = time.monotonic() + self.wait_s
         while True:
             lock = self.store.fetch_lock(self.key, info.path)
-            try:
-                lock.acquire(timeout=-1 if wait_lock else 0)
-            except Timeout:
+            if not lock.acquire(blocking=wait_lock):
                 return False
             try:
                 if os.path.exists(path):
@@ -271,7 +312,7 @@ class ShardCache:
                 fs, remote, f"{self.url}/{info.path}", info, target, self.transient
             )
             try:
-                os.rename(target, path)
+                self.store.complete(reserved, target, path)
             except OSError as exc:
                 raise CacheError(
                     f"cannot move shard {info.path} into the cache at {path}: {exc}"
@@ -292,7 +333,9 @@ class ShardCache:
                 f"cache_dir {self.store.directory} cannot be written: "
                 f"{exc.strerror or exc} (pass a writable cache_dir)"
             ) from exc
-        self.local.evictions += evicted
+        for trash in evicted:  # removed before this download writes (see CacheStore.evict)
+            remove_tree(trash)
+        self.local.evictions += len(evicted)
         return reserved, used
 
     def prefetch(self, numbers: list[int]) -> int:
@@ -350,6 +393,7 @@ class ShardCache:
             "wait_s": round(local.wait_s, 4),
             "evictions": local.evictions,
             "prefetched": local.prefetched,
+            "refetches": local.refetches,
         }
 
     def close(self) -> None:

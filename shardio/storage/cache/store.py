@@ -9,8 +9,8 @@ locks only (flock dies with its process, so a kill -9 leaves nothing held)::
     CACHE_DIR/<key>/source.json         the dataset URL this key caches (for listings)
     CACHE_DIR/<key>/data/<shard>        complete shards, read as local shards
     CACHE_DIR/<key>/tmp/<shard>.<nbytes>.<pid>/   a download in progress ("reserved")
-    CACHE_DIR/<key>/trash/...           an eviction in progress
-    CACHE_DIR/<key>/locks/<shard>.fetch one download per shard (filelock)
+    CACHE_DIR/<key>/trash/<shard>.<nbytes>.<pid>.<id>  an evicted shard being removed
+    CACHE_DIR/<key>/locks/<shard>.fetch one download per shard (flock)
     CACHE_DIR/<key>/locks/<shard>.lease shared flock while a reader has the shard open;
                                         its mtime is the shard's last use (LRU)
 
@@ -28,11 +28,9 @@ import shutil
 from collections.abc import Iterator
 from dataclasses import dataclass
 
-from filelock import FileLock, Timeout
-
 from shardio.core.errors import CacheError
 
-__all__ = ["CacheEntry", "CacheStore", "Lease", "ReaderMark", "remove_tree"]
+__all__ = ["CacheEntry", "CacheStore", "FileMutex", "Lease", "ReaderMark", "remove_tree"]
 
 _MARKER = ".shardio-cache"
 
@@ -52,6 +50,22 @@ def _tree_nbytes(path: str) -> int:
     return total
 
 
+def _owner_alive(name: str) -> bool:
+    """True while the process named in trash entry ``name`` (``<shard>.<nbytes>.<pid>
+    .<id>``) runs; an entry of the older form (no bytes in it) has none."""
+    try:
+        pid = int(name.rsplit(".", 3)[2])
+    except (ValueError, IndexError):
+        return False
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:  # another user's live process
+        return True
+    return True
+
+
 def remove_tree(path: str) -> None:
     if os.path.isdir(path) and not os.path.islink(path):
         shutil.rmtree(path, ignore_errors=True)
@@ -69,6 +83,50 @@ class CacheEntry:
     nbytes: int
     last_used: float
     in_use: bool
+
+
+class FileMutex:
+    """An exclusive flock on a lock file, across processes and threads (each holder
+    opens its own descriptor), which dies with its process.
+
+    NOTE: waiting blocks in flock(2) itself (the GIL released), so a waiter takes
+    the lock as soon as it is free. filelock's `FileLock` polls every 50 ms instead:
+    a download ahead, a reader and the cache's bookkeeping contending for the cache's
+    global lock each waited a poll or more per reservation, which made a cold epoch
+    of many small shards (Zarr's directories) several times slower than the link."""
+
+    def __init__(self, path: str) -> None:
+        self.path = path
+        self.fd = -1
+
+    def acquire(self, blocking: bool = True) -> bool:
+        """Take the lock (waiting for it unless ``blocking`` is False); True when held."""
+        fd = os.open(self.path, os.O_RDWR | os.O_CREAT | os.O_CLOEXEC, 0o644)
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX if blocking else fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            os.close(fd)
+            return False
+        except BaseException:
+            os.close(fd)
+            raise
+        self.fd = fd
+        return True
+
+    def release(self) -> None:
+        if self.fd >= 0:
+            fd, self.fd = self.fd, -1
+            # LOCK_UN first: a forked child's copy of the descriptor must not keep it.
+            with contextlib.suppress(OSError):
+                fcntl.flock(fd, fcntl.LOCK_UN)
+            os.close(fd)
+
+    def __enter__(self) -> FileMutex:
+        self.acquire()
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.release()
 
 
 class Lease:
@@ -138,6 +196,25 @@ class CacheStore:
                 "(it must be a writable local directory)"
             ) from exc
         self._global = os.path.join(self.directory, ".lock")
+        # Bytes of complete directory shards by (path, inode, ctime): a complete shard
+        # never changes (a new download is a new inode), and walking every directory
+        # shard under the global lock at each reservation held it for tens of ms.
+        self._sizes: dict[str, tuple[int, int, int]] = {}
+
+    def _shard_nbytes(self, path: str) -> int:
+        """Bytes of the complete shard at ``path`` (0 when it is gone)."""
+        try:
+            st = os.lstat(path)
+        except FileNotFoundError:
+            return 0
+        if not os.path.isdir(path):
+            return st.st_size
+        known = self._sizes.get(path)
+        if known is not None and known[:2] == (st.st_ino, st.st_ctime_ns):
+            return known[2]
+        nbytes = _tree_nbytes(path)
+        self._sizes[path] = (st.st_ino, st.st_ctime_ns, nbytes)
+        return nbytes
 
     @classmethod
     def existing(cls, directory: str) -> CacheStore:
@@ -179,19 +256,18 @@ class CacheStore:
             ) from exc
 
     # ----------------------------------------------------------------- locks
-    def fetch_lock(self, key: str, name: str) -> FileLock:
+    def fetch_lock(self, key: str, name: str) -> FileMutex:
         """The lock one download of shard ``name`` holds (across processes and threads)."""
-        return FileLock(
-            self._lock_path(key, name, "fetch"), thread_local=False, preserve_lock_file=True
-        )
+        return FileMutex(self._lock_path(key, name, "fetch"))
 
     def lease(self, key: str, name: str) -> Lease:
         return Lease(self._lock_path(key, name, "lease"))
 
     @contextlib.contextmanager
-    def locked(self, timeout: float = -1) -> Iterator[None]:
-        """The global lock, under which space is counted, reserved and freed."""
-        with FileLock(self._global, timeout=timeout, thread_local=False, preserve_lock_file=True):
+    def locked(self) -> Iterator[None]:
+        """The global lock, under which space is counted, reserved and freed (held for
+        local file operations only, never across a network request)."""
+        with FileMutex(self._global):
             yield
 
     # --------------------------------------------------------------- readers
@@ -247,9 +323,7 @@ class CacheStore:
     def _live(self, key: str, name: str) -> bool:
         """True while some process holds shard ``name``'s download lock."""
         lock = self.fetch_lock(key, name)
-        try:
-            lock.acquire(timeout=0)
-        except Timeout:
+        if not lock.acquire(blocking=False):
             return True
         lock.release()
         return False
@@ -259,7 +333,8 @@ class CacheStore:
         process no longer holds their lock. Call under `locked`."""
         for key in self._keys():
             for name in self._listdir(key, "trash"):
-                remove_tree(os.path.join(self.directory, key, "trash", name))
+                if not _owner_alive(name):  # its evicting process removes it itself
+                    remove_tree(os.path.join(self.directory, key, "trash", name))
             for name in self._listdir(key, "tmp"):
                 shard = name.rsplit(".", 2)[0]
                 if not self._live(key, shard):
@@ -296,13 +371,21 @@ class CacheStore:
         """Bytes of complete shards plus the bytes reserved by downloads in progress."""
         total = 0
         for key in self._keys():
-            for name in self._listdir(key, "data"):
-                total += _tree_nbytes(os.path.join(self.directory, key, "data", name))
+            # NOTE: reservations are listed before complete shards. A download moves
+            # its shard from its reservation into data/ (`complete`); listed the
+            # other way round, a shard completed between the two listings was in
+            # neither, and the cache went one shard over its limit (Zarr's directory
+            # shards made the listing of data/ slow enough to hit it).
             for name in self._listdir(key, "tmp"):
                 with contextlib.suppress(ValueError, IndexError):
                     total += int(name.rsplit(".", 2)[1])
+            for name in self._listdir(key, "data"):
+                total += self._shard_nbytes(os.path.join(self.directory, key, "data", name))
             for name in self._listdir(key, "trash"):
-                total += _tree_nbytes(os.path.join(self.directory, key, "trash", name))
+                try:
+                    total += int(name.rsplit(".", 3)[1])
+                except (ValueError, IndexError):
+                    total += _tree_nbytes(os.path.join(self.directory, key, "trash", name))
         return total
 
     def disk_bytes(self) -> int:
@@ -323,7 +406,7 @@ class CacheStore:
                     last = os.stat(lease).st_mtime
                 except FileNotFoundError:
                     last = 0.0
-                nbytes = _tree_nbytes(os.path.join(self.directory, key, "data", name))
+                nbytes = self._shard_nbytes(os.path.join(self.directory, key, "data", name))
                 found.append(CacheEntry(key, name, nbytes, last, self._in_use(key, name)))
         return sorted(found, key=lambda e: e.last_used)
 
@@ -340,35 +423,43 @@ class CacheStore:
             os.close(fd)
         return False
 
-    def evict(self, entry: CacheEntry) -> bool:
-        """Remove ``entry`` unless a reader holds it; call under `locked`."""
+    def evict(self, entry: CacheEntry) -> str | None:
+        """Move ``entry`` to the trash unless a reader holds it; call under `locked`,
+        then `remove_tree` what it returns (the trash path; None: not evicted) after
+        the lock is given back.
+
+        NOTE: removing a Zarr shard (a tree of directories) under the global lock
+        held every other reservation for tens of ms per eviction; the rename is one
+        call, and the trash counts as used (its bytes are in its name) until removed."""
         path = self._lock_path(entry.key, entry.name, "lease")
         fd = os.open(path, os.O_RDWR | os.O_CREAT | os.O_CLOEXEC, 0o644)
         try:
             try:
                 fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
             except BlockingIOError:
-                return False
+                return None
             source = self.data_path(entry.key, entry.name)
-            trash = os.path.join(self.key_dir(entry.key), "trash", f"{entry.name}.{os.getpid()}")
+            label = f"{entry.name}.{entry.nbytes}.{os.getpid()}.{os.urandom(4).hex()}"
+            trash = os.path.join(self.key_dir(entry.key), "trash", label)
             try:
                 os.rename(source, trash)
             except FileNotFoundError:
-                return False
-            remove_tree(trash)
+                return None
+            self._sizes.pop(source, None)
             self.clear_ahead(entry.key, entry.name)
-            return True
+            return trash
         finally:
             os.close(fd)
 
-    def reserve(self, key: str, name: str, nbytes: int) -> tuple[str | None, int, int]:
+    def reserve(self, key: str, name: str, nbytes: int) -> tuple[str | None, int, list[str]]:
         """A download directory for ``nbytes`` of shard ``name``, made after evicting
         unused shards (least recently used first) until it fits; call under
         `locked`. Returns it (None when it does not fit), the bytes in use and the
-        number of shards evicted."""
+        trash of the shards evicted (`remove_tree` each once the lock is given back,
+        before the download writes)."""
         self.sweep()
         used = self.used()
-        evicted = 0
+        evicted: list[str] = []
         if used + nbytes > self.limit:
             ahead = {(k, n) for k in self._keys() for n in self.ahead(k)}
             entries = self.entries()  # least recently used first; read ones before ahead ones
@@ -376,9 +467,10 @@ class CacheStore:
             for entry in entries:
                 if entry.in_use or (entry.key == key and entry.name == name):
                     continue
-                if self.evict(entry):
+                trash = self.evict(entry)
+                if trash is not None:
                     used -= entry.nbytes
-                    evicted += 1
+                    evicted.append(trash)
                     if used + nbytes <= self.limit:
                         break
         if used + nbytes > self.limit:
@@ -387,19 +479,33 @@ class CacheStore:
         os.makedirs(path)
         return path, used, evicted
 
+    def complete(self, reserved: str, downloaded: str, path: str) -> None:
+        """Move the ``downloaded`` shard into place at ``path`` and give its
+        ``reserved`` directory up, under the global lock: the bytes are counted as a
+        reservation or as a complete shard, never as neither or both."""
+        with self.locked():
+            try:
+                os.rename(downloaded, path)
+            finally:
+                remove_tree(reserved)
+
     def clear(self, key: str | None = None) -> tuple[int, int]:
         """Remove unused complete shards (of ``key``, or all); returns (removed, kept)."""
-        removed = kept = 0
+        removed: list[str] = []
+        kept = 0
         with self.locked():
             self.sweep()
             for entry in self.entries():
                 if key is not None and entry.key != key:
                     continue
-                if self.evict(entry):
-                    removed += 1
+                trash = self.evict(entry)
+                if trash is not None:
+                    removed.append(trash)
                 else:
                     kept += 1
-        return removed, kept
+        for trash in removed:
+            remove_tree(trash)
+        return len(removed), kept
 
     def source(self, key: str) -> str:
         try:

@@ -603,6 +603,12 @@ def _cache(stats: Any) -> str:
         f"; cache {stats.get('hits', 0)} hits, {stats.get('downloads', 0)} downloads "
         f"({format_size(stats.get('bytes_downloaded', 0))}), waited "
         f"{stats.get('wait_s', 0):.1f} s, {stats.get('evictions', 0)} evictions"
+        + (
+            f", {stats['refetches']} shards downloaded again while still being read "
+            "(window too large for cache_limit: see docs/cache.md)"
+            if stats.get("refetches")
+            else ""
+        )
     )
 
 
