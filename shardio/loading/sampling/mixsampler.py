@@ -390,10 +390,7 @@ class MixSampler(PlacedSampler):
             self._next_start = saved.position + rest * self.world_size
         else:
             self._next_start = None
-        if saved.world_size != self.world_size and saved.position:
-            self._check_sized_epoch(saved.epoch, saved.world_size)
-        else:
-            self._len_answered = None
+        self._check_sized_epoch(saved.epoch, saved.world_size)
 
     def _state(self, position: int, pass_stop: int, done: int) -> MixState:
         return MixState(

@@ -76,17 +76,27 @@ class PlacedSampler(DistributedSampler[int]):
         answered = self._len_answered
         left = len(self)
         self._len_answered = None  # len() above answered too: the new epoch's count starts
-        if answered is not None and left > answered:
-            raise StateMismatchError(
-                f"cannot resume epoch {epoch} here: the state was saved mid-epoch at "
-                f"world_size={saved_world_size} and leaves this rank {left} indices at "
-                f"world_size={self.world_size}, but the epoch was sized with "
-                f"len()={answered} before the state was loaded, so a loop that counts its "
-                "batches from len() (Lightning's Trainer) would stop before reading them "
-                f"all. Resume at world_size={saved_world_size}, or from a checkpoint saved "
-                "at the end of an epoch; a loop that ends when the sampler does may call "
-                "forget_len() before load_state_dict()."
+        if answered is None or left <= answered:
+            return
+        if saved_world_size != self.world_size:
+            why = (
+                f"the state was saved mid-epoch at world_size={saved_world_size} and leaves "
+                f"this rank {left} indices at world_size={self.world_size}"
             )
+            fix = f"Resume at world_size={saved_world_size}, or from"
+        else:
+            why = (
+                f"the state leaves this rank {left} indices (a mixture's new weights apply "
+                "from the saved position and change where its epoch ends)"
+            )
+            fix = "Resume with the weights the state was saved with, or from"
+        raise StateMismatchError(
+            f"cannot resume epoch {epoch} here: {why}, but the epoch was sized with "
+            f"len()={answered} before the state was loaded, so a loop that counts its "
+            "batches from len() (Lightning's Trainer) would stop before reading them "
+            f"all. {fix} a checkpoint saved at the end of an epoch; a loop that ends when "
+            "the sampler does may call forget_len() before load_state_dict()."
+        )
 
 
 def resolve_rank(rank: int | None, world_size: int | None) -> tuple[int, int]:
