@@ -175,6 +175,30 @@ def test_fabric_resumes_exactly_from_its_checkpoint_mid_epoch(tmp_path: Path) ->
         assert first[rank] + second[rank] == whole[rank], f"rank {rank}, resumed at step {step}"
 
 
+@pytest.mark.slow
+def test_fabric_resumed_in_a_later_epoch_goes_on_with_the_next_epochs(tmp_path: Path) -> None:
+    """Fabric's loader numbers epochs from 0 in each job; the sampler's state carries
+    the epoch it was saved in, and the epochs after the resumed one are those of an
+    uninterrupted run, not epochs 1, 2, ... again."""
+    data = write_labels(tmp_path / "data", N)
+    step = random.Random(11).randint(1, 11)
+    common = ["--fabric", "--loader", "stateful", "--workers", "2"]
+    argv = ["run_lightning.py", str(data), str(tmp_path)]
+    run(python(*argv, "whole", *common, "--epochs", "3"))
+    first = ["--epochs", "3", "--save-epoch", "1", "--save-at", str(step)]
+    run(python(*argv, "first", *common, *first))
+    resume = ["--epochs", "2", "--resume", str(tmp_path / "first.ckpt")]
+    run(python(*argv, "second", *common, *resume))
+    whole, first_run, second = (_epochs(tmp_path, tag) for tag in ("whole", "first", "second"))
+    assert sorted(first_run) == ["0", "1"] and sorted(second) == ["0", "1"]
+    for rank in range(2):
+        assert first_run["0"][rank] == whole["0"][rank]
+        assert len(first_run["1"][rank]) == 8 * step
+        assert first_run["1"][rank] + second["0"][rank] == whole["1"][rank], f"rank {rank}"
+        assert second["1"][rank] == whole["2"][rank], f"rank {rank}: not epoch 2's order"
+    assert whole["2"][0] != whole["1"][0]
+
+
 # A mixture: MixSampler is a DistributedSampler too, so the Trainer keeps it.
 MIX_SIZES = {"a": 70, "b": 50}  # labels: a's index, b's 1000 + index
 

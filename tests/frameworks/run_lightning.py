@@ -2,13 +2,15 @@
 rank's training steps received. Run as a script by tests/test_frameworks_lightning.py:
 
     python run_lightning.py DATA OUT TAG [--loader torch|stateful] [--workers N]
-        [--batch B] [--epochs E] [--max-steps S] [--save-at K] [--resume CKPT]
+        [--batch B] [--epochs E] [--max-steps S] [--save-at K] [--save-epoch E]
+        [--resume CKPT]
         [--fabric] [--devices D] [--mix]
 
 With --mix, DATA holds two datasets, a/ and b/, read as a `shardio.Mix` (`mixes.mixture`)
 through a MixSampler.
 
-Writes OUT/TAG-rank{r}.json: {"epochs": {epoch: [labels...]}, "world_size": W}.
+Writes OUT/TAG-rank{r}.json: {"epochs": {epoch: [labels...]}, "world_size": W}; a Fabric
+run counts its epochs from 0 in each job, as Fabric's loader does.
 """
 
 from __future__ import annotations
@@ -114,7 +116,7 @@ def run_fabric(args: argparse.Namespace) -> tuple[dict[int, list[int]], int, int
             loss = model(batch["x"].float()[:, None]).mean()
             fabric.backward(loss)
             optimizer.step()
-            if step == args.save_at:
+            if step == args.save_at and epoch == args.save_epoch:
                 fabric.save(str(Path(args.out, f"{args.tag}.ckpt")), state)
                 return seen, fabric.global_rank, fabric.world_size
     return seen, fabric.global_rank, fabric.world_size
@@ -131,6 +133,9 @@ def main() -> None:
     parser.add_argument("--epochs", type=int, default=1)
     parser.add_argument("--max-steps", type=int, default=-1)
     parser.add_argument("--save-at", type=int, default=0)
+    parser.add_argument(
+        "--save-epoch", type=int, default=0, help="Fabric: the epoch --save-at counts in"
+    )
     parser.add_argument("--resume", default=None)
     parser.add_argument("--fabric", action="store_true")
     parser.add_argument("--devices", type=int, default=2)

@@ -195,8 +195,10 @@ class MixSampler(PlacedSampler):
         """Select the epoch the next pass yields; the epoch a loaded state belongs to
         keeps its position, and the epoch after a pass goes on where that pass ended.
         The epoch the sampler is at again (frameworks call it at every ``iter()``)
-        keeps the position a pass in progress has reached for `state_dict`."""
-        epoch = non_negative_int(epoch, "epoch")
+        keeps the position a pass in progress has reached for `state_dict`. After a
+        resume, a caller's own epoch count goes on from the state's epoch (as for
+        `ShardSampler`)."""
+        epoch = self._caller_epoch(non_negative_int(epoch, "epoch"))
         if epoch == self._epoch:
             if self._pass is not None and self._pass.done:
                 self._pass = None
@@ -248,6 +250,7 @@ class MixSampler(PlacedSampler):
         progress = _Pass(self._start, stop, count, self._done_before)
         self._pass = progress
         self._next_start = self._start + count * self.world_size
+        self._pass_begins()
         return self._run(progress)
 
     def _run(self, progress: _Pass) -> Iterator[int]:
@@ -391,6 +394,7 @@ class MixSampler(PlacedSampler):
         else:
             self._next_start = None
         self._check_sized_epoch(saved.epoch, saved.world_size)
+        self._loaded_epoch(saved.epoch)
 
     def _state(self, position: int, pass_stop: int, done: int) -> MixState:
         return MixState(

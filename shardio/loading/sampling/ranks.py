@@ -53,6 +53,42 @@ class PlacedSampler(DistributedSampler[int]):
     def epoch(self) -> int:  # type: ignore[override]
         return self._epoch
 
+    # Epochs a caller numbers itself, from 0 in each job (Fabric's loader counts its
+    # iter() calls): the epoch it last set, and what to add to its numbers once the
+    # pass of a loaded state has begun (see `_caller_epoch`).
+    _told: int | None = None
+    _shift = 0
+    _shift_phase = ""  # "loaded", then "resumed" at the next iter(), then "shifted"
+
+    def _caller_epoch(self, epoch: int) -> int:
+        """The epoch ``set_epoch(epoch)`` selects.
+
+        A caller that set epoch ``k`` before a state of a later epoch ``e`` was loaded
+        (Fabric's loader sets its own count, then the `StatefulDataLoader` hands the
+        sampler its state at the same ``iter()``) counts its epochs itself: after the
+        resumed pass, its ``k + 1, k + 2, ...`` are this run's ``e + 1, e + 2, ...``,
+        so the epochs after a resume are those of an uninterrupted run. A caller that
+        sets the state's epoch (before the pass), or ``e + 1`` after it, counts as the
+        state does and is taken at its word."""
+        self._told = epoch
+        phase, self._shift_phase = self._shift_phase, ""
+        if phase == "shifted" or (phase == "resumed" and epoch != self._epoch + 1):
+            self._shift_phase = "shifted"
+            return epoch + self._shift
+        self._shift = 0
+        return epoch
+
+    def _loaded_epoch(self, epoch: int) -> None:
+        """Note that a state of ``epoch`` was loaded (see `_caller_epoch`)."""
+        told = self._told
+        self._shift = epoch - told if told is not None and told < epoch else 0
+        self._shift_phase = "loaded" if self._shift else ""
+
+    def _pass_begins(self) -> None:
+        """Note a new pass (at ``iter()``): a loaded state's pass has begun."""
+        if self._shift_phase == "loaded":
+            self._shift_phase = "resumed"
+
     # The largest len() answered in this epoch: a loop that sized the epoch with it
     # (Lightning's Trainer, before the loader hands the sampler its state) stops after
     # that many indices, whatever a state loaded later leaves.
