@@ -241,6 +241,57 @@ def test_accelerate_resume_restores_the_epoch_and_the_position_at_another_proces
         AccelerateResume(DataLoader(ds, batch_size=8))
 
 
+def test_a_resume_by_counting_batches_without_accelerate_resume_is_refused(
+    ds: ShardedDataset, tmp_path: Path
+) -> None:
+    """accelerate's `skip_first_batches` and `load_state` of a stateful loader draw the
+    first batches of the order again without knowing the epoch or the process count they
+    were counted at: refused at the first batch, naming AccelerateResume, unless the
+    user vouches for the count."""
+    accelerate = pytest.importorskip("accelerate")
+    from accelerate.utils import DataLoaderConfiguration
+
+    from shardio.core.errors import StateMismatchError
+
+    def prepared() -> tuple[Any, Any, ShardSampler]:
+        config = DataLoaderConfiguration(use_stateful_dataloader=True)
+        accelerator = accelerate.Accelerator(cpu=True, dataloader_config=config)
+        sampler = ShardSampler(ds, seed=3, rank=0, world_size=1)
+        return (
+            accelerator,
+            accelerator.prepare(DataLoader(ds, batch_size=8, sampler=sampler)),
+            sampler,
+        )
+
+    accelerator, loader, sampler = prepared()
+    with pytest.raises(StateMismatchError, match=r"skip_first_batches \(skipping 3 batches\)"):
+        next(iter(accelerate.skip_first_batches(loader, 3)))
+    sampler.trust_framework_resume()
+    rest = [
+        label
+        for batch in accelerate.skip_first_batches(loader, 3)
+        for label in batch["label"].tolist()
+    ]
+    assert rest == sampler.indices(0).tolist()[24:]
+
+    accelerator, loader, sampler = prepared()
+    for step, _ in enumerate(loader, start=1):
+        if step == 4:
+            accelerator.save_state(str(tmp_path / "state"))
+            break
+    accelerator, loader, sampler = prepared()
+    accelerator.load_state(str(tmp_path / "state"))
+    with pytest.raises(
+        StateMismatchError, match=r"fast-forwarding 4 batches.*shardio\.AccelerateResume\(loader\)"
+    ):
+        next(iter(loader))
+    accelerator, loader, sampler = prepared()
+    accelerator.load_state(str(tmp_path / "state"))
+    sampler.trust_framework_resume()  # the same epoch and process count: exact
+    rest = [label for batch in loader for label in batch["label"].tolist()]
+    assert rest == sampler.indices(0).tolist()[32:]
+
+
 @pytest.mark.slow  # importing transformers' Trainer takes seconds; about 12 s on a busy machine
 def test_trainer_resume_refuses_another_world_size_and_sets_the_epoch(
     ds: ShardedDataset, tmp_path: Path

@@ -24,6 +24,7 @@ from torch.utils.data import Sampler
 from shardio.core.config import parse_size
 from shardio.core.errors import InvalidOptionError, StateMismatchError
 
+from .counted_resume import check_counted_resume, note_counted_resume
 from .frameworks import check_not_split
 from .layout import ShardLayout, resolve_layout
 from .mixstate import MixState
@@ -199,6 +200,7 @@ class MixSampler(PlacedSampler):
         resume, a caller's own epoch count goes on from the state's epoch (as for
         `ShardSampler`)."""
         epoch = self._caller_epoch(non_negative_int(epoch, "epoch"))
+        note_counted_resume(self)
         if epoch == self._epoch:
             if self._pass is not None and self._pass.done:
                 self._pass = None
@@ -255,6 +257,7 @@ class MixSampler(PlacedSampler):
 
     def _run(self, progress: _Pass) -> Iterator[int]:
         check_not_split(self)
+        check_counted_resume(self)
         step = self._step()
         hints = _Hints(self) if self._hint is not None and self.order == "shard-window" else None
         upcoming = self._chunk(progress, 0, step)

@@ -89,6 +89,20 @@ class PlacedSampler(DistributedSampler[int]):
         if self._shift_phase == "loaded":
             self._shift_phase = "resumed"
 
+    # A framework's resume by counting batches (see counted_resume.py): vouched for by
+    # AccelerateResume / TrainerResume, and the one noticed at set_epoch.
+    _vouched = False
+    _counted: str | None = None
+
+    def trust_framework_resume(self) -> None:
+        """Say that accelerate's resumes of this sampler by counting batches (its
+        ``load_state`` of a stateful loader, ``skip_first_batches``, the HF Trainer's
+        ``resume_from_checkpoint``) count them in this epoch's order at the number of
+        processes and batch size they were saved with. `AccelerateResume` and
+        `TrainerResume` make sure of that and call this; without either, such a resume
+        raises `StateMismatchError` at its first batch."""
+        self._vouched = True
+
     # The largest len() answered in this epoch: a loop that sized the epoch with it
     # (Lightning's Trainer, before the loader hands the sampler its state) stops after
     # that many indices, whatever a state loaded later leaves.

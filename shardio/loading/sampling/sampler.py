@@ -12,6 +12,7 @@ from torch.utils.data import Sampler
 from shardio.core.config import parse_size
 from shardio.core.errors import InvalidOptionError, StateMismatchError
 
+from .counted_resume import check_counted_resume, note_counted_resume
 from .elastic import NO_RUNS, fold_pass, normalize_runs, pass_share, pass_size
 from .frameworks import check_not_split
 from .layout import ShardedSource, resolve_layout
@@ -148,6 +149,7 @@ class ShardSampler(PlacedSampler):
         uninterrupted run would.
         """
         epoch = self._caller_epoch(non_negative_int(epoch, "epoch"))
+        note_counted_resume(self)
         if epoch == self._epoch:
             return
         self._resume_at, self._resume_digest, self._consumed = 0, "", NO_RUNS
@@ -174,6 +176,7 @@ class ShardSampler(PlacedSampler):
 
     def _run(self, progress: _PassProgress, epoch: int) -> Iterator[int]:
         check_not_split(self)
+        check_counted_resume(self)
         plan = self._plan(epoch)
         order, block_starts = plan.indices, plan.block_starts
         digest = order_digest(order)
