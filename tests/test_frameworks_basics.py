@@ -351,3 +351,29 @@ def test_dict_and_tuple_batches_go_through_the_frameworks_device_transfer(
     x, label = move(as_tuple, torch.device("cpu"))
     assert label.tolist() == [0, 1, 2, 3]
     assert torch.equal(x, 2 * torch.arange(8, dtype=torch.float32).reshape(4, 2))
+
+
+def test_dict_and_tuple_batches_keep_their_type_through_pin_memory(ds: ShardedDataset) -> None:
+    """`pin_memory=True` runs torch's `pin_memory` on each batch: a mapping is copied
+    (`copy.copy`) and updated, a tuple rebuilt. Our dict batch keeps its type and its
+    refusal to be unpacked; pinning itself needs an accelerator, so on a machine without
+    one the leaves are numpy arrays (which `pin_memory` passes as they are)."""
+    from torch.utils.data._utils.pin_memory import pin_memory
+
+    from shardio.loading.returns import FieldBatch
+
+    batch = next(iter(DataLoader(ds, batch_size=4)))
+    assert type(batch) is FieldBatch
+    pairs = ShardedDataset(ds.path, returns=("x", "label"), batch_transform=_doubled_x)
+    as_tuple = next(iter(DataLoader(pairs, batch_size=4)))
+    if torch.accelerator.is_available():
+        pinned, pinned_tuple = pin_memory(batch), pin_memory(as_tuple)
+        assert pinned["label"].is_pinned() and pinned_tuple[1].is_pinned()
+    else:
+        pinned = pin_memory(FieldBatch({k: v.numpy() for k, v in batch.items()}))
+        pinned_tuple = pin_memory(tuple(t.numpy() for t in as_tuple))
+    assert type(pinned) is FieldBatch and pinned is not batch
+    assert pinned["label"].tolist() == [0, 1, 2, 3]
+    with pytest.raises(InvalidOptionError, match="returns="):
+        _x, _label = pinned
+    assert type(pinned_tuple) is tuple and pinned_tuple[1].tolist() == [0, 1, 2, 3]

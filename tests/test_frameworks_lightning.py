@@ -35,7 +35,12 @@ def test_trainer_ddp_reads_every_sample_once_per_epoch(tmp_path: Path) -> None:
     for epoch, per_rank in epochs.items():
         assert [len(labels) for labels in per_rank] == [N // 2, N // 2], epoch
         assert_once_each(per_rank[0] + per_rank[1], N, padding=0)
-    assert epochs["0"][0] != epochs["1"][0]  # set_epoch reshuffled: the order is ours
+    assert epochs["0"][0] != epochs["1"][0]  # set_epoch reshuffled
+    ds = ShardedDataset(data)
+    for rank in range(2):  # each rank's steps got our order's share, as it is
+        ours = ShardSampler(ds, seed=5, window="2KB", rank=rank, world_size=2)
+        for epoch, per_rank in epochs.items():
+            assert per_rank[rank] == ours.indices(int(epoch)).tolist(), (rank, epoch)
 
 
 @pytest.mark.slow
