@@ -274,6 +274,13 @@ def test_a_resume_by_counting_batches_without_accelerate_resume_is_refused(
     ]
     assert rest == sampler.indices(0).tolist()[24:]
 
+    mix = Mix({"a": ds, "b": ds}, weights={"a": 0.5, "b": 0.5}, seed=2)
+    mixed = accelerator.prepare(
+        DataLoader(mix, batch_size=8, sampler=MixSampler(mix, rank=0, world_size=1))
+    )
+    with pytest.raises(StateMismatchError, match=r"MixSampler \(epoch 0\).*skipping 2 batches"):
+        next(iter(accelerate.skip_first_batches(mixed, 2)))
+
     accelerator, loader, sampler = prepared()
     for step, _ in enumerate(loader, start=1):
         if step == 4:
