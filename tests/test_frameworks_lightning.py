@@ -347,3 +347,38 @@ def test_the_prefetcher_in_a_fabric_loop(tmp_path: Path) -> None:
     for labels in seen:
         assert_once_each(labels, N, padding=0)
     assert seen[0] != seen[1]  # Fabric's loader calls set_epoch at each iter()
+
+
+@pytest.mark.slow  # importing Lightning alone takes seconds
+def test_the_prefetcher_in_a_trainer_run(tmp_path: Path) -> None:
+    """The Trainer iterates a Prefetcher as its train loader and reaches the sampler
+    through it for set_epoch: each epoch in our order, each sample once."""
+    import lightning as L
+    import torch
+
+    torch.set_num_threads(1)
+    ds = ShardedDataset(write_labels(tmp_path / "data", N))
+    sampler = ShardSampler(ds, seed=1)
+    prefetcher = shardio.Prefetcher(DataLoader(ds, batch_size=8, sampler=sampler), device="cpu")
+    assert prefetcher.sampler is sampler
+    seen: dict[int, list[int]] = {}
+
+    class Model(L.LightningModule):
+        def __init__(self) -> None:
+            super().__init__()
+            self.w = torch.nn.Parameter(torch.ones(1))
+
+        def training_step(self, batch: dict[str, Any], index: int) -> torch.Tensor:
+            seen.setdefault(self.current_epoch, []).extend(batch["label"].tolist())
+            return (self.w * batch["x"]).mean()
+
+        def configure_optimizers(self) -> Any:
+            return torch.optim.SGD(self.parameters(), lr=0.0)
+
+    trainer = L.Trainer(
+        accelerator="cpu", devices=1, max_epochs=2, logger=False, enable_progress_bar=False,
+        enable_model_summary=False, enable_checkpointing=False,
+    )  # fmt: skip
+    trainer.fit(Model(), train_dataloaders=prefetcher)
+    assert seen == {0: sampler.indices(0).tolist(), 1: sampler.indices(1).tolist()}
+    assert prefetcher.stats.batches == 25
