@@ -321,6 +321,21 @@ def test_the_doctor_traces_the_loader_a_trainer_fits_on(tmp_path: Path) -> None:
     assert "DataLoader(2 workers): 50 batches in 2 pass(es)" in tr.report()
 
 
+@pytest.mark.slow
+def test_the_doctor_traces_a_ddp_trainer_on_every_rank(tmp_path: Path) -> None:
+    """Under strategy="ddp" each rank's trace times its own loop; leaving the block
+    gathers the two ranks' summaries (a collective every rank reaches)."""
+    data = write_labels(tmp_path / "data", N)
+    argv = ["run_lightning.py", str(data), str(tmp_path), "traced", "--trace", "--epochs", "2"]
+    run(python(*argv, "--workers", "1"))
+    records = results(tmp_path, "traced")
+    for epoch in ("0", "1"):
+        per_rank = [record["epochs"][epoch] for record in records]
+        assert_once_each(per_rank[0] + per_rank[1], N, padding=0)
+    for record in records:  # 13 batches of 8 (the last short) per rank and epoch
+        assert record["trace"] == {"passes": 2, "records": 26, "ranks": 2}
+
+
 @pytest.mark.slow  # importing Lightning alone takes seconds
 def test_the_prefetcher_in_a_fabric_loop(tmp_path: Path) -> None:
     import lightning as L

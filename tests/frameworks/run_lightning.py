@@ -4,7 +4,7 @@ rank's training steps received. Run as a script by tests/test_frameworks_lightni
     python run_lightning.py DATA OUT TAG [--loader torch|stateful] [--workers N]
         [--batch B] [--epochs E] [--max-steps S] [--save-at K] [--save-epoch E]
         [--resume CKPT]
-        [--fabric] [--devices D] [--mix]
+        [--fabric] [--devices D] [--mix] [--trace]
 
 With --mix, DATA holds two datasets, a/ and b/, read as a `shardio.Mix` (`mixes.mixture`)
 through a MixSampler.
@@ -30,7 +30,10 @@ import lightning as L  # noqa: E402
 from mixes import mixture  # noqa: E402
 from torch.utils.data import DataLoader  # noqa: E402
 
+import shardio  # noqa: E402
 from shardio import MixSampler, ShardedDataset, ShardSampler  # noqa: E402
+
+TRACED: dict[str, int] = {}  # with --trace: what the doctor's trace of the Trainer saw
 
 
 def make_loader(args: argparse.Namespace) -> Any:
@@ -91,8 +94,14 @@ def run_trainer(args: argparse.Namespace) -> tuple[dict[int, list[int]], int, in
         callbacks=callbacks,
         num_sanity_val_steps=0,
     )
-    model = Model(make_loader(args))
-    trainer.fit(model, ckpt_path=args.resume)
+    loader = make_loader(args)
+    model = Model(loader)
+    if not args.trace:
+        trainer.fit(model, ckpt_path=args.resume)
+        return model.seen, trainer.global_rank, trainer.world_size
+    with shardio.trace(loader) as tr:  # every rank leaves it: gathers the ranks' summaries
+        trainer.fit(model, ckpt_path=args.resume)
+    TRACED.update(passes=tr.passes, records=len(tr.records), ranks=len(tr.ranks or []))
     return model.seen, trainer.global_rank, trainer.world_size
 
 
@@ -140,10 +149,13 @@ def main() -> None:
     parser.add_argument("--fabric", action="store_true")
     parser.add_argument("--devices", type=int, default=2)
     parser.add_argument("--mix", action="store_true")
+    parser.add_argument("--trace", action="store_true", help="Trainer: under shardio.trace")
     args = parser.parse_args()
     seen, rank, world = run_fabric(args) if args.fabric else run_trainer(args)
     out = Path(args.out, f"{args.tag}-rank{rank}.json")
-    out.write_text(json.dumps({"epochs": seen, "world_size": world, "pid": os.getpid()}))
+    out.write_text(
+        json.dumps({"epochs": seen, "world_size": world, "pid": os.getpid(), "trace": TRACED})
+    )
 
 
 if __name__ == "__main__":
