@@ -179,8 +179,8 @@ def test_load_state_without_accelerate_resume(tmp_path: Path, workers: int) -> N
     run(torchrun("run_accelerate.py", *common, "refused", "--resume", state))
     for record in results(tmp_path, "refused"):
         assert record["labels"] == []
-        assert f"load_state of a stateful loader (fast-forwarding {step} batches)" in (
-            record["error"]
+        assert (
+            f"load_state of a stateful loader (fast-forwarding {step} batches)" in (record["error"])
         )
         assert "register_for_checkpointing(shardio.AccelerateResume(loader))" in record["error"]
     run(torchrun("run_accelerate.py", *common, "second", "--resume", state, "--trust"))
