@@ -384,3 +384,24 @@ def test_dict_and_tuple_batches_keep_their_type_through_pin_memory(ds: ShardedDa
     with pytest.raises(InvalidOptionError, match="returns="):
         _x, _label = pinned
     assert type(pinned_tuple) is tuple and pinned_tuple[1].tolist() == [0, 1, 2, 3]
+
+
+def test_a_loader_state_that_holds_the_sampler_s_is_not_a_counted_resume(
+    ds: ShardedDataset,
+) -> None:
+    """torchdata hands a state it holds for the sampler to the sampler (exact), and
+    fast-forwards a count only where the sampler is out of its reach."""
+    from torchdata.stateful_dataloader import StatefulDataLoader
+
+    from shardio.loading.sampling.counted_resume import _restores_sampler
+
+    reached = StatefulDataLoader(ds, batch_size=8, sampler=ShardSampler(ds, rank=0, world_size=1))
+    it = iter(reached)
+    next(it)
+    assert _restores_sampler(reached.state_dict())
+    hidden = StatefulDataLoader(
+        ds, batch_sampler=BatchSampler(ShardSampler(ds, rank=0, world_size=1), 8, False)
+    )
+    it = iter(hidden)
+    next(it)
+    assert not _restores_sampler(hidden.state_dict())

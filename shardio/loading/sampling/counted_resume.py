@@ -65,7 +65,11 @@ def counted_resume(sampler: object) -> str | None:
         ):
             return f"accelerate's skip_first_batches (skipping {skip} batches)"
         pending = own.get("next_iter_state")
-        if isinstance(pending, Mapping) and not pending.get("_iterator_finished", False):
+        if (
+            isinstance(pending, Mapping)
+            and not pending.get("_iterator_finished", False)
+            and not _restores_sampler(pending)
+        ):
             taken = batches_taken(pending)
             if taken:
                 return (
@@ -73,6 +77,17 @@ def counted_resume(sampler: object) -> str | None:
                     f"{taken} batches)"
                 )
     return None
+
+
+def _restores_sampler(state: Mapping[str, Any]) -> bool:
+    """Whether a torchdata state holds a sampler state, which torchdata hands to the
+    sampler (its `load_state_dict` then resumes exactly) instead of fast-forwarding."""
+    snapshot = state.get("_snapshot")
+    main = snapshot.get("_main_snapshot") if isinstance(snapshot, Mapping) else None
+    holder = main if isinstance(main, Mapping) else state
+    return any(
+        holder.get(key) is not None for key in ("_index_sampler_state", "_sampler_iter_state")
+    )
 
 
 def note_counted_resume(sampler: _Resumable) -> None:
