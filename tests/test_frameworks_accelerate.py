@@ -162,3 +162,31 @@ def _order(data: Path, epoch: int) -> list[int]:
 
     sampler = ShardSampler(ShardedDataset(data), seed=5, window="2KB", rank=0, world_size=1)
     return [int(i) for i in sampler.indices(epoch)]  # a label is its sample's index
+
+
+@pytest.mark.parametrize("workers", [0, 2])
+def test_load_state_without_accelerate_resume(tmp_path: Path, workers: int) -> None:
+    """accelerate's own path (`use_stateful_dataloader=True`, `save_state`/`load_state`)
+    fast-forwards a count of batches per process, knowing no epoch or process count: the
+    sampler refuses it mid-epoch, naming `AccelerateResume`, with nothing read. Where
+    the user says the count holds (the same epoch and processes), it is exact."""
+    data = write_labels(tmp_path / "data", N)
+    step = random.Random(20 + workers).randint(1, 11)
+    common = [str(data), str(tmp_path), "--workers", str(workers), "--no-guard"]
+    run(torchrun("run_accelerate.py", *common, "whole"))
+    run(torchrun("run_accelerate.py", *common, "first", "--stop-at", str(step)))
+    state = str(tmp_path / "first-state")
+    run(torchrun("run_accelerate.py", *common, "refused", "--resume", state))
+    for record in results(tmp_path, "refused"):
+        assert record["labels"] == []
+        assert (
+            f"load_state of a stateful loader (fast-forwarding {step} batches)" in (record["error"])
+        )
+        assert "register_for_checkpointing(shardio.AccelerateResume(loader))" in record["error"]
+    run(torchrun("run_accelerate.py", *common, "second", "--resume", state, "--trust"))
+    whole, first, second = (results(tmp_path, tag) for tag in ("whole", "first", "second"))
+    for rank in range(2):
+        assert second[rank]["error"] is None
+        assert first[rank]["labels"] + second[rank]["labels"] == whole[rank]["labels"], (
+            f"rank {rank}, resumed at step {step}"
+        )

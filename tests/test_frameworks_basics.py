@@ -241,6 +241,64 @@ def test_accelerate_resume_restores_the_epoch_and_the_position_at_another_proces
         AccelerateResume(DataLoader(ds, batch_size=8))
 
 
+def test_a_resume_by_counting_batches_without_accelerate_resume_is_refused(
+    ds: ShardedDataset, tmp_path: Path
+) -> None:
+    """accelerate's `skip_first_batches` and `load_state` of a stateful loader draw the
+    first batches of the order again without knowing the epoch or the process count they
+    were counted at: refused at the first batch, naming AccelerateResume, unless the
+    user vouches for the count."""
+    accelerate = pytest.importorskip("accelerate")
+    from accelerate.utils import DataLoaderConfiguration
+
+    from shardio.core.errors import StateMismatchError
+
+    def prepared() -> tuple[Any, Any, ShardSampler]:
+        config = DataLoaderConfiguration(use_stateful_dataloader=True)
+        accelerator = accelerate.Accelerator(cpu=True, dataloader_config=config)
+        sampler = ShardSampler(ds, seed=3, rank=0, world_size=1)
+        return (
+            accelerator,
+            accelerator.prepare(DataLoader(ds, batch_size=8, sampler=sampler)),
+            sampler,
+        )
+
+    accelerator, loader, sampler = prepared()
+    with pytest.raises(StateMismatchError, match=r"skip_first_batches \(skipping 3 batches\)"):
+        next(iter(accelerate.skip_first_batches(loader, 3)))
+    sampler.trust_framework_resume()
+    rest = [
+        label
+        for batch in accelerate.skip_first_batches(loader, 3)
+        for label in batch["label"].tolist()
+    ]
+    assert rest == sampler.indices(0).tolist()[24:]
+
+    mix = Mix({"a": ds, "b": ds}, weights={"a": 0.5, "b": 0.5}, seed=2)
+    mixed = accelerator.prepare(
+        DataLoader(mix, batch_size=8, sampler=MixSampler(mix, rank=0, world_size=1))
+    )
+    with pytest.raises(StateMismatchError, match=r"MixSampler \(epoch 0\).*skipping 2 batches"):
+        next(iter(accelerate.skip_first_batches(mixed, 2)))
+
+    accelerator, loader, sampler = prepared()
+    for step, _ in enumerate(loader, start=1):
+        if step == 4:
+            accelerator.save_state(str(tmp_path / "state"))
+            break
+    accelerator, loader, sampler = prepared()
+    accelerator.load_state(str(tmp_path / "state"))
+    with pytest.raises(
+        StateMismatchError, match=r"fast-forwarding 4 batches.*shardio\.AccelerateResume\(loader\)"
+    ):
+        next(iter(loader))
+    accelerator, loader, sampler = prepared()
+    accelerator.load_state(str(tmp_path / "state"))
+    sampler.trust_framework_resume()  # the same epoch and process count: exact
+    rest = [label for batch in loader for label in batch["label"].tolist()]
+    assert rest == sampler.indices(0).tolist()[32:]
+
+
 @pytest.mark.slow  # importing transformers' Trainer takes seconds; about 12 s on a busy machine
 def test_trainer_resume_refuses_another_world_size_and_sets_the_epoch(
     ds: ShardedDataset, tmp_path: Path
@@ -300,3 +358,50 @@ def test_dict_and_tuple_batches_go_through_the_frameworks_device_transfer(
     x, label = move(as_tuple, torch.device("cpu"))
     assert label.tolist() == [0, 1, 2, 3]
     assert torch.equal(x, 2 * torch.arange(8, dtype=torch.float32).reshape(4, 2))
+
+
+def test_dict_and_tuple_batches_keep_their_type_through_pin_memory(ds: ShardedDataset) -> None:
+    """`pin_memory=True` runs torch's `pin_memory` on each batch: a mapping is copied
+    (`copy.copy`) and updated, a tuple rebuilt. Our dict batch keeps its type and its
+    refusal to be unpacked; pinning itself needs an accelerator, so on a machine without
+    one the leaves are numpy arrays (which `pin_memory` passes as they are)."""
+    from torch.utils.data._utils.pin_memory import pin_memory
+
+    from shardio.loading.returns import FieldBatch
+
+    batch = next(iter(DataLoader(ds, batch_size=4)))
+    assert type(batch) is FieldBatch
+    pairs = ShardedDataset(ds.path, returns=("x", "label"), batch_transform=_doubled_x)
+    as_tuple = next(iter(DataLoader(pairs, batch_size=4)))
+    if torch.accelerator.is_available():
+        pinned, pinned_tuple = pin_memory(batch), pin_memory(as_tuple)
+        assert pinned["label"].is_pinned() and pinned_tuple[1].is_pinned()
+    else:
+        pinned = pin_memory(FieldBatch({k: v.numpy() for k, v in batch.items()}))
+        pinned_tuple = pin_memory(tuple(t.numpy() for t in as_tuple))
+    assert type(pinned) is FieldBatch and pinned is not batch
+    assert pinned["label"].tolist() == [0, 1, 2, 3]
+    with pytest.raises(InvalidOptionError, match="returns="):
+        _x, _label = pinned
+    assert type(pinned_tuple) is tuple and pinned_tuple[1].tolist() == [0, 1, 2, 3]
+
+
+def test_a_loader_state_that_holds_the_sampler_s_is_not_a_counted_resume(
+    ds: ShardedDataset,
+) -> None:
+    """torchdata hands a state it holds for the sampler to the sampler (exact), and
+    fast-forwards a count only where the sampler is out of its reach."""
+    from torchdata.stateful_dataloader import StatefulDataLoader
+
+    from shardio.loading.sampling.counted_resume import _restores_sampler
+
+    reached = StatefulDataLoader(ds, batch_size=8, sampler=ShardSampler(ds, rank=0, world_size=1))
+    it = iter(reached)
+    next(it)
+    assert _restores_sampler(reached.state_dict())
+    hidden = StatefulDataLoader(
+        ds, batch_sampler=BatchSampler(ShardSampler(ds, rank=0, world_size=1), 8, False)
+    )
+    it = iter(hidden)
+    next(it)
+    assert not _restores_sampler(hidden.state_dict())

@@ -82,3 +82,21 @@ def test_a_resume_in_a_later_epoch_goes_on_in_that_epoch(tmp_path: Path, workers
         )
     epoch0, epoch1 = whole[0]["labels"][: 8 * 13], whole[0]["labels"][8 * 13 :]
     assert epoch0 != epoch1[: len(epoch0)]  # two epochs, two orders
+
+
+def test_a_resume_without_trainer_resume_is_refused_before_the_first_batch(
+    tmp_path: Path,
+) -> None:
+    """Without the callback the Trainer's skip of the first batches cannot be checked
+    (another world size, a later epoch): the sampler refuses it, naming the callback,
+    instead of training on some samples twice and others never."""
+    data = write_labels(tmp_path / "data", N)
+    common = [str(data), str(tmp_path), "--no-callback"]
+    run(torchrun("run_hf_trainer.py", *common, "first", "--max-steps", "3", "--save-at", "3"))
+    checkpoint = str(tmp_path / "first-run" / "checkpoint-3")
+    run(torchrun("run_hf_trainer.py", *common, "second", "--resume", checkpoint))
+    for record in results(tmp_path, "second"):
+        assert record["labels"] == []
+        assert record["error"].startswith("StateMismatchError: ShardSampler (epoch 0)")
+        assert "skip_first_batches (skipping 3 batches)" in record["error"]
+        assert "callbacks=[shardio.TrainerResume()]" in record["error"]

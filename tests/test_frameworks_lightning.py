@@ -35,7 +35,12 @@ def test_trainer_ddp_reads_every_sample_once_per_epoch(tmp_path: Path) -> None:
     for epoch, per_rank in epochs.items():
         assert [len(labels) for labels in per_rank] == [N // 2, N // 2], epoch
         assert_once_each(per_rank[0] + per_rank[1], N, padding=0)
-    assert epochs["0"][0] != epochs["1"][0]  # set_epoch reshuffled: the order is ours
+    assert epochs["0"][0] != epochs["1"][0]  # set_epoch reshuffled
+    ds = ShardedDataset(data)
+    for rank in range(2):  # each rank's steps got our order's share, as it is
+        ours = ShardSampler(ds, seed=5, window="2KB", rank=rank, world_size=2)
+        for epoch, per_rank in epochs.items():
+            assert per_rank[rank] == ours.indices(int(epoch)).tolist(), (rank, epoch)
 
 
 @pytest.mark.slow
@@ -175,6 +180,30 @@ def test_fabric_resumes_exactly_from_its_checkpoint_mid_epoch(tmp_path: Path) ->
         assert first[rank] + second[rank] == whole[rank], f"rank {rank}, resumed at step {step}"
 
 
+@pytest.mark.slow
+def test_fabric_resumed_in_a_later_epoch_goes_on_with_the_next_epochs(tmp_path: Path) -> None:
+    """Fabric's loader numbers epochs from 0 in each job; the sampler's state carries
+    the epoch it was saved in, and the epochs after the resumed one are those of an
+    uninterrupted run, not epochs 1, 2, ... again."""
+    data = write_labels(tmp_path / "data", N)
+    step = random.Random(11).randint(1, 11)
+    common = ["--fabric", "--loader", "stateful", "--workers", "2"]
+    argv = ["run_lightning.py", str(data), str(tmp_path)]
+    run(python(*argv, "whole", *common, "--epochs", "3"))
+    first = ["--epochs", "3", "--save-epoch", "1", "--save-at", str(step)]
+    run(python(*argv, "first", *common, *first))
+    resume = ["--epochs", "2", "--resume", str(tmp_path / "first.ckpt")]
+    run(python(*argv, "second", *common, *resume))
+    whole, first_run, second = (_epochs(tmp_path, tag) for tag in ("whole", "first", "second"))
+    assert sorted(first_run) == ["0", "1"] and sorted(second) == ["0", "1"]
+    for rank in range(2):
+        assert first_run["0"][rank] == whole["0"][rank]
+        assert len(first_run["1"][rank]) == 8 * step
+        assert first_run["1"][rank] + second["0"][rank] == whole["1"][rank], f"rank {rank}"
+        assert second["1"][rank] == whole["2"][rank], f"rank {rank}: not epoch 2's order"
+    assert whole["2"][0] != whole["1"][0]
+
+
 # A mixture: MixSampler is a DistributedSampler too, so the Trainer keeps it.
 MIX_SIZES = {"a": 70, "b": 50}  # labels: a's index, b's 1000 + index
 
@@ -292,6 +321,21 @@ def test_the_doctor_traces_the_loader_a_trainer_fits_on(tmp_path: Path) -> None:
     assert "DataLoader(2 workers): 50 batches in 2 pass(es)" in tr.report()
 
 
+@pytest.mark.slow
+def test_the_doctor_traces_a_ddp_trainer_on_every_rank(tmp_path: Path) -> None:
+    """Under strategy="ddp" each rank's trace times its own loop; leaving the block
+    gathers the two ranks' summaries (a collective every rank reaches)."""
+    data = write_labels(tmp_path / "data", N)
+    argv = ["run_lightning.py", str(data), str(tmp_path), "traced", "--trace", "--epochs", "2"]
+    run(python(*argv, "--workers", "1"))
+    records = results(tmp_path, "traced")
+    for epoch in ("0", "1"):
+        per_rank = [record["epochs"][epoch] for record in records]
+        assert_once_each(per_rank[0] + per_rank[1], N, padding=0)
+    for record in records:  # 13 batches of 8 (the last short) per rank and epoch
+        assert record["trace"] == {"passes": 2, "records": 26, "ranks": 2}
+
+
 @pytest.mark.slow  # importing Lightning alone takes seconds
 def test_the_prefetcher_in_a_fabric_loop(tmp_path: Path) -> None:
     import lightning as L
@@ -318,3 +362,38 @@ def test_the_prefetcher_in_a_fabric_loop(tmp_path: Path) -> None:
     for labels in seen:
         assert_once_each(labels, N, padding=0)
     assert seen[0] != seen[1]  # Fabric's loader calls set_epoch at each iter()
+
+
+@pytest.mark.slow  # importing Lightning alone takes seconds
+def test_the_prefetcher_in_a_trainer_run(tmp_path: Path) -> None:
+    """The Trainer iterates a Prefetcher as its train loader and reaches the sampler
+    through it for set_epoch: each epoch in our order, each sample once."""
+    import lightning as L
+    import torch
+
+    torch.set_num_threads(1)
+    ds = ShardedDataset(write_labels(tmp_path / "data", N))
+    sampler = ShardSampler(ds, seed=1)
+    prefetcher = shardio.Prefetcher(DataLoader(ds, batch_size=8, sampler=sampler), device="cpu")
+    assert prefetcher.sampler is sampler
+    seen: dict[int, list[int]] = {}
+
+    class Model(L.LightningModule):
+        def __init__(self) -> None:
+            super().__init__()
+            self.w = torch.nn.Parameter(torch.ones(1))
+
+        def training_step(self, batch: dict[str, Any], index: int) -> torch.Tensor:
+            seen.setdefault(self.current_epoch, []).extend(batch["label"].tolist())
+            return (self.w * batch["x"]).mean()
+
+        def configure_optimizers(self) -> Any:
+            return torch.optim.SGD(self.parameters(), lr=0.0)
+
+    trainer = L.Trainer(
+        accelerator="cpu", devices=1, max_epochs=2, logger=False, enable_progress_bar=False,
+        enable_model_summary=False, enable_checkpointing=False,
+    )  # fmt: skip
+    trainer.fit(Model(), train_dataloaders=prefetcher)
+    assert seen == {0: sampler.indices(0).tolist(), 1: sampler.indices(1).tolist()}
+    assert prefetcher.stats.batches == 25

@@ -7,11 +7,12 @@ Run by tests/test_frameworks_accelerate.py:
 ``--mode``: default, split_batches or dispatch_batches. ``--world-from-dist``: the sampler
 takes its rank and world size from torch.distributed (refused under accelerate).
 ``--stop-at K`` saves the state after K steps of epoch ``--stop-epoch`` (save_state, with a
-StatefulDataLoader and `AccelerateResume` registered) and stops; ``--save-between`` saves
-it after that epoch's loop instead. ``--resume DIR`` loads it first and goes on from the
-epoch it was saved in (the next one with ``--save-between``). ``--epochs N``: epochs of
-the whole run. Writes OUT/TAG-rank{r}.json: the labels of each epoch's steps, and the
-ShardioError raised, if any.
+StatefulDataLoader and `AccelerateResume` registered, unless ``--no-guard``) and stops;
+``--save-between`` saves it after that epoch's loop instead. ``--resume DIR`` loads it
+first and goes on from the epoch it was saved in (the next one with ``--save-between``).
+``--epochs N``: epochs of the whole run. ``--trust`` calls
+``sampler.trust_framework_resume()``. Writes OUT/TAG-rank{r}.json: the labels of each
+epoch's steps, and the ShardioError raised, if any.
 """
 
 from __future__ import annotations
@@ -47,6 +48,8 @@ def main() -> None:
     parser.add_argument("--save-between", action="store_true")
     parser.add_argument("--resume", default=None)
     parser.add_argument("--world-from-dist", action="store_true")
+    parser.add_argument("--no-guard", action="store_true", help="without AccelerateResume")
+    parser.add_argument("--trust", action="store_true", help="sampler.trust_framework_resume()")
     args = parser.parse_args()
 
     stateful = bool(args.stop_at or args.save_between or args.resume)
@@ -67,8 +70,10 @@ def main() -> None:
     model = torch.nn.Linear(1, 1)
     optimizer = torch.optim.SGD(model.parameters(), lr=0.0)
     model, optimizer, loader = accelerator.prepare(model, optimizer, DataLoader(dataset, **options))
-    if stateful:
+    if stateful and not args.no_guard:
         accelerator.register_for_checkpointing(AccelerateResume(loader))
+    if args.trust:
+        sampler.trust_framework_resume()
 
     epochs: list[list[int]] = []
     error = None

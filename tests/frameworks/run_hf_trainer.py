@@ -2,9 +2,9 @@
 through ``_get_train_sampler``; records the labels each rank's steps received.
 
     torchrun --nproc-per-node 2 run_hf_trainer.py DATA OUT TAG [--workers N]
-        [--max-steps S] [--save-at K] [--resume CHECKPOINT] [--epochs E]
+        [--max-steps S] [--save-at K] [--resume CHECKPOINT] [--epochs E] [--no-callback]
 
-`TrainerResume` is among the callbacks. Writes OUT/TAG-rank{r}.json:
+`TrainerResume` is among the callbacks, unless ``--no-callback``. Writes OUT/TAG-rank{r}.json:
 {"labels": [...], "world_size": W, "error": the ShardioError train() raised, or null}.
 """
 
@@ -53,6 +53,7 @@ def main() -> None:
     parser.add_argument("--save-at", type=int, default=0)
     parser.add_argument("--resume", default=None)
     parser.add_argument("--epochs", type=int, default=1)
+    parser.add_argument("--no-callback", action="store_true", help="without TrainerResume")
     args = parser.parse_args()
 
     training = TrainingArguments(
@@ -76,7 +77,7 @@ def main() -> None:
         model=model,
         args=training,
         train_dataset=ShardedDataset(args.data),
-        callbacks=[TrainerResume()],
+        callbacks=[] if args.no_callback else [TrainerResume()],
     )
     error = None
     try:

@@ -2,13 +2,15 @@
 rank's training steps received. Run as a script by tests/test_frameworks_lightning.py:
 
     python run_lightning.py DATA OUT TAG [--loader torch|stateful] [--workers N]
-        [--batch B] [--epochs E] [--max-steps S] [--save-at K] [--resume CKPT]
-        [--fabric] [--devices D] [--mix]
+        [--batch B] [--epochs E] [--max-steps S] [--save-at K] [--save-epoch E]
+        [--resume CKPT]
+        [--fabric] [--devices D] [--mix] [--trace]
 
 With --mix, DATA holds two datasets, a/ and b/, read as a `shardio.Mix` (`mixes.mixture`)
 through a MixSampler.
 
-Writes OUT/TAG-rank{r}.json: {"epochs": {epoch: [labels...]}, "world_size": W}.
+Writes OUT/TAG-rank{r}.json: {"epochs": {epoch: [labels...]}, "world_size": W}; a Fabric
+run counts its epochs from 0 in each job, as Fabric's loader does.
 """
 
 from __future__ import annotations
@@ -28,7 +30,10 @@ import lightning as L  # noqa: E402
 from mixes import mixture  # noqa: E402
 from torch.utils.data import DataLoader  # noqa: E402
 
+import shardio  # noqa: E402
 from shardio import MixSampler, ShardedDataset, ShardSampler  # noqa: E402
+
+TRACED: dict[str, int] = {}  # with --trace: what the doctor's trace of the Trainer saw
 
 
 def make_loader(args: argparse.Namespace) -> Any:
@@ -89,8 +94,14 @@ def run_trainer(args: argparse.Namespace) -> tuple[dict[int, list[int]], int, in
         callbacks=callbacks,
         num_sanity_val_steps=0,
     )
-    model = Model(make_loader(args))
-    trainer.fit(model, ckpt_path=args.resume)
+    loader = make_loader(args)
+    model = Model(loader)
+    if not args.trace:
+        trainer.fit(model, ckpt_path=args.resume)
+        return model.seen, trainer.global_rank, trainer.world_size
+    with shardio.trace(loader) as tr:  # every rank leaves it: gathers the ranks' summaries
+        trainer.fit(model, ckpt_path=args.resume)
+    TRACED.update(passes=tr.passes, records=len(tr.records), ranks=len(tr.ranks or []))
     return model.seen, trainer.global_rank, trainer.world_size
 
 
@@ -114,7 +125,7 @@ def run_fabric(args: argparse.Namespace) -> tuple[dict[int, list[int]], int, int
             loss = model(batch["x"].float()[:, None]).mean()
             fabric.backward(loss)
             optimizer.step()
-            if step == args.save_at:
+            if step == args.save_at and epoch == args.save_epoch:
                 fabric.save(str(Path(args.out, f"{args.tag}.ckpt")), state)
                 return seen, fabric.global_rank, fabric.world_size
     return seen, fabric.global_rank, fabric.world_size
@@ -131,14 +142,20 @@ def main() -> None:
     parser.add_argument("--epochs", type=int, default=1)
     parser.add_argument("--max-steps", type=int, default=-1)
     parser.add_argument("--save-at", type=int, default=0)
+    parser.add_argument(
+        "--save-epoch", type=int, default=0, help="Fabric: the epoch --save-at counts in"
+    )
     parser.add_argument("--resume", default=None)
     parser.add_argument("--fabric", action="store_true")
     parser.add_argument("--devices", type=int, default=2)
     parser.add_argument("--mix", action="store_true")
+    parser.add_argument("--trace", action="store_true", help="Trainer: under shardio.trace")
     args = parser.parse_args()
     seen, rank, world = run_fabric(args) if args.fabric else run_trainer(args)
     out = Path(args.out, f"{args.tag}-rank{rank}.json")
-    out.write_text(json.dumps({"epochs": seen, "world_size": world, "pid": os.getpid()}))
+    out.write_text(
+        json.dumps({"epochs": seen, "world_size": world, "pid": os.getpid(), "trace": TRACED})
+    )
 
 
 if __name__ == "__main__":

@@ -16,6 +16,7 @@ import pytest
 import torch
 from hypothesis import given, settings
 from hypothesis import strategies as st
+from mix_helpers import Layouts
 from order_helpers import live_bytes, read_x
 from torch.utils.data import DataLoader
 from torchdata.stateful_dataloader import StatefulDataLoader
@@ -25,6 +26,7 @@ from shardio.core.errors import InvalidOptionError
 from shardio.loading.sampling import (
     ORDERS,
     PARTITIONS,
+    MixSampler,
     ShardSampler,
     epoch_order,
     find_sampler_state,
@@ -377,3 +379,36 @@ def test_a_state_that_outgrows_an_earlier_len_is_refused() -> None:
     assert len(shrunk) == 200
     shrunk.load_state_dict(state2)
     assert len(list(shrunk)) == 140  # 200 - 2 * 30
+
+
+def test_a_mixture_state_that_outgrows_an_earlier_len_is_refused_as_a_shard_one() -> None:
+    """MixSampler checks the sized epoch as ShardSampler does, at every load: at the same
+    world size too, where new weights (applied from the saved position) move the end
+    of a `stop` epoch past what len() answered."""
+
+    def mix(weights: dict[str, float]) -> Layouts:
+        return Layouts({"a": [12, 9], "b": [40]}, weights, exhausted="stop")
+
+    saver = MixSampler(mix({"a": 1, "b": 1}), rank=0, world_size=1)
+    it = iter(saver)
+    head = [next(it) for _ in range(5)]
+    state = saver.state_dict()
+    same = MixSampler(mix({"a": 1, "b": 1}), rank=0, world_size=1)
+    assert len(same) == 43
+    same.load_state_dict(state)  # the same weights: len() unchanged, resumed
+    assert head + list(same) == list(MixSampler(mix({"a": 1, "b": 1}), rank=0, world_size=1))
+    heavier = MixSampler(mix({"a": 2, "b": 1}), rank=0, world_size=1)
+    assert len(heavier) == 32
+    with pytest.raises(StateMismatchError, match=r"34 indices .*len\(\)=32 .*saved with"):
+        heavier.load_state_dict(state)
+    trusting = MixSampler(mix({"a": 2, "b": 1}), rank=0, world_size=1)
+    assert len(trusting) == 32
+    trusting.forget_len()
+    trusting.load_state_dict(state)
+    assert len(list(trusting)) == 34 - 5
+    # at another world size, from the start of an epoch: the same check, passed
+    grown = MixSampler(mix({"a": 1, "b": 1}), rank=0, world_size=2)
+    fresh = MixSampler(mix({"a": 1, "b": 1}), rank=0, world_size=1).state_dict()
+    answered = len(grown)
+    grown.load_state_dict(fresh)
+    assert len(grown) == answered == 21

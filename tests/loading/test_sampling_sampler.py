@@ -214,6 +214,95 @@ def test_set_epoch_to_another_epoch_drops_a_loaded_position() -> None:
     assert resumed.state_dict()["offset"] == 0
 
 
+def _epoch_state(epoch: int, taken: int, make: Any = sampler) -> dict[str, Any]:
+    s = make()
+    s.set_epoch(epoch)
+    it = iter(s)
+    for _ in range(taken):
+        next(it)
+    return dict(s.state_dict())
+
+
+@pytest.mark.parametrize("workers", [0, 2])
+def test_a_caller_counting_epochs_from_0_goes_on_after_the_state_s_epoch(workers: int) -> None:
+    """Fabric's loader calls set_epoch(0), 1, ... by its iter() calls in each job, and the
+    StatefulDataLoader hands the sampler its state (epoch 2) at the first iter(): the
+    epochs after the resumed one are 3, 4, ... as in an uninterrupted run."""
+    from torchdata.stateful_dataloader import StatefulDataLoader
+
+    options: dict[str, Any] = {"num_workers": workers}
+    if workers:
+        options["multiprocessing_context"] = "fork"
+    s = sampler()
+    saved_loader = StatefulDataLoader(PlainDataset(100), batch_size=10, sampler=s, **options)
+    s.set_epoch(2)
+    it = iter(saved_loader)
+    head = [i for _ in range(3) for i in next(it).tolist()]
+    state = saved_loader.state_dict()
+    del it
+    resumed = sampler()
+    loader = StatefulDataLoader(PlainDataset(100), batch_size=10, sampler=resumed, **options)
+    loader.load_state_dict(state)
+    epochs = []
+    for count in range(3):  # what Fabric's loader does at each iter()
+        resumed.set_epoch(count)
+        epochs.append([i for batch in loader for i in batch.tolist()])
+        assert resumed.epoch == 2 + count
+        assert resumed.state_dict()["epoch"] == 2 + count  # a later checkpoint says so too
+    assert head + epochs[0] == s.indices(2).tolist()
+    assert epochs[1:] == [s.indices(3).tolist(), s.indices(4).tolist()]
+
+
+def test_a_caller_counting_as_the_state_is_taken_at_its_word() -> None:
+    state = _epoch_state(2, 30)
+    full = sampler()
+    # set_epoch(e) after the load (a stale set_epoch(0) before it): epoch e, then e + 1
+    a = sampler()
+    a.set_epoch(0)
+    a.load_state_dict(state)
+    a.set_epoch(2)
+    assert list(a) == full.indices(2).tolist()[30:]
+    a.set_epoch(3)
+    assert list(a) == full.indices(3).tolist()
+    # the pass right after the load, then the state's epoch + 1
+    b = sampler()
+    b.set_epoch(0)
+    b.load_state_dict(state)
+    assert list(b) == full.indices(2).tolist()[30:]
+    b.set_epoch(3)
+    assert list(b) == full.indices(3).tolist()
+    # no set_epoch before the load: nothing is shifted
+    c = sampler()
+    c.load_state_dict(state)
+    list(c)
+    c.set_epoch(1)
+    assert list(c) == full.indices(1).tolist()
+
+
+def test_a_mixture_goes_on_after_the_state_s_epoch_too() -> None:
+    from mix_helpers import Layouts
+
+    from shardio.loading.sampling import MixSampler
+
+    mix = Layouts({"a": [30, 20], "b": [40]}, {"a": 1, "b": 1})
+
+    def make() -> MixSampler:
+        return MixSampler(mix, rank=0, world_size=1)
+
+    reference = make()
+    orders = []
+    for epoch in range(4):
+        reference.set_epoch(epoch)
+        orders.append(list(reference))
+    state = _epoch_state(2, 7, make)
+    resumed = make()
+    resumed.set_epoch(0)
+    resumed.load_state_dict(state)
+    assert list(resumed) == orders[2][7:]
+    resumed.set_epoch(1)
+    assert list(resumed) == orders[3]
+
+
 def test_state_before_iteration_and_after_set_epoch() -> None:
     s = sampler()
     assert s.state_dict()["offset"] == 0

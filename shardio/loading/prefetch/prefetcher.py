@@ -86,6 +86,17 @@ class Prefetcher:
         self._transfer: Transfer = make_transfer(self.device, transform)
         self._active: weakref.ref[_PrefetchIterator] | None = None
 
+    @property
+    def sampler(self) -> Any:
+        """The loader's ``sampler`` (None where it has none): Lightning's Trainer and
+        Fabric find the sampler to call ``set_epoch`` on through it."""
+        return getattr(self.loader, "sampler", None)
+
+    @property
+    def batch_sampler(self) -> Any:
+        """The loader's ``batch_sampler`` (None where it has none), as ``sampler``."""
+        return getattr(self.loader, "batch_sampler", None)
+
     def __len__(self) -> int:
         # TypeError, not a ShardioError: list() and length_hint() rely on it.
         try:

@@ -30,6 +30,7 @@ from typing import Any
 
 from shardio.core.errors import InvalidOptionError, StateMismatchError
 
+from .counted_resume import batches_taken
 from .mixsampler import MixSampler
 from .ranks import non_negative_int
 from .sampler import ShardSampler
@@ -67,12 +68,13 @@ class AccelerateResume:
             )
         self.loader = loader
         self.sampler = sampler
+        sampler.trust_framework_resume()  # load_state_dict checks what the count depends on
         # The state of a loader that has not started: loaded in place of accelerate's
         # count of batches where that count means other samples (see load_state_dict).
         self._fresh: dict[str, Any] | None = None
         if getattr(loader, "use_stateful_dataloader", False):
             fresh = loader.state_dict()
-            if _batches_taken(fresh) == 0:
+            if batches_taken(fresh) == 0:
                 self._fresh = copy.deepcopy(fresh)
 
     def state_dict(self) -> dict[str, Any]:
@@ -102,7 +104,7 @@ class AccelerateResume:
     def _position(self, loader_state: Mapping[str, Any], total: int | None) -> Any:
         """The sampler's state at the samples the batches taken so far hold, or None
         where that count is not known."""
-        batches = _batches_taken(loader_state)
+        batches = batches_taken(loader_state)
         if batches is None or total is None or type(self.loader).__name__ != "DataLoaderShard":
             return None  # DataLoaderDispatcher: only process 0 draws; not worked out here
         # Each step, the processes take the next `total` samples of the order between
@@ -165,16 +167,6 @@ class AccelerateResume:
             self.sampler.forget_len()
             self.sampler.load_state_dict(position)
         self.loader.set_epoch(epoch)
-
-
-def _batches_taken(state: Mapping[str, Any]) -> int | None:
-    """Batches a torchdata StatefulDataLoader's state counts as yielded in its pass."""
-    if "_num_yielded" in state:  # no workers
-        return int(state["_num_yielded"])
-    snapshot = state.get("_snapshot")
-    if isinstance(snapshot, Mapping) and "_snapshot_step" in snapshot:  # workers
-        return int(snapshot["_snapshot_step"]) + int(state.get("_steps_since_snapshot", 0))
-    return None
 
 
 def sampler_of(loader: Any) -> ShardSampler | MixSampler | None:

@@ -19,7 +19,7 @@ from typing import Any, Protocol
 
 from shardio.core.errors import InvalidOptionError
 
-__all__ = ["check_not_split"]
+__all__ = ["accelerate_path", "check_not_split"]
 
 _LINKS = ("base_dataloader", "batch_sampler", "sampler")  # how accelerate wraps a loader
 
@@ -53,9 +53,27 @@ def check_not_split(sampler: _Placed) -> None:
 
 def _accelerate_splitter(sampler: object) -> str | None:
     """The name of the accelerate object that splits ``sampler``'s batches, if any."""
-    state = sys.modules.get("accelerate.state")
     loaders = sys.modules.get("accelerate.data_loader")
-    if state is None or loaders is None:
+    path = accelerate_path(sampler)
+    if loaders is None or path is None:
+        return None
+    splitters = tuple(
+        cls
+        for cls in (
+            getattr(loaders, "BatchSamplerShard", None),
+            getattr(loaders, "DataLoaderDispatcher", None),
+        )
+        if isinstance(cls, type)
+    )
+    found = [type(node).__name__ for node in path if isinstance(node, splitters)]
+    return found[-1] if found else None
+
+
+def accelerate_path(sampler: object) -> list[Any] | None:
+    """The objects from a loader accelerate is iterating now down to ``sampler`` (the
+    loader first), or None where accelerate is not iterating one that holds it."""
+    state = sys.modules.get("accelerate.state")
+    if state is None or sys.modules.get("accelerate.data_loader") is None:
         return None
     gradient_state = getattr(state, "GradientState", None)
     # NOTE: GradientState is a shared-state singleton; reading it before accelerate set
@@ -66,38 +84,26 @@ def _accelerate_splitter(sampler: object) -> str | None:
         references = gradient_state().dataloader_references
     except Exception:  # another accelerate version: nothing to check against
         return None
-    splitters = tuple(
-        cls
-        for cls in (
-            getattr(loaders, "BatchSamplerShard", None),
-            getattr(loaders, "DataLoaderDispatcher", None),
-        )
-        if isinstance(cls, type)
-    )
     for loader in references:
         if loader is None:
             continue
-        found = _splitter_above(loader, sampler, splitters, None, 0)
-        if found is not None:
-            return found
+        path = _path_to(loader, sampler, 0)
+        if path is not None:
+            return path
     return None
 
 
-def _splitter_above(
-    node: Any, sampler: object, splitters: tuple[type, ...], seen: str | None, depth: int
-) -> str | None:
+def _path_to(node: Any, sampler: object, depth: int) -> list[Any] | None:
     if node is sampler:
-        return seen
+        return []
     if node is None or depth > 8:
         return None
-    if isinstance(node, splitters):
-        seen = type(node).__name__
     for link in _LINKS:
         child = getattr(node, link, None) if link in _attributes(node) else None
         if child is not None and child is not node:
-            found = _splitter_above(child, sampler, splitters, seen, depth + 1)
+            found = _path_to(child, sampler, depth + 1)
             if found is not None:
-                return found
+                return [node, *found]
     return None
 
 

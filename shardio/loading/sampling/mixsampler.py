@@ -24,6 +24,7 @@ from torch.utils.data import Sampler
 from shardio.core.config import parse_size
 from shardio.core.errors import InvalidOptionError, StateMismatchError
 
+from .counted_resume import check_counted_resume, note_counted_resume
 from .frameworks import check_not_split
 from .layout import ShardLayout, resolve_layout
 from .mixstate import MixState
@@ -207,8 +208,11 @@ class MixSampler(PlacedSampler):
         """Select the epoch the next pass yields; the epoch a loaded state belongs to
         keeps its position, and the epoch after a pass goes on where that pass ended.
         The epoch the sampler is at again (frameworks call it at every ``iter()``)
-        keeps the position a pass in progress has reached for `state_dict`."""
-        epoch = non_negative_int(epoch, "epoch")
+        keeps the position a pass in progress has reached for `state_dict`. After a
+        resume, a caller's own epoch count goes on from the state's epoch (as for
+        `ShardSampler`)."""
+        epoch = self._caller_epoch(non_negative_int(epoch, "epoch"))
+        note_counted_resume(self)
         if epoch == self._epoch:
             if self._pass is not None and self._pass.done:
                 self._pass = None
@@ -260,10 +264,12 @@ class MixSampler(PlacedSampler):
         progress = _Pass(self._start, stop, count, self._done_before)
         self._pass = progress
         self._next_start = self._start + count * self.world_size
+        self._pass_begins()
         return self._run(progress)
 
     def _run(self, progress: _Pass) -> Iterator[int]:
         check_not_split(self)
+        check_counted_resume(self)
         step = self._step()
         hints = _Hints(self) if self._hint is not None and self.order == "shard-window" else None
         upcoming = self._chunk(progress, 0, step)
@@ -407,10 +413,8 @@ class MixSampler(PlacedSampler):
             self._next_start = saved.position + rest * self.world_size
         else:
             self._next_start = None
-        if saved.world_size != self.world_size and saved.position:
-            self._check_sized_epoch(saved.epoch, saved.world_size)
-        else:
-            self._len_answered = None
+        self._check_sized_epoch(saved.epoch, saved.world_size)
+        self._loaded_epoch(saved.epoch)
 
     def _state(self, position: int, pass_stop: int, done: int) -> MixState:
         return MixState(

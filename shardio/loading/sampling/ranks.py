@@ -53,6 +53,56 @@ class PlacedSampler(DistributedSampler[int]):
     def epoch(self) -> int:  # type: ignore[override]
         return self._epoch
 
+    # Epochs a caller numbers itself, from 0 in each job (Fabric's loader counts its
+    # iter() calls): the epoch it last set, and what to add to its numbers once the
+    # pass of a loaded state has begun (see `_caller_epoch`).
+    _told: int | None = None
+    _shift = 0
+    _shift_phase = ""  # "loaded", then "resumed" at the next iter(), then "shifted"
+
+    def _caller_epoch(self, epoch: int) -> int:
+        """The epoch ``set_epoch(epoch)`` selects.
+
+        A caller that set epoch ``k`` before a state of a later epoch ``e`` was loaded
+        (Fabric's loader sets its own count, then the `StatefulDataLoader` hands the
+        sampler its state at the same ``iter()``) counts its epochs itself: after the
+        resumed pass, its ``k + 1, k + 2, ...`` are this run's ``e + 1, e + 2, ...``,
+        so the epochs after a resume are those of an uninterrupted run. A caller that
+        sets the state's epoch (before the pass), or ``e + 1`` after it, counts as the
+        state does and is taken at its word."""
+        self._told = epoch
+        phase, self._shift_phase = self._shift_phase, ""
+        if phase == "shifted" or (phase == "resumed" and epoch != self._epoch + 1):
+            self._shift_phase = "shifted"
+            return epoch + self._shift
+        self._shift = 0
+        return epoch
+
+    def _loaded_epoch(self, epoch: int) -> None:
+        """Note that a state of ``epoch`` was loaded (see `_caller_epoch`)."""
+        told = self._told
+        self._shift = epoch - told if told is not None and told < epoch else 0
+        self._shift_phase = "loaded" if self._shift else ""
+
+    def _pass_begins(self) -> None:
+        """Note a new pass (at ``iter()``): a loaded state's pass has begun."""
+        if self._shift_phase == "loaded":
+            self._shift_phase = "resumed"
+
+    # A framework's resume by counting batches (see counted_resume.py): vouched for by
+    # AccelerateResume / TrainerResume, and the one noticed at set_epoch.
+    _vouched = False
+    _counted: str | None = None
+
+    def trust_framework_resume(self) -> None:
+        """Say that accelerate's resumes of this sampler by counting batches (its
+        ``load_state`` of a stateful loader, ``skip_first_batches``, the HF Trainer's
+        ``resume_from_checkpoint``) count them in this epoch's order at the number of
+        processes and batch size they were saved with. `AccelerateResume` and
+        `TrainerResume` make sure of that and call this; without either, such a resume
+        raises `StateMismatchError` at its first batch."""
+        self._vouched = True
+
     # The largest len() answered in this epoch: a loop that sized the epoch with it
     # (Lightning's Trainer, before the loader hands the sampler its state) stops after
     # that many indices, whatever a state loaded later leaves.
@@ -76,17 +126,27 @@ class PlacedSampler(DistributedSampler[int]):
         answered = self._len_answered
         left = len(self)
         self._len_answered = None  # len() above answered too: the new epoch's count starts
-        if answered is not None and left > answered:
-            raise StateMismatchError(
-                f"cannot resume epoch {epoch} here: the state was saved mid-epoch at "
-                f"world_size={saved_world_size} and leaves this rank {left} indices at "
-                f"world_size={self.world_size}, but the epoch was sized with "
-                f"len()={answered} before the state was loaded, so a loop that counts its "
-                "batches from len() (Lightning's Trainer) would stop before reading them "
-                f"all. Resume at world_size={saved_world_size}, or from a checkpoint saved "
-                "at the end of an epoch; a loop that ends when the sampler does may call "
-                "forget_len() before load_state_dict()."
+        if answered is None or left <= answered:
+            return
+        if saved_world_size != self.world_size:
+            why = (
+                f"the state was saved mid-epoch at world_size={saved_world_size} and leaves "
+                f"this rank {left} indices at world_size={self.world_size}"
             )
+            fix = f"Resume at world_size={saved_world_size}, or from"
+        else:
+            why = (
+                f"the state leaves this rank {left} indices (a mixture's new weights apply "
+                "from the saved position and change where its epoch ends)"
+            )
+            fix = "Resume with the weights the state was saved with, or from"
+        raise StateMismatchError(
+            f"cannot resume epoch {epoch} here: {why}, but the epoch was sized with "
+            f"len()={answered} before the state was loaded, so a loop that counts its "
+            "batches from len() (Lightning's Trainer) would stop before reading them "
+            f"all. {fix} a checkpoint saved at the end of an epoch; a loop that ends when "
+            "the sampler does may call forget_len() before load_state_dict()."
+        )
 
 
 def resolve_rank(rank: int | None, world_size: int | None) -> tuple[int, int]:

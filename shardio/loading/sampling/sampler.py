@@ -12,6 +12,7 @@ from torch.utils.data import Sampler
 from shardio.core.config import parse_size
 from shardio.core.errors import InvalidOptionError, StateMismatchError
 
+from .counted_resume import check_counted_resume, note_counted_resume
 from .elastic import NO_RUNS, fold_pass, normalize_runs, pass_share, pass_size
 from .frameworks import check_not_split
 from .layout import ShardedSource, resolve_layout
@@ -141,8 +142,14 @@ class ShardSampler(PlacedSampler):
         ``set_epoch(epoch)`` resumes (frameworks call ``set_epoch`` at every
         ``iter()``). Another epoch starts that epoch from its beginning: the
         position in a pass in progress is dropped.
+
+        A caller that numbers epochs from 0 in each job (Fabric's loader) and set
+        epoch ``k`` before a state of epoch ``e > k`` was loaded gets epochs ``e + 1,
+        e + 2, ...`` for its ``k + 1, k + 2, ...`` after the resumed pass, as an
+        uninterrupted run would.
         """
-        epoch = non_negative_int(epoch, "epoch")
+        epoch = self._caller_epoch(non_negative_int(epoch, "epoch"))
+        note_counted_resume(self)
         if epoch == self._epoch:
             return
         self._resume_at, self._resume_digest, self._consumed = 0, "", NO_RUNS
@@ -164,10 +171,12 @@ class ShardSampler(PlacedSampler):
             start=self._resume_at, digest=self._resume_digest, consumed=self._consumed
         )
         self._pass, self._resume_at, self._resume_digest = progress, 0, ""
+        self._pass_begins()
         return self._run(progress, self._epoch)
 
     def _run(self, progress: _PassProgress, epoch: int) -> Iterator[int]:
         check_not_split(self)
+        check_counted_resume(self)
         plan = self._plan(epoch)
         order, block_starts = plan.indices, plan.block_starts
         digest = order_digest(order)
@@ -300,6 +309,7 @@ class ShardSampler(PlacedSampler):
         self._resume_at, self._resume_digest = offset, saved.digest
         self._pass = None
         self._check_sized_epoch(epoch, world_size)
+        self._loaded_epoch(epoch)
 
     def _state(self, offset: int, digest: str, consumed: np.ndarray) -> SamplerState:
         return SamplerState(

@@ -83,6 +83,9 @@ class TrainerResume(TrainerCallback, ExportableState):
                     f"{settings}, or start a new training run without resume_from_checkpoint."
                 )
         self.settings = now
+        sampler = sampler_of(kwargs.get("train_dataloader"))
+        if sampler is not None:
+            sampler.trust_framework_resume()  # checked above: the skipped batches match
         # The Trainer updates only the stateful callbacks its checkpoint already names:
         # make sure ours is there when the checkpoint was saved without it.
         stored: Any = state.stateful_callbacks  # a dict by name once the state exists
@@ -100,6 +103,7 @@ class TrainerResume(TrainerCallback, ExportableState):
         which is the epoch in progress when a checkpoint resumes mid-epoch."""
         sampler = sampler_of(kwargs.get("train_dataloader"))
         if sampler is not None:
+            sampler.trust_framework_resume()
             sampler.set_epoch(int(state.epoch or 0))
 
 
