@@ -79,6 +79,7 @@ class _Local:
     evictions: int = 0
     prefetched: int = 0
     readers: int = 1  # readers of the cache, counted at readers_at (open_shards)
+    whole_fits: bool = False  # the dataset fits beside the other datasets' readers
     acquires: int = 0  # shards opened through the cache by this process
     last_acquired: dict[int, int] = field(default_factory=dict)  # shard -> acquires then
     refetches: int = 0
@@ -116,6 +117,7 @@ class ShardCache:
             limit = int(DEFAULT_LIMIT_SHARE * free) + self.store.used()
         self.limit = self.store.limit = parse_size(limit, "cache_limit")
         self.largest = max((s.nbytes for s in manifest.shards), default=0)
+        self.total = sum(s.nbytes for s in manifest.shards)
         self.key = cache_key(url, manifest)
         self.transient = transient
         self.storage_options = storage_options
@@ -144,12 +146,21 @@ class ShardCache:
         then could lease one and a half limits, and shards downloaded ahead found no
         room (bench_remote's cold epoch at 0.76x of the link with a 25% cache). Now
         the readers together lease at most half the limit, and download-ahead keeps
-        the other half. A process counts the readers again at most once a second."""
+        the other half. A process counts the readers again at most once a second.
+
+        When the whole dataset fits in the limit beside one shard for each reader of
+        other datasets, a lease crowds nothing out: every shard may stay open (a warm
+        epoch with a full cache then reopens nothing)."""
         local = self.local
         now = time.monotonic()
         if now - local.readers_at > _READERS_TTL_S:
-            local.readers = max(1, len(self.store.readers()))
+            marks = self.store.reader_marks()
+            local.readers = max(1, len(marks))
+            others = sum(nbytes for key, nbytes in marks if key != self.key)
+            local.whole_fits = self.total + others <= self.limit
             local.readers_at = now
+        if local.whole_fits:
+            return max(1, len(self.shards))
         share = self.limit // (2 * local.readers * max(self.largest, 1))
         return max(1, share)
 
@@ -231,7 +242,7 @@ class ShardCache:
         with local.lock:
             if local.mark is not None:
                 return
-            local.mark = self.store.mark_reader(self.largest)
+            local.mark = self.store.mark_reader(self.largest, self.key)
         needed = self.store.readers()
         if sum(needed) > self.limit:
             with local.lock:

@@ -154,12 +154,13 @@ class Lease:
 
 class ReaderMark:
     """A reading process's mark in the cache: a shared flock on its own file, which
-    dies with the process; its name carries the largest shard the reader may hold."""
+    dies with the process; its name carries the dataset's cache key and the largest
+    shard the reader may hold."""
 
-    def __init__(self, directory: str, nbytes: int) -> None:
+    def __init__(self, directory: str, nbytes: int, key: str = "") -> None:
         os.makedirs(directory, exist_ok=True)
         while True:
-            name = f"{os.getpid()}.{os.urandom(4).hex()}.{int(nbytes)}"
+            name = f"{os.getpid()}.{os.urandom(4).hex()}.{key or '-'}.{int(nbytes)}"
             self.path = os.path.join(directory, name)
             self.fd = os.open(self.path, os.O_RDWR | os.O_CREAT | os.O_EXCL | os.O_CLOEXEC, 0o644)
             fcntl.flock(self.fd, fcntl.LOCK_SH)
@@ -271,11 +272,11 @@ class CacheStore:
             yield
 
     # --------------------------------------------------------------- readers
-    def mark_reader(self, nbytes: int) -> ReaderMark:
-        """Mark this process as reading through the cache, holding shards of up to
-        ``nbytes`` (see `readers`)."""
+    def mark_reader(self, nbytes: int, key: str = "") -> ReaderMark:
+        """Mark this process as reading dataset ``key`` through the cache, holding
+        shards of up to ``nbytes`` (see `readers`)."""
         try:
-            return ReaderMark(os.path.join(self.directory, ".readers"), nbytes)
+            return ReaderMark(os.path.join(self.directory, ".readers"), nbytes, key)
         except OSError as exc:
             raise CacheError(
                 f"cache_dir {self.directory} cannot be written: {exc.strerror or exc} "
@@ -285,6 +286,11 @@ class CacheStore:
     def readers(self) -> list[int]:
         """Per live reader (process and dataset) marked in the cache, the largest shard
         it may hold; the marks of dead processes are removed."""
+        return [nbytes for _, nbytes in self.reader_marks()]
+
+    def reader_marks(self) -> list[tuple[str, int]]:
+        """Per live reader marked in the cache, its dataset's key ("" when unnamed) and
+        the largest shard it may hold; the marks of dead processes are removed."""
         directory = os.path.join(self.directory, ".readers")
         found = []
         for name in self._listdir(".readers"):
@@ -297,7 +303,9 @@ class CacheStore:
                 fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
             except BlockingIOError:  # its process holds it: alive
                 with contextlib.suppress(ValueError, IndexError):
-                    found.append(int(name.rsplit(".", 1)[1]))
+                    parts = name.split(".")
+                    key = parts[2] if len(parts) == 4 and parts[2] != "-" else ""
+                    found.append((key, int(parts[-1])))
             else:  # nobody holds it: its process died
                 with contextlib.suppress(FileNotFoundError):
                     os.remove(path)
