@@ -524,21 +524,28 @@ def _receive(
 ) -> Any:
     """In the main process: the batch in ``slot`` copied out, and the slot freed."""
     with _mapped_lock:
-        ring = _mapped.get(token)
-        if ring is None:
-            if storage is None:
-                raise ShardioError(
-                    f"a batch from DataLoader worker ring {token} arrived in process "
-                    f"{os.getpid()}, which never received that ring: batches a worker "
-                    "hands over are unpickled once, by the process the worker serves"
-                )
-            ring = _register(token, storage, count)
+        ring = _ring_here(token, storage, count)
     described = []
     for at, dtype, shape in places:
         numpy_dtype, nbytes = _described(dtype, shape)
         described.append((at, numpy_dtype, shape, nbytes, dtype))
     tensors = _slot_tensors(ring, slot, start, _Places(described, _span(places)))
     return fill(skeleton, tensors.__getitem__)
+
+
+def _ring_here(token: str, storage: torch.UntypedStorage | None, count: int) -> _Mapped:
+    """Worker ring ``token`` in this process, mapped from ``storage`` (sent with its
+    first batch only); the caller holds `_mapped_lock`."""
+    ring = _mapped.get(token)
+    if ring is None:
+        if storage is None:
+            raise ShardioError(
+                f"a batch from DataLoader worker ring {token} arrived in process "
+                f"{os.getpid()}, which never received that ring: batches a worker "
+                "hands over are unpickled once, by the process the worker serves"
+            )
+        ring = _register(token, storage, count)
+    return ring
 
 
 _MAKE: tuple[type, ...] = (FieldBatch, dict, tuple, list)  # as `_KINDS` in the worker
@@ -558,15 +565,7 @@ def _receive_flat(
 ) -> Any:
     """In the main process: a batch of a slot's own tensors (see `_flat`), as views."""
     with _mapped_lock:
-        ring = _mapped.get(token)
-        if ring is None:
-            if storage is None:
-                raise ShardioError(
-                    f"a batch from DataLoader worker ring {token} arrived in process "
-                    f"{os.getpid()}, which never received that ring: batches a worker "
-                    "hands over are unpickled once, by the process the worker serves"
-                )
-            ring = _register(token, storage, count)
+        ring = _ring_here(token, storage, count)
         if wire is not None:
             ring.layouts[number] = _Places.of_wire(wire)
         places = ring.layouts.get(number)
