@@ -282,16 +282,11 @@ def test_trainer_resumes_a_mixture_exactly_from_its_checkpoint(tmp_path: Path) -
 
 
 @pytest.mark.slow  # importing Lightning alone takes seconds
-def test_the_doctor_traces_the_loader_a_trainer_fits_on(tmp_path: Path) -> None:
+def _fit_two_epochs(loader: Any) -> dict[int, list[int]]:
+    """Fit a one-weight model for 2 epochs on one CPU device; the labels of each epoch."""
     import lightning as L
     import torch
 
-    torch.set_num_threads(1)
-    ds = ShardedDataset(write_labels(tmp_path / "data", N))
-    loader = DataLoader(
-        ds, batch_size=8, sampler=ShardSampler(ds, seed=1), num_workers=2,
-        multiprocessing_context="fork",
-    )  # fmt: skip
     seen: dict[int, list[int]] = {}
 
     class Model(L.LightningModule):
@@ -310,8 +305,21 @@ def test_the_doctor_traces_the_loader_a_trainer_fits_on(tmp_path: Path) -> None:
         accelerator="cpu", devices=1, max_epochs=2, logger=False, enable_progress_bar=False,
         enable_model_summary=False, enable_checkpointing=False,
     )  # fmt: skip
+    trainer.fit(Model(), train_dataloaders=loader)
+    return seen
+
+
+def test_the_doctor_traces_the_loader_a_trainer_fits_on(tmp_path: Path) -> None:
+    import torch
+
+    torch.set_num_threads(1)
+    ds = ShardedDataset(write_labels(tmp_path / "data", N))
+    loader = DataLoader(
+        ds, batch_size=8, sampler=ShardSampler(ds, seed=1), num_workers=2,
+        multiprocessing_context="fork",
+    )  # fmt: skip
     with shardio.trace(loader) as tr:
-        trainer.fit(Model(), train_dataloaders=loader)
+        seen = _fit_two_epochs(loader)
     assert sorted(seen) == [0, 1]
     for labels in seen.values():
         assert_once_each(labels, N, padding=0)
@@ -368,7 +376,6 @@ def test_the_prefetcher_in_a_fabric_loop(tmp_path: Path) -> None:
 def test_the_prefetcher_in_a_trainer_run(tmp_path: Path) -> None:
     """The Trainer iterates a Prefetcher as its train loader and reaches the sampler
     through it for set_epoch: each epoch in our order, each sample once."""
-    import lightning as L
     import torch
 
     torch.set_num_threads(1)
@@ -376,24 +383,6 @@ def test_the_prefetcher_in_a_trainer_run(tmp_path: Path) -> None:
     sampler = ShardSampler(ds, seed=1)
     prefetcher = shardio.Prefetcher(DataLoader(ds, batch_size=8, sampler=sampler), device="cpu")
     assert prefetcher.sampler is sampler
-    seen: dict[int, list[int]] = {}
-
-    class Model(L.LightningModule):
-        def __init__(self) -> None:
-            super().__init__()
-            self.w = torch.nn.Parameter(torch.ones(1))
-
-        def training_step(self, batch: dict[str, Any], index: int) -> torch.Tensor:
-            seen.setdefault(self.current_epoch, []).extend(batch["label"].tolist())
-            return (self.w * batch["x"]).mean()
-
-        def configure_optimizers(self) -> Any:
-            return torch.optim.SGD(self.parameters(), lr=0.0)
-
-    trainer = L.Trainer(
-        accelerator="cpu", devices=1, max_epochs=2, logger=False, enable_progress_bar=False,
-        enable_model_summary=False, enable_checkpointing=False,
-    )  # fmt: skip
-    trainer.fit(Model(), train_dataloaders=prefetcher)
+    seen = _fit_two_epochs(prefetcher)
     assert seen == {0: sampler.indices(0).tolist(), 1: sampler.indices(1).tolist()}
     assert prefetcher.stats.batches == 25
