@@ -26,6 +26,8 @@ import torch
 
 from shardio.core.schema import Schema
 
+from .dtypes import TORCH_KINDS, torch_dtype_of
+
 __all__ = [
     "BLOCKS",
     "BlockPool",
@@ -37,7 +39,6 @@ __all__ = [
 
 _ALIGN = 64
 _PAGE = 4096
-_TORCH_KINDS = frozenset("biufc")  # numpy kinds torch holds: bool, ints, floats, complex
 
 Layout = dict[str, tuple[int, np.dtype[Any], tuple[int, ...]]]
 """field -> (byte offset in the block, native dtype, shape of the batch's column)."""
@@ -99,7 +100,7 @@ def fixed_layout(schema: Schema, count: int) -> tuple[Layout, int]:
     offset = 0
     for fld in schema:
         nbytes = count * fld.sample_nbytes
-        if fld.variable or fld.dtype.kind not in _TORCH_KINDS or nbytes == 0:
+        if fld.variable or fld.dtype.kind not in TORCH_KINDS or nbytes == 0:
             continue
         layout[fld.name] = (offset, fld.dtype.newbyteorder("="), (count, *fld.shape))
         offset += _round_up(nbytes, _ALIGN)
@@ -172,9 +173,8 @@ def block_columns(
     whole = _pinned_bytes(max(nbytes, 1))
     tensors = {}
     for name, (at, dtype, shape) in layout.items():
-        torch_dtype = torch.from_numpy(np.empty(0, dtype=dtype)).dtype
         part = whole[at : at + dtype.itemsize * _count(shape)]
-        tensors[name] = part.view(torch_dtype).view(shape)
+        tensors[name] = part.view(torch_dtype_of(dtype)).view(shape)
     return {name: tensor.numpy() for name, tensor in tensors.items()}, tensors
 
 

@@ -38,6 +38,7 @@ from shardio.core.errors import ShardioError
 from shardio.core.schema import Schema
 
 from .blocks import BLOCKS, Layout, fixed_layout
+from .dtypes import torch_dtype_of
 from .returns import FieldBatch
 from .skeleton import Unwalkable, fill, strip
 
@@ -65,7 +66,6 @@ MAX_SLOTS = 16
 _HEADER = 4096  # slot flags (one byte per slot) live in the ring's first page
 _ALIGN = 64
 _PAGE = 4096
-_TORCH_KINDS = frozenset("biufc")
 
 
 def _round_up(value: int, to: int) -> int:
@@ -156,8 +156,7 @@ class _SlotViews:
         for name, (at, dtype, shape) in layout.items():
             # Views of the ring's shared storage (torch's own sharing, where a batch goes
             # that way, then sends the ring rather than a copy), and numpy views of them.
-            torch_dtype = torch.from_numpy(np.empty(0, dtype=dtype)).dtype
-            tensor = _view(whole, start + at, torch_dtype, shape)
+            tensor = _view(whole, start + at, torch_dtype_of(dtype), shape)
             self.tensors[name] = tensor
             self.arrays[name] = tensor.numpy()
             wire.append((at, dtype.str, shape))
@@ -441,7 +440,7 @@ def _fresh_columns(
     storage = torch.UntypedStorage._new_shared(max(nbytes, 1))
     whole = torch.empty(0, dtype=torch.uint8).set_(storage)
     tensors = {
-        name: _view(whole, at, torch.from_numpy(np.empty(0, dtype=dtype)).dtype, shape)
+        name: _view(whole, at, torch_dtype_of(dtype), shape)
         for name, (at, dtype, shape) in layout.items()
     }
     return {name: t.numpy() for name, t in tensors.items()}, tensors
@@ -481,7 +480,7 @@ class _Places:
         for at, code, shape in wire:
             dtype = np.dtype(code)
             nbytes = dtype.itemsize * int(np.prod(shape, dtype=np.int64))
-            places.append((at, dtype, shape, nbytes, torch.from_numpy(np.empty(0, dtype)).dtype))
+            places.append((at, dtype, shape, nbytes, torch_dtype_of(dtype)))
         return cls(places, max((p[0] + p[3] for p in places), default=0))
 
 

@@ -3,17 +3,15 @@
 from __future__ import annotations
 
 import copy
-import functools
 from collections.abc import Callable, Iterator, Mapping, MutableMapping
 from typing import Any
 
 import numpy as np
 import torch
 
-__all__ = ["map_structure", "iter_leaves", "to_tensor", "torch_dtype_of", "is_convertible_array"]
+from ..dtypes import TORCH_KINDS, torch_dtype_of
 
-# numpy dtype kinds torch can hold: bool, signed, unsigned, float, complex.
-_TORCH_KINDS = frozenset("biufc")
+__all__ = ["map_structure", "iter_leaves", "to_tensor", "torch_dtype_of", "is_convertible_array"]
 
 
 def map_structure(fn: Callable[[Any], Any], data: Any) -> Any:
@@ -68,13 +66,7 @@ def iter_leaves(data: Any) -> Iterator[Any]:
 
 def is_convertible_array(leaf: Any) -> bool:
     """True for numpy arrays and scalars whose dtype torch can hold (not strings or objects)."""
-    return isinstance(leaf, (np.ndarray, np.generic)) and leaf.dtype.kind in _TORCH_KINDS
-
-
-@functools.lru_cache(maxsize=64)
-def torch_dtype_of(dtype: np.dtype[Any]) -> torch.dtype:
-    """The torch dtype matching a numpy dtype of either byte order."""
-    return torch.from_numpy(np.empty(0, dtype=dtype.newbyteorder("="))).dtype
+    return isinstance(leaf, (np.ndarray, np.generic)) and leaf.dtype.kind in TORCH_KINDS
 
 
 def to_tensor(leaf: Any) -> Any:
