@@ -9,6 +9,7 @@ from in the ``source`` field (the source's number in `Mix.names`).
 
 from __future__ import annotations
 
+import contextlib
 import threading
 from collections.abc import Callable, Mapping, Sequence
 from typing import Any, cast
@@ -204,11 +205,9 @@ class Mix(torch.utils.data.Dataset[Any]):
             columns = dict(self.sources[int(sources[0])].read_batch(local, out=part_out))
         else:
             shards = np.searchsorted(self._shard_ends, array, side="right")
-            if self.budget is None:
+            # One check of the budget for the batch, not one per source read.
+            with self.budget.batch() if self.budget is not None else contextlib.nullcontext():
                 columns = self._read_grouped(shards, local, fixed, out)
-            else:  # one check of the budget for the batch, not one per source read
-                with self.budget.batch():
-                    columns = self._read_grouped(shards, local, fixed, out)
         source_column = None if out is None else out.get(SOURCE_FIELD)
         if source_column is None:
             source_column = np.empty(count, dtype=np.int64)
