@@ -20,7 +20,7 @@ import weakref
 from collections.abc import Callable
 from typing import Any, Generic, TypeVar
 
-__all__ = ["ForkSafeLock", "PerProcess"]
+__all__ = ["ForkSafeLock", "PerProcess", "process_alive"]
 
 T = TypeVar("T")
 
@@ -126,3 +126,14 @@ class ForkSafeLock:
 
     def __setstate__(self, state: dict[str, Any]) -> None:
         self.__init__(state["reentrant"])  # type: ignore[misc]
+
+
+def process_alive(pid: int) -> bool:
+    """Whether process ``pid`` runs (another user's live process counts)."""
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True
+    return True

@@ -35,6 +35,7 @@ import numpy as np
 import torch
 
 from shardio.core.errors import ShardioError
+from shardio.core.perprocess import process_alive
 from shardio.core.schema import Schema
 
 from .blocks import BLOCKS, Layout, fixed_layout
@@ -488,16 +489,6 @@ _mapped: dict[str, _Mapped] = {}
 _mapped_lock = threading.Lock()
 
 
-def _alive(pid: int) -> bool:
-    try:
-        os.kill(pid, 0)
-    except ProcessLookupError:
-        return False
-    except PermissionError:
-        return True
-    return True
-
-
 def _register(token: str, storage: torch.UntypedStorage, count: int) -> _Mapped:
     """Map a worker's new ring; forget its older rings and those of ended workers
     (every message of an older ring of the same worker arrived before this one)."""
@@ -506,7 +497,7 @@ def _register(token: str, storage: torch.UntypedStorage, count: int) -> _Mapped:
     array = whole.numpy()
     ring = _Mapped(pid, whole, array, array[:count])
     for old, known in list(_mapped.items()):
-        if known.pid == pid or not _alive(known.pid):
+        if known.pid == pid or not process_alive(known.pid):
             del _mapped[old]
     _mapped[token] = ring
     return ring

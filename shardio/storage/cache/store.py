@@ -29,6 +29,7 @@ from collections.abc import Iterator
 from dataclasses import dataclass
 
 from shardio.core.errors import CacheError
+from shardio.core.perprocess import process_alive
 
 __all__ = ["CacheEntry", "CacheStore", "FileMutex", "Lease", "ReaderMark", "remove_tree"]
 
@@ -57,13 +58,7 @@ def _owner_alive(name: str) -> bool:
         pid = int(name.rsplit(".", 3)[2])
     except (ValueError, IndexError):
         return False
-    try:
-        os.kill(pid, 0)
-    except ProcessLookupError:
-        return False
-    except PermissionError:  # another user's live process
-        return True
-    return True
+    return process_alive(pid)
 
 
 def remove_tree(path: str) -> None:
