@@ -31,21 +31,27 @@ __all__ = ["MAX_AUTO_THREADS", "Loader", "auto_threads"]
 
 THREAD_NAME = "shardio-loader"
 MAX_AUTO_THREADS = 4
-"""``threads="auto"`` reads with the cores this process may run on, up to this many."""
+"""``threads="auto"`` reads with the cores this process may run on, up to this many threads."""
+
+
+def usable_cores() -> int:
+    """The cores this process may run on (its CPU affinity), at least 1."""
+    try:
+        return max(1, len(os.sched_getaffinity(0)))
+    except (AttributeError, OSError):  # not on Linux
+        return os.cpu_count() or 1
 
 
 def auto_threads() -> int:
-    """The threads ``threads="auto"`` picks: one per core this process may run on
-    (its CPU affinity), at least 1 and at most `MAX_AUTO_THREADS`.
+    """The threads ``threads="auto"`` picks: one per core this process may run on (its
+    CPU affinity) but one, the training loop's, at least 1 and at most
+    `MAX_AUTO_THREADS`.
 
     A rule, not a measurement, so that it is the same from run to run: the reads
-    release the GIL and scale with cores, and threads beyond the cores only add
-    hand-offs (measured in benchmarks/bench_loader.py, see docs/loading.md)."""
-    try:
-        usable = len(os.sched_getaffinity(0))
-    except (AttributeError, OSError):  # not on Linux
-        usable = os.cpu_count() or 1
-    return max(1, min(MAX_AUTO_THREADS, usable))
+    release the GIL for their copies and scale with cores; the loop's thread reads
+    too while it would wait for a batch; readers beyond the cores only add hand-offs
+    (measured in benchmarks/bench_loader.py, see docs/loading.md)."""
+    return max(1, min(MAX_AUTO_THREADS, usable_cores() - 1))
 
 
 class Loader:
@@ -54,9 +60,10 @@ class Loader:
     Batches are those of ``DataLoader(dataset, batch_size, sampler=..., shuffle=...,
     drop_last=..., collate_fn=...)``: for a `ShardedDataset`, a dict
     of one tensor per fixed field and a list per variable field. Up to
-    ``max(threads, prefetch)`` batches are read ahead of the loop, handed out in order.
-    ``threads="auto"`` takes one thread per core this process may use, up to 4
-    (`auto_threads`).
+    ``max(threads, prefetch)`` batches are read ahead of the loop, handed out in order;
+    while the loop waits for one, its own thread reads the next batches no thread has
+    begun, where the threads leave a core free. ``threads="auto"`` takes one thread per
+    core this process may use but the loop's, up to 4 (`auto_threads`).
     ``state_dict()`` counts the batches handed to the loop, so resuming a
     `ShardSampler` through it is exact.
     """
@@ -203,6 +210,9 @@ class _LoaderIterator:
         # Made by the CUDA Prefetcher's read-ahead thread: read into pinned memory, which
         # it sends to the GPU as it is (one host copy, the read itself).
         self._load = loader._load_pinned if receiving_pinned() else loader._load
+        # The loop's own thread reads while it waits only where a core is left for it:
+        # beside as many readers as cores it would slow them (measured, docs/loading.md).
+        self._help = loader.threads < usable_cores()
         self._fill()
 
     def __iter__(self) -> _LoaderIterator:
@@ -221,6 +231,8 @@ class _LoaderIterator:
         if not self._pending:
             self.close()
             raise StopIteration
+        if self._help and not self._pending[0][1].done():
+            self._read_here()
         indices, future = self._pending.popleft()
         try:
             batch = future.result()
@@ -232,6 +244,25 @@ class _LoaderIterator:
         self._loader._delivered += len(indices)
         self._fill()
         return batch
+
+    def _read_here(self) -> None:
+        """While the batch the loop waits for is being read, read the batches no thread
+        has begun in this thread, in order, until it is done: the loop would wait idle
+        otherwise, and each batch read here is one fewer hand-off between threads."""
+        head = self._pending[0][1]
+        for at in range(len(self._pending)):
+            if head.done():
+                return
+            indices, future = self._pending[at]
+            if not future.cancel():  # begun (or done) by a thread
+                continue
+            here: Future[Any] = Future()
+            self._pending[at] = (indices, here)
+            try:
+                here.set_result(self._load(indices))
+            except Exception as error:
+                here.set_exception(error)  # raised when the loop reaches this batch
+                return
 
     def close(self) -> None:
         """Stop reading ahead and wait for the threads to end; safe to call twice."""

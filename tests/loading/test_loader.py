@@ -109,6 +109,68 @@ def test_error_in_a_thread_names_index_and_path(tmp_path: Any) -> None:
         next(iterator)
 
 
+class _ReadersOf(torch.utils.data.Dataset[Any]):
+    """A `ShardedDataset` whose batches take a while and say which thread read them."""
+
+    def __init__(self, ds: ShardedDataset, fail_at: int | None = None) -> None:
+        self.ds, self.fail_at = ds, fail_at
+        self.readers: dict[int, str] = {}  # first index of a batch -> its thread
+
+    def __len__(self) -> int:
+        return len(self.ds)
+
+    def __getitem__(self, index: int) -> Any:
+        return self.ds[index]
+
+    def __getitems__(self, indices: list[int]) -> Any:
+        name = threading.current_thread().name
+        self.readers[int(indices[0])] = name
+        if not name.startswith(THREAD_NAME):
+            if self.fail_at is not None and self.fail_at in indices:
+                raise ValueError(f"index {self.fail_at} read in the loop's thread")
+        else:
+            threading.Event().wait(0.02)  # the threads are slow: the loop waits
+        return self.ds.__getitems__(indices)
+
+
+@pytest.mark.parametrize(("cores", "helps"), [(4, True), (1, False)])
+def test_the_loops_thread_reads_while_it_waits_where_a_core_is_free(
+    tmp_path: Any, monkeypatch: pytest.MonkeyPatch, cores: int, helps: bool
+) -> None:
+    from shardio.loading import loader as loader_module
+
+    monkeypatch.setattr(loader_module, "usable_cores", lambda: cores)
+    ds = open_dataset(SOURCES["sharded-lmdb"](str(tmp_path)))
+    readers = _ReadersOf(ds)
+    order = order_of(ds)
+    batches = list(Loader(readers, batch_size=8, sampler=order, threads=1, prefetch=4))
+    for batch, start in zip(batches, range(0, len(order), 8), strict=True):
+        assert_batch_equals_columns(batch, ds.read_batch(order[start : start + 8]))
+    assert len(readers.readers) == len(batches)
+    in_loop = [start for start, name in readers.readers.items() if name == "MainThread"]
+    assert bool(in_loop) is helps, readers.readers
+    assert loader_threads() == []
+
+
+def test_an_error_in_a_batch_the_loops_thread_read_comes_in_order(
+    tmp_path: Any, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    from shardio.loading import loader as loader_module
+
+    monkeypatch.setattr(loader_module, "usable_cores", lambda: 4)
+    ds = open_dataset(SOURCES["sharded-lmdb"](str(tmp_path)))
+    order = list(range(len(ds)))
+    readers = _ReadersOf(ds, fail_at=8)  # batch 1, read in the loop's thread
+    iterator = iter(Loader(readers, batch_size=8, sampler=order, threads=1, prefetch=4))
+    first = next(iterator)
+    assert_batch_equals_columns(first, ds.read_batch(order[:8]))
+    with pytest.raises(ValueError, match="index 8 read in the loop's thread") as info:
+        next(iterator)
+    assert "reading a batch failed" in " ".join(getattr(info.value, "__notes__", []))
+    assert readers.readers[8] == "MainThread"
+    assert loader_threads() == []
+
+
 def test_early_break_leaves_no_thread(truth: Truth) -> None:
     ds = open_dataset(truth)
     for batch in Loader(ds, batch_size=4, threads=4, prefetch=8):
@@ -139,7 +201,8 @@ def test_auto_threads_reads_what_read_batch_reads(tmp_path: Any) -> None:
     truth = SOURCES["sharded-lmdb"](str(tmp_path))
     ds = open_dataset(truth)
     loader = Loader(ds, batch_size=16, sampler=order_of(ds), threads="auto")
-    assert loader.threads == auto_threads() == max(1, min(4, len(os.sched_getaffinity(0))))
+    cores = len(os.sched_getaffinity(0))
+    assert loader.threads == auto_threads() == max(1, min(4, cores - 1))
     batches = list(loader)
     for batch, start in zip(batches, range(0, len(ds), 16), strict=True):
         assert_batch_equals_columns(batch, ds.read_batch(order_of(ds)[start : start + 16]))
