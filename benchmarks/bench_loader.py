@@ -85,7 +85,9 @@ TARGETS = (
     "DataLoader line, 0 workers",
     "DataLoader line, 2 workers",
     "DataLoader line, 2 workers, slots copied out",
+    "Loader, 1 thread",
     "Loader, 2 threads",
+    'Loader, "auto" threads',
 )
 
 
@@ -409,6 +411,8 @@ def main() -> None:
     )
     parser.add_argument("--quick", action="store_true", help="a smoke run: small, short")
     args = parser.parse_args()
+    if args.root is not None and not os.path.isdir(args.root):
+        parser.error(f"--root {args.root}: no such directory (give one that exists)")
     if args.quick:
         args.size, args.seconds, args.rounds = "32MB", 0.5, 1
         args.sample_bytes, args.formats = "16384", "mmap,lmdb"
