@@ -76,6 +76,8 @@ class ShardIndex:
         total = len(self)
         if array.dtype.kind == "u" and int(array.max()) >= total:
             raise self._out_of_range(int(array.max()))
+        if array.min() >= 0 and array.max() < total:  # the usual case: no negative index
+            return array.astype(np.int64, copy=False)  # nothing below changes it in place
         positions = array.astype(np.int64, copy=True)
         positions[positions < 0] += total
         bad = (positions < 0) | (positions >= total)
