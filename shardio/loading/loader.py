@@ -8,6 +8,7 @@ per-sample Python transforms hold the GIL: those still want DataLoader workers.
 
 from __future__ import annotations
 
+import contextlib
 import os
 import threading
 from collections import deque
@@ -62,8 +63,9 @@ class Loader:
     of one tensor per fixed field and a list per variable field. Up to
     ``max(threads, prefetch)`` batches are read ahead of the loop, handed out in order;
     while the loop waits for one, its own thread reads the next batches no thread has
-    begun, where the threads leave a core free. ``threads="auto"`` takes one thread per
-    core this process may use but the loop's, up to 4 (`auto_threads`).
+    begun, and only as many threads read beside it as leave it a core.
+    ``threads="auto"`` takes one thread per core this process may use but the loop's,
+    up to 4 (`auto_threads`).
     ``state_dict()`` counts the batches handed to the loop, so resuming a
     `ShardSampler` through it is exact.
     """
@@ -196,8 +198,90 @@ class Loader:
         return f"shardio.Loader: reading a batch failed {first} of {where} ({type(error).__name__})"
 
 
+class _Batch:
+    """One batch of a pass: its indices, its result, and who reads it: a loader thread
+    or the loop's own thread, whichever claims it first."""
+
+    __slots__ = ("_claim", "future", "indices")
+
+    def __init__(self, indices: Sequence[int] | np.ndarray) -> None:
+        self.indices = indices
+        self.future: Future[Any] = Future()
+        self._claim = threading.Lock()
+
+    def claim(self) -> bool:
+        """True for the first caller only: that caller reads this batch."""
+        return self._claim.acquire(blocking=False)
+
+    def read(self, load: Callable[[Any], Any]) -> bool:
+        """Read the batch into `future` (its error too); False where it failed."""
+        try:
+            self.future.set_result(load(self.indices))
+        except BaseException as error:  # NOTE: the loop waits on it: never left pending
+            self.future.set_exception(error)
+            if not isinstance(error, Exception):
+                raise
+            return False
+        return True
+
+
+class _Readers:
+    """How many loader threads read at once: all of them while the loop is busy; while
+    the loop's own thread reads (it would wait otherwise), as many as leave it a core.
+
+    NOTE: more readers than cores slowed every reader in measurement (hand-offs and the
+    GIL), and the loop's thread reading a batch needs no hand-off at all."""
+
+    def __init__(self, threads: int, cores: int) -> None:
+        self._threads = threads
+        self._beside_loop = cores - 1
+        self._active = 0
+        self._loop_reads = False
+        self._closed = False
+        self._changed = threading.Condition(threading.Lock())
+
+    @contextlib.contextmanager
+    def thread_reading(self) -> Iterator[None]:
+        """Held by a loader thread while it reads a batch (it may wait for its turn)."""
+        with self._changed:
+            while not self._closed and self._active >= (
+                self._beside_loop if self._loop_reads else self._threads
+            ):
+                self._changed.wait()
+            self._active += 1
+        try:
+            yield
+        finally:
+            with self._changed:
+                self._active -= 1
+                self._changed.notify()
+
+    @contextlib.contextmanager
+    def loop_reading(self) -> Iterator[None]:
+        """Held by the loop's thread while it reads batches itself."""
+        self._loop_reads = True
+        try:
+            yield
+        finally:
+            with self._changed:
+                self._loop_reads = False
+                self._changed.notify_all()
+
+    def close(self) -> None:
+        with self._changed:
+            self._closed = True
+            self._changed.notify_all()
+
+
+def _read_in_thread(readers: _Readers, load: Callable[[Any], Any], batch: _Batch) -> None:
+    with readers.thread_reading():
+        if batch.claim():
+            batch.read(load)
+
+
 class _LoaderIterator:
-    """One pass: batches submitted to a thread pool, handed out in order."""
+    """One pass: batches read by a thread pool, and by the loop's own thread while it
+    waits, handed out in order."""
 
     def __init__(self, loader: Loader) -> None:
         self._loader = loader
@@ -205,14 +289,12 @@ class _LoaderIterator:
         self._pool: ThreadPoolExecutor | None = ThreadPoolExecutor(
             max_workers=loader.threads, thread_name_prefix=THREAD_NAME
         )
-        self._pending: deque[tuple[Sequence[int] | np.ndarray, Future[Any]]] = deque()
+        self._readers = _Readers(loader.threads, usable_cores())
+        self._pending: deque[_Batch] = deque()
         self._lock = threading.Lock()
         # Made by the CUDA Prefetcher's read-ahead thread: read into pinned memory, which
         # it sends to the GPU as it is (one host copy, the read itself).
         self._load = loader._load_pinned if receiving_pinned() else loader._load
-        # The loop's own thread reads while it waits only where a core is left for it:
-        # beside as many readers as cores it would slow them (measured, docs/loading.md).
-        self._help = loader.threads < usable_cores()
         self._fill()
 
     def __iter__(self) -> _LoaderIterator:
@@ -225,44 +307,42 @@ class _LoaderIterator:
             indices = next(self._batches, None)
             if indices is None:
                 return
-            self._pending.append((indices, pool.submit(self._load, indices)))
+            batch = _Batch(indices)
+            self._pending.append(batch)
+            # NOTE: nothing submitted refers to this iterator, so that it is freed (and
+            # closes its pool) in the loop's thread, never in one of the pool's.
+            pool.submit(_read_in_thread, self._readers, self._load, batch)
 
     def __next__(self) -> Any:
         if not self._pending:
             self.close()
             raise StopIteration
-        if self._help and not self._pending[0][1].done():
+        head = self._pending[0]
+        if not head.future.done():
             self._read_here()
-        indices, future = self._pending.popleft()
+        self._pending.popleft()
         try:
-            batch = future.result()
+            batch = head.future.result()
         except Exception as error:
-            note = self._loader._describe_failure(indices, error)
+            note = self._loader._describe_failure(head.indices, error)
             self.close()
             error.add_note(note)
             raise
-        self._loader._delivered += len(indices)
+        self._loader._delivered += len(head.indices)
         self._fill()
         return batch
 
     def _read_here(self) -> None:
-        """While the batch the loop waits for is being read, read the batches no thread
-        has begun in this thread, in order, until it is done: the loop would wait idle
-        otherwise, and each batch read here is one fewer hand-off between threads."""
-        head = self._pending[0][1]
-        for at in range(len(self._pending)):
-            if head.done():
-                return
-            indices, future = self._pending[at]
-            if not future.cancel():  # begun (or done) by a thread
-                continue
-            here: Future[Any] = Future()
-            self._pending[at] = (indices, here)
-            try:
-                here.set_result(self._load(indices))
-            except Exception as error:
-                here.set_exception(error)  # raised when the loop reaches this batch
-                return
+        """While the batch the loop waits for is not read yet, read the batches no
+        thread has claimed, in order, in this thread: the loop would wait idle
+        otherwise, and a batch read here needs no hand-off between threads."""
+        head = self._pending[0].future
+        with self._readers.loop_reading():
+            for batch in list(self._pending):
+                if head.done():
+                    return
+                if batch.claim() and not batch.read(self._load):
+                    return  # its error is raised when the loop reaches it
 
     def close(self) -> None:
         """Stop reading ahead and wait for the threads to end; safe to call twice."""
@@ -270,9 +350,10 @@ class _LoaderIterator:
             pool, self._pool = self._pool, None
         if pool is None:
             return
-        for _, future in self._pending:
-            future.cancel()
+        for batch in self._pending:
+            batch.claim()  # a thread that has not begun it skips it
         self._pending.clear()
+        self._readers.close()
         pool.shutdown(wait=True, cancel_futures=True)
 
     def __del__(self) -> None:

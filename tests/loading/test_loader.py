@@ -133,23 +133,61 @@ class _ReadersOf(torch.utils.data.Dataset[Any]):
         return self.ds.__getitems__(indices)
 
 
-@pytest.mark.parametrize(("cores", "helps"), [(4, True), (1, False)])
-def test_the_loops_thread_reads_while_it_waits_where_a_core_is_free(
-    tmp_path: Any, monkeypatch: pytest.MonkeyPatch, cores: int, helps: bool
+@pytest.mark.parametrize(("cores", "threads"), [(4, 1), (1, 1), (2, 3)])
+def test_the_loops_thread_reads_while_it_waits(
+    tmp_path: Any, monkeypatch: pytest.MonkeyPatch, cores: int, threads: int
 ) -> None:
+    """Beside threads that leave a core free, and beside more threads than cores (which
+    then give way while the loop reads): the same batches, in order."""
     from shardio.loading import loader as loader_module
 
     monkeypatch.setattr(loader_module, "usable_cores", lambda: cores)
     ds = open_dataset(SOURCES["sharded-lmdb"](str(tmp_path)))
     readers = _ReadersOf(ds)
     order = order_of(ds)
-    batches = list(Loader(readers, batch_size=8, sampler=order, threads=1, prefetch=4))
+    batches = list(Loader(readers, batch_size=8, sampler=order, threads=threads, prefetch=4))
     for batch, start in zip(batches, range(0, len(order), 8), strict=True):
         assert_batch_equals_columns(batch, ds.read_batch(order[start : start + 8]))
     assert len(readers.readers) == len(batches)
     in_loop = [start for start, name in readers.readers.items() if name == "MainThread"]
-    assert bool(in_loop) is helps, readers.readers
+    assert in_loop, readers.readers
+    assert len(in_loop) < len(batches)  # and the threads read the rest
     assert loader_threads() == []
+
+
+def test_threads_beyond_the_cores_give_way_while_the_loop_reads() -> None:
+    """3 threads on 2 cores: while the loop's thread reads, one thread reads beside it and
+    the next waits for its turn; all of them read while the loop does not."""
+    from shardio.loading.loader import _Readers
+
+    readers = _Readers(threads=3, cores=2)
+    first_in, second_in, leave = threading.Event(), threading.Event(), threading.Event()
+
+    def read(entered: threading.Event) -> None:
+        with readers.thread_reading():
+            entered.set()
+            leave.wait(10)
+
+    with readers.loop_reading():
+        first = threading.Thread(target=read, args=(first_in,))
+        second = threading.Thread(target=read, args=(second_in,))
+        first.start()
+        assert first_in.wait(10)
+        second.start()
+        assert not second_in.wait(0.3)  # no core left for it
+    assert second_in.wait(10)  # the loop's thread stopped reading
+    leave.set()
+    first.join(10)
+    second.join(10)
+    assert not first.is_alive() and not second.is_alive()
+    third_in = threading.Event()
+    leave.clear()
+    with readers.thread_reading(), readers.thread_reading():
+        third = threading.Thread(target=read, args=(third_in,))
+        third.start()
+        assert third_in.wait(10)  # the loop is busy: all 3 threads read
+        leave.set()
+    third.join(10)
 
 
 def test_an_error_in_a_batch_the_loops_thread_read_comes_in_order(
