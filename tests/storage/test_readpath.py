@@ -230,3 +230,18 @@ def test_closing_a_positioned_file_still_in_use_closes_its_descriptor(tmp_path: 
     with pytest.raises(OSError):
         os.fstat(fd)
     assert held.sum() == 0 and not values.mapped
+
+
+def test_a_backend_librarys_error_names_the_shard_in_read_and_read_many(tmp_path: Path) -> None:
+    """What zarr raises on a cut chunk (a ValueError) comes out of `read` and `read_many`
+    as one `ShardCorruptError` naming the shard, the library's error chained."""
+    _write(tmp_path / "ds", "zarr")
+    for chunk in (tmp_path / "ds").glob("shard-00000.zarr/x/c/*/*"):
+        os.truncate(chunk, 5)
+    ds = ShardedDataset(tmp_path / "ds", verify="off", verify_sizes=False)
+    shard = str(tmp_path / "ds" / "shard-00000.zarr")
+    for read in (lambda: ds.read_batch([0, 1]), lambda: ds[1]):
+        with pytest.raises(shardio.ShardCorruptError, match="cannot be read: ValueError") as error:
+            read()
+        assert shard in str(error.value)
+        assert isinstance(error.value.__cause__, ValueError)
