@@ -51,10 +51,10 @@ MUTATIONS = (
         "ends = _gather(offsets, unique + 1).astype(np.int64) - 1\n",
     ),
     Mutation(
-        "raw mmap _read_fixed: a batch's last row dropped",
+        "raw mmap read_into: every fixed-field row one row late",
         "shardio/storage/adapters/mmap/_adapter.py",
-        "return mapped.data[indices]",
-        "return mapped.data[indices[:-1] if len(indices) > 1 else indices]",
+        "files.file.take_rows(indices, column)",
+        "files.file.take_rows(indices + 1, column)",
     ),
     Mutation(
         "HDF5 _RowTable.positions: every row one byte late",

@@ -60,6 +60,25 @@ def _as_corrupt(path: str, exc: Exception) -> ShardioError:
     return ShardCorruptError(f"shard {path} cannot be read: {type(exc).__name__}: {exc}")
 
 
+class _BackendErrors:
+    """``with _BackendErrors(path):`` raises what a backend library raised reading shard
+    ``path`` as `_as_corrupt` says; shardio's own errors and MemoryError pass as they are.
+
+    A class, not a generator: it is entered once per shard of every batch."""
+
+    __slots__ = ("path",)
+
+    def __init__(self, path: str) -> None:
+        self.path = path
+
+    def __enter__(self) -> None:
+        return None
+
+    def __exit__(self, kind: object, exc: BaseException | None, traceback: object) -> None:
+        if isinstance(exc, Exception) and not isinstance(exc, (ShardioError, MemoryError)):
+            raise _as_corrupt(self.path, exc) from exc
+
+
 _SMALL_SAMPLE = 32 * 1024
 
 
@@ -154,13 +173,9 @@ class DatasetReader:
             self._before_open(reader)
             self._shards.readers[0] = reader
             self._checked.add(0)
-            try:
+            with _BackendErrors(self.path):
                 self.schema = reader.schema
                 lengths = [len(reader)]
-            except (ShardioError, MemoryError):
-                raise
-            except Exception as exc:
-                raise _as_corrupt(self.path, exc) from exc
             self.shard_infos = (ShardInfo(self.path, lengths[0], self._local_nbytes(reader)),)
         self.index = ShardIndex(lengths)
         self._reader_class.check_options(self.options, self.path)  # now, not at first read
@@ -214,12 +229,8 @@ class DatasetReader:
         return {**options, "allow_external": True} if self.allow_external else options
 
     def _before_open(self, reader: ShardReader[Any]) -> None:
-        try:
+        with _BackendErrors(reader.path):
             self._checks.before_open(reader.path)
-        except (ShardioError, MemoryError):
-            raise
-        except Exception as exc:
-            raise _as_corrupt(reader.path, exc) from exc
 
     def _open_here(self, reader: ShardReader[Any]) -> None:
         """Open ``reader`` (made in this process, with its options) under the lock."""
@@ -345,12 +356,8 @@ class DatasetReader:
                     f"{info.nbytes} (truncated or modified since it was written)"
                 )
         self._before_open(reader)  # the first open records the generation
-        try:
+        with _BackendErrors(path):
             length, schema = len(reader), reader.schema
-        except (ShardioError, MemoryError):
-            raise
-        except Exception as exc:
-            raise _as_corrupt(path, exc) from exc
         try:
             check_descriptor_headroom(path)
         except TooManyOpenFilesError:
@@ -420,15 +427,12 @@ class DatasetReader:
         reader = self._enter(number, rows)
         budget = self._budget
         try:
-            self._checks.check(number, reader, rows)
-            before = reader.bytes_read
-            sample = reader.read(local)
-            if budget is not None:
-                budget.after(reader, reader.bytes_read - before)
-        except (ShardioError, MemoryError):
-            raise
-        except Exception as exc:
-            raise _as_corrupt(reader.path, exc) from exc
+            with _BackendErrors(reader.path):
+                self._checks.check(number, reader, rows)
+                before = reader.bytes_read
+                sample = reader.read(local)
+                if budget is not None:
+                    budget.after(reader, reader.bytes_read - before)
         finally:
             self._shards.leave(number)
         if budget is not None:
@@ -479,7 +483,7 @@ class DatasetReader:
                     raise
             try:
                 for (number, positions, rows), reader in zip(part, readers, strict=True):
-                    try:
+                    with _BackendErrors(reader.path):
                         if checks is not None:
                             checks.check(number, reader, rows)
                         target = out if positions is None else {}
@@ -492,10 +496,6 @@ class DatasetReader:
                             before = reader.bytes_read
                             part_columns = reader.read_into(rows, target)
                             budget.after(reader, reader.bytes_read - before)
-                    except (ShardioError, MemoryError):
-                        raise
-                    except Exception as exc:
-                        raise _as_corrupt(reader.path, exc) from exc
                     if positions is None:
                         columns = part_columns
                     else:

@@ -3,6 +3,7 @@ memory budget never closes a shard another thread reads (docs/architecture.md)."
 
 from __future__ import annotations
 
+import os
 import sys
 import threading
 from pathlib import Path
@@ -18,7 +19,7 @@ from shardio.loading.batches import Batch
 
 #: The functions that call into the backend's library or the kernel: the adapters'
 #: and the positioned-read layer's.
-_BACKEND_CALLS = {"_read_by_offsets", "_read_through_map", "_read_fixed", "read_rows", "pread_rows"}
+_BACKEND_CALLS = {"_read_by_offsets", "_read_through_map", "take_rows", "read_rows", "pread_rows"}
 _ROOT = shardio.__path__[0]
 
 
@@ -151,3 +152,96 @@ def test_a_mapped_row_outside_the_file_is_refused(tmp_path: Path, offset: int) -
             values.read_rows(np.array([0, offset]), [rows])
     finally:
         values.close()
+
+
+@pytest.mark.parametrize("mode", ["map", "pread"])
+def test_positioned_rows_of_one_size_come_back_at_their_row_numbers(
+    tmp_path: Path, mode: str
+) -> None:
+    """`take_rows` (raw mmap's fixed fields): rows by number, scattered or a run, into
+    arrays of any dtype and row shape; `read_at` (its variable values): a byte range."""
+    from shardio.storage.adapters.positioned import PositionedFile
+
+    table = np.arange(40 * 6, dtype=np.float32).reshape(40, 2, 3)
+    path = tmp_path / "rows.bin"
+    path.write_bytes(table.tobytes())
+    values = PositionedFile(str(path), mode)  # type: ignore[arg-type]
+    try:
+        assert values.mapped == (mode == "map")
+        for rows in (np.array([39, 0, 7, 7]), np.arange(5, 12)):  # scattered, a run
+            out = np.full((len(rows), 2, 3), -1, dtype=np.float32)
+            assert values.take_rows(rows, out) is out
+            np.testing.assert_array_equal(out, table[rows])
+        flat = np.empty((2, 6), dtype=np.float32)  # another row shape: read as such
+        np.testing.assert_array_equal(
+            values.take_rows(np.array([3, 1]), flat), table[[3, 1]].reshape(2, 6)
+        )
+        as_bytes = values.take_rows(np.array([2]), np.empty((1, 24), np.uint8))
+        assert as_bytes.tobytes() == table[2].tobytes()
+        assert values.take_rows(np.array([], dtype=np.int64), np.empty((0, 2, 3))).shape == (
+            0,
+            2,
+            3,
+        )
+        span = values.read_at(4 * 5, np.empty(4, dtype=np.float32))
+        np.testing.assert_array_equal(span, table.reshape(-1)[5:9])
+    finally:
+        values.close()
+
+
+def test_positioned_reads_refuse_a_file_truncated_since_it_was_mapped(tmp_path: Path) -> None:
+    """Rows read past a mapped file's new end would kill the process (SIGBUS): the layer
+    checks the size first and names the file; pread reads say it ended early."""
+    from shardio.storage.adapters.positioned import PositionedFile
+
+    path = tmp_path / "rows.bin"
+    path.write_bytes(bytes(range(256)) * 16)
+    mapped, read = PositionedFile(str(path), "map"), PositionedFile(str(path), "pread")
+    try:
+        out = np.empty((2, 16), np.uint8)
+        rows = mapped.take_rows(np.array([1, 255]), out).tobytes()
+        assert rows == bytes(range(16, 32)) + bytes(range(240, 256))
+        os.truncate(path, 1024)
+        with pytest.raises(shardio.ShardCorruptError, match=r"rows\.bin was truncated while open"):
+            mapped.take_rows(np.array([0, 1]), out)
+        with pytest.raises(shardio.ShardCorruptError, match=r"rows\.bin was truncated while open"):
+            mapped.read_at(0, out)
+        with pytest.raises(shardio.ShardCorruptError, match=r"rows\.bin ended early"):
+            read.take_rows(np.array([63, 64]), out)  # a run
+        with pytest.raises(shardio.ShardCorruptError, match=r"rows\.bin ends inside the row"):
+            read.take_rows(np.array([70, 3]), out)
+        np.testing.assert_array_equal(read.take_rows(np.array([3, 0]), out)[0], np.arange(48, 64))
+    finally:
+        mapped.close()
+        read.close()
+
+
+def test_closing_a_positioned_file_still_in_use_closes_its_descriptor(tmp_path: Path) -> None:
+    """An array over the map keeps the map alive (BufferError), never the descriptor."""
+    from shardio.storage.adapters.positioned import PositionedFile
+
+    path = tmp_path / "rows.bin"
+    path.write_bytes(bytes(64))
+    values = PositionedFile(str(path), "map")
+    held = values.array(np.dtype(np.uint8), 64)
+    fd = values.fd
+    with pytest.raises(BufferError):
+        values.close()
+    with pytest.raises(OSError):
+        os.fstat(fd)
+    assert held.sum() == 0 and not values.mapped
+
+
+def test_a_backend_librarys_error_names_the_shard_in_read_and_read_many(tmp_path: Path) -> None:
+    """What zarr raises on a cut chunk (a ValueError) comes out of `read` and `read_many`
+    as one `ShardCorruptError` naming the shard, the library's error chained."""
+    _write(tmp_path / "ds", "zarr")
+    for chunk in (tmp_path / "ds").glob("shard-00000.zarr/x/c/*/*"):
+        os.truncate(chunk, 5)
+    ds = ShardedDataset(tmp_path / "ds", verify="off", verify_sizes=False)
+    shard = str(tmp_path / "ds" / "shard-00000.zarr")
+    for read in (lambda: ds.read_batch([0, 1]), lambda: ds[1]):
+        with pytest.raises(shardio.ShardCorruptError, match="cannot be read: ValueError") as error:
+            read()
+        assert shard in str(error.value)
+        assert isinstance(error.value.__cause__, ValueError)

@@ -23,7 +23,7 @@ from shardio.core.schema import Sample, Schema
 from shardio.memory import AccessPattern, FileRange, ReleaseKind, ReleaseResult
 
 from ..integrity import ValueRanges
-from .positioned import raise_if_truncated
+from .positioned import is_run, raise_if_truncated
 
 __all__ = [
     "Columns",
@@ -327,18 +327,6 @@ class ShardFileWriter(ABC):
 
 
 # ------------------------------------------------------------------- columns
-def is_run(indices: np.ndarray) -> bool:
-    """True when ``indices`` are ascending and consecutive (``k, k + 1, ...``).
-
-    The test on the ends comes first: random batches fail it without a pass over them."""
-    count = len(indices)
-    return (
-        count > 0
-        and int(indices[-1]) - int(indices[0]) == count - 1
-        and bool(np.all(np.diff(indices) == 1))
-    )
-
-
 def coalesce_ranges(
     path: str, offsets: np.ndarray, lengths: np.ndarray, gap: int = 0
 ) -> list[FileRange]:

@@ -22,7 +22,14 @@ import numpy as np
 from shardio.core.errors import ShardCorruptError
 from shardio.memory import AccessPattern, ReleaseResult
 
-__all__ = ["PositionedFile", "ReadMode", "pread_into", "pread_rows", "raise_if_truncated"]
+__all__ = [
+    "PositionedFile",
+    "ReadMode",
+    "is_run",
+    "pread_into",
+    "pread_rows",
+    "raise_if_truncated",
+]
 
 #: How a `PositionedFile` reads: through a map of the file, or with pread.
 ReadMode = Literal["map", "pread"]
@@ -37,6 +44,18 @@ _ADVICE = {
     "sequential": getattr(mmap, "MADV_SEQUENTIAL", None),
     "normal": getattr(mmap, "MADV_NORMAL", None),
 }
+
+
+def is_run(indices: np.ndarray) -> bool:
+    """True when ``indices`` are ascending and consecutive (``k, k + 1, ...``).
+
+    The test on the ends comes first: random batches fail it without a pass over them."""
+    count = len(indices)
+    return (
+        count > 0
+        and int(indices[-1]) - int(indices[0]) == count - 1
+        and bool(np.all(np.diff(indices) == 1))
+    )
 
 
 def raise_if_truncated(path: str, size: int, expected: int) -> None:
@@ -81,7 +100,7 @@ class PositionedFile:
     The descriptor stays open in both modes: pread reads through it, and a mapped
     read checks through it that the file still holds what was mapped (`check_size`)."""
 
-    __slots__ = ("fd", "map", "path", "size", "view")
+    __slots__ = ("_row_shape", "_rows", "fd", "map", "path", "size", "view")
 
     def __init__(self, path: str, mode: ReadMode = "map") -> None:
         self.path = path
@@ -89,6 +108,9 @@ class PositionedFile:
         self.map: mmap.mmap | None = None
         #: The mapping as bytes (``None`` in pread mode).
         self.view: np.ndarray | None = None
+        #: The map as rows of one size (`take_rows`), kept for the next batch.
+        self._rows: np.ndarray | None = None
+        self._row_shape: tuple[int, ...] = ()
         try:
             self.size = os.fstat(self.fd).st_size
             if mode == "map" and self.size:
@@ -112,6 +134,56 @@ class PositionedFile:
         """Raise before a mapped read where the file was truncated since it was mapped."""
         if self.map is not None:
             raise_if_truncated(self.path, os.fstat(self.fd).st_size, self.size)
+
+    def take_rows(self, indices: np.ndarray, out: np.ndarray) -> np.ndarray:
+        """Rows ``indices`` of a file of ``out``'s rows (its dtype and shape past the first
+        axis), side by side from byte 0, into ``out`` (C-contiguous, ``len(indices)``
+        rows); returns ``out``. The caller has checked the indices.
+
+        Mapped: one ``np.take`` over the map seen as such rows, in C with the GIL
+        released, straight into ``out``. pread: one read for a run of rows, else one
+        per row (`pread_rows`)."""
+        count = len(indices)
+        if not count or not out.nbytes:
+            return out
+        if self.view is not None:
+            if os.fstat(self.fd).st_size < self.size:  # `check_size`, inline: per batch
+                self.check_size()
+            rows, shape = self._rows, out.shape[1:]
+            if rows is None or shape != self._row_shape or rows.dtype != out.dtype:
+                row = out.nbytes // count
+                whole = self.size // row
+                rows = self.view[: whole * row].view(out.dtype).reshape(whole, *shape)
+                self._rows, self._row_shape = rows, shape
+            # mode="clip" (indices are checked by the caller): "raise" buffers the output.
+            return np.take(rows, indices, axis=0, out=out, mode="clip")
+        row = out.nbytes // count
+        flat = out.reshape(-1).view(np.uint8)
+        if is_run(indices):
+            pread_into(self.fd, flat, int(indices[0]) * row, self.path)  # one read
+            return out
+        offsets = (indices.astype(np.int64, copy=False) * row).tolist()
+        pread_rows(self.fd, self.path, flat.data, row, offsets)
+        return out
+
+    def read_at(self, offset: int, out: np.ndarray) -> np.ndarray:
+        """``out.nbytes`` bytes from byte ``offset`` into ``out`` (C-contiguous): copied
+        out of the map, or one pread; returns ``out``."""
+        nbytes = out.nbytes
+        if not nbytes:
+            return out
+        flat = out.reshape(-1).view(np.uint8)
+        if self.view is not None:
+            self.check_size()
+            if offset < 0 or offset + nbytes > self.size:
+                raise ShardCorruptError(
+                    f"{self.path}: bytes {offset} to {offset + nbytes} lie outside the "
+                    f"file's {self.size} bytes: its table of positions is damaged"
+                )
+            flat[...] = self.view[offset : offset + nbytes]
+            return out
+        pread_into(self.fd, flat, offset, self.path)
+        return out
 
     def read_rows(self, offsets: np.ndarray, rows: Sequence[np.ndarray]) -> None:
         """Row ``r`` of each of ``rows`` (C-contiguous arrays of ``len(offsets)`` rows,
@@ -191,9 +263,14 @@ class PositionedFile:
             self.map.madvise(advice)
 
     def close(self) -> None:
+        """Close the map and the descriptor. Raises BufferError, with the descriptor
+        closed, where an array over the map is still alive (the map then closes once
+        the last one is gone)."""
         # Release the buffer exports, so the map can close.
-        self.view = None
-        if self.map is not None:
-            self.map.close()
-            self.map = None
-        os.close(self.fd)
+        self.view = self._rows = None
+        try:
+            if self.map is not None:
+                mapping, self.map = self.map, None
+                mapping.close()
+        finally:
+            os.close(self.fd)

@@ -9,8 +9,10 @@ A shard is a directory::
         001.data, 001.offsets variable field: concatenated values, and N+1 little-endian
                               int64 offsets counted in elements (bytes for a bytes field)
 
-Reads gather rows with one numpy fancy-index per field, which copies them out of
-the mapping, so no array handed to a caller pins the mapping.
+Each file is a `PositionedFile` (the positioned-read layer, mapped or read with
+pread); this module knows the format only: the file names, the offsets tables, and
+each field's dtype and shape. A batch's fixed fields are one `take_rows` each, copied
+out of the mapping (or read with pread), so no array handed to a caller pins it.
 """
 
 from __future__ import annotations
@@ -20,7 +22,7 @@ import json
 import mmap
 import os
 from collections.abc import Mapping
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from typing import Any, BinaryIO
 
 import numpy as np
@@ -33,8 +35,8 @@ from shardio.core.timevalues import as_stored
 from shardio.memory import AccessPattern, FileRange, ReleaseResult
 
 from ...integrity import ValueRanges
-from ..base import Columns, ShardFileWriter, ShardReader, is_run, raise_if_truncated
-from ..positioned import pread_into, pread_rows
+from ..base import Columns, ShardFileWriter, ShardReader
+from ..positioned import PositionedFile, ReadMode
 
 __all__ = ["MmapReader", "MmapWriter", "META_NAME"]
 
@@ -43,29 +45,38 @@ _FORMAT = "shardio-mmap"
 _VERSION = 1
 _OFFSET_DTYPE = np.dtype("<i8")
 _MAX_FILE_BYTES = 2**50
-_ADVICE = {
-    "random": getattr(mmap, "MADV_RANDOM", None),
-    "sequential": getattr(mmap, "MADV_SEQUENTIAL", None),
-    "normal": getattr(mmap, "MADV_NORMAL", None),
-}
 
 
 @dataclass
-class _MappedField:
+class _FieldFiles:
+    """One field's files, each a `PositionedFile`, and what the format says of them."""
+
     field: Field
-    path: str  # the data file
-    data: np.ndarray | None  # the mapped values, or None when read with pread
-    offsets: np.ndarray | None = None
-    fd: int | None = None  # the data file, when read with pread
-    offsets_path: str = ""
+    file: PositionedFile  # the data file
+    #: The values as a flat array over the map (None in pread mode, or an empty file).
+    data: np.ndarray | None
+    offsets: np.ndarray | None = None  # a variable field's N+1 offsets, mapped
+    offsets_file: PositionedFile | None = None
+
+    @property
+    def path(self) -> str:
+        return self.file.path
+
+    @property
+    def offsets_path(self) -> str:
+        return "" if self.offsets_file is None else self.offsets_file.path
+
+    @property
+    def fd(self) -> int | None:
+        """The data file's descriptor where values are read with pread, else None."""
+        return None if self.data is not None else self.file.fd
 
 
 @dataclass
 class _Mapped:
-    fields: dict[str, _MappedField]
-    maps: list[mmap.mmap] = field(default_factory=list)
-    fds: list[int] = field(default_factory=list)
-    sizes: list[tuple[int, int, str]] = field(default_factory=list)  # fd, bytes mapped, path
+    fields: dict[str, _FieldFiles]
+    #: Every file opened, in the order opened (some may belong to no field yet).
+    files: list[PositionedFile]
 
 
 def _check_size(path: str, expected: int) -> None:
@@ -79,13 +90,6 @@ def _check_size(path: str, expected: int) -> None:
         raise ShardCorruptError(
             f"shard file {path} is truncated: {size} bytes, expected {expected}"
         )
-
-
-def _open_fd(path: str, expected: int, fds: list[int]) -> int:
-    _check_size(path, expected)
-    fd = os.open(path, os.O_RDONLY)
-    fds.append(fd)
-    return fd
 
 
 def _checked_offsets(offsets: np.ndarray, count: int, fld: Field, data_path: str) -> int:
@@ -104,25 +108,20 @@ def _checked_offsets(offsets: np.ndarray, count: int, fld: Field, data_path: str
     return last * fld.dtype.itemsize
 
 
-def _map_file(path: str, dtype: np.dtype, expected: int, mapped: _Mapped) -> np.ndarray:
-    """Map ``path`` read-only as a 1-D array; refuse a file shorter than ``expected`` bytes.
-
-    The descriptor stays open so that reads can check the file was not truncated
-    since (see `_check_unchanged`)."""
+def _open_file(path: str, expected: int, mode: ReadMode, opened: _Mapped) -> PositionedFile:
+    """``path`` as a `PositionedFile`; refuse a file shorter than ``expected`` bytes."""
     _check_size(path, expected)
-    if expected == 0:
+    file = PositionedFile(path, mode)
+    opened.files.append(file)
+    return file
+
+
+def _values(file: PositionedFile, dtype: np.dtype, nbytes: int) -> np.ndarray | None:
+    """The first ``nbytes`` of a file opened in map mode as a flat array of ``dtype``
+    (empty for an empty file, which is not mapped)."""
+    if not nbytes:
         return np.empty(0, dtype=dtype)
-    fd = os.open(path, os.O_RDONLY)
-    mapped.fds.append(fd)
-    mapped.maps.append(mmap.mmap(fd, 0, access=mmap.ACCESS_READ))
-    mapped.sizes.append((fd, expected, path))
-    return np.frombuffer(mapped.maps[-1], dtype=dtype, count=expected // dtype.itemsize)
-
-
-def _check_unchanged(mapped: _Mapped) -> None:
-    """Raise before reading a mapping whose file was truncated after it was mapped."""
-    for fd, expected, path in mapped.sizes:
-        raise_if_truncated(path, os.fstat(fd).st_size, expected)
+    return file.array(dtype, nbytes // dtype.itemsize)
 
 
 def _map_below(options: dict[str, Any], path: str) -> int:
@@ -191,7 +190,7 @@ class MmapReader(ShardReader[_Mapped]):
         full = Schema.from_json(meta.get("schema"))
         schema = self._select(full)
         files = meta.get("files", {})
-        mapped = _Mapped(fields={})
+        opened = _Mapped(fields={}, files=[])
         try:
             for fld in schema:
                 entry = files.get(fld.name)
@@ -200,37 +199,26 @@ class MmapReader(ShardReader[_Mapped]):
                 data_path = self._member(entry, "data", fld.name)
                 if fld.variable:
                     offsets_path = self._member(entry, "offsets", fld.name)
-                    offsets = _map_file(
-                        offsets_path,
-                        _OFFSET_DTYPE,
-                        (count + 1) * _OFFSET_DTYPE.itemsize,
-                        mapped,
-                    )
+                    offsets_bytes = (count + 1) * _OFFSET_DTYPE.itemsize
+                    offsets_file = _open_file(offsets_path, offsets_bytes, "map", opened)
+                    offsets = offsets_file.array(_OFFSET_DTYPE, count + 1)
                     size = _checked_offsets(offsets, count, fld, data_path)
-                    if pread:
-                        fd = _open_fd(data_path, size, mapped.fds)
-                        mapped.fields[fld.name] = _MappedField(
-                            fld, data_path, None, offsets, fd, offsets_path
-                        )
-                    else:
-                        data = _map_file(data_path, fld.dtype, size, mapped)
-                        mapped.fields[fld.name] = _MappedField(
-                            fld, data_path, data, offsets, None, offsets_path
-                        )
-                elif pread and _in_pages(count * fld.sample_nbytes) > map_below:
-                    fd = _open_fd(data_path, count * fld.sample_nbytes, mapped.fds)
-                    mapped.fields[fld.name] = _MappedField(fld, data_path, None, None, fd)
-                else:
-                    flat = _map_file(data_path, fld.dtype, count * fld.sample_nbytes, mapped)
-                    mapped.fields[fld.name] = _MappedField(
-                        fld, data_path, flat.reshape(count, *fld.shape)
-                    )
+                    mode: ReadMode = "pread" if pread else "map"
+                    file = _open_file(data_path, size, mode, opened)
+                    data = None if pread else _values(file, fld.dtype, size)
+                    opened.fields[fld.name] = _FieldFiles(fld, file, data, offsets, offsets_file)
+                    continue
+                size = count * fld.sample_nbytes
+                mode = "pread" if pread and _in_pages(size) > map_below else "map"
+                file = _open_file(data_path, size, mode, opened)
+                data = _values(file, fld.dtype, size) if mode == "map" else None
+                opened.fields[fld.name] = _FieldFiles(fld, file, data)
         except BaseException:
-            self._close(mapped)
+            self._close(opened)
             raise
         self._length = count
         self._schema = schema
-        return mapped
+        return opened
 
     def _member(self, entry: dict[str, Any], key: str, field: str) -> str:
         """The path of one file named in the shard's metadata, kept inside the shard."""
@@ -247,16 +235,12 @@ class MmapReader(ShardReader[_Mapped]):
 
     def _close(self, handle: _Mapped) -> None:
         handle.fields.clear()  # drop the arrays that export each mapping's buffer
-        for mapping in handle.maps:
+        for file in handle.files:
             # NOTE: an open that failed half way may still hold views of a mapping in
             # its traceback; that mapping closes once they are gone.
             with contextlib.suppress(BufferError):
-                mapping.close()
-        handle.maps.clear()
-        handle.sizes.clear()
-        for fd in handle.fds:
-            os.close(fd)
-        handle.fds.clear()
+                file.close()
+        handle.files.clear()
 
     def files(self) -> list[str]:
         meta = read_meta(self.path)
@@ -297,68 +281,47 @@ class MmapReader(ShardReader[_Mapped]):
     def read_into(self, indices: np.ndarray, out: Mapping[str, np.ndarray]) -> Columns:
         columns: Columns = {}
         nbytes = 0
-        handle = self.handle
-        _check_unchanged(handle)
-        for name, mapped in handle.fields.items():
-            if mapped.offsets is None:
+        for name, files in self.handle.fields.items():
+            fld = files.field
+            if files.offsets is None:
                 target = out.get(name)
-                if target is None or (
-                    target.dtype == mapped.field.dtype and target.flags.c_contiguous
-                ):
-                    column = self._read_fixed(mapped, indices, target)
-                else:  # another byte order or layout: converted as copied
-                    target[...] = self._read_fixed(mapped, indices)
+                if target is not None and target.dtype == fld.dtype and target.flags.c_contiguous:
+                    column = target
+                else:
+                    column = np.empty((len(indices), *fld.shape), fld.dtype)
+                files.file.take_rows(indices, column)
+                if target is not None and column is not target:  # another byte order or
+                    target[...] = column  # layout: converted as copied
                     column = target
                 nbytes += column.nbytes
                 columns[name] = column
                 continue
-            starts = mapped.offsets[indices]
-            ends = mapped.offsets[indices + 1]
-            data = mapped.data
+            assert files.offsets_file is not None
+            files.offsets_file.check_size()
+            starts = files.offsets[indices]
+            ends = files.offsets[indices + 1]
+            data = files.data
             if data is None:
-                values = self._pread_variable(mapped, starts, ends)
-            elif mapped.field.kind == "bytes":
-                values = [data[s:e].tobytes() for s, e in zip(starts, ends, strict=True)]
+                values = self._pread_variable(files, starts, ends)
             else:
-                values = [data[s:e].copy() for s, e in zip(starts, ends, strict=True)]
-            nbytes += int((ends - starts).sum()) * mapped.field.dtype.itemsize
+                files.file.check_size()
+                if fld.kind == "bytes":
+                    values = [data[s:e].tobytes() for s, e in zip(starts, ends, strict=True)]
+                else:
+                    values = [data[s:e].copy() for s, e in zip(starts, ends, strict=True)]
+            nbytes += int((ends - starts).sum()) * fld.dtype.itemsize
             columns[name] = values
         self.bytes_read += nbytes
         return columns
 
-    def _read_fixed(
-        self, mapped: _MappedField, indices: np.ndarray, out: np.ndarray | None = None
-    ) -> np.ndarray:
-        if mapped.data is not None:
-            if out is None:
-                return mapped.data[indices]  # one gather, copied out of the mapping
-            # mode="clip" (indices are checked by the caller): "raise" buffers the output.
-            return np.take(mapped.data, indices, axis=0, out=out, mode="clip")
-        assert mapped.fd is not None
-        fld = mapped.field
-        count, size = len(indices), fld.sample_nbytes
-        if out is None:
-            out = np.empty((count, *fld.shape), dtype=fld.dtype)
-        if count == 0 or size == 0:
-            return out
-        if is_run(indices):
-            pread_into(mapped.fd, out, int(indices[0]) * size, self.path)  # one read
-            return out
-        offsets = (indices.astype(np.int64, copy=False) * size).tolist()
-        pread_rows(mapped.fd, mapped.path, out.reshape(-1).view(np.uint8).data, size, offsets)
-        return out
-
-    def _pread_variable(
-        self, mapped: _MappedField, starts: np.ndarray, ends: np.ndarray
-    ) -> list[Any]:
-        assert mapped.fd is not None
-        itemsize = mapped.field.dtype.itemsize
+    @staticmethod
+    def _pread_variable(files: _FieldFiles, starts: np.ndarray, ends: np.ndarray) -> list[Any]:
+        fld = files.field
+        itemsize = fld.dtype.itemsize
         values: list[Any] = []
         for start, end in zip(starts.tolist(), ends.tolist(), strict=True):
-            value = np.empty(end - start, dtype=mapped.field.dtype)
-            if end > start:
-                pread_into(mapped.fd, value, start * itemsize, self.path)
-            values.append(value.tobytes() if mapped.field.kind == "bytes" else value)
+            value = files.file.read_at(start * itemsize, np.empty(end - start, dtype=fld.dtype))
+            values.append(value.tobytes() if fld.kind == "bytes" else value)
         return values
 
     # ------------------------------------------------------------------ memory
@@ -367,20 +330,15 @@ class MmapReader(ShardReader[_Mapped]):
         if not hasattr(mmap, "MADV_DONTNEED"):
             return None  # nothing to advise: a release closes the reader
         result = ReleaseResult()
-        for mapping in self.handle.maps:
-            # NOTE: safe on a read-only shared file mapping: dropped pages are simply
-            # faulted back in from the page cache (or the file) on the next touch.
-            mapping.madvise(mmap.MADV_DONTNEED)
-            result.advise_calls += 1
-            result.advised_bytes += len(mapping)
+        for file in self.handle.files:
+            dropped = file.drop_pages()
+            if dropped is not None:
+                result += dropped
         return result
 
     def advise(self, pattern: AccessPattern) -> None:
-        advice = _ADVICE.get(pattern)
-        if advice is None:
-            return
-        for mapping in self.handle.maps:
-            mapping.madvise(advice)
+        for file in self.handle.files:
+            file.advise(pattern)
 
 
 class MmapWriter(ShardFileWriter):
