@@ -84,15 +84,39 @@ def pytest_runtest_setup(item: pytest.Item) -> None:
         gc.freeze()
 
 
+# Loading tests that run their budgeted `truth` variants by default: threads sharing one
+# budget. Elsewhere under tests/loading those variants run under `-m slow`.
+_BUDGET_KEPT = {"test_per_sample_transform_and_budget_shared_by_threads"}
+
+
+def _slow_by_rule(item: pytest.Item) -> bool:
+    """Cases of the default run's matrices that `-m slow` alone runs (see below)."""
+    cls = getattr(item, "cls", None)
+    if item.name == "test_spawned_worker_reads_fixed_fields" and cls is not None:
+        return True
+    callspec = getattr(item, "callspec", None)
+    if callspec is None or "truth" not in callspec.params:
+        return False
+    param = callspec.params["truth"]
+    if item.path.parent.name != "loading" or not isinstance(param, tuple) or param[1] is None:
+        return False
+    name = getattr(item, "originalname", item.name)
+    if name == "test_batches_equal_read_batch":
+        return callspec.params["threads"] == 1
+    return name not in _BUDGET_KEPT
+
+
 def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
-    """The conformance harness's spawned-worker case starts a fresh interpreter (seconds
-    each): the default run keeps it for sharded LMDB, `-m slow` runs it for every class.
-    Spawned workers of every backend are also read in tests/loading/test_dataset_batches.py."""
+    """Matrix cases the default run leaves to `-m slow` (each still runs there).
+
+    - The conformance harness's spawned-worker case starts a fresh interpreter (seconds
+      each) for every class: the default run's one spawned DataLoader worker is in
+      tests/loading/test_dataset_batches.py (raw mmap, against read_batch).
+    - Under tests/loading, each ground truth is read without a budget by default, and
+      with the smallest budget (a release after every read) where threads share it
+      (Loader with 3 threads). What a budget may change is what read_batch returns: the
+      harness (tests/storage/test_conformance.py) checks that for every source, in this
+      process and in forked workers, with and without it."""
     for item in items:
-        cls = getattr(item, "cls", None)
-        if (
-            item.name == "test_spawned_worker_reads_fixed_fields"
-            and cls is not None
-            and cls.__name__ != "TestShardedLMDB"
-        ):
+        if _slow_by_rule(item):
             item.add_marker(pytest.mark.slow)
