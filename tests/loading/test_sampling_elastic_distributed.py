@@ -4,6 +4,11 @@ Two ranks read five batches of epoch 1 through torchdata's StatefulDataLoader wi
 workers each, and rank 0 saves the loader's state. Then a new job of 1, 2 or 3 ranks
 resumes from it: at the same world size through the loader itself, at another one
 through the sampler state inside it (the loader refuses another worker count).
+
+Every case runs under `-m slow`: two jobs of spawned gloo ranks, each importing torch,
+took 10 s of the default run. Its fast cases: elastic resume of the sampler and of a
+StatefulDataLoader state at other world sizes in tests/loading/test_sampling_elastic.py,
+and a real gloo group in tests/loading/test_sampling_distributed.py.
 """
 
 from __future__ import annotations
@@ -24,6 +29,8 @@ from torchdata.stateful_dataloader import StatefulDataLoader
 
 from shardio import ShardedDataset, ShardWriter
 from shardio.loading.sampling import ShardSampler, find_sampler_state
+
+pytestmark = pytest.mark.slow
 
 SAMPLES = 250
 BATCH = 8
@@ -109,8 +116,8 @@ def first_job(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, Path, lis
     ("world", "workers"),
     [
         pytest.param(3, 0, id="3-ranks-0-workers"),
-        pytest.param(2, 2, id="2-ranks-2-workers", marks=pytest.mark.slow),
-        pytest.param(1, 2, id="1-rank-2-workers", marks=pytest.mark.slow),
+        pytest.param(2, 2, id="2-ranks-2-workers"),
+        pytest.param(1, 2, id="1-rank-2-workers"),
     ],
 )
 def test_a_two_rank_state_resumes_at_any_world_size(
