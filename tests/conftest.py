@@ -87,6 +87,8 @@ def pytest_runtest_setup(item: pytest.Item) -> None:
 # Loading tests that run their budgeted `truth` variants by default: threads sharing one
 # budget. Elsewhere under tests/loading those variants run under `-m slow`.
 _BUDGET_KEPT = {"test_per_sample_transform_and_budget_shared_by_threads"}
+# Ground truths whose every case under tests/loading runs under `-m slow` only.
+_LOADING_SLOW_SOURCES = {"zarr-shardio"}
 
 
 def _slow_by_rule(item: pytest.Item) -> bool:
@@ -98,7 +100,11 @@ def _slow_by_rule(item: pytest.Item) -> bool:
     if callspec is None or "truth" not in callspec.params:
         return False
     param = callspec.params["truth"]
-    if item.path.parent.name != "loading" or not isinstance(param, tuple) or param[1] is None:
+    if item.path.parent.name != "loading" or not isinstance(param, tuple):
+        return False
+    if param[0] in _LOADING_SLOW_SOURCES:
+        return True
+    if param[1] is None:
         return False
     name = getattr(item, "originalname", item.name)
     if name == "test_batches_equal_read_batch":
@@ -111,12 +117,16 @@ def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
 
     - The conformance harness's spawned-worker case starts a fresh interpreter (seconds
       each) for every class: the default run's one spawned DataLoader worker is in
-      tests/loading/test_dataset_batches.py (raw mmap, against read_batch).
+      tests/loading/test_dataset_batches.py (sharded LMDB, against read_batch).
     - Under tests/loading, each ground truth is read without a budget by default, and
       with the smallest budget (a release after every read) where threads share it
       (Loader with 3 threads). What a budget may change is what read_batch returns: the
       harness (tests/storage/test_conformance.py) checks that for every source, in this
-      process and in forked workers, with and without it."""
+      process and in forked workers, with and without it.
+    - Under tests/loading, shardio's own Zarr layout (`zarr-shardio`) cost as much as
+      the ten other ground truths together (11 s of 30 s): the loading
+      path reads Zarr through `zarr` and `zarr-variable` by default, and the harness
+      reads `zarr-shardio` in every way."""
     for item in items:
         if _slow_by_rule(item):
             item.add_marker(pytest.mark.slow)
