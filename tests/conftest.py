@@ -1,5 +1,6 @@
 from __future__ import annotations
 
+import gc
 import os
 import sys
 from collections.abc import Callable
@@ -62,15 +63,70 @@ def synthetic(tmp_path_factory: pytest.TempPathFactory) -> Callable[..., str]:
     return make
 
 
+_frozen_for: list[str] = [""]
+
+
+def pytest_runtest_setup(item: pytest.Item) -> None:
+    """At the first test of each module, collect, then freeze what is left alive.
+
+    Over a session the heap grows to millions of objects (moto and botocore, xarray,
+    Lightning, transformers: imported once, alive for good), and every full collection
+    walks all of them: the cyclic collector, the bench's `gc.collect()` per run and the
+    tests' own took 14 of the 41 s of tests/storage/test_cache.py, test_scifiles.py and
+    tests/tools/test_bench.py, test_cli_bench.py run together. Frozen objects
+    are skipped by the collector (and by forked workers' collections, which would copy
+    their pages). Only what is alive between modules is frozen: objects a test makes
+    are collected as before, and garbage is collected before each freeze."""
+    module = item.nodeid.partition("::")[0]
+    if module != _frozen_for[0]:
+        _frozen_for[0] = module
+        gc.collect()
+        gc.freeze()
+
+
+# Loading tests that run their budgeted `truth` variants by default: threads sharing one
+# budget. Elsewhere under tests/loading those variants run under `-m slow`.
+_BUDGET_KEPT = {"test_per_sample_transform_and_budget_shared_by_threads"}
+# Ground truths whose every case under tests/loading runs under `-m slow` only.
+_LOADING_SLOW_SOURCES = {"zarr-shardio"}
+
+
+def _slow_by_rule(item: pytest.Item) -> bool:
+    """Cases of the default run's matrices that `-m slow` alone runs (see below)."""
+    cls = getattr(item, "cls", None)
+    if item.name == "test_spawned_worker_reads_fixed_fields" and cls is not None:
+        return True
+    callspec = getattr(item, "callspec", None)
+    if callspec is None or "truth" not in callspec.params:
+        return False
+    param = callspec.params["truth"]
+    if item.path.parent.name != "loading" or not isinstance(param, tuple):
+        return False
+    if param[0] in _LOADING_SLOW_SOURCES:
+        return True
+    if param[1] is None:
+        return False
+    name = getattr(item, "originalname", item.name)
+    if name == "test_batches_equal_read_batch":
+        return callspec.params["threads"] == 1
+    return name not in _BUDGET_KEPT
+
+
 def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
-    """The conformance harness's spawned-worker case starts a fresh interpreter (seconds
-    each): the default run keeps it for sharded LMDB, `-m slow` runs it for every class.
-    Spawned workers of every backend are also read in tests/loading/test_dataset_batches.py."""
+    """Matrix cases the default run leaves to `-m slow` (each still runs there).
+
+    - The conformance harness's spawned-worker case starts a fresh interpreter (seconds
+      each) for every class: the default run's one spawned DataLoader worker is in
+      tests/loading/test_dataset_batches.py (sharded LMDB, against read_batch).
+    - Under tests/loading, each ground truth is read without a budget by default, and
+      with the smallest budget (a release after every read) where threads share it
+      (Loader with 3 threads). What a budget may change is what read_batch returns: the
+      harness (tests/storage/test_conformance.py) checks that for every source, in this
+      process and in forked workers, with and without it.
+    - Under tests/loading, shardio's own Zarr layout (`zarr-shardio`) cost as much as
+      the ten other ground truths together (11 s of 30 s): the loading
+      path reads Zarr through `zarr` and `zarr-variable` by default, and the harness
+      reads `zarr-shardio` in every way."""
     for item in items:
-        cls = getattr(item, "cls", None)
-        if (
-            item.name == "test_spawned_worker_reads_fixed_fields"
-            and cls is not None
-            and cls.__name__ != "TestShardedLMDB"
-        ):
+        if _slow_by_rule(item):
             item.add_marker(pytest.mark.slow)

@@ -27,6 +27,10 @@ def _epochs(out: Path, tag: str, world: int = 2) -> dict[str, list[list[int]]]:
     return by_epoch
 
 
+# A launcher and two ranks, each importing Lightning: 15 to 30 s. The default run fits a
+# real Trainer in this process (test_the_doctor_traces_the_loader_a_trainer_fits_on);
+# ShardSampler under a real gloo group is in tests/loading/test_sampling_distributed.py.
+@pytest.mark.slow
 def test_trainer_ddp_reads_every_sample_once_per_epoch(tmp_path: Path) -> None:
     data = write_labels(tmp_path / "data", N)
     run(python("run_lightning.py", str(data), str(tmp_path), "fit", "--epochs", "2"))
@@ -281,7 +285,6 @@ def test_trainer_resumes_a_mixture_exactly_from_its_checkpoint(tmp_path: Path) -
 # The doctor and the Prefetcher inside the frameworks, in this process (one CPU device).
 
 
-@pytest.mark.slow  # importing Lightning alone takes seconds
 def _fit_two_epochs(loader: Any) -> dict[int, list[int]]:
     """Fit a one-weight model for 2 epochs on one CPU device; the labels of each epoch."""
     import lightning as L

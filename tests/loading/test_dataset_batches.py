@@ -62,9 +62,11 @@ def test_dataloader_line_equals_read_batch(truth: Truth, workers: int) -> None:
     assert check_loader(loader, ds, order, 16) == -(-len(ds) // 16)
 
 
+# The default run's one spawned DataLoader worker (a fresh interpreter: seconds); LMDB,
+# whose environments belong to one process, is the backend most likely to break there.
 @pytest.mark.parametrize(
     "source",
-    ["mmap", *(pytest.param(s, marks=pytest.mark.slow) for s in ("sharded-lmdb", "hdf5", "zarr"))],
+    ["sharded-lmdb", *(pytest.param(s, marks=pytest.mark.slow) for s in ("mmap", "hdf5", "zarr"))],
 )
 def test_spawned_workers_equal_read_batch(tmp_path: Any, source: str) -> None:
     ds = open_dataset(SOURCES[source](str(tmp_path)))

@@ -55,7 +55,10 @@ def test_opened_twice_then_forked_workers(dataset_path: tuple[str, str]) -> None
     assert first[9]["x"].tolist() == [27, 28, 29]  # the parent's handles still work
 
 
-@pytest.mark.parametrize("context", [pytest.param("spawn", marks=pytest.mark.slow), "forkserver"])
+# Both under `-m slow` (seconds each); the default run spawns LMDB workers in
+# tests/loading/test_dataset_batches.py::test_spawned_workers_equal_read_batch.
+@pytest.mark.slow
+@pytest.mark.parametrize("context", ["spawn", "forkserver"])
 def test_lmdb_opened_twice_then_spawned_workers(tmp_path, context: str) -> None:
     path = str(tmp_path / "ds")
     _write(path, "lmdb")

@@ -7,6 +7,7 @@ from collections import Counter
 from pathlib import Path
 
 import numpy as np
+import pytest
 import torch.distributed as dist
 import torch.multiprocessing as mp
 from order_helpers import read_x
@@ -25,8 +26,8 @@ def _rank_main(rank: int, init_file: str, out_dir: str, data: str) -> None:
     try:
         dataset = ShardedDataset(data)
         sampler = ShardSampler(dataset, seed=11, window="1KB")  # rank and world from dist
-        # mp.spawn made "spawn" this process's default start method; torchrun's processes
-        # fork their workers, and so does this test (spawning re-imports torch: seconds).
+        # A spawned rank's default start method is "spawn"; torchrun's processes fork
+        # their workers, and so does this test (spawning re-imports torch: seconds).
         loader = DataLoader(
             dataset,
             batch_size=BATCH,
@@ -63,12 +64,15 @@ def _rank_main(rank: int, init_file: str, out_dir: str, data: str) -> None:
         dist.destroy_process_group()
 
 
-def test_two_gloo_ranks_read_every_sample_exactly_once(tmp_path: Path) -> None:
+# Forked ranks by default (as Lightning's "ddp_fork" starts them); spawned ranks, each
+# importing torch afresh as torchrun's do, under `-m slow` (5 s against 0.5 s).
+@pytest.mark.parametrize("start", ["fork", pytest.param("spawn", marks=pytest.mark.slow)])
+def test_two_gloo_ranks_read_every_sample_exactly_once(tmp_path: Path, start: str) -> None:
     data = tmp_path / "data"
     with ShardWriter(data, format="mmap", shard_size=600) as writer:
         writer.write_batch({"x": np.arange(SAMPLES)})
     args = (str(tmp_path / "init"), str(tmp_path), str(data))
-    mp.spawn(_rank_main, args=args, nprocs=WORLD, join=True)
+    mp.start_processes(_rank_main, args=args, nprocs=WORLD, join=True, start_method=start)
     results = [json.loads((tmp_path / f"rank{r}.json").read_text()) for r in range(WORLD)]
 
     assert [(r["rank"], r["world_size"]) for r in results] == [(0, WORLD), (1, WORLD)]

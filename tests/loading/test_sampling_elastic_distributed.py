@@ -4,6 +4,11 @@ Two ranks read five batches of epoch 1 through torchdata's StatefulDataLoader wi
 workers each, and rank 0 saves the loader's state. Then a new job of 1, 2 or 3 ranks
 resumes from it: at the same world size through the loader itself, at another one
 through the sampler state inside it (the loader refuses another worker count).
+
+The ranks are forked (as Lightning's "ddp_fork" starts them): the three cases take 2 s,
+where spawned ranks, each importing torch again, took 10 s for one. Spawned gloo ranks
+run under `-m slow` in tests/loading/test_sampling_distributed.py and
+tests/tools/test_diagnose_distributed.py.
 """
 
 from __future__ import annotations
@@ -32,8 +37,8 @@ OPTIONS: dict[str, Any] = {"seed": 11, "window": "1KB"}
 
 
 def _loader(dataset: ShardedDataset, sampler: ShardSampler, workers: int) -> Any:
-    # mp.spawn made "spawn" the default start method; fork the workers as torchrun's
-    # processes do (spawning re-imports torch: seconds per worker).
+    # Fork the workers as torchrun's processes do (spawning re-imports torch: seconds
+    # per worker).
     context = "fork" if workers else None
     kind = StatefulDataLoader if workers != 0 else DataLoader
     return kind(
@@ -100,7 +105,8 @@ def first_job(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, Path, lis
     data = root / "data"
     with ShardWriter(data, format="mmap", shard_size=600) as writer:
         writer.write_batch({"x": np.arange(SAMPLES)})
-    mp.spawn(_first_job, args=(2, str(root / "init0"), str(root), str(data)), nprocs=2, join=True)
+    args = (2, str(root / "init0"), str(root), str(data))
+    mp.start_processes(_first_job, args=args, nprocs=2, join=True, start_method="fork")
     heads = [json.loads((root / f"head{r}.json").read_text()) for r in range(2)]
     return root, data, heads
 
@@ -109,8 +115,8 @@ def first_job(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, Path, lis
     ("world", "workers"),
     [
         pytest.param(3, 0, id="3-ranks-0-workers"),
-        pytest.param(2, 2, id="2-ranks-2-workers", marks=pytest.mark.slow),
-        pytest.param(1, 2, id="1-rank-2-workers", marks=pytest.mark.slow),
+        pytest.param(2, 2, id="2-ranks-2-workers"),
+        pytest.param(1, 2, id="1-rank-2-workers"),
     ],
 )
 def test_a_two_rank_state_resumes_at_any_world_size(
@@ -119,9 +125,8 @@ def test_a_two_rank_state_resumes_at_any_world_size(
     root, data, heads = first_job
     assert [len(h) for h in heads] == [STEPS * BATCH] * 2
     init = str(root / f"init{world}")
-    mp.spawn(
-        _second_job, args=(world, init, str(root), str(data), workers), nprocs=world, join=True
-    )
+    args = (world, init, str(root), str(data), workers)
+    mp.start_processes(_second_job, args=args, nprocs=world, join=True, start_method="fork")
     results = [json.loads((root / f"world{world}-rank{r}.json").read_text()) for r in range(world)]
     assert [(r["rank"], r["world_size"]) for r in results] == [(r, world) for r in range(world)]
 

@@ -239,6 +239,7 @@ def test_the_first_read_in_the_main_process_fixes_the_figure_for_workers(
     del ballast
 
 
+@pytest.mark.slow  # spawned workers: seconds; forked ones learn theirs in the default run
 def test_spawned_workers_learn_their_share(small, monkeypatch) -> None:
     monkeypatch.setenv("SLURM_MEM_PER_NODE", "16384")
     ds = ShardedDataset(small, max_rss="auto")
@@ -249,6 +250,10 @@ def test_spawned_workers_learn_their_share(small, monkeypatch) -> None:
         assert report["budget"] < 16 * GiB // 3
 
 
+# Under `-m slow`: after the error torch's shutdown waits 5 s for the worker before it
+# terminates it. The default run checks the same split and message without workers
+# (test_a_limit_too_small_for_the_workers_is_a_clear_error).
+@pytest.mark.slow
 @pytest.mark.filterwarnings("ignore:This DataLoader will create:UserWarning")
 def test_a_worker_without_room_fails_with_the_reason(small, monkeypatch) -> None:
     """A limit that holds the main process but not a worker beside it.

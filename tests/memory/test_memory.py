@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import mmap
 import os
 import threading
@@ -20,7 +21,7 @@ from shardio.memory import advise_range, find_mappings, read_rss
 from shardio.storage.adapters.lmdb._adapter import OFFSETS_NAME
 
 VALUE = 64 * 1024
-SAMPLES = 8192  # 512 MiB of values
+SAMPLES = 4096  # 256 MiB of values: 4 times the budget, in 2 or 3 shards per format
 BUDGET = 64 * 2**20
 # Besides the budget, a process holds one batch being assembled and its copy
 # (2 x 16 MiB) and allocator slack: the stated allowance.
@@ -32,14 +33,17 @@ pytestmark = pytest.mark.skipif(read_rss() is None, reason="needs /proc to measu
 @pytest.fixture(scope="module")
 def big_datasets(tmp_path_factory: pytest.TempPathFactory) -> dict[str, str]:
     root = tmp_path_factory.mktemp("big")
-    paths = {}
+    paths = {fmt: str(root / f"{fmt}.shardio") for fmt in ("lmdb", "mmap")}
     rng = np.random.default_rng(0)
-    for fmt in ("lmdb", "mmap"):
-        path = str(root / f"{fmt}.shardio")
-        with ShardWriter(path, format=fmt, shard_size="128MB") as writer:
-            for _ in range(SAMPLES // 1024):
-                writer.write_batch({"x": rng.integers(0, 255, (1024, VALUE), dtype=np.uint8)})
-        paths[fmt] = path
+    with contextlib.ExitStack() as stack:  # the same random values in both formats
+        writers = [
+            stack.enter_context(ShardWriter(path, format=fmt, shard_size="128MB"))
+            for fmt, path in paths.items()
+        ]
+        for _ in range(SAMPLES // 1024):
+            batch = {"x": rng.integers(0, 255, (1024, VALUE), dtype=np.uint8)}
+            for writer in writers:
+                writer.write_batch(batch)
     return paths
 
 

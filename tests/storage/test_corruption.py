@@ -15,12 +15,14 @@ from corruption import FORMATS, campaign
 
 from shardio import ShardCorruptError, ShardedDataset, ShardioError, ShardWriter
 
-# The campaign runs for every format by default; its first-read and truncated-while-open
-# variants run for LMDB by default and for every format under `-m slow` (seconds each).
+# The campaign and its truncated-while-open variant run for LMDB by default and for
+# every format under `-m slow` (a child process each: 3 to 8 s on a busy machine).
+# Every format's damaged shards are also read by default in
+# tests/storage/test_campaign2.py and tests/storage/test_integrity.py.
 ONE_FAST_FORMAT = [f if f == "lmdb" else pytest.param(f, marks=pytest.mark.slow) for f in FORMATS]
 
 
-@pytest.mark.parametrize("format", FORMATS)
+@pytest.mark.parametrize("format", ONE_FAST_FORMAT)
 def test_corruption_campaign(format: str) -> None:
     results = campaign(format, seed=1, flips=10, cuts=5)
     assert len(results) >= 30
@@ -42,7 +44,10 @@ def test_corruption_campaign(format: str) -> None:
     assert unexpected == []
 
 
-@pytest.mark.parametrize("format", ONE_FAST_FORMAT)
+# Under `-m slow` for every format (a child process each): the default run catches a
+# flipped value byte with verify= for every format in tests/storage/test_integrity.py.
+@pytest.mark.slow
+@pytest.mark.parametrize("format", FORMATS)
 def test_every_flip_is_caught_with_verify_first_read(format: str) -> None:
     results = campaign(format, seed=2, flips=12, cuts=0, verify="first-read")
     flips = [outcome for case, outcome in results if case.kind == "flip"]

@@ -144,12 +144,13 @@ def test_step_marks_while_iterating_the_loader_itself() -> None:
     assert type(loader) is DataLoader
 
 
-def test_spawn_persistent_workers_two_passes_and_an_early_break() -> None:
+@pytest.mark.parametrize("context", ["fork", pytest.param("spawn", marks=pytest.mark.slow)])
+def test_persistent_workers_two_passes_and_an_early_break(context: str) -> None:
     loader = DataLoader(
         SleepyBatches(16, 0.001),
         batch_size=2,
         num_workers=1,  # spawning re-imports torch: seconds per worker
-        multiprocessing_context="spawn",
+        multiprocessing_context=context,
         persistent_workers=True,
     )
     with trace(loader) as tr:
