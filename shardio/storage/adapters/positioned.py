@@ -34,6 +34,10 @@ __all__ = [
 #: How a `PositionedFile` reads: through a map of the file, or with pread.
 ReadMode = Literal["map", "pread"]
 
+_GATHER_BELOW = 8 << 10
+"""Rows of this many bytes and more are copied one by one, smaller ones gathered: at
+4 KiB a gather read LMDB and HDF5 batches 1.4-1.9x faster, at 64 KiB its extra copy
+made them 0.84-0.91x (bench_read.py, quiet, alternated with the per-row copy)."""
 _GATHER_BYTES = 256 << 10
 """Bytes gathered from a map per step: the step's temporary stays below the size at
 which glibc hands freed memory back to the kernel, so it is reused, not faulted in
@@ -206,23 +210,33 @@ class PositionedFile:
                     f"(offsets {int(offsets.min())} to {int(offsets.max())}, {wanted} bytes "
                     "each): its table of positions is damaged"
                 )
-            # Gathers of many rows per field: fancy indexing a window of the map whose
-            # rows start at every byte copies them in C with the GIL released (threads
-            # reading batches overlap), where a copy per row in Python holds it.
-            # NOTE: numpy's take would copy such a strided window first, so rows come
-            # through a temporary, `_GATHER_BYTES` at a time, and one more copy.
+            # Small rows: gathers of many rows per field. Fancy indexing a window of the
+            # map whose rows start at every byte copies them in C with the GIL released
+            # (threads reading batches overlap), where a copy per row in Python holds
+            # it. NOTE: numpy's take would copy such a strided window first, so rows
+            # come through a temporary, `_GATHER_BYTES` at a time, and one more copy,
+            # which costs more than the Python per row from `_GATHER_BELOW` bytes on:
+            # larger rows are copied one by one between memoryviews.
+            assert self.map is not None  # mapped: a view of it exists
             at = 0
-            for flat, size in zip(flats, sizes, strict=True):
-                if size:
-                    starts = self.size - at - size + 1  # every start whose row fits
-                    window = np.ndarray(
-                        (starts, size), np.uint8, self.map, offset=at, strides=(1, 1)
-                    )
-                    step = max(1, _GATHER_BYTES // size)
-                    out = flat.reshape(count, size)
-                    for first in range(0, count, step):
-                        out[first : first + step] = window[offsets[first : first + step]]
-                at += size
+            with memoryview(self.map) as source:
+                for flat, size in zip(flats, sizes, strict=True):
+                    if size >= _GATHER_BELOW:
+                        data = flat.data
+                        for start, offset in zip(
+                            range(0, count * size, size), (offsets + at).tolist(), strict=True
+                        ):
+                            data[start : start + size] = source[offset : offset + size]
+                    elif size:
+                        starts = self.size - at - size + 1  # every start whose row fits
+                        window = np.ndarray(
+                            (starts, size), np.uint8, self.map, offset=at, strides=(1, 1)
+                        )
+                        step = _GATHER_BYTES // size
+                        out = flat.reshape(count, size)
+                        for first in range(0, count, step):
+                            out[first : first + step] = window[offsets[first : first + step]]
+                    at += size
             return
         fd, preadv = self.fd, os.preadv
         if len(flats) == 1:  # pread_rows, without one more call on the batch path
