@@ -74,9 +74,10 @@ class ShardIndex:
         if array.dtype.kind == "O":
             return np.fromiter((self.normalize(i) for i in array), np.int64, count=array.size)
         total = len(self)
-        if array.dtype.kind == "u" and int(array.max()) >= total:
-            raise self._out_of_range(int(array.max()))
-        if array.min() >= 0 and array.max() < total:  # the usual case: no negative index
+        lowest, highest = int(array.min()), int(array.max())
+        if array.dtype.kind == "u" and highest >= total:
+            raise self._out_of_range(highest)
+        if lowest >= 0 and highest < total:  # the usual case: no negative index
             return array.astype(np.int64, copy=False)  # nothing below changes it in place
         positions = array.astype(np.int64, copy=True)
         positions[positions < 0] += total

@@ -9,7 +9,6 @@ per-sample Python transforms hold the GIL: those still want DataLoader workers.
 from __future__ import annotations
 
 import contextlib
-import os
 import threading
 from collections import deque
 from collections.abc import Callable, Iterable, Iterator, Sequence
@@ -21,6 +20,7 @@ import torch.utils.data
 from torch.utils.data import BatchSampler, RandomSampler, Sampler, SequentialSampler
 from torch.utils.data._utils.collate import default_collate
 
+from shardio.core.cpus import usable_cores
 from shardio.core.errors import InvalidOptionError
 
 from .batches import Batch
@@ -33,14 +33,6 @@ __all__ = ["MAX_AUTO_THREADS", "Loader", "auto_threads"]
 THREAD_NAME = "shardio-loader"
 MAX_AUTO_THREADS = 4
 """``threads="auto"`` reads with the cores this process may run on, up to this many threads."""
-
-
-def usable_cores() -> int:
-    """The cores this process may run on (its CPU affinity), at least 1."""
-    try:
-        return max(1, len(os.sched_getaffinity(0)))
-    except (AttributeError, OSError):  # not on Linux
-        return os.cpu_count() or 1
 
 
 def auto_threads() -> int:

@@ -151,8 +151,7 @@ class PositionedFile:
         if not count or not out.nbytes:
             return out
         if self.view is not None:
-            if os.fstat(self.fd).st_size < self.size:  # `check_size`, inline: per batch
-                self.check_size()
+            self.check_size()
             rows, shape = self._rows, out.shape[1:]
             if rows is None or shape != self._row_shape or rows.dtype != out.dtype:
                 row = out.nbytes // count

@@ -4,7 +4,6 @@ change it, in words with the arithmetic."""
 from __future__ import annotations
 
 import math
-import os
 import statistics
 from collections import defaultdict
 from collections.abc import Sequence
@@ -12,6 +11,7 @@ from dataclasses import asdict, dataclass, field
 from typing import TYPE_CHECKING, Any
 
 from shardio.core.config import format_size
+from shardio.core.cpus import usable_cores
 
 from .records import MAIN_PROCESS, BatchRecord, MemorySample
 
@@ -394,14 +394,6 @@ CPU_BOUND = 0.5
 """A load whose thread runs or waits for a CPU at least this share of its time is
 CPU-bound: more workers than cores cannot make such loads faster (loads that wait on
 I/O or sleep can)."""
-
-
-def usable_cores() -> int:
-    """Cores this process may run on (its CPU affinity)."""
-    try:
-        return len(os.sched_getaffinity(0))
-    except (AttributeError, OSError):  # not on Linux
-        return os.cpu_count() or 1
 
 
 def recommend(values: Sequence[int], summaries: Sequence[TraceSummary]) -> int | None:

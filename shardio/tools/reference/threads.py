@@ -19,6 +19,7 @@ from dataclasses import dataclass
 
 import torch
 
+from shardio.core.cpus import usable_cores
 from shardio.core.errors import InvalidOptionError
 
 __all__ = ["ThreadChoice", "choose_threads", "idle_cores"]
@@ -37,10 +38,7 @@ class ThreadChoice:
 
 def idle_cores() -> tuple[int, float]:
     """(cores this process may run on, the 1-minute load average; 0.0 where unknown)."""
-    try:
-        usable = len(os.sched_getaffinity(0))
-    except (AttributeError, OSError):  # not on Linux
-        usable = os.cpu_count() or 1
+    usable = usable_cores()
     try:
         load = os.getloadavg()[0]
     except (AttributeError, OSError):
