@@ -72,6 +72,20 @@ def test_every_format_reads_through_the_cache(s3, proxy, tmp_path, fmt) -> None:
     assert proxy.object_gets(f"/cache-test/every-{fmt}.shardio/shard-") == shard_gets
 
 
+def test_a_file_larger_than_one_piece_downloads_in_pieces(s3, proxy, tmp_path, monkeypatch) -> None:
+    from shardio.storage.cache import fetch
+
+    monkeypatch.setattr(fetch, "PIECE_BYTES", 500)  # data files of about 3 KB: 6-7 pieces
+    local, data = _write(tmp_path, "mmap", seed=9)
+    url = s3.upload(local, "pieces.shardio")
+    with _open(url, s3, proxy, str(tmp_path / "cache"), cache_limit="10MB") as ds:
+        np.testing.assert_array_equal(ds.read_batch(np.arange(len(data)))["x"], data)
+        shards = len(ds.shard_lengths)
+    gets = proxy.object_gets("/cache-test/pieces.shardio/shard-")
+    data_gets = [count for path, count in gets.items() if path.endswith(".bin")]
+    assert len(data_gets) == shards and max(data_gets) >= 4  # one ranged request a piece
+
+
 def test_without_cache_dir_lmdb_names_cache_dir(s3, tmp_path) -> None:
     local, _ = _write(tmp_path, "lmdb", rows=10)
     url = s3.upload(local, "plain-lmdb.shardio")
