@@ -47,8 +47,8 @@ MUTATIONS = (
     Mutation(
         "Zarr _read_variable: variable-length ends one element short",
         "shardio/storage/adapters/zarr/_adapter.py",
-        "ends = _gather(offsets, unique + 1).astype(np.int64)\n",
-        "ends = _gather(offsets, unique + 1).astype(np.int64) - 1\n",
+        "ends = after.astype(np.int64)\n",
+        "ends = after.astype(np.int64) - 1\n",
     ),
     Mutation(
         "raw mmap read_into: every fixed-field row one row late",
