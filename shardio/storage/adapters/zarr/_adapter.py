@@ -551,14 +551,10 @@ def _check_chunks_present(path: str, group: Any, name: str, expected: Any) -> No
         )
 
 
-def _gather(array: Any, unique: np.ndarray, raw: _RawChunks | None = None) -> np.ndarray:
-    """Rows ``unique`` (sorted, distinct) of a Zarr array, reading each chunk once."""
-    return _gather_many([(array, unique, raw)])[0]
-
-
 def _gather_many(wanted: list[tuple[Any, np.ndarray, _RawChunks | None]]) -> list[np.ndarray]:
-    """`_gather` for each ``(array, unique, raw)``: what goes through zarr is fetched
-    in one trip to its event loop, every chunk of every array at once.
+    """Rows ``unique`` (sorted, distinct) of each ``(array, unique, raw)``, reading each
+    chunk once: through ``raw`` where the chunk files can be read directly, and what
+    goes through zarr in one trip to its event loop, every chunk of every array at once.
 
     NOTE: a trip costs about 1 ms (zarr 3 runs each read on its loop's thread and
     waits for it): reading a sample's six fields one after another took 6-11 ms."""
