@@ -20,6 +20,7 @@ __all__ = [
     "SchemaError",
     "ShardCorruptError",
     "RemoteReadError",
+    "RemoteAccessError",
     "CacheError",
     "OutputExistsError",
     "UnsupportedFeatureError",
@@ -80,6 +81,11 @@ class ShardCorruptError(ShardioError, OSError):
 class RemoteReadError(ShardioError, OSError):
     """Reading a remote URL failed: the server is unreachable, stopped answering within
     the timeouts, or kept failing through the retries."""
+
+
+class RemoteAccessError(ShardioError, PermissionError):
+    """The object store refused a URL (HTTP 403): the credentials or permissions in use
+    do not allow it. Not retried."""
 
 
 class OutputExistsError(ShardioError, FileExistsError):

@@ -25,7 +25,7 @@ import contextlib
 from collections.abc import Iterator
 from typing import Any
 
-from shardio.core.errors import RemoteReadError, ShardioError
+from shardio.core.errors import RemoteAccessError, RemoteReadError, ShardioError
 
 __all__ = [
     "S3_DEFAULTS",
@@ -180,12 +180,19 @@ def is_fault(exc: BaseException) -> bool:
 
 @contextlib.contextmanager
 def remote_errors(url: str) -> Iterator[None]:
-    """Turn a remote fault inside the block into a `RemoteReadError` naming ``url``.
+    """Turn a remote fault inside the block into a `RemoteReadError` naming ``url``, and
+    a refusal (``PermissionError``, HTTP 403) into a `RemoteAccessError`.
 
     A missing object (``FileNotFoundError``) and shardio's own errors pass through."""
     try:
         yield
     except Exception as exc:
+        if isinstance(exc, PermissionError) and not isinstance(exc, ShardioError):
+            raise RemoteAccessError(
+                f"the object store refused {url}: {exc} (check the credentials and "
+                "permissions that storage_options or the environment give; see "
+                "docs/remote.md)"
+            ) from exc
         if not is_fault(exc):
             raise
         raise RemoteReadError(

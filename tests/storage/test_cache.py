@@ -86,6 +86,34 @@ def test_a_file_larger_than_one_piece_downloads_in_pieces(s3, proxy, tmp_path, m
     assert len(data_gets) == shards and max(data_gets) >= 4  # one ranged request a piece
 
 
+def test_a_refused_shard_is_an_access_error_not_a_cache_error(s3, proxy, tmp_path) -> None:
+    local, data = _write(tmp_path, "lmdb", seed=10)
+    url = s3.upload(local, "refused.shardio")
+    cache = tmp_path / "cache"
+    with _open(url, s3, proxy, str(cache), cache_limit="10MB") as ds:
+        proxy.forbidden = 3  # the next GETs of objects: 403 AccessDenied
+        with pytest.raises(
+            shardio.RemoteAccessError, match=r"refused s3://.*refused\.shardio/shard-00000"
+        ) as caught:
+            ds[0]
+        assert not isinstance(caught.value, shardio.CacheError)
+        proxy.forbidden = 0
+        gets = proxy.object_gets("/cache-test/refused.shardio/shard-00000")
+        assert gets and max(gets.values()) == 1  # not retried: a refusal is not a fault
+        assert not list(cache.glob("*/data/*"))  # nothing was cached
+        np.testing.assert_array_equal(ds.read_batch([0, 1])["x"], data[[0, 1]])  # allowed again
+
+
+def test_a_refused_manifest_is_an_access_error_naming_it(s3, proxy, tmp_path) -> None:
+    local, _ = _write(tmp_path, "zarr", seed=11)
+    url = s3.upload(local, "refused-manifest.shardio")
+    proxy.forbidden = 1
+    with pytest.raises(
+        shardio.RemoteAccessError, match=r"refused s3://.*/manifest\.json.*credentials"
+    ):
+        ShardedDataset(url, storage_options=s3.options(proxy.endpoint, **FAST))
+
+
 def test_without_cache_dir_lmdb_names_cache_dir(s3, tmp_path) -> None:
     local, _ = _write(tmp_path, "lmdb", rows=10)
     url = s3.upload(local, "plain-lmdb.shardio")

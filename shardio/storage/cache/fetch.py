@@ -11,15 +11,17 @@ of docs/remote.md).
 
 from __future__ import annotations
 
+import contextlib
 import errno
 import os
 import threading
 import time
+from collections.abc import Iterator
 from concurrent.futures import Future, ThreadPoolExecutor, wait
-from typing import Any
+from typing import Any, BinaryIO
 
 from shardio.core.checksum import hash_files
-from shardio.core.errors import CacheError, RemoteReadError, ShardCorruptError
+from shardio.core.errors import CacheError, RemoteReadError, ShardCorruptError, ShardioError
 
 from ..layout import scan_shard
 from ..manifest import ShardInfo
@@ -104,7 +106,7 @@ def download_shard(
         else:
             _fetch_directory(fs, path, url, target, counted)
     except OSError as exc:
-        if isinstance(exc, (RemoteReadError, ShardCorruptError)):
+        if isinstance(exc, ShardioError):  # the server's, or a check's: named already
             raise
         raise CacheError(
             f"writing shard {url} into the cache at {target} failed: {exc.strerror or exc} "
@@ -168,6 +170,35 @@ def _file_pool() -> ThreadPoolExecutor:
         return pool
 
 
+@contextlib.contextmanager
+def _writing(local: str) -> Iterator[None]:
+    """A failed write of ``local`` into the cache as a `CacheError` that says so."""
+    try:
+        yield
+    except OSError as exc:
+        if exc.errno not in _LOCAL_ERRNOS:
+            raise
+        raise CacheError(
+            f"writing {local} into the cache failed: {exc.strerror or exc} (the "
+            "cache_dir is full or read-only; free space or pass another cache_dir)"
+        ) from exc
+
+
+def _create(local: str) -> BinaryIO:
+    """``local`` opened for writing, unbuffered: a fault of the cache's disk is raised by
+    the write that met it (as a `CacheError`), not later by a flush."""
+    with _writing(local):
+        return open(local, "wb", buffering=0)
+
+
+def _write_all(sink: BinaryIO, piece: bytes) -> int:
+    """Write all of ``piece`` (an unbuffered write may take part of it); its length."""
+    view = memoryview(piece)
+    while view:
+        view = view[sink.write(view) :]
+    return len(piece)
+
+
 def _getter(fs: Any, remote: str, url: str, local: str, nbytes: int) -> Any:
     """A download of the ``nbytes`` file at ``remote`` to ``local`` in pieces of
     `PIECE_BYTES`, `PIECES_AT_ONCE` requested together (a retry starts the file again).
@@ -176,21 +207,15 @@ def _getter(fs: Any, remote: str, url: str, local: str, nbytes: int) -> Any:
     def get() -> None:
         written = 0
         group = PIECE_BYTES * PIECES_AT_ONCE
-        try:
-            with open(local, "wb") as sink:
-                for first in range(0, nbytes, group):
-                    starts = list(range(first, min(nbytes, first + group), PIECE_BYTES))
-                    ends = [min(nbytes, start + PIECE_BYTES) for start in starts]
-                    pieces = fs.cat_ranges([remote] * len(starts), starts, ends, on_error="raise")
+        with _create(local) as sink:
+            for first in range(0, nbytes, group):
+                starts = list(range(first, min(nbytes, first + group), PIECE_BYTES))
+                ends = [min(nbytes, start + PIECE_BYTES) for start in starts]
+                # The server's errors (a refusal too) are left to _with_retries.
+                pieces = fs.cat_ranges([remote] * len(starts), starts, ends, on_error="raise")
+                with _writing(local):
                     for piece in pieces:
-                        written += sink.write(piece)
-        except OSError as exc:
-            if exc.errno not in _LOCAL_ERRNOS:
-                raise
-            raise CacheError(
-                f"writing {local} into the cache failed: {exc.strerror or exc} (the "
-                "cache_dir is full or read-only; free space or pass another cache_dir)"
-            ) from exc
+                        written += _write_all(sink, piece)
         if written != nbytes:
             raise RemoteReadError(
                 f"reading {url} gave {written} of its {nbytes} bytes (the connection "

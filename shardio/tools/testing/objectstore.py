@@ -25,6 +25,11 @@ _SLOWDOWN = (
     b"Content-Length: 107\r\n\r\n<?xml version='1.0' encoding='UTF-8'?><Error><Code>"
     b"SlowDown</Code><Message>Reduce your rate</Message></Error>\n"
 )
+_FORBIDDEN = (
+    b"HTTP/1.1 403 Forbidden\r\nContent-Type: application/xml\r\nConnection: close\r\n"
+    b"Content-Length: 111\r\n\r\n<?xml version='1.0' encoding='UTF-8'?><Error><Code>"
+    b"AccessDenied</Code><Message>Access Denied</Message></Error>\n"
+)
 
 
 @dataclass
@@ -99,13 +104,15 @@ class FaultProxy:
 
     ``latency_s`` before each request is passed on; ``bandwidth`` (bytes/s, shared by
     all connections; 0: none) caps responses; ``slowdown`` requests are answered 503
-    SlowDown; ``drops`` responses are cut after ``drop_after`` bytes; ``frozen``
-    accepts and never answers. ``gets`` counts GETs by path (query strings dropped)."""
+    SlowDown; ``forbidden`` GETs of objects are answered 403 AccessDenied; ``drops``
+    responses are cut after ``drop_after`` bytes; ``frozen`` accepts and never
+    answers. ``gets`` counts GETs by path (query strings dropped)."""
 
     upstream: tuple[str, int]
     latency_s: float = 0.0
     bandwidth: float = 0.0
     slowdown: int = 0
+    forbidden: int = 0
     drops: int = 0
     drop_after: int = 1024
     frozen: bool = False
@@ -175,11 +182,14 @@ class FaultProxy:
                         slow = self.slowdown > 0
                         if slow:
                             self.slowdown -= 1
+                        denied = not slow and method == b"GET" and not query and self.forbidden > 0
+                        if denied:
+                            self.forbidden -= 1
                         drop = not slow and method == b"GET" and not query and self.drops > 0
                         if drop:
                             self.drops -= 1
-                    if slow:
-                        client.sendall(_SLOWDOWN)
+                    if slow or denied:
+                        client.sendall(_SLOWDOWN if slow else _FORBIDDEN)
                         break
                     state["cut"] = self.drop_after if drop else -1
                     if self.latency_s:
