@@ -559,7 +559,11 @@ def _gather_many(wanted: list[tuple[Any, np.ndarray, _RawChunks | None]]) -> lis
     NOTE: a trip costs about 1 ms (zarr 3 runs each read on its loop's thread and
     waits for it): reading a sample's six fields one after another took 6-11 ms."""
     found: list[np.ndarray | None] = []
-    through_zarr: list[tuple[int, Any, np.ndarray, list[tuple[int, int]], list[int]]] = []
+    # (its place in found, array, unique, spans, and where each span's rows start and
+    # end in unique; none for a run, which is its one span whole)
+    through_zarr: list[
+        tuple[int, Any, np.ndarray, list[tuple[int, int]], list[tuple[int, int]]]
+    ] = []
     for array, unique, raw in wanted:
         if isinstance(array, SparseRows):
             found.append(array[unique])
@@ -580,23 +584,21 @@ def _gather_many(wanted: list[tuple[Any, np.ndarray, _RawChunks | None]]) -> lis
             continue
         first, last = int(unique[0]), int(unique[-1])
         if last - first + 1 == len(unique):  # a run: one slice, taken as it comes
-            spans, starts = [(first, last + 1)], []
+            spans, parts = [(first, last + 1)], []
         else:  # one slice per chunk touched
-            spans = [
-                (int(unique[s]), int(unique[e - 1]) + 1) for s, e in zip(starts, ends, strict=True)
-            ]
-        through_zarr.append((len(found), array, unique, spans, starts))
+            parts = list(zip(starts, ends, strict=True))
+            spans = [(int(unique[s]), int(unique[e - 1]) + 1) for s, e in parts]
+        through_zarr.append((len(found), array, unique, spans, parts))
         found.append(None)
     blocks = _fetch_concurrently([(array, spans) for _, array, _, spans, _ in through_zarr])
-    for (at, _, unique, spans, starts), fetched in zip(through_zarr, blocks, strict=True):
-        if not starts:
+    for (at, _, unique, spans, parts), fetched in zip(through_zarr, blocks, strict=True):
+        if not parts:
             found[at] = fetched[0]
             continue
-        ends = [*starts[1:], len(unique)]
         found[at] = np.concatenate(
             [
                 block[unique[s:e] - low]
-                for block, (low, _), s, e in zip(fetched, spans, starts, ends, strict=True)
+                for block, (low, _), (s, e) in zip(fetched, spans, parts, strict=True)
             ]
         )
     assert all(rows is not None for rows in found)
