@@ -20,16 +20,23 @@ from typing import Any
 __all__ = ["FaultProxy", "S3Server", "proxy_for", "s3_server", "serve"]
 
 _REQUEST = re.compile(rb"^(GET|HEAD|PUT|POST|DELETE) (\S+) HTTP/1\.[01]\r\n")
-_SLOWDOWN = (
-    b"HTTP/1.1 503 Slow Down\r\nContent-Type: application/xml\r\nConnection: close\r\n"
-    b"Content-Length: 107\r\n\r\n<?xml version='1.0' encoding='UTF-8'?><Error><Code>"
-    b"SlowDown</Code><Message>Reduce your rate</Message></Error>\n"
-)
-_FORBIDDEN = (
-    b"HTTP/1.1 403 Forbidden\r\nContent-Type: application/xml\r\nConnection: close\r\n"
-    b"Content-Length: 111\r\n\r\n<?xml version='1.0' encoding='UTF-8'?><Error><Code>"
-    b"AccessDenied</Code><Message>Access Denied</Message></Error>\n"
-)
+
+
+def _error_response(status: str, code: str, message: str) -> bytes:
+    """A whole S3 error response that closes the connection."""
+    body = (
+        "<?xml version='1.0' encoding='UTF-8'?>"
+        f"<Error><Code>{code}</Code><Message>{message}</Message></Error>\n"
+    ).encode()
+    head = (
+        f"HTTP/1.1 {status}\r\nContent-Type: application/xml\r\nConnection: close\r\n"
+        f"Content-Length: {len(body)}\r\n\r\n"
+    )
+    return head.encode() + body
+
+
+_SLOWDOWN = _error_response("503 Slow Down", "SlowDown", "Reduce your rate")
+_FORBIDDEN = _error_response("403 Forbidden", "AccessDenied", "Access Denied")
 
 
 @dataclass
@@ -174,18 +181,20 @@ class FaultProxy:
                         time.sleep(3600)
                     method, path = match.group(1), match.group(2).split(b"?", 1)[0]
                     query = b"?" in match.group(2)
+                    object_get = method == b"GET" and not query
                     with self._lock:
                         self.requests += 1
-                        if method == b"GET" and not query:
+                        if object_get:
                             self.gets[path.decode()] += 1
                         self.calls[(method.decode(), path.decode())] += 1
                         slow = self.slowdown > 0
                         if slow:
                             self.slowdown -= 1
-                        denied = not slow and method == b"GET" and not query and self.forbidden > 0
+                        denied = not slow and object_get and self.forbidden > 0
                         if denied:
                             self.forbidden -= 1
-                        drop = not slow and method == b"GET" and not query and self.drops > 0
+                        # A request answered here is not relayed: it cuts no response.
+                        drop = not (slow or denied) and object_get and self.drops > 0
                         if drop:
                             self.drops -= 1
                     if slow or denied:
